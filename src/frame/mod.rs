@@ -1,0 +1,1 @@
+//! Sans-IO codecs: length-prefixed, header+body (`files` frames) and lines.

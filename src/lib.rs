@@ -1,0 +1,18 @@
+//! socklab: a high-concurrency socket server on one hand-written mio reactor.
+//!
+//! Map of the crate:
+//! - [`addr`]: the addresses a service can listen on (`HOST:PORT`, `unix:PATH`, `unixgram:PATH`).
+//! - [`config`]: the server's configuration, built from the command line.
+//! - [`sockopt`]: the only place that touches socket2: building listeners and reading options back.
+//! - [`reactor`]: the event loop; the only server code that imports mio.
+//! - [`service`]: sans-IO services (bytes in, replies out), one file each.
+//! - [`frame`]: sans-IO codecs: length-prefixed, header+body, lines.
+//! - [`cli`]: one file per subcommand of the `socklab` binary.
+
+pub mod addr;
+pub mod cli;
+pub mod config;
+pub mod frame;
+pub mod reactor;
+pub mod service;
+pub mod sockopt;
