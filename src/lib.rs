@@ -6,6 +6,7 @@
 //! - [`sockopt`]: the only place that touches socket2: building listeners and reading options back.
 //! - [`reactor`]: the event loop; the only server code that imports mio.
 //! - [`service`]: sans-IO services (bytes in, replies out), one file each.
+//! - [`metrics`]: the counters every reactor keeps.
 //! - [`frame`]: sans-IO codecs: length-prefixed, header+body, lines.
 //! - [`cli`]: one file per subcommand of the `socklab` binary.
 
@@ -13,6 +14,7 @@ pub mod addr;
 pub mod cli;
 pub mod config;
 pub mod frame;
+pub mod metrics;
 pub mod reactor;
 pub mod service;
 pub mod sockopt;

@@ -1,0 +1,51 @@
+//! The `socklab` command line: one file per subcommand.
+
+pub mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// socklab: a high-concurrency socket server on one hand-written mio reactor, and the tools
+/// to measure it.
+#[derive(Debug, Parser)]
+#[command(name = "socklab", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (echo, upper, udp-echo, udp-upper on their default addresses).
+    Serve(Box<serve::ServeArgs>),
+}
+
+/// Parses the command line and runs the subcommand; the exit code says how it went.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve::run(*args),
+    }
+}
+
+/// Sends tracing output to stderr: RUST_LOG when set, else `info` moved by `-v` and `-q`.
+pub fn init_logging(verbose: u8, quiet: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match i16::from(verbose) - i16::from(quiet) {
+        i16::MIN..=-2 => "error",
+        -1 => "warn",
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // A second initialisation (tests calling in twice) is harmless; ignore its error.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}

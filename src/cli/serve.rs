@@ -1,0 +1,203 @@
+//! `socklab serve`: builds the configuration from flags, binds every listener, prints one line
+//! per listener and `ready`, then runs the reactor until SIGINT or SIGTERM.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::addr::ListenAddr;
+use crate::config::{Limits, ListenerConfig, ServerConfig, ServiceKind, SocketOptions};
+use crate::reactor::Reactor;
+use crate::sockopt;
+
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let n = parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .map_err(|e| format!("`{s}` is not a size such as 65536, 64KiB or 1MiB: {e}"))?;
+    usize::try_from(n).map_err(|_| format!("`{s}` is too large"))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration such as 300s, 1m or 500ms: {e}"))
+}
+
+/// Run the socklab server.
+///
+/// With no arguments: echo (TCP 127.0.0.1:7000), upper (TCP 127.0.0.1:7001), udp-echo (UDP
+/// 127.0.0.1:7000) and udp-upper (UDP 127.0.0.1:7001). Prints one `listening` line per socket
+/// with the options the kernel set, then `ready`. SIGINT or SIGTERM stops it: no new
+/// connections, pending output is flushed for --shutdown-grace, exit 0.
+#[derive(Debug, Args)]
+#[command(next_line_help = false)]
+pub struct ServeArgs {
+    /// Address of the echo service: HOST:PORT (TCP) or unix:PATH. Repeatable [default: 127.0.0.1:7000]
+    #[arg(long = "echo", value_name = "ADDR", help_heading = "Services")]
+    echo: Vec<ListenAddr>,
+    /// Do not start echo.
+    #[arg(long, conflicts_with = "echo", help_heading = "Services")]
+    no_echo: bool,
+    /// Address of the upper service: HOST:PORT (TCP) or unix:PATH. Repeatable [default: 127.0.0.1:7001]
+    #[arg(long = "upper", value_name = "ADDR", help_heading = "Services")]
+    upper: Vec<ListenAddr>,
+    /// Do not start upper.
+    #[arg(long, conflicts_with = "upper", help_heading = "Services")]
+    no_upper: bool,
+    /// Address of udp-echo: HOST:PORT (UDP) or unixgram:PATH. Repeatable [default: 127.0.0.1:7000]
+    #[arg(long = "udp-echo", value_name = "ADDR", help_heading = "Services")]
+    udp_echo: Vec<ListenAddr>,
+    /// Do not start udp-echo.
+    #[arg(long, conflicts_with = "udp_echo", help_heading = "Services")]
+    no_udp_echo: bool,
+    /// Address of udp-upper: HOST:PORT (UDP) or unixgram:PATH. Repeatable [default: 127.0.0.1:7001]
+    #[arg(long = "udp-upper", value_name = "ADDR", help_heading = "Services")]
+    udp_upper: Vec<ListenAddr>,
+    /// Do not start udp-upper.
+    #[arg(long, conflicts_with = "udp_upper", help_heading = "Services")]
+    no_udp_upper: bool,
+
+    /// Open connections at most; one more is accepted and closed at once (and counted).
+    #[arg(long, value_name = "N", default_value_t = 10_000, help_heading = "Limits")]
+    max_conns: usize,
+    /// Close a connection after this long with no bytes moving either way (0 = never).
+    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_duration, help_heading = "Limits")]
+    idle_timeout: Duration,
+    /// After SIGINT/SIGTERM, how long pending output may take to drain before exiting.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, help_heading = "Limits")]
+    shutdown_grace: Duration,
+    /// Stop reading from a connection while its pending output is at least this (backpressure).
+    #[arg(long, value_name = "BYTES", default_value = "256KiB", value_parser = parse_bytes, help_heading = "Limits")]
+    pending_pause: usize,
+    /// Disconnect a connection whose pending output passes this. At or above it,
+    /// --pending-pause never pauses: clients that do not read are cut off instead.
+    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes, help_heading = "Limits")]
+    max_pending: usize,
+    /// Bytes read from one connection per turn of the loop before the others get theirs.
+    #[arg(long, value_name = "BYTES", default_value = "256KiB", value_parser = parse_bytes, help_heading = "Limits")]
+    read_budget: usize,
+
+    /// Do not set SO_REUSEADDR on TCP listeners (a restart then fails while old connections
+    /// sit in TIME_WAIT).
+    #[arg(long, help_heading = "Socket options")]
+    no_reuseaddr: bool,
+    /// Set SO_REUSEPORT on TCP and UDP sockets, so several servers can share a port.
+    #[arg(long, help_heading = "Socket options")]
+    reuseport: bool,
+    /// Do not set TCP_NODELAY on accepted connections (Nagle's algorithm comes back).
+    #[arg(long, help_heading = "Socket options")]
+    no_nodelay: bool,
+    /// SO_RCVBUF to ask for (the kernel doubles it; the value set is shown at start-up).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Socket options")]
+    rcvbuf: Option<usize>,
+    /// SO_SNDBUF to ask for (the kernel doubles it; the value set is shown at start-up).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Socket options")]
+    sndbuf: Option<usize>,
+    /// Listen backlog (the kernel caps it at net.core.somaxconn).
+    #[arg(long, value_name = "N", default_value_t = 1024, help_heading = "Socket options")]
+    backlog: i32,
+    /// Set SO_BROADCAST on UDP sockets.
+    #[arg(long, help_heading = "Socket options")]
+    broadcast: bool,
+
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, help_heading = "Logging")]
+    verbose: u8,
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, action = clap::ArgAction::Count, help_heading = "Logging")]
+    quiet: u8,
+}
+
+impl ServeArgs {
+    /// The configuration these flags describe.
+    pub fn to_config(&self) -> ServerConfig {
+        let mut listeners = Vec::new();
+        let services = [
+            (ServiceKind::Echo, &self.echo, self.no_echo),
+            (ServiceKind::Upper, &self.upper, self.no_upper),
+            (ServiceKind::UdpEcho, &self.udp_echo, self.no_udp_echo),
+            (ServiceKind::UdpUpper, &self.udp_upper, self.no_udp_upper),
+        ];
+        for (service, addrs, off) in services {
+            if off {
+                continue;
+            }
+            if addrs.is_empty() {
+                listeners.push(ListenerConfig {
+                    service,
+                    addr: service.default_addr(),
+                });
+            }
+            for addr in addrs {
+                listeners.push(ListenerConfig {
+                    service,
+                    addr: addr.clone(),
+                });
+            }
+        }
+        ServerConfig {
+            listeners,
+            sockopts: SocketOptions {
+                reuseaddr: !self.no_reuseaddr,
+                reuseport: self.reuseport,
+                nodelay: !self.no_nodelay,
+                rcvbuf: self.rcvbuf,
+                sndbuf: self.sndbuf,
+                backlog: self.backlog,
+                broadcast: self.broadcast,
+            },
+            limits: Limits {
+                max_conns: self.max_conns,
+                idle_timeout: Some(self.idle_timeout).filter(|d| !d.is_zero()),
+                shutdown_grace: self.shutdown_grace,
+                pending_pause: self.pending_pause,
+                max_pending: self.max_pending,
+                read_budget: self.read_budget,
+                ..Limits::default()
+            },
+        }
+    }
+}
+
+/// Runs the server; the exit code is 0 after a signal-initiated shutdown.
+pub fn run(args: ServeArgs) -> ExitCode {
+    crate::cli::init_logging(args.verbose, args.quiet);
+    let config = args.to_config();
+    if let Err(e) = config.validate() {
+        tracing::error!("{e}");
+        return ExitCode::from(2);
+    }
+    match sockopt::raise_fd_limit() {
+        Ok((old, new)) if old != new => {
+            tracing::debug!("raised the open-file limit from {old} to {new}")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
+    let (mut reactor, bound) = match Reactor::bind(config) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    {
+        // Tests and scripts read these lines to learn the ports they got; a closed stdout
+        // must not stop the server.
+        let mut out = std::io::stdout().lock();
+        for b in &bound {
+            let _ = writeln!(out, "{b}");
+        }
+        let _ = writeln!(out, "ready");
+        let _ = out.flush();
+    }
+    match reactor.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("the event loop failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! The server's configuration: which services listen where, with which socket options and
+//! limits. Built from the command line by `cli::serve`; the reactor only reads it.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::addr::ListenAddr;
+
+/// The services the reactor can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServiceKind {
+    Echo,
+    Upper,
+    UdpEcho,
+    UdpUpper,
+}
+
+impl ServiceKind {
+    /// Every service, in the order `socklab serve` starts them.
+    pub const ALL: [ServiceKind; 4] = [
+        ServiceKind::Echo,
+        ServiceKind::Upper,
+        ServiceKind::UdpEcho,
+        ServiceKind::UdpUpper,
+    ];
+
+    /// The name used on the command line, in logs and in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceKind::Echo => "echo",
+            ServiceKind::Upper => "upper",
+            ServiceKind::UdpEcho => "udp-echo",
+            ServiceKind::UdpUpper => "udp-upper",
+        }
+    }
+
+    /// Stream services take TCP and `unix:` addresses; datagram services UDP and `unixgram:`.
+    pub fn is_stream(self) -> bool {
+        matches!(self, ServiceKind::Echo | ServiceKind::Upper)
+    }
+
+    /// The address from PROTOCOL.md that `socklab serve` uses when none is given.
+    pub fn default_addr(self) -> ListenAddr {
+        let port = match self {
+            ServiceKind::Echo | ServiceKind::UdpEcho => 7000,
+            ServiceKind::Upper | ServiceKind::UdpUpper => 7001,
+        };
+        ListenAddr::Inet(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+}
+
+impl fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One listening socket: a service on an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub service: ServiceKind,
+    pub addr: ListenAddr,
+}
+
+/// Socket options applied to every listener (and, for TCP_NODELAY, to accepted connections).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// SO_REUSEADDR on TCP listeners, so a restart is not refused while old connections sit in
+    /// TIME_WAIT.
+    pub reuseaddr: bool,
+    /// SO_REUSEPORT on every inet socket, so several processes (or workers) can share a port.
+    pub reuseport: bool,
+    /// TCP_NODELAY on accepted connections: replies leave at once instead of waiting for Nagle.
+    pub nodelay: bool,
+    /// SO_RCVBUF to request, in bytes; the kernel's default when `None`.
+    pub rcvbuf: Option<usize>,
+    /// SO_SNDBUF to request, in bytes; the kernel's default when `None`.
+    pub sndbuf: Option<usize>,
+    /// The listen backlog asked of the kernel (which caps it at net.core.somaxconn).
+    pub backlog: i32,
+    /// SO_BROADCAST on UDP sockets.
+    pub broadcast: bool,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        SocketOptions {
+            reuseaddr: true,
+            reuseport: false,
+            nodelay: true,
+            rcvbuf: None,
+            sndbuf: None,
+            backlog: 1024,
+            broadcast: false,
+        }
+    }
+}
+
+/// The bounds that keep one client from costing everyone else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Open stream connections at most; one past it is accepted and closed at once.
+    pub max_conns: usize,
+    /// A connection with no bytes moving either way for this long is closed; `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// After SIGINT/SIGTERM, how long pending output may take to drain before the server exits.
+    pub shutdown_grace: Duration,
+    /// While a connection's pending output is at least this, the server stops reading from it.
+    pub pending_pause: usize,
+    /// A connection whose pending output passes this is disconnected.
+    pub max_pending: usize,
+    /// Bytes read from one connection in one turn of the loop before others get their turn.
+    pub read_budget: usize,
+    /// Connections accepted from one listener in one turn before others get their turn.
+    pub accept_budget: usize,
+    /// Datagrams received on one socket in one turn before others get their turn.
+    pub datagram_budget: usize,
+    /// Replies queued on one datagram socket while the kernel's buffer is full; more are dropped.
+    pub max_queued_datagrams: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_conns: 10_000,
+            idle_timeout: Some(Duration::from_secs(300)),
+            shutdown_grace: Duration::from_secs(5),
+            pending_pause: 256 * 1024,
+            max_pending: 1024 * 1024,
+            read_budget: 256 * 1024,
+            accept_budget: 256,
+            datagram_budget: 256,
+            max_queued_datagrams: 1024,
+        }
+    }
+}
+
+/// Everything the reactor needs to start.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServerConfig {
+    pub listeners: Vec<ListenerConfig>,
+    pub sockopts: SocketOptions,
+    pub limits: Limits,
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "{service} is a stream service: give it HOST:PORT or unix:PATH, not `{addr}` (--{service} ADDR)"
+    )]
+    StreamNeedsStreamAddr { service: ServiceKind, addr: String },
+    #[error(
+        "{service} is a datagram service: give it HOST:PORT or unixgram:PATH, not `{addr}` (--{service} ADDR)"
+    )]
+    DatagramNeedsDatagramAddr { service: ServiceKind, addr: String },
+    #[error("no service is left to start: every one was turned off")]
+    NothingToServe,
+    #[error("{what} must be at least 1")]
+    Zero { what: &'static str },
+}
+
+impl ServerConfig {
+    /// Checks what the types cannot: address kinds against services, and non-zero limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listeners.is_empty() {
+            return Err(ConfigError::NothingToServe);
+        }
+        for l in &self.listeners {
+            let addr = l.addr.to_string();
+            match (&l.addr, l.service.is_stream()) {
+                (ListenAddr::Unixgram(_), true) => {
+                    return Err(ConfigError::StreamNeedsStreamAddr {
+                        service: l.service,
+                        addr,
+                    });
+                }
+                (ListenAddr::Unix(_), false) => {
+                    return Err(ConfigError::DatagramNeedsDatagramAddr {
+                        service: l.service,
+                        addr,
+                    });
+                }
+                _ => {}
+            }
+        }
+        let nonzero = [
+            ("--max-conns", self.limits.max_conns),
+            ("--max-pending", self.limits.max_pending),
+            ("--pending-pause", self.limits.pending_pause),
+            ("--backlog", usize::try_from(self.sockopts.backlog).unwrap_or(0)),
+            ("--rcvbuf", self.sockopts.rcvbuf.unwrap_or(1)),
+            ("--sndbuf", self.sockopts.sndbuf.unwrap_or(1)),
+        ];
+        for (what, value) in nonzero {
+            if value == 0 {
+                return Err(ConfigError::Zero { what });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(service: ServiceKind, addr: &str) -> ServerConfig {
+        ServerConfig {
+            listeners: vec![ListenerConfig {
+                service,
+                addr: addr.parse().unwrap(),
+            }],
+            ..ServerConfig::default()
+        }
+    }
+
+    #[test]
+    fn address_kinds_must_match_the_service() {
+        assert!(with(ServiceKind::Echo, "unix:/tmp/x").validate().is_ok());
+        assert!(matches!(
+            with(ServiceKind::Echo, "unixgram:/tmp/x").validate(),
+            Err(ConfigError::StreamNeedsStreamAddr { .. })
+        ));
+        assert!(matches!(
+            with(ServiceKind::UdpEcho, "unix:/tmp/x").validate(),
+            Err(ConfigError::DatagramNeedsDatagramAddr { .. })
+        ));
+        assert!(
+            with(ServiceKind::UdpUpper, "unixgram:/tmp/x")
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn zero_limits_and_empty_configs_are_refused() {
+        let mut c = with(ServiceKind::Echo, "127.0.0.1:0");
+        c.limits.max_conns = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::Zero { .. })));
+        assert!(matches!(
+            ServerConfig::default().validate(),
+            Err(ConfigError::NothingToServe)
+        ));
+    }
+}

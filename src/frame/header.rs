@@ -1,0 +1,665 @@
+//! Header+body frames: the `files` frames of PROTOCOL.md ("Frames").
+//!
+//! ```text
+//! | H: 4 bytes little-endian | header: H bytes, UTF-8 JSON object | body: size bytes |
+//! ```
+//!
+//! [`HeaderBodyDecoder`] yields, for each frame, one [`Part::Header`] (the
+//! parsed JSON object and the body length it announces), then zero or more
+//! [`Part::BodyChunk`]s (as much of the body as the input holds, borrowed from
+//! it, never copied), then exactly one [`Part::BodyEnd`] (consuming nothing),
+//! also for an empty body. Body bytes are never kept by the caller, so a
+//! header that announces a terabyte costs no more memory than one that
+//! announces a byte: [`Decoder::max_buffered`] is the prefix plus the largest
+//! header.
+//!
+//! A malformed frame (bad `H`, a header that is not UTF-8 JSON, not an object,
+//! or with a bad `size`) is a [`HeaderError`]; when the header was a JSON
+//! object the error carries the request's `id` ([`HeaderError::request_id`])
+//! so the `bad_frame` response can copy it.
+//!
+//! [`encode_header`] writes a response (or request) header with its `size`
+//! set, so that the body can be appended (or written from a file) separately.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::{Decoded, Decoder};
+
+/// Bytes of the `H` field.
+const PREFIX: usize = 4;
+
+/// Limits and dialect of a header+body stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderBodyConfig {
+    /// Largest header accepted, in bytes (`H`); PROTOCOL.md's default is 64 KiB.
+    pub max_header: usize,
+    /// Whether `filesize` may stand in for `size`: true for requests (the
+    /// classic upload client sends it), false for responses, where `filesize`
+    /// is the length of a file that is *not* the body.
+    pub accept_filesize: bool,
+}
+
+impl Default for HeaderBodyConfig {
+    /// The server's side: requests, 64 KiB headers.
+    fn default() -> Self {
+        HeaderBodyConfig { max_header: 64 * 1024, accept_filesize: true }
+    }
+}
+
+impl HeaderBodyConfig {
+    /// The client's side: responses, where `filesize` does not announce a body.
+    pub fn responses() -> Self {
+        HeaderBodyConfig { accept_filesize: false, ..HeaderBodyConfig::default() }
+    }
+
+    /// The largest `H` that is accepted (`H` itself is a `u32`).
+    fn max_h(&self) -> usize {
+        self.max_header.min(u32::MAX as usize)
+    }
+
+    /// Appends a frame's prefix and header to `out`: `header`'s fields with
+    /// `"size": body_len` added at the end. The `body_len` bytes of body are
+    /// for the caller to append (or to write from a file) afterwards, so a
+    /// large body is never copied into a frame.
+    ///
+    /// `header` must serialize as a map or struct (a `serde_json::Value`
+    /// object, a `#[derive(Serialize)]` struct) and must not have a `size`
+    /// field of its own. On error `out` is left as it was.
+    pub fn encode_header<T: Serialize + ?Sized>(
+        &self,
+        header: &T,
+        body_len: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), HeaderEncodeError> {
+        /// The caller's fields followed by `size`.
+        #[derive(Serialize)]
+        struct WithSize<'t, T: ?Sized> {
+            /// The caller's fields.
+            #[serde(flatten)]
+            fields: &'t T,
+            /// The body length.
+            size: u64,
+        }
+        let start = out.len();
+        out.extend_from_slice(&[0; PREFIX]);
+        if let Err(e) = serde_json::to_writer(&mut *out, &WithSize { fields: header, size: body_len }) {
+            out.truncate(start);
+            return Err(HeaderEncodeError::NotAnObject { message: e.to_string() });
+        }
+        let h = out.len().saturating_sub(start).saturating_sub(PREFIX);
+        let field = u32::try_from(h).ok().filter(|_| h <= self.max_h());
+        match (field, out.get_mut(start..start.saturating_add(PREFIX))) {
+            (Some(field), Some(slot)) => {
+                slot.copy_from_slice(&field.to_le_bytes());
+                Ok(())
+            }
+            _ => {
+                out.truncate(start);
+                Err(HeaderEncodeError::TooLong { length: h, max: self.max_h() })
+            }
+        }
+    }
+}
+
+/// [`HeaderBodyConfig::encode_header`] with the default 64 KiB limit.
+pub fn encode_header<T: Serialize + ?Sized>(
+    header: &T,
+    body_len: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), HeaderEncodeError> {
+    HeaderBodyConfig::default().encode_header(header, body_len, out)
+}
+
+/// Why a header cannot be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderEncodeError {
+    /// The value does not serialize as a JSON object (or its serializer failed).
+    #[error("header does not serialize as a JSON object: {message}")]
+    NotAnObject {
+        /// serde_json's explanation.
+        message: String,
+    },
+    /// The serialized header is longer than the limit.
+    #[error("header of {length} bytes exceeds the maximum of {max}")]
+    TooLong {
+        /// Length of the serialized header.
+        length: usize,
+        /// The limit it passed.
+        max: usize,
+    },
+}
+
+/// A frame's parsed header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header<'a> {
+    /// The header's text as it came, borrowed from the input, for a service
+    /// that wants to deserialize it into a typed struct borrowing `&'a str`s.
+    pub raw: &'a str,
+    /// The header's fields.
+    pub fields: Map<String, Value>,
+    /// The body length: `size`, or `filesize` where accepted; 0 if neither.
+    pub size: u64,
+}
+
+impl<'a> Header<'a> {
+    /// The request's `id`, to be copied into its response.
+    pub fn id(&self) -> Option<&Value> {
+        self.fields.get("id")
+    }
+
+    /// The `cmd` field, when it is a string.
+    pub fn cmd(&self) -> Option<&str> {
+        self.fields.get("cmd").and_then(Value::as_str)
+    }
+
+    /// Deserializes the header text again into a typed value that may borrow
+    /// from the input.
+    pub fn parse<T: serde::Deserialize<'a>>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.raw)
+    }
+}
+
+/// One item of a header+body stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part<'a> {
+    /// A frame's header; its body follows.
+    Header(Header<'a>),
+    /// The next bytes of the body (never empty), borrowed from the input.
+    BodyChunk(&'a [u8]),
+    /// The body is complete (consumes nothing); the next frame may follow.
+    BodyEnd,
+}
+
+/// Why a header+body stream cannot be decoded any further (a `bad_frame`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HeaderError {
+    /// `H` is 0.
+    #[error("frame at byte {offset}: header length 0 (must be 1 to {max})")]
+    EmptyHeader {
+        /// Stream offset of the frame's first byte.
+        offset: u64,
+        /// The configured maximum header length.
+        max: usize,
+    },
+    /// `H` is over the limit.
+    #[error("frame at byte {offset}: header length {length} exceeds the maximum of {max}")]
+    HeaderTooLong {
+        /// Stream offset of the frame's first byte.
+        offset: u64,
+        /// The value of `H`.
+        length: u32,
+        /// The configured maximum header length.
+        max: usize,
+    },
+    /// The header is not UTF-8.
+    #[error("frame at byte {offset}: header is not UTF-8 (bad byte at header offset {valid_up_to})")]
+    NotUtf8 {
+        /// Stream offset of the frame's first byte.
+        offset: u64,
+        /// Offset in the header of the first byte that is not valid UTF-8.
+        valid_up_to: usize,
+    },
+    /// The header is not JSON.
+    #[error("frame at byte {offset}: header is not JSON: {message}")]
+    BadJson {
+        /// Stream offset of the frame's first byte.
+        offset: u64,
+        /// 1-based line of the header where parsing failed.
+        line: usize,
+        /// 1-based column of the header where parsing failed.
+        column: usize,
+        /// serde_json's explanation (it includes line and column).
+        message: String,
+    },
+    /// The header is JSON but not an object.
+    #[error("frame at byte {offset}: header is a JSON {found}, not an object")]
+    NotObject {
+        /// Stream offset of the frame's first byte.
+        offset: u64,
+        /// What it is instead: "array", "string", "number", "boolean" or "null".
+        found: &'static str,
+    },
+    /// `size` (or `filesize`) is present but not a non-negative integer that fits in a u64.
+    #[error("frame at byte {offset}: `{field}` is not a non-negative integer: {value}")]
+    BadSize {
+        /// Stream offset of the frame's first byte.
+        offset: u64,
+        /// `"size"` or `"filesize"`.
+        field: &'static str,
+        /// The value found.
+        value: Value,
+        /// The request's `id`, if it has one.
+        id: Option<Value>,
+    },
+    /// `size` and `filesize` are both present and differ.
+    #[error("frame at byte {offset}: `size` {size} and `filesize` {filesize} differ")]
+    SizeConflict {
+        /// Stream offset of the frame's first byte.
+        offset: u64,
+        /// The `size` field.
+        size: u64,
+        /// The `filesize` field.
+        filesize: u64,
+        /// The request's `id`, if it has one.
+        id: Option<Value>,
+    },
+}
+
+impl HeaderError {
+    /// The `id` of the request whose header was a JSON object but malformed,
+    /// for the `bad_frame` response.
+    pub fn request_id(&self) -> Option<&Value> {
+        match self {
+            HeaderError::BadSize { id, .. } | HeaderError::SizeConflict { id, .. } => id.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Stream offset of the bad frame's first byte.
+    pub fn offset(&self) -> u64 {
+        match self {
+            HeaderError::EmptyHeader { offset, .. }
+            | HeaderError::HeaderTooLong { offset, .. }
+            | HeaderError::NotUtf8 { offset, .. }
+            | HeaderError::BadJson { offset, .. }
+            | HeaderError::NotObject { offset, .. }
+            | HeaderError::BadSize { offset, .. }
+            | HeaderError::SizeConflict { offset, .. } => *offset,
+        }
+    }
+}
+
+/// Where the decoder is in the current frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for a prefix and header.
+    Header,
+    /// Inside a body with this many bytes still to come (never 0).
+    Body {
+        /// Bytes of body not yet handed out.
+        remaining: u64,
+    },
+    /// The body is complete; [`Part::BodyEnd`] is next.
+    End,
+}
+
+/// Decodes header+body frames; see the module documentation.
+#[derive(Debug, Clone)]
+pub struct HeaderBodyDecoder {
+    /// Limits and dialect.
+    config: HeaderBodyConfig,
+    /// Where we are in the current frame.
+    state: State,
+    /// Bytes consumed so far, so errors can say where the bad frame starts.
+    offset: u64,
+    /// Stream offset of the current frame's first byte.
+    frame_start: u64,
+}
+
+impl Default for HeaderBodyDecoder {
+    fn default() -> Self {
+        HeaderBodyDecoder::new(HeaderBodyConfig::default())
+    }
+}
+
+impl HeaderBodyDecoder {
+    /// A decoder at the start of a stream.
+    pub fn new(config: HeaderBodyConfig) -> Self {
+        HeaderBodyDecoder { config, state: State::Header, offset: 0, frame_start: 0 }
+    }
+
+    /// The configuration this decoder was made with.
+    pub fn config(&self) -> &HeaderBodyConfig {
+        &self.config
+    }
+
+    /// Body bytes of the current frame still to come (0 between frames).
+    pub fn body_remaining(&self) -> u64 {
+        match self.state {
+            State::Body { remaining } => remaining,
+            State::Header | State::End => 0,
+        }
+    }
+
+    /// Decodes at most one part from the start of `input`; see [`Decoder`].
+    #[inline]
+    pub fn decode<'a>(&mut self, input: &'a [u8]) -> Result<Decoded<Part<'a>>, HeaderError> {
+        match self.state {
+            State::Header => self.decode_header(input),
+            State::Body { remaining } => {
+                if input.is_empty() {
+                    return Ok(Decoded::Incomplete);
+                }
+                let n = usize::try_from(remaining).map_or(input.len(), |r| r.min(input.len()));
+                let Some(chunk) = input.get(..n) else {
+                    return Ok(Decoded::Incomplete);
+                };
+                // n <= remaining, so this never goes below zero.
+                let left = remaining.saturating_sub(n as u64);
+                self.state = if left == 0 { State::End } else { State::Body { remaining: left } };
+                self.offset = self.offset.saturating_add(n as u64);
+                Ok(Decoded::Item { item: Part::BodyChunk(chunk), consumed: n })
+            }
+            State::End => {
+                self.state = State::Header;
+                Ok(Decoded::Item { item: Part::BodyEnd, consumed: 0 })
+            }
+        }
+    }
+
+    /// The [`State::Header`] case of [`HeaderBodyDecoder::decode`].
+    fn decode_header<'a>(&mut self, input: &'a [u8]) -> Result<Decoded<Part<'a>>, HeaderError> {
+        let offset = self.offset;
+        let Some(prefix) = input.get(..PREFIX).and_then(|p| <[u8; PREFIX]>::try_from(p).ok()) else {
+            return Ok(Decoded::Incomplete);
+        };
+        let length = u32::from_le_bytes(prefix);
+        let max = self.config.max_h();
+        if length == 0 {
+            return Err(HeaderError::EmptyHeader { offset, max });
+        }
+        let end = usize::try_from(length)
+            .ok()
+            .filter(|h| *h <= max)
+            .and_then(|h| h.checked_add(PREFIX))
+            .ok_or(HeaderError::HeaderTooLong { offset, length, max })?;
+        let Some(raw) = input.get(PREFIX..end) else {
+            return Ok(Decoded::Incomplete);
+        };
+        let raw = std::str::from_utf8(raw)
+            .map_err(|e| HeaderError::NotUtf8 { offset, valid_up_to: e.valid_up_to() })?;
+        let value: Value = serde_json::from_str(raw).map_err(|e| HeaderError::BadJson {
+            offset,
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        })?;
+        let fields = match value {
+            Value::Object(fields) => fields,
+            other => return Err(HeaderError::NotObject { offset, found: kind(&other) }),
+        };
+        let size = body_size(&fields, self.config.accept_filesize, offset)?;
+        self.frame_start = offset;
+        self.offset = offset.saturating_add(end as u64);
+        self.state = if size == 0 { State::End } else { State::Body { remaining: size } };
+        Ok(Decoded::Item { item: Part::Header(Header { raw, fields, size }), consumed: end })
+    }
+
+    /// Stream offset of the first byte of the frame being decoded (or last decoded).
+    pub fn frame_start(&self) -> u64 {
+        self.frame_start
+    }
+
+    /// See [`Decoder::max_buffered`]: one prefix and one largest header; body
+    /// bytes are always consumed as they arrive.
+    pub fn max_buffered(&self) -> usize {
+        PREFIX.saturating_add(self.config.max_h())
+    }
+}
+
+impl Decoder for HeaderBodyDecoder {
+    type Item<'a> = Part<'a>;
+    type Error = HeaderError;
+
+    #[inline]
+    fn decode<'a>(&mut self, input: &'a [u8]) -> Result<Decoded<Part<'a>>, HeaderError> {
+        HeaderBodyDecoder::decode(self, input)
+    }
+
+    fn max_buffered(&self) -> usize {
+        HeaderBodyDecoder::max_buffered(self)
+    }
+}
+
+/// The JSON type of a value, for [`HeaderError::NotObject`].
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The body length a header announces (PROTOCOL.md: `size`, or in requests
+/// `filesize`; both present must agree; absent means 0).
+fn body_size(fields: &Map<String, Value>, accept_filesize: bool, offset: u64) -> Result<u64, HeaderError> {
+    let id = || fields.get("id").cloned();
+    let read = |field: &'static str, value: &Value| {
+        value.as_u64().ok_or_else(|| HeaderError::BadSize { offset, field, value: value.clone(), id: id() })
+    };
+    let size = fields.get("size");
+    let filesize = if accept_filesize { fields.get("filesize") } else { None };
+    match (size, filesize) {
+        (None, None) => Ok(0),
+        (Some(size), None) => read("size", size),
+        (None, Some(filesize)) => read("filesize", filesize),
+        (Some(size), Some(filesize)) => {
+            let (size, filesize) = (read("size", size)?, read("filesize", filesize)?);
+            if size == filesize {
+                Ok(size)
+            } else {
+                Err(HeaderError::SizeConflict { offset, size, filesize, id: id() })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Prefix + header text.
+    fn frame(header: &str) -> Vec<u8> {
+        let mut v = (header.len() as u32).to_le_bytes().to_vec();
+        v.extend_from_slice(header.as_bytes());
+        v
+    }
+
+    fn header_of(d: &mut HeaderBodyDecoder, input: &[u8]) -> (Map<String, Value>, u64, usize) {
+        match d.decode(input) {
+            Ok(Decoded::Item { item: Part::Header(h), consumed }) => (h.fields, h.size, consumed),
+            other => panic!("expected a header, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn python_client_put_frame() {
+        // struct.pack('i', len(h)) + h + body, as the classic upload client sends it.
+        let mut input = frame(r#"{"cmd":"put","filename":"a.txt","filesize":5}"#);
+        input.extend_from_slice(b"hello");
+        input.extend_from_slice(&frame(r#"{"cmd":"ping"}"#));
+        let mut d = HeaderBodyDecoder::default();
+        let (fields, size, consumed) = header_of(&mut d, &input);
+        assert_eq!((fields["cmd"].as_str(), size, consumed), (Some("put"), 5, 49));
+        let rest = &input[consumed..];
+        assert_eq!(d.body_remaining(), 5);
+        assert_eq!(d.decode(&rest[..2]), Ok(Decoded::Item { item: Part::BodyChunk(b"he"), consumed: 2 }));
+        assert_eq!(d.decode(&rest[2..]), Ok(Decoded::Item { item: Part::BodyChunk(b"llo"), consumed: 3 }));
+        assert_eq!(d.decode(&rest[5..]), Ok(Decoded::Item { item: Part::BodyEnd, consumed: 0 }));
+        let (fields, size, _) = header_of(&mut d, &rest[5..]);
+        assert_eq!((fields["cmd"].as_str(), size), (Some("ping"), 0));
+        assert_eq!(d.decode(b""), Ok(Decoded::Item { item: Part::BodyEnd, consumed: 0 }));
+        assert_eq!(d.decode(b""), Ok(Decoded::Incomplete));
+    }
+
+    #[test]
+    fn header_borrows_its_text_and_parses_typed() {
+        #[derive(serde::Deserialize)]
+        struct Put<'a> {
+            filename: &'a str,
+        }
+        let input = frame(r#"{"cmd":"put","filename":"a.txt","size":0,"id":[1]}"#);
+        let mut d = HeaderBodyDecoder::default();
+        let Ok(Decoded::Item { item: Part::Header(h), .. }) = d.decode(&input) else { panic!() };
+        assert_eq!(h.parse::<Put>().unwrap().filename, "a.txt");
+        assert_eq!((h.cmd(), h.id()), (Some("put"), Some(&json!([1]))));
+        assert!(std::ptr::eq(h.raw.as_ptr(), input[4..].as_ptr()));
+    }
+
+    #[test]
+    fn partial_input_consumes_nothing() {
+        let input = frame(r#"{"size":1}"#);
+        let mut d = HeaderBodyDecoder::default();
+        for end in 0..input.len() {
+            assert_eq!(d.decode(&input[..end]), Ok(Decoded::Incomplete), "{end}");
+        }
+        header_of(&mut d, &input);
+        assert_eq!(d.decode(b""), Ok(Decoded::Incomplete));
+    }
+
+    #[test]
+    fn terabyte_body_in_constant_memory() {
+        let input = frame(r#"{"size":1000000000000}"#);
+        let mut d = HeaderBodyDecoder::default();
+        let (_, size, _) = header_of(&mut d, &input);
+        assert_eq!(size, 1_000_000_000_000);
+        let chunk = [7u8; 4096];
+        for _ in 0..1000 {
+            assert_eq!(d.decode(&chunk), Ok(Decoded::Item { item: Part::BodyChunk(&chunk), consumed: 4096 }));
+        }
+        assert_eq!(d.body_remaining(), 1_000_000_000_000 - 4_096_000);
+        assert_eq!(d.max_buffered(), 4 + 65536);
+    }
+
+    #[test]
+    fn chunk_stops_at_the_end_of_the_body() {
+        let mut input = frame(r#"{"size":3}"#);
+        input.extend_from_slice(b"abcNEXT");
+        let mut d = HeaderBodyDecoder::default();
+        let (_, _, consumed) = header_of(&mut d, &input);
+        assert_eq!(d.decode(&input[consumed..]), Ok(Decoded::Item { item: Part::BodyChunk(b"abc"), consumed: 3 }));
+    }
+
+    #[test]
+    fn size_rules() {
+        let ok = |h: &str, accept_filesize: bool| {
+            let mut d = HeaderBodyDecoder::new(HeaderBodyConfig { accept_filesize, ..Default::default() });
+            header_of(&mut d, &frame(h)).1
+        };
+        assert_eq!(ok(r#"{}"#, true), 0);
+        assert_eq!(ok(r#"{"filesize":7}"#, true), 7);
+        assert_eq!(ok(r#"{"filesize":7}"#, false), 0);
+        assert_eq!(ok(r#"{"size":7,"filesize":7}"#, true), 7);
+        assert_eq!(ok(r#"{"size":7,"filesize":8}"#, false), 7);
+        assert_eq!(ok(r#"{"size":18446744073709551615}"#, true), u64::MAX);
+    }
+
+    fn err(header: &[u8]) -> HeaderError {
+        let mut input = (header.len() as u32).to_le_bytes().to_vec();
+        input.extend_from_slice(header);
+        HeaderBodyDecoder::default().decode(&input).unwrap_err()
+    }
+
+    #[test]
+    fn every_error() {
+        let mut d = HeaderBodyDecoder::default();
+        assert_eq!(d.decode(b"\0\0\0\0"), Err(HeaderError::EmptyHeader { offset: 0, max: 65536 }));
+        // Decided from the prefix alone: no header byte has arrived.
+        assert_eq!(
+            d.decode(b"\x01\x00\x01\x00"),
+            Err(HeaderError::HeaderTooLong { offset: 0, length: 65537, max: 65536 })
+        );
+        assert_eq!(
+            d.decode(b"\xff\xff\xff\xff"),
+            Err(HeaderError::HeaderTooLong { offset: 0, length: u32::MAX, max: 65536 })
+        );
+        assert_eq!(err(b"{\"a\":\"\xff\"}"), HeaderError::NotUtf8 { offset: 0, valid_up_to: 6 });
+        assert!(matches!(err(b"{\"a\":"), HeaderError::BadJson { offset: 0, line: 1, column: 5, .. }));
+        assert!(matches!(err(b"{} {}"), HeaderError::BadJson { line: 1, column: 4, .. }));
+        assert_eq!(err(b"[1]"), HeaderError::NotObject { offset: 0, found: "array" });
+        assert_eq!(err(b"null"), HeaderError::NotObject { offset: 0, found: "null" });
+        assert_eq!(err(b"\"x\""), HeaderError::NotObject { offset: 0, found: "string" });
+        assert_eq!(err(b"1"), HeaderError::NotObject { offset: 0, found: "number" });
+        assert_eq!(err(b"true"), HeaderError::NotObject { offset: 0, found: "boolean" });
+        for (bad, field) in [
+            (&br#"{"size":-1,"id":9}"#[..], "size"),
+            (br#"{"size":1.5,"id":9}"#, "size"),
+            (br#"{"size":"5","id":9}"#, "size"),
+            (br#"{"size":null,"id":9}"#, "size"),
+            (br#"{"size":18446744073709551616,"id":9}"#, "size"),
+            (br#"{"filesize":-1,"id":9}"#, "filesize"),
+            (br#"{"size":1,"filesize":"1","id":9}"#, "filesize"),
+        ] {
+            let e = err(bad);
+            assert!(matches!(&e, HeaderError::BadSize { offset: 0, field: f, .. } if *f == field), "{e:?}");
+            assert_eq!(e.request_id(), Some(&json!(9)), "{e:?}");
+        }
+        let e = err(br#"{"id":{"n":[1,2]},"size":1,"filesize":2}"#);
+        assert_eq!(
+            e,
+            HeaderError::SizeConflict { offset: 0, size: 1, filesize: 2, id: Some(json!({"n":[1,2]})) }
+        );
+        assert_eq!(e.to_string(), "frame at byte 0: `size` 1 and `filesize` 2 differ");
+        assert_eq!(err(br#"{"size":-1}"#).request_id(), None);
+        assert_eq!(err(b"[1]").request_id(), None);
+    }
+
+    #[test]
+    fn error_offset_is_the_bad_frames_place_in_the_stream() {
+        let mut input = frame(r#"{"size":2}"#);
+        input.extend_from_slice(b"xy\0\0\0\0");
+        let mut d = HeaderBodyDecoder::default();
+        let mut pos = 0;
+        let e = loop {
+            match d.decode(&input[pos..]) {
+                Ok(answer) => pos += answer.consumed(),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(e, HeaderError::EmptyHeader { offset: 16, max: 65536 });
+        assert_eq!(e.offset(), 16);
+        // Errors are final: the same answer again.
+        assert_eq!(d.decode(&input[pos..]), Err(e));
+    }
+
+    #[test]
+    fn max_header_is_configurable() {
+        let mut d = HeaderBodyDecoder::new(HeaderBodyConfig { max_header: 2, accept_filesize: true });
+        assert_eq!(d.max_buffered(), 6);
+        header_of(&mut d, &frame("{}"));
+        assert_eq!(d.decode(b""), Ok(Decoded::Item { item: Part::BodyEnd, consumed: 0 }));
+        assert_eq!(d.decode(&frame("{ }")), Err(HeaderError::HeaderTooLong { offset: 6, length: 3, max: 2 }));
+    }
+
+    #[test]
+    fn encode_header_adds_size_and_round_trips() {
+        #[derive(Serialize)]
+        struct Reply<'a> {
+            ok: bool,
+            cmd: &'a str,
+        }
+        let mut out = b"pending".to_vec();
+        encode_header(&Reply { ok: true, cmd: "get" }, 3, &mut out).unwrap();
+        out.extend_from_slice(b"abc");
+        assert_eq!(&out[..7], b"pending");
+        let text = r#"{"ok":true,"cmd":"get","size":3}"#;
+        assert_eq!(&out[7..11], &(text.len() as u32).to_le_bytes());
+        assert_eq!(&out[11..11 + text.len()], text.as_bytes());
+        let mut d = HeaderBodyDecoder::new(HeaderBodyConfig::responses());
+        let (fields, size, consumed) = header_of(&mut d, &out[7..]);
+        assert_eq!((fields["cmd"].as_str(), size, consumed), (Some("get"), 3, 4 + text.len()));
+
+        let mut out = Vec::new();
+        encode_header(&json!({"ok": false, "cmd": null}), 0, &mut out).unwrap();
+        assert_eq!(&out[4..], br#"{"cmd":null,"ok":false,"size":0}"#);
+    }
+
+    #[test]
+    fn encode_header_errors_leave_output_alone() {
+        let mut out = b"x".to_vec();
+        let e = encode_header(&json!([1, 2]), 0, &mut out).unwrap_err();
+        assert!(matches!(e, HeaderEncodeError::NotAnObject { .. }), "{e:?}");
+        assert!(matches!(encode_header("text", 0, &mut out), Err(HeaderEncodeError::NotAnObject { .. })));
+        let small = HeaderBodyConfig { max_header: 10, accept_filesize: false };
+        assert_eq!(
+            small.encode_header(&json!({"a": 1}), 0, &mut out),
+            Err(HeaderEncodeError::TooLong { length: 16, max: 10 })
+        );
+        assert_eq!(out, b"x");
+    }
+}

@@ -1,0 +1,270 @@
+//! A stream connection: its socket, the leftover of a partial request, its pending output, its
+//! service and the flags the reactor steers it by.
+
+use std::io::{self, Read, Write};
+use std::time::Instant;
+
+use mio::event::Source;
+use mio::net::{TcpStream, UnixStream};
+use mio::{Interest, Registry, Token};
+
+use crate::config::ServiceKind;
+use crate::service::StreamService;
+
+/// An accepted TCP or Unix stream.
+#[derive(Debug)]
+pub enum StreamSocket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Read for StreamSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            StreamSocket::Tcp(s) => s.read(buf),
+            StreamSocket::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for StreamSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            StreamSocket::Tcp(s) => s.write(buf),
+            StreamSocket::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Source for StreamSocket {
+    fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            StreamSocket::Tcp(s) => s.register(r, t, i),
+            StreamSocket::Unix(s) => s.register(r, t, i),
+        }
+    }
+
+    fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            StreamSocket::Tcp(s) => s.reregister(r, t, i),
+            StreamSocket::Unix(s) => s.reregister(r, t, i),
+        }
+    }
+
+    fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+        match self {
+            StreamSocket::Tcp(s) => s.deregister(r),
+            StreamSocket::Unix(s) => s.deregister(r),
+        }
+    }
+}
+
+/// Output waiting for the socket to accept it, written from `pos` on.
+#[derive(Debug, Default)]
+pub struct OutBuf {
+    /// Bytes queued; those before `pos` are already written.
+    buf: Vec<u8>,
+    /// How much of `buf` the socket has taken.
+    pos: usize,
+}
+
+/// Capacity an empty output buffer may keep; beyond it the memory is returned, so that idle
+/// connections hold no buffer.
+const KEEP_CAPACITY: usize = 4096;
+
+impl OutBuf {
+    /// Bytes not yet written.
+    pub fn pending(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.pending() == 0
+    }
+
+    /// The buffer to append replies to. Written bytes at the front are dropped first when they
+    /// are the larger part, so the buffer does not grow with everything ever sent.
+    pub fn tail(&mut self) -> &mut Vec<u8> {
+        if self.pos > 0 && self.pos >= self.buf.len() / 2 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        &mut self.buf
+    }
+
+    /// Appends bytes.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.tail().extend_from_slice(bytes);
+    }
+
+    /// Writes until the output is empty or the socket would block; returns the bytes written.
+    pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<usize> {
+        let mut written = 0;
+        while let Some(rest) = self.buf.get(self.pos..).filter(|r| !r.is_empty()) {
+            match w.write(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.pos = self.pos.saturating_add(n);
+                    written += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.is_empty() {
+            self.release();
+        }
+        Ok(written)
+    }
+
+    fn release(&mut self) {
+        self.pos = 0;
+        if self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
+    }
+}
+
+/// Writes `bytes` straight to the socket until it would block; returns how many it took.
+/// Used when nothing is pending, so the common case never copies into the connection.
+pub fn write_direct(w: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while let Some(rest) = bytes.get(done..).filter(|r| !r.is_empty()) {
+        match w.write(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// One accepted stream connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// The socket.
+    pub socket: StreamSocket,
+    /// Which service the listener that accepted it runs (for logs and counters).
+    pub kind: ServiceKind,
+    /// The service's state for this connection.
+    pub service: StreamService,
+    /// The unconsumed tail of the input (a partial request); empty, and unallocated, otherwise.
+    pub input: Vec<u8>,
+    /// Replies the socket has not taken yet.
+    pub out: OutBuf,
+    /// What the connection is registered for in the poll now.
+    pub interest: Option<Interest>,
+    /// The peer shut down its write side (a read returned 0): finish writing, then close.
+    pub read_closed: bool,
+    /// Reading stopped because pending output reached the pause mark.
+    pub read_paused: bool,
+    /// On the ready list already.
+    pub queued: bool,
+    /// Marked for closing after this event walk; no more I/O.
+    pub dead: bool,
+    /// Last time bytes moved either way, for the idle timeout.
+    pub last_active: Instant,
+}
+
+impl Conn {
+    /// A fresh connection.
+    pub fn new(socket: StreamSocket, kind: ServiceKind, service: StreamService, now: Instant) -> Self {
+        Conn {
+            socket,
+            kind,
+            service,
+            input: Vec::new(),
+            out: OutBuf::default(),
+            interest: None,
+            read_closed: false,
+            read_paused: false,
+            queued: false,
+            dead: false,
+            last_active: now,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `chunk` bytes per call and blocks after `budget` bytes.
+    struct Trickle {
+        got: Vec<u8>,
+        chunk: usize,
+        budget: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.chunk).min(self.budget);
+            self.got.extend_from_slice(&buf[..n]);
+            self.budget -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn partial_writes_keep_order_and_memory_is_released() {
+        let mut out = OutBuf::default();
+        let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        out.extend(&data);
+        let mut w = Trickle {
+            got: Vec::new(),
+            chunk: 777,
+            budget: 30_000,
+        };
+        assert_eq!(out.write_to(&mut w).unwrap(), 30_000);
+        assert_eq!(out.pending(), 70_000);
+        out.extend(b"tail");
+        w.budget = usize::MAX;
+        assert_eq!(out.write_to(&mut w).unwrap(), 70_004);
+        assert!(out.is_empty());
+        assert_eq!(&w.got[..100_000], &data[..]);
+        assert_eq!(&w.got[100_000..], b"tail");
+        assert_eq!(out.buf.capacity(), 0, "an empty buffer returns its memory");
+    }
+
+    #[test]
+    fn appending_drops_written_front() {
+        let mut out = OutBuf::default();
+        out.extend(&[1; 1000]);
+        let mut w = Trickle {
+            got: Vec::new(),
+            chunk: 600,
+            budget: 600,
+        };
+        out.write_to(&mut w).unwrap();
+        out.extend(&[2; 10]);
+        assert_eq!(out.pos, 0);
+        assert_eq!(out.pending(), 410);
+    }
+
+    #[test]
+    fn direct_writes_stop_at_would_block() {
+        let mut w = Trickle {
+            got: Vec::new(),
+            chunk: 10,
+            budget: 25,
+        };
+        assert_eq!(write_direct(&mut w, &[7; 100]).unwrap(), 25);
+        assert_eq!(w.got, vec![7; 25]);
+    }
+}

@@ -1,0 +1,1046 @@
+//! The server's event loop: the only server code that imports mio.
+//!
+//! One `Poll`, one `Sources` slab of listeners, connections and datagram sockets. A turn of
+//! the loop is: poll (the only blocking call) → walk the events, draining each ready socket
+//! until `WouldBlock` or its budget → serve the ready list (sockets that still had work when
+//! their budget ran out: no new edge will come for them) → fire due timers → close what was
+//! marked dead during the walk. The poll sleeps until the earliest timer, or not at all while
+//! the ready list holds something.
+
+pub mod conn;
+pub mod dgram;
+pub mod timer;
+pub mod token;
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, UdpSocket, UnixDatagram, UnixListener};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::addr::ListenAddr;
+use crate::config::{Limits, ServerConfig, ServiceKind};
+use crate::metrics::Counters;
+use crate::service::{DatagramService, StreamService};
+use crate::sockopt::{self, BindError, OptionsInEffect};
+
+use conn::{Conn, StreamSocket, write_direct};
+use dgram::{DgramEndpoint, DgramSocket, Peer, Received, is_per_datagram_error};
+use timer::{TimerKind, Timers};
+use token::{SIGNAL, Sources};
+
+/// Size of the one read buffer the reactor shares between all sockets. Large enough for any
+/// UDP datagram; longer Unix datagrams are cut to it.
+const SCRATCH_SIZE: usize = 256 * 1024;
+
+/// How long a listener rests after an accept error that retrying at once cannot fix.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// At most one warning of a kind per this interval; the rest are counted into the next one.
+const WARN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A listening socket.
+#[derive(Debug)]
+enum ListenSocket {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl ListenSocket {
+    fn accept(&self) -> io::Result<StreamSocket> {
+        match self {
+            ListenSocket::Tcp(l) => l.accept().map(|(s, _)| StreamSocket::Tcp(s)),
+            ListenSocket::Unix(l) => l.accept().map(|(s, _)| StreamSocket::Unix(s)),
+        }
+    }
+}
+
+/// A listener and the service its connections get.
+#[derive(Debug)]
+struct Listener {
+    /// The socket.
+    socket: ListenSocket,
+    /// The service of the connections it accepts.
+    kind: ServiceKind,
+    /// On the ready list already.
+    queued: bool,
+}
+
+/// Everything that lives in the slab.
+#[derive(Debug)]
+enum Entry {
+    Listener(Listener),
+    Conn(Conn),
+    Dgram(DgramEndpoint),
+}
+
+/// One bound socket, as `socklab serve` reports it at start-up.
+#[derive(Debug, Clone)]
+pub struct BoundListener {
+    /// The service it runs.
+    pub service: ServiceKind,
+    /// `tcp`, `udp`, `unix` or `unixgram`.
+    pub transport: &'static str,
+    /// The bound address in command-line form (the real port when 0 was asked for).
+    pub addr: String,
+    /// The socket options in effect, read back from the kernel.
+    pub options: OptionsInEffect,
+}
+
+impl fmt::Display for BoundListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "listening {} {} {} {}",
+            self.service, self.transport, self.addr, self.options
+        )
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{source}; choose another address with --{service} ADDR (or --no-{service})")]
+    Bind {
+        service: ServiceKind,
+        source: BindError,
+    },
+    #[error("cannot create the event loop: {0}")]
+    Poll(io::Error),
+    #[error("cannot watch {what}: {source}")]
+    Register {
+        what: String,
+        source: io::Error,
+    },
+    #[error("cannot install the SIGINT/SIGTERM handlers: {0}")]
+    Signals(io::Error),
+}
+
+/// Logs a warning at most once per interval, counting what it held back.
+#[derive(Debug, Default)]
+struct RateLimited {
+    /// When the next warning may be logged.
+    next: Option<Instant>,
+    /// Events since the last warning.
+    held: u64,
+}
+
+impl RateLimited {
+    /// Counts `n` events; returns the total to report when a warning is due.
+    fn hit(&mut self, now: Instant, n: u64) -> Option<u64> {
+        self.held = self.held.saturating_add(n);
+        match self.next {
+            Some(next) if now < next => None,
+            _ => {
+                self.next = Some(now + WARN_INTERVAL);
+                Some(std::mem::take(&mut self.held))
+            }
+        }
+    }
+}
+
+/// What one drive of a connection decided.
+#[derive(Debug)]
+enum Verdict {
+    /// Keep it; `more` says its budget ran out with input possibly left.
+    Open { more: bool },
+    /// Close it, for this reason (logged at debug level).
+    Close(CloseReason),
+}
+
+/// Why a connection is closed.
+#[derive(Debug)]
+enum CloseReason {
+    /// The peer shut down its side and everything owed to it was written.
+    Finished,
+    /// An I/O error on the socket (usually a reset by the peer).
+    Io(io::Error),
+    /// Pending output passed `--max-pending`.
+    SlowReader { pending: usize },
+    /// A partial request grew past what any request may hold.
+    InputTooLarge { held: usize },
+}
+
+/// The single-threaded server.
+pub struct Reactor {
+    /// The poll: its `poll` is the only blocking call on this thread.
+    poll: Poll,
+    /// Every socket the server owns.
+    sources: Sources<Entry>,
+    /// SIGINT and SIGTERM, delivered through a pipe registered in the poll.
+    signals: Signals,
+    /// Idle checks, accept retries, the shutdown deadline.
+    timers: Timers,
+    /// Sources whose budget ran out with work left; served before the next sleep.
+    ready: Vec<Token>,
+    /// Connections to close once the event walk is over.
+    to_close: Vec<Token>,
+    /// The one read buffer for every socket: idle connections hold none of their own.
+    scratch: Vec<u8>,
+    /// Service output before it is known whether the socket takes it all.
+    reply: Vec<u8>,
+    /// Limits and options.
+    config: ServerConfig,
+    /// Stream connections open now.
+    open_conns: usize,
+    /// A descriptor held in reserve: closed to accept-and-shed connections at EMFILE.
+    reserve_fd: Option<File>,
+    /// Unix socket files this server created, removed when it stops.
+    owned_paths: Vec<PathBuf>,
+    /// Set once shutdown begins: the moment the server exits even if output is still pending.
+    shutdown_deadline: Option<Instant>,
+    /// The time of the current turn, read once after each poll.
+    now: Instant,
+    /// Counters.
+    counters: Counters,
+    /// Warnings for `--max-conns` rejections.
+    warn_max_conns: RateLimited,
+    /// Warnings for descriptor exhaustion.
+    warn_fds: RateLimited,
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Accept errors that concern one connection that died in the backlog, not the listener.
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        )
+    )
+}
+
+impl Reactor {
+    /// Binds every configured listener and registers it. Nothing is served until `run`.
+    pub fn bind(config: ServerConfig) -> Result<(Reactor, Vec<BoundListener>), StartError> {
+        let poll = Poll::new().map_err(StartError::Poll)?;
+        let mut signals =
+            Signals::new([libc::SIGINT, libc::SIGTERM]).map_err(StartError::Signals)?;
+        poll.registry()
+            .register(&mut signals, SIGNAL, Interest::READABLE)
+            .map_err(StartError::Signals)?;
+        let mut reactor = Reactor {
+            poll,
+            sources: Sources::default(),
+            signals,
+            timers: Timers::default(),
+            ready: Vec::new(),
+            to_close: Vec::new(),
+            scratch: vec![0; SCRATCH_SIZE],
+            reply: Vec::new(),
+            config,
+            open_conns: 0,
+            reserve_fd: File::open("/dev/null").ok(),
+            owned_paths: Vec::new(),
+            shutdown_deadline: None,
+            now: Instant::now(),
+            counters: Counters::default(),
+            warn_max_conns: RateLimited::default(),
+            warn_fds: RateLimited::default(),
+        };
+        let mut bound = Vec::new();
+        for l in reactor.config.listeners.clone() {
+            // On an error, dropping `reactor` removes the socket files bound so far.
+            bound.push(reactor.bind_one(l.service, &l.addr)?);
+        }
+        Ok((reactor, bound))
+    }
+
+    fn bind_one(
+        &mut self,
+        service: ServiceKind,
+        addr: &ListenAddr,
+    ) -> Result<BoundListener, StartError> {
+        let o = &self.config.sockopts;
+        let bind_err = |source| StartError::Bind { service, source };
+        let local = |r: io::Result<std::net::SocketAddr>| {
+            r.map(|a| a.to_string()).unwrap_or_else(|_| addr.to_string())
+        };
+        let (entry, transport, shown, options) = match (addr, service.is_stream()) {
+            (ListenAddr::Inet(a), true) => {
+                let (l, opts) = sockopt::tcp_listener(*a, o).map_err(bind_err)?;
+                let shown = local(l.local_addr());
+                let socket = ListenSocket::Tcp(TcpListener::from_std(l));
+                (self.listener(socket, service), "tcp", shown, opts)
+            }
+            (ListenAddr::Inet(a), false) => {
+                let (s, opts) = sockopt::udp_socket(*a, o).map_err(bind_err)?;
+                let shown = local(s.local_addr());
+                let socket = DgramSocket::Udp(UdpSocket::from_std(s));
+                (self.endpoint(socket, service), "udp", shown, opts)
+            }
+            (ListenAddr::Unix(p), _) => {
+                let (l, opts) = sockopt::unix_listener(p, o).map_err(bind_err)?;
+                self.owned_paths.push(p.clone());
+                let socket = ListenSocket::Unix(UnixListener::from_std(l));
+                (self.listener(socket, service), "unix", addr.to_string(), opts)
+            }
+            (ListenAddr::Unixgram(p), _) => {
+                let (s, opts) = sockopt::unix_datagram(p, o).map_err(bind_err)?;
+                self.owned_paths.push(p.clone());
+                let socket = DgramSocket::Unix(UnixDatagram::from_std(s));
+                (self.endpoint(socket, service), "unixgram", addr.to_string(), opts)
+            }
+        };
+        let register_err = |source| StartError::Register {
+            what: addr.to_string(),
+            source,
+        };
+        let token = self.sources.insert(entry).ok_or_else(|| {
+            register_err(io::Error::new(io::ErrorKind::OutOfMemory, "slab full"))
+        })?;
+        let registry = self.poll.registry();
+        let registered = match self.sources.get_mut(token) {
+            Some(Entry::Listener(l)) => match &mut l.socket {
+                ListenSocket::Tcp(s) => registry.register(s, token, Interest::READABLE),
+                ListenSocket::Unix(s) => registry.register(s, token, Interest::READABLE),
+            },
+            Some(Entry::Dgram(d)) => registry.register(&mut d.socket, token, Interest::READABLE),
+            _ => Ok(()),
+        };
+        registered.map_err(register_err)?;
+        Ok(BoundListener {
+            service,
+            transport,
+            addr: shown,
+            options,
+        })
+    }
+
+    fn listener(&self, socket: ListenSocket, kind: ServiceKind) -> Entry {
+        Entry::Listener(Listener {
+            socket,
+            kind,
+            queued: false,
+        })
+    }
+
+    fn endpoint(&self, socket: DgramSocket, kind: ServiceKind) -> Entry {
+        let service = DatagramService::for_kind(kind);
+        match service {
+            Some(service) => Entry::Dgram(DgramEndpoint {
+                socket,
+                kind,
+                service,
+                queue: Default::default(),
+                writable: false,
+                queued: false,
+            }),
+            // `ServerConfig::validate` keeps stream kinds off datagram sockets; should one get
+            // here anyway, echo is the harmless answer.
+            None => Entry::Dgram(DgramEndpoint {
+                socket,
+                kind,
+                service: DatagramService::Echo(crate::service::echo::Echo),
+                queue: Default::default(),
+                writable: false,
+                queued: false,
+            }),
+        }
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Runs until SIGINT or SIGTERM, then drains pending output for the grace period.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = if self.ready.is_empty() {
+                self.timers.next_timeout(Instant::now())
+            } else {
+                Some(Duration::ZERO)
+            };
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            self.now = Instant::now();
+            self.counters.loop_iterations = self.counters.loop_iterations.saturating_add(1);
+            for ev in events.iter() {
+                // Errors and hang-ups are delivered to both sides, so the read or write that
+                // follows sees them and the connection is closed through the normal path.
+                let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
+                self.dispatch(ev.token(), readable, writable);
+            }
+            self.serve_ready();
+            self.fire_timers();
+            self.close_dead();
+            self.counters.loop_busy += self.now.elapsed();
+            if let Some(deadline) = self.shutdown_deadline {
+                if self.open_conns == 0 {
+                    tracing::info!("every connection is closed; exiting");
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    tracing::warn!(
+                        open = self.open_conns,
+                        "shutdown grace period over; closing the connections left"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, token: Token, readable: bool, writable: bool) {
+        if token == SIGNAL {
+            self.on_signals();
+            return;
+        }
+        match self.sources.get(token) {
+            Some(Entry::Listener(_)) => self.accept_all(token),
+            Some(Entry::Conn(_)) => self.drive_conn(token, readable, writable),
+            Some(Entry::Dgram(_)) => self.drive_dgram(token, readable, writable),
+            // A stale event for a source closed earlier: its slot is empty or reused.
+            None => {}
+        }
+    }
+
+    /// Serves the sources whose budget ran out last turn. Those that run out again go on the
+    /// list for the next turn, so one busy socket cannot keep this loop from sleeping or
+    /// others from their turn.
+    fn serve_ready(&mut self) {
+        let ready = std::mem::take(&mut self.ready);
+        for token in ready {
+            match self.sources.get_mut(token) {
+                Some(Entry::Listener(l)) => {
+                    l.queued = false;
+                    self.accept_all(token);
+                }
+                Some(Entry::Conn(c)) => {
+                    c.queued = false;
+                    self.drive_conn(token, true, true);
+                }
+                Some(Entry::Dgram(d)) => {
+                    d.queued = false;
+                    self.drive_dgram(token, true, true);
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn on_signals(&mut self) {
+        let got: Vec<i32> = self.signals.pending().collect();
+        if got.is_empty() {
+            return;
+        }
+        if self.shutdown_deadline.is_some() {
+            tracing::warn!("second signal: exiting without waiting for pending output");
+            self.shutdown_deadline = Some(self.now);
+            return;
+        }
+        self.begin_shutdown();
+    }
+
+    /// Stops accepting and receiving, removes the socket files, and lets connections drain.
+    fn begin_shutdown(&mut self) {
+        let grace = self.config.limits.shutdown_grace;
+        tracing::info!(
+            open = self.open_conns,
+            "shutting down: no new connections; pending output has {}",
+            humantime::format_duration(grace)
+        );
+        let deadline = self.now + grace;
+        self.shutdown_deadline = Some(deadline);
+        self.timers.push(deadline, TimerKind::ShutdownGrace);
+        let mut conns = Vec::new();
+        let mut others = Vec::new();
+        for (token, entry) in self.sources.iter() {
+            match entry {
+                Entry::Conn(_) => conns.push(token),
+                Entry::Listener(_) | Entry::Dgram(_) => others.push(token),
+            }
+        }
+        for token in others {
+            // Dropping closes the socket, which also takes it out of the poll.
+            drop(self.sources.remove(token));
+        }
+        self.remove_socket_files();
+        for token in conns {
+            if let Some(Entry::Conn(c)) = self.sources.get_mut(token) {
+                c.read_closed = true;
+            }
+            self.drive_conn(token, false, true);
+        }
+    }
+
+    fn remove_socket_files(&mut self) {
+        for path in self.owned_paths.drain(..) {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), "cannot remove socket file: {e}");
+            }
+        }
+    }
+
+    /// Accepts until the backlog is empty or the listener's budget for this turn is spent.
+    fn accept_all(&mut self, token: Token) {
+        let mut budget = self.config.limits.accept_budget;
+        loop {
+            let Some(Entry::Listener(l)) = self.sources.get_mut(token) else {
+                return;
+            };
+            if budget == 0 {
+                if !l.queued {
+                    l.queued = true;
+                    self.ready.push(token);
+                }
+                return;
+            }
+            budget -= 1;
+            let kind = l.kind;
+            match l.socket.accept() {
+                Ok(socket) => self.admit(socket, kind),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_transient_accept_error(&e) => {
+                    tracing::debug!(service = %kind, "accept: {e}");
+                }
+                Err(e) if is_fd_exhaustion(&e) => {
+                    self.shed_backlog(token, kind, &e);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(service = %kind, "accept failed: {e}; retrying shortly");
+                    self.timers
+                        .push(self.now + ACCEPT_RETRY, TimerKind::AcceptRetry(token));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Out of descriptors: an edge-triggered listener that merely stopped here would never hear
+    /// of the connections already queued. So the reserve descriptor is closed to make room,
+    /// and the backlog is accepted and closed one by one: those clients learn at once that
+    /// there is no room, instead of waiting on a connection nobody will serve.
+    fn shed_backlog(&mut self, token: Token, kind: ServiceKind, cause: &io::Error) {
+        let Some(Entry::Listener(l)) = self.sources.get(token) else {
+            return;
+        };
+        let mut shed = 0u64;
+        let mut drained = false;
+        if self.reserve_fd.take().is_some() {
+            loop {
+                match l.socket.accept() {
+                    Ok(socket) => {
+                        drop(socket);
+                        shed += 1;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        drained = true;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if is_transient_accept_error(&e) => {}
+                    Err(_) => break,
+                }
+            }
+            self.reserve_fd = File::open("/dev/null").ok();
+        }
+        let c = self.counters.service(kind);
+        c.rejected_fd_limit = c.rejected_fd_limit.saturating_add(shed);
+        if let Some(total) = self.warn_fds.hit(self.now, shed.max(1)) {
+            tracing::warn!(
+                service = %kind,
+                open = self.open_conns,
+                "out of file descriptors ({cause}): shed {total} connection(s); raise the limit \
+                 (ulimit -n) or lower --max-conns"
+            );
+        }
+        if !drained || self.reserve_fd.is_none() {
+            // The backlog may still hold connections, and no new edge is promised: look again
+            // shortly rather than spin on accept, which fails at the limit even when empty.
+            self.timers
+                .push(self.now + ACCEPT_RETRY, TimerKind::AcceptRetry(token));
+        }
+    }
+
+    /// Takes in one accepted connection, or closes it at once when `--max-conns` are open.
+    fn admit(&mut self, socket: StreamSocket, kind: ServiceKind) {
+        let limits = &self.config.limits;
+        if self.open_conns >= limits.max_conns || self.shutdown_deadline.is_some() {
+            drop(socket);
+            let c = self.counters.service(kind);
+            c.rejected_max_conns = c.rejected_max_conns.saturating_add(1);
+            if let Some(total) = self.warn_max_conns.hit(self.now, 1) {
+                tracing::warn!(
+                    service = %kind,
+                    "connection limit reached (--max-conns {}): closed {total} new connection(s)",
+                    limits.max_conns
+                );
+            }
+            return;
+        }
+        if let StreamSocket::Tcp(s) = &socket {
+            if let Err(e) = sockopt::tune_accepted_tcp(s, &self.config.sockopts) {
+                tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
+            }
+        }
+        let Some(service) = StreamService::for_kind(kind) else {
+            return;
+        };
+        let idle = limits.idle_timeout;
+        let conn = Conn::new(socket, kind, service, self.now);
+        let Some(token) = self.sources.insert(Entry::Conn(conn)) else {
+            return;
+        };
+        let registered = match self.sources.get_mut(token) {
+            Some(Entry::Conn(c)) => {
+                socket_register(&self.poll, &mut c.socket, token, Interest::READABLE).map(|()| {
+                    c.interest = Some(Interest::READABLE);
+                })
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = registered {
+            tracing::warn!(service = %kind, "cannot watch a new connection: {e}");
+            drop(self.sources.remove(token));
+            return;
+        }
+        self.open_conns += 1;
+        let c = self.counters.service(kind);
+        c.accepted = c.accepted.saturating_add(1);
+        c.open = c.open.saturating_add(1);
+        if let Some(idle) = idle {
+            self.timers.push(self.now + idle, TimerKind::Idle(token));
+        }
+    }
+
+    /// Writes what is pending, reads what the budget allows, and settles the connection's
+    /// registration, ready-list place or closing.
+    fn drive_conn(&mut self, token: Token, readable: bool, writable: bool) {
+        let limits = &self.config.limits;
+        let Some(Entry::Conn(c)) = self.sources.get_mut(token) else {
+            return;
+        };
+        if c.dead {
+            return;
+        }
+        let (verdict, received, sent) = drive(
+            c,
+            readable,
+            writable,
+            &mut self.scratch,
+            &mut self.reply,
+            limits,
+            self.now,
+        );
+        let kind = c.kind;
+        let counters = self.counters.service(kind);
+        counters.bytes_received = counters.bytes_received.saturating_add(received as u64);
+        counters.bytes_sent = counters.bytes_sent.saturating_add(sent as u64);
+        let Some(Entry::Conn(c)) = self.sources.get_mut(token) else {
+            return;
+        };
+        match verdict {
+            Verdict::Close(reason) => {
+                match &reason {
+                    CloseReason::SlowReader { pending } => tracing::info!(
+                        service = %kind,
+                        pending,
+                        "disconnecting a client that does not read its replies (--max-pending)"
+                    ),
+                    CloseReason::InputTooLarge { held } => tracing::info!(
+                        service = %kind,
+                        held,
+                        "disconnecting a client whose partial request is too large"
+                    ),
+                    CloseReason::Io(e) => tracing::debug!(service = %kind, "closing: {e}"),
+                    CloseReason::Finished => tracing::debug!(service = %kind, "closing: done"),
+                }
+                c.dead = true;
+                self.to_close.push(token);
+            }
+            Verdict::Open { more } => {
+                let want = wanted_interest(c, limits);
+                if want != c.interest {
+                    let result = match want {
+                        Some(i) => self.poll.registry().reregister(&mut c.socket, token, i),
+                        None => Ok(()),
+                    };
+                    if let Err(e) = result {
+                        tracing::warn!(service = %kind, "cannot update a connection's interest: {e}");
+                        c.dead = true;
+                        self.to_close.push(token);
+                        return;
+                    }
+                    c.interest = want;
+                }
+                if more && !c.queued {
+                    c.queued = true;
+                    self.ready.push(token);
+                }
+            }
+        }
+    }
+
+    /// Sends queued replies, then receives and answers datagrams up to the budget.
+    fn drive_dgram(&mut self, token: Token, readable: bool, _writable: bool) {
+        let limits = &self.config.limits;
+        let Some(Entry::Dgram(d)) = self.sources.get_mut(token) else {
+            return;
+        };
+        let kind = d.kind;
+        let mut stats = DgramStats::default();
+        flush_datagrams(d, &mut stats);
+        let mut more = false;
+        if readable {
+            let mut budget = limits.datagram_budget;
+            loop {
+                if budget == 0 {
+                    more = true;
+                    break;
+                }
+                budget -= 1;
+                match d.socket.recv(&mut self.scratch) {
+                    Ok(Received::From(n, peer)) => {
+                        stats.received += 1;
+                        stats.bytes_in += n;
+                        let payload = self.scratch.get(..n).unwrap_or_default();
+                        if d.service.on_datagram(payload, &mut self.reply) {
+                            send_or_queue(d, peer, &self.reply, limits, &mut stats);
+                        }
+                    }
+                    Ok(Received::Unanswerable(n)) => {
+                        stats.received += 1;
+                        stats.bytes_in += n;
+                        stats.dropped += 1;
+                        tracing::debug!(
+                            service = %kind,
+                            "datagram from an unbound unix socket: no address to answer"
+                        );
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // An ICMP error for an earlier reply surfaces here; it is about that peer.
+                    Err(e) if is_per_datagram_error(&e) => {
+                        tracing::debug!(service = %kind, "receive: {e}")
+                    }
+                    Err(e) => {
+                        tracing::warn!(service = %kind, "receive failed: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        let want_writable = !d.queue.is_empty();
+        if want_writable != d.writable {
+            let interest = if want_writable {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            match self
+                .poll
+                .registry()
+                .reregister(&mut d.socket, token, interest)
+            {
+                Ok(()) => d.writable = want_writable,
+                Err(e) => tracing::warn!(service = %kind, "cannot update interest: {e}"),
+            }
+        }
+        if more && !d.queued {
+            d.queued = true;
+            self.ready.push(token);
+        }
+        let c = self.counters.service(kind);
+        c.datagrams_received = c.datagrams_received.saturating_add(stats.received);
+        c.datagrams_sent = c.datagrams_sent.saturating_add(stats.sent);
+        c.datagrams_dropped = c.datagrams_dropped.saturating_add(stats.dropped);
+        c.bytes_received = c.bytes_received.saturating_add(stats.bytes_in as u64);
+        c.bytes_sent = c.bytes_sent.saturating_add(stats.bytes_out as u64);
+    }
+
+    fn fire_timers(&mut self) {
+        while let Some(kind) = self.timers.pop_due(self.now) {
+            match kind {
+                TimerKind::Idle(token) => self.check_idle(token),
+                TimerKind::AcceptRetry(token) => self.accept_all(token),
+                TimerKind::ShutdownGrace => {}
+            }
+        }
+        // Entries of closed connections wait in the heap until due; compact when they
+        // outnumber the live ones, so churn cannot grow the heap.
+        if self.timers.len() > 2 * self.sources.len() + 1024 {
+            let sources = &self.sources;
+            self.timers.retain(|k| match k {
+                TimerKind::Idle(t) | TimerKind::AcceptRetry(t) => sources.get(*t).is_some(),
+                TimerKind::ShutdownGrace => true,
+            });
+        }
+    }
+
+    fn check_idle(&mut self, token: Token) {
+        let Some(idle) = self.config.limits.idle_timeout else {
+            return;
+        };
+        let Some(Entry::Conn(c)) = self.sources.get_mut(token) else {
+            return;
+        };
+        if c.dead {
+            return;
+        }
+        let due = c.last_active + idle;
+        if due <= self.now {
+            tracing::debug!(service = %c.kind, "closing an idle connection (--idle-timeout)");
+            c.dead = true;
+            self.to_close.push(token);
+        } else {
+            self.timers.push(due, TimerKind::Idle(token));
+        }
+    }
+
+    /// Closes the connections marked during the walk: their slots are freed only now, so no
+    /// event of this batch can land on a successor.
+    fn close_dead(&mut self) {
+        for token in std::mem::take(&mut self.to_close) {
+            if let Some(Entry::Conn(mut c)) = self.sources.remove(token) {
+                discard_unread(&mut c.socket, &mut self.scratch);
+                self.open_conns = self.open_conns.saturating_sub(1);
+                let counters = self.counters.service(c.kind);
+                counters.open = counters.open.saturating_sub(1);
+            }
+        }
+    }
+}
+
+impl Drop for Reactor {
+    fn drop(&mut self) {
+        self.remove_socket_files();
+    }
+}
+
+fn socket_register(
+    poll: &Poll,
+    socket: &mut StreamSocket,
+    token: Token,
+    interest: Interest,
+) -> io::Result<()> {
+    poll.registry().register(socket, token, interest)
+}
+
+/// What a connection should be registered for: READABLE while it may read, WRITABLE only while
+/// output is pending (so an idle connection is never woken for writability).
+fn wanted_interest(c: &Conn, limits: &Limits) -> Option<Interest> {
+    let read = !c.read_closed && c.out.pending() < limits.pending_pause;
+    let write = !c.out.is_empty();
+    match (read, write) {
+        (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+        (true, false) => Some(Interest::READABLE),
+        (false, true) => Some(Interest::WRITABLE),
+        (false, false) => c.interest,
+    }
+}
+
+/// Reads and drops what the peer sent but nobody will read, so that closing sends a FIN
+/// rather than a reset that could destroy the replies still in flight to it. Bounded: a
+/// peer that keeps sending gets the reset.
+fn discard_unread(socket: &mut StreamSocket, scratch: &mut [u8]) {
+    for _ in 0..4 {
+        match socket.read(scratch) {
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
+/// One drive of one connection: write what is pending, then read while the budget lasts and
+/// the output is under the pause mark, feeding the service and writing its replies straight
+/// away. Returns the verdict and the bytes received and sent.
+fn drive(
+    c: &mut Conn,
+    readable: bool,
+    writable: bool,
+    scratch: &mut [u8],
+    reply: &mut Vec<u8>,
+    limits: &Limits,
+    now: Instant,
+) -> (Verdict, usize, usize) {
+    let mut received = 0usize;
+    let mut sent = 0usize;
+    let mut more = false;
+    let close = |reason, r, s| (Verdict::Close(reason), r, s);
+    if writable && !c.out.is_empty() {
+        match c.out.write_to(&mut c.socket) {
+            Ok(n) => sent += n,
+            Err(e) => return close(CloseReason::Io(e), received, sent),
+        }
+    }
+    // A connection paused by backpressure has unread input that no new edge will announce.
+    let was_paused = c.read_paused;
+    let mut budget = limits.read_budget;
+    while (readable || was_paused) && !c.read_closed && c.out.pending() < limits.pending_pause {
+        if budget == 0 {
+            more = true;
+            break;
+        }
+        let want = scratch.len().min(budget);
+        let Some(buf) = scratch.get_mut(..want) else {
+            break;
+        };
+        match c.socket.read(buf) {
+            Ok(0) => c.read_closed = true,
+            Ok(n) => {
+                budget = budget.saturating_sub(n);
+                received += n;
+                let data = buf.get(..n).unwrap_or_default();
+                match absorb(c, data, reply, limits) {
+                    Ok(w) => sent += w,
+                    Err(reason) => return close(reason, received, sent),
+                }
+                if c.out.pending() > limits.max_pending {
+                    let pending = c.out.pending();
+                    return close(CloseReason::SlowReader { pending }, received, sent);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return close(CloseReason::Io(e), received, sent),
+        }
+    }
+    if !c.out.is_empty() {
+        match c.out.write_to(&mut c.socket) {
+            Ok(n) => sent += n,
+            Err(e) => return close(CloseReason::Io(e), received, sent),
+        }
+    }
+    if received > 0 || sent > 0 {
+        c.last_active = now;
+    }
+    c.read_paused = !c.read_closed && c.out.pending() >= limits.pending_pause;
+    if was_paused && !c.read_paused && !c.read_closed {
+        // Resumed: read on the next turn, since the socket's data arrived while paused.
+        more = true;
+    }
+    if c.read_closed && c.out.is_empty() {
+        return close(CloseReason::Finished, received, sent);
+    }
+    (Verdict::Open { more }, received, sent)
+}
+
+/// Hands newly read bytes to the service. When nothing is pending, the service writes into the
+/// shared reply buffer and the socket gets it straight away; only what the socket does not
+/// take is copied into the connection. Returns the bytes written.
+fn absorb(
+    c: &mut Conn,
+    data: &[u8],
+    reply: &mut Vec<u8>,
+    limits: &Limits,
+) -> Result<usize, CloseReason> {
+    let mut sent = 0;
+    if c.input.is_empty() {
+        let consumed = if c.out.is_empty() {
+            reply.clear();
+            let consumed = c.service.on_input(data, reply).0;
+            sent = write_direct(&mut c.socket, reply).map_err(CloseReason::Io)?;
+            c.out.extend(reply.get(sent..).unwrap_or_default());
+            consumed
+        } else {
+            c.service.on_input(data, c.out.tail()).0
+        };
+        c.input
+            .extend_from_slice(data.get(consumed..).unwrap_or_default());
+    } else {
+        c.input.extend_from_slice(data);
+        let consumed = c.service.on_input(&c.input, c.out.tail()).0;
+        c.input.drain(..consumed.min(c.input.len()));
+        if c.input.is_empty() {
+            c.input = Vec::new();
+        }
+    }
+    if c.input.len() > limits.max_pending {
+        return Err(CloseReason::InputTooLarge {
+            held: c.input.len(),
+        });
+    }
+    Ok(sent)
+}
+
+/// Counts of one drive of a datagram socket.
+#[derive(Debug, Default)]
+struct DgramStats {
+    received: u64,
+    sent: u64,
+    dropped: u64,
+    bytes_in: usize,
+    bytes_out: usize,
+}
+
+/// Sends the queued replies until the kernel's buffer is full again.
+fn flush_datagrams(d: &mut DgramEndpoint, stats: &mut DgramStats) {
+    while let Some((peer, buf)) = d.queue.front() {
+        match d.socket.send(buf, peer) {
+            Ok(n) => {
+                stats.sent += 1;
+                stats.bytes_out += n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                stats.dropped += 1;
+                tracing::debug!(service = %d.kind, "reply dropped: {e}");
+            }
+        }
+        d.queue.pop_front();
+    }
+}
+
+/// Sends a reply at once, or queues it (bounded) when the kernel's buffer is full.
+fn send_or_queue(
+    d: &mut DgramEndpoint,
+    peer: Peer,
+    reply: &[u8],
+    limits: &Limits,
+    stats: &mut DgramStats,
+) {
+    if d.queue.is_empty() {
+        loop {
+            match d.socket.send(reply, &peer) {
+                Ok(n) => {
+                    stats.sent += 1;
+                    stats.bytes_out += n;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    stats.dropped += 1;
+                    if !is_per_datagram_error(&e) {
+                        tracing::warn!(service = %d.kind, "send failed: {e}");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+    if d.queue.len() < limits.max_queued_datagrams {
+        d.queue.push_back((peer, reply.to_vec()));
+    } else {
+        stats.dropped += 1;
+    }
+}
