@@ -31,7 +31,10 @@ pub fn main() -> ExitCode {
 }
 
 /// Sends tracing output to stderr: RUST_LOG when set, else `info` moved by `-v` and `-q`.
-pub fn init_logging(verbose: u8, quiet: u8) {
+/// Lines are written by a background thread, so a slow or blocked stderr never blocks the
+/// event loop (lines are dropped, not waited for, when its queue is full). Keep the guard
+/// alive until exit: dropping it flushes what is queued.
+pub fn init_logging(verbose: u8, quiet: u8) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let level = match i16::from(verbose) - i16::from(quiet) {
         i16::MIN..=-2 => "error",
@@ -41,11 +44,14 @@ pub fn init_logging(verbose: u8, quiet: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     // A second initialisation (tests calling in twice) is harmless; ignore its error.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(writer)
+        .with_ansi(ansi)
         .with_target(false)
         .try_init();
+    guard
 }

@@ -163,7 +163,7 @@ impl ServeArgs {
 
 /// Runs the server; the exit code is 0 after a signal-initiated shutdown.
 pub fn run(args: ServeArgs) -> ExitCode {
-    crate::cli::init_logging(args.verbose, args.quiet);
+    let _log_guard = crate::cli::init_logging(args.verbose, args.quiet);
     let config = args.to_config();
     if let Err(e) = config.validate() {
         tracing::error!("{e}");
