@@ -596,10 +596,10 @@ impl Reactor {
             }
             return;
         }
-        if let StreamSocket::Tcp(s) = &socket {
-            if let Err(e) = sockopt::tune_accepted_tcp(s, &self.config.sockopts) {
-                tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
-            }
+        if let StreamSocket::Tcp(s) = &socket
+            && let Err(e) = sockopt::tune_accepted_tcp(s, &self.config.sockopts)
+        {
+            tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
         }
         let Some(service) = StreamService::for_kind(kind) else {
             return;
