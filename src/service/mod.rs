@@ -1,6 +1,7 @@
 //! Sans-IO services: each takes the bytes (or datagrams) a client sent and appends its replies
 //! to an output buffer. No service sees a socket or a clock; the reactor does the I/O.
 
+pub mod auth;
 pub mod echo;
 pub mod upper;
 
