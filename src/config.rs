@@ -2,9 +2,11 @@
 //! limits. Built from the command line by `cli::serve`; the reactor only reads it.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::addr::ListenAddr;
+use crate::service::files::FilesConfig;
 
 /// The services the reactor can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -13,15 +15,17 @@ pub enum ServiceKind {
     Upper,
     UdpEcho,
     UdpUpper,
+    Files,
 }
 
 impl ServiceKind {
     /// Every service, in the order `socklab serve` starts them.
-    pub const ALL: [ServiceKind; 4] = [
+    pub const ALL: [ServiceKind; 5] = [
         ServiceKind::Echo,
         ServiceKind::Upper,
         ServiceKind::UdpEcho,
         ServiceKind::UdpUpper,
+        ServiceKind::Files,
     ];
 
     /// The name used on the command line, in logs and in metrics.
@@ -31,12 +35,16 @@ impl ServiceKind {
             ServiceKind::Upper => "upper",
             ServiceKind::UdpEcho => "udp-echo",
             ServiceKind::UdpUpper => "udp-upper",
+            ServiceKind::Files => "files",
         }
     }
 
     /// Stream services take TCP and `unix:` addresses; datagram services UDP and `unixgram:`.
     pub fn is_stream(self) -> bool {
-        matches!(self, ServiceKind::Echo | ServiceKind::Upper)
+        matches!(
+            self,
+            ServiceKind::Echo | ServiceKind::Upper | ServiceKind::Files
+        )
     }
 
     /// The address from PROTOCOL.md that `socklab serve` uses when none is given.
@@ -44,6 +52,7 @@ impl ServiceKind {
         let port = match self {
             ServiceKind::Echo | ServiceKind::UdpEcho => 7000,
             ServiceKind::Upper | ServiceKind::UdpUpper => 7001,
+            ServiceKind::Files => 7080,
         };
         ListenAddr::Inet(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
     }
@@ -60,6 +69,8 @@ impl fmt::Display for ServiceKind {
 pub struct ListenerConfig {
     pub service: ServiceKind,
     pub addr: ListenAddr,
+    /// Clients must pass the HMAC challenge-response before the service starts.
+    pub auth: bool,
 }
 
 /// Socket options applied to every listener (and, for TCP_NODELAY, to accepted connections).
@@ -135,12 +146,45 @@ impl Default for Limits {
     }
 }
 
+/// Where `files` keeps its data, and its limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilesSettings {
+    /// The data directory (created if missing).
+    pub data_dir: PathBuf,
+    /// Header and upload limits.
+    pub config: FilesConfig,
+}
+
+impl Default for FilesSettings {
+    fn default() -> Self {
+        FilesSettings {
+            data_dir: PathBuf::from("./socklab-data"),
+            config: FilesConfig::default(),
+        }
+    }
+}
+
 /// Everything the reactor needs to start.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     pub listeners: Vec<ListenerConfig>,
     pub sockopts: SocketOptions,
     pub limits: Limits,
+    pub files: FilesSettings,
+    /// How long a client has to answer the authentication challenge.
+    pub auth_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listeners: Vec::new(),
+            sockopts: SocketOptions::default(),
+            limits: Limits::default(),
+            files: FilesSettings::default(),
+            auth_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// A configuration that cannot run.
@@ -158,6 +202,12 @@ pub enum ConfigError {
     NothingToServe,
     #[error("{what} must be at least 1")]
     Zero { what: &'static str },
+    #[error(
+        "{service} on {addr} would be reachable from other machines without authentication; \
+         add --auth {service} (with --auth-secret-file PATH or SOCKLAB_SECRET), or listen on \
+         127.0.0.1 or a unix socket"
+    )]
+    NeedsAuth { service: ServiceKind, addr: String },
 }
 
 impl ServerConfig {
@@ -183,12 +233,21 @@ impl ServerConfig {
                 }
                 _ => {}
             }
+            if l.service == ServiceKind::Files && !l.auth && !l.addr.is_local() {
+                return Err(ConfigError::NeedsAuth {
+                    service: l.service,
+                    addr: l.addr.to_string(),
+                });
+            }
         }
         let nonzero = [
             ("--max-conns", self.limits.max_conns),
             ("--max-pending", self.limits.max_pending),
             ("--pending-pause", self.limits.pending_pause),
-            ("--backlog", usize::try_from(self.sockopts.backlog).unwrap_or(0)),
+            (
+                "--backlog",
+                usize::try_from(self.sockopts.backlog).unwrap_or(0),
+            ),
             ("--rcvbuf", self.sockopts.rcvbuf.unwrap_or(1)),
             ("--sndbuf", self.sockopts.sndbuf.unwrap_or(1)),
         ];
@@ -210,6 +269,7 @@ mod tests {
             listeners: vec![ListenerConfig {
                 service,
                 addr: addr.parse().unwrap(),
+                auth: false,
             }],
             ..ServerConfig::default()
         }
@@ -231,6 +291,19 @@ mod tests {
                 .validate()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn files_off_loopback_needs_auth() {
+        assert!(with(ServiceKind::Files, "127.0.0.1:0").validate().is_ok());
+        assert!(with(ServiceKind::Files, "unix:/tmp/f").validate().is_ok());
+        assert!(matches!(
+            with(ServiceKind::Files, "0.0.0.0:7080").validate(),
+            Err(ConfigError::NeedsAuth { .. })
+        ));
+        let mut c = with(ServiceKind::Files, "0.0.0.0:7080");
+        c.listeners[0].auth = true;
+        assert!(c.validate().is_ok());
     }
 
     #[test]

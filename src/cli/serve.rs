@@ -8,8 +8,14 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::addr::ListenAddr;
-use crate::config::{Limits, ListenerConfig, ServerConfig, ServiceKind, SocketOptions};
+use std::path::PathBuf;
+
+use crate::config::{
+    FilesSettings, Limits, ListenerConfig, ServerConfig, ServiceKind, SocketOptions,
+};
 use crate::reactor::Reactor;
+use crate::service::auth::Secret;
+use crate::service::files::FilesConfig;
 use crate::sockopt;
 
 fn parse_bytes(s: &str) -> Result<usize, String> {
@@ -18,6 +24,13 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
         .parse_size(s)
         .map_err(|e| format!("`{s}` is not a size such as 65536, 64KiB or 1MiB: {e}"))?;
     usize::try_from(n).map_err(|_| format!("`{s}` is too large"))
+}
+
+fn parse_stream_service(s: &str) -> Result<ServiceKind, String> {
+    ServiceKind::ALL
+        .into_iter()
+        .find(|k| k.name() == s && k.is_stream())
+        .ok_or_else(|| format!("`{s}` is not a stream service (echo, upper, files)"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -58,9 +71,42 @@ pub struct ServeArgs {
     /// Do not start udp-upper.
     #[arg(long, conflicts_with = "udp_upper", help_heading = "Services")]
     no_udp_upper: bool,
+    /// Address of files (framed put/get/list): HOST:PORT (TCP) or unix:PATH. Repeatable [default: 127.0.0.1:7080]
+    #[arg(long = "files", value_name = "ADDR", help_heading = "Services")]
+    files: Vec<ListenAddr>,
+    /// Do not start files.
+    #[arg(long, conflicts_with = "files", help_heading = "Services")]
+    no_files: bool,
+
+    /// Where files keeps its files (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "./socklab-data", help_heading = "Files")]
+    data_dir: PathBuf,
+    /// Largest upload files accepts (too_large beyond); unlimited when not given.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Files")]
+    max_upload: Option<usize>,
+    /// Largest frame header files accepts (bad_frame beyond).
+    #[arg(long, value_name = "BYTES", default_value = "64KiB", value_parser = parse_bytes, help_heading = "Files")]
+    max_header: usize,
+
+    /// Require the HMAC-SHA256 challenge-response on this service's stream listeners
+    /// (repeatable: --auth files --auth upper).
+    #[arg(long = "auth", value_name = "SERVICE", value_parser = parse_stream_service, help_heading = "Authentication")]
+    auth: Vec<ServiceKind>,
+    /// File holding the shared secret (one trailing newline is dropped). Without it the
+    /// secret comes from the SOCKLAB_SECRET environment variable; never from a flag.
+    #[arg(long, value_name = "PATH", help_heading = "Authentication")]
+    auth_secret_file: Option<PathBuf>,
+    /// How long a client has to answer the challenge.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, help_heading = "Authentication")]
+    auth_timeout: Duration,
 
     /// Open connections at most; one more is accepted and closed at once (and counted).
-    #[arg(long, value_name = "N", default_value_t = 10_000, help_heading = "Limits")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10_000,
+        help_heading = "Limits"
+    )]
     max_conns: usize,
     /// Close a connection after this long with no bytes moving either way (0 = never).
     #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_duration, help_heading = "Limits")]
@@ -96,7 +142,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Socket options")]
     sndbuf: Option<usize>,
     /// Listen backlog (the kernel caps it at net.core.somaxconn).
-    #[arg(long, value_name = "N", default_value_t = 1024, help_heading = "Socket options")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1024,
+        help_heading = "Socket options"
+    )]
     backlog: i32,
     /// Set SO_BROADCAST on UDP sockets.
     #[arg(long, help_heading = "Socket options")]
@@ -119,21 +170,25 @@ impl ServeArgs {
             (ServiceKind::Upper, &self.upper, self.no_upper),
             (ServiceKind::UdpEcho, &self.udp_echo, self.no_udp_echo),
             (ServiceKind::UdpUpper, &self.udp_upper, self.no_udp_upper),
+            (ServiceKind::Files, &self.files, self.no_files),
         ];
         for (service, addrs, off) in services {
             if off {
                 continue;
             }
+            let auth = self.auth.contains(&service);
             if addrs.is_empty() {
                 listeners.push(ListenerConfig {
                     service,
                     addr: service.default_addr(),
+                    auth,
                 });
             }
             for addr in addrs {
                 listeners.push(ListenerConfig {
                     service,
                     addr: addr.clone(),
+                    auth,
                 });
             }
         }
@@ -157,6 +212,14 @@ impl ServeArgs {
                 read_budget: self.read_budget,
                 ..Limits::default()
             },
+            files: FilesSettings {
+                data_dir: self.data_dir.clone(),
+                config: FilesConfig {
+                    max_header: self.max_header,
+                    max_upload: self.max_upload.map(|n| n as u64),
+                },
+            },
+            auth_timeout: self.auth_timeout,
         }
     }
 }
@@ -176,7 +239,18 @@ pub fn run(args: ServeArgs) -> ExitCode {
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
-    let (mut reactor, bound) = match Reactor::bind(config) {
+    let secret = if args.auth.is_empty() {
+        None
+    } else {
+        match Secret::from_file_or_env(args.auth_secret_file.as_deref()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let (mut reactor, bound) = match Reactor::bind(config, secret) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("{e}");

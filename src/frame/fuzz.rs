@@ -14,8 +14,8 @@
 use serde_json::{Map, Value};
 
 use super::{
-    Decoder, Endian, HeaderBodyConfig, HeaderBodyDecoder, Leftover, LengthConfig, LengthDecoder, Line,
-    LinesConfig, LinesDecoder, Part, Width,
+    Decoder, Endian, HeaderBodyConfig, HeaderBodyDecoder, Leftover, LengthConfig, LengthDecoder,
+    Line, LinesConfig, LinesDecoder, Part, Width,
 };
 
 /// An owned decoder item, with body chunks merged so that chunkings compare equal.
@@ -62,7 +62,11 @@ impl ToEvent for &[u8] {
 impl ToEvent for Part<'_> {
     fn push_to(self, events: &mut Vec<Event>) {
         match self {
-            Part::Header(h) => events.push(Event::Header { raw: h.raw.to_owned(), fields: h.fields, size: h.size }),
+            Part::Header(h) => events.push(Event::Header {
+                raw: h.raw.to_owned(),
+                fields: h.fields,
+                size: h.size,
+            }),
             Part::BodyChunk(chunk) => {
                 assert!(!chunk.is_empty(), "empty body chunk");
                 match events.last_mut() {
@@ -98,7 +102,11 @@ pub struct Outcome {
 /// Feeds `stream` cut into pieces of the given lengths (the last piece takes
 /// what remains) through `decoder` as a reactor would, checking after every
 /// piece that the leftover stays within [`Decoder::max_buffered`].
-pub fn drive<D>(mut decoder: D, stream: &[u8], piece_lengths: impl IntoIterator<Item = usize>) -> Outcome
+pub fn drive<D>(
+    mut decoder: D,
+    stream: &[u8],
+    piece_lengths: impl IntoIterator<Item = usize>,
+) -> Outcome
 where
     D: Decoder,
     for<'a> D::Item<'a>: ToEvent,
@@ -123,11 +131,23 @@ where
         });
         if let Err(e) = fed {
             // What the leftover holds after an error is unspecified: not compared.
-            return Outcome { events, error: Some(format!("{e:?}")), leftover: 0 };
+            return Outcome {
+                events,
+                error: Some(format!("{e:?}")),
+                leftover: 0,
+            };
         }
-        assert!(leftover.len() <= limit, "leftover {} > max_buffered {limit}", leftover.len());
+        assert!(
+            leftover.len() <= limit,
+            "leftover {} > max_buffered {limit}",
+            leftover.len()
+        );
     }
-    Outcome { events, error: None, leftover: leftover.len() }
+    Outcome {
+        events,
+        error: None,
+        leftover: leftover.len(),
+    }
 }
 
 /// Piece lengths from a seed: mostly short pieces, some long, some of one byte.
@@ -185,7 +205,11 @@ pub fn length_config(byte: u8) -> LengthConfig {
     let max_frames = [0, 1, 7, 300, 65536, 8 << 20, usize::MAX, 3];
     LengthConfig {
         width: Width::ALL[usize::from(byte & 3)],
-        endian: if byte & 4 == 0 { Endian::Little } else { Endian::Big },
+        endian: if byte & 4 == 0 {
+            Endian::Little
+        } else {
+            Endian::Big
+        },
         includes_prefix: byte & 8 != 0,
         max_frame: max_frames[usize::from(byte >> 4) % max_frames.len()],
     }
@@ -194,16 +218,26 @@ pub fn length_config(byte: u8) -> LengthConfig {
 /// Fuzz target: the length-prefixed decoder. The frames decoded, encoded
 /// again, must be the bytes they came from.
 pub fn fuzz_length(data: &[u8]) {
-    let Some((config, seed, stream)) = split(data) else { return };
+    let Some((config, seed, stream)) = split(data) else {
+        return;
+    };
     let config = length_config(config);
     let outcome = agree(|| LengthDecoder::new(config), stream, seed);
     let mut encoded = Vec::new();
     for event in &outcome.events {
-        let Event::Frame(payload) = event else { panic!("{event:?}") };
+        let Event::Frame(payload) = event else {
+            panic!("{event:?}")
+        };
         assert!(payload.len() <= config.max_frame);
-        config.encode(payload, &mut encoded).expect("a decoded frame encodes");
+        config
+            .encode(payload, &mut encoded)
+            .expect("a decoded frame encodes");
     }
-    assert_eq!(stream.get(..encoded.len()), Some(&encoded[..]), "frames do not rebuild the stream");
+    assert_eq!(
+        stream.get(..encoded.len()),
+        Some(&encoded[..]),
+        "frames do not rebuild the stream"
+    );
     if outcome.error.is_none() {
         assert_eq!(encoded.len() + outcome.leftover, stream.len());
     }
@@ -212,13 +246,18 @@ pub fn fuzz_length(data: &[u8]) {
 /// The header+body decoder's configuration picked by a fuzz input's first byte.
 pub fn header_config(byte: u8) -> HeaderBodyConfig {
     let max_headers = [1, 16, 64, 65536];
-    HeaderBodyConfig { max_header: max_headers[usize::from(byte & 3)], accept_filesize: byte & 4 != 0 }
+    HeaderBodyConfig {
+        max_header: max_headers[usize::from(byte & 3)],
+        accept_filesize: byte & 4 != 0,
+    }
 }
 
 /// Fuzz target: the header+body decoder. Headers and bodies laid end to end
 /// again must be the bytes they came from, and each body its announced size.
 pub fn fuzz_header(data: &[u8]) {
-    let Some((config, seed, stream)) = split(data) else { return };
+    let Some((config, seed, stream)) = split(data) else {
+        return;
+    };
     let config = header_config(config);
     let outcome = agree(|| HeaderBodyDecoder::new(config), stream, seed);
     let mut rebuilt = Vec::new();
@@ -228,7 +267,12 @@ pub fn fuzz_header(data: &[u8]) {
             Event::Header { raw, size, fields } => {
                 assert_eq!(expect_body, None, "header inside a frame");
                 assert!(!raw.is_empty() && raw.len() <= config.max_header);
-                assert!(fields.get("size").is_some_and(|s| s.as_u64() == Some(*size)) || fields.get("size").is_none());
+                assert!(
+                    fields
+                        .get("size")
+                        .is_some_and(|s| s.as_u64() == Some(*size))
+                        || fields.get("size").is_none()
+                );
                 rebuilt.extend_from_slice(&(raw.len() as u32).to_le_bytes());
                 rebuilt.extend_from_slice(raw.as_bytes());
                 expect_body = Some(*size);
@@ -246,19 +290,27 @@ pub fn fuzz_header(data: &[u8]) {
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(stream.get(..rebuilt.len()), Some(&rebuilt[..]), "frames do not rebuild the stream");
+    assert_eq!(
+        stream.get(..rebuilt.len()),
+        Some(&rebuilt[..]),
+        "frames do not rebuild the stream"
+    );
 }
 
 /// The lines decoder's configuration picked by a fuzz input's first byte.
 pub fn lines_config(byte: u8) -> LinesConfig {
     let max_lines = [0, 1, 2, 5, 64, 4096];
-    LinesConfig { max_line: max_lines[usize::from(byte) % max_lines.len()] }
+    LinesConfig {
+        max_line: max_lines[usize::from(byte) % max_lines.len()],
+    }
 }
 
 /// Fuzz target: the lines decoder. Every line is within the limit and holds
 /// no newline; over-long lines are reported once each, where they start.
 pub fn fuzz_lines(data: &[u8]) {
-    let Some((config, seed, stream)) = split(data) else { return };
+    let Some((config, seed, stream)) = split(data) else {
+        return;
+    };
     let config = lines_config(config);
     let outcome = agree(|| LinesDecoder::new(config), stream, seed);
     let mut last_too_long = None;
@@ -269,9 +321,15 @@ pub fn fuzz_lines(data: &[u8]) {
             }
             Event::TooLong { offset, limit } => {
                 assert_eq!(*limit, config.max_line);
-                assert!(last_too_long < Some(*offset), "a too-long line reported twice");
+                assert!(
+                    last_too_long < Some(*offset),
+                    "a too-long line reported twice"
+                );
                 let at = usize::try_from(*offset).expect("offset within the stream");
-                assert!(at == 0 || stream.get(at - 1) == Some(&b'\n'), "a line starts after a newline");
+                assert!(
+                    at == 0 || stream.get(at - 1) == Some(&b'\n'),
+                    "a line starts after a newline"
+                );
                 last_too_long = Some(*offset);
             }
             other => panic!("{other:?}"),

@@ -43,14 +43,20 @@ pub struct HeaderBodyConfig {
 impl Default for HeaderBodyConfig {
     /// The server's side: requests, 64 KiB headers.
     fn default() -> Self {
-        HeaderBodyConfig { max_header: 64 * 1024, accept_filesize: true }
+        HeaderBodyConfig {
+            max_header: 64 * 1024,
+            accept_filesize: true,
+        }
     }
 }
 
 impl HeaderBodyConfig {
     /// The client's side: responses, where `filesize` does not announce a body.
     pub fn responses() -> Self {
-        HeaderBodyConfig { accept_filesize: false, ..HeaderBodyConfig::default() }
+        HeaderBodyConfig {
+            accept_filesize: false,
+            ..HeaderBodyConfig::default()
+        }
     }
 
     /// The largest `H` that is accepted (`H` itself is a `u32`).
@@ -83,9 +89,17 @@ impl HeaderBodyConfig {
         }
         let start = out.len();
         out.extend_from_slice(&[0; PREFIX]);
-        if let Err(e) = serde_json::to_writer(&mut *out, &WithSize { fields: header, size: body_len }) {
+        if let Err(e) = serde_json::to_writer(
+            &mut *out,
+            &WithSize {
+                fields: header,
+                size: body_len,
+            },
+        ) {
             out.truncate(start);
-            return Err(HeaderEncodeError::NotAnObject { message: e.to_string() });
+            return Err(HeaderEncodeError::NotAnObject {
+                message: e.to_string(),
+            });
         }
         let h = out.len().saturating_sub(start).saturating_sub(PREFIX);
         let field = u32::try_from(h).ok().filter(|_| h <= self.max_h());
@@ -96,7 +110,10 @@ impl HeaderBodyConfig {
             }
             _ => {
                 out.truncate(start);
-                Err(HeaderEncodeError::TooLong { length: h, max: self.max_h() })
+                Err(HeaderEncodeError::TooLong {
+                    length: h,
+                    max: self.max_h(),
+                })
             }
         }
     }
@@ -193,7 +210,9 @@ pub enum HeaderError {
         max: usize,
     },
     /// The header is not UTF-8.
-    #[error("frame at byte {offset}: header is not UTF-8 (bad byte at header offset {valid_up_to})")]
+    #[error(
+        "frame at byte {offset}: header is not UTF-8 (bad byte at header offset {valid_up_to})"
+    )]
     NotUtf8 {
         /// Stream offset of the frame's first byte.
         offset: u64,
@@ -306,7 +325,12 @@ impl Default for HeaderBodyDecoder {
 impl HeaderBodyDecoder {
     /// A decoder at the start of a stream.
     pub fn new(config: HeaderBodyConfig) -> Self {
-        HeaderBodyDecoder { config, state: State::Header, offset: 0, frame_start: 0 }
+        HeaderBodyDecoder {
+            config,
+            state: State::Header,
+            offset: 0,
+            frame_start: 0,
+        }
     }
 
     /// The configuration this decoder was made with.
@@ -337,13 +361,23 @@ impl HeaderBodyDecoder {
                 };
                 // n <= remaining, so this never goes below zero.
                 let left = remaining.saturating_sub(n as u64);
-                self.state = if left == 0 { State::End } else { State::Body { remaining: left } };
+                self.state = if left == 0 {
+                    State::End
+                } else {
+                    State::Body { remaining: left }
+                };
                 self.offset = self.offset.saturating_add(n as u64);
-                Ok(Decoded::Item { item: Part::BodyChunk(chunk), consumed: n })
+                Ok(Decoded::Item {
+                    item: Part::BodyChunk(chunk),
+                    consumed: n,
+                })
             }
             State::End => {
                 self.state = State::Header;
-                Ok(Decoded::Item { item: Part::BodyEnd, consumed: 0 })
+                Ok(Decoded::Item {
+                    item: Part::BodyEnd,
+                    consumed: 0,
+                })
             }
         }
     }
@@ -351,7 +385,10 @@ impl HeaderBodyDecoder {
     /// The [`State::Header`] case of [`HeaderBodyDecoder::decode`].
     fn decode_header<'a>(&mut self, input: &'a [u8]) -> Result<Decoded<Part<'a>>, HeaderError> {
         let offset = self.offset;
-        let Some(prefix) = input.get(..PREFIX).and_then(|p| <[u8; PREFIX]>::try_from(p).ok()) else {
+        let Some(prefix) = input
+            .get(..PREFIX)
+            .and_then(|p| <[u8; PREFIX]>::try_from(p).ok())
+        else {
             return Ok(Decoded::Incomplete);
         };
         let length = u32::from_le_bytes(prefix);
@@ -363,12 +400,18 @@ impl HeaderBodyDecoder {
             .ok()
             .filter(|h| *h <= max)
             .and_then(|h| h.checked_add(PREFIX))
-            .ok_or(HeaderError::HeaderTooLong { offset, length, max })?;
+            .ok_or(HeaderError::HeaderTooLong {
+                offset,
+                length,
+                max,
+            })?;
         let Some(raw) = input.get(PREFIX..end) else {
             return Ok(Decoded::Incomplete);
         };
-        let raw = std::str::from_utf8(raw)
-            .map_err(|e| HeaderError::NotUtf8 { offset, valid_up_to: e.valid_up_to() })?;
+        let raw = std::str::from_utf8(raw).map_err(|e| HeaderError::NotUtf8 {
+            offset,
+            valid_up_to: e.valid_up_to(),
+        })?;
         let value: Value = serde_json::from_str(raw).map_err(|e| HeaderError::BadJson {
             offset,
             line: e.line(),
@@ -377,13 +420,25 @@ impl HeaderBodyDecoder {
         })?;
         let fields = match value {
             Value::Object(fields) => fields,
-            other => return Err(HeaderError::NotObject { offset, found: kind(&other) }),
+            other => {
+                return Err(HeaderError::NotObject {
+                    offset,
+                    found: kind(&other),
+                });
+            }
         };
         let size = body_size(&fields, self.config.accept_filesize, offset)?;
         self.frame_start = offset;
         self.offset = offset.saturating_add(end as u64);
-        self.state = if size == 0 { State::End } else { State::Body { remaining: size } };
-        Ok(Decoded::Item { item: Part::Header(Header { raw, fields, size }), consumed: end })
+        self.state = if size == 0 {
+            State::End
+        } else {
+            State::Body { remaining: size }
+        };
+        Ok(Decoded::Item {
+            item: Part::Header(Header { raw, fields, size }),
+            consumed: end,
+        })
     }
 
     /// Stream offset of the first byte of the frame being decoded (or last decoded).
@@ -426,13 +481,26 @@ fn kind(value: &Value) -> &'static str {
 
 /// The body length a header announces (PROTOCOL.md: `size`, or in requests
 /// `filesize`; both present must agree; absent means 0).
-fn body_size(fields: &Map<String, Value>, accept_filesize: bool, offset: u64) -> Result<u64, HeaderError> {
+fn body_size(
+    fields: &Map<String, Value>,
+    accept_filesize: bool,
+    offset: u64,
+) -> Result<u64, HeaderError> {
     let id = || fields.get("id").cloned();
     let read = |field: &'static str, value: &Value| {
-        value.as_u64().ok_or_else(|| HeaderError::BadSize { offset, field, value: value.clone(), id: id() })
+        value.as_u64().ok_or_else(|| HeaderError::BadSize {
+            offset,
+            field,
+            value: value.clone(),
+            id: id(),
+        })
     };
     let size = fields.get("size");
-    let filesize = if accept_filesize { fields.get("filesize") } else { None };
+    let filesize = if accept_filesize {
+        fields.get("filesize")
+    } else {
+        None
+    };
     match (size, filesize) {
         (None, None) => Ok(0),
         (Some(size), None) => read("size", size),
@@ -442,7 +510,12 @@ fn body_size(fields: &Map<String, Value>, accept_filesize: bool, offset: u64) ->
             if size == filesize {
                 Ok(size)
             } else {
-                Err(HeaderError::SizeConflict { offset, size, filesize, id: id() })
+                Err(HeaderError::SizeConflict {
+                    offset,
+                    size,
+                    filesize,
+                    id: id(),
+                })
             }
         }
     }
@@ -462,7 +535,10 @@ mod tests {
 
     fn header_of(d: &mut HeaderBodyDecoder, input: &[u8]) -> (Map<String, Value>, u64, usize) {
         match d.decode(input) {
-            Ok(Decoded::Item { item: Part::Header(h), consumed }) => (h.fields, h.size, consumed),
+            Ok(Decoded::Item {
+                item: Part::Header(h),
+                consumed,
+            }) => (h.fields, h.size, consumed),
             other => panic!("expected a header, got {other:?}"),
         }
     }
@@ -475,15 +551,42 @@ mod tests {
         input.extend_from_slice(&frame(r#"{"cmd":"ping"}"#));
         let mut d = HeaderBodyDecoder::default();
         let (fields, size, consumed) = header_of(&mut d, &input);
-        assert_eq!((fields["cmd"].as_str(), size, consumed), (Some("put"), 5, 49));
+        assert_eq!(
+            (fields["cmd"].as_str(), size, consumed),
+            (Some("put"), 5, 49)
+        );
         let rest = &input[consumed..];
         assert_eq!(d.body_remaining(), 5);
-        assert_eq!(d.decode(&rest[..2]), Ok(Decoded::Item { item: Part::BodyChunk(b"he"), consumed: 2 }));
-        assert_eq!(d.decode(&rest[2..]), Ok(Decoded::Item { item: Part::BodyChunk(b"llo"), consumed: 3 }));
-        assert_eq!(d.decode(&rest[5..]), Ok(Decoded::Item { item: Part::BodyEnd, consumed: 0 }));
+        assert_eq!(
+            d.decode(&rest[..2]),
+            Ok(Decoded::Item {
+                item: Part::BodyChunk(b"he"),
+                consumed: 2
+            })
+        );
+        assert_eq!(
+            d.decode(&rest[2..]),
+            Ok(Decoded::Item {
+                item: Part::BodyChunk(b"llo"),
+                consumed: 3
+            })
+        );
+        assert_eq!(
+            d.decode(&rest[5..]),
+            Ok(Decoded::Item {
+                item: Part::BodyEnd,
+                consumed: 0
+            })
+        );
         let (fields, size, _) = header_of(&mut d, &rest[5..]);
         assert_eq!((fields["cmd"].as_str(), size), (Some("ping"), 0));
-        assert_eq!(d.decode(b""), Ok(Decoded::Item { item: Part::BodyEnd, consumed: 0 }));
+        assert_eq!(
+            d.decode(b""),
+            Ok(Decoded::Item {
+                item: Part::BodyEnd,
+                consumed: 0
+            })
+        );
         assert_eq!(d.decode(b""), Ok(Decoded::Incomplete));
     }
 
@@ -495,7 +598,13 @@ mod tests {
         }
         let input = frame(r#"{"cmd":"put","filename":"a.txt","size":0,"id":[1]}"#);
         let mut d = HeaderBodyDecoder::default();
-        let Ok(Decoded::Item { item: Part::Header(h), .. }) = d.decode(&input) else { panic!() };
+        let Ok(Decoded::Item {
+            item: Part::Header(h),
+            ..
+        }) = d.decode(&input)
+        else {
+            panic!()
+        };
         assert_eq!(h.parse::<Put>().unwrap().filename, "a.txt");
         assert_eq!((h.cmd(), h.id()), (Some("put"), Some(&json!([1]))));
         assert!(std::ptr::eq(h.raw.as_ptr(), input[4..].as_ptr()));
@@ -520,7 +629,13 @@ mod tests {
         assert_eq!(size, 1_000_000_000_000);
         let chunk = [7u8; 4096];
         for _ in 0..1000 {
-            assert_eq!(d.decode(&chunk), Ok(Decoded::Item { item: Part::BodyChunk(&chunk), consumed: 4096 }));
+            assert_eq!(
+                d.decode(&chunk),
+                Ok(Decoded::Item {
+                    item: Part::BodyChunk(&chunk),
+                    consumed: 4096
+                })
+            );
         }
         assert_eq!(d.body_remaining(), 1_000_000_000_000 - 4_096_000);
         assert_eq!(d.max_buffered(), 4 + 65536);
@@ -532,13 +647,22 @@ mod tests {
         input.extend_from_slice(b"abcNEXT");
         let mut d = HeaderBodyDecoder::default();
         let (_, _, consumed) = header_of(&mut d, &input);
-        assert_eq!(d.decode(&input[consumed..]), Ok(Decoded::Item { item: Part::BodyChunk(b"abc"), consumed: 3 }));
+        assert_eq!(
+            d.decode(&input[consumed..]),
+            Ok(Decoded::Item {
+                item: Part::BodyChunk(b"abc"),
+                consumed: 3
+            })
+        );
     }
 
     #[test]
     fn size_rules() {
         let ok = |h: &str, accept_filesize: bool| {
-            let mut d = HeaderBodyDecoder::new(HeaderBodyConfig { accept_filesize, ..Default::default() });
+            let mut d = HeaderBodyDecoder::new(HeaderBodyConfig {
+                accept_filesize,
+                ..Default::default()
+            });
             header_of(&mut d, &frame(h)).1
         };
         assert_eq!(ok(r#"{}"#, true), 0);
@@ -558,24 +682,89 @@ mod tests {
     #[test]
     fn every_error() {
         let mut d = HeaderBodyDecoder::default();
-        assert_eq!(d.decode(b"\0\0\0\0"), Err(HeaderError::EmptyHeader { offset: 0, max: 65536 }));
+        assert_eq!(
+            d.decode(b"\0\0\0\0"),
+            Err(HeaderError::EmptyHeader {
+                offset: 0,
+                max: 65536
+            })
+        );
         // Decided from the prefix alone: no header byte has arrived.
         assert_eq!(
             d.decode(b"\x01\x00\x01\x00"),
-            Err(HeaderError::HeaderTooLong { offset: 0, length: 65537, max: 65536 })
+            Err(HeaderError::HeaderTooLong {
+                offset: 0,
+                length: 65537,
+                max: 65536
+            })
         );
         assert_eq!(
             d.decode(b"\xff\xff\xff\xff"),
-            Err(HeaderError::HeaderTooLong { offset: 0, length: u32::MAX, max: 65536 })
+            Err(HeaderError::HeaderTooLong {
+                offset: 0,
+                length: u32::MAX,
+                max: 65536
+            })
         );
-        assert_eq!(err(b"{\"a\":\"\xff\"}"), HeaderError::NotUtf8 { offset: 0, valid_up_to: 6 });
-        assert!(matches!(err(b"{\"a\":"), HeaderError::BadJson { offset: 0, line: 1, column: 5, .. }));
-        assert!(matches!(err(b"{} {}"), HeaderError::BadJson { line: 1, column: 4, .. }));
-        assert_eq!(err(b"[1]"), HeaderError::NotObject { offset: 0, found: "array" });
-        assert_eq!(err(b"null"), HeaderError::NotObject { offset: 0, found: "null" });
-        assert_eq!(err(b"\"x\""), HeaderError::NotObject { offset: 0, found: "string" });
-        assert_eq!(err(b"1"), HeaderError::NotObject { offset: 0, found: "number" });
-        assert_eq!(err(b"true"), HeaderError::NotObject { offset: 0, found: "boolean" });
+        assert_eq!(
+            err(b"{\"a\":\"\xff\"}"),
+            HeaderError::NotUtf8 {
+                offset: 0,
+                valid_up_to: 6
+            }
+        );
+        assert!(matches!(
+            err(b"{\"a\":"),
+            HeaderError::BadJson {
+                offset: 0,
+                line: 1,
+                column: 5,
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(b"{} {}"),
+            HeaderError::BadJson {
+                line: 1,
+                column: 4,
+                ..
+            }
+        ));
+        assert_eq!(
+            err(b"[1]"),
+            HeaderError::NotObject {
+                offset: 0,
+                found: "array"
+            }
+        );
+        assert_eq!(
+            err(b"null"),
+            HeaderError::NotObject {
+                offset: 0,
+                found: "null"
+            }
+        );
+        assert_eq!(
+            err(b"\"x\""),
+            HeaderError::NotObject {
+                offset: 0,
+                found: "string"
+            }
+        );
+        assert_eq!(
+            err(b"1"),
+            HeaderError::NotObject {
+                offset: 0,
+                found: "number"
+            }
+        );
+        assert_eq!(
+            err(b"true"),
+            HeaderError::NotObject {
+                offset: 0,
+                found: "boolean"
+            }
+        );
         for (bad, field) in [
             (&br#"{"size":-1,"id":9}"#[..], "size"),
             (br#"{"size":1.5,"id":9}"#, "size"),
@@ -586,15 +775,26 @@ mod tests {
             (br#"{"size":1,"filesize":"1","id":9}"#, "filesize"),
         ] {
             let e = err(bad);
-            assert!(matches!(&e, HeaderError::BadSize { offset: 0, field: f, .. } if *f == field), "{e:?}");
+            assert!(
+                matches!(&e, HeaderError::BadSize { offset: 0, field: f, .. } if *f == field),
+                "{e:?}"
+            );
             assert_eq!(e.request_id(), Some(&json!(9)), "{e:?}");
         }
         let e = err(br#"{"id":{"n":[1,2]},"size":1,"filesize":2}"#);
         assert_eq!(
             e,
-            HeaderError::SizeConflict { offset: 0, size: 1, filesize: 2, id: Some(json!({"n":[1,2]})) }
+            HeaderError::SizeConflict {
+                offset: 0,
+                size: 1,
+                filesize: 2,
+                id: Some(json!({"n":[1,2]}))
+            }
         );
-        assert_eq!(e.to_string(), "frame at byte 0: `size` 1 and `filesize` 2 differ");
+        assert_eq!(
+            e.to_string(),
+            "frame at byte 0: `size` 1 and `filesize` 2 differ"
+        );
         assert_eq!(err(br#"{"size":-1}"#).request_id(), None);
         assert_eq!(err(b"[1]").request_id(), None);
     }
@@ -611,7 +811,13 @@ mod tests {
                 Err(e) => break e,
             }
         };
-        assert_eq!(e, HeaderError::EmptyHeader { offset: 16, max: 65536 });
+        assert_eq!(
+            e,
+            HeaderError::EmptyHeader {
+                offset: 16,
+                max: 65536
+            }
+        );
         assert_eq!(e.offset(), 16);
         // Errors are final: the same answer again.
         assert_eq!(d.decode(&input[pos..]), Err(e));
@@ -619,11 +825,27 @@ mod tests {
 
     #[test]
     fn max_header_is_configurable() {
-        let mut d = HeaderBodyDecoder::new(HeaderBodyConfig { max_header: 2, accept_filesize: true });
+        let mut d = HeaderBodyDecoder::new(HeaderBodyConfig {
+            max_header: 2,
+            accept_filesize: true,
+        });
         assert_eq!(d.max_buffered(), 6);
         header_of(&mut d, &frame("{}"));
-        assert_eq!(d.decode(b""), Ok(Decoded::Item { item: Part::BodyEnd, consumed: 0 }));
-        assert_eq!(d.decode(&frame("{ }")), Err(HeaderError::HeaderTooLong { offset: 6, length: 3, max: 2 }));
+        assert_eq!(
+            d.decode(b""),
+            Ok(Decoded::Item {
+                item: Part::BodyEnd,
+                consumed: 0
+            })
+        );
+        assert_eq!(
+            d.decode(&frame("{ }")),
+            Err(HeaderError::HeaderTooLong {
+                offset: 6,
+                length: 3,
+                max: 2
+            })
+        );
     }
 
     #[test]
@@ -634,7 +856,15 @@ mod tests {
             cmd: &'a str,
         }
         let mut out = b"pending".to_vec();
-        encode_header(&Reply { ok: true, cmd: "get" }, 3, &mut out).unwrap();
+        encode_header(
+            &Reply {
+                ok: true,
+                cmd: "get",
+            },
+            3,
+            &mut out,
+        )
+        .unwrap();
         out.extend_from_slice(b"abc");
         assert_eq!(&out[..7], b"pending");
         let text = r#"{"ok":true,"cmd":"get","size":3}"#;
@@ -642,7 +872,10 @@ mod tests {
         assert_eq!(&out[11..11 + text.len()], text.as_bytes());
         let mut d = HeaderBodyDecoder::new(HeaderBodyConfig::responses());
         let (fields, size, consumed) = header_of(&mut d, &out[7..]);
-        assert_eq!((fields["cmd"].as_str(), size, consumed), (Some("get"), 3, 4 + text.len()));
+        assert_eq!(
+            (fields["cmd"].as_str(), size, consumed),
+            (Some("get"), 3, 4 + text.len())
+        );
 
         let mut out = Vec::new();
         encode_header(&json!({"ok": false, "cmd": null}), 0, &mut out).unwrap();
@@ -654,11 +887,20 @@ mod tests {
         let mut out = b"x".to_vec();
         let e = encode_header(&json!([1, 2]), 0, &mut out).unwrap_err();
         assert!(matches!(e, HeaderEncodeError::NotAnObject { .. }), "{e:?}");
-        assert!(matches!(encode_header("text", 0, &mut out), Err(HeaderEncodeError::NotAnObject { .. })));
-        let small = HeaderBodyConfig { max_header: 10, accept_filesize: false };
+        assert!(matches!(
+            encode_header("text", 0, &mut out),
+            Err(HeaderEncodeError::NotAnObject { .. })
+        ));
+        let small = HeaderBodyConfig {
+            max_header: 10,
+            accept_filesize: false,
+        };
         assert_eq!(
             small.encode_header(&json!({"a": 1}), 0, &mut out),
-            Err(HeaderEncodeError::TooLong { length: 16, max: 10 })
+            Err(HeaderEncodeError::TooLong {
+                length: 16,
+                max: 10
+            })
         );
         assert_eq!(out, b"x");
     }

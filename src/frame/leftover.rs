@@ -51,14 +51,20 @@ impl Leftover {
     ///
     /// On error the items before it have been handed on and the stream is
     /// over; what the leftover then holds is unspecified.
-    pub fn feed<D, F>(&mut self, decoder: &mut D, chunk: &[u8], mut on_item: F) -> Result<(), D::Error>
+    pub fn feed<D, F>(
+        &mut self,
+        decoder: &mut D,
+        chunk: &[u8],
+        mut on_item: F,
+    ) -> Result<(), D::Error>
     where
         D: Decoder,
         F: for<'a> FnMut(D::Item<'a>),
     {
         if self.buf.is_empty() {
             let consumed = run(decoder, chunk, &mut on_item)?;
-            self.buf.extend_from_slice(chunk.get(consumed..).unwrap_or_default());
+            self.buf
+                .extend_from_slice(chunk.get(consumed..).unwrap_or_default());
         } else {
             self.buf.extend_from_slice(chunk);
             let consumed = run(decoder, &self.buf, &mut on_item)?;
@@ -93,16 +99,20 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{Line, LinesDecoder, LengthDecoder};
+    use crate::frame::{LengthDecoder, Line, LinesDecoder};
 
     #[test]
     fn keeps_only_the_tail_and_empties_between_frames() {
         let mut d = LengthDecoder::default();
         let mut left = Leftover::new();
         let mut got: Vec<Vec<u8>> = Vec::new();
-        left.feed(&mut d, b"\x02\x00\x00\x00ab\x03\x00", |f| got.push(f.to_vec())).unwrap();
+        left.feed(&mut d, b"\x02\x00\x00\x00ab\x03\x00", |f| {
+            got.push(f.to_vec())
+        })
+        .unwrap();
         assert_eq!((got.len(), left.as_slice()), (1, &b"\x03\x00"[..]));
-        left.feed(&mut d, b"\x00\x00c", |f| got.push(f.to_vec())).unwrap();
+        left.feed(&mut d, b"\x00\x00c", |f| got.push(f.to_vec()))
+            .unwrap();
         assert_eq!(left.len(), 5);
         left.feed(&mut d, b"de", |f| got.push(f.to_vec())).unwrap();
         assert!(left.is_empty());
@@ -113,7 +123,10 @@ mod tests {
 
     #[test]
     fn stops_at_the_first_error_after_the_items_before_it() {
-        let mut d = LengthDecoder::new(crate::frame::LengthConfig { max_frame: 2, ..Default::default() });
+        let mut d = LengthDecoder::new(crate::frame::LengthConfig {
+            max_frame: 2,
+            ..Default::default()
+        });
         let mut got = 0;
         let e = Leftover::new().feed(&mut d, b"\x01\x00\x00\x00a\x09\x00\x00\x00", |_| got += 1);
         assert_eq!((got, e.is_err()), (1, true));
@@ -124,10 +137,13 @@ mod tests {
         let mut d = LinesDecoder::new(crate::frame::LinesConfig { max_line: 2 });
         let mut left = Leftover::new();
         let mut got = Vec::new();
-        left.feed(&mut d, b"abcdef", |l| got.push(l.to_owned_line())).unwrap();
-        left.feed(&mut d, b"ghi", |l| got.push(l.to_owned_line())).unwrap();
+        left.feed(&mut d, b"abcdef", |l| got.push(l.to_owned_line()))
+            .unwrap();
+        left.feed(&mut d, b"ghi", |l| got.push(l.to_owned_line()))
+            .unwrap();
         assert!(left.is_empty());
-        left.feed(&mut d, b"j\nok\n", |l| got.push(l.to_owned_line())).unwrap();
+        left.feed(&mut d, b"j\nok\n", |l| got.push(l.to_owned_line()))
+            .unwrap();
         assert_eq!(got, [None, Some(b"ok".to_vec())]);
     }
 

@@ -150,11 +150,18 @@ impl LengthConfig {
     /// a large payload can follow without being copied into a frame first.
     pub fn encode_prefix(&self, len: usize, out: &mut Vec<u8>) -> Result<(), LengthEncodeError> {
         if len > self.max_frame {
-            return Err(LengthEncodeError::TooLong { length: len, max: self.max_frame });
+            return Err(LengthEncodeError::TooLong {
+                length: len,
+                max: self.max_frame,
+            });
         }
         let width = self.width.bytes();
         let does_not_fit = LengthEncodeError::DoesNotFit { length: len, width };
-        let field = if self.includes_prefix { len.checked_add(width) } else { Some(len) };
+        let field = if self.includes_prefix {
+            len.checked_add(width)
+        } else {
+            Some(len)
+        };
         let field = field
             .and_then(|f| u64::try_from(f).ok())
             .filter(|f| *f <= self.width.max_value())
@@ -216,15 +223,21 @@ impl LengthDecoder {
         let width = self.config.width.bytes();
         let length = if self.config.includes_prefix {
             // usize -> u64 is lossless on every platform Rust supports.
-            field.checked_sub(width as u64).ok_or(LengthError::ShorterThanPrefix {
-                offset: self.offset,
-                length: field,
-                width,
-            })?
+            field
+                .checked_sub(width as u64)
+                .ok_or(LengthError::ShorterThanPrefix {
+                    offset: self.offset,
+                    length: field,
+                    width,
+                })?
         } else {
             field
         };
-        let too_long = LengthError::TooLong { offset: self.offset, length, max: self.config.max_frame };
+        let too_long = LengthError::TooLong {
+            offset: self.offset,
+            length,
+            max: self.config.max_frame,
+        };
         let payload_len = usize::try_from(length)
             .ok()
             .filter(|len| *len <= self.config.max_frame)
@@ -233,7 +246,10 @@ impl LengthDecoder {
         match input.get(width..total) {
             Some(payload) => {
                 self.offset = self.offset.saturating_add(total as u64);
-                Ok(Decoded::Item { item: payload, consumed: total })
+                Ok(Decoded::Item {
+                    item: payload,
+                    consumed: total,
+                })
             }
             None => Ok(Decoded::Incomplete),
         }
@@ -241,7 +257,10 @@ impl LengthDecoder {
 
     /// See [`Decoder::max_buffered`]: one prefix and one largest payload.
     pub fn max_buffered(&self) -> usize {
-        self.config.width.bytes().saturating_add(self.config.max_frame)
+        self.config
+            .width
+            .bytes()
+            .saturating_add(self.config.max_frame)
     }
 }
 
@@ -264,7 +283,12 @@ mod tests {
     use super::*;
 
     fn cfg(width: Width, endian: Endian, includes_prefix: bool, max_frame: usize) -> LengthConfig {
-        LengthConfig { width, endian, includes_prefix, max_frame }
+        LengthConfig {
+            width,
+            endian,
+            includes_prefix,
+            max_frame,
+        }
     }
 
     #[test]
@@ -272,7 +296,13 @@ mod tests {
         // struct.pack('i', 5) == b'\x05\x00\x00\x00'
         let mut d = LengthDecoder::default();
         let input = b"\x05\x00\x00\x00hello\x01";
-        assert_eq!(d.decode(input), Ok(Decoded::Item { item: &b"hello"[..], consumed: 9 }));
+        assert_eq!(
+            d.decode(input),
+            Ok(Decoded::Item {
+                item: &b"hello"[..],
+                consumed: 9
+            })
+        );
         let mut out = Vec::new();
         LengthConfig::default().encode(b"hello", &mut out).unwrap();
         assert_eq!(out, b"\x05\x00\x00\x00hello");
@@ -287,13 +317,27 @@ mod tests {
             (Width::Two, Endian::Little, b"\x03\x00abc"),
             (Width::Four, Endian::Big, b"\x00\x00\x00\x03abc"),
             (Width::Four, Endian::Little, b"\x03\x00\x00\x00abc"),
-            (Width::Eight, Endian::Big, b"\x00\x00\x00\x00\x00\x00\x00\x03abc"),
-            (Width::Eight, Endian::Little, b"\x03\x00\x00\x00\x00\x00\x00\x00abc"),
+            (
+                Width::Eight,
+                Endian::Big,
+                b"\x00\x00\x00\x00\x00\x00\x00\x03abc",
+            ),
+            (
+                Width::Eight,
+                Endian::Little,
+                b"\x03\x00\x00\x00\x00\x00\x00\x00abc",
+            ),
         ];
         for (width, endian, bytes) in cases {
             let c = cfg(width, endian, false, 100);
             let mut d = LengthDecoder::new(c);
-            assert_eq!(d.decode(bytes), Ok(Decoded::Item { item: &b"abc"[..], consumed: bytes.len() }));
+            assert_eq!(
+                d.decode(bytes),
+                Ok(Decoded::Item {
+                    item: &b"abc"[..],
+                    consumed: bytes.len()
+                })
+            );
             let mut out = Vec::new();
             c.encode(b"abc", &mut out).unwrap();
             assert_eq!(out, bytes, "{width:?} {endian:?}");
@@ -304,8 +348,20 @@ mod tests {
     fn inclusive_length_counts_the_prefix() {
         let c = cfg(Width::Two, Endian::Big, true, 100);
         let mut d = LengthDecoder::new(c);
-        assert_eq!(d.decode(b"\x00\x05abc"), Ok(Decoded::Item { item: &b"abc"[..], consumed: 5 }));
-        assert_eq!(d.decode(b"\x00\x02"), Ok(Decoded::Item { item: &b""[..], consumed: 2 }));
+        assert_eq!(
+            d.decode(b"\x00\x05abc"),
+            Ok(Decoded::Item {
+                item: &b"abc"[..],
+                consumed: 5
+            })
+        );
+        assert_eq!(
+            d.decode(b"\x00\x02"),
+            Ok(Decoded::Item {
+                item: &b""[..],
+                consumed: 2
+            })
+        );
         let mut out = Vec::new();
         c.encode(b"abc", &mut out).unwrap();
         assert_eq!(out, b"\x00\x05abc");
@@ -318,7 +374,13 @@ mod tests {
         for end in 0..frame.len() {
             assert_eq!(d.decode(&frame[..end]), Ok(Decoded::Incomplete), "{end}");
         }
-        assert_eq!(d.decode(b"\x00\x00\x00\x00"), Ok(Decoded::Item { item: &b""[..], consumed: 4 }));
+        assert_eq!(
+            d.decode(b"\x00\x00\x00\x00"),
+            Ok(Decoded::Item {
+                item: &b""[..],
+                consumed: 4
+            })
+        );
     }
 
     #[test]
@@ -327,16 +389,36 @@ mod tests {
         assert_eq!(d.decode(b"\x0a\x00\x00\x00"), Ok(Decoded::Incomplete));
         assert_eq!(
             d.decode(b"\x0b\x00\x00\x00"),
-            Err(LengthError::TooLong { offset: 0, length: 11, max: 10 })
+            Err(LengthError::TooLong {
+                offset: 0,
+                length: 11,
+                max: 10
+            })
         );
         // The offset is the bad frame's place in the stream.
         let mut d = LengthDecoder::new(cfg(Width::One, Endian::Big, false, 10));
-        assert_eq!(d.decode(b"\x01x"), Ok(Decoded::Item { item: &b"x"[..], consumed: 2 }));
-        assert_eq!(d.decode(b"\xff"), Err(LengthError::TooLong { offset: 2, length: 255, max: 10 }));
+        assert_eq!(
+            d.decode(b"\x01x"),
+            Ok(Decoded::Item {
+                item: &b"x"[..],
+                consumed: 2
+            })
+        );
+        assert_eq!(
+            d.decode(b"\xff"),
+            Err(LengthError::TooLong {
+                offset: 2,
+                length: 255,
+                max: 10
+            })
+        );
         // With no limit to speak of, a length whose frame would not fit in usize.
         let mut d = LengthDecoder::new(cfg(Width::Eight, Endian::Big, false, usize::MAX));
         let got = d.decode(&[0xff; 8]);
-        assert!(matches!(got, Err(LengthError::TooLong { offset: 0, .. })), "{got:?}");
+        assert!(
+            matches!(got, Err(LengthError::TooLong { offset: 0, .. })),
+            "{got:?}"
+        );
         // Counting the prefix, the same bytes make a frame of exactly u64::MAX bytes.
         let mut d = LengthDecoder::new(cfg(Width::Eight, Endian::Big, true, usize::MAX));
         assert_eq!(d.decode(&[0xff; 8]), Ok(Decoded::Incomplete));
@@ -347,27 +429,55 @@ mod tests {
         let mut d = LengthDecoder::new(cfg(Width::Four, Endian::Big, true, 10));
         assert_eq!(
             d.decode(b"\x00\x00\x00\x03"),
-            Err(LengthError::ShorterThanPrefix { offset: 0, length: 3, width: 4 })
+            Err(LengthError::ShorterThanPrefix {
+                offset: 0,
+                length: 3,
+                width: 4
+            })
         );
         let msg = d.decode(b"\x00\x00\x00\x03").unwrap_err().to_string();
-        assert_eq!(msg, "frame at byte 0: length 3 is smaller than its own 4-byte prefix");
+        assert_eq!(
+            msg,
+            "frame at byte 0: length 3 is smaller than its own 4-byte prefix"
+        );
     }
 
     #[test]
     fn encode_errors() {
         let c = cfg(Width::One, Endian::Big, false, 1000);
         let mut out = Vec::new();
-        assert_eq!(c.encode(&[0; 256], &mut out), Err(LengthEncodeError::DoesNotFit { length: 256, width: 1 }));
+        assert_eq!(
+            c.encode(&[0; 256], &mut out),
+            Err(LengthEncodeError::DoesNotFit {
+                length: 256,
+                width: 1
+            })
+        );
         let c = cfg(Width::One, Endian::Big, true, 1000);
-        assert_eq!(c.encode(&[0; 255], &mut out), Err(LengthEncodeError::DoesNotFit { length: 255, width: 1 }));
+        assert_eq!(
+            c.encode(&[0; 255], &mut out),
+            Err(LengthEncodeError::DoesNotFit {
+                length: 255,
+                width: 1
+            })
+        );
         let c = cfg(Width::Four, Endian::Big, false, 3);
-        assert_eq!(c.encode(b"abcd", &mut out), Err(LengthEncodeError::TooLong { length: 4, max: 3 }));
+        assert_eq!(
+            c.encode(b"abcd", &mut out),
+            Err(LengthEncodeError::TooLong { length: 4, max: 3 })
+        );
         assert!(out.is_empty());
     }
 
     #[test]
     fn max_buffered_is_prefix_plus_max_frame() {
-        assert_eq!(LengthDecoder::new(cfg(Width::Two, Endian::Big, false, 10)).max_buffered(), 12);
-        assert_eq!(LengthDecoder::new(cfg(Width::Eight, Endian::Big, false, usize::MAX)).max_buffered(), usize::MAX);
+        assert_eq!(
+            LengthDecoder::new(cfg(Width::Two, Endian::Big, false, 10)).max_buffered(),
+            12
+        );
+        assert_eq!(
+            LengthDecoder::new(cfg(Width::Eight, Endian::Big, false, usize::MAX)).max_buffered(),
+            usize::MAX
+        );
     }
 }

@@ -84,7 +84,12 @@ impl Default for LinesDecoder {
 impl LinesDecoder {
     /// A decoder at the start of a stream.
     pub fn new(config: LinesConfig) -> Self {
-        LinesDecoder { max_line: config.max_line, scanned: 0, skipping: false, offset: 0 }
+        LinesDecoder {
+            max_line: config.max_line,
+            scanned: 0,
+            skipping: false,
+            offset: 0,
+        }
     }
 
     /// Decodes at most one line from the start of `input`; see [`Decoder`].
@@ -109,9 +114,14 @@ impl LinesDecoder {
         // more than that is ever scanned before the line is known to be too long.
         let window = input.len().min(self.max_line.saturating_add(2));
         let start = self.scanned.min(window);
-        let found = input.get(start..window).and_then(|w| memchr::memchr(b'\n', w));
+        let found = input
+            .get(start..window)
+            .and_then(|w| memchr::memchr(b'\n', w));
         let line_offset = self.offset;
-        let too_long = Line::TooLong { offset: line_offset, limit: self.max_line };
+        let too_long = Line::TooLong {
+            offset: line_offset,
+            limit: self.max_line,
+        };
         let consumed = match found {
             Some(j) => {
                 let newline = start.saturating_add(j);
@@ -125,21 +135,31 @@ impl LinesDecoder {
                 self.scanned = 0;
                 self.offset = self.offset.saturating_add(consumed as u64);
                 return match input.get(..end) {
-                    Some(text) if end <= self.max_line => Decoded::Item { item: Line::Text(text), consumed },
-                    _ => Decoded::Item { item: too_long, consumed },
+                    Some(text) if end <= self.max_line => Decoded::Item {
+                        item: Line::Text(text),
+                        consumed,
+                    },
+                    _ => Decoded::Item {
+                        item: too_long,
+                        consumed,
+                    },
                 };
             }
             None => {
                 // Only content of exactly max_line bytes followed by a `\r`
                 // may still turn out valid at max_line + 1 bytes.
                 let could_fit = input.len() <= self.max_line
-                    || (input.len() == self.max_line.saturating_add(1) && input.last() == Some(&b'\r'));
+                    || (input.len() == self.max_line.saturating_add(1)
+                        && input.last() == Some(&b'\r'));
                 if could_fit {
                     self.scanned = window;
                     return Decoded::Incomplete;
                 }
                 // Too long: drop what is here, up to the newline if it is here too.
-                match input.get(window..).and_then(|rest| memchr::memchr(b'\n', rest)) {
+                match input
+                    .get(window..)
+                    .and_then(|rest| memchr::memchr(b'\n', rest))
+                {
                     Some(k) => window.saturating_add(k).saturating_add(1),
                     None => {
                         self.skipping = true;
@@ -150,7 +170,10 @@ impl LinesDecoder {
         };
         self.scanned = 0;
         self.offset = self.offset.saturating_add(consumed as u64);
-        Decoded::Item { item: too_long, consumed }
+        Decoded::Item {
+            item: too_long,
+            consumed,
+        }
     }
 
     /// See [`Decoder::max_buffered`]: one longest line and the `\r` of its ending.
@@ -178,7 +201,10 @@ mod tests {
     use super::*;
 
     fn text(s: &[u8], consumed: usize) -> Decoded<Line<'_>> {
-        Decoded::Item { item: Line::Text(s), consumed }
+        Decoded::Item {
+            item: Line::Text(s),
+            consumed,
+        }
     }
 
     fn small(max_line: usize) -> LinesDecoder {
@@ -223,14 +249,38 @@ mod tests {
     #[test]
     fn over_long_line_with_its_newline_is_reported_and_dropped() {
         let mut d = small(4);
-        assert_eq!(d.decode(b"abcde\nok\n"), Decoded::Item { item: Line::TooLong { offset: 0, limit: 4 }, consumed: 6 });
+        assert_eq!(
+            d.decode(b"abcde\nok\n"),
+            Decoded::Item {
+                item: Line::TooLong {
+                    offset: 0,
+                    limit: 4
+                },
+                consumed: 6
+            }
+        );
         assert_eq!(d.decode(b"ok\n"), text(b"ok", 3));
         // Content of 5 bytes: `abcd\r` before `\r\n`.
-        assert_eq!(d.decode(b"abcd\r\r\n"), Decoded::Item { item: Line::TooLong { offset: 9, limit: 4 }, consumed: 7 });
+        assert_eq!(
+            d.decode(b"abcd\r\r\n"),
+            Decoded::Item {
+                item: Line::TooLong {
+                    offset: 9,
+                    limit: 4
+                },
+                consumed: 7
+            }
+        );
         // The newline beyond the scanning window is found too.
         assert_eq!(
             d.decode(b"abcdefghij\nz\n"),
-            Decoded::Item { item: Line::TooLong { offset: 16, limit: 4 }, consumed: 11 }
+            Decoded::Item {
+                item: Line::TooLong {
+                    offset: 16,
+                    limit: 4
+                },
+                consumed: 11
+            }
         );
         assert_eq!(d.decode(b"z\n"), text(b"z", 2));
     }
@@ -240,14 +290,32 @@ mod tests {
         let mut d = small(4);
         assert_eq!(d.decode(b"abcd"), Decoded::Incomplete);
         // Five bytes and no `\r` last: too long already.
-        assert_eq!(d.decode(b"abcde"), Decoded::Item { item: Line::TooLong { offset: 0, limit: 4 }, consumed: 5 });
+        assert_eq!(
+            d.decode(b"abcde"),
+            Decoded::Item {
+                item: Line::TooLong {
+                    offset: 0,
+                    limit: 4
+                },
+                consumed: 5
+            }
+        );
         assert_eq!(d.decode(b""), Decoded::Incomplete);
         assert_eq!(d.decode(b"fgh"), Decoded::Skipped { consumed: 3 });
         assert_eq!(d.decode(b"ij\nok\n"), Decoded::Skipped { consumed: 3 });
         assert_eq!(d.decode(b"ok\n"), text(b"ok", 3));
         // `abcd\r` then something other than `\n`.
         assert_eq!(d.decode(b"abcd\r"), Decoded::Incomplete);
-        assert_eq!(d.decode(b"abcd\rx"), Decoded::Item { item: Line::TooLong { offset: 14, limit: 4 }, consumed: 6 });
+        assert_eq!(
+            d.decode(b"abcd\rx"),
+            Decoded::Item {
+                item: Line::TooLong {
+                    offset: 14,
+                    limit: 4
+                },
+                consumed: 6
+            }
+        );
         assert_eq!(d.decode(b"\n"), Decoded::Skipped { consumed: 1 });
     }
 
@@ -256,7 +324,16 @@ mod tests {
         let mut d = small(0);
         assert_eq!(d.decode(b"\r"), Decoded::Incomplete);
         assert_eq!(d.decode(b"\r\n"), text(b"", 2));
-        assert_eq!(d.decode(b"a"), Decoded::Item { item: Line::TooLong { offset: 2, limit: 0 }, consumed: 1 });
+        assert_eq!(
+            d.decode(b"a"),
+            Decoded::Item {
+                item: Line::TooLong {
+                    offset: 2,
+                    limit: 0
+                },
+                consumed: 1
+            }
+        );
     }
 
     #[test]
@@ -264,7 +341,10 @@ mod tests {
         let mut out = b"* welcome guest-1\n".to_vec();
         encode_line(b"bob hi", &mut out).unwrap();
         assert_eq!(out, b"* welcome guest-1\nbob hi\n");
-        assert_eq!(encode_line(b"a\nb", &mut out), Err(LineEncodeError::ContainsNewline { offset: 1 }));
+        assert_eq!(
+            encode_line(b"a\nb", &mut out),
+            Err(LineEncodeError::ContainsNewline { offset: 1 })
+        );
         assert_eq!(
             LineEncodeError::ContainsNewline { offset: 1 }.to_string(),
             "line contains a newline at byte 1"

@@ -10,6 +10,7 @@ use mio::{Interest, Registry, Token};
 
 use crate::config::ServiceKind;
 use crate::service::StreamService;
+use crate::service::auth::AuthGate;
 
 /// An accepted TCP or Unix stream.
 #[derive(Debug)]
@@ -158,6 +159,9 @@ pub struct Conn {
     pub kind: ServiceKind,
     /// The service's state for this connection.
     pub service: StreamService,
+    /// The authentication handshake, until it passes; boxed so that connections without
+    /// authentication do not pay for it.
+    pub gate: Option<Box<AuthGate>>,
     /// The unconsumed tail of the input (a partial request); empty, and unallocated, otherwise.
     pub input: Vec<u8>,
     /// Replies the socket has not taken yet.
@@ -178,11 +182,17 @@ pub struct Conn {
 
 impl Conn {
     /// A fresh connection.
-    pub fn new(socket: StreamSocket, kind: ServiceKind, service: StreamService, now: Instant) -> Self {
+    pub fn new(
+        socket: StreamSocket,
+        kind: ServiceKind,
+        service: StreamService,
+        now: Instant,
+    ) -> Self {
         Conn {
             socket,
             kind,
             service,
+            gate: None,
             input: Vec::new(),
             out: OutBuf::default(),
             interest: None,

@@ -16,6 +16,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, UdpSocket, UnixDatagram, UnixListener};
@@ -25,7 +26,10 @@ use signal_hook_mio::v1_0::Signals;
 use crate::addr::ListenAddr;
 use crate::config::{Limits, ServerConfig, ServiceKind};
 use crate::metrics::Counters;
-use crate::service::{DatagramService, StreamService};
+use crate::service::auth::{AuthGate, AuthStep, Secret, new_challenge};
+use crate::service::{DatagramService, Shared, Step, StreamService};
+use crate::service::files::FilesShared;
+use crate::service::store::Store;
 use crate::sockopt::{self, BindError, OptionsInEffect};
 
 use conn::{Conn, StreamSocket, write_direct};
@@ -66,6 +70,8 @@ struct Listener {
     socket: ListenSocket,
     /// The service of the connections it accepts.
     kind: ServiceKind,
+    /// Its clients must pass the HMAC challenge first.
+    auth: bool,
     /// On the ready list already.
     queued: bool,
 }
@@ -112,12 +118,13 @@ pub enum StartError {
     #[error("cannot create the event loop: {0}")]
     Poll(io::Error),
     #[error("cannot watch {what}: {source}")]
-    Register {
-        what: String,
-        source: io::Error,
-    },
+    Register { what: String, source: io::Error },
     #[error("cannot install the SIGINT/SIGTERM handlers: {0}")]
     Signals(io::Error),
+    #[error("cannot use the data directory {dir}: {source}; choose another with --data-dir")]
+    DataDir { dir: String, source: io::Error },
+    #[error("{0} requires authentication but no secret was given")]
+    NoSecret(ServiceKind),
 }
 
 /// Logs a warning at most once per interval, counting what it held back.
@@ -163,6 +170,8 @@ enum CloseReason {
     SlowReader { pending: usize },
     /// A partial request grew past what any request may hold.
     InputTooLarge { held: usize },
+    /// A long response could not be completed (a file shrank while being sent).
+    Broken,
 }
 
 /// The single-threaded server.
@@ -201,6 +210,10 @@ pub struct Reactor {
     warn_max_conns: RateLimited,
     /// Warnings for descriptor exhaustion.
     warn_fds: RateLimited,
+    /// What the stream services share (the `files` data directory).
+    shared: Shared,
+    /// The authentication secret, when a listener asks for authentication.
+    secret: Option<Secret>,
 }
 
 fn is_fd_exhaustion(e: &io::Error) -> bool {
@@ -231,7 +244,38 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
 
 impl Reactor {
     /// Binds every configured listener and registers it. Nothing is served until `run`.
-    pub fn bind(config: ServerConfig) -> Result<(Reactor, Vec<BoundListener>), StartError> {
+    pub fn bind(
+        config: ServerConfig,
+        secret: Option<Secret>,
+    ) -> Result<(Reactor, Vec<BoundListener>), StartError> {
+        let mut shared = Shared::default();
+        if config
+            .listeners
+            .iter()
+            .any(|l| l.service == ServiceKind::Files)
+        {
+            let dir = &config.files.data_dir;
+            let (store, removed) = Store::open(dir).map_err(|source| StartError::DataDir {
+                dir: dir.display().to_string(),
+                source,
+            })?;
+            if removed > 0 {
+                tracing::info!(
+                    removed,
+                    dir = %dir.display(),
+                    "removed temporaries left by an interrupted run"
+                );
+            }
+            shared.files = Some(Arc::new(FilesShared {
+                store,
+                config: config.files.config.clone(),
+            }));
+        }
+        if let Some(l) = config.listeners.iter().find(|l| l.auth)
+            && secret.is_none()
+        {
+            return Err(StartError::NoSecret(l.service));
+        }
         let poll = Poll::new().map_err(StartError::Poll)?;
         let mut signals =
             Signals::new([libc::SIGINT, libc::SIGTERM]).map_err(StartError::Signals)?;
@@ -256,11 +300,13 @@ impl Reactor {
             counters: Counters::default(),
             warn_max_conns: RateLimited::default(),
             warn_fds: RateLimited::default(),
+            shared,
+            secret,
         };
         let mut bound = Vec::new();
         for l in reactor.config.listeners.clone() {
             // On an error, dropping `reactor` removes the socket files bound so far.
-            bound.push(reactor.bind_one(l.service, &l.addr)?);
+            bound.push(reactor.bind_one(l.service, &l.addr, l.auth)?);
         }
         Ok((reactor, bound))
     }
@@ -269,18 +315,20 @@ impl Reactor {
         &mut self,
         service: ServiceKind,
         addr: &ListenAddr,
+        auth: bool,
     ) -> Result<BoundListener, StartError> {
         let o = &self.config.sockopts;
         let bind_err = |source| StartError::Bind { service, source };
         let local = |r: io::Result<std::net::SocketAddr>| {
-            r.map(|a| a.to_string()).unwrap_or_else(|_| addr.to_string())
+            r.map(|a| a.to_string())
+                .unwrap_or_else(|_| addr.to_string())
         };
         let (entry, transport, shown, options) = match (addr, service.is_stream()) {
             (ListenAddr::Inet(a), true) => {
                 let (l, opts) = sockopt::tcp_listener(*a, o).map_err(bind_err)?;
                 let shown = local(l.local_addr());
                 let socket = ListenSocket::Tcp(TcpListener::from_std(l));
-                (self.listener(socket, service), "tcp", shown, opts)
+                (self.listener(socket, service, auth), "tcp", shown, opts)
             }
             (ListenAddr::Inet(a), false) => {
                 let (s, opts) = sockopt::udp_socket(*a, o).map_err(bind_err)?;
@@ -292,22 +340,33 @@ impl Reactor {
                 let (l, opts) = sockopt::unix_listener(p, o).map_err(bind_err)?;
                 self.owned_paths.push(p.clone());
                 let socket = ListenSocket::Unix(UnixListener::from_std(l));
-                (self.listener(socket, service), "unix", addr.to_string(), opts)
+                (
+                    self.listener(socket, service, auth),
+                    "unix",
+                    addr.to_string(),
+                    opts,
+                )
             }
             (ListenAddr::Unixgram(p), _) => {
                 let (s, opts) = sockopt::unix_datagram(p, o).map_err(bind_err)?;
                 self.owned_paths.push(p.clone());
                 let socket = DgramSocket::Unix(UnixDatagram::from_std(s));
-                (self.endpoint(socket, service), "unixgram", addr.to_string(), opts)
+                (
+                    self.endpoint(socket, service),
+                    "unixgram",
+                    addr.to_string(),
+                    opts,
+                )
             }
         };
         let register_err = |source| StartError::Register {
             what: addr.to_string(),
             source,
         };
-        let token = self.sources.insert(entry).ok_or_else(|| {
-            register_err(io::Error::new(io::ErrorKind::OutOfMemory, "slab full"))
-        })?;
+        let token = self
+            .sources
+            .insert(entry)
+            .ok_or_else(|| register_err(io::Error::new(io::ErrorKind::OutOfMemory, "slab full")))?;
         let registry = self.poll.registry();
         let registered = match self.sources.get_mut(token) {
             Some(Entry::Listener(l)) => match &mut l.socket {
@@ -326,10 +385,11 @@ impl Reactor {
         })
     }
 
-    fn listener(&self, socket: ListenSocket, kind: ServiceKind) -> Entry {
+    fn listener(&self, socket: ListenSocket, kind: ServiceKind, auth: bool) -> Entry {
         Entry::Listener(Listener {
             socket,
             kind,
+            auth,
             queued: false,
         })
     }
@@ -512,9 +572,9 @@ impl Reactor {
                 return;
             }
             budget -= 1;
-            let kind = l.kind;
+            let (kind, auth) = (l.kind, l.auth);
             match l.socket.accept() {
-                Ok(socket) => self.admit(socket, kind),
+                Ok(socket) => self.admit(socket, kind, auth),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_transient_accept_error(&e) => {
@@ -581,7 +641,7 @@ impl Reactor {
     }
 
     /// Takes in one accepted connection, or closes it at once when `--max-conns` are open.
-    fn admit(&mut self, socket: StreamSocket, kind: ServiceKind) {
+    fn admit(&mut self, socket: StreamSocket, kind: ServiceKind, auth: bool) {
         let limits = &self.config.limits;
         if self.open_conns >= limits.max_conns || self.shutdown_deadline.is_some() {
             drop(socket);
@@ -601,11 +661,20 @@ impl Reactor {
         {
             tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
         }
-        let Some(service) = StreamService::for_kind(kind) else {
+        let Some(service) = StreamService::for_kind(kind, &self.shared) else {
             return;
         };
         let idle = limits.idle_timeout;
-        let conn = Conn::new(socket, kind, service, self.now);
+        let mut conn = Conn::new(socket, kind, service, self.now);
+        if auth {
+            let (Some(secret), Ok(challenge)) = (&self.secret, new_challenge()) else {
+                tracing::error!(service = %kind, "cannot make an authentication challenge");
+                return;
+            };
+            let gate = AuthGate::new(secret.clone(), challenge);
+            conn.out.extend(gate.challenge());
+            conn.gate = Some(Box::new(gate));
+        }
         let Some(token) = self.sources.insert(Entry::Conn(conn)) else {
             return;
         };
@@ -629,6 +698,12 @@ impl Reactor {
         if let Some(idle) = idle {
             self.timers.push(self.now + idle, TimerKind::Idle(token));
         }
+        if auth {
+            let deadline = self.now + self.config.auth_timeout;
+            self.timers.push(deadline, TimerKind::AuthTimeout(token));
+            // The challenge goes out now, before anything is read.
+            self.drive_conn(token, false, true);
+        }
     }
 
     /// Writes what is pending, reads what the budget allows, and settles the connection's
@@ -641,15 +716,12 @@ impl Reactor {
         if c.dead {
             return;
         }
-        let (verdict, received, sent) = drive(
-            c,
-            readable,
-            writable,
-            &mut self.scratch,
-            &mut self.reply,
-            limits,
-            self.now,
-        );
+        let mut io = TurnIo {
+            scratch: &mut self.scratch,
+            reply: &mut self.reply,
+            counters: &mut self.counters,
+        };
+        let (verdict, received, sent) = drive(c, readable, writable, &mut io, limits, self.now);
         let kind = c.kind;
         let counters = self.counters.service(kind);
         counters.bytes_received = counters.bytes_received.saturating_add(received as u64);
@@ -672,6 +744,9 @@ impl Reactor {
                     ),
                     CloseReason::Io(e) => tracing::debug!(service = %kind, "closing: {e}"),
                     CloseReason::Finished => tracing::debug!(service = %kind, "closing: done"),
+                    CloseReason::Broken => {
+                        tracing::debug!(service = %kind, "closing: response cannot be completed")
+                    }
                 }
                 c.dead = true;
                 self.to_close.push(token);
@@ -780,6 +855,7 @@ impl Reactor {
         while let Some(kind) = self.timers.pop_due(self.now) {
             match kind {
                 TimerKind::Idle(token) => self.check_idle(token),
+                TimerKind::AuthTimeout(token) => self.check_auth(token),
                 TimerKind::AcceptRetry(token) => self.accept_all(token),
                 TimerKind::ShutdownGrace => {}
             }
@@ -789,10 +865,29 @@ impl Reactor {
         if self.timers.len() > 2 * self.sources.len() + 1024 {
             let sources = &self.sources;
             self.timers.retain(|k| match k {
-                TimerKind::Idle(t) | TimerKind::AcceptRetry(t) => sources.get(*t).is_some(),
+                TimerKind::Idle(t) | TimerKind::AcceptRetry(t) | TimerKind::AuthTimeout(t) => {
+                    sources.get(*t).is_some()
+                }
                 TimerKind::ShutdownGrace => true,
             });
         }
+    }
+
+    /// A client that has not answered the challenge in time fails it.
+    fn check_auth(&mut self, token: Token) {
+        let Some(Entry::Conn(c)) = self.sources.get_mut(token) else {
+            return;
+        };
+        if c.dead || c.gate.is_none() {
+            return;
+        }
+        tracing::info!(service = %c.kind, "authentication timed out (--auth-timeout)");
+        c.gate = None;
+        c.service.on_auth_failed(c.out.tail(), &mut self.counters);
+        stop_input(c);
+        let c = self.counters.service(c.kind);
+        c.rejected_auth = c.rejected_auth.saturating_add(1);
+        self.drive_conn(token, false, true);
     }
 
     fn check_idle(&mut self, token: Token) {
@@ -869,15 +964,28 @@ fn discard_unread(socket: &mut StreamSocket, scratch: &mut [u8]) {
     }
 }
 
-/// One drive of one connection: write what is pending, then read while the budget lasts and
-/// the output is under the pause mark, feeding the service and writing its replies straight
-/// away. Returns the verdict and the bytes received and sent.
+/// The reactor's shared buffers and counters, lent to one drive of one connection.
+struct TurnIo<'a> {
+    /// The read buffer.
+    scratch: &'a mut [u8],
+    /// Service output before it is known whether the socket takes it all.
+    reply: &'a mut Vec<u8>,
+    /// Counters the services update (frames) and report (`stats`).
+    counters: &'a mut Counters,
+}
+
+/// Largest slice of a long response produced in one call.
+const PRODUCE_CHUNK: usize = 64 * 1024;
+
+/// One drive of one connection: write what is pending, let the service produce more of a long
+/// response while the socket keeps up, then read while the budget lasts and the output is under
+/// the pause mark, feeding the service and writing its replies straight away. Returns the
+/// verdict and the bytes received and sent.
 fn drive(
     c: &mut Conn,
     readable: bool,
     writable: bool,
-    scratch: &mut [u8],
-    reply: &mut Vec<u8>,
+    io: &mut TurnIo<'_>,
     limits: &Limits,
     now: Instant,
 ) -> (Verdict, usize, usize) {
@@ -891,16 +999,45 @@ fn drive(
             Err(e) => return close(CloseReason::Io(e), received, sent),
         }
     }
+    // Long responses (a file being sent, a file being hashed): at most a budget of disk work
+    // per turn, and only while the socket drains, so one transfer cannot stall the others.
+    let mut disk_budget = limits.read_budget;
+    while c.service.has_output() && c.out.pending() < limits.pending_pause {
+        if disk_budget == 0 {
+            more = true;
+            break;
+        }
+        let chunk = disk_budget.min(PRODUCE_CHUNK);
+        disk_budget = disk_budget.saturating_sub(chunk);
+        if !c.service.produce(c.out.tail(), chunk, io.counters) {
+            return close(CloseReason::Broken, received, sent);
+        }
+        match c.out.write_to(&mut c.socket) {
+            Ok(n) => sent += n,
+            Err(e) => return close(CloseReason::Io(e), received, sent),
+        }
+    }
+    // Requests that arrived while the service was busy wait in `input`.
+    if !c.input.is_empty() && c.gate.is_none() && c.service.accepts_input() {
+        if let Err(reason) = absorb(c, &[], io, limits) {
+            return close(reason, received, sent);
+        }
+        more |= c.service.has_output();
+    }
     // A connection paused by backpressure has unread input that no new edge will announce.
     let was_paused = c.read_paused;
     let mut budget = limits.read_budget;
-    while (readable || was_paused) && !c.read_closed && c.out.pending() < limits.pending_pause {
+    while (readable || was_paused)
+        && !c.read_closed
+        && c.out.pending() < limits.pending_pause
+        && c.service.accepts_input()
+    {
         if budget == 0 {
             more = true;
             break;
         }
-        let want = scratch.len().min(budget);
-        let Some(buf) = scratch.get_mut(..want) else {
+        let want = io.scratch.len().min(budget);
+        let Some(buf) = io.scratch.get_mut(..want) else {
             break;
         };
         match c.socket.read(buf) {
@@ -908,14 +1045,23 @@ fn drive(
             Ok(n) => {
                 budget = budget.saturating_sub(n);
                 received += n;
-                let data = buf.get(..n).unwrap_or_default();
-                match absorb(c, data, reply, limits) {
+                // Copy out of the scratch buffer's borrow: `absorb` needs `io` whole.
+                let (scratch, rest) = (std::mem::take(&mut io.scratch), &mut *io);
+                let data = scratch.get(..n).unwrap_or_default();
+                let r = absorb(c, data, rest, limits);
+                io.scratch = scratch;
+                match r {
                     Ok(w) => sent += w,
                     Err(reason) => return close(reason, received, sent),
                 }
                 if c.out.pending() > limits.max_pending {
                     let pending = c.out.pending();
                     return close(CloseReason::SlowReader { pending }, received, sent);
+                }
+                if c.service.has_output() {
+                    // A long response started: produce it before reading on.
+                    more = true;
+                    break;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -937,41 +1083,77 @@ fn drive(
         // Resumed: read on the next turn, since the socket's data arrived while paused.
         more = true;
     }
-    if c.read_closed && c.out.is_empty() {
+    let input_done = c.input.is_empty() || !c.service.accepts_input();
+    if c.read_closed && c.out.is_empty() && !c.service.has_output() && input_done {
         return close(CloseReason::Finished, received, sent);
     }
     (Verdict::Open { more }, received, sent)
 }
 
-/// Hands newly read bytes to the service. When nothing is pending, the service writes into the
-/// shared reply buffer and the socket gets it straight away; only what the socket does not
-/// take is copied into the connection. Returns the bytes written.
+/// Stops taking input from a connection: what is pending is still written, then it closes.
+fn stop_input(c: &mut Conn) {
+    c.read_closed = true;
+    c.input = Vec::new();
+}
+
+/// Hands newly read bytes (or, with `data` empty, the held leftover) to the authentication
+/// gate and then the service. When nothing is pending, the service writes into the shared reply
+/// buffer and the socket gets it straight away; only what the socket does not take is copied
+/// into the connection. Returns the bytes written.
 fn absorb(
     c: &mut Conn,
     data: &[u8],
-    reply: &mut Vec<u8>,
+    io: &mut TurnIo<'_>,
     limits: &Limits,
 ) -> Result<usize, CloseReason> {
+    let mut data = data;
+    if let Some(gate) = &mut c.gate {
+        match gate.on_input(data) {
+            AuthStep::NeedMore => return Ok(0),
+            AuthStep::Passed { consumed } => {
+                c.gate = None;
+                data = data.get(consumed..).unwrap_or_default();
+                if data.is_empty() {
+                    return Ok(0);
+                }
+            }
+            AuthStep::Failed => {
+                c.gate = None;
+                c.service.on_auth_failed(c.out.tail(), io.counters);
+                stop_input(c);
+                return Ok(0);
+            }
+        }
+    }
     let mut sent = 0;
-    if c.input.is_empty() {
-        let consumed = if c.out.is_empty() {
-            reply.clear();
-            let consumed = c.service.on_input(data, reply).0;
-            sent = write_direct(&mut c.socket, reply).map_err(CloseReason::Io)?;
-            c.out.extend(reply.get(sent..).unwrap_or_default());
-            consumed
+    let step = if c.input.is_empty() {
+        let step = if c.out.is_empty() {
+            io.reply.clear();
+            let step = c.service.on_input(data, io.reply, io.counters);
+            sent = write_direct(&mut c.socket, io.reply).map_err(CloseReason::Io)?;
+            c.out.extend(io.reply.get(sent..).unwrap_or_default());
+            step
         } else {
-            c.service.on_input(data, c.out.tail()).0
+            c.service.on_input(data, c.out.tail(), io.counters)
         };
         c.input
-            .extend_from_slice(data.get(consumed..).unwrap_or_default());
+            .extend_from_slice(data.get(step.consumed..).unwrap_or_default());
+        step
     } else {
         c.input.extend_from_slice(data);
-        let consumed = c.service.on_input(&c.input, c.out.tail()).0;
-        c.input.drain(..consumed.min(c.input.len()));
+        let step = if c.service.accepts_input() {
+            c.service.on_input(&c.input, c.out.tail(), io.counters)
+        } else {
+            Step::default()
+        };
+        c.input.drain(..step.consumed.min(c.input.len()));
         if c.input.is_empty() {
             c.input = Vec::new();
         }
+        step
+    };
+    if step.close {
+        stop_input(c);
     }
     if c.input.len() > limits.max_pending {
         return Err(CloseReason::InputTooLarge {

@@ -19,6 +19,8 @@ pub enum TimerKind {
     Idle(Token),
     /// Try again to accept on a listener that the descriptor limit paused.
     AcceptRetry(Token),
+    /// The client must have answered the authentication challenge by now.
+    AuthTimeout(Token),
     /// The shutdown grace period is over.
     ShutdownGrace,
 }

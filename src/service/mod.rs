@@ -3,13 +3,27 @@
 
 pub mod auth;
 pub mod echo;
+pub mod files;
+pub mod store;
 pub mod upper;
 
+use std::sync::Arc;
+
 use crate::config::ServiceKind;
+use crate::metrics::Counters;
 
 /// What a stream service decided about the input it was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Consumed(pub usize);
+
+/// What a stream service did with a batch of input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Step {
+    /// Bytes used; the rest is kept by the caller and offered again with more.
+    pub consumed: usize,
+    /// Close once the output is flushed: the input can no longer be trusted.
+    pub close: bool,
+}
 
 /// A stream service, chosen once per connection. An enum rather than a trait object: the
 /// dispatch is a jump table and each connection's state lives inline in its slab slot.
@@ -17,24 +31,77 @@ pub struct Consumed(pub usize);
 pub enum StreamService {
     Echo(echo::Echo),
     Upper(upper::Upper),
+    /// Boxed: a `files` session is larger than the byte-stream ones, and idle echo
+    /// connections should not pay for it.
+    Files(Box<files::Files>),
+}
+
+/// What the stream services of a reactor share.
+#[derive(Debug, Clone, Default)]
+pub struct Shared {
+    /// The `files` data directory and limits, when `files` runs.
+    pub files: Option<Arc<files::FilesShared>>,
 }
 
 impl StreamService {
-    /// The service a new connection on a listener of `kind` gets, or `None` for a datagram kind.
-    pub fn for_kind(kind: ServiceKind) -> Option<Self> {
+    /// The service a new connection on a listener of `kind` gets, or `None` for a datagram
+    /// kind (or `files` without its data directory).
+    pub fn for_kind(kind: ServiceKind, shared: &Shared) -> Option<Self> {
         match kind {
             ServiceKind::Echo => Some(StreamService::Echo(echo::Echo)),
             ServiceKind::Upper => Some(StreamService::Upper(upper::Upper)),
+            ServiceKind::Files => shared
+                .files
+                .clone()
+                .map(|f| StreamService::Files(Box::new(files::Files::new(f)))),
             ServiceKind::UdpEcho | ServiceKind::UdpUpper => None,
         }
     }
 
     /// Feeds bytes as they arrived; replies are appended to `out`. The bytes not consumed are
     /// kept by the caller and offered again, in front of the next ones.
-    pub fn on_input(&mut self, input: &[u8], out: &mut Vec<u8>) -> Consumed {
-        match self {
+    pub fn on_input(&mut self, input: &[u8], out: &mut Vec<u8>, counters: &mut Counters) -> Step {
+        let consumed = match self {
             StreamService::Echo(s) => s.on_input(input, out),
             StreamService::Upper(s) => s.on_input(input, out),
+            StreamService::Files(s) => return s.on_input(input, out, counters),
+        };
+        Step {
+            consumed: consumed.0,
+            close: false,
+        }
+    }
+
+    /// Whether the service takes input now (a service busy with a long response waits, so
+    /// that its responses stay in order).
+    pub fn accepts_input(&self) -> bool {
+        match self {
+            StreamService::Files(s) => s.accepts_input(),
+            _ => true,
+        }
+    }
+
+    /// Whether `produce` has more output to give.
+    pub fn has_output(&self) -> bool {
+        match self {
+            StreamService::Files(s) => s.has_output(),
+            _ => false,
+        }
+    }
+
+    /// Appends up to about `budget` bytes of a long response; `false` when the connection
+    /// must close because the response cannot be completed.
+    pub fn produce(&mut self, out: &mut Vec<u8>, budget: usize, counters: &mut Counters) -> bool {
+        match self {
+            StreamService::Files(s) => s.produce(out, budget, counters) == files::Produced::Ok,
+            _ => true,
+        }
+    }
+
+    /// What to send a client whose authentication failed, before closing.
+    pub fn on_auth_failed(&self, out: &mut Vec<u8>, counters: &mut Counters) {
+        if let StreamService::Files(_) = self {
+            files::auth_failed_frame(out, counters);
         }
     }
 }
@@ -52,7 +119,7 @@ impl DatagramService {
         match kind {
             ServiceKind::UdpEcho => Some(DatagramService::Echo(echo::Echo)),
             ServiceKind::UdpUpper => Some(DatagramService::Upper(upper::Upper)),
-            ServiceKind::Echo | ServiceKind::Upper => None,
+            ServiceKind::Echo | ServiceKind::Upper | ServiceKind::Files => None,
         }
     }
 

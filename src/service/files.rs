@@ -1,0 +1,879 @@
+//! `files`: framed commands over the header+body frames of PROTOCOL.md ("Frames"): ping, echo,
+//! put, get, list, stat, stats (and exec, answered `exec_disabled` until it is configured).
+//!
+//! Input bytes go through a [`HeaderBodyDecoder`]; a request's body is handled chunk by chunk
+//! as it arrives (an upload is hashed and written to its temporary, an echo body copied out),
+//! so no body is ever held whole. Responses that are long (a file, a listing) are produced by
+//! [`Files::produce`] as the socket drains, at most a budget per call, so one large transfer
+//! cannot stall the loop. While such a response is being produced, no further request is
+//! decoded: responses stay in order and pipelined requests wait in the socket.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+use super::Step;
+use super::store::{Hasher, Store, TempFile, check_name, record_md5};
+use crate::frame::header::{HeaderBodyConfig, HeaderBodyDecoder, Part, encode_header};
+use crate::frame::{Decoded, Header};
+use crate::metrics::Counters;
+
+/// Longest `id`, as compact JSON.
+pub const MAX_ID: usize = 1024;
+
+/// Upload bytes written between two requests to the kernel to start writing back, so that
+/// the final fsync has little left to do.
+const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
+
+/// The error codes of PROTOCOL.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    BadFrame,
+    BadRequest,
+    UnknownCmd,
+    BadFilename,
+    NotFound,
+    TooLarge,
+    Md5Mismatch,
+    Io,
+    AuthRequired,
+    AuthFailed,
+    ExecDisabled,
+    NotAllowed,
+    TooBusy,
+    Timeout,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownCmd => "unknown_cmd",
+            ErrorCode::BadFilename => "bad_filename",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Md5Mismatch => "md5_mismatch",
+            ErrorCode::Io => "io",
+            ErrorCode::AuthRequired => "auth_required",
+            ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::ExecDisabled => "exec_disabled",
+            ErrorCode::NotAllowed => "not_allowed",
+            ErrorCode::TooBusy => "too_busy",
+            ErrorCode::Timeout => "timeout",
+        }
+    }
+}
+
+/// The commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cmd {
+    Ping,
+    Echo,
+    Put,
+    Get,
+    List,
+    Stat,
+    Stats,
+    Exec,
+}
+
+impl Cmd {
+    fn parse(s: &str) -> Option<Cmd> {
+        Some(match s {
+            "ping" => Cmd::Ping,
+            "echo" => Cmd::Echo,
+            "put" => Cmd::Put,
+            "get" => Cmd::Get,
+            "list" => Cmd::List,
+            "stat" => Cmd::Stat,
+            "stats" => Cmd::Stats,
+            "exec" => Cmd::Exec,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Cmd::Ping => "ping",
+            Cmd::Echo => "echo",
+            Cmd::Put => "put",
+            Cmd::Get => "get",
+            Cmd::List => "list",
+            Cmd::Stat => "stat",
+            Cmd::Stats => "stats",
+            Cmd::Exec => "exec",
+        }
+    }
+}
+
+/// Settings of the `files` service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilesConfig {
+    /// Largest request header, in bytes.
+    pub max_header: usize,
+    /// Largest upload, in bytes; `None` for no limit but the disk.
+    pub max_upload: Option<u64>,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        FilesConfig {
+            max_header: 64 * 1024,
+            max_upload: None,
+        }
+    }
+}
+
+/// What every `files` connection of a reactor shares.
+#[derive(Debug)]
+pub struct FilesShared {
+    /// The data directory.
+    pub store: Store,
+    /// Limits.
+    pub config: FilesConfig,
+}
+
+/// What is done with the body of the request being read.
+#[derive(Debug)]
+enum Body {
+    /// Between frames, or a request whose body is dropped.
+    Skip,
+    /// `echo`: the body goes straight back out.
+    Echo,
+    /// `put`: the body goes to a temporary.
+    Upload(Box<Upload>),
+}
+
+/// An upload in progress.
+#[derive(Debug)]
+struct Upload {
+    /// The temporary; `None` once a write failed (it is removed then).
+    tmp: Option<TempFile>,
+    /// md5 of the bytes so far.
+    hasher: Hasher,
+    /// The name it will get.
+    name: String,
+    /// The md5 the client announced, lower-cased.
+    want_md5: Option<String>,
+    /// The request's id.
+    id: Option<Value>,
+    /// Bytes announced.
+    size: u64,
+    /// Bytes written since the last writeback request.
+    since_writeback: u64,
+    /// The first write error, answered when the body ends.
+    error: Option<String>,
+}
+
+/// What `Hash` answers once the md5 is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterHash {
+    Get,
+    Stat,
+}
+
+/// A response being produced over several turns.
+#[derive(Debug)]
+enum Outgoing {
+    /// Computing the md5 of a file stored without one, before answering.
+    Hash {
+        file: File,
+        size: u64,
+        mtime: i64,
+        offset: u64,
+        hasher: Hasher,
+        then: AfterHash,
+        id: Option<Value>,
+    },
+    /// A file's bytes, from `offset`, `left` to go.
+    File { file: File, offset: u64, left: u64 },
+    /// A body built in memory (a listing).
+    Bytes { data: Vec<u8>, pos: usize },
+}
+
+/// What `produce` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Produced {
+    /// It wrote what it could; call again while `has_output` says so.
+    Ok,
+    /// A file shrank under a `get` whose size was announced: the frame cannot be completed,
+    /// so the connection must close.
+    Broken,
+}
+
+/// One `files` connection.
+#[derive(Debug)]
+pub struct Files {
+    /// The data directory and limits.
+    shared: Arc<FilesShared>,
+    /// The frame decoder.
+    decoder: HeaderBodyDecoder,
+    /// What to do with the current body.
+    body: Body,
+    /// A long response under way.
+    outgoing: Option<Outgoing>,
+    /// A malformed frame was answered: nothing more is read.
+    closing: bool,
+    /// Reusable buffer for hashing files.
+    hash_buf: Vec<u8>,
+}
+
+/// Appends a response frame with no body.
+fn respond(out: &mut Vec<u8>, mut fields: Map<String, Value>, id: Option<&Value>) {
+    respond_with_body(out, &mut fields, id, 0);
+}
+
+fn respond_with_body(out: &mut Vec<u8>, fields: &mut Map<String, Value>, id: Option<&Value>, size: u64) {
+    if let Some(id) = id {
+        fields.insert("id".into(), id.clone());
+    }
+    if let Err(e) = encode_header(fields, size, out) {
+        // Only a header over 64 KiB can fail, and no response carries that much.
+        tracing::error!("cannot encode a response header: {e}");
+    }
+}
+
+/// Appends an error frame and counts it.
+fn respond_error(
+    out: &mut Vec<u8>,
+    counters: &mut Counters,
+    cmd: Option<Cmd>,
+    id: Option<&Value>,
+    code: ErrorCode,
+    message: impl Into<String>,
+) {
+    counters.frame(cmd.map_or("unknown", Cmd::name), code.as_str());
+    let mut f = Map::new();
+    f.insert("ok".into(), Value::Bool(false));
+    f.insert("cmd".into(), cmd.map_or(Value::Null, |c| c.name().into()));
+    f.insert(
+        "error".into(),
+        json!({"code": code.as_str(), "message": message.into()}),
+    );
+    respond(out, f, id);
+}
+
+fn ok_fields(cmd: Cmd) -> Map<String, Value> {
+    let mut f = Map::new();
+    f.insert("ok".into(), Value::Bool(true));
+    f.insert("cmd".into(), cmd.name().into());
+    f
+}
+
+/// The auth_failed frame a `files` listener sends before closing a failed handshake.
+pub fn auth_failed_frame(out: &mut Vec<u8>, counters: &mut Counters) {
+    respond_error(
+        out,
+        counters,
+        None,
+        None,
+        ErrorCode::AuthFailed,
+        "authentication failed: wrong or missing HMAC-SHA256 response to the challenge",
+    );
+}
+
+fn io_message(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) => "the server's disk is full".to_owned(),
+        _ => format!("the server could not do that: {e}"),
+    }
+}
+
+fn filename_of<'h>(h: &'h Header<'_>) -> Result<&'h str, (ErrorCode, String)> {
+    match h.fields.get("filename") {
+        None => Err((ErrorCode::BadRequest, "`filename` is missing".into())),
+        Some(Value::String(s)) => check_name(s)
+            .map(|()| s.as_str())
+            .map_err(|e| (ErrorCode::BadFilename, e.to_string())),
+        Some(_) => Err((ErrorCode::BadFilename, "`filename` is not a string".into())),
+    }
+}
+
+impl Files {
+    /// A new connection's session.
+    pub fn new(shared: Arc<FilesShared>) -> Self {
+        let decoder = HeaderBodyDecoder::new(HeaderBodyConfig {
+            max_header: shared.config.max_header,
+            accept_filesize: true,
+        });
+        Files {
+            shared,
+            decoder,
+            body: Body::Skip,
+            outgoing: None,
+            closing: false,
+            hash_buf: Vec::new(),
+        }
+    }
+
+    /// Whether input is decoded now: not while a long response is produced, nor after a
+    /// malformed frame.
+    pub fn accepts_input(&self) -> bool {
+        self.outgoing.is_none() && !self.closing
+    }
+
+    /// Whether `produce` has more to give.
+    pub fn has_output(&self) -> bool {
+        self.outgoing.is_some()
+    }
+
+    /// Decodes requests from `input` and appends responses to `out`.
+    pub fn on_input(&mut self, input: &[u8], out: &mut Vec<u8>, counters: &mut Counters) -> Step {
+        let mut pos = 0usize;
+        while self.accepts_input() {
+            let rest = input.get(pos..).unwrap_or_default();
+            match self.decoder.decode(rest) {
+                Ok(Decoded::Incomplete) => break,
+                Ok(Decoded::Skipped { consumed }) => pos = pos.saturating_add(consumed),
+                Ok(Decoded::Item { item, consumed }) => {
+                    pos = pos.saturating_add(consumed);
+                    match item {
+                        Part::Header(h) => self.on_header(&h, out, counters),
+                        Part::BodyChunk(chunk) => self.on_chunk(chunk, out),
+                        Part::BodyEnd => self.on_body_end(out, counters),
+                    }
+                }
+                Err(e) => {
+                    respond_error(
+                        out,
+                        counters,
+                        None,
+                        e.request_id(),
+                        ErrorCode::BadFrame,
+                        e.to_string(),
+                    );
+                    self.closing = true;
+                    self.body = Body::Skip;
+                }
+            }
+        }
+        Step {
+            consumed: pos,
+            close: self.closing,
+        }
+    }
+
+    fn on_header(&mut self, h: &Header<'_>, out: &mut Vec<u8>, counters: &mut Counters) {
+        self.body = Body::Skip;
+        let id = h.id();
+        if let Some(v) = id {
+            let len = serde_json::to_vec(v).map_or(usize::MAX, |b| b.len());
+            if len > MAX_ID {
+                let msg = format!("`id` is {len} bytes as JSON; at most {MAX_ID}");
+                respond_error(out, counters, None, None, ErrorCode::BadRequest, msg);
+                return;
+            }
+        }
+        let cmd = match h.fields.get("cmd") {
+            Some(Value::String(s)) => match Cmd::parse(s) {
+                Some(c) => c,
+                None => {
+                    let msg = format!("unknown command `{s}`");
+                    respond_error(out, counters, None, id, ErrorCode::UnknownCmd, msg);
+                    return;
+                }
+            },
+            Some(_) => {
+                let msg = "`cmd` is not a string";
+                respond_error(out, counters, None, id, ErrorCode::BadRequest, msg);
+                return;
+            }
+            None => {
+                let msg = "`cmd` is missing";
+                respond_error(out, counters, None, id, ErrorCode::BadRequest, msg);
+                return;
+            }
+        };
+        let fail = |out: &mut Vec<u8>, counters: &mut Counters, (code, msg): (ErrorCode, String)| {
+            respond_error(out, counters, Some(cmd), id, code, msg);
+        };
+        match cmd {
+            Cmd::Ping => {
+                counters.frame(cmd.name(), "ok");
+                respond(out, ok_fields(cmd), id);
+            }
+            Cmd::Echo => {
+                counters.frame(cmd.name(), "ok");
+                respond_with_body(out, &mut ok_fields(cmd), id, h.size);
+                self.body = Body::Echo;
+            }
+            Cmd::Put => match self.start_upload(h) {
+                Ok(upload) => self.body = Body::Upload(Box::new(upload)),
+                Err(e) => fail(out, counters, e),
+            },
+            Cmd::Get | Cmd::Stat => {
+                let then = if cmd == Cmd::Get {
+                    AfterHash::Get
+                } else {
+                    AfterHash::Stat
+                };
+                if let Err(e) = self.start_read(h, then, out, counters) {
+                    fail(out, counters, e);
+                }
+            }
+            Cmd::List => match self.shared.store.list() {
+                Ok(entries) => {
+                    let list: Vec<Value> = entries
+                        .into_iter()
+                        .map(|(name, info)| json!({"name": name, "size": info.size, "md5": info.md5}))
+                        .collect();
+                    let data = serde_json::to_vec(&list).unwrap_or_default();
+                    counters.frame(cmd.name(), "ok");
+                    respond_with_body(out, &mut ok_fields(cmd), id, data.len() as u64);
+                    self.outgoing = Some(Outgoing::Bytes { data, pos: 0 });
+                }
+                Err(e) => fail(out, counters, (ErrorCode::Io, io_message(&e))),
+            },
+            Cmd::Stats => {
+                counters.frame(cmd.name(), "ok");
+                let data = serde_json::to_vec(&counters.to_json()).unwrap_or_default();
+                respond_with_body(out, &mut ok_fields(cmd), id, data.len() as u64);
+                out.extend_from_slice(&data);
+            }
+            Cmd::Exec => fail(
+                out,
+                counters,
+                (
+                    ErrorCode::ExecDisabled,
+                    "exec is not enabled on this server".into(),
+                ),
+            ),
+        }
+    }
+
+    fn start_upload(&self, h: &Header<'_>) -> Result<Upload, (ErrorCode, String)> {
+        let name = filename_of(h)?;
+        if let Some(max) = self.shared.config.max_upload
+            && h.size > max
+        {
+            return Err((
+                ErrorCode::TooLarge,
+                format!("{} bytes is over this server's upload limit of {max}", h.size),
+            ));
+        }
+        let want_md5 = match h.fields.get("md5") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some(s.to_ascii_lowercase())
+            }
+            Some(_) => {
+                return Err((
+                    ErrorCode::BadRequest,
+                    "`md5` must be 32 hexadecimal digits".into(),
+                ));
+            }
+        };
+        let tmp = self
+            .shared
+            .store
+            .create_temp()
+            .map_err(|e| (ErrorCode::Io, io_message(&e)))?;
+        Ok(Upload {
+            tmp: Some(tmp),
+            hasher: Hasher::default(),
+            name: name.to_owned(),
+            want_md5,
+            id: h.id().cloned(),
+            size: h.size,
+            since_writeback: 0,
+            error: None,
+        })
+    }
+
+    fn start_read(
+        &mut self,
+        h: &Header<'_>,
+        then: AfterHash,
+        out: &mut Vec<u8>,
+        counters: &mut Counters,
+    ) -> Result<(), (ErrorCode, String)> {
+        let name = filename_of(h)?;
+        let (file, meta) = self.shared.store.open_file(name).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                (ErrorCode::NotFound, format!("no file named `{name}`"))
+            } else {
+                (ErrorCode::Io, io_message(&e))
+            }
+        })?;
+        let info = Store::info(&file, &meta);
+        let id = h.id().cloned();
+        match info.md5 {
+            Some(md5) => self.answer_read(then, file, info.size, info.mtime, md5, id, out, counters),
+            None => {
+                self.outgoing = Some(Outgoing::Hash {
+                    file,
+                    size: info.size,
+                    mtime: info.mtime,
+                    offset: 0,
+                    hasher: Hasher::default(),
+                    then,
+                    id,
+                })
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn answer_read(
+        &mut self,
+        then: AfterHash,
+        file: File,
+        size: u64,
+        mtime: i64,
+        md5: String,
+        id: Option<Value>,
+        out: &mut Vec<u8>,
+        counters: &mut Counters,
+    ) {
+        match then {
+            AfterHash::Get => {
+                counters.frame("get", "ok");
+                let mut f = ok_fields(Cmd::Get);
+                f.insert("md5".into(), md5.into());
+                respond_with_body(out, &mut f, id.as_ref(), size);
+                if size > 0 {
+                    self.outgoing = Some(Outgoing::File {
+                        file,
+                        offset: 0,
+                        left: size,
+                    });
+                }
+            }
+            AfterHash::Stat => {
+                counters.frame("stat", "ok");
+                let mut f = ok_fields(Cmd::Stat);
+                f.insert("filesize".into(), size.into());
+                f.insert("md5".into(), md5.into());
+                f.insert("mtime".into(), mtime.into());
+                respond(out, f, id.as_ref());
+            }
+        }
+    }
+
+    fn on_chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        match &mut self.body {
+            Body::Skip => {}
+            Body::Echo => out.extend_from_slice(chunk),
+            Body::Upload(u) => {
+                u.hasher.update(chunk);
+                let Some(tmp) = &mut u.tmp else { return };
+                if let Err(e) = tmp.file.write_all(chunk) {
+                    u.error = Some(io_message(&e));
+                    // Dropping the temporary removes it: a failed upload leaves nothing.
+                    u.tmp = None;
+                    return;
+                }
+                u.since_writeback = u.since_writeback.saturating_add(chunk.len() as u64);
+                if u.since_writeback >= WRITEBACK_EVERY {
+                    u.since_writeback = 0;
+                    start_writeback(&tmp.file);
+                }
+            }
+        }
+    }
+
+    fn on_body_end(&mut self, out: &mut Vec<u8>, counters: &mut Counters) {
+        let Body::Upload(u) = std::mem::replace(&mut self.body, Body::Skip) else {
+            return;
+        };
+        let Upload {
+            tmp,
+            hasher,
+            name,
+            want_md5,
+            id,
+            size,
+            error,
+            ..
+        } = *u;
+        let put = Some(Cmd::Put);
+        let (Some(tmp), None) = (tmp, &error) else {
+            let msg = error.unwrap_or_else(|| "the upload failed".into());
+            respond_error(out, counters, put, id.as_ref(), ErrorCode::Io, msg);
+            return;
+        };
+        let md5 = hasher.finish();
+        if let Some(want) = want_md5
+            && want != md5
+        {
+            let msg = format!("the body's md5 is {md5}, the request said {want}; nothing stored");
+            respond_error(out, counters, put, id.as_ref(), ErrorCode::Md5Mismatch, msg);
+            return;
+        }
+        match self.shared.store.commit(tmp, &name, &md5) {
+            Ok(()) => {
+                counters.frame("put", "ok");
+                let mut f = ok_fields(Cmd::Put);
+                f.insert("filename".into(), name.into());
+                f.insert("filesize".into(), size.into());
+                f.insert("md5".into(), md5.into());
+                respond(out, f, id.as_ref());
+            }
+            Err(e) => {
+                respond_error(out, counters, put, id.as_ref(), ErrorCode::Io, io_message(&e))
+            }
+        }
+    }
+
+    /// Appends up to `budget` bytes of the response under way to `out` (or hashes up to
+    /// `budget` bytes of a file first).
+    pub fn produce(&mut self, out: &mut Vec<u8>, budget: usize, counters: &mut Counters) -> Produced {
+        let Some(outgoing) = self.outgoing.as_mut() else {
+            return Produced::Ok;
+        };
+        let budget = budget.max(1);
+        match outgoing {
+            Outgoing::Bytes { data, pos } => {
+                let end = pos.saturating_add(budget).min(data.len());
+                out.extend_from_slice(data.get(*pos..end).unwrap_or_default());
+                *pos = end;
+                if *pos >= data.len() {
+                    self.outgoing = None;
+                }
+                Produced::Ok
+            }
+            Outgoing::File { file, offset, left } => {
+                let want = usize::try_from(*left).map_or(budget, |l| l.min(budget));
+                let start = out.len();
+                out.resize(start.saturating_add(want), 0);
+                let got = loop {
+                    let Some(dst) = out.get_mut(start..) else {
+                        break Err(io::Error::other("buffer"));
+                    };
+                    match file.read_at(dst, *offset) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        r => break r,
+                    }
+                };
+                match got {
+                    Ok(n) if n > 0 => {
+                        out.truncate(start.saturating_add(n));
+                        *offset = offset.saturating_add(n as u64);
+                        *left = left.saturating_sub(n as u64);
+                        if *left == 0 {
+                            self.outgoing = None;
+                        }
+                        Produced::Ok
+                    }
+                    other => {
+                        out.truncate(start);
+                        tracing::warn!(
+                            "a file shrank or failed while being sent ({other:?}); closing the connection"
+                        );
+                        self.outgoing = None;
+                        self.closing = true;
+                        Produced::Broken
+                    }
+                }
+            }
+            Outgoing::Hash {
+                file,
+                size,
+                offset,
+                hasher,
+                ..
+            } => {
+                let want = usize::try_from(size.saturating_sub(*offset)).map_or(budget, |l| l.min(budget));
+                self.hash_buf.resize(want, 0);
+                let got = match file.read_at(&mut self.hash_buf, *offset) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => return Produced::Ok,
+                    r => r,
+                };
+                match got {
+                    Ok(n) if n > 0 || want == 0 => {
+                        hasher.update(self.hash_buf.get(..n).unwrap_or_default());
+                        *offset = offset.saturating_add(n as u64);
+                    }
+                    _ => {
+                        // The file shrank under us: answer from what is there now.
+                        *size = *offset;
+                    }
+                }
+                if *offset >= *size {
+                    self.hash_buf = Vec::new();
+                    if let Some(Outgoing::Hash {
+                        file,
+                        size,
+                        mtime,
+                        hasher,
+                        then,
+                        id,
+                        ..
+                    }) = self.outgoing.take()
+                    {
+                        let md5 = hasher.finish();
+                        if let Err(e) = record_md5(&file, &md5) {
+                            tracing::debug!("cannot record an md5: {e}");
+                        }
+                        self.answer_read(then, file, size, mtime, md5, id, out, counters);
+                    }
+                }
+                Produced::Ok
+            }
+        }
+    }
+}
+
+/// Asks the kernel to start writing a file's dirty pages now, without waiting, so that the
+/// fsync at the end of an upload does not find gigabytes left to write.
+fn start_writeback(file: &File) {
+    // SAFETY: sync_file_range only reads the descriptor and the integers given.
+    let r = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    if r != 0 {
+        tracing::debug!("sync_file_range: {}", io::Error::last_os_error());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::header::HeaderBodyDecoder;
+
+    fn session(tag: &str, max_upload: Option<u64>) -> (Files, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("socklab-files-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (store, _) = Store::open(&dir).unwrap();
+        let shared = Arc::new(FilesShared {
+            store,
+            config: FilesConfig {
+                max_upload,
+                ..FilesConfig::default()
+            },
+        });
+        (Files::new(shared), dir)
+    }
+
+    fn frame(header: Value, body: &[u8]) -> Vec<u8> {
+        let h = serde_json::to_vec(&header).unwrap();
+        let mut v = (h.len() as u32).to_le_bytes().to_vec();
+        v.extend_from_slice(&h);
+        v.extend_from_slice(body);
+        v
+    }
+
+    /// Runs input through a session (producing everything) and decodes the responses.
+    fn run(s: &mut Files, input: &[u8]) -> (Vec<(Map<String, Value>, Vec<u8>)>, bool) {
+        let mut counters = Counters::default();
+        let mut out = Vec::new();
+        let mut pos = 0;
+        let mut close = false;
+        loop {
+            let step = s.on_input(&input[pos..], &mut out, &mut counters);
+            pos += step.consumed;
+            close |= step.close;
+            while s.has_output() {
+                assert_eq!(s.produce(&mut out, 1000, &mut counters), Produced::Ok);
+            }
+            if step.consumed == 0 || close {
+                break;
+            }
+        }
+        let mut d = HeaderBodyDecoder::new(HeaderBodyConfig::responses());
+        let mut responses = Vec::new();
+        let mut p = 0;
+        while let Ok(Decoded::Item { item, consumed }) = d.decode(&out[p..]) {
+            p += consumed;
+            match item {
+                Part::Header(h) => responses.push((h.fields, Vec::new())),
+                Part::BodyChunk(c) => responses.last_mut().unwrap().1.extend_from_slice(c),
+                Part::BodyEnd => {}
+            }
+        }
+        assert_eq!(p, out.len(), "every response decodes");
+        (responses, close)
+    }
+
+    #[test]
+    fn pipelined_requests_are_answered_in_order_with_ids() {
+        let (mut s, dir) = session("pipe", None);
+        let mut input = frame(json!({"cmd": "ping", "id": 1}), b"");
+        input.extend(frame(json!({"cmd": "echo", "id": "two", "size": 3}), b"abc"));
+        input.extend(frame(
+            json!({"cmd": "put", "filename": "f", "filesize": 5, "id": [3]}),
+            b"hello",
+        ));
+        input.extend(frame(json!({"cmd": "get", "filename": "f"}), b""));
+        input.extend(frame(json!({"cmd": "stat", "filename": "f"}), b""));
+        input.extend(frame(json!({"cmd": "list"}), b""));
+        let (r, close) = run(&mut s, &input);
+        assert!(!close);
+        assert_eq!(r.len(), 6);
+        assert_eq!(r[0].0["id"], json!(1));
+        assert_eq!(r[1].1, b"abc");
+        assert_eq!(r[1].0["id"], json!("two"));
+        assert_eq!(r[2].0["md5"], json!("5d41402abc4b2a76b9719d911017c592"));
+        assert_eq!(r[2].0["filesize"], json!(5));
+        assert_eq!(r[2].0["id"], json!([3]));
+        assert_eq!(r[3].1, b"hello");
+        assert_eq!(r[3].0["md5"], json!("5d41402abc4b2a76b9719d911017c592"));
+        assert_eq!(r[4].0["filesize"], json!(5));
+        let list: Value = serde_json::from_slice(&r[5].1).unwrap();
+        assert_eq!(list, json!([{"name": "f", "size": 5, "md5": "5d41402abc4b2a76b9719d911017c592"}]));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_requests_keep_the_connection_and_bad_frames_close_it() {
+        let (mut s, dir) = session("bad", Some(10));
+        let mut input = frame(json!({"cmd": "nope", "id": 9}), b"");
+        input.extend(frame(json!({"id": 1}), b""));
+        input.extend(frame(json!({"cmd": "put", "filename": "../x", "size": 2}), b"zz"));
+        input.extend(frame(json!({"cmd": "put", "filename": "big", "size": 11}), b"01234567890"));
+        input.extend(frame(json!({"cmd": "put", "filename": "m", "size": 1, "md5": "00000000000000000000000000000000"}), b"x"));
+        input.extend(frame(json!({"cmd": "get", "filename": "missing"}), b""));
+        input.extend(frame(json!({"cmd": "exec", "argv": ["ls"]}), b""));
+        input.extend(frame(json!({"cmd": "ping", "id": "x".repeat(2000)}), b""));
+        input.extend(frame(json!({"cmd": "ping", "id": 5, "size": -1}), b""));
+        input.extend(frame(json!({"cmd": "ping"}), b""));
+        let (r, close) = run(&mut s, &input);
+        let codes: Vec<&str> = r.iter().map(|(h, _)| h["error"]["code"].as_str().unwrap_or("ok")).collect();
+        assert_eq!(
+            codes,
+            ["unknown_cmd", "bad_request", "bad_filename", "too_large", "md5_mismatch", "not_found", "exec_disabled", "bad_request", "bad_frame"]
+        );
+        assert_eq!(r[0].0["cmd"], Value::Null);
+        assert_eq!(r[0].0["id"], json!(9));
+        assert_eq!(r[8].0["id"], json!(5), "a bad_frame copies the id of an object header");
+        assert!(close, "after a bad frame nothing more is read");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing stored, no temporaries");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_abandoned_upload_leaves_nothing() {
+        let (mut s, dir) = session("abandon", None);
+        let input = frame(json!({"cmd": "put", "filename": "f", "size": 1u64 << 40}), &[1; 5000]);
+        let mut counters = Counters::default();
+        let mut out = Vec::new();
+        let step = s.on_input(&input, &mut out, &mut counters);
+        assert_eq!(step.consumed, input.len());
+        assert!(out.is_empty());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "the temporary");
+        drop(s);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn files_stored_by_hand_are_hashed_before_answering() {
+        let (mut s, dir) = session("hand", None);
+        std::fs::write(dir.join("hand"), vec![b'a'; 2500]).unwrap();
+        let input = frame(json!({"cmd": "get", "filename": "hand"}), b"");
+        let (r, _) = run(&mut s, &input);
+        let want = {
+            let mut h = Hasher::default();
+            h.update(&[b'a'; 2500]);
+            h.finish()
+        };
+        assert_eq!(r[0].0["md5"], json!(want));
+        assert_eq!(r[0].1.len(), 2500);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,331 @@
+//! The `files` data directory: which names are allowed, temporaries that become files only by
+//! an atomic rename, and the md5 of every stored file kept beside its bytes.
+//!
+//! The md5 lives in an extended attribute (`user.socklab.md5`) set on the temporary before the
+//! rename, together with the file's size and modification time. The rename publishes bytes and
+//! md5 in one step, so no crash can pair a file with another file's md5; a file changed behind
+//! the server's back no longer matches the recorded size and time and is hashed again.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use md5::{Digest, Md5};
+
+/// Names with this prefix are the server's own; clients cannot use them.
+pub const RESERVED_PREFIX: &str = ".socklab-";
+
+/// Temporaries are named with this prefix, and removed at start-up.
+const TMP_PREFIX: &str = ".socklab-tmp-";
+
+/// The extended attribute that holds "md5 size mtime_ns".
+const MD5_XATTR: &str = "user.socklab.md5";
+
+/// Longest file name, in bytes.
+pub const MAX_NAME: usize = 255;
+
+/// Why a file name is refused (`bad_filename`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("the file name is empty")]
+    Empty,
+    #[error("`.` and `..` are not file names")]
+    Dots,
+    #[error("a file name may not contain `/`, `\\` or NUL")]
+    Separator,
+    #[error("a file name is at most {MAX_NAME} bytes, this one is {0}")]
+    TooLong(usize),
+    #[error("names starting with `{RESERVED_PREFIX}` are reserved for the server")]
+    Reserved,
+}
+
+/// Checks a client's file name against PROTOCOL.md: a plain name inside the data directory.
+pub fn check_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name == "." || name == ".." {
+        return Err(NameError::Dots);
+    }
+    if name.bytes().any(|b| matches!(b, b'/' | b'\\' | 0)) {
+        return Err(NameError::Separator);
+    }
+    if name.len() > MAX_NAME {
+        return Err(NameError::TooLong(name.len()));
+    }
+    if name.starts_with(RESERVED_PREFIX) {
+        return Err(NameError::Reserved);
+    }
+    Ok(())
+}
+
+/// Lower-case hex of an md5 digest.
+pub fn hex(digest: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(digest.len() * 2);
+    for b in digest {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// What the store knows of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    /// Length in bytes.
+    pub size: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// The md5 recorded when it was stored, if it still matches the file.
+    pub md5: Option<String>,
+}
+
+/// The data directory.
+#[derive(Debug)]
+pub struct Store {
+    /// Where the files are.
+    dir: PathBuf,
+    /// Makes temporary names unique within this process.
+    seq: AtomicU64,
+}
+
+/// A file being uploaded: removed on drop unless committed.
+#[derive(Debug)]
+pub struct TempFile {
+    /// Where it is.
+    path: PathBuf,
+    /// The open file.
+    pub file: File,
+    /// Set once renamed into place.
+    committed: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn recorded_md5(file: &File, meta: &fs::Metadata) -> Option<String> {
+    let raw = xattr::FileExt::get_xattr(file, MD5_XATTR).ok()??;
+    let text = String::from_utf8(raw).ok()?;
+    let mut parts = text.split(' ');
+    let (md5, size, mtime_ns) = (parts.next()?, parts.next()?, parts.next()?);
+    let still = size.parse::<u64>().ok()? == meta.len()
+        && mtime_ns.parse::<i128>().ok()? == mtime_ns_of(meta);
+    (still && md5.len() == 32).then(|| md5.to_owned())
+}
+
+fn mtime_ns_of(meta: &fs::Metadata) -> i128 {
+    i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec())
+}
+
+/// Records `md5` on an open file, with the size and time that make it valid.
+pub fn record_md5(file: &File, md5: &str) -> io::Result<()> {
+    let meta = file.metadata()?;
+    let value = format!("{md5} {} {}", meta.len(), mtime_ns_of(&meta));
+    xattr::FileExt::set_xattr(file, MD5_XATTR, value.as_bytes())
+}
+
+impl Store {
+    /// Opens (creating it if missing) the data directory and removes temporaries left by a
+    /// crash. Returns the store and how many temporaries were removed.
+    pub fn open(dir: &Path) -> io::Result<(Store, usize)> {
+        fs::create_dir_all(dir)?;
+        let mut removed = 0;
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_name().as_encoded_bytes().starts_with(TMP_PREFIX.as_bytes()) {
+                fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok((
+            Store {
+                dir: dir.to_owned(),
+                seq: AtomicU64::new(0),
+            },
+            removed,
+        ))
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Creates a new, empty temporary in the data directory.
+    pub fn create_temp(&self) -> io::Result<TempFile> {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .dir
+            .join(format!("{TMP_PREFIX}{}-{n}", std::process::id()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&path)?;
+        Ok(TempFile {
+            path,
+            file,
+            committed: false,
+        })
+    }
+
+    /// Makes a finished upload the file `name`: md5 recorded, data synced, renamed into place
+    /// (replacing any older file atomically), and the directory synced so the name survives a
+    /// crash too.
+    pub fn commit(&self, mut tmp: TempFile, name: &str, md5: &str) -> io::Result<()> {
+        tmp.file.sync_all()?;
+        record_md5(&tmp.file, md5)?;
+        tmp.file.sync_all()?;
+        fs::rename(&tmp.path, self.dir.join(name))?;
+        tmp.committed = true;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// Opens the regular file `name` for reading; symbolic links and other kinds of entries are
+    /// `NotFound`, as if they were not there.
+    pub fn open_file(&self, name: &str) -> io::Result<(File, fs::Metadata)> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(self.dir.join(name))
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => io::ErrorKind::NotFound.into(),
+                _ => e,
+            })?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        Ok((file, meta))
+    }
+
+    /// Size, time and recorded md5 of an open file.
+    pub fn info(file: &File, meta: &fs::Metadata) -> FileInfo {
+        FileInfo {
+            size: meta.len(),
+            mtime: meta.mtime(),
+            md5: recorded_md5(file, meta),
+        }
+    }
+
+    /// Every regular file that is not the server's own, sorted by name, with what is known of
+    /// it. Files whose md5 was never recorded (put there by hand) have `md5: None`.
+    pub fn list(&self) -> io::Result<Vec<(String, FileInfo)>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if check_name(&name).is_err() {
+                continue;
+            }
+            let Ok((file, meta)) = self.open_file(&name) else {
+                continue;
+            };
+            out.push((name, Store::info(&file, &meta)));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}
+
+/// An md5 computed over a file a slice at a time, so that hashing a large file never holds
+/// the loop for long.
+#[derive(Debug, Default, Clone)]
+pub struct Hasher(Md5);
+
+impl Hasher {
+    /// Adds bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The lower-case hex digest.
+    pub fn finish(self) -> String {
+        hex(&self.0.finalize())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("socklab-store-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn names_follow_the_protocol() {
+        for ok in ["a", "a.txt", "..a", "a..", "é", &"x".repeat(255)] {
+            assert_eq!(check_name(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(check_name(""), Err(NameError::Empty));
+        assert_eq!(check_name("."), Err(NameError::Dots));
+        assert_eq!(check_name(".."), Err(NameError::Dots));
+        for bad in ["../x", "/etc/passwd", "a/b", "a\\b", "a\0b"] {
+            assert_eq!(check_name(bad), Err(NameError::Separator), "{bad:?}");
+        }
+        assert_eq!(check_name(&"x".repeat(256)), Err(NameError::TooLong(256)));
+        assert_eq!(check_name(".socklab-tmp-1"), Err(NameError::Reserved));
+    }
+
+    #[test]
+    fn commit_publishes_bytes_and_md5_together() {
+        let dir = temp_dir("commit");
+        let (store, _) = Store::open(&dir).unwrap();
+        let mut tmp = store.create_temp().unwrap();
+        std::io::Write::write_all(&mut tmp.file, b"hello").unwrap();
+        let md5 = "5d41402abc4b2a76b9719d911017c592";
+        store.commit(tmp, "h.txt", md5).unwrap();
+        let (f, m) = store.open_file("h.txt").unwrap();
+        assert_eq!(Store::info(&f, &m).md5.as_deref(), Some(md5));
+        assert_eq!(store.list().unwrap().len(), 1);
+        // A change behind the server's back invalidates the record.
+        fs::write(dir.join("h.txt"), b"changed!").unwrap();
+        let (f, m) = store.open_file("h.txt").unwrap();
+        assert_eq!(Store::info(&f, &m).md5, None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn dropped_temporaries_vanish_and_leftovers_are_cleaned_at_open() {
+        let dir = temp_dir("tmp");
+        let (store, _) = Store::open(&dir).unwrap();
+        let tmp = store.create_temp().unwrap();
+        drop(tmp);
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+        fs::write(dir.join(".socklab-tmp-999-1"), b"crash").unwrap();
+        let (_store, removed) = Store::open(&dir).unwrap();
+        assert_eq!(removed, 1);
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn links_and_directories_are_not_files() {
+        let dir = temp_dir("links");
+        let (store, _) = Store::open(&dir).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("pw")).unwrap();
+        fs::create_dir(dir.join("sub")).unwrap();
+        assert_eq!(
+            store.open_file("pw").unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        assert_eq!(
+            store.open_file("sub").unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        assert!(store.list().unwrap().is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
