@@ -11,8 +11,8 @@ use std::hint::black_box;
 use bytes::BytesMut;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use socklab::frame::{
-    Decoded, HeaderBodyDecoder, Leftover, LengthConfig, LengthDecoder, Line, LinesConfig, LinesDecoder, Part,
-    encode_line,
+    Decoded, HeaderBodyDecoder, Leftover, LengthConfig, LengthDecoder, Line, LinesConfig,
+    LinesDecoder, Part, encode_line,
 };
 use tokio_util::codec::{Decoder as _, LengthDelimitedCodec, LinesCodec};
 
@@ -29,7 +29,10 @@ const MAX_FRAME: usize = 8 << 20;
 /// it with its frame count.
 fn length_stream(size: usize) -> (Vec<u8>, u64) {
     let count = ((1 << 20) / size).max(4);
-    let config = LengthConfig { max_frame: MAX_FRAME, ..LengthConfig::default() };
+    let config = LengthConfig {
+        max_frame: MAX_FRAME,
+        ..LengthConfig::default()
+    };
     let mut stream = Vec::new();
     let body: Vec<u8> = (0..size).map(|i| i as u8).collect();
     for _ in 0..count {
@@ -40,7 +43,10 @@ fn length_stream(size: usize) -> (Vec<u8>, u64) {
 
 /// socklab's length decoder straight over the whole input.
 fn ours_whole(stream: &[u8]) -> usize {
-    let mut d = LengthDecoder::new(LengthConfig { max_frame: MAX_FRAME, ..LengthConfig::default() });
+    let mut d = LengthDecoder::new(LengthConfig {
+        max_frame: MAX_FRAME,
+        ..LengthConfig::default()
+    });
     let mut pos = 0;
     let mut sum = 0;
     while let Ok(Decoded::Item { item, consumed }) = d.decode(&stream[pos..]) {
@@ -52,17 +58,26 @@ fn ours_whole(stream: &[u8]) -> usize {
 
 /// socklab's length decoder fed segment by segment through a leftover.
 fn ours_segments(stream: &[u8], leftover: &mut Leftover) -> usize {
-    let mut d = LengthDecoder::new(LengthConfig { max_frame: MAX_FRAME, ..LengthConfig::default() });
+    let mut d = LengthDecoder::new(LengthConfig {
+        max_frame: MAX_FRAME,
+        ..LengthConfig::default()
+    });
     let mut sum = 0;
     for segment in stream.chunks(SEGMENT) {
-        leftover.feed(&mut d, segment, |frame| sum += black_box(frame).len()).unwrap();
+        leftover
+            .feed(&mut d, segment, |frame| sum += black_box(frame).len())
+            .unwrap();
     }
     sum
 }
 
 /// tokio-util's codec for the same frames: 4-byte little-endian length.
 fn tokio_length() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder().length_field_length(4).little_endian().max_frame_length(MAX_FRAME).new_codec()
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .little_endian()
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
 }
 
 /// tokio-util's codec over a buffer that already holds everything.
@@ -103,11 +118,17 @@ fn length(c: &mut Criterion) {
                 b.iter(|| ours_whole(black_box(s)))
             });
             let mut leftover = Leftover::new();
-            group.bench_with_input(BenchmarkId::new("socklab_segments", size), &stream, |b, s| {
-                b.iter(|| ours_segments(black_box(s), &mut leftover))
-            });
+            group.bench_with_input(
+                BenchmarkId::new("socklab_segments", size),
+                &stream,
+                |b, s| b.iter(|| ours_segments(black_box(s), &mut leftover)),
+            );
             group.bench_with_input(BenchmarkId::new("tokio_whole", size), &stream, |b, s| {
-                b.iter_batched(|| BytesMut::from(&s[..]), tokio_whole, BatchSize::LargeInput)
+                b.iter_batched(
+                    || BytesMut::from(&s[..]),
+                    tokio_whole,
+                    BatchSize::LargeInput,
+                )
             });
             group.bench_with_input(BenchmarkId::new("tokio_segments", size), &stream, |b, s| {
                 b.iter(|| tokio_segments(black_box(s)))
@@ -181,7 +202,9 @@ fn header_body(c: &mut Criterion) {
             let mut d = HeaderBodyDecoder::default();
             let mut sum = 0;
             for segment in stream.chunks(SEGMENT) {
-                leftover.feed(&mut d, segment, |part| sum += weigh(part)).unwrap();
+                leftover
+                    .feed(&mut d, segment, |part| sum += weigh(part))
+                    .unwrap();
             }
             black_box(sum)
         })
@@ -190,7 +213,8 @@ fn header_body(c: &mut Criterion) {
         b.iter(|| {
             let mut sum = 0;
             for _ in 0..PUTS {
-                let v: serde_json::Value = serde_json::from_slice(black_box(header.as_bytes())).unwrap();
+                let v: serde_json::Value =
+                    serde_json::from_slice(black_box(header.as_bytes())).unwrap();
                 sum += v.as_object().map_or(0, |o| o.len());
             }
             black_box(sum)
@@ -237,7 +261,9 @@ fn lines(c: &mut Criterion) {
             let mut d = LinesDecoder::new(LinesConfig::default());
             let mut sum = 0;
             for segment in stream.chunks(SEGMENT) {
-                leftover.feed(&mut d, segment, |line| sum += weigh(black_box(line))).unwrap();
+                leftover
+                    .feed(&mut d, segment, |line| sum += weigh(black_box(line)))
+                    .unwrap();
             }
             black_box(sum)
         })

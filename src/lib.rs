@@ -8,10 +8,12 @@
 //! - [`service`]: sans-IO services (bytes in, replies out), one file each.
 //! - [`metrics`]: the counters every reactor keeps.
 //! - [`frame`]: sans-IO codecs: length-prefixed, header+body, lines.
+//! - [`client`]: a blocking client of the `files` service, used by the client commands.
 //! - [`cli`]: one file per subcommand of the `socklab` binary.
 
 pub mod addr;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod frame;
 pub mod metrics;

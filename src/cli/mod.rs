@@ -1,5 +1,6 @@
 //! The `socklab` command line: one file per subcommand.
 
+pub mod files;
 pub mod serve;
 
 use std::process::ExitCode;
@@ -18,8 +19,18 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the server (echo, upper, udp-echo, udp-upper on their default addresses).
+    /// Run the server (echo, upper, udp-echo, udp-upper, files on their default addresses).
     Serve(Box<serve::ServeArgs>),
+    /// Upload a file to the files service (md5 checked).
+    Put(files::PutArgs),
+    /// Download a file from the files service (md5 checked, written atomically).
+    Get(files::GetArgs),
+    /// List the files stored by the files service.
+    Ls(files::LsArgs),
+    /// Show one stored file's size, md5 and modification time.
+    Stat(files::StatArgs),
+    /// Time one round trip to the files service.
+    Ping(files::PingArgs),
 }
 
 /// Parses the command line and runs the subcommand; the exit code says how it went.
@@ -27,6 +38,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::run(*args),
+        Command::Put(a) => files::report(files::put(&a)),
+        Command::Get(a) => files::report(files::get(&a)),
+        Command::Ls(a) => files::report(files::ls(&a)),
+        Command::Stat(a) => files::report(files::stat(&a)),
+        Command::Ping(a) => files::report(files::ping(&a)),
     }
 }
 

@@ -79,7 +79,12 @@ pub struct ServeArgs {
     no_files: bool,
 
     /// Where files keeps its files (created if missing).
-    #[arg(long, value_name = "DIR", default_value = "./socklab-data", help_heading = "Files")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "./socklab-data",
+        help_heading = "Files"
+    )]
     data_dir: PathBuf,
     /// Largest upload files accepts (too_large beyond); unlimited when not given.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Files")]

@@ -27,9 +27,9 @@ use crate::addr::ListenAddr;
 use crate::config::{Limits, ServerConfig, ServiceKind};
 use crate::metrics::Counters;
 use crate::service::auth::{AuthGate, AuthStep, Secret, new_challenge};
-use crate::service::{DatagramService, Shared, Step, StreamService};
 use crate::service::files::FilesShared;
 use crate::service::store::Store;
+use crate::service::{DatagramService, Shared, Step, StreamService};
 use crate::sockopt::{self, BindError, OptionsInEffect};
 
 use conn::{Conn, StreamSocket, write_direct};

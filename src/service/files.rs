@@ -229,7 +229,12 @@ fn respond(out: &mut Vec<u8>, mut fields: Map<String, Value>, id: Option<&Value>
     respond_with_body(out, &mut fields, id, 0);
 }
 
-fn respond_with_body(out: &mut Vec<u8>, fields: &mut Map<String, Value>, id: Option<&Value>, size: u64) {
+fn respond_with_body(
+    out: &mut Vec<u8>,
+    fields: &mut Map<String, Value>,
+    id: Option<&Value>,
+    size: u64,
+) {
     if let Some(id) = id {
         fields.insert("id".into(), id.clone());
     }
@@ -390,9 +395,10 @@ impl Files {
                 return;
             }
         };
-        let fail = |out: &mut Vec<u8>, counters: &mut Counters, (code, msg): (ErrorCode, String)| {
-            respond_error(out, counters, Some(cmd), id, code, msg);
-        };
+        let fail =
+            |out: &mut Vec<u8>, counters: &mut Counters, (code, msg): (ErrorCode, String)| {
+                respond_error(out, counters, Some(cmd), id, code, msg);
+            };
         match cmd {
             Cmd::Ping => {
                 counters.frame(cmd.name(), "ok");
@@ -454,7 +460,10 @@ impl Files {
         {
             return Err((
                 ErrorCode::TooLarge,
-                format!("{} bytes is over this server's upload limit of {max}", h.size),
+                format!(
+                    "{} bytes is over this server's upload limit of {max}",
+                    h.size
+                ),
             ));
         }
         let want_md5 = match h.fields.get("md5") {
@@ -504,7 +513,9 @@ impl Files {
         let info = Store::info(&file, &meta);
         let id = h.id().cloned();
         match info.md5 {
-            Some(md5) => self.answer_read(then, file, info.size, info.mtime, md5, id, out, counters),
+            Some(md5) => {
+                self.answer_read(then, file, info.size, info.mtime, md5, id, out, counters)
+            }
             None => {
                 self.outgoing = Some(Outgoing::Hash {
                     file,
@@ -616,15 +627,25 @@ impl Files {
                 f.insert("md5".into(), md5.into());
                 respond(out, f, id.as_ref());
             }
-            Err(e) => {
-                respond_error(out, counters, put, id.as_ref(), ErrorCode::Io, io_message(&e))
-            }
+            Err(e) => respond_error(
+                out,
+                counters,
+                put,
+                id.as_ref(),
+                ErrorCode::Io,
+                io_message(&e),
+            ),
         }
     }
 
     /// Appends up to `budget` bytes of the response under way to `out` (or hashes up to
     /// `budget` bytes of a file first).
-    pub fn produce(&mut self, out: &mut Vec<u8>, budget: usize, counters: &mut Counters) -> Produced {
+    pub fn produce(
+        &mut self,
+        out: &mut Vec<u8>,
+        budget: usize,
+        counters: &mut Counters,
+    ) -> Produced {
         let Some(outgoing) = self.outgoing.as_mut() else {
             return Produced::Ok;
         };
@@ -680,7 +701,8 @@ impl Files {
                 hasher,
                 ..
             } => {
-                let want = usize::try_from(size.saturating_sub(*offset)).map_or(budget, |l| l.min(budget));
+                let want =
+                    usize::try_from(size.saturating_sub(*offset)).map_or(budget, |l| l.min(budget));
                 self.hash_buf.resize(want, 0);
                 let got = match file.read_at(&mut self.hash_buf, *offset) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => return Produced::Ok,
@@ -758,8 +780,11 @@ mod tests {
         v
     }
 
+    /// A decoded response: header fields and body.
+    type Response = (Map<String, Value>, Vec<u8>);
+
     /// Runs input through a session (producing everything) and decodes the responses.
-    fn run(s: &mut Files, input: &[u8]) -> (Vec<(Map<String, Value>, Vec<u8>)>, bool) {
+    fn run(s: &mut Files, input: &[u8]) -> (Vec<Response>, bool) {
         let mut counters = Counters::default();
         let mut out = Vec::new();
         let mut pos = 0;
@@ -794,7 +819,10 @@ mod tests {
     fn pipelined_requests_are_answered_in_order_with_ids() {
         let (mut s, dir) = session("pipe", None);
         let mut input = frame(json!({"cmd": "ping", "id": 1}), b"");
-        input.extend(frame(json!({"cmd": "echo", "id": "two", "size": 3}), b"abc"));
+        input.extend(frame(
+            json!({"cmd": "echo", "id": "two", "size": 3}),
+            b"abc",
+        ));
         input.extend(frame(
             json!({"cmd": "put", "filename": "f", "filesize": 5, "id": [3]}),
             b"hello",
@@ -815,7 +843,10 @@ mod tests {
         assert_eq!(r[3].0["md5"], json!("5d41402abc4b2a76b9719d911017c592"));
         assert_eq!(r[4].0["filesize"], json!(5));
         let list: Value = serde_json::from_slice(&r[5].1).unwrap();
-        assert_eq!(list, json!([{"name": "f", "size": 5, "md5": "5d41402abc4b2a76b9719d911017c592"}]));
+        assert_eq!(
+            list,
+            json!([{"name": "f", "size": 5, "md5": "5d41402abc4b2a76b9719d911017c592"}])
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -824,8 +855,14 @@ mod tests {
         let (mut s, dir) = session("bad", Some(10));
         let mut input = frame(json!({"cmd": "nope", "id": 9}), b"");
         input.extend(frame(json!({"id": 1}), b""));
-        input.extend(frame(json!({"cmd": "put", "filename": "../x", "size": 2}), b"zz"));
-        input.extend(frame(json!({"cmd": "put", "filename": "big", "size": 11}), b"01234567890"));
+        input.extend(frame(
+            json!({"cmd": "put", "filename": "../x", "size": 2}),
+            b"zz",
+        ));
+        input.extend(frame(
+            json!({"cmd": "put", "filename": "big", "size": 11}),
+            b"01234567890",
+        ));
         input.extend(frame(json!({"cmd": "put", "filename": "m", "size": 1, "md5": "00000000000000000000000000000000"}), b"x"));
         input.extend(frame(json!({"cmd": "get", "filename": "missing"}), b""));
         input.extend(frame(json!({"cmd": "exec", "argv": ["ls"]}), b""));
@@ -833,23 +870,47 @@ mod tests {
         input.extend(frame(json!({"cmd": "ping", "id": 5, "size": -1}), b""));
         input.extend(frame(json!({"cmd": "ping"}), b""));
         let (r, close) = run(&mut s, &input);
-        let codes: Vec<&str> = r.iter().map(|(h, _)| h["error"]["code"].as_str().unwrap_or("ok")).collect();
+        let codes: Vec<&str> = r
+            .iter()
+            .map(|(h, _)| h["error"]["code"].as_str().unwrap_or("ok"))
+            .collect();
         assert_eq!(
             codes,
-            ["unknown_cmd", "bad_request", "bad_filename", "too_large", "md5_mismatch", "not_found", "exec_disabled", "bad_request", "bad_frame"]
+            [
+                "unknown_cmd",
+                "bad_request",
+                "bad_filename",
+                "too_large",
+                "md5_mismatch",
+                "not_found",
+                "exec_disabled",
+                "bad_request",
+                "bad_frame"
+            ]
         );
         assert_eq!(r[0].0["cmd"], Value::Null);
         assert_eq!(r[0].0["id"], json!(9));
-        assert_eq!(r[8].0["id"], json!(5), "a bad_frame copies the id of an object header");
+        assert_eq!(
+            r[8].0["id"],
+            json!(5),
+            "a bad_frame copies the id of an object header"
+        );
         assert!(close, "after a bad frame nothing more is read");
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing stored, no temporaries");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "nothing stored, no temporaries"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn an_abandoned_upload_leaves_nothing() {
         let (mut s, dir) = session("abandon", None);
-        let input = frame(json!({"cmd": "put", "filename": "f", "size": 1u64 << 40}), &[1; 5000]);
+        let input = frame(
+            json!({"cmd": "put", "filename": "f", "size": 1u64 << 40}),
+            &[1; 5000],
+        );
         let mut counters = Counters::default();
         let mut out = Vec::new();
         let step = s.on_input(&input, &mut out, &mut counters);

@@ -139,7 +139,11 @@ impl Store {
         let mut removed = 0;
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
-            if entry.file_name().as_encoded_bytes().starts_with(TMP_PREFIX.as_bytes()) {
+            if entry
+                .file_name()
+                .as_encoded_bytes()
+                .starts_with(TMP_PREFIX.as_bytes())
+            {
                 fs::remove_file(entry.path())?;
                 removed += 1;
             }

@@ -1,0 +1,372 @@
+//! The `files` client commands: `socklab put`, `get`, `ls`, `stat` and `ping`.
+
+use std::fs::{self, File};
+use std::io::{self, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+use crate::addr::ListenAddr;
+use crate::client::{ClientError, FilesClient, request};
+use crate::service::auth::{SECRET_ENV, Secret};
+use crate::service::store::{Hasher, check_name};
+
+/// Bytes read from or written to disk per call.
+const CHUNK: usize = 256 * 1024;
+
+/// How to reach the `files` service.
+#[derive(Debug, Args)]
+pub struct Conn {
+    /// The files service: HOST:PORT or unix:PATH.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7080")]
+    addr: ListenAddr,
+    /// File holding the shared secret, when the server requires authentication (else the
+    /// SOCKLAB_SECRET environment variable, if set).
+    #[arg(long, value_name = "PATH")]
+    secret_file: Option<PathBuf>,
+    /// Give up on a server that does not answer for this long.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+impl Conn {
+    fn open(&self) -> Result<FilesClient, Failure> {
+        let secret = match (&self.secret_file, std::env::var_os(SECRET_ENV)) {
+            (Some(_), _) | (None, Some(_)) => Some(
+                Secret::from_file_or_env(self.secret_file.as_deref())
+                    .map_err(|e| Failure(e.to_string()))?,
+            ),
+            (None, None) => None,
+        };
+        Ok(FilesClient::connect(
+            &self.addr,
+            secret.as_ref(),
+            self.timeout,
+        )?)
+    }
+}
+
+/// `socklab put`: upload a file.
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// The file to upload.
+    file: PathBuf,
+    /// The name to store it under (default: the file's own name).
+    #[arg(long = "as", value_name = "NAME")]
+    name: Option<String>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `socklab get`: download a file.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The stored file's name.
+    name: String,
+    /// Where to write it (default: NAME in the current directory; `-` for stdout). A regular
+    /// file is written to a temporary and renamed once its md5 checks out.
+    #[arg(short, long, value_name = "PATH")]
+    output: Option<PathBuf>,
+    /// Do not compute and check the md5 (for measuring raw transfer speed).
+    #[arg(long)]
+    no_verify: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `socklab ls`: list the stored files.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Print the server's JSON as it came.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `socklab stat`: size, md5 and time of one file.
+#[derive(Debug, Args)]
+pub struct StatArgs {
+    /// The stored file's name.
+    name: String,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `socklab ping`: one round trip.
+#[derive(Debug, Args)]
+pub struct PingArgs {
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// A failure to report before exiting non-zero.
+#[derive(Debug)]
+pub struct Failure(String);
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+/// Runs a command and turns a failure into a message and exit code 1.
+pub fn report(result: Result<(), Failure>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(msg)) => {
+            eprintln!("socklab: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    if !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    let style = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+    )
+    .map(|s| s.progress_chars("=> "));
+    if let Ok(style) = style {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// `socklab put FILE [--as NAME]`.
+pub fn put(args: &PutArgs) -> Result<(), Failure> {
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => args
+            .file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| {
+                Failure(format!(
+                    "{} has no usable file name; give --as NAME",
+                    args.file.display()
+                ))
+            })?
+            .to_owned(),
+    };
+    check_name(&name).map_err(|e| Failure(format!("cannot store as `{name}`: {e}")))?;
+    let mut file = File::open(&args.file)
+        .map_err(|e| Failure(format!("cannot open {}: {e}", args.file.display())))?;
+    let size = file.metadata()?.len();
+    let mut client = args.conn.open()?;
+    let mut header = request("put");
+    header.insert("filename".into(), name.clone().into());
+    client.send_request(&header, size)?;
+    let bar = progress(size, &name);
+    let mut hasher = Hasher::default();
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = size;
+    while left > 0 {
+        let want = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
+        let n = file.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(Failure(format!(
+                "{} shrank while being uploaded",
+                args.file.display()
+            )));
+        }
+        hasher.update(&buf[..n]);
+        client.send_body(&buf[..n])?;
+        left -= n as u64;
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    let resp = client.read_response()?;
+    client.read_small_body(resp.size)?;
+    let resp = resp.into_result()?;
+    let ours = hasher.finish();
+    let theirs = resp.str("md5").unwrap_or_default();
+    if theirs != ours {
+        return Err(Failure(format!(
+            "the server stored md5 {theirs}, but the file's md5 is {ours}"
+        )));
+    }
+    println!("stored {name}: {size} bytes, md5 {ours}");
+    Ok(())
+}
+
+/// Where `get` writes.
+enum Sink {
+    Stdout(io::StdoutLock<'static>),
+    /// A device or other non-regular file (`/dev/null`), written in place.
+    Direct(File),
+    /// A temporary beside the destination, renamed once complete.
+    Temp {
+        file: File,
+        tmp: PathBuf,
+        dest: PathBuf,
+    },
+}
+
+impl Sink {
+    fn open(dest: &Path) -> Result<Sink, Failure> {
+        if dest == Path::new("-") {
+            return Ok(Sink::Stdout(io::stdout().lock()));
+        }
+        if let Ok(meta) = fs::metadata(dest)
+            && !meta.is_file()
+        {
+            return Ok(Sink::Direct(fs::OpenOptions::new().write(true).open(dest)?));
+        }
+        let dir = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = dest
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("download");
+        let tmp = dir.join(format!(".{base}.socklab-part-{}", std::process::id()));
+        let file = File::create(&tmp)
+            .map_err(|e| Failure(format!("cannot write {}: {e}", tmp.display())))?;
+        Ok(Sink::Temp {
+            file,
+            tmp,
+            dest: dest.to_owned(),
+        })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Stdout(s) => s.write_all(bytes),
+            Sink::Direct(f) | Sink::Temp { file: f, .. } => f.write_all(bytes),
+        }
+    }
+
+    fn finish(self) -> io::Result<()> {
+        match self {
+            Sink::Stdout(mut s) => s.flush(),
+            Sink::Direct(_) => Ok(()),
+            Sink::Temp { file, tmp, dest } => {
+                file.sync_all()?;
+                fs::rename(&tmp, &dest)
+            }
+        }
+    }
+
+    fn abandon(self) {
+        if let Sink::Temp { tmp, .. } = self {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+/// `socklab get NAME [-o PATH]`.
+pub fn get(args: &GetArgs) -> Result<(), Failure> {
+    check_name(&args.name).map_err(|e| Failure(format!("`{}`: {e}", args.name)))?;
+    let mut client = args.conn.open()?;
+    let mut header = request("get");
+    header.insert("filename".into(), args.name.clone().into());
+    client.send_request(&header, 0)?;
+    let resp = client.read_response()?.into_result()?;
+    let size = resp.size;
+    let want_md5 = resp.str("md5").unwrap_or_default().to_owned();
+    let dest = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&args.name));
+    let mut sink = Sink::open(&dest)?;
+    let bar = progress(size, &args.name);
+    let mut hasher = (!args.no_verify).then(Hasher::default);
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = size;
+    let result = (|| -> Result<(), Failure> {
+        while left > 0 {
+            let want = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
+            let n = client.read_body(&mut buf[..want])?;
+            if let Some(h) = &mut hasher {
+                h.update(&buf[..n]);
+            }
+            sink.write(&buf[..n])?;
+            left -= n as u64;
+            bar.inc(n as u64);
+        }
+        Ok(())
+    })();
+    bar.finish_and_clear();
+    if let Err(e) = result {
+        sink.abandon();
+        return Err(e);
+    }
+    if let Some(h) = hasher {
+        let got = h.finish();
+        if got != want_md5 {
+            sink.abandon();
+            return Err(Failure(format!(
+                "md5 mismatch: the server announced {want_md5}, the bytes received hash to {got}; nothing written"
+            )));
+        }
+    }
+    sink.finish()?;
+    if dest != Path::new("-") {
+        eprintln!("{}: {size} bytes, md5 {want_md5}", dest.display());
+    }
+    Ok(())
+}
+
+/// `socklab ls`.
+pub fn ls(args: &LsArgs) -> Result<(), Failure> {
+    let mut client = args.conn.open()?;
+    let (_, body) = client.call(&request("list"))?;
+    if args.json {
+        println!("{}", String::from_utf8_lossy(&body));
+        return Ok(());
+    }
+    let list: Vec<Value> =
+        serde_json::from_slice(&body).map_err(|e| Failure(format!("bad listing: {e}")))?;
+    for entry in list {
+        let size = entry.get("size").and_then(Value::as_u64).unwrap_or(0);
+        let md5 = entry.get("md5").and_then(Value::as_str).unwrap_or("-");
+        let name = entry.get("name").and_then(Value::as_str).unwrap_or("?");
+        println!("{size:>14}  {md5:32}  {name}");
+    }
+    Ok(())
+}
+
+/// `socklab stat NAME`.
+pub fn stat(args: &StatArgs) -> Result<(), Failure> {
+    let mut client = args.conn.open()?;
+    let mut header = request("stat");
+    header.insert("filename".into(), args.name.clone().into());
+    let (resp, _) = client.call(&header)?;
+    println!(
+        "{}: {} bytes, md5 {}, mtime {}",
+        args.name,
+        resp.u64("filesize").unwrap_or(0),
+        resp.str("md5").unwrap_or("-"),
+        resp.fields.get("mtime").cloned().unwrap_or(Value::Null)
+    );
+    Ok(())
+}
+
+/// `socklab ping`.
+pub fn ping(args: &PingArgs) -> Result<(), Failure> {
+    let mut client = args.conn.open()?;
+    let t0 = Instant::now();
+    client.call(&request("ping"))?;
+    println!(
+        "pong from {} in {:.3} ms",
+        args.conn.addr,
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+    Ok(())
+}

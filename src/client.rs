@@ -1,0 +1,263 @@
+//! A blocking client of the `files` service, for the `socklab put/get/ls/stat/ping` commands:
+//! connect (TCP or unix), answer the authentication challenge, send request frames, read
+//! response headers with the same decoder the server uses, and stream bodies.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::addr::ListenAddr;
+use crate::frame::header::{HeaderBodyConfig, HeaderBodyDecoder, Part, encode_header};
+use crate::frame::{Decoded, HeaderError};
+use crate::service::auth::{CHALLENGE_LEN, Secret};
+
+/// A connected stream.
+#[derive(Debug)]
+pub enum ClientStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Read for ClientStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ClientStream::Tcp(s) => s.read(buf),
+            ClientStream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for ClientStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            ClientStream::Tcp(s) => s.write(buf),
+            ClientStream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What went wrong talking to the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("{0} is not a stream address (use HOST:PORT or unix:PATH)")]
+    NotStream(String),
+    #[error("connection to the server failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("the server sent a malformed frame: {0}")]
+    BadFrame(#[from] HeaderError),
+    #[error(
+        "the server sent something that is not a frame ({0}); if it requires authentication, give --secret-file PATH or set SOCKLAB_SECRET"
+    )]
+    NotAFrame(HeaderError),
+    #[error("the server closed the connection{0}")]
+    Closed(String),
+    #[error("server error {code}: {message}")]
+    Server { code: String, message: String },
+}
+
+/// A response header.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Every field of the header.
+    pub fields: Map<String, Value>,
+    /// The length of the body that follows.
+    pub size: u64,
+}
+
+impl Response {
+    /// The response as an error when `ok` is not true.
+    pub fn into_result(self) -> Result<Response, ClientError> {
+        if self.fields.get("ok") == Some(&Value::Bool(true)) {
+            return Ok(self);
+        }
+        let err = self.fields.get("error");
+        let text = |k: &str| {
+            err.and_then(|e| e.get(k))
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_owned()
+        };
+        Err(ClientError::Server {
+            code: text("code"),
+            message: text("message"),
+        })
+    }
+
+    /// A string field.
+    pub fn str(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).and_then(Value::as_str)
+    }
+
+    /// An integer field.
+    pub fn u64(&self, key: &str) -> Option<u64> {
+        self.fields.get(key).and_then(Value::as_u64)
+    }
+}
+
+/// A connection to a `files` listener.
+#[derive(Debug)]
+pub struct FilesClient {
+    /// The socket.
+    stream: ClientStream,
+    /// Validates response headers exactly as the server validates requests.
+    decoder: HeaderBodyDecoder,
+    /// Scratch space for one header frame.
+    buf: Vec<u8>,
+}
+
+impl FilesClient {
+    /// Connects, and answers the challenge when a secret is given.
+    pub fn connect(
+        addr: &ListenAddr,
+        secret: Option<&Secret>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let connect_err = |source| ClientError::Connect {
+            addr: addr.to_string(),
+            source,
+        };
+        let stream = match addr {
+            ListenAddr::Inet(a) => {
+                let s = TcpStream::connect_timeout(a, timeout).map_err(connect_err)?;
+                s.set_nodelay(true)?;
+                s.set_read_timeout(Some(timeout))?;
+                ClientStream::Tcp(s)
+            }
+            ListenAddr::Unix(p) => {
+                let s = UnixStream::connect(p).map_err(connect_err)?;
+                s.set_read_timeout(Some(timeout))?;
+                ClientStream::Unix(s)
+            }
+            ListenAddr::Unixgram(_) => return Err(ClientError::NotStream(addr.to_string())),
+        };
+        let mut client = FilesClient {
+            stream,
+            decoder: HeaderBodyDecoder::new(HeaderBodyConfig::responses()),
+            buf: Vec::new(),
+        };
+        if let Some(secret) = secret {
+            let mut challenge = [0u8; CHALLENGE_LEN];
+            client.read_exact(&mut challenge)?;
+            client.stream.write_all(&secret.respond(&challenge))?;
+        }
+        Ok(client)
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ClientError> {
+        self.stream.read_exact(buf).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => ClientError::Closed(
+                " (if it requires authentication, give --secret-file or SOCKLAB_SECRET)".into(),
+            ),
+            _ => ClientError::Io(e),
+        })
+    }
+
+    /// Sends a request header announcing `body_len` bytes of body (to be sent with
+    /// [`FilesClient::send_body`]).
+    pub fn send_request(
+        &mut self,
+        header: &Map<String, Value>,
+        body_len: u64,
+    ) -> Result<(), ClientError> {
+        let mut frame = Vec::new();
+        encode_header(header, body_len, &mut frame).map_err(io::Error::other)?;
+        self.stream.write_all(&frame)?;
+        Ok(())
+    }
+
+    /// Sends body bytes.
+    pub fn send_body(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Reads one response header; its body (if any) must be read next.
+    pub fn read_response(&mut self) -> Result<Response, ClientError> {
+        let mut prefix = [0u8; 4];
+        self.read_exact(&mut prefix)?;
+        let h = u32::from_le_bytes(prefix) as usize;
+        let max = self.decoder.config().max_header;
+        if h == 0 || h > max {
+            // Let the decoder say what is wrong with it.
+            self.buf.clear();
+            self.buf.extend_from_slice(&prefix);
+        } else {
+            self.buf.resize(4 + h, 0);
+            self.buf[..4].copy_from_slice(&prefix);
+            let mut header = std::mem::take(&mut self.buf);
+            let r = self.read_exact(&mut header[4..]);
+            self.buf = header;
+            r?;
+        }
+        let decoded = self.decoder.decode(&self.buf).map_err(|e| match e {
+            HeaderError::HeaderTooLong { .. } | HeaderError::EmptyHeader { .. } => {
+                ClientError::NotAFrame(e)
+            }
+            e => ClientError::BadFrame(e),
+        })?;
+        match decoded {
+            Decoded::Item {
+                item: Part::Header(h),
+                ..
+            } => {
+                let resp = Response {
+                    fields: h.fields,
+                    size: h.size,
+                };
+                // The decoder now expects the body; this client reads the body itself.
+                self.decoder = HeaderBodyDecoder::new(HeaderBodyConfig::responses());
+                Ok(resp)
+            }
+            _ => Err(ClientError::Closed(" in the middle of a frame".into())),
+        }
+    }
+
+    /// Reads the next `buf.len()` body bytes (or fewer at the end of the stream: 0 is an error).
+    pub fn read_body(&mut self, buf: &mut [u8]) -> Result<usize, ClientError> {
+        loop {
+            match self.stream.read(buf) {
+                Ok(0) if !buf.is_empty() => {
+                    return Err(ClientError::Closed(" in the middle of a body".into()));
+                }
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Reads a whole (small) body.
+    pub fn read_small_body(&mut self, size: u64) -> Result<Vec<u8>, ClientError> {
+        let n = usize::try_from(size).map_err(io::Error::other)?;
+        let mut body = vec![0; n];
+        self.read_exact(&mut body)?;
+        Ok(body)
+    }
+
+    /// Sends a request without a body and reads its response and (small) body.
+    pub fn call(
+        &mut self,
+        header: &Map<String, Value>,
+    ) -> Result<(Response, Vec<u8>), ClientError> {
+        self.send_request(header, 0)?;
+        let resp = self.read_response()?;
+        let body = self.read_small_body(resp.size)?;
+        Ok((resp.into_result()?, body))
+    }
+}
+
+/// A request header with `cmd` set.
+pub fn request(cmd: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("cmd".into(), cmd.into());
+    m
+}
