@@ -2,6 +2,7 @@
 //! service and the flags the reactor steers it by.
 
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use mio::event::Source;
@@ -17,6 +18,15 @@ use crate::service::auth::AuthGate;
 pub enum StreamSocket {
     Tcp(TcpStream),
     Unix(UnixStream),
+}
+
+impl AsRawFd for StreamSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            StreamSocket::Tcp(s) => s.as_raw_fd(),
+            StreamSocket::Unix(s) => s.as_raw_fd(),
+        }
+    }
 }
 
 impl Read for StreamSocket {

@@ -15,6 +15,7 @@ pub mod token;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -752,7 +753,7 @@ impl Reactor {
                 self.to_close.push(token);
             }
             Verdict::Open { more } => {
-                let want = wanted_interest(c, limits);
+                let want = wanted_interest(c);
                 if want != c.interest {
                     let result = match want {
                         Some(i) => self.poll.registry().reregister(&mut c.socket, token, i),
@@ -941,9 +942,10 @@ fn socket_register(
 
 /// What a connection should be registered for: READABLE while it may read, WRITABLE only while
 /// output is pending (so an idle connection is never woken for writability).
-fn wanted_interest(c: &Conn, limits: &Limits) -> Option<Interest> {
-    let read = !c.read_closed && c.out.pending() < limits.pending_pause;
-    let write = !c.out.is_empty();
+fn wanted_interest(c: &Conn) -> Option<Interest> {
+    let read = !c.read_closed && !c.read_paused;
+    // A file going out by sendfile waits for writability with nothing in `out`.
+    let write = !c.out.is_empty() || c.service.file_range().is_some();
     match (read, write) {
         (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
         (true, false) => Some(Interest::READABLE),
@@ -1006,6 +1008,29 @@ fn drive(
         if disk_budget == 0 {
             more = true;
             break;
+        }
+        if c.out.is_empty()
+            && let Some((fd, offset, left)) = c.service.file_range()
+        {
+            // The file goes from the page cache to the socket without passing through us.
+            let count = usize::try_from(left).map_or(disk_budget, |l| l.min(disk_budget));
+            match send_file(&c.socket, fd, offset, count) {
+                Ok(0) => return close(CloseReason::Broken, received, sent),
+                Ok(n) => {
+                    sent += n;
+                    disk_budget = disk_budget.saturating_sub(n);
+                    c.service.file_sent(n as u64);
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+                    // This pair of descriptors cannot do sendfile: copy through `out`.
+                    c.service.no_sendfile();
+                    continue;
+                }
+                Err(e) => return close(CloseReason::Io(e), received, sent),
+            }
         }
         let chunk = disk_budget.min(PRODUCE_CHUNK);
         disk_budget = disk_budget.saturating_sub(chunk);
@@ -1078,7 +1103,10 @@ fn drive(
     if received > 0 || sent > 0 {
         c.last_active = now;
     }
-    c.read_paused = !c.read_closed && c.out.pending() >= limits.pending_pause;
+    // Reading is suspended while output is backed up (backpressure) and while the service is
+    // busy with a long response (so its responses stay in order).
+    c.read_paused =
+        !c.read_closed && (c.out.pending() >= limits.pending_pause || !c.service.accepts_input());
     if was_paused && !c.read_paused && !c.read_closed {
         // Resumed: read on the next turn, since the socket's data arrived while paused.
         more = true;
@@ -1088,6 +1116,15 @@ fn drive(
         return close(CloseReason::Finished, received, sent);
     }
     (Verdict::Open { more }, received, sent)
+}
+
+/// sendfile(2) from `fd` at `offset` to the socket: at most `count` bytes.
+fn send_file(socket: &StreamSocket, fd: RawFd, offset: u64, count: usize) -> io::Result<usize> {
+    let mut off = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+    // SAFETY: both descriptors are open for the duration of the call (the socket is borrowed,
+    // the file is owned by the connection's service), and `off` is a local the call may write.
+    let n = unsafe { libc::sendfile(socket.as_raw_fd(), fd, &mut off, count) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 /// Stops taking input from a connection: what is pending is still written, then it closes.

@@ -222,6 +222,8 @@ pub struct Files {
     closing: bool,
     /// Reusable buffer for hashing files.
     hash_buf: Vec<u8>,
+    /// sendfile failed once on this connection: file bodies go through `produce`.
+    copy_files: bool,
 }
 
 /// Appends a response frame with no body.
@@ -314,6 +316,7 @@ impl Files {
             outgoing: None,
             closing: false,
             hash_buf: Vec::new(),
+            copy_files: false,
         }
     }
 
@@ -326,6 +329,33 @@ impl Files {
     /// Whether `produce` has more to give.
     pub fn has_output(&self) -> bool {
         self.outgoing.is_some()
+    }
+
+    /// The file body under way, for the reactor to send with sendfile: (descriptor, offset,
+    /// bytes left).
+    pub fn file_range(&self) -> Option<(std::os::fd::RawFd, u64, u64)> {
+        match &self.outgoing {
+            Some(Outgoing::File { file, offset, left }) if !self.copy_files => {
+                Some((file.as_raw_fd(), *offset, *left))
+            }
+            _ => None,
+        }
+    }
+
+    /// `n` bytes of the file body were sent by the reactor.
+    pub fn file_sent(&mut self, n: u64) {
+        if let Some(Outgoing::File { offset, left, .. }) = &mut self.outgoing {
+            *offset = offset.saturating_add(n);
+            *left = left.saturating_sub(n);
+            if *left == 0 {
+                self.outgoing = None;
+            }
+        }
+    }
+
+    /// sendfile is not possible here; `produce` copies file bodies instead.
+    pub fn no_sendfile(&mut self) {
+        self.copy_files = true;
     }
 
     /// Decodes requests from `input` and appends responses to `out`.

@@ -98,6 +98,28 @@ impl StreamService {
         }
     }
 
+    /// A file body that can go to the socket by sendfile: (descriptor, offset, bytes left).
+    pub fn file_range(&self) -> Option<(std::os::fd::RawFd, u64, u64)> {
+        match self {
+            StreamService::Files(s) => s.file_range(),
+            _ => None,
+        }
+    }
+
+    /// `n` bytes of the file body went out by sendfile.
+    pub fn file_sent(&mut self, n: u64) {
+        if let StreamService::Files(s) = self {
+            s.file_sent(n);
+        }
+    }
+
+    /// sendfile does not work for this connection: produce file bodies through `produce`.
+    pub fn no_sendfile(&mut self) {
+        if let StreamService::Files(s) = self {
+            s.no_sendfile();
+        }
+    }
+
     /// What to send a client whose authentication failed, before closing.
     pub fn on_auth_failed(&self, out: &mut Vec<u8>, counters: &mut Counters) {
         if let StreamService::Files(_) = self {

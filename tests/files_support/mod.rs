@@ -144,7 +144,9 @@ pub fn frame(header: &Value, body: &[u8]) -> Vec<u8> {
 /// A request frame: `header` gets `size` = the body's length unless it names a size already.
 pub fn request(header: Value, body: &[u8]) -> Vec<u8> {
     let mut header = header;
-    let obj = header.as_object_mut().expect("a request header is an object");
+    let obj = header
+        .as_object_mut()
+        .expect("a request header is an object");
     if !obj.contains_key("size") && !obj.contains_key("filesize") {
         obj.insert("size".into(), json!(body.len()));
     }
@@ -287,9 +289,10 @@ pub fn try_read_header<S: Stream + ?Sized>(
 pub fn try_read_response<S: Stream + ?Sized>(s: &mut S, timeout: Duration) -> Result<Resp, String> {
     let start = Instant::now();
     let h = try_read_header(s, timeout)?;
-    let size = h.get("size").map_or(Some(0), Value::as_u64).ok_or_else(|| {
-        format!("response `size` is not a non-negative integer: {h:?}")
-    })?;
+    let size = h
+        .get("size")
+        .map_or(Some(0), Value::as_u64)
+        .ok_or_else(|| format!("response `size` is not a non-negative integer: {h:?}"))?;
     let left = timeout.saturating_sub(start.elapsed());
     let body = read_n(s, size as usize, left).map_err(|(got, end)| {
         format!(
