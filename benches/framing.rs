@@ -209,12 +209,17 @@ fn header_body(c: &mut Criterion) {
             black_box(sum)
         })
     });
+    // The same header bytes, where they sit in the stream, parsed with nothing else done.
+    let frame_len = 4 + header.len() + PUT_BODY;
+    let headers: Vec<&[u8]> = stream
+        .chunks(frame_len)
+        .map(|f| &f[4..4 + header.len()])
+        .collect();
     group.bench_function("serde_json_header_alone", |b| {
         b.iter(|| {
             let mut sum = 0;
-            for _ in 0..PUTS {
-                let v: serde_json::Value =
-                    serde_json::from_slice(black_box(header.as_bytes())).unwrap();
+            for h in &headers {
+                let v: serde_json::Value = serde_json::from_slice(black_box(h)).unwrap();
                 sum += v.as_object().map_or(0, |o| o.len());
             }
             black_box(sum)

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::addr::ListenAddr;
+use crate::service::DatagramSettings;
 use crate::service::files::FilesConfig;
 
 /// The services the reactor can run.
@@ -16,16 +17,20 @@ pub enum ServiceKind {
     UdpEcho,
     UdpUpper,
     Files,
+    Chat,
+    UdpChat,
 }
 
 impl ServiceKind {
     /// Every service, in the order `socklab serve` starts them.
-    pub const ALL: [ServiceKind; 5] = [
+    pub const ALL: [ServiceKind; 7] = [
         ServiceKind::Echo,
         ServiceKind::Upper,
         ServiceKind::UdpEcho,
         ServiceKind::UdpUpper,
         ServiceKind::Files,
+        ServiceKind::Chat,
+        ServiceKind::UdpChat,
     ];
 
     /// The name used on the command line, in logs and in metrics.
@@ -36,6 +41,8 @@ impl ServiceKind {
             ServiceKind::UdpEcho => "udp-echo",
             ServiceKind::UdpUpper => "udp-upper",
             ServiceKind::Files => "files",
+            ServiceKind::Chat => "chat",
+            ServiceKind::UdpChat => "udp-chat",
         }
     }
 
@@ -43,7 +50,7 @@ impl ServiceKind {
     pub fn is_stream(self) -> bool {
         matches!(
             self,
-            ServiceKind::Echo | ServiceKind::Upper | ServiceKind::Files
+            ServiceKind::Echo | ServiceKind::Upper | ServiceKind::Files | ServiceKind::Chat
         )
     }
 
@@ -53,6 +60,7 @@ impl ServiceKind {
             ServiceKind::Echo | ServiceKind::UdpEcho => 7000,
             ServiceKind::Upper | ServiceKind::UdpUpper => 7001,
             ServiceKind::Files => 7080,
+            ServiceKind::Chat | ServiceKind::UdpChat => 7070,
         };
         ListenAddr::Inet(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
     }
@@ -128,6 +136,8 @@ pub struct Limits {
     pub datagram_budget: usize,
     /// Replies queued on one datagram socket while the kernel's buffer is full; more are dropped.
     pub max_queued_datagrams: usize,
+    /// A chat member whose pending output passes this is disconnected.
+    pub chat_max_pending: usize,
 }
 
 impl Default for Limits {
@@ -142,6 +152,7 @@ impl Default for Limits {
             accept_budget: 256,
             datagram_budget: 256,
             max_queued_datagrams: 1024,
+            chat_max_pending: 1024 * 1024,
         }
     }
 }
@@ -173,6 +184,8 @@ pub struct ServerConfig {
     pub files: FilesSettings,
     /// How long a client has to answer the authentication challenge.
     pub auth_timeout: Duration,
+    /// Settings of the datagram services.
+    pub datagram: DatagramSettings,
 }
 
 impl Default for ServerConfig {
@@ -183,6 +196,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             files: FilesSettings::default(),
             auth_timeout: Duration::from_secs(5),
+            datagram: DatagramSettings::default(),
         }
     }
 }

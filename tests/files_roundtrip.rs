@@ -18,13 +18,20 @@ use serde_json::{Value, json};
 /// Uploads `data` as `name`, downloads it again and checks bytes, md5, `stat` and `list`.
 fn roundtrip(server: &util::Server, scratch: &Scratch, name: &str, data: &[u8]) {
     let mut s = connect(server);
-    let want = md5_hex(data);
     let start = Instant::now();
-    put_ok(&mut s, name, data);
+    // Computed once: md5 is slow in debug builds, and equal bytes have equal md5s.
+    let want = md5_hex(data);
+    let r = call(&mut s, json!({"cmd": "put", "filename": name}), data);
+    r.assert_ok("put");
+    assert_eq!(r.get("filename"), &json!(name), "{:?}", r.h);
+    assert_eq!(r.get("filesize"), &json!(data.len()), "{:?}", r.h);
+    assert_eq!(r.get("md5"), &json!(want), "md5 answered by put");
 
     // On disk, under its name, byte for byte.
     let on_disk = std::fs::read(scratch.data().join(name)).expect("the stored file");
-    util::assert_bytes_eq(&on_disk, data, "file on disk");
+    if on_disk != data {
+        util::assert_bytes_eq(&on_disk, data, "file on disk");
+    }
 
     let r = call(
         &mut s,
@@ -34,8 +41,9 @@ fn roundtrip(server: &util::Server, scratch: &Scratch, name: &str, data: &[u8]) 
     r.assert_ok("get");
     assert_eq!(r.get("md5"), &json!(want), "md5 answered by get");
     assert_eq!(r.get("id"), &json!(7));
-    assert_eq!(md5_hex(&r.body), want, "md5 of the body of get");
-    util::assert_bytes_eq(&r.body, data, "body of get");
+    if r.body != data {
+        util::assert_bytes_eq(&r.body, data, "body of get");
+    }
 
     let r = call(&mut s, json!({"cmd": "stat", "filename": name}), b"");
     r.assert_ok("stat");

@@ -14,6 +14,7 @@ use crate::config::{
     FilesSettings, Limits, ListenerConfig, ServerConfig, ServiceKind, SocketOptions,
 };
 use crate::reactor::Reactor;
+use crate::service::DatagramSettings;
 use crate::service::auth::Secret;
 use crate::service::files::FilesConfig;
 use crate::sockopt;
@@ -30,7 +31,7 @@ fn parse_stream_service(s: &str) -> Result<ServiceKind, String> {
     ServiceKind::ALL
         .into_iter()
         .find(|k| k.name() == s && k.is_stream())
-        .ok_or_else(|| format!("`{s}` is not a stream service (echo, upper, files)"))
+        .ok_or_else(|| format!("`{s}` is not a stream service (echo, upper, files, chat)"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -77,6 +78,18 @@ pub struct ServeArgs {
     /// Do not start files.
     #[arg(long, conflicts_with = "files", help_heading = "Services")]
     no_files: bool,
+    /// Address of chat (lines): HOST:PORT (TCP) or unix:PATH. Repeatable [default: 127.0.0.1:7070]
+    #[arg(long = "chat", value_name = "ADDR", help_heading = "Services")]
+    chat: Vec<ListenAddr>,
+    /// Do not start chat.
+    #[arg(long, conflicts_with = "chat", help_heading = "Services")]
+    no_chat: bool,
+    /// Address of udp-chat: HOST:PORT (UDP). Repeatable [default: 127.0.0.1:7070]
+    #[arg(long = "udp-chat", value_name = "ADDR", help_heading = "Services")]
+    udp_chat: Vec<ListenAddr>,
+    /// Do not start udp-chat.
+    #[arg(long, conflicts_with = "udp_chat", help_heading = "Services")]
+    no_udp_chat: bool,
 
     /// Where files keeps its files (created if missing).
     #[arg(
@@ -126,6 +139,12 @@ pub struct ServeArgs {
     /// --pending-pause never pauses: clients that do not read are cut off instead.
     #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes, help_heading = "Limits")]
     max_pending: usize,
+    /// Disconnect a chat member whose pending output passes this (it does not read).
+    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes, help_heading = "Limits")]
+    chat_max_pending: usize,
+    /// How long udp-chat remembers a sender that has gone silent.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration, help_heading = "Limits")]
+    udp_chat_expiry: Duration,
     /// Bytes read from one connection per turn of the loop before the others get theirs.
     #[arg(long, value_name = "BYTES", default_value = "256KiB", value_parser = parse_bytes, help_heading = "Limits")]
     read_budget: usize,
@@ -176,6 +195,8 @@ impl ServeArgs {
             (ServiceKind::UdpEcho, &self.udp_echo, self.no_udp_echo),
             (ServiceKind::UdpUpper, &self.udp_upper, self.no_udp_upper),
             (ServiceKind::Files, &self.files, self.no_files),
+            (ServiceKind::Chat, &self.chat, self.no_chat),
+            (ServiceKind::UdpChat, &self.udp_chat, self.no_udp_chat),
         ];
         for (service, addrs, off) in services {
             if off {
@@ -215,6 +236,7 @@ impl ServeArgs {
                 pending_pause: self.pending_pause,
                 max_pending: self.max_pending,
                 read_budget: self.read_budget,
+                chat_max_pending: self.chat_max_pending,
                 ..Limits::default()
             },
             files: FilesSettings {
@@ -225,6 +247,10 @@ impl ServeArgs {
                 },
             },
             auth_timeout: self.auth_timeout,
+            datagram: DatagramSettings {
+                udp_chat_expiry: self.udp_chat_expiry,
+                ..DatagramSettings::default()
+            },
         }
     }
 }

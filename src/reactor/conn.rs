@@ -165,6 +165,8 @@ pub fn write_direct(w: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
 pub struct Conn {
     /// The socket.
     pub socket: StreamSocket,
+    /// The connection's id (its token's value): names it as a chat member.
+    pub id: u64,
     /// Which service the listener that accepted it runs (for logs and counters).
     pub kind: ServiceKind,
     /// The service's state for this connection.
@@ -200,6 +202,7 @@ impl Conn {
     ) -> Self {
         Conn {
             socket,
+            id: 0,
             kind,
             service,
             gate: None,

@@ -3,22 +3,13 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use mio::event::Source;
 use mio::net::{UdpSocket, UnixDatagram};
 use mio::{Interest, Registry, Token};
 
 use crate::config::ServiceKind;
-use crate::service::DatagramService;
-
-/// Where a datagram came from, and so where its reply goes.
-#[derive(Debug, Clone)]
-pub enum Peer {
-    Inet(SocketAddr),
-    Unix(PathBuf),
-}
+use crate::service::{DatagramService, Peer};
 
 /// A bound datagram socket.
 #[derive(Debug)]

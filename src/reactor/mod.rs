@@ -28,13 +28,14 @@ use crate::addr::ListenAddr;
 use crate::config::{Limits, ServerConfig, ServiceKind};
 use crate::metrics::Counters;
 use crate::service::auth::{AuthGate, AuthStep, Secret, new_challenge};
+use crate::service::chat::ChatRoom;
 use crate::service::files::FilesShared;
 use crate::service::store::Store;
-use crate::service::{DatagramService, Shared, Step, StreamService};
+use crate::service::{Ctx, DatagramService, Peer, Shared, Step, StreamService};
 use crate::sockopt::{self, BindError, OptionsInEffect};
 
 use conn::{Conn, StreamSocket, write_direct};
-use dgram::{DgramEndpoint, DgramSocket, Peer, Received, is_per_datagram_error};
+use dgram::{DgramEndpoint, DgramSocket, Received, is_per_datagram_error};
 use timer::{TimerKind, Timers};
 use token::{SIGNAL, Sources};
 
@@ -215,6 +216,12 @@ pub struct Reactor {
     shared: Shared,
     /// The authentication secret, when a listener asks for authentication.
     secret: Option<Secret>,
+    /// The chat room of this reactor.
+    room: ChatRoom,
+    /// Chat lines a member produced for the others, delivered after its drive.
+    others: Vec<u8>,
+    /// Where the current datagram's reply goes.
+    targets: Vec<Peer>,
 }
 
 fn is_fd_exhaustion(e: &io::Error) -> bool {
@@ -303,6 +310,9 @@ impl Reactor {
             warn_fds: RateLimited::default(),
             shared,
             secret,
+            room: ChatRoom::default(),
+            others: Vec::new(),
+            targets: Vec::new(),
         };
         let mut bound = Vec::new();
         for l in reactor.config.listeners.clone() {
@@ -396,7 +406,7 @@ impl Reactor {
     }
 
     fn endpoint(&self, socket: DgramSocket, kind: ServiceKind) -> Entry {
-        let service = DatagramService::for_kind(kind);
+        let service = DatagramService::for_kind(kind, &self.config.datagram);
         match service {
             Some(service) => Entry::Dgram(DgramEndpoint {
                 socket,
@@ -681,6 +691,7 @@ impl Reactor {
         };
         let registered = match self.sources.get_mut(token) {
             Some(Entry::Conn(c)) => {
+                c.id = token.0 as u64;
                 socket_register(&self.poll, &mut c.socket, token, Interest::READABLE).map(|()| {
                     c.interest = Some(Interest::READABLE);
                 })
@@ -704,7 +715,71 @@ impl Reactor {
             self.timers.push(deadline, TimerKind::AuthTimeout(token));
             // The challenge goes out now, before anything is read.
             self.drive_conn(token, false, true);
+        } else if let Some(Entry::Conn(c)) = self.sources.get_mut(token) {
+            let mut ctx = Ctx {
+                counters: &mut self.counters,
+                room: &mut self.room,
+                others: &mut self.others,
+            };
+            c.service.on_open(c.id, c.out.tail(), &mut ctx);
+            self.drive_conn(token, false, true);
+            if !self.others.is_empty() {
+                self.deliver_to_others(token);
+            }
         }
+    }
+
+    /// Copies the chat lines in `others` to every member but `from`, writing at once where the
+    /// socket takes them. A member whose pending output passes --chat-max-pending is dropped:
+    /// it is the one that does not read, and nobody else waits for it.
+    fn deliver_to_others(&mut self, from: Token) {
+        let bytes = std::mem::take(&mut self.others);
+        let limit = self.config.limits.chat_max_pending;
+        let members: Vec<Token> = self
+            .room
+            .member_ids()
+            .filter_map(|id| usize::try_from(id).ok().map(Token))
+            .filter(|t| *t != from)
+            .collect();
+        for token in members {
+            let Some(Entry::Conn(c)) = self.sources.get_mut(token) else {
+                continue;
+            };
+            if c.dead {
+                continue;
+            }
+            c.out.extend(&bytes);
+            let result = c.out.write_to(&mut c.socket);
+            let sent = result.as_ref().map_or(0, |n| *n);
+            let kind = c.kind;
+            if result.is_err() || c.out.pending() > limit {
+                if result.is_ok() {
+                    tracing::info!(
+                        service = %kind,
+                        pending = c.out.pending(),
+                        "disconnecting a chat member that does not read (--chat-max-pending)"
+                    );
+                }
+                c.dead = true;
+                self.to_close.push(token);
+            } else if !c.out.is_empty() && c.interest != wanted_interest(c) {
+                let want = wanted_interest(c);
+                if let Some(i) = want
+                    && self
+                        .poll
+                        .registry()
+                        .reregister(&mut c.socket, token, i)
+                        .is_ok()
+                {
+                    c.interest = want;
+                }
+            }
+            let counters = self.counters.service(kind);
+            counters.bytes_sent = counters.bytes_sent.saturating_add(sent as u64);
+        }
+        // Hand the buffer back so its capacity is reused.
+        self.others = bytes;
+        self.others.clear();
     }
 
     /// Writes what is pending, reads what the budget allows, and settles the connection's
@@ -721,9 +796,14 @@ impl Reactor {
             scratch: &mut self.scratch,
             reply: &mut self.reply,
             counters: &mut self.counters,
+            room: &mut self.room,
+            others: &mut self.others,
         };
         let (verdict, received, sent) = drive(c, readable, writable, &mut io, limits, self.now);
         let kind = c.kind;
+        if !self.others.is_empty() {
+            self.deliver_to_others(token);
+        }
         let counters = self.counters.service(kind);
         counters.bytes_received = counters.bytes_received.saturating_add(received as u64);
         counters.bytes_sent = counters.bytes_sent.saturating_add(sent as u64);
@@ -798,8 +878,11 @@ impl Reactor {
                         stats.received += 1;
                         stats.bytes_in += n;
                         let payload = self.scratch.get(..n).unwrap_or_default();
-                        if d.service.on_datagram(payload, &mut self.reply) {
-                            send_or_queue(d, peer, &self.reply, limits, &mut stats);
+                        let targets = &mut self.targets;
+                        d.service
+                            .on_datagram(&peer, payload, self.now, &mut self.reply, targets);
+                        for target in targets.drain(..) {
+                            send_or_queue(d, target, &self.reply, limits, &mut stats);
                         }
                     }
                     Ok(Received::Unanswerable(n)) => {
@@ -914,12 +997,24 @@ impl Reactor {
     /// Closes the connections marked during the walk: their slots are freed only now, so no
     /// event of this batch can land on a successor.
     fn close_dead(&mut self) {
-        for token in std::mem::take(&mut self.to_close) {
-            if let Some(Entry::Conn(mut c)) = self.sources.remove(token) {
-                discard_unread(&mut c.socket, &mut self.scratch);
-                self.open_conns = self.open_conns.saturating_sub(1);
-                let counters = self.counters.service(c.kind);
-                counters.open = counters.open.saturating_sub(1);
+        // Leave notices can drop further members that do not read: repeat until none is left.
+        while !self.to_close.is_empty() {
+            for token in std::mem::take(&mut self.to_close) {
+                if let Some(Entry::Conn(mut c)) = self.sources.remove(token) {
+                    discard_unread(&mut c.socket, &mut self.scratch);
+                    self.open_conns = self.open_conns.saturating_sub(1);
+                    let counters = self.counters.service(c.kind);
+                    counters.open = counters.open.saturating_sub(1);
+                    let mut ctx = Ctx {
+                        counters: &mut self.counters,
+                        room: &mut self.room,
+                        others: &mut self.others,
+                    };
+                    c.service.on_close(&mut ctx);
+                    if !self.others.is_empty() {
+                        self.deliver_to_others(token);
+                    }
+                }
             }
         }
     }
@@ -974,6 +1069,21 @@ struct TurnIo<'a> {
     reply: &'a mut Vec<u8>,
     /// Counters the services update (frames) and report (`stats`).
     counters: &'a mut Counters,
+    /// The chat room.
+    room: &'a mut ChatRoom,
+    /// Lines for every chat member but the one being driven.
+    others: &'a mut Vec<u8>,
+}
+
+impl TurnIo<'_> {
+    /// What a service may touch, borrowed from these buffers.
+    fn ctx(&mut self) -> Ctx<'_> {
+        Ctx {
+            counters: self.counters,
+            room: self.room,
+            others: self.others,
+        }
+    }
 }
 
 /// Largest slice of a long response produced in one call.
@@ -1149,6 +1259,7 @@ fn absorb(
             AuthStep::NeedMore => return Ok(0),
             AuthStep::Passed { consumed } => {
                 c.gate = None;
+                c.service.on_open(c.id, c.out.tail(), &mut io.ctx());
                 data = data.get(consumed..).unwrap_or_default();
                 if data.is_empty() {
                     return Ok(0);
@@ -1166,12 +1277,17 @@ fn absorb(
     let step = if c.input.is_empty() {
         let step = if c.out.is_empty() {
             io.reply.clear();
-            let step = c.service.on_input(data, io.reply, io.counters);
+            let mut ctx = Ctx {
+                counters: io.counters,
+                room: io.room,
+                others: io.others,
+            };
+            let step = c.service.on_input(data, io.reply, &mut ctx);
             sent = write_direct(&mut c.socket, io.reply).map_err(CloseReason::Io)?;
             c.out.extend(io.reply.get(sent..).unwrap_or_default());
             step
         } else {
-            c.service.on_input(data, c.out.tail(), io.counters)
+            c.service.on_input(data, c.out.tail(), &mut io.ctx())
         };
         c.input
             .extend_from_slice(data.get(step.consumed..).unwrap_or_default());
@@ -1179,7 +1295,7 @@ fn absorb(
     } else {
         c.input.extend_from_slice(data);
         let step = if c.service.accepts_input() {
-            c.service.on_input(&c.input, c.out.tail(), io.counters)
+            c.service.on_input(&c.input, c.out.tail(), &mut io.ctx())
         } else {
             Step::default()
         };

@@ -165,8 +165,10 @@ struct Upload {
     id: Option<Value>,
     /// Bytes announced.
     size: u64,
-    /// Bytes written since the last writeback request.
-    since_writeback: u64,
+    /// Bytes written so far.
+    written: u64,
+    /// Bytes written when writeback was last requested.
+    written_back: u64,
     /// The first write error, answered when the body ends.
     error: Option<String>,
 }
@@ -520,7 +522,8 @@ impl Files {
             want_md5,
             id: h.id().cloned(),
             size: h.size,
-            since_writeback: 0,
+            written: 0,
+            written_back: 0,
             error: None,
         })
     }
@@ -611,10 +614,10 @@ impl Files {
                     u.tmp = None;
                     return;
                 }
-                u.since_writeback = u.since_writeback.saturating_add(chunk.len() as u64);
-                if u.since_writeback >= WRITEBACK_EVERY {
-                    u.since_writeback = 0;
-                    start_writeback(&tmp.file);
+                u.written = u.written.saturating_add(chunk.len() as u64);
+                if u.written.saturating_sub(u.written_back) >= WRITEBACK_EVERY {
+                    start_writeback(&tmp.file, u.written_back, u.written - u.written_back);
+                    u.written_back = u.written;
                 }
             }
         }
@@ -775,9 +778,13 @@ impl Files {
 
 /// Asks the kernel to start writing a file's dirty pages now, without waiting, so that the
 /// fsync at the end of an upload does not find gigabytes left to write.
-fn start_writeback(file: &File) {
+fn start_writeback(file: &File, from: u64, len: u64) {
+    let (Ok(from), Ok(len)) = (libc::off64_t::try_from(from), libc::off64_t::try_from(len)) else {
+        return;
+    };
     // SAFETY: sync_file_range only reads the descriptor and the integers given.
-    let r = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    let r =
+        unsafe { libc::sync_file_range(file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE) };
     if r != 0 {
         tracing::debug!("sync_file_range: {}", io::Error::last_os_error());
     }

@@ -2,12 +2,18 @@
 //! to an output buffer. No service sees a socket or a clock; the reactor does the I/O.
 
 pub mod auth;
+pub mod chat;
+pub mod discovery;
 pub mod echo;
 pub mod files;
 pub mod store;
+pub mod time;
 pub mod upper;
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::config::ServiceKind;
 use crate::metrics::Counters;
@@ -34,6 +40,8 @@ pub enum StreamService {
     /// Boxed: a `files` session is larger than the byte-stream ones, and idle echo
     /// connections should not pay for it.
     Files(Box<files::Files>),
+    /// Boxed, like `Files`.
+    Chat(Box<chat::Chat>),
 }
 
 /// What the stream services of a reactor share.
@@ -41,6 +49,18 @@ pub enum StreamService {
 pub struct Shared {
     /// The `files` data directory and limits, when `files` runs.
     pub files: Option<Arc<files::FilesShared>>,
+}
+
+/// What a stream service may touch besides its own connection: the counters, the chat room,
+/// and the bytes every other chat member is to receive.
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    /// The reactor's counters (frames are counted here; `stats` reports them).
+    pub counters: &'a mut Counters,
+    /// The chat room of this reactor.
+    pub room: &'a mut chat::ChatRoom,
+    /// Lines for every other chat member, formatted once; the reactor copies them out.
+    pub others: &'a mut Vec<u8>,
 }
 
 impl StreamService {
@@ -54,17 +74,33 @@ impl StreamService {
                 .files
                 .clone()
                 .map(|f| StreamService::Files(Box::new(files::Files::new(f)))),
-            ServiceKind::UdpEcho | ServiceKind::UdpUpper => None,
+            ServiceKind::Chat => Some(StreamService::Chat(Box::default())),
+            ServiceKind::UdpEcho | ServiceKind::UdpUpper | ServiceKind::UdpChat => None,
+        }
+    }
+
+    /// The connection is open (and authenticated, where that is asked): a chat member joins.
+    pub fn on_open(&mut self, id: u64, out: &mut Vec<u8>, ctx: &mut Ctx<'_>) {
+        if let StreamService::Chat(c) = self {
+            c.join(id, ctx.room, out, ctx.others);
+        }
+    }
+
+    /// The connection is closing: a chat member leaves.
+    pub fn on_close(&mut self, ctx: &mut Ctx<'_>) {
+        if let StreamService::Chat(c) = self {
+            c.leave(ctx.room, ctx.others);
         }
     }
 
     /// Feeds bytes as they arrived; replies are appended to `out`. The bytes not consumed are
     /// kept by the caller and offered again, in front of the next ones.
-    pub fn on_input(&mut self, input: &[u8], out: &mut Vec<u8>, counters: &mut Counters) -> Step {
+    pub fn on_input(&mut self, input: &[u8], out: &mut Vec<u8>, ctx: &mut Ctx<'_>) -> Step {
         let consumed = match self {
             StreamService::Echo(s) => s.on_input(input, out),
             StreamService::Upper(s) => s.on_input(input, out),
-            StreamService::Files(s) => return s.on_input(input, out, counters),
+            StreamService::Files(s) => return s.on_input(input, out, ctx.counters),
+            StreamService::Chat(s) => return s.on_input(input, out, ctx.room, ctx.others),
         };
         Step {
             consumed: consumed.0,
@@ -77,6 +113,7 @@ impl StreamService {
     pub fn accepts_input(&self) -> bool {
         match self {
             StreamService::Files(s) => s.accepts_input(),
+            StreamService::Chat(s) => s.accepts_input(),
             _ => true,
         }
     }
@@ -128,34 +165,80 @@ impl StreamService {
     }
 }
 
-/// A datagram service: one request datagram in, at most one reply datagram out.
+/// Where a datagram came from, and so where a reply can go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    Inet(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// A datagram service: each request datagram yields at most one reply, sent to `targets`.
 #[derive(Debug)]
 pub enum DatagramService {
     Echo(echo::Echo),
     Upper(upper::Upper),
+    UdpChat(chat::UdpChat),
+}
+
+/// Settings of the datagram services.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatagramSettings {
+    /// How long `udp-chat` remembers a silent sender.
+    pub udp_chat_expiry: Duration,
+    /// Senders `udp-chat` remembers at most.
+    pub udp_chat_max_members: usize,
+}
+
+impl Default for DatagramSettings {
+    fn default() -> Self {
+        DatagramSettings {
+            udp_chat_expiry: Duration::from_secs(600),
+            udp_chat_max_members: 4096,
+        }
+    }
 }
 
 impl DatagramService {
     /// The service a datagram socket of `kind` runs, or `None` for a stream kind.
-    pub fn for_kind(kind: ServiceKind) -> Option<Self> {
+    pub fn for_kind(kind: ServiceKind, settings: &DatagramSettings) -> Option<Self> {
         match kind {
             ServiceKind::UdpEcho => Some(DatagramService::Echo(echo::Echo)),
             ServiceKind::UdpUpper => Some(DatagramService::Upper(upper::Upper)),
-            ServiceKind::Echo | ServiceKind::Upper | ServiceKind::Files => None,
+            ServiceKind::UdpChat => Some(DatagramService::UdpChat(chat::UdpChat::new(
+                settings.udp_chat_expiry,
+                settings.udp_chat_max_members,
+            ))),
+            ServiceKind::Echo | ServiceKind::Upper | ServiceKind::Files | ServiceKind::Chat => None,
         }
     }
 
-    /// Writes the reply to `payload` into `reply` (cleared first); returns whether to send it.
-    pub fn on_datagram(&mut self, payload: &[u8], reply: &mut Vec<u8>) -> bool {
+    /// Takes one datagram from `from`; the reply (if any) is written to `reply` and the peers
+    /// to send it to into `targets` (both cleared first).
+    pub fn on_datagram(
+        &mut self,
+        from: &Peer,
+        payload: &[u8],
+        now: Instant,
+        reply: &mut Vec<u8>,
+        targets: &mut Vec<Peer>,
+    ) {
         reply.clear();
+        targets.clear();
         match self {
             DatagramService::Echo(s) => {
                 s.on_input(payload, reply);
+                targets.push(from.clone());
             }
             DatagramService::Upper(s) => {
                 s.on_input(payload, reply);
+                targets.push(from.clone());
+            }
+            DatagramService::UdpChat(s) => {
+                let Peer::Inet(addr) = from else { return };
+                let mut addrs = Vec::new();
+                s.on_datagram(*addr, payload, now, reply, &mut addrs);
+                targets.extend(addrs.into_iter().map(Peer::Inet));
             }
         }
-        true
     }
 }

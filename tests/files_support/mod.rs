@@ -141,6 +141,17 @@ pub fn frame(header: &Value, body: &[u8]) -> Vec<u8> {
     frame_raw(&serde_json::to_vec(header).unwrap(), body)
 }
 
+/// A `ping` header of exactly `len` bytes (at least 25), padded with an extra field.
+pub fn ping_header_of_len(len: usize) -> Vec<u8> {
+    let base = serde_json::to_vec(&json!({"cmd": "ping", "pad": ""}))
+        .unwrap()
+        .len();
+    assert!(len >= base, "a ping header is at least {base} bytes");
+    let h = serde_json::to_vec(&json!({"cmd": "ping", "pad": "p".repeat(len - base)})).unwrap();
+    assert_eq!(h.len(), len);
+    h
+}
+
 /// A request frame: `header` gets `size` = the body's length unless it names a size already.
 pub fn request(header: Value, body: &[u8]) -> Vec<u8> {
     let mut header = header;
@@ -398,15 +409,26 @@ pub fn rss_kib(pid: i32) -> u64 {
 pub fn handshake<S: Stream + ?Sized>(s: &mut S, secret: &[u8]) -> Vec<u8> {
     let challenge = read_n(s, 32, T)
         .unwrap_or_else(|(got, end)| panic!("no 32-byte challenge: got {got:?} then {end:?}"));
-    send(s, &hmac(secret, &challenge));
+    send(s, &hmac_sha256(secret, &challenge));
     challenge
 }
 
-/// HMAC-SHA256(secret, msg).
-pub fn hmac(secret: &[u8], msg: &[u8]) -> [u8; 32] {
-    Secret::from_bytes(secret.to_vec(), "test")
-        .expect("non-empty secret")
-        .respond(msg)
+/// HMAC-SHA256(secret, msg), with `secret` taken byte for byte (no newline stripped).
+pub fn hmac_sha256(secret: &[u8], msg: &[u8]) -> [u8; 32] {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key");
+    mac.update(msg);
+    let out: [u8; 32] = mac.finalize().into_bytes().into();
+    // The server's own client-side helper must agree for secrets without a newline.
+    if !secret.is_empty() && !secret.ends_with(b"\n") {
+        let theirs = Secret::from_bytes(secret.to_vec(), "test").map(|s| s.respond(msg));
+        assert_eq!(
+            theirs.ok(),
+            Some(out),
+            "Secret::respond disagrees with HMAC-SHA256"
+        );
+    }
+    out
 }
 
 /// A tmpfs mounted on a directory for the length of a test; unmounted on drop, even when the

@@ -1,0 +1,451 @@
+//! `chat` and `udp-chat` (PROTOCOL.md, "Line service" and "Datagram chat"), sans-IO.
+//!
+//! A [`ChatRoom`] holds the members' nicks. A [`Chat`] session decodes its member's lines and
+//! writes what its member should read to `out` and what every other member should read to
+//! `others`: the reactor copies those bytes to the others, so a message is formatted once
+//! however many members read it.
+//!
+//! Decided where PROTOCOL.md is silent: a successful `/nick` is announced to the renamed
+//! member too (so a client learns its new name took), and `/who` lists nicks sorted.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::Step;
+use crate::frame::{Decoded, Line, LinesConfig, LinesDecoder};
+
+/// Longest nick, in characters (all ASCII).
+pub const MAX_NICK: usize = 32;
+
+/// A member's id: unique among the open connections of one reactor.
+pub type MemberId = u64;
+
+/// The nicks of one room.
+#[derive(Debug, Default)]
+pub struct ChatRoom {
+    /// Each member's nick.
+    members: HashMap<MemberId, String>,
+    /// Every nick in use, sorted for `/who`.
+    nicks: BTreeSet<String>,
+    /// The number of the next default nick (`guest-N`).
+    next_guest: u64,
+}
+
+impl ChatRoom {
+    /// Members in the room.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// True when nobody is in the room.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Every member's id.
+    pub fn member_ids(&self) -> impl Iterator<Item = MemberId> + '_ {
+        self.members.keys().copied()
+    }
+
+    fn fresh_guest(&mut self) -> String {
+        loop {
+            self.next_guest = self.next_guest.wrapping_add(1);
+            let nick = format!("guest-{}", self.next_guest);
+            if !self.nicks.contains(&nick) {
+                return nick;
+            }
+        }
+    }
+}
+
+/// Whether `name` is a valid nick: 1–32 of `A–Z a–z 0–9 _ -`.
+pub fn valid_nick(name: &str) -> bool {
+    (1..=MAX_NICK).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// One member's session.
+#[derive(Debug)]
+pub struct Chat {
+    /// The member's id, set when it joins.
+    id: Option<MemberId>,
+    /// Splits the input into lines.
+    decoder: LinesDecoder,
+    /// `/quit` was read: nothing more is.
+    quit: bool,
+}
+
+impl Default for Chat {
+    fn default() -> Self {
+        Chat {
+            id: None,
+            decoder: LinesDecoder::new(LinesConfig::default()),
+            quit: false,
+        }
+    }
+}
+
+fn line(out: &mut Vec<u8>, args: std::fmt::Arguments<'_>) {
+    let mut s = String::new();
+    let _ = s.write_fmt(args);
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'\n');
+}
+
+impl Chat {
+    /// Joins the room as `id` with a default nick: the member is welcomed, the others told.
+    pub fn join(
+        &mut self,
+        id: MemberId,
+        room: &mut ChatRoom,
+        out: &mut Vec<u8>,
+        others: &mut Vec<u8>,
+    ) {
+        if self.id.is_some() {
+            return;
+        }
+        let nick = room.fresh_guest();
+        line(out, format_args!("* welcome {nick}"));
+        line(others, format_args!("* {nick} joined"));
+        room.nicks.insert(nick.clone());
+        room.members.insert(id, nick);
+        self.id = Some(id);
+    }
+
+    /// Leaves the room: the others are told.
+    pub fn leave(&mut self, room: &mut ChatRoom, others: &mut Vec<u8>) {
+        let Some(id) = self.id.take() else { return };
+        if let Some(nick) = room.members.remove(&id) {
+            room.nicks.remove(&nick);
+            line(others, format_args!("* {nick} left"));
+        }
+    }
+
+    /// Whether the session still reads input.
+    pub fn accepts_input(&self) -> bool {
+        !self.quit
+    }
+
+    /// Decodes lines from `input` and acts on each.
+    pub fn on_input(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        room: &mut ChatRoom,
+        others: &mut Vec<u8>,
+    ) -> Step {
+        let mut pos = 0usize;
+        while !self.quit {
+            let rest = input.get(pos..).unwrap_or_default();
+            match self.decoder.decode(rest) {
+                Decoded::Incomplete => break,
+                Decoded::Skipped { consumed } => pos = pos.saturating_add(consumed),
+                Decoded::Item { item, consumed } => {
+                    pos = pos.saturating_add(consumed);
+                    match item {
+                        Line::TooLong { limit, .. } => line(
+                            out,
+                            format_args!("* error: line too long (at most {limit} bytes); dropped"),
+                        ),
+                        Line::Text(text) => self.on_line(text, out, room, others),
+                    }
+                }
+            }
+        }
+        Step {
+            consumed: pos,
+            close: self.quit,
+        }
+    }
+
+    fn on_line(
+        &mut self,
+        text: &[u8],
+        out: &mut Vec<u8>,
+        room: &mut ChatRoom,
+        others: &mut Vec<u8>,
+    ) {
+        if text.is_empty() {
+            return;
+        }
+        let Ok(text) = std::str::from_utf8(text) else {
+            line(out, format_args!("* error: line is not UTF-8; dropped"));
+            return;
+        };
+        let Some(id) = self.id else { return };
+        let nick = room.members.get(&id).cloned().unwrap_or_default();
+        let Some(command) = text.strip_prefix('/') else {
+            line(others, format_args!("{nick} {text}"));
+            return;
+        };
+        let (name, arg) = match command.split_once(' ') {
+            Some((name, arg)) => (name, Some(arg)),
+            None => (command, None),
+        };
+        match (name, arg) {
+            ("nick", Some(new)) => {
+                if !valid_nick(new) {
+                    line(
+                        out,
+                        format_args!(
+                            "* error: a nick is 1-{MAX_NICK} characters from A-Z a-z 0-9 _ -"
+                        ),
+                    );
+                } else if new == nick {
+                    line(out, format_args!("* you are already {nick}"));
+                } else if room.nicks.contains(new) {
+                    line(out, format_args!("* error: nick {new} is taken"));
+                } else {
+                    room.nicks.remove(&nick);
+                    room.nicks.insert(new.to_owned());
+                    room.members.insert(id, new.to_owned());
+                    line(others, format_args!("* {nick} is now {new}"));
+                    line(out, format_args!("* {nick} is now {new}"));
+                }
+            }
+            ("nick", None) => line(out, format_args!("* error: usage: /nick NAME")),
+            ("who", None) => {
+                let all: Vec<&str> = room.nicks.iter().map(String::as_str).collect();
+                line(out, format_args!("* members: {}", all.join(", ")));
+            }
+            ("me", Some(action)) if !action.is_empty() => {
+                line(others, format_args!("* {nick} {action}"));
+            }
+            ("me", _) => line(out, format_args!("* error: usage: /me ACTION")),
+            ("quit", None) => self.quit = true,
+            _ => {
+                let shown: String = name.chars().take(40).collect();
+                line(out, format_args!("* error: unknown command /{shown}"));
+            }
+        }
+    }
+}
+
+/// `udp-chat`: relays each datagram to every other sender heard from recently.
+#[derive(Debug)]
+pub struct UdpChat {
+    /// When each member was last heard from.
+    members: HashMap<SocketAddr, Instant>,
+    /// How long a silent member is remembered.
+    expiry: Duration,
+    /// Members at most; a new sender past it is not remembered (its datagrams still go out).
+    max_members: usize,
+}
+
+impl UdpChat {
+    /// A room that forgets members silent for `expiry`.
+    pub fn new(expiry: Duration, max_members: usize) -> Self {
+        UdpChat {
+            members: HashMap::new(),
+            expiry,
+            max_members,
+        }
+    }
+
+    /// Members remembered now.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// True when nobody is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Takes one datagram from `from`: writes the relayed text to `reply` and the members to
+    /// send it to into `targets`. Datagrams that are not UTF-8 are dropped.
+    pub fn on_datagram(
+        &mut self,
+        from: SocketAddr,
+        payload: &[u8],
+        now: Instant,
+        reply: &mut Vec<u8>,
+        targets: &mut Vec<SocketAddr>,
+    ) {
+        reply.clear();
+        targets.clear();
+        let expiry = self.expiry;
+        self.members
+            .retain(|_, seen| now.saturating_duration_since(*seen) < expiry);
+        if self.members.len() < self.max_members || self.members.contains_key(&from) {
+            self.members.insert(from, now);
+        }
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return;
+        };
+        let text = text
+            .strip_suffix('\n')
+            .map(|t| t.strip_suffix('\r').unwrap_or(t))
+            .unwrap_or(text);
+        let _ = write!(StringSink(reply), "[{from}] {text}");
+        targets.extend(self.members.keys().filter(|a| **a != from).copied());
+    }
+}
+
+/// Lets `write!` append to a byte vector.
+struct StringSink<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for StringSink<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Member {
+        chat: Chat,
+        out: Vec<u8>,
+    }
+
+    fn join(room: &mut ChatRoom, id: MemberId, others: &mut Vec<u8>) -> Member {
+        let mut m = Member {
+            chat: Chat::default(),
+            out: Vec::new(),
+        };
+        m.chat.join(id, room, &mut m.out, others);
+        m
+    }
+
+    fn say(m: &mut Member, room: &mut ChatRoom, input: &str) -> (String, String, Step) {
+        m.out.clear();
+        let mut others = Vec::new();
+        let step = m
+            .chat
+            .on_input(input.as_bytes(), &mut m.out, room, &mut others);
+        (
+            String::from_utf8(m.out.clone()).unwrap(),
+            String::from_utf8(others).unwrap(),
+            step,
+        )
+    }
+
+    #[test]
+    fn join_message_nick_who_me_quit_leave() {
+        let mut room = ChatRoom::default();
+        let mut others = Vec::new();
+        let mut a = join(&mut room, 1, &mut others);
+        assert_eq!(
+            String::from_utf8(a.out.clone()).unwrap(),
+            "* welcome guest-1\n"
+        );
+        assert_eq!(
+            String::from_utf8(others.clone()).unwrap(),
+            "* guest-1 joined\n"
+        );
+        let mut b = join(&mut room, 2, &mut Vec::new());
+
+        let (mine, theirs, _) = say(&mut a, &mut room, "hello there\r\n\n");
+        assert_eq!(mine, "");
+        assert_eq!(theirs, "guest-1 hello there\n");
+
+        let (mine, theirs, _) = say(&mut a, &mut room, "/nick alice\n");
+        assert_eq!(mine, "* guest-1 is now alice\n");
+        assert_eq!(theirs, "* guest-1 is now alice\n");
+        let (mine, _, _) = say(&mut b, &mut room, "/nick alice\n");
+        assert_eq!(mine, "* error: nick alice is taken\n");
+        for bad in [
+            "/nick a b",
+            "/nick ",
+            "/nick é",
+            &format!("/nick {}", "x".repeat(33)),
+        ] {
+            let (mine, theirs, _) = say(&mut b, &mut room, &format!("{bad}\n"));
+            assert!(mine.starts_with("* error:"), "{bad}: {mine}");
+            assert_eq!(theirs, "");
+        }
+        let (mine, _, _) = say(&mut b, &mut room, "/who\n");
+        assert_eq!(mine, "* members: alice, guest-2\n");
+        let (_, theirs, _) = say(&mut b, &mut room, "/me waves\n");
+        assert_eq!(theirs, "* guest-2 waves\n");
+        let (mine, _, _) = say(&mut b, &mut room, "/me\n");
+        assert!(mine.starts_with("* error:"));
+        let (mine, _, _) = say(&mut b, &mut room, "/dance\n");
+        assert_eq!(mine, "* error: unknown command /dance\n");
+
+        let (_, _, step) = say(&mut b, &mut room, "/quit\nignored\n");
+        assert!(step.close);
+        assert_eq!(step.consumed, 6, "nothing after /quit is read");
+        let mut others = Vec::new();
+        b.chat.leave(&mut room, &mut others);
+        assert_eq!(String::from_utf8(others).unwrap(), "* guest-2 left\n");
+        assert_eq!(room.len(), 1);
+        // The nick is free again.
+        let (mine, _, _) = say(&mut a, &mut room, "/nick guest-2\n");
+        assert_eq!(mine, "* alice is now guest-2\n");
+    }
+
+    #[test]
+    fn bad_lines_are_errors_and_the_member_stays() {
+        let mut room = ChatRoom::default();
+        let mut a = join(&mut room, 1, &mut Vec::new());
+        let mut input = vec![b'x'; 5000];
+        input.extend_from_slice(b"\n\xff\xfe\nok\n");
+        a.out.clear();
+        let mut others = Vec::new();
+        let step = a.chat.on_input(&input, &mut a.out, &mut room, &mut others);
+        assert_eq!(step.consumed, input.len());
+        let mine = String::from_utf8(a.out.clone()).unwrap();
+        assert!(mine.starts_with("* error: line too long"), "{mine}");
+        assert!(mine.contains("* error: line is not UTF-8"), "{mine}");
+        assert_eq!(String::from_utf8(others).unwrap(), "guest-1 ok\n");
+    }
+
+    #[test]
+    fn guest_nicks_skip_taken_names() {
+        let mut room = ChatRoom::default();
+        let mut a = join(&mut room, 1, &mut Vec::new());
+        say(&mut a, &mut room, "/nick guest-2\n");
+        let b = join(&mut room, 2, &mut Vec::new());
+        assert_eq!(String::from_utf8(b.out).unwrap(), "* welcome guest-3\n");
+    }
+
+    #[test]
+    fn udp_chat_relays_to_the_others_and_forgets_the_silent() {
+        let t0 = Instant::now();
+        let mut room = UdpChat::new(Duration::from_secs(10), 100);
+        let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2000".parse().unwrap();
+        let c: SocketAddr = "127.0.0.1:3000".parse().unwrap();
+        let (mut reply, mut targets) = (Vec::new(), Vec::new());
+        room.on_datagram(a, b"hi", t0, &mut reply, &mut targets);
+        assert!(targets.is_empty());
+        room.on_datagram(b, b"yo\n", t0, &mut reply, &mut targets);
+        assert_eq!(reply, b"[127.0.0.1:2000] yo");
+        assert_eq!(targets, vec![a]);
+        room.on_datagram(
+            c,
+            b"hey",
+            t0 + Duration::from_secs(5),
+            &mut reply,
+            &mut targets,
+        );
+        targets.sort();
+        assert_eq!(targets, vec![a, b]);
+        // a and b have been silent for 11 s: only c is left to hear d.
+        let d: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        room.on_datagram(
+            d,
+            b"x",
+            t0 + Duration::from_secs(11),
+            &mut reply,
+            &mut targets,
+        );
+        assert_eq!(targets, vec![c]);
+        room.on_datagram(
+            d,
+            b"\xff",
+            t0 + Duration::from_secs(11),
+            &mut reply,
+            &mut targets,
+        );
+        assert!(targets.is_empty() && reply.is_empty(), "not UTF-8: dropped");
+    }
+}
