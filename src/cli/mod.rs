@@ -1,7 +1,12 @@
 //! The `socklab` command line: one file per subcommand.
 
+pub mod chat;
+pub mod discover;
 pub mod files;
+pub mod ipmsg;
 pub mod serve;
+pub mod stream;
+pub mod time;
 
 use std::process::ExitCode;
 
@@ -31,6 +36,18 @@ pub enum Command {
     Stat(files::StatArgs),
     /// Time one round trip to the files service.
     Ping(files::PingArgs),
+    /// Ask the time service for the server's time in a strftime format.
+    Time(time::TimeArgs),
+    /// Find socklab servers on the local network by broadcast.
+    Discover(discover::DiscoverArgs),
+    /// Send one message to an IP Messenger (FeiQ) client and wait for its receipt.
+    Ipmsg(ipmsg::IpmsgArgs),
+    /// Chat with the chat room (full duplex; --udp for udp-chat).
+    Chat(chat::ChatArgs),
+    /// Send stdin to the echo service and print what comes back (--udp: one datagram a line).
+    Echo(stream::EchoArgs),
+    /// Send stdin to the upper service and print what comes back (--udp: one datagram a line).
+    Upper(stream::UpperArgs),
 }
 
 /// Parses the command line and runs the subcommand; the exit code says how it went.
@@ -43,6 +60,12 @@ pub fn main() -> ExitCode {
         Command::Ls(a) => files::report(files::ls(&a)),
         Command::Stat(a) => files::report(files::stat(&a)),
         Command::Ping(a) => files::report(files::ping(&a)),
+        Command::Time(a) => time::run(&a),
+        Command::Discover(a) => discover::run(&a),
+        Command::Ipmsg(a) => ipmsg::run(&a),
+        Command::Chat(a) => chat::run(&a),
+        Command::Echo(a) => stream::run_echo(&a),
+        Command::Upper(a) => stream::run_upper(&a),
     }
 }
 

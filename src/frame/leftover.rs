@@ -51,6 +51,7 @@ impl Leftover {
     ///
     /// On error the items before it have been handed on and the stream is
     /// over; what the leftover then holds is unspecified.
+    #[inline]
     pub fn feed<D, F>(
         &mut self,
         decoder: &mut D,
@@ -68,7 +69,10 @@ impl Leftover {
         } else {
             self.buf.extend_from_slice(chunk);
             let consumed = run(decoder, &self.buf, &mut on_item)?;
-            self.buf.drain(..consumed.min(self.buf.len()));
+            // Most calls inside a large frame consume nothing: skip the drain.
+            if consumed > 0 {
+                self.buf.drain(..consumed.min(self.buf.len()));
+            }
         }
         Ok(())
     }

@@ -9,6 +9,7 @@
 
 pub mod conn;
 pub mod dgram;
+pub mod disk;
 pub mod timer;
 pub mod token;
 
@@ -29,15 +30,16 @@ use crate::config::{Limits, ServerConfig, ServiceKind};
 use crate::metrics::Counters;
 use crate::service::auth::{AuthGate, AuthStep, Secret, new_challenge};
 use crate::service::chat::ChatRoom;
-use crate::service::files::FilesShared;
+use crate::service::files::{DiskDone, DiskJob, FilesShared};
 use crate::service::store::Store;
 use crate::service::{Ctx, DatagramService, Peer, Shared, Step, StreamService};
 use crate::sockopt::{self, BindError, OptionsInEffect};
 
 use conn::{Conn, StreamSocket, write_direct};
 use dgram::{DgramEndpoint, DgramSocket, Received, is_per_datagram_error};
+use disk::DiskThread;
 use timer::{TimerKind, Timers};
-use token::{SIGNAL, Sources};
+use token::{SIGNAL, Sources, WAKER};
 
 /// Size of the one read buffer the reactor shares between all sockets. Large enough for any
 /// UDP datagram; longer Unix datagrams are cut to it.
@@ -222,6 +224,10 @@ pub struct Reactor {
     others: Vec<u8>,
     /// Where the current datagram's reply goes.
     targets: Vec<Peer>,
+    /// Disk work queued by the connection being driven, submitted after its drive.
+    disk_jobs: Vec<DiskJob>,
+    /// The thread that does upload writes and commits (only when `files` runs).
+    disk: Option<DiskThread<DiskDone>>,
 }
 
 fn is_fd_exhaustion(e: &io::Error) -> bool {
@@ -313,7 +319,18 @@ impl Reactor {
             room: ChatRoom::default(),
             others: Vec::new(),
             targets: Vec::new(),
+            disk_jobs: Vec::new(),
+            disk: None,
         };
+        if reactor.shared.files.is_some() {
+            let disk = DiskThread::start(reactor.poll.registry(), WAKER).map_err(|source| {
+                StartError::Register {
+                    what: "the disk thread".into(),
+                    source,
+                }
+            })?;
+            reactor.disk = Some(disk);
+        }
         let mut bound = Vec::new();
         for l in reactor.config.listeners.clone() {
             // On an error, dropping `reactor` removes the socket files bound so far.
@@ -480,6 +497,10 @@ impl Reactor {
     fn dispatch(&mut self, token: Token, readable: bool, writable: bool) {
         if token == SIGNAL {
             self.on_signals();
+            return;
+        }
+        if token == WAKER {
+            self.collect_disk_results();
             return;
         }
         match self.sources.get(token) {
@@ -720,12 +741,44 @@ impl Reactor {
                 counters: &mut self.counters,
                 room: &mut self.room,
                 others: &mut self.others,
+                disk: &mut self.disk_jobs,
             };
             c.service.on_open(c.id, c.out.tail(), &mut ctx);
             self.drive_conn(token, false, true);
             if !self.others.is_empty() {
                 self.deliver_to_others(token);
             }
+        }
+    }
+
+    /// Hands the disk work a connection queued to the disk thread, in order.
+    fn submit_disk_jobs(&mut self, token: Token) {
+        let jobs = std::mem::take(&mut self.disk_jobs);
+        match &self.disk {
+            Some(disk) => {
+                for job in jobs {
+                    disk.submit(token, job);
+                }
+            }
+            None => tracing::error!("disk work queued without a disk thread; dropped"),
+        }
+    }
+
+    /// Gives each connection the results of its disk work, and drives it: a `put` response
+    /// may be ready, or reading may resume.
+    fn collect_disk_results(&mut self) {
+        let mut touched = Vec::new();
+        while let Some((token, done)) = self.disk.as_ref().and_then(DiskThread::try_done) {
+            if let Some(Entry::Conn(c)) = self.sources.get_mut(token) {
+                c.service
+                    .on_disk_done(done, c.out.tail(), &mut self.counters);
+                if !touched.contains(&token) {
+                    touched.push(token);
+                }
+            }
+        }
+        for token in touched {
+            self.drive_conn(token, false, true);
         }
     }
 
@@ -798,9 +851,13 @@ impl Reactor {
             counters: &mut self.counters,
             room: &mut self.room,
             others: &mut self.others,
+            disk: &mut self.disk_jobs,
         };
         let (verdict, received, sent) = drive(c, readable, writable, &mut io, limits, self.now);
         let kind = c.kind;
+        if !self.disk_jobs.is_empty() {
+            self.submit_disk_jobs(token);
+        }
         if !self.others.is_empty() {
             self.deliver_to_others(token);
         }
@@ -1009,6 +1066,7 @@ impl Reactor {
                         counters: &mut self.counters,
                         room: &mut self.room,
                         others: &mut self.others,
+                        disk: &mut self.disk_jobs,
                     };
                     c.service.on_close(&mut ctx);
                     if !self.others.is_empty() {
@@ -1073,6 +1131,8 @@ struct TurnIo<'a> {
     room: &'a mut ChatRoom,
     /// Lines for every chat member but the one being driven.
     others: &'a mut Vec<u8>,
+    /// Disk work the connection's service queued.
+    disk: &'a mut Vec<DiskJob>,
 }
 
 impl TurnIo<'_> {
@@ -1082,6 +1142,7 @@ impl TurnIo<'_> {
             counters: self.counters,
             room: self.room,
             others: self.others,
+            disk: self.disk,
         }
     }
 }
@@ -1222,7 +1283,8 @@ fn drive(
         more = true;
     }
     let input_done = c.input.is_empty() || !c.service.accepts_input();
-    if c.read_closed && c.out.is_empty() && !c.service.has_output() && input_done {
+    let idle = c.out.is_empty() && !c.service.has_output() && !c.service.awaiting_disk();
+    if c.read_closed && idle && input_done {
         return close(CloseReason::Finished, received, sent);
     }
     (Verdict::Open { more }, received, sent)
@@ -1281,6 +1343,7 @@ fn absorb(
                 counters: io.counters,
                 room: io.room,
                 others: io.others,
+                disk: io.disk,
             };
             let step = c.service.on_input(data, io.reply, &mut ctx);
             sent = write_direct(&mut c.socket, io.reply).map_err(CloseReason::Io)?;

@@ -11,8 +11,11 @@ compile_error!("socklab packs a 32-bit generation beside the slab key in a 64-bi
 use mio::Token;
 use slab::Slab;
 
-/// The token of the signal pipe: outside every key the slab can hand out (keys are < 2^32).
+/// The token of the signal pipe: outside every key the slab can hand out (keys are < 2^32 - 2).
 pub const SIGNAL: Token = Token(usize::MAX);
+
+/// The token of the disk thread's waker, likewise outside the slab's keys.
+pub const WAKER: Token = Token(usize::MAX - 1);
 
 /// Key bits of a token; the generation takes the bits above them.
 const KEY_BITS: u32 = 32;
@@ -54,7 +57,7 @@ impl<T> Sources<T> {
     pub fn insert(&mut self, value: T) -> Option<Token> {
         let entry = self.slab.vacant_entry();
         let key = entry.key();
-        if key >= KEY_MASK {
+        if key >= KEY_MASK - 1 {
             return None;
         }
         let generation = self.next_generation;
@@ -137,7 +140,9 @@ mod tests {
         for i in 0..1000 {
             let t = s.insert(i).unwrap();
             assert_ne!(t, SIGNAL);
+            assert_ne!(t, WAKER);
             assert_eq!(s.get(SIGNAL), None);
+            assert_eq!(s.get(WAKER), None);
             if i % 2 == 0 {
                 s.remove(t);
             }

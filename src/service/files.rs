@@ -150,11 +150,41 @@ enum Body {
     Upload(Box<Upload>),
 }
 
+/// Disk work for the reactor's disk thread: the loop hashes, the thread writes and commits.
+pub type DiskJob = Box<dyn FnOnce() -> DiskDone + Send>;
+
+/// What a [`DiskJob`] reports back.
+#[derive(Debug)]
+pub enum DiskDone {
+    /// A chunk of an upload was handled (a failure is kept in the upload's error slot).
+    Written { bytes: u64 },
+    /// An upload was committed, or failed: the `put` response can be sent.
+    Committed {
+        /// `Err` holds the message for the `io` error.
+        result: Result<(), String>,
+        name: String,
+        md5: String,
+        size: u64,
+        id: Option<Value>,
+    },
+}
+
+/// Upload bytes handed to the disk thread and not yet written, past which the connection
+/// stops reading: memory stays bounded when the disk is slower than the network.
+const MAX_IN_FLIGHT: u64 = 8 * 1024 * 1024;
+
+/// The first write error of an upload, set by the disk thread.
+type FailSlot = Arc<std::sync::Mutex<Option<String>>>;
+
 /// An upload in progress.
 #[derive(Debug)]
 struct Upload {
-    /// The temporary; `None` once a write failed (it is removed then).
+    /// The temporary (removed when dropped uncommitted).
     tmp: Option<TempFile>,
+    /// The temporary's file, shared with the disk thread's write jobs.
+    file: Arc<File>,
+    /// The first write error.
+    failed: FailSlot,
     /// md5 of the bytes so far.
     hasher: Hasher,
     /// The name it will get.
@@ -165,12 +195,10 @@ struct Upload {
     id: Option<Value>,
     /// Bytes announced.
     size: u64,
-    /// Bytes written so far.
+    /// Bytes handed to the disk thread so far.
     written: u64,
     /// Bytes written when writeback was last requested.
     written_back: u64,
-    /// The first write error, answered when the body ends.
-    error: Option<String>,
 }
 
 /// What `Hash` answers once the md5 is known.
@@ -226,6 +254,10 @@ pub struct Files {
     hash_buf: Vec<u8>,
     /// sendfile failed once on this connection: file bodies go through `produce`.
     copy_files: bool,
+    /// Upload bytes queued for the disk thread and not yet written.
+    in_flight: u64,
+    /// A `put` is being committed by the disk thread; its response comes when it is done.
+    committing: bool,
 }
 
 /// Appends a response frame with no body.
@@ -319,13 +351,57 @@ impl Files {
             closing: false,
             hash_buf: Vec::new(),
             copy_files: false,
+            in_flight: 0,
+            committing: false,
         }
     }
 
     /// Whether input is decoded now: not while a long response is produced, nor after a
     /// malformed frame.
     pub fn accepts_input(&self) -> bool {
-        self.outgoing.is_none() && !self.closing
+        self.outgoing.is_none()
+            && !self.closing
+            && !self.committing
+            && self.in_flight <= MAX_IN_FLIGHT
+    }
+
+    /// Whether a response waits on the disk thread.
+    pub fn awaiting_disk(&self) -> bool {
+        self.committing
+    }
+
+    /// Takes the result of a disk job.
+    pub fn on_disk_done(&mut self, done: DiskDone, out: &mut Vec<u8>, counters: &mut Counters) {
+        match done {
+            DiskDone::Written { bytes } => self.in_flight = self.in_flight.saturating_sub(bytes),
+            DiskDone::Committed {
+                result,
+                name,
+                md5,
+                size,
+                id,
+            } => {
+                self.committing = false;
+                match result {
+                    Ok(()) => {
+                        counters.frame("put", "ok");
+                        let mut f = ok_fields(Cmd::Put);
+                        f.insert("filename".into(), name.into());
+                        f.insert("filesize".into(), size.into());
+                        f.insert("md5".into(), md5.into());
+                        respond(out, f, id.as_ref());
+                    }
+                    Err(msg) => respond_error(
+                        out,
+                        counters,
+                        Some(Cmd::Put),
+                        id.as_ref(),
+                        ErrorCode::Io,
+                        msg,
+                    ),
+                }
+            }
+        }
     }
 
     /// Whether `produce` has more to give.
@@ -361,7 +437,13 @@ impl Files {
     }
 
     /// Decodes requests from `input` and appends responses to `out`.
-    pub fn on_input(&mut self, input: &[u8], out: &mut Vec<u8>, counters: &mut Counters) -> Step {
+    pub fn on_input(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        counters: &mut Counters,
+        disk: &mut Vec<DiskJob>,
+    ) -> Step {
         let mut pos = 0usize;
         while self.accepts_input() {
             let rest = input.get(pos..).unwrap_or_default();
@@ -372,8 +454,8 @@ impl Files {
                     pos = pos.saturating_add(consumed);
                     match item {
                         Part::Header(h) => self.on_header(&h, out, counters),
-                        Part::BodyChunk(chunk) => self.on_chunk(chunk, out),
-                        Part::BodyEnd => self.on_body_end(out, counters),
+                        Part::BodyChunk(chunk) => self.on_chunk(chunk, out, disk),
+                        Part::BodyEnd => self.on_body_end(out, counters, disk),
                     }
                 }
                 Err(e) => {
@@ -516,6 +598,8 @@ impl Files {
             .create_temp()
             .map_err(|e| (ErrorCode::Io, io_message(&e)))?;
         Ok(Upload {
+            file: tmp.file.clone(),
+            failed: FailSlot::default(),
             tmp: Some(tmp),
             hasher: Hasher::default(),
             name: name.to_owned(),
@@ -524,7 +608,6 @@ impl Files {
             size: h.size,
             written: 0,
             written_back: 0,
-            error: None,
         })
     }
 
@@ -601,74 +684,93 @@ impl Files {
         }
     }
 
-    fn on_chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+    fn on_chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>, disk: &mut Vec<DiskJob>) {
         match &mut self.body {
             Body::Skip => {}
             Body::Echo => out.extend_from_slice(chunk),
             Body::Upload(u) => {
                 u.hasher.update(chunk);
-                let Some(tmp) = &mut u.tmp else { return };
-                if let Err(e) = tmp.file.write_all(chunk) {
-                    u.error = Some(io_message(&e));
-                    // Dropping the temporary removes it: a failed upload leaves nothing.
-                    u.tmp = None;
-                    return;
-                }
-                u.written = u.written.saturating_add(chunk.len() as u64);
-                if u.written.saturating_sub(u.written_back) >= WRITEBACK_EVERY {
-                    start_writeback(&tmp.file, u.written_back, u.written - u.written_back);
+                let len = chunk.len() as u64;
+                let from = u.written_back;
+                u.written = u.written.saturating_add(len);
+                let writeback = (u.written.saturating_sub(from) >= WRITEBACK_EVERY)
+                    .then(|| (from, u.written.saturating_sub(from)));
+                if writeback.is_some() {
                     u.written_back = u.written;
                 }
+                self.in_flight = self.in_flight.saturating_add(len);
+                let (file, failed, data) = (u.file.clone(), u.failed.clone(), chunk.to_vec());
+                disk.push(Box::new(move || {
+                    let Ok(mut slot) = failed.lock() else {
+                        return DiskDone::Written { bytes: len };
+                    };
+                    if slot.is_none() {
+                        match (&*file).write_all(&data) {
+                            Err(e) => *slot = Some(io_message(&e)),
+                            Ok(()) => {
+                                if let Some((from, len)) = writeback {
+                                    start_writeback(&file, from, len);
+                                }
+                            }
+                        }
+                    }
+                    DiskDone::Written { bytes: len }
+                }));
             }
         }
     }
 
-    fn on_body_end(&mut self, out: &mut Vec<u8>, counters: &mut Counters) {
+    fn on_body_end(&mut self, out: &mut Vec<u8>, counters: &mut Counters, disk: &mut Vec<DiskJob>) {
         let Body::Upload(u) = std::mem::replace(&mut self.body, Body::Skip) else {
             return;
         };
         let Upload {
             tmp,
+            failed,
             hasher,
             name,
             want_md5,
             id,
             size,
-            error,
             ..
         } = *u;
-        let put = Some(Cmd::Put);
-        let (Some(tmp), None) = (tmp, &error) else {
-            let msg = error.unwrap_or_else(|| "the upload failed".into());
-            respond_error(out, counters, put, id.as_ref(), ErrorCode::Io, msg);
-            return;
-        };
         let md5 = hasher.finish();
         if let Some(want) = want_md5
             && want != md5
         {
             let msg = format!("the body's md5 is {md5}, the request said {want}; nothing stored");
-            respond_error(out, counters, put, id.as_ref(), ErrorCode::Md5Mismatch, msg);
-            return;
-        }
-        match self.shared.store.commit(tmp, &name, &md5) {
-            Ok(()) => {
-                counters.frame("put", "ok");
-                let mut f = ok_fields(Cmd::Put);
-                f.insert("filename".into(), name.into());
-                f.insert("filesize".into(), size.into());
-                f.insert("md5".into(), md5.into());
-                respond(out, f, id.as_ref());
-            }
-            Err(e) => respond_error(
+            respond_error(
                 out,
                 counters,
-                put,
+                Some(Cmd::Put),
                 id.as_ref(),
-                ErrorCode::Io,
-                io_message(&e),
-            ),
+                ErrorCode::Md5Mismatch,
+                msg,
+            );
+            // Dropping `tmp` removes the temporary.
+            return;
         }
+        let shared = self.shared.clone();
+        self.committing = true;
+        // Queued after the upload's writes, so it runs once they are all done.
+        disk.push(Box::new(move || {
+            let failure = failed.lock().ok().and_then(|mut slot| slot.take());
+            let result = match (failure, tmp) {
+                (Some(msg), _) => Err(msg),
+                (None, None) => Err("the upload failed".to_owned()),
+                (None, Some(tmp)) => shared
+                    .store
+                    .commit(tmp, &name, &md5)
+                    .map_err(|e| io_message(&e)),
+            };
+            DiskDone::Committed {
+                result,
+                name,
+                md5,
+                size,
+                id,
+            }
+        }));
     }
 
     /// Appends up to `budget` bytes of the response under way to `out` (or hashes up to
@@ -826,10 +928,15 @@ mod tests {
         let mut out = Vec::new();
         let mut pos = 0;
         let mut close = false;
+        let mut disk = Vec::new();
         loop {
-            let step = s.on_input(&input[pos..], &mut out, &mut counters);
+            let step = s.on_input(&input[pos..], &mut out, &mut counters, &mut disk);
             pos += step.consumed;
             close |= step.close;
+            // The disk thread's part, done inline.
+            for job in disk.drain(..) {
+                s.on_disk_done(job(), &mut out, &mut counters);
+            }
             while s.has_output() {
                 assert_eq!(s.produce(&mut out, 1000, &mut counters), Produced::Ok);
             }
@@ -950,7 +1057,11 @@ mod tests {
         );
         let mut counters = Counters::default();
         let mut out = Vec::new();
-        let step = s.on_input(&input, &mut out, &mut counters);
+        let mut disk = Vec::new();
+        let step = s.on_input(&input, &mut out, &mut counters, &mut disk);
+        for job in disk.drain(..) {
+            s.on_disk_done(job(), &mut out, &mut counters);
+        }
         assert_eq!(step.consumed, input.len());
         assert!(out.is_empty());
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "the temporary");

@@ -52,8 +52,7 @@ pub struct Shared {
 }
 
 /// What a stream service may touch besides its own connection: the counters, the chat room,
-/// and the bytes every other chat member is to receive.
-#[derive(Debug)]
+/// the bytes every other chat member is to receive, and the disk work it queues.
 pub struct Ctx<'a> {
     /// The reactor's counters (frames are counted here; `stats` reports them).
     pub counters: &'a mut Counters,
@@ -61,6 +60,8 @@ pub struct Ctx<'a> {
     pub room: &'a mut chat::ChatRoom,
     /// Lines for every other chat member, formatted once; the reactor copies them out.
     pub others: &'a mut Vec<u8>,
+    /// Disk work for the reactor's disk thread, in order.
+    pub disk: &'a mut Vec<files::DiskJob>,
 }
 
 impl StreamService {
@@ -99,7 +100,7 @@ impl StreamService {
         let consumed = match self {
             StreamService::Echo(s) => s.on_input(input, out),
             StreamService::Upper(s) => s.on_input(input, out),
-            StreamService::Files(s) => return s.on_input(input, out, ctx.counters),
+            StreamService::Files(s) => return s.on_input(input, out, ctx.counters, ctx.disk),
             StreamService::Chat(s) => return s.on_input(input, out, ctx.room, ctx.others),
         };
         Step {
@@ -115,6 +116,26 @@ impl StreamService {
             StreamService::Files(s) => s.accepts_input(),
             StreamService::Chat(s) => s.accepts_input(),
             _ => true,
+        }
+    }
+
+    /// Whether a response waits on disk work queued for the disk thread.
+    pub fn awaiting_disk(&self) -> bool {
+        match self {
+            StreamService::Files(s) => s.awaiting_disk(),
+            _ => false,
+        }
+    }
+
+    /// Takes the result of a disk job queued by this connection.
+    pub fn on_disk_done(
+        &mut self,
+        done: files::DiskDone,
+        out: &mut Vec<u8>,
+        counters: &mut Counters,
+    ) {
+        if let StreamService::Files(s) = self {
+            s.on_disk_done(done, out, counters);
         }
     }
 

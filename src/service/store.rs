@@ -96,8 +96,8 @@ pub struct Store {
 pub struct TempFile {
     /// Where it is.
     path: PathBuf,
-    /// The open file.
-    pub file: File,
+    /// The open file, shared with the disk thread's write jobs.
+    pub file: std::sync::Arc<File>,
     /// Set once renamed into place.
     committed: bool,
 }
@@ -175,7 +175,7 @@ impl Store {
             .open(&path)?;
         Ok(TempFile {
             path,
-            file,
+            file: std::sync::Arc::new(file),
             committed: false,
         })
     }
@@ -288,7 +288,7 @@ mod tests {
         let dir = temp_dir("commit");
         let (store, _) = Store::open(&dir).unwrap();
         let mut tmp = store.create_temp().unwrap();
-        std::io::Write::write_all(&mut tmp.file, b"hello").unwrap();
+        std::io::Write::write_all(&mut &*tmp.file, b"hello").unwrap();
         let md5 = "5d41402abc4b2a76b9719d911017c592";
         store.commit(tmp, "h.txt", md5).unwrap();
         let (f, m) = store.open_file("h.txt").unwrap();

@@ -1,0 +1,680 @@
+//! `socklab chat`: a full-duplex client of `chat` (lines over TCP or a unix socket) and, with
+//! `--udp`, of `udp-chat` (PROTOCOL.md, "Line service: chat" and "Datagram chat").
+//!
+//! Threads, no event loop: a reader thread turns what the server sends into lines, an input
+//! thread turns stdin into lines (or, on a terminal, into key presses), and the main thread
+//! takes both from one channel, so typing and receiving never wait for each other.
+//!
+//! On a terminal (stdin and stdout both), a small line editor runs in raw mode: each incoming
+//! line is printed above the prompt, and the prompt and the partly typed line are drawn again
+//! below it, so nothing the user is typing gets mangled. A [`RawMode`] guard restores the
+//! terminal however the command ends, panics included. Otherwise (pipes) lines are sent as read
+//! and incoming lines printed as they come.
+//!
+//! The command ends after sending `/quit` (Ctrl-C, Ctrl-D on an empty line and the end of stdin
+//! send it too), or when the server closes the connection (`* connection closed`).
+
+use std::io::{self, BufRead, IsTerminal, Read, Write};
+use std::net::{Shutdown, SocketAddr, UdpSocket};
+use std::process::ExitCode;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use crossterm::{cursor, queue, style, terminal};
+
+use super::stream::{Conn, MAX_DATAGRAM, StreamError, udp_socket};
+use crate::addr::ListenAddr;
+
+/// The prompt of the line editor.
+const PROMPT: &str = "> ";
+/// How long to wait, after sending `/quit`, for the server to close (and for what it sent
+/// before to arrive).
+const QUIT_GRACE: Duration = Duration::from_secs(2);
+
+/// `socklab chat`: talk to the chat room.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// The chat service: HOST:PORT or unix:PATH (HOST:PORT of udp-chat with --udp).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
+    addr: ListenAddr,
+    /// Use udp-chat: each line is one datagram; relayed datagrams are printed as they come.
+    #[arg(long)]
+    udp: bool,
+}
+
+/// Why `socklab chat` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error(transparent)]
+    Connect(#[from] StreamError),
+    #[error("cannot start a thread: {0}")]
+    Thread(io::Error),
+    #[error("the terminal failed: {0}")]
+    Terminal(io::Error),
+    #[error("reading stdin failed: {0}")]
+    Stdin(io::Error),
+    #[error("writing stdout failed: {0}")]
+    Stdout(io::Error),
+    #[error("sending to the server failed: {0}")]
+    Send(io::Error),
+    #[error("the connection failed: {0}")]
+    Receive(io::Error),
+    #[error("a line is {0} bytes; a datagram carries at most {MAX_DATAGRAM}")]
+    LineTooLong(usize),
+}
+
+/// What the main thread is told.
+#[derive(Debug)]
+enum Msg {
+    /// A line from the server, without its newline (or one relayed datagram).
+    Incoming(Vec<u8>),
+    /// A notice to show (not from the server).
+    Notice(String),
+    /// The server closed the connection (`None`) or it failed.
+    Closed(Option<io::Error>),
+    /// A line of stdin, without its newline.
+    Line(Vec<u8>),
+    /// End of stdin.
+    InputEnd,
+    /// Reading stdin failed.
+    InputError(io::Error),
+    /// A key was pressed (terminal mode).
+    Key(KeyEvent),
+    /// The terminal was resized (terminal mode).
+    Resize,
+}
+
+/// Where typed lines go.
+enum Peer {
+    Stream(Conn),
+    Udp(UdpSocket),
+}
+
+impl Peer {
+    fn send_line(&mut self, line: &[u8]) -> Result<(), ChatError> {
+        match self {
+            Peer::Stream(conn) => {
+                let mut msg = Vec::with_capacity(line.len().saturating_add(1));
+                msg.extend_from_slice(line);
+                msg.push(b'\n');
+                conn.write_all(&msg).map_err(ChatError::Send)
+            }
+            Peer::Udp(sock) => {
+                if line.len() > MAX_DATAGRAM {
+                    return Err(ChatError::LineTooLong(line.len()));
+                }
+                sock.send(line).map(drop).map_err(ChatError::Send)
+            }
+        }
+    }
+
+    fn is_udp(&self) -> bool {
+        matches!(self, Peer::Udp(_))
+    }
+}
+
+/// `socklab chat`.
+pub fn run(args: &ChatArgs) -> ExitCode {
+    match chat(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("socklab: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn chat(args: &ChatArgs) -> Result<ExitCode, ChatError> {
+    let (tx, rx) = mpsc::channel();
+    let peer = if args.udp {
+        let ListenAddr::Inet(server) = args.addr else {
+            return Err(StreamError::NotUdp(args.addr.to_string()).into());
+        };
+        let sock = udp_socket(server)?;
+        let reader = sock.try_clone().map_err(ChatError::Receive)?;
+        spawn("chat-reader", tx.clone(), move |tx| {
+            read_datagrams(reader, server, tx)
+        })?;
+        Peer::Udp(sock)
+    } else {
+        let conn = Conn::connect(&args.addr)?;
+        let reader = conn.try_clone().map_err(ChatError::Receive)?;
+        spawn("chat-reader", tx.clone(), move |tx| read_lines(reader, tx))?;
+        Peer::Stream(conn)
+    };
+
+    if io::stdin().is_terminal() && io::stdout().is_terminal() {
+        // Raw mode first: keys typed from now on reach the editor, not the cooked line buffer.
+        let _raw = RawMode::enable()?;
+        spawn("chat-keys", tx, read_keys)?;
+        let mut screen = Editor::new(io::stdout());
+        if args.udp {
+            screen.notice(&format!(
+                "* udp-chat at {}: others hear you, and you them, once you have sent a line",
+                args.addr
+            ))?;
+        }
+        screen.redraw()?;
+        main_loop(peer, &rx, &mut screen)
+    } else {
+        spawn("chat-stdin", tx, read_stdin)?;
+        let mut plain = Plain(io::stdout());
+        main_loop(peer, &rx, &mut plain)
+    }
+}
+
+fn spawn(
+    name: &str,
+    tx: Sender<Msg>,
+    body: impl FnOnce(Sender<Msg>) + Send + 'static,
+) -> Result<(), ChatError> {
+    thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || body(tx))
+        .map(drop)
+        .map_err(ChatError::Thread)
+}
+
+/// Reads the server's byte stream and sends it on line by line.
+fn read_lines(mut conn: Conn, tx: Sender<Msg>) {
+    let mut pending = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let end = loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break None,
+            Ok(n) => {
+                pending.extend_from_slice(buf.get(..n).unwrap_or_default());
+                while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+                    let mut line: Vec<u8> = pending.drain(..=pos).collect();
+                    line.pop();
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                    if tx.send(Msg::Incoming(line)).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Some(e),
+        }
+    };
+    if !pending.is_empty() {
+        let _ = tx.send(Msg::Incoming(pending));
+    }
+    let _ = tx.send(Msg::Closed(end));
+}
+
+/// Receives relayed datagrams and sends each on as one incoming message.
+fn read_datagrams(sock: UdpSocket, server: SocketAddr, tx: Sender<Msg>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let msg = match sock.recv(&mut buf) {
+            Ok(n) => Msg::Incoming(buf.get(..n).unwrap_or_default().to_vec()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // An ICMP "port unreachable" for an earlier datagram: say so and keep going.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                Msg::Notice(format!("* error: nothing listens at {server} (udp)"))
+            }
+            Err(e) => {
+                let _ = tx.send(Msg::Closed(Some(e)));
+                return;
+            }
+        };
+        if tx.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads stdin line by line (pipe mode).
+fn read_stdin(tx: Sender<Msg>) {
+    let mut stdin = io::stdin().lock();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let msg = match stdin.read_until(b'\n', &mut line) {
+            Ok(0) => Msg::InputEnd,
+            Ok(_) => {
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                }
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                Msg::Line(line.clone())
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Msg::InputError(e),
+        };
+        let last = !matches!(msg, Msg::Line(_));
+        if tx.send(msg).is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Reads terminal events (terminal mode).
+fn read_keys(tx: Sender<Msg>) {
+    loop {
+        let msg = match event::read() {
+            Ok(Event::Key(key)) if key.kind != KeyEventKind::Release => Msg::Key(key),
+            Ok(Event::Resize(..)) => Msg::Resize,
+            Ok(_) => continue,
+            Err(e) => {
+                let _ = tx.send(Msg::InputError(e));
+                return;
+            }
+        };
+        if tx.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+/// How the main loop shows things and takes key presses.
+trait Output {
+    /// Prints one incoming line (or notice).
+    fn incoming(&mut self, line: &[u8]) -> Result<(), ChatError>;
+    /// Prints a notice of the client's own.
+    fn notice(&mut self, text: &str) -> Result<(), ChatError> {
+        self.incoming(text.as_bytes())
+    }
+    /// Applies a key press; returns what it asks for.
+    fn key(&mut self, _key: KeyEvent) -> Result<Typed, ChatError> {
+        Ok(Typed::Nothing)
+    }
+    /// Redraws after a resize.
+    fn redraw(&mut self) -> Result<(), ChatError> {
+        Ok(())
+    }
+    /// Leaves the screen tidy before exiting.
+    fn finish(&mut self) -> Result<(), ChatError> {
+        Ok(())
+    }
+}
+
+/// What a key press amounted to.
+#[derive(Debug, PartialEq, Eq)]
+enum Typed {
+    Nothing,
+    /// Enter: this line is to be sent.
+    Line(String),
+    /// Ctrl-C, or Ctrl-D on an empty line.
+    Quit,
+}
+
+/// Pipe mode: incoming lines go to stdout as they are.
+struct Plain<W: Write>(W);
+
+impl<W: Write> Output for Plain<W> {
+    fn incoming(&mut self, line: &[u8]) -> Result<(), ChatError> {
+        self.0.write_all(line).map_err(ChatError::Stdout)?;
+        self.0.write_all(b"\n").map_err(ChatError::Stdout)?;
+        self.0.flush().map_err(ChatError::Stdout)
+    }
+}
+
+fn main_loop(
+    mut peer: Peer,
+    rx: &Receiver<Msg>,
+    out: &mut impl Output,
+) -> Result<ExitCode, ChatError> {
+    let result = run_loop(&mut peer, rx, out);
+    let finished = out.finish();
+    let code = result?;
+    finished?;
+    Ok(code)
+}
+
+fn run_loop(
+    peer: &mut Peer,
+    rx: &Receiver<Msg>,
+    out: &mut impl Output,
+) -> Result<ExitCode, ChatError> {
+    loop {
+        // Every sender gone means both threads ended: nothing more can happen.
+        let Ok(msg) = rx.recv() else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        let line = match msg {
+            Msg::Incoming(line) => {
+                out.incoming(&line)?;
+                continue;
+            }
+            Msg::Notice(text) => {
+                out.notice(&text)?;
+                continue;
+            }
+            Msg::Closed(end) => return closed(end, out),
+            Msg::Resize => {
+                out.redraw()?;
+                continue;
+            }
+            Msg::Key(key) => match out.key(key)? {
+                Typed::Nothing => continue,
+                Typed::Line(line) => line.into_bytes(),
+                Typed::Quit => return quit(peer, rx, out),
+            },
+            Msg::Line(line) => line,
+            Msg::InputEnd => return quit(peer, rx, out),
+            Msg::InputError(e) => {
+                // Leave politely, then report.
+                let _ = quit(peer, rx, out);
+                return Err(ChatError::Stdin(e));
+            }
+        };
+        if line == b"/quit" {
+            return quit(peer, rx, out);
+        }
+        if line.is_empty() {
+            continue;
+        }
+        if let Err(e) = peer.send_line(&line) {
+            if let ChatError::LineTooLong(_) = e {
+                out.notice(&format!("* error: {e}; not sent"))?;
+                continue;
+            }
+            // The reader will see the connection end too; say it once, here.
+            out.notice("* connection closed")?;
+            return Err(e);
+        }
+    }
+}
+
+fn closed(end: Option<io::Error>, out: &mut impl Output) -> Result<ExitCode, ChatError> {
+    out.notice("* connection closed")?;
+    match end {
+        None => Ok(ExitCode::SUCCESS),
+        Some(e) => Err(ChatError::Receive(e)),
+    }
+}
+
+/// Sends `/quit` and waits (bounded) for the server to close, printing what it still sends.
+fn quit(peer: &mut Peer, rx: &Receiver<Msg>, out: &mut impl Output) -> Result<ExitCode, ChatError> {
+    if peer.is_udp() {
+        // udp-chat has no commands: `/quit` would be relayed to everyone.
+        return Ok(ExitCode::SUCCESS);
+    }
+    if peer.send_line(b"/quit").is_err() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Peer::Stream(conn) = peer {
+        let _ = conn.shutdown(Shutdown::Write);
+    }
+    let deadline = Instant::now() + QUIT_GRACE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Msg::Incoming(line)) => out.incoming(&line)?,
+            Ok(Msg::Closed(_))
+            | Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Raw mode for as long as it lives: dropping it (panics included) restores the terminal.
+#[derive(Debug)]
+pub struct RawMode(());
+
+impl RawMode {
+    /// Puts the terminal in raw mode.
+    pub fn enable() -> Result<RawMode, ChatError> {
+        terminal::enable_raw_mode().map_err(ChatError::Terminal)?;
+        Ok(RawMode(()))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = terminal::disable_raw_mode();
+    }
+}
+
+/// The line editor: the prompt and the line being typed on the bottom line, incoming lines
+/// printed above it.
+struct Editor<W: Write> {
+    out: W,
+    /// The line being typed.
+    line: Vec<char>,
+    /// Where the next character goes, in characters from the start of `line`.
+    cursor: usize,
+}
+
+impl<W: Write> Editor<W> {
+    fn new(out: W) -> Self {
+        Editor {
+            out,
+            line: Vec::new(),
+            cursor: 0,
+        }
+    }
+
+    /// Draws the prompt and as much of the line as fits (scrolled to keep the cursor in view),
+    /// then puts the cursor where it belongs.
+    fn draw_prompt(&mut self) -> io::Result<()> {
+        let width = terminal::size().map_or(80, |(w, _)| usize::from(w));
+        let prompt_len = PROMPT.chars().count();
+        let room = width.saturating_sub(prompt_len).saturating_sub(1).max(1);
+        let start = self.cursor.saturating_sub(room);
+        let end = self.line.len().min(start.saturating_add(room));
+        let shown: String = self
+            .line
+            .get(start..end)
+            .unwrap_or_default()
+            .iter()
+            .collect();
+        let column = prompt_len.saturating_add(self.cursor.saturating_sub(start));
+        queue!(
+            self.out,
+            cursor::MoveToColumn(0),
+            terminal::Clear(terminal::ClearType::CurrentLine),
+            style::Print(PROMPT),
+            style::Print(shown),
+            cursor::MoveToColumn(u16::try_from(column).unwrap_or(u16::MAX)),
+        )?;
+        self.out.flush()
+    }
+
+    /// Clears the prompt line, prints `text` there and draws the prompt again below it.
+    fn print_above(&mut self, text: &str) -> Result<(), ChatError> {
+        let draw = |e: &mut Self| -> io::Result<()> {
+            queue!(
+                e.out,
+                cursor::MoveToColumn(0),
+                terminal::Clear(terminal::ClearType::CurrentLine),
+            )?;
+            for part in text.split('\n') {
+                queue!(e.out, style::Print(part), style::Print("\r\n"))?;
+            }
+            e.draw_prompt()
+        };
+        draw(self).map_err(ChatError::Stdout)
+    }
+
+    fn insert(&mut self, c: char) {
+        let at = self.cursor.min(self.line.len());
+        self.line.insert(at, c);
+        self.cursor = at.saturating_add(1);
+    }
+
+    fn backspace(&mut self) {
+        if self.cursor > 0 && self.cursor <= self.line.len() {
+            self.cursor -= 1;
+            self.line.remove(self.cursor);
+        }
+    }
+
+    fn delete(&mut self) {
+        if self.cursor < self.line.len() {
+            self.line.remove(self.cursor);
+        }
+    }
+
+    /// Ctrl-W: deletes the word before the cursor (and the blanks after it).
+    fn delete_word(&mut self) {
+        let mut at = self.cursor.min(self.line.len());
+        while at > 0 && self.line.get(at - 1).is_some_and(|c| c.is_whitespace()) {
+            at -= 1;
+        }
+        while at > 0 && self.line.get(at - 1).is_some_and(|c| !c.is_whitespace()) {
+            at -= 1;
+        }
+        self.line.drain(at..self.cursor.min(self.line.len()));
+        self.cursor = at;
+    }
+
+    /// Applies one key press to the line.
+    fn apply(&mut self, key: KeyEvent) -> Typed {
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        match key.code {
+            KeyCode::Char('c') if ctrl => return Typed::Quit,
+            KeyCode::Char('d') if ctrl => {
+                if self.line.is_empty() {
+                    return Typed::Quit;
+                }
+                self.delete();
+            }
+            KeyCode::Char('a') if ctrl => self.cursor = 0,
+            KeyCode::Char('e') if ctrl => self.cursor = self.line.len(),
+            KeyCode::Char('u') if ctrl => {
+                self.line.drain(..self.cursor.min(self.line.len()));
+                self.cursor = 0;
+            }
+            KeyCode::Char('k') if ctrl => self.line.truncate(self.cursor),
+            KeyCode::Char('w') if ctrl => self.delete_word(),
+            KeyCode::Char('h') if ctrl => self.backspace(),
+            KeyCode::Char('j' | 'm') if ctrl => return self.take_line(),
+            KeyCode::Char(_) if ctrl => {}
+            KeyCode::Char(c) => self.insert(c),
+            KeyCode::Tab => self.insert('\t'),
+            KeyCode::Enter => return self.take_line(),
+            KeyCode::Backspace => self.backspace(),
+            KeyCode::Delete => self.delete(),
+            KeyCode::Left => self.cursor = self.cursor.saturating_sub(1),
+            KeyCode::Right => self.cursor = self.cursor.saturating_add(1).min(self.line.len()),
+            KeyCode::Home => self.cursor = 0,
+            KeyCode::End => self.cursor = self.line.len(),
+            _ => {}
+        }
+        Typed::Nothing
+    }
+
+    fn take_line(&mut self) -> Typed {
+        self.cursor = 0;
+        Typed::Line(std::mem::take(&mut self.line).into_iter().collect())
+    }
+}
+
+/// Replaces control characters (an escape sequence from another member could move the cursor
+/// or worse) with U+FFFD; tabs stay.
+fn printable(line: &[u8]) -> String {
+    String::from_utf8_lossy(line)
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+impl<W: Write> Output for Editor<W> {
+    fn incoming(&mut self, line: &[u8]) -> Result<(), ChatError> {
+        let text = printable(line);
+        self.print_above(&text)
+    }
+
+    fn notice(&mut self, text: &str) -> Result<(), ChatError> {
+        self.print_above(text)
+    }
+
+    fn key(&mut self, key: KeyEvent) -> Result<Typed, ChatError> {
+        let typed = self.apply(key);
+        match &typed {
+            // Keep what was sent in the scrollback, above a fresh prompt.
+            Typed::Line(line) if !line.is_empty() => {
+                let shown = format!("{PROMPT}{}", printable(line.as_bytes()));
+                self.print_above(&shown)?;
+            }
+            _ => self.draw_prompt().map_err(ChatError::Stdout)?,
+        }
+        Ok(typed)
+    }
+
+    fn redraw(&mut self) -> Result<(), ChatError> {
+        self.draw_prompt().map_err(ChatError::Stdout)
+    }
+
+    fn finish(&mut self) -> Result<(), ChatError> {
+        // Leave the cursor at the start of a clean line for the shell.
+        queue!(
+            self.out,
+            cursor::MoveToColumn(0),
+            terminal::Clear(terminal::ClearType::CurrentLine),
+        )
+        .map_err(ChatError::Stdout)?;
+        self.out.flush().map_err(ChatError::Stdout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn press(e: &mut Editor<Vec<u8>>, code: KeyCode, modifiers: KeyModifiers) -> Typed {
+        e.apply(KeyEvent::new(code, modifiers))
+    }
+
+    fn typed(e: &mut Editor<Vec<u8>>, s: &str) {
+        for c in s.chars() {
+            press(e, KeyCode::Char(c), KeyModifiers::NONE);
+        }
+    }
+
+    #[test]
+    fn editing_keys() {
+        let mut e = Editor::new(Vec::new());
+        typed(&mut e, "hello wrld");
+        for _ in 0..3 {
+            press(&mut e, KeyCode::Left, KeyModifiers::NONE);
+        }
+        typed(&mut e, "o");
+        press(&mut e, KeyCode::End, KeyModifiers::NONE);
+        press(&mut e, KeyCode::Backspace, KeyModifiers::NONE);
+        typed(&mut e, "d!");
+        assert_eq!(
+            press(&mut e, KeyCode::Enter, KeyModifiers::NONE),
+            Typed::Line("hello world!".into())
+        );
+        assert!(e.line.is_empty());
+
+        typed(&mut e, "one two  ");
+        press(&mut e, KeyCode::Char('w'), KeyModifiers::CONTROL);
+        assert_eq!(e.line.iter().collect::<String>(), "one ");
+        press(&mut e, KeyCode::Char('u'), KeyModifiers::CONTROL);
+        assert!(e.line.is_empty());
+        assert_eq!(
+            press(&mut e, KeyCode::Char('d'), KeyModifiers::CONTROL),
+            Typed::Quit
+        );
+        typed(&mut e, "x");
+        assert_eq!(
+            press(&mut e, KeyCode::Char('c'), KeyModifiers::CONTROL),
+            Typed::Quit
+        );
+    }
+
+    #[test]
+    fn control_characters_are_not_printed() {
+        assert_eq!(printable(b"a\x1b[2Jb\tc\xff"), "a\u{fffd}[2Jb\tc\u{fffd}");
+    }
+}

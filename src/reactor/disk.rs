@@ -1,0 +1,101 @@
+//! The disk thread: blocking disk work (upload writes, fsync, rename) runs here, in the order
+//! it was queued, so that the loop never waits on the disk. Results come back through a
+//! channel, and a `mio::Waker` wakes the poll to collect them.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::JoinHandle;
+
+use mio::{Registry, Token, Waker};
+
+/// A piece of disk work, and where its result goes.
+pub type Job<R> = Box<dyn FnOnce() -> R + Send>;
+
+/// The thread and its two channels.
+pub struct DiskThread<R: Send + 'static> {
+    /// Work for the thread, tagged with the connection it is for.
+    jobs: Option<Sender<(Token, Job<R>)>>,
+    /// Results, tagged likewise.
+    done: Receiver<(Token, R)>,
+    /// The thread, joined on drop.
+    handle: Option<JoinHandle<()>>,
+}
+
+impl<R: Send + 'static> DiskThread<R> {
+    /// Starts the thread; it wakes the poll through `waker_token` after each job.
+    pub fn start(registry: &Registry, waker_token: Token) -> io::Result<Self> {
+        let waker = Arc::new(Waker::new(registry, waker_token)?);
+        let (jobs_tx, jobs_rx) = mpsc::channel::<(Token, Job<R>)>();
+        let (done_tx, done_rx) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("socklab-disk".into())
+            .spawn(move || {
+                for (token, job) in jobs_rx {
+                    if done_tx.send((token, job())).is_err() {
+                        return;
+                    }
+                    if let Err(e) = waker.wake() {
+                        tracing::error!("the disk thread cannot wake the loop: {e}");
+                    }
+                }
+            })?;
+        Ok(DiskThread {
+            jobs: Some(jobs_tx),
+            done: done_rx,
+            handle: Some(handle),
+        })
+    }
+
+    /// Queues a job.
+    pub fn submit(&self, token: Token, job: Job<R>) {
+        if let Some(tx) = &self.jobs
+            && tx.send((token, job)).is_err()
+        {
+            tracing::error!("the disk thread is gone; a disk job was dropped");
+        }
+    }
+
+    /// A finished job, if there is one.
+    pub fn try_done(&self) -> Option<(Token, R)> {
+        self.done.try_recv().ok()
+    }
+}
+
+impl<R: Send + 'static> Drop for DiskThread<R> {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread once the queued work is done.
+        self.jobs = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::{Events, Poll};
+    use std::time::Duration;
+
+    #[test]
+    fn jobs_run_in_order_and_wake_the_poll() {
+        let mut poll = Poll::new().unwrap();
+        let disk: DiskThread<u32> = DiskThread::start(poll.registry(), Token(7)).unwrap();
+        for i in 0..100u32 {
+            disk.submit(Token(i as usize), Box::new(move || i * 2));
+        }
+        let mut got = Vec::new();
+        let mut events = Events::with_capacity(8);
+        while got.len() < 100 {
+            poll.poll(&mut events, Some(Duration::from_secs(10)))
+                .unwrap();
+            assert!(!events.is_empty(), "the waker must wake the poll");
+            while let Some((t, r)) = disk.try_done() {
+                assert_eq!(r, t.0 as u32 * 2);
+                got.push(r);
+            }
+        }
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "in order");
+    }
+}
