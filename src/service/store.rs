@@ -287,7 +287,7 @@ mod tests {
     fn commit_publishes_bytes_and_md5_together() {
         let dir = temp_dir("commit");
         let (store, _) = Store::open(&dir).unwrap();
-        let mut tmp = store.create_temp().unwrap();
+        let tmp = store.create_temp().unwrap();
         std::io::Write::write_all(&mut &*tmp.file, b"hello").unwrap();
         let md5 = "5d41402abc4b2a76b9719d911017c592";
         store.commit(tmp, "h.txt", md5).unwrap();
