@@ -30,12 +30,16 @@ for _ in $(seq 100); do grep -q '^ready' "$work/serve.out" && break; sleep 0.1; 
 files=$(awk '$2 == "files" {print $4}' "$work/serve.out")
 echo_addr=$(awk '$2 == "echo" {print $4}' "$work/serve.out")
 
-python3 tools/echo_probe.py --addr "$echo_addr" --stop-file "$work/stop" >"$work/probe-put.txt" &
 t0=$(now); $bin put "$work/big.bin" --as big.bin --addr "$files" >/dev/null; t1=$(now)
-touch "$work/stop"; wait %2 2>/dev/null || true; rm -f "$work/stop"
 put_t=$(python3 -c "print($t1-$t0)")
-echo "socklab put:       $(rate $mib $put_t)  = $(python3 -c "print(f'{$md5_t/$put_t*100:.0f}')")% of md5sum (includes fsync of the file)"
-echo "  during put, $(cat "$work/probe-put.txt")"
+echo "socklab put:       $(rate $mib $put_t)  = $(python3 -c "print(f'{$md5_t/$put_t*100:.0f}')")% of md5sum (client hashes too and compares; server hashes, writes, fsyncs)"
+t0=$(now); $bin put "$work/big.bin" --as big.bin --no-verify --addr "$files" >/dev/null; t1=$(now)
+putnv_t=$(python3 -c "print($t1-$t0)")
+echo "socklab put --no-verify: $(rate $mib $putnv_t)  = $(python3 -c "print(f'{$md5_t/$putnv_t*100:.0f}')")% of md5sum (only the server hashes)"
+python3 tools/echo_probe.py --addr "$echo_addr" --stop-file "$work/stop" >"$work/probe-put.txt" &
+$bin put "$work/big.bin" --as big.bin --addr "$files" >/dev/null
+touch "$work/stop"; wait %2 2>/dev/null || true; rm -f "$work/stop"
+echo "  during a third put, $(cat "$work/probe-put.txt")"
 
 python3 tools/echo_probe.py --addr "$echo_addr" --stop-file "$work/stop" >"$work/probe-get.txt" &
 t0=$(now); $bin get big.bin -o /dev/null --no-verify --addr "$files" 2>/dev/null; t1=$(now)

@@ -280,10 +280,10 @@ impl Reactor {
                     "removed temporaries left by an interrupted run"
                 );
             }
-            shared.files = Some(Arc::new(FilesShared {
+            shared.files = Some(Arc::new(FilesShared::new(
                 store,
-                config: config.files.config.clone(),
-            }));
+                config.files.config.clone(),
+            )));
         }
         if let Some(l) = config.listeners.iter().find(|l| l.auth)
             && secret.is_none()

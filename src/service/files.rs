@@ -137,6 +137,45 @@ pub struct FilesShared {
     pub store: Store,
     /// Limits.
     pub config: FilesConfig,
+    /// Upload buffers the disk thread has written, for reuse: a fresh allocation per chunk
+    /// would cost page faults on every one.
+    buffers: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+/// Written upload buffers kept for reuse at most.
+const POOLED_BUFFERS: usize = 64;
+
+impl FilesShared {
+    /// The shared state of a reactor's `files` connections.
+    pub fn new(store: Store, config: FilesConfig) -> Self {
+        FilesShared {
+            store,
+            config,
+            buffers: Default::default(),
+        }
+    }
+
+    /// A copy of `bytes` in a pooled buffer.
+    fn buffer_with(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut buf = self
+            .buffers
+            .lock()
+            .ok()
+            .and_then(|mut pool| pool.pop())
+            .unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(bytes);
+        buf
+    }
+
+    /// Returns a written buffer to the pool.
+    fn recycle(&self, buf: Vec<u8>) {
+        if let Ok(mut pool) = self.buffers.lock()
+            && pool.len() < POOLED_BUFFERS
+        {
+            pool.push(buf);
+        }
+    }
 }
 
 /// What is done with the body of the request being read.
@@ -699,12 +738,13 @@ impl Files {
                     u.written_back = u.written;
                 }
                 self.in_flight = self.in_flight.saturating_add(len);
-                let (file, failed, data) = (u.file.clone(), u.failed.clone(), chunk.to_vec());
+                let data = self.shared.buffer_with(chunk);
+                let (file, failed, shared) =
+                    (u.file.clone(), u.failed.clone(), self.shared.clone());
                 disk.push(Box::new(move || {
-                    let Ok(mut slot) = failed.lock() else {
-                        return DiskDone::Written { bytes: len };
-                    };
-                    if slot.is_none() {
+                    if let Ok(mut slot) = failed.lock()
+                        && slot.is_none()
+                    {
                         match (&*file).write_all(&data) {
                             Err(e) => *slot = Some(io_message(&e)),
                             Ok(()) => {
@@ -714,6 +754,7 @@ impl Files {
                             }
                         }
                     }
+                    shared.recycle(data);
                     DiskDone::Written { bytes: len }
                 }));
             }
@@ -901,13 +942,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("socklab-files-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let (store, _) = Store::open(&dir).unwrap();
-        let shared = Arc::new(FilesShared {
+        let shared = Arc::new(FilesShared::new(
             store,
-            config: FilesConfig {
+            FilesConfig {
                 max_upload,
                 ..FilesConfig::default()
             },
-        });
+        ));
         (Files::new(shared), dir)
     }
 
