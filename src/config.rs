@@ -19,11 +19,13 @@ pub enum ServiceKind {
     Files,
     Chat,
     UdpChat,
+    Time,
+    Discovery,
 }
 
 impl ServiceKind {
     /// Every service, in the order `socklab serve` starts them.
-    pub const ALL: [ServiceKind; 7] = [
+    pub const ALL: [ServiceKind; 9] = [
         ServiceKind::Echo,
         ServiceKind::Upper,
         ServiceKind::UdpEcho,
@@ -31,6 +33,8 @@ impl ServiceKind {
         ServiceKind::Files,
         ServiceKind::Chat,
         ServiceKind::UdpChat,
+        ServiceKind::Time,
+        ServiceKind::Discovery,
     ];
 
     /// The name used on the command line, in logs and in metrics.
@@ -43,6 +47,8 @@ impl ServiceKind {
             ServiceKind::Files => "files",
             ServiceKind::Chat => "chat",
             ServiceKind::UdpChat => "udp-chat",
+            ServiceKind::Time => "time",
+            ServiceKind::Discovery => "discovery",
         }
     }
 
@@ -56,11 +62,17 @@ impl ServiceKind {
 
     /// The address from PROTOCOL.md that `socklab serve` uses when none is given.
     pub fn default_addr(self) -> ListenAddr {
+        if self == ServiceKind::Discovery {
+            // Broadcasts reach only a socket bound to every interface.
+            return ListenAddr::Inet(std::net::SocketAddr::from(([0, 0, 0, 0], 7099)));
+        }
         let port = match self {
             ServiceKind::Echo | ServiceKind::UdpEcho => 7000,
             ServiceKind::Upper | ServiceKind::UdpUpper => 7001,
             ServiceKind::Files => 7080,
             ServiceKind::Chat | ServiceKind::UdpChat => 7070,
+            ServiceKind::Time => 7013,
+            ServiceKind::Discovery => 7099,
         };
         ListenAddr::Inet(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
     }
@@ -222,6 +234,8 @@ pub enum ConfigError {
          127.0.0.1 or a unix socket"
     )]
     NeedsAuth { service: ServiceKind, addr: String },
+    #[error("{service} runs over UDP only: give it HOST:PORT, not `{addr}`")]
+    UdpOnly { service: ServiceKind, addr: String },
 }
 
 impl ServerConfig {
@@ -246,6 +260,16 @@ impl ServerConfig {
                     });
                 }
                 _ => {}
+            }
+            let inet_only = matches!(
+                l.service,
+                ServiceKind::Time | ServiceKind::UdpChat | ServiceKind::Discovery
+            );
+            if inet_only && !matches!(l.addr, ListenAddr::Inet(_)) {
+                return Err(ConfigError::UdpOnly {
+                    service: l.service,
+                    addr: l.addr.to_string(),
+                });
             }
             if l.service == ServiceKind::Files && !l.auth && !l.addr.is_local() {
                 return Err(ConfigError::NeedsAuth {

@@ -90,6 +90,22 @@ pub struct ServeArgs {
     /// Do not start udp-chat.
     #[arg(long, conflicts_with = "udp_chat", help_heading = "Services")]
     no_udp_chat: bool,
+    /// Address of time (strftime over UDP): HOST:PORT. Repeatable [default: 127.0.0.1:7013]
+    #[arg(long = "time", value_name = "ADDR", help_heading = "Services")]
+    time: Vec<ListenAddr>,
+    /// Do not start time.
+    #[arg(long, conflicts_with = "time", help_heading = "Services")]
+    no_time: bool,
+    /// Address of discovery (answers SOCKLAB? broadcasts): HOST:PORT. Repeatable
+    /// [default: 0.0.0.0:7099, every interface, so that broadcasts reach it]
+    #[arg(long = "discovery", value_name = "ADDR", help_heading = "Services")]
+    discovery: Vec<ListenAddr>,
+    /// Do not start discovery.
+    #[arg(long, conflicts_with = "discovery", help_heading = "Services")]
+    no_discovery: bool,
+    /// Discovery probes answered per second at most, so it cannot amplify a flood.
+    #[arg(long, value_name = "N", default_value_t = 20, help_heading = "Limits")]
+    discovery_rate: u32,
 
     /// Where files keeps its files (created if missing).
     #[arg(
@@ -197,6 +213,8 @@ impl ServeArgs {
             (ServiceKind::Files, &self.files, self.no_files),
             (ServiceKind::Chat, &self.chat, self.no_chat),
             (ServiceKind::UdpChat, &self.udp_chat, self.no_udp_chat),
+            (ServiceKind::Time, &self.time, self.no_time),
+            (ServiceKind::Discovery, &self.discovery, self.no_discovery),
         ];
         for (service, addrs, off) in services {
             if off {
@@ -249,6 +267,7 @@ impl ServeArgs {
             auth_timeout: self.auth_timeout,
             datagram: DatagramSettings {
                 udp_chat_expiry: self.udp_chat_expiry,
+                discovery_rate: self.discovery_rate,
                 ..DatagramSettings::default()
             },
         }

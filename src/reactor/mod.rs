@@ -30,6 +30,7 @@ use crate::config::{Limits, ServerConfig, ServiceKind};
 use crate::metrics::Counters;
 use crate::service::auth::{AuthGate, AuthStep, Secret, new_challenge};
 use crate::service::chat::ChatRoom;
+use crate::service::discovery::{Discovery, DiscoveryInfo, ServiceEntry};
 use crate::service::files::{DiskDone, DiskJob, FilesShared};
 use crate::service::store::Store;
 use crate::service::{Ctx, DatagramService, Peer, Shared, Step, StreamService};
@@ -230,6 +231,15 @@ pub struct Reactor {
     disk: Option<DiskThread<DiskDone>>,
 }
 
+/// This machine's name, for discovery answers.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "socklab".to_owned())
+}
+
 fn is_fd_exhaustion(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -336,6 +346,7 @@ impl Reactor {
             // On an error, dropping `reactor` removes the socket files bound so far.
             bound.push(reactor.bind_one(l.service, &l.addr, l.auth)?);
         }
+        reactor.set_discovery_answer(&bound);
         Ok((reactor, bound))
     }
 
@@ -411,6 +422,34 @@ impl Reactor {
             addr: shown,
             options,
         })
+    }
+
+    /// Gives every discovery socket the list of what this server serves, now that it is bound.
+    fn set_discovery_answer(&mut self, bound: &[BoundListener]) {
+        let info = DiscoveryInfo {
+            name: hostname(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            services: bound
+                .iter()
+                .filter(|b| b.service != ServiceKind::Discovery)
+                .map(|b| ServiceEntry {
+                    service: b.service.name().to_owned(),
+                    transport: b.transport.to_owned(),
+                    addr: b.addr.clone(),
+                })
+                .collect(),
+        };
+        let tokens: Vec<Token> = self.sources.iter().map(|(t, _)| t).collect();
+        for token in tokens {
+            if let Some(Entry::Dgram(d)) = self.sources.get_mut(token)
+                && let DatagramService::Discovery(disc) = &mut d.service
+            {
+                match Discovery::new(&info, self.config.datagram.discovery_rate) {
+                    Ok(new) => **disc = new,
+                    Err(e) => tracing::warn!("discovery cannot describe this server: {e}"),
+                }
+            }
+        }
     }
 
     fn listener(&self, socket: ListenSocket, kind: ServiceKind, auth: bool) -> Entry {
@@ -923,6 +962,8 @@ impl Reactor {
         flush_datagrams(d, &mut stats);
         let mut more = false;
         if readable {
+            // Read once per batch, for the services that answer with the time of day.
+            let mut wall = None;
             let mut budget = limits.datagram_budget;
             loop {
                 if budget == 0 {
@@ -936,8 +977,17 @@ impl Reactor {
                         stats.bytes_in += n;
                         let payload = self.scratch.get(..n).unwrap_or_default();
                         let targets = &mut self.targets;
-                        d.service
-                            .on_datagram(&peer, payload, self.now, &mut self.reply, targets);
+                        if wall.is_none() && d.service.needs_wall_clock() {
+                            wall = Some(chrono::Local::now());
+                        }
+                        d.service.on_datagram(
+                            &peer,
+                            payload,
+                            self.now,
+                            wall.as_ref(),
+                            &mut self.reply,
+                            targets,
+                        );
                         for target in targets.drain(..) {
                             send_or_queue(d, target, &self.reply, limits, &mut stats);
                         }

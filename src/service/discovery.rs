@@ -23,7 +23,7 @@ pub const DEFAULT_MAX_PER_SECOND: u32 = 20;
 pub const MAX_ANSWER: usize = 65_507;
 
 /// What a server says about itself; the answer is this object in JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiscoveryInfo {
     /// A name for this server (by default its host name), to tell servers apart.
     pub name: String,

@@ -76,7 +76,11 @@ impl StreamService {
                 .clone()
                 .map(|f| StreamService::Files(Box::new(files::Files::new(f)))),
             ServiceKind::Chat => Some(StreamService::Chat(Box::default())),
-            ServiceKind::UdpEcho | ServiceKind::UdpUpper | ServiceKind::UdpChat => None,
+            ServiceKind::UdpEcho
+            | ServiceKind::UdpUpper
+            | ServiceKind::UdpChat
+            | ServiceKind::Time
+            | ServiceKind::Discovery => None,
         }
     }
 
@@ -199,6 +203,9 @@ pub enum DatagramService {
     Echo(echo::Echo),
     Upper(upper::Upper),
     UdpChat(chat::UdpChat),
+    Time,
+    /// Boxed: it holds the pre-encoded answer.
+    Discovery(Box<discovery::Discovery>),
 }
 
 /// Settings of the datagram services.
@@ -208,6 +215,8 @@ pub struct DatagramSettings {
     pub udp_chat_expiry: Duration,
     /// Senders `udp-chat` remembers at most.
     pub udp_chat_max_members: usize,
+    /// Discovery probes answered per second at most (0: none).
+    pub discovery_rate: u32,
 }
 
 impl Default for DatagramSettings {
@@ -215,6 +224,7 @@ impl Default for DatagramSettings {
         DatagramSettings {
             udp_chat_expiry: Duration::from_secs(600),
             udp_chat_max_members: 4096,
+            discovery_rate: discovery::DEFAULT_MAX_PER_SECOND,
         }
     }
 }
@@ -229,17 +239,33 @@ impl DatagramService {
                 settings.udp_chat_expiry,
                 settings.udp_chat_max_members,
             ))),
+            ServiceKind::Time => Some(DatagramService::Time),
+            // The service list is known only once every socket is bound: the reactor replaces
+            // this empty answer then.
+            ServiceKind::Discovery => discovery::Discovery::new(
+                &discovery::DiscoveryInfo::default(),
+                settings.discovery_rate,
+            )
+            .ok()
+            .map(|d| DatagramService::Discovery(Box::new(d))),
             ServiceKind::Echo | ServiceKind::Upper | ServiceKind::Files | ServiceKind::Chat => None,
         }
     }
 
+    /// Whether the service needs the wall clock (`on_datagram`'s `wall`).
+    pub fn needs_wall_clock(&self) -> bool {
+        matches!(self, DatagramService::Time)
+    }
+
     /// Takes one datagram from `from`; the reply (if any) is written to `reply` and the peers
-    /// to send it to into `targets` (both cleared first).
+    /// to send it to into `targets` (both cleared first). `wall` is the local time, given to
+    /// the services that say they need it.
     pub fn on_datagram(
         &mut self,
         from: &Peer,
         payload: &[u8],
         now: Instant,
+        wall: Option<&chrono::DateTime<chrono::Local>>,
         reply: &mut Vec<u8>,
         targets: &mut Vec<Peer>,
     ) {
@@ -259,6 +285,18 @@ impl DatagramService {
                 let mut addrs = Vec::new();
                 s.on_datagram(*addr, payload, now, reply, &mut addrs);
                 targets.extend(addrs.into_iter().map(Peer::Inet));
+            }
+            DatagramService::Time => {
+                if let Some(wall) = wall {
+                    time::answer(payload, wall, reply);
+                    targets.push(from.clone());
+                }
+            }
+            DatagramService::Discovery(d) => {
+                // The answer goes to the probe's source only, at a bounded rate.
+                if d.on_datagram(payload, now, reply) {
+                    targets.push(from.clone());
+                }
             }
         }
     }
