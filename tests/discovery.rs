@@ -1,0 +1,234 @@
+//! Discovery with a real broadcast: two network namespaces joined by a veth pair, the server in
+//! one and `socklab discover` in the other sending `SOCKLAB?` to the subnet's broadcast
+//! address. Where namespaces cannot be made (not root, no `ip`), the test says why and returns.
+//! Also over loopback: other payloads are ignored and the answer rate is bounded.
+
+mod util;
+
+use std::net::UdpSocket;
+use std::process::Command;
+use std::time::Duration;
+
+use util::Server;
+
+/// The server's side of the test network (the project's own test hosts, inside namespaces
+/// this test creates).
+const SERVER_IP: &str = "198.18.7.1";
+const CLIENT_IP: &str = "198.18.7.2";
+const BROADCAST: &str = "198.18.7.255";
+
+/// Two namespaces and the veth pair between them, removed on drop.
+struct TestNet {
+    server_ns: String,
+    client_ns: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl TestNet {
+    fn create() -> Result<TestNet, String> {
+        let id = std::process::id();
+        let net = TestNet {
+            server_ns: format!("slsrv{id}"),
+            client_ns: format!("slcli{id}"),
+        };
+        let (s, c) = (net.server_ns.as_str(), net.client_ns.as_str());
+        let (vs, vc) = (format!("vs{id}"), format!("vc{id}"));
+        ip(&["netns", "add", s])?;
+        ip(&["netns", "add", c])?;
+        ip(&["link", "add", &vs, "type", "veth", "peer", "name", &vc])?;
+        ip(&["link", "set", &vs, "netns", s])?;
+        ip(&["link", "set", &vc, "netns", c])?;
+        let s_cidr = format!("{SERVER_IP}/24");
+        let c_cidr = format!("{CLIENT_IP}/24");
+        ip(&[
+            "-n", s, "addr", "add", &s_cidr, "brd", BROADCAST, "dev", &vs,
+        ])?;
+        ip(&[
+            "-n", c, "addr", "add", &c_cidr, "brd", BROADCAST, "dev", &vc,
+        ])?;
+        for (ns, dev) in [(s, vs.as_str()), (c, vc.as_str())] {
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(net)
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth end inside it, and so the pair.
+        let _ = ip(&["netns", "del", &self.server_ns]);
+        let _ = ip(&["netns", "del", &self.client_ns]);
+    }
+}
+
+#[test]
+fn discover_finds_the_server_by_broadcast_across_namespaces() {
+    let net = match TestNet::create() {
+        Ok(net) => net,
+        Err(why) => {
+            eprintln!("SKIPPED: network namespaces cannot be made here: {why}");
+            return;
+        }
+    };
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &net.server_ns, util::bin(), "serve"]);
+    let mut args: Vec<String> = Vec::new();
+    for service in util::all_services() {
+        if service != "discovery" && service != "echo" {
+            args.push(format!("--no-{service}"));
+        }
+    }
+    args.extend(
+        [
+            "--echo",
+            &format!("{SERVER_IP}:0"),
+            "--discovery",
+            "0.0.0.0:7099",
+        ]
+        .map(String::from),
+    );
+    cmd.args(&args);
+    let server = Server::start_cmd(cmd);
+    let echo_addr = server.tcp("echo").to_string();
+
+    let out = Command::new("ip")
+        .args(["netns", "exec", &net.client_ns, util::bin(), "discover"])
+        .args(["--broadcast", BROADCAST, "--timeout", "2000"])
+        .output()
+        .expect("run socklab discover");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "discover failed: {stdout}\n{}\nserver: {}",
+        String::from_utf8_lossy(&out.stderr),
+        server.stderr()
+    );
+    assert!(
+        stdout.contains(&format!("{SERVER_IP}:7099")),
+        "the answer comes from the server's address: {stdout}"
+    );
+    assert!(
+        stdout.contains("echo") && stdout.contains(&echo_addr),
+        "the answer lists the echo service at {echo_addr}: {stdout}"
+    );
+    drop(server);
+    drop(net);
+}
+
+fn discovery_server(extra: &[&str]) -> Server {
+    let mut args: Vec<String> = Vec::new();
+    for service in util::all_services() {
+        if service != "discovery" && service != "time" {
+            args.push(format!("--no-{service}"));
+        }
+    }
+    args.extend(["--discovery", "127.0.0.1:0", "--time", "127.0.0.1:0"].map(String::from));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Server::start(args)
+}
+
+fn ask(sock: &UdpSocket, to: std::net::SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    sock.send_to(payload, to).expect("send");
+    let mut buf = [0u8; 65536];
+    match sock.recv_from(&mut buf) {
+        Ok((n, _)) => Some(buf[..n].to_vec()),
+        Err(_) => None,
+    }
+}
+
+#[test]
+fn only_the_exact_probe_is_answered_and_the_rate_is_bounded() {
+    let server = discovery_server(&["--discovery-rate", "5"]);
+    let addr = server.udp("discovery");
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    for other in [&b"SOCKLAB"[..], b"SOCKLAB?x", b"socklab?", b"", b"\xff\xfe"] {
+        assert_eq!(ask(&sock, addr, other), None, "{other:?} must be ignored");
+    }
+    let answer = ask(&sock, addr, b"SOCKLAB?").expect("the probe is answered");
+    let v: serde_json::Value = serde_json::from_slice(&answer).expect("JSON");
+    assert!(v["name"].is_string() && v["version"].is_string());
+    let services = v["services"].as_array().expect("services");
+    assert!(
+        services
+            .iter()
+            .any(|s| s["service"] == "time" && s["transport"] == "udp"),
+        "{v}"
+    );
+    // A flood: at most the burst (5) more answers come back within the second.
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    for _ in 0..50 {
+        sock.send_to(b"SOCKLAB?", addr).unwrap();
+    }
+    let mut answered = 0;
+    let mut buf = [0u8; 65536];
+    while sock.recv_from(&mut buf).is_ok() {
+        answered += 1;
+    }
+    assert!(
+        answered <= 6,
+        "at most the rate's burst is answered, got {answered}"
+    );
+    assert!(answered >= 1, "some probes of the flood are answered");
+}
+
+#[test]
+fn time_answers_formats_and_errors_and_keeps_answering() {
+    let server = discovery_server(&[]);
+    let addr = server.udp("time");
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let text = |payload: &[u8]| {
+        String::from_utf8(ask(&sock, addr, payload).expect("an answer")).expect("UTF-8")
+    };
+    let default = text(b"");
+    assert_eq!(default.len(), 19, "{default}");
+    assert_eq!(&default[4..5], "-");
+    assert_eq!(&default[13..14], ":");
+    let blank = text(b"  \t");
+    assert_eq!(
+        blank.len(),
+        19,
+        "white space means the default format: {blank}"
+    );
+    assert_eq!(&blank[..10], &default[..10], "same date");
+    assert_eq!(text(b"%%"), "%");
+    assert_eq!(text(b"%Y").len(), 4);
+    let long_c = "%c".repeat(5000);
+    let long_output = "%c".repeat(120);
+    for bad in [
+        &b"%Q"[..],
+        b"%",
+        b"%-",
+        b"%E",
+        b"%5Y",
+        b"%#z",
+        b"a\0b",
+        b"\xff\xfe",
+        long_c.as_bytes(),
+        long_output.as_bytes(),
+    ] {
+        let got = text(bad);
+        assert!(got.starts_with("error: "), "{bad:?} -> {got}");
+    }
+    // Still answering.
+    assert_eq!(text(b"%%"), "%");
+}
