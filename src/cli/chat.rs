@@ -11,6 +11,9 @@
 //! terminal however the command ends, panics included. Otherwise (pipes) lines are sent as read
 //! and incoming lines printed as they come.
 //!
+//! The editor counts one column per character (wide characters and combining marks are not
+//! measured) and scrolls a line longer than the terminal sideways.
+//!
 //! The command ends after sending `/quit` (Ctrl-C, Ctrl-D on an empty line and the end of stdin
 //! send it too), or when the server closes the connection (`* connection closed`).
 
@@ -427,6 +430,13 @@ impl RawMode {
     /// Puts the terminal in raw mode.
     pub fn enable() -> Result<RawMode, ChatError> {
         terminal::enable_raw_mode().map_err(ChatError::Terminal)?;
+        // A panic message is printed before the guard is dropped: leave raw mode first, so the
+        // message is readable (disabling twice is harmless).
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let _ = terminal::disable_raw_mode();
+            previous(info);
+        }));
         Ok(RawMode(()))
     }
 }

@@ -34,7 +34,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn open(&self) -> Result<FilesClient, Failure> {
+    pub(crate) fn open(&self) -> Result<FilesClient, Failure> {
         let secret = match (&self.secret_file, std::env::var_os(SECRET_ENV)) {
             (Some(_), _) | (None, Some(_)) => Some(
                 Secret::from_file_or_env(self.secret_file.as_deref())
@@ -110,7 +110,7 @@ pub struct PingArgs {
 
 /// A failure to report before exiting non-zero.
 #[derive(Debug)]
-pub struct Failure(String);
+pub struct Failure(pub String);
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {

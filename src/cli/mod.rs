@@ -1,7 +1,9 @@
 //! The `socklab` command line: one file per subcommand.
 
+pub mod bench;
 pub mod chat;
 pub mod discover;
+pub mod exec;
 pub mod files;
 pub mod ipmsg;
 pub mod serve;
@@ -36,6 +38,8 @@ pub enum Command {
     Stat(files::StatArgs),
     /// Time one round trip to the files service.
     Ping(files::PingArgs),
+    /// Run an allowed program on the server (files' exec) and exit with its exit code.
+    Exec(exec::ExecArgs),
     /// Ask the time service for the server's time in a strftime format.
     Time(time::TimeArgs),
     /// Find socklab servers on the local network by broadcast.
@@ -48,6 +52,8 @@ pub enum Command {
     Echo(stream::EchoArgs),
     /// Send stdin to the upper service and print what comes back (--udp: one datagram a line).
     Upper(stream::UpperArgs),
+    /// Load a server with many connections and measure requests/s, latency and CPU time.
+    Bench(bench::BenchArgs),
 }
 
 /// Parses the command line and runs the subcommand; the exit code says how it went.
@@ -60,12 +66,14 @@ pub fn main() -> ExitCode {
         Command::Ls(a) => files::report(files::ls(&a)),
         Command::Stat(a) => files::report(files::stat(&a)),
         Command::Ping(a) => files::report(files::ping(&a)),
+        Command::Exec(a) => exec::run(&a),
         Command::Time(a) => time::run(&a),
         Command::Discover(a) => discover::run(&a),
         Command::Ipmsg(a) => ipmsg::run(&a),
         Command::Chat(a) => chat::run(&a),
         Command::Echo(a) => stream::run_echo(&a),
         Command::Upper(a) => stream::run_upper(&a),
+        Command::Bench(a) => bench::run(&a),
     }
 }
 

@@ -16,6 +16,7 @@ use crate::config::{
 use crate::reactor::Reactor;
 use crate::service::DatagramSettings;
 use crate::service::auth::Secret;
+use crate::service::exec::{ExecPolicy, resolve_program};
 use crate::service::files::FilesConfig;
 use crate::sockopt;
 
@@ -118,6 +119,24 @@ pub struct ServeArgs {
     /// Largest upload files accepts (too_large beyond); unlimited when not given.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Files")]
     max_upload: Option<usize>,
+    /// Allow files' `exec` to run this program (repeatable). A name is looked up on PATH once,
+    /// at start-up; a request's argv[0] must be the name or the resolved path exactly. No
+    /// shell is involved. Without any, exec is disabled.
+    #[arg(long, value_name = "PROGRAM", help_heading = "Exec")]
+    exec_allow: Vec<String>,
+    /// Longest a command may run (a request's timeout_ms can only shorten it); then its
+    /// process group is killed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, help_heading = "Exec")]
+    exec_timeout: Duration,
+    /// Output kept per stream (stdout, stderr) of a command; the rest is discarded.
+    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes, help_heading = "Exec")]
+    exec_max_output: usize,
+    /// Commands running at once at most; past it, too_busy.
+    #[arg(long, value_name = "N", default_value_t = 16, help_heading = "Exec")]
+    exec_max_procs: usize,
+    /// Working directory of commands [default: the data directory].
+    #[arg(long, value_name = "DIR", help_heading = "Exec")]
+    exec_workdir: Option<PathBuf>,
     /// Largest frame header files accepts (bad_frame beyond).
     #[arg(long, value_name = "BYTES", default_value = "64KiB", value_parser = parse_bytes, help_heading = "Files")]
     max_header: usize,
@@ -262,6 +281,7 @@ impl ServeArgs {
                 config: FilesConfig {
                     max_header: self.max_header,
                     max_upload: self.max_upload.map(|n| n as u64),
+                    exec: None,
                 },
             },
             auth_timeout: self.auth_timeout,
@@ -288,6 +308,29 @@ pub fn run(args: ServeArgs) -> ExitCode {
         }
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
+    let mut config = config;
+    if !args.exec_allow.is_empty() {
+        let mut allow = Vec::new();
+        for name in &args.exec_allow {
+            match resolve_program(name) {
+                Ok(path) => allow.push((name.clone(), path)),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        config.files.config.exec = Some(ExecPolicy {
+            allow,
+            timeout: args.exec_timeout,
+            max_output: args.exec_max_output,
+            max_procs: args.exec_max_procs.max(1),
+            workdir: args
+                .exec_workdir
+                .clone()
+                .unwrap_or_else(|| config.files.data_dir.clone()),
+        });
     }
     let secret = if args.auth.is_empty() {
         None

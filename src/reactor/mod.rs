@@ -7,12 +7,14 @@
 //! marked dead during the walk. The poll sleeps until the earliest timer, or not at all while
 //! the ready list holds something.
 
+pub mod child;
 pub mod conn;
 pub mod dgram;
 pub mod disk;
 pub mod timer;
 pub mod token;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
@@ -31,11 +33,13 @@ use crate::metrics::Counters;
 use crate::service::auth::{AuthGate, AuthStep, Secret, new_challenge};
 use crate::service::chat::ChatRoom;
 use crate::service::discovery::{Discovery, DiscoveryInfo, ServiceEntry};
+use crate::service::exec::{Capture, Ending, ExecRequest};
 use crate::service::files::{DiskDone, DiskJob, FilesShared};
 use crate::service::store::Store;
 use crate::service::{Ctx, DatagramService, Peer, Shared, Step, StreamService};
 use crate::sockopt::{self, BindError, OptionsInEffect};
 
+use child::Running;
 use conn::{Conn, StreamSocket, write_direct};
 use dgram::{DgramEndpoint, DgramSocket, Received, is_per_datagram_error};
 use disk::DiskThread;
@@ -51,6 +55,10 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// At most one warning of a kind per this interval; the rest are counted into the next one.
 const WARN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a killed command's pipes may stay open (held by something that escaped its
+/// process group) before the server stops waiting for them.
+const EXEC_PIPE_GRACE: Duration = Duration::from_secs(1);
 
 /// A listening socket.
 #[derive(Debug)]
@@ -81,12 +89,26 @@ struct Listener {
     queued: bool,
 }
 
+/// One end of a child's stdout or stderr pipe.
+#[derive(Debug)]
+struct Pipe {
+    /// The pipe.
+    rx: mio::unix::pipe::Receiver,
+    /// The command it belongs to.
+    child: u64,
+    /// stderr (else stdout).
+    stderr: bool,
+    /// On the ready list already.
+    queued: bool,
+}
+
 /// Everything that lives in the slab.
 #[derive(Debug)]
 enum Entry {
     Listener(Listener),
     Conn(Conn),
     Dgram(DgramEndpoint),
+    Pipe(Pipe),
 }
 
 /// One bound socket, as `socklab serve` reports it at start-up.
@@ -229,6 +251,10 @@ pub struct Reactor {
     disk_jobs: Vec<DiskJob>,
     /// The thread that does upload writes and commits (only when `files` runs).
     disk: Option<DiskThread<DiskDone>>,
+    /// Commands of `exec` under way, by number.
+    children: HashMap<u64, Running>,
+    /// The number of the next command.
+    next_child: u64,
 }
 
 /// This machine's name, for discovery answers.
@@ -301,8 +327,9 @@ impl Reactor {
             return Err(StartError::NoSecret(l.service));
         }
         let poll = Poll::new().map_err(StartError::Poll)?;
-        let mut signals =
-            Signals::new([libc::SIGINT, libc::SIGTERM]).map_err(StartError::Signals)?;
+        // SIGCHLD tells the loop to reap `exec`'s children.
+        let mut signals = Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGCHLD])
+            .map_err(StartError::Signals)?;
         poll.registry()
             .register(&mut signals, SIGNAL, Interest::READABLE)
             .map_err(StartError::Signals)?;
@@ -331,6 +358,8 @@ impl Reactor {
             targets: Vec::new(),
             disk_jobs: Vec::new(),
             disk: None,
+            children: HashMap::new(),
+            next_child: 0,
         };
         if reactor.shared.files.is_some() {
             let disk = DiskThread::start(reactor.poll.registry(), WAKER).map_err(|source| {
@@ -546,6 +575,7 @@ impl Reactor {
             Some(Entry::Listener(_)) => self.accept_all(token),
             Some(Entry::Conn(_)) => self.drive_conn(token, readable, writable),
             Some(Entry::Dgram(_)) => self.drive_dgram(token, readable, writable),
+            Some(Entry::Pipe(_)) => self.read_pipe(token),
             // A stale event for a source closed earlier: its slot is empty or reused.
             None => {}
         }
@@ -570,13 +600,21 @@ impl Reactor {
                     d.queued = false;
                     self.drive_dgram(token, true, true);
                 }
+                Some(Entry::Pipe(p)) => {
+                    p.queued = false;
+                    self.read_pipe(token);
+                }
                 None => {}
             }
         }
     }
 
     fn on_signals(&mut self) {
-        let got: Vec<i32> = self.signals.pending().collect();
+        let mut got: Vec<i32> = self.signals.pending().collect();
+        if got.contains(&libc::SIGCHLD) {
+            self.reap_children();
+            got.retain(|s| *s != libc::SIGCHLD);
+        }
         if got.is_empty() {
             return;
         }
@@ -605,6 +643,7 @@ impl Reactor {
             match entry {
                 Entry::Conn(_) => conns.push(token),
                 Entry::Listener(_) | Entry::Dgram(_) => others.push(token),
+                Entry::Pipe(_) => {}
             }
         }
         for token in others {
@@ -612,6 +651,10 @@ impl Reactor {
             drop(self.sources.remove(token));
         }
         self.remove_socket_files();
+        // Running commands are killed; their connections get the answer and then close.
+        for running in self.children.values() {
+            running.kill();
+        }
         for token in conns {
             if let Some(Entry::Conn(c)) = self.sources.get_mut(token) {
                 c.read_closed = true;
@@ -782,12 +825,201 @@ impl Reactor {
                 others: &mut self.others,
                 disk: &mut self.disk_jobs,
             };
-            c.service.on_open(c.id, c.out.tail(), &mut ctx);
+            c.service.on_open(c.id, false, c.out.tail(), &mut ctx);
             self.drive_conn(token, false, true);
             if !self.others.is_empty() {
                 self.deliver_to_others(token);
             }
         }
+    }
+
+    /// Starts a command for `conn`, or answers at once why it cannot run.
+    fn start_exec(&mut self, conn: Token, req: ExecRequest) {
+        let Some(policy) = self
+            .shared
+            .files
+            .as_ref()
+            .and_then(|f| f.config.exec.clone())
+        else {
+            return;
+        };
+        if self.children.len() >= policy.max_procs {
+            self.exec_answer(conn, &Ending::TooBusy(self.children.len()), None);
+            return;
+        }
+        let (child, out, err) = match child::spawn(&req, &policy.workdir) {
+            Ok(parts) => parts,
+            Err(e) => {
+                tracing::warn!(program = %req.program.display(), "exec cannot start: {e}");
+                self.exec_answer(conn, &Ending::SpawnFailed(e.to_string()), None);
+                return;
+            }
+        };
+        let id = self.next_child;
+        self.next_child = self.next_child.wrapping_add(1);
+        let pgid = child::child_pgid(&child);
+        let mut running = Running {
+            conn,
+            child,
+            pgid,
+            stdout: Capture::default(),
+            stderr: Capture::default(),
+            pipes: Vec::new(),
+            exited: None,
+            timed_out: false,
+            started: self.now,
+        };
+        for (rx, stderr) in [(out, false), (err, true)] {
+            let pipe = Entry::Pipe(Pipe {
+                rx,
+                child: id,
+                stderr,
+                queued: false,
+            });
+            let Some(token) = self.sources.insert(pipe) else {
+                continue;
+            };
+            if let Some(Entry::Pipe(p)) = self.sources.get_mut(token)
+                && self
+                    .poll
+                    .registry()
+                    .register(&mut p.rx, token, Interest::READABLE)
+                    .is_ok()
+            {
+                running.pipes.push(token);
+            } else {
+                drop(self.sources.remove(token));
+            }
+        }
+        tracing::debug!(program = %req.program.display(), pid = pgid, "exec started");
+        self.children.insert(id, running);
+        self.timers
+            .push(self.now + req.timeout, TimerKind::ExecDeadline(id));
+        // A child may exit before its SIGCHLD is watched for this id: look now.
+        self.reap_children();
+    }
+
+    /// Reads a child's pipe until it would block, its end, or the budget.
+    fn read_pipe(&mut self, token: Token) {
+        let max_output = self
+            .shared
+            .files
+            .as_ref()
+            .and_then(|f| f.config.exec.as_ref())
+            .map_or(0, |p| p.max_output);
+        let Some(Entry::Pipe(p)) = self.sources.get_mut(token) else {
+            return;
+        };
+        let id = p.child;
+        let mut budget = self.config.limits.read_budget;
+        let mut eof = false;
+        loop {
+            if budget == 0 {
+                if !p.queued {
+                    p.queued = true;
+                    self.ready.push(token);
+                }
+                break;
+            }
+            match (&p.rx).read(&mut self.scratch) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    let data = self.scratch.get(..n).unwrap_or_default();
+                    if let Some(r) = self.children.get_mut(&id) {
+                        let capture = if p.stderr {
+                            &mut r.stderr
+                        } else {
+                            &mut r.stdout
+                        };
+                        capture.take(data, max_output);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        if eof {
+            drop(self.sources.remove(token));
+            if let Some(r) = self.children.get_mut(&id) {
+                r.pipes.retain(|t| *t != token);
+            }
+            self.finish_child(id);
+        }
+    }
+
+    /// Collects the exit status of every child that has ended.
+    fn reap_children(&mut self) {
+        let ids: Vec<u64> = self.children.keys().copied().collect();
+        for id in ids {
+            if let Some(r) = self.children.get_mut(&id)
+                && r.exited.is_none()
+                && let Ok(Some(status)) = r.child.try_wait()
+            {
+                r.exited = Some(status);
+                self.finish_child(id);
+            }
+        }
+    }
+
+    /// Answers a command's connection once the child is reaped and its pipes are drained.
+    fn finish_child(&mut self, id: u64) {
+        if !self.children.get(&id).is_some_and(Running::finished) {
+            return;
+        }
+        let Some(r) = self.children.remove(&id) else {
+            return;
+        };
+        tracing::debug!(
+            pid = r.pgid,
+            ms = r.started.elapsed().as_millis() as u64,
+            "exec finished"
+        );
+        self.exec_answer(r.conn, &r.ending(), Some((&r.stdout, &r.stderr)));
+    }
+
+    /// Writes an `exec` response to `conn`, if it is still there.
+    fn exec_answer(&mut self, conn: Token, ending: &Ending, output: Option<(&Capture, &Capture)>) {
+        let empty = Capture::default();
+        let (out, err) = output.unwrap_or((&empty, &empty));
+        if let Some(Entry::Conn(c)) = self.sources.get_mut(conn)
+            && !c.dead
+        {
+            c.service
+                .on_exec_done(ending, out, err, c.out.tail(), &mut self.counters);
+            self.drive_conn(conn, false, true);
+        }
+    }
+
+    /// The command ran past its timeout: kill its group. If something it started escaped the
+    /// group and still holds a pipe, the pipes are given up a little later.
+    fn exec_deadline(&mut self, id: u64) {
+        if let Some(r) = self.children.get_mut(&id)
+            && r.exited.is_none()
+        {
+            r.timed_out = true;
+            r.kill();
+            self.timers
+                .push(self.now + EXEC_PIPE_GRACE, TimerKind::ExecPipeGrace(id));
+        }
+    }
+
+    /// Stops waiting for the pipes of a killed command.
+    fn exec_pipe_grace(&mut self, id: u64) {
+        let Some(r) = self.children.get_mut(&id) else {
+            return;
+        };
+        for token in std::mem::take(&mut r.pipes) {
+            drop(self.sources.remove(token));
+        }
+        self.finish_child(id);
     }
 
     /// Hands the disk work a connection queued to the disk thread, in order.
@@ -894,8 +1126,12 @@ impl Reactor {
         };
         let (verdict, received, sent) = drive(c, readable, writable, &mut io, limits, self.now);
         let kind = c.kind;
+        let exec = c.service.take_exec();
         if !self.disk_jobs.is_empty() {
             self.submit_disk_jobs(token);
+        }
+        if let Some(req) = exec {
+            self.start_exec(token, req);
         }
         if !self.others.is_empty() {
             self.deliver_to_others(token);
@@ -1047,6 +1283,8 @@ impl Reactor {
             match kind {
                 TimerKind::Idle(token) => self.check_idle(token),
                 TimerKind::AuthTimeout(token) => self.check_auth(token),
+                TimerKind::ExecDeadline(id) => self.exec_deadline(id),
+                TimerKind::ExecPipeGrace(id) => self.exec_pipe_grace(id),
                 TimerKind::AcceptRetry(token) => self.accept_all(token),
                 TimerKind::ShutdownGrace => {}
             }
@@ -1059,7 +1297,9 @@ impl Reactor {
                 TimerKind::Idle(t) | TimerKind::AcceptRetry(t) | TimerKind::AuthTimeout(t) => {
                     sources.get(*t).is_some()
                 }
-                TimerKind::ShutdownGrace => true,
+                TimerKind::ShutdownGrace
+                | TimerKind::ExecDeadline(_)
+                | TimerKind::ExecPipeGrace(_) => true,
             });
         }
     }
@@ -1108,6 +1348,10 @@ impl Reactor {
         while !self.to_close.is_empty() {
             for token in std::mem::take(&mut self.to_close) {
                 if let Some(Entry::Conn(mut c)) = self.sources.remove(token) {
+                    // A command of a client that left is killed; it is still reaped.
+                    for r in self.children.values().filter(|r| r.conn == token) {
+                        r.kill();
+                    }
                     discard_unread(&mut c.socket, &mut self.scratch);
                     self.open_conns = self.open_conns.saturating_sub(1);
                     let counters = self.counters.service(c.kind);
@@ -1371,7 +1615,7 @@ fn absorb(
             AuthStep::NeedMore => return Ok(0),
             AuthStep::Passed { consumed } => {
                 c.gate = None;
-                c.service.on_open(c.id, c.out.tail(), &mut io.ctx());
+                c.service.on_open(c.id, true, c.out.tail(), &mut io.ctx());
                 data = data.get(consumed..).unwrap_or_default();
                 if data.is_empty() {
                     return Ok(0);

@@ -23,6 +23,10 @@ pub enum TimerKind {
     AuthTimeout(Token),
     /// The shutdown grace period is over.
     ShutdownGrace,
+    /// This `exec` command's time is up.
+    ExecDeadline(u64),
+    /// Stop waiting for the pipes of this killed command.
+    ExecPipeGrace(u64),
 }
 
 /// A min-heap of deadlines.

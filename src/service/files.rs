@@ -17,6 +17,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use super::Step;
+use super::exec::{self, Capture, Ending, ExecPolicy, ExecRefusal, ExecRequest};
 use super::store::{Hasher, Store, TempFile, check_name, record_md5};
 use crate::frame::header::{HeaderBodyConfig, HeaderBodyDecoder, Part, encode_header};
 use crate::frame::{Decoded, Header};
@@ -119,6 +120,8 @@ pub struct FilesConfig {
     pub max_header: usize,
     /// Largest upload, in bytes; `None` for no limit but the disk.
     pub max_upload: Option<u64>,
+    /// The `exec` allow-list and limits; `None`: exec is disabled.
+    pub exec: Option<ExecPolicy>,
 }
 
 impl Default for FilesConfig {
@@ -126,6 +129,7 @@ impl Default for FilesConfig {
         FilesConfig {
             max_header: 64 * 1024,
             max_upload: None,
+            exec: None,
         }
     }
 }
@@ -297,6 +301,22 @@ pub struct Files {
     in_flight: u64,
     /// A `put` is being committed by the disk thread; its response comes when it is done.
     committing: bool,
+    /// The connection passed authentication (exec requires it).
+    authenticated: bool,
+    /// Where this connection's `exec` request is.
+    exec: ExecState,
+}
+
+/// Where a connection's `exec` request is: only one runs at a time, so responses stay in order.
+#[derive(Debug, Default)]
+enum ExecState {
+    /// None asked.
+    #[default]
+    Idle,
+    /// Checked; the reactor is to start it. The request's id comes with it.
+    Queued(ExecRequest, Option<Value>),
+    /// Running; the id is for the response.
+    Running(Option<Value>),
 }
 
 /// Appends a response frame with no body.
@@ -392,6 +412,8 @@ impl Files {
             copy_files: false,
             in_flight: 0,
             committing: false,
+            authenticated: false,
+            exec: ExecState::Idle,
         }
     }
 
@@ -402,11 +424,13 @@ impl Files {
             && !self.closing
             && !self.committing
             && self.in_flight <= MAX_IN_FLIGHT
+            && matches!(self.exec, ExecState::Idle)
     }
 
-    /// Whether a response waits on the disk thread.
+    /// Whether a response waits on work outside the loop: a commit on the disk thread, or a
+    /// command's child process.
     pub fn awaiting_disk(&self) -> bool {
-        self.committing
+        self.committing || !matches!(self.exec, ExecState::Idle)
     }
 
     /// Takes the result of a disk job.
@@ -595,15 +619,59 @@ impl Files {
                 respond_with_body(out, &mut ok_fields(cmd), id, data.len() as u64);
                 out.extend_from_slice(&data);
             }
-            Cmd::Exec => fail(
-                out,
-                counters,
-                (
-                    ErrorCode::ExecDisabled,
-                    "exec is not enabled on this server".into(),
-                ),
-            ),
+            Cmd::Exec => {
+                let policy = self.shared.config.exec.as_ref();
+                match exec::check(policy, self.authenticated, &h.fields) {
+                    Ok(req) => {
+                        self.exec = ExecState::Queued(req, id.cloned());
+                    }
+                    Err(refusal) => {
+                        let code = match refusal {
+                            ExecRefusal::Disabled => ErrorCode::ExecDisabled,
+                            ExecRefusal::AuthRequired => ErrorCode::AuthRequired,
+                            ExecRefusal::BadRequest(_) => ErrorCode::BadRequest,
+                            ExecRefusal::NotAllowed(_) => ErrorCode::NotAllowed,
+                        };
+                        fail(out, counters, (code, refusal.to_string()));
+                    }
+                }
+            }
         }
+    }
+
+    /// The connection passed the authentication handshake (or its listener asks for none).
+    pub fn set_authenticated(&mut self, authenticated: bool) {
+        self.authenticated = authenticated;
+    }
+
+    /// An `exec` request checked and waiting for the reactor to run it.
+    pub fn take_exec(&mut self) -> Option<ExecRequest> {
+        match std::mem::replace(&mut self.exec, ExecState::Idle) {
+            ExecState::Queued(req, id) => {
+                self.exec = ExecState::Running(id);
+                Some(req)
+            }
+            other => {
+                self.exec = other;
+                None
+            }
+        }
+    }
+
+    /// The command ended: its response is written.
+    pub fn on_exec_done(
+        &mut self,
+        ending: &Ending,
+        stdout: &Capture,
+        stderr: &Capture,
+        out: &mut Vec<u8>,
+        counters: &mut Counters,
+    ) {
+        let ExecState::Running(id) = std::mem::replace(&mut self.exec, ExecState::Idle) else {
+            return;
+        };
+        let outcome = exec::encode_outcome(out, id.as_ref(), ending, stdout, stderr);
+        counters.frame("exec", outcome);
     }
 
     fn start_upload(&self, h: &Header<'_>) -> Result<Upload, (ErrorCode, String)> {

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod chat;
 pub mod discovery;
 pub mod echo;
+pub mod exec;
 pub mod files;
 pub mod store;
 pub mod time;
@@ -84,10 +85,35 @@ impl StreamService {
         }
     }
 
-    /// The connection is open (and authenticated, where that is asked): a chat member joins.
-    pub fn on_open(&mut self, id: u64, out: &mut Vec<u8>, ctx: &mut Ctx<'_>) {
-        if let StreamService::Chat(c) = self {
-            c.join(id, ctx.room, out, ctx.others);
+    /// The connection is open (and `authenticated` if its listener asked for it): a chat
+    /// member joins; `files` learns whether exec may run.
+    pub fn on_open(&mut self, id: u64, authenticated: bool, out: &mut Vec<u8>, ctx: &mut Ctx<'_>) {
+        match self {
+            StreamService::Chat(c) => c.join(id, ctx.room, out, ctx.others),
+            StreamService::Files(f) => f.set_authenticated(authenticated),
+            _ => {}
+        }
+    }
+
+    /// An `exec` request waiting for the reactor to start it.
+    pub fn take_exec(&mut self) -> Option<exec::ExecRequest> {
+        match self {
+            StreamService::Files(f) => f.take_exec(),
+            _ => None,
+        }
+    }
+
+    /// The connection's command ended.
+    pub fn on_exec_done(
+        &mut self,
+        ending: &exec::Ending,
+        stdout: &exec::Capture,
+        stderr: &exec::Capture,
+        out: &mut Vec<u8>,
+        counters: &mut Counters,
+    ) {
+        if let StreamService::Files(f) = self {
+            f.on_exec_done(ending, stdout, stderr, out, counters);
         }
     }
 
