@@ -156,7 +156,9 @@ pub enum BenchError {
     Stopped,
     #[error("cannot read the CPU time of process {pid}: {reason}")]
     ServerCpu { pid: u32, reason: String },
-    #[error("{connection_errors} connection errors and {error_replies} error replies during the run")]
+    #[error(
+        "{connection_errors} connection errors and {error_replies} error replies during the run"
+    )]
     Errors {
         connection_errors: u64,
         error_replies: u64,
@@ -276,7 +278,9 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
 fn parse_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
-        _ => Err(format!("`{s}` is not a positive number of requests per second")),
+        _ => Err(format!(
+            "`{s}` is not a positive number of requests per second"
+        )),
     }
 }
 
@@ -320,7 +324,10 @@ fn request(args: &BenchArgs) -> Result<(Vec<u8>, ReplyKind), BenchError> {
         Mode::Frame => {
             let (header, body) = match args.frame_cmd {
                 FrameCmd::Ping => (r#"{"cmd":"ping"}"#.to_owned(), 0),
-                FrameCmd::Echo => (format!(r#"{{"cmd":"echo","size":{}}}"#, args.size), args.size),
+                FrameCmd::Echo => (
+                    format!(r#"{{"cmd":"echo","size":{}}}"#, args.size),
+                    args.size,
+                ),
             };
             let len = u32::try_from(header.len()).unwrap_or(u32::MAX);
             let mut req = len.to_le_bytes().to_vec();
@@ -445,7 +452,10 @@ fn watch(
             break;
         }
         let next = if now < win_start { win_start } else { win_end };
-        thread::sleep(next.saturating_duration_since(now).min(Duration::from_millis(250)));
+        thread::sleep(
+            next.saturating_duration_since(now)
+                .min(Duration::from_millis(250)),
+        );
         if let Some(bar) = &bar {
             let now = Instant::now();
             let replies = shared.replies.load(Ordering::Relaxed);
@@ -456,8 +466,14 @@ fn watch(
                 0.0
             };
             last = (now, replies);
-            let phase = if now < win_start { "warm-up" } else { "measuring" };
-            bar.set_position(u64::try_from(now.saturating_duration_since(t0).as_millis()).unwrap_or(0));
+            let phase = if now < win_start {
+                "warm-up"
+            } else {
+                "measuring"
+            };
+            bar.set_position(
+                u64::try_from(now.saturating_duration_since(t0).as_millis()).unwrap_or(0),
+            );
             bar.set_message(format!("{phase}: {rate:.0} req/s, {replies} replies"));
         }
     }
@@ -641,8 +657,16 @@ fn print_report(args: &BenchArgs, r: &Report) {
         return;
     }
     let what = match r.frame_cmd {
-        Some(cmd) => format!("frame {cmd:?} ({} B requests)", r.request_bytes).to_lowercase(),
-        None => format!("{:?} ({} B requests)", r.mode, r.request_bytes).to_lowercase(),
+        Some(cmd) => format!(
+            "frame {} ({} B requests)",
+            format!("{cmd:?}").to_lowercase(),
+            r.request_bytes
+        ),
+        None => format!(
+            "{} ({} B requests)",
+            format!("{:?}", r.mode).to_lowercase(),
+            r.request_bytes
+        ),
     };
     let rate = r
         .rate

@@ -186,6 +186,9 @@ pub struct Conn {
     pub read_paused: bool,
     /// On the ready list already.
     pub queued: bool,
+    /// An event said the peer hung up or the socket has an error: read until 0 or an error
+    /// rather than stopping at a short read.
+    pub hup_seen: bool,
     /// Marked for closing after this event walk; no more I/O.
     pub dead: bool,
     /// Last time bytes moved either way, for the idle timeout.
@@ -212,6 +215,7 @@ impl Conn {
             read_closed: false,
             read_paused: false,
             queued: false,
+            hup_seen: false,
             dead: false,
             last_active: now,
         }

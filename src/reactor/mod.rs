@@ -538,8 +538,12 @@ impl Reactor {
             for ev in events.iter() {
                 // Errors and hang-ups are delivered to both sides, so the read or write that
                 // follows sees them and the connection is closed through the normal path.
-                let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                let hup = ev.is_read_closed() || ev.is_error();
+                let readable = ev.is_readable() || hup;
                 let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
+                if hup && let Some(Entry::Conn(c)) = self.sources.get_mut(ev.token()) {
+                    c.hup_seen = true;
+                }
                 self.dispatch(ev.token(), readable, writable);
             }
             self.serve_ready();
@@ -1535,6 +1539,10 @@ fn drive(
             Ok(n) => {
                 budget = budget.saturating_sub(n);
                 received += n;
+                // A short read emptied the socket's queue: any byte that arrives later raises a
+                // new edge, so the read that would only say WouldBlock is skipped. Not when the
+                // peer's FIN may be queued behind the data: that edge has been spent already.
+                let drained = n < want && !c.hup_seen;
                 // Copy out of the scratch buffer's borrow: `absorb` needs `io` whole.
                 let (scratch, rest) = (std::mem::take(&mut io.scratch), &mut *io);
                 let data = scratch.get(..n).unwrap_or_default();
@@ -1551,6 +1559,9 @@ fn drive(
                 if c.service.has_output() {
                     // A long response started: produce it before reading on.
                     more = true;
+                    break;
+                }
+                if drained {
                     break;
                 }
             }

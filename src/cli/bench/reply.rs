@@ -163,8 +163,8 @@ fn feed_frame<'a>(
             let (head, rest) = input.split_at(take);
             buf.extend_from_slice(head);
             if buf.len() >= *len {
-                let header: ResponseHeader = serde_json::from_slice(buf)
-                    .map_err(|e| ReplyError::Header(format!("{e}")))?;
+                let header: ResponseHeader =
+                    serde_json::from_slice(buf).map_err(|e| ReplyError::Header(format!("{e}")))?;
                 *state = FrameState::Body {
                     left: header.size,
                     ok: header.ok,
@@ -241,7 +241,14 @@ mod tests {
                     total.replies += d.replies;
                     total.failed += d.failed;
                 }
-                assert_eq!(total, Completed { replies: 3, failed: 1 }, "cuts {cut} {cut2}");
+                assert_eq!(
+                    total,
+                    Completed {
+                        replies: 3,
+                        failed: 1
+                    },
+                    "cuts {cut} {cut2}"
+                );
             }
         }
     }
