@@ -416,7 +416,7 @@ pub fn bench(args: &BenchArgs) -> Result<Report, BenchError> {
     if let Some(e) = first_error {
         return Err(e);
     }
-    Ok(summarise(args, &request, threads, &outcomes, &window)?)
+    summarise(args, &request, threads, &outcomes, &window)
 }
 
 /// What the main thread measured around the window.
