@@ -21,11 +21,12 @@ pub enum ServiceKind {
     UdpChat,
     Time,
     Discovery,
+    Metrics,
 }
 
 impl ServiceKind {
     /// Every service, in the order `socklab serve` starts them.
-    pub const ALL: [ServiceKind; 9] = [
+    pub const ALL: [ServiceKind; 10] = [
         ServiceKind::Echo,
         ServiceKind::Upper,
         ServiceKind::UdpEcho,
@@ -35,6 +36,7 @@ impl ServiceKind {
         ServiceKind::UdpChat,
         ServiceKind::Time,
         ServiceKind::Discovery,
+        ServiceKind::Metrics,
     ];
 
     /// The name used on the command line, in logs and in metrics.
@@ -49,6 +51,7 @@ impl ServiceKind {
             ServiceKind::UdpChat => "udp-chat",
             ServiceKind::Time => "time",
             ServiceKind::Discovery => "discovery",
+            ServiceKind::Metrics => "metrics",
         }
     }
 
@@ -56,7 +59,11 @@ impl ServiceKind {
     pub fn is_stream(self) -> bool {
         matches!(
             self,
-            ServiceKind::Echo | ServiceKind::Upper | ServiceKind::Files | ServiceKind::Chat
+            ServiceKind::Echo
+                | ServiceKind::Upper
+                | ServiceKind::Files
+                | ServiceKind::Chat
+                | ServiceKind::Metrics
         )
     }
 
@@ -73,6 +80,7 @@ impl ServiceKind {
             ServiceKind::Chat | ServiceKind::UdpChat => 7070,
             ServiceKind::Time => 7013,
             ServiceKind::Discovery => 7099,
+            ServiceKind::Metrics => 9107,
         };
         ListenAddr::Inet(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
     }

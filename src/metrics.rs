@@ -63,6 +63,108 @@ impl Counters {
         *n = n.saturating_add(1);
     }
 
+    /// Every counter in the Prometheus text exposition format, labelled with `worker`.
+    pub fn prometheus(&self, worker: usize) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let w = worker;
+        let per_service: [(&str, &str, &str, fn(&ServiceCounters) -> u64); 7] = [
+            (
+                "socklab_connections_accepted_total",
+                "counter",
+                "Connections accepted.",
+                |c| c.accepted,
+            ),
+            (
+                "socklab_connections_open",
+                "gauge",
+                "Connections open now.",
+                |c| c.open,
+            ),
+            (
+                "socklab_bytes_received_total",
+                "counter",
+                "Bytes read from clients.",
+                |c| c.bytes_received,
+            ),
+            (
+                "socklab_bytes_sent_total",
+                "counter",
+                "Bytes written to clients.",
+                |c| c.bytes_sent,
+            ),
+            (
+                "socklab_datagrams_received_total",
+                "counter",
+                "Datagrams received.",
+                |c| c.datagrams_received,
+            ),
+            (
+                "socklab_datagrams_sent_total",
+                "counter",
+                "Datagrams sent.",
+                |c| c.datagrams_sent,
+            ),
+            (
+                "socklab_datagrams_dropped_total",
+                "counter",
+                "Replies dropped (queue full or peer unreachable).",
+                |c| c.datagrams_dropped,
+            ),
+        ];
+        for (name, kind, help, get) in per_service {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (k, c) in ServiceKind::ALL.iter().zip(&self.services) {
+                let _ = writeln!(s, "{name}{{service=\"{k}\",worker=\"{w}\"}} {}", get(c));
+            }
+        }
+        let name = "socklab_connections_rejected_total";
+        let _ = writeln!(
+            s,
+            "# HELP {name} Connections refused, by reason.\n# TYPE {name} counter"
+        );
+        for (k, c) in ServiceKind::ALL.iter().zip(&self.services) {
+            for (reason, n) in [
+                ("max_conns", c.rejected_max_conns),
+                ("fd_limit", c.rejected_fd_limit),
+                ("auth", c.rejected_auth),
+            ] {
+                let _ = writeln!(
+                    s,
+                    "{name}{{service=\"{k}\",worker=\"{w}\",reason=\"{reason}\"}} {n}"
+                );
+            }
+        }
+        let name = "socklab_frames_total";
+        let _ = writeln!(
+            s,
+            "# HELP {name} Frames answered, by command and outcome.\n# TYPE {name} counter"
+        );
+        for ((cmd, outcome), n) in &self.frames {
+            let _ = writeln!(
+                s,
+                "{name}{{cmd=\"{cmd}\",outcome=\"{outcome}\",worker=\"{w}\"}} {n}"
+            );
+        }
+        let name = "socklab_loop_iterations_total";
+        let _ = writeln!(
+            s,
+            "# HELP {name} Turns of the event loop.\n# TYPE {name} counter"
+        );
+        let _ = writeln!(s, "{name}{{worker=\"{w}\"}} {}", self.loop_iterations);
+        let name = "socklab_loop_busy_seconds_total";
+        let _ = writeln!(
+            s,
+            "# HELP {name} Time spent outside the poll.\n# TYPE {name} counter"
+        );
+        let _ = writeln!(
+            s,
+            "{name}{{worker=\"{w}\"}} {}",
+            self.loop_busy.as_secs_f64()
+        );
+        s
+    }
+
     /// Every counter as one JSON object (the `stats` command's body).
     pub fn to_json(&self) -> Value {
         let mut services = serde_json::Map::new();

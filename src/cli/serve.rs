@@ -32,7 +32,7 @@ fn parse_stream_service(s: &str) -> Result<ServiceKind, String> {
     ServiceKind::ALL
         .into_iter()
         .find(|k| k.name() == s && k.is_stream())
-        .ok_or_else(|| format!("`{s}` is not a stream service (echo, upper, files, chat)"))
+        .ok_or_else(|| format!("`{s}` is not a stream service (echo, upper, files, chat, metrics)"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -104,6 +104,13 @@ pub struct ServeArgs {
     /// Do not start discovery.
     #[arg(long, conflicts_with = "discovery", help_heading = "Services")]
     no_discovery: bool,
+    /// Address of metrics (Prometheus text at GET /metrics): HOST:PORT or unix:PATH.
+    /// Repeatable [default: 127.0.0.1:9107]
+    #[arg(long = "metrics", value_name = "ADDR", help_heading = "Services")]
+    metrics: Vec<ListenAddr>,
+    /// Do not start metrics.
+    #[arg(long, conflicts_with = "metrics", help_heading = "Services")]
+    no_metrics: bool,
     /// Discovery probes answered per second at most, so it cannot amplify a flood.
     #[arg(long, value_name = "N", default_value_t = 20, help_heading = "Limits")]
     discovery_rate: u32,
@@ -234,6 +241,7 @@ impl ServeArgs {
             (ServiceKind::UdpChat, &self.udp_chat, self.no_udp_chat),
             (ServiceKind::Time, &self.time, self.no_time),
             (ServiceKind::Discovery, &self.discovery, self.no_discovery),
+            (ServiceKind::Metrics, &self.metrics, self.no_metrics),
         ];
         for (service, addrs, off) in services {
             if off {

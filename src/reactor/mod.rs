@@ -1634,6 +1634,8 @@ fn absorb(
             }
             AuthStep::Failed => {
                 c.gate = None;
+                let counters = io.counters.service(c.kind);
+                counters.rejected_auth = counters.rejected_auth.saturating_add(1);
                 c.service.on_auth_failed(c.out.tail(), io.counters);
                 stop_input(c);
                 return Ok(0);

@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod echo;
 pub mod exec;
 pub mod files;
+pub mod metrics_http;
 pub mod store;
 pub mod time;
 pub mod upper;
@@ -43,6 +44,7 @@ pub enum StreamService {
     Files(Box<files::Files>),
     /// Boxed, like `Files`.
     Chat(Box<chat::Chat>),
+    Metrics(metrics_http::MetricsHttp),
 }
 
 /// What the stream services of a reactor share.
@@ -77,6 +79,7 @@ impl StreamService {
                 .clone()
                 .map(|f| StreamService::Files(Box::new(files::Files::new(f)))),
             ServiceKind::Chat => Some(StreamService::Chat(Box::default())),
+            ServiceKind::Metrics => Some(StreamService::Metrics(Default::default())),
             ServiceKind::UdpEcho
             | ServiceKind::UdpUpper
             | ServiceKind::UdpChat
@@ -132,6 +135,7 @@ impl StreamService {
             StreamService::Upper(s) => s.on_input(input, out),
             StreamService::Files(s) => return s.on_input(input, out, ctx.counters, ctx.disk),
             StreamService::Chat(s) => return s.on_input(input, out, ctx.room, ctx.others),
+            StreamService::Metrics(s) => return s.on_input(input, out, ctx.counters),
         };
         Step {
             consumed: consumed.0,
@@ -145,6 +149,7 @@ impl StreamService {
         match self {
             StreamService::Files(s) => s.accepts_input(),
             StreamService::Chat(s) => s.accepts_input(),
+            StreamService::Metrics(s) => s.accepts_input(),
             _ => true,
         }
     }
@@ -274,7 +279,11 @@ impl DatagramService {
             )
             .ok()
             .map(|d| DatagramService::Discovery(Box::new(d))),
-            ServiceKind::Echo | ServiceKind::Upper | ServiceKind::Files | ServiceKind::Chat => None,
+            ServiceKind::Echo
+            | ServiceKind::Upper
+            | ServiceKind::Files
+            | ServiceKind::Chat
+            | ServiceKind::Metrics => None,
         }
     }
 
