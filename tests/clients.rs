@@ -20,21 +20,7 @@ const T: Duration = Duration::from_secs(10);
 
 /// A server with exactly these `(service, addr)` listeners (every other service off).
 fn server(listeners: &[(&str, &str)]) -> Server {
-    let mut args = Vec::new();
-    for service in util::all_services() {
-        let mut any = false;
-        for (s, addr) in listeners {
-            if s == service {
-                args.push(format!("--{service}"));
-                args.push(addr.to_string());
-                any = true;
-            }
-        }
-        if !any {
-            args.push(format!("--no-{service}"));
-        }
-    }
-    Server::start(args)
+    Server::start(util::serve_args(listeners, &[]))
 }
 
 fn socklab(args: &[&str]) -> Command {

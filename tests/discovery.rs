@@ -88,22 +88,9 @@ fn discover_finds_the_server_by_broadcast_across_namespaces() {
     };
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &net.server_ns, util::bin(), "serve"]);
-    let mut args: Vec<String> = Vec::new();
-    for service in util::all_services() {
-        if service != "discovery" && service != "echo" {
-            args.push(format!("--no-{service}"));
-        }
-    }
-    args.extend(
-        [
-            "--echo",
-            &format!("{SERVER_IP}:0"),
-            "--discovery",
-            "0.0.0.0:7099",
-        ]
-        .map(String::from),
-    );
-    cmd.args(&args);
+    let echo_at = format!("{SERVER_IP}:0");
+    let listeners = [("echo", echo_at.as_str()), ("discovery", "0.0.0.0:7099")];
+    cmd.args(util::serve_args(&listeners, &[]));
     let server = Server::start_cmd(cmd);
     let echo_addr = server.tcp("echo").to_string();
 
@@ -132,25 +119,11 @@ fn discover_finds_the_server_by_broadcast_across_namespaces() {
 }
 
 fn discovery_server(extra: &[&str]) -> Server {
-    let mut args: Vec<String> = Vec::new();
-    for service in util::all_services() {
-        if service != "discovery" && service != "time" {
-            args.push(format!("--no-{service}"));
-        }
-    }
-    args.extend(["--discovery", "127.0.0.1:0", "--time", "127.0.0.1:0"].map(String::from));
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Server::start(args)
+    let listeners = [("discovery", "127.0.0.1:0"), ("time", "127.0.0.1:0")];
+    Server::start(util::serve_args(&listeners, extra))
 }
 
-fn ask(sock: &UdpSocket, to: std::net::SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
-    sock.send_to(payload, to).expect("send");
-    let mut buf = [0u8; 65536];
-    match sock.recv_from(&mut buf) {
-        Ok((n, _)) => Some(buf[..n].to_vec()),
-        Err(_) => None,
-    }
-}
+use util::udp_ask as ask;
 
 #[test]
 fn only_the_exact_probe_is_answered_and_the_rate_is_bounded() {

@@ -12,14 +12,8 @@ use std::time::Duration;
 use util::Server;
 
 fn server() -> Server {
-    let mut args: Vec<String> = Vec::new();
-    for service in util::all_services() {
-        if service != "metrics" && service != "echo" {
-            args.push(format!("--no-{service}"));
-        }
-    }
-    args.extend(["--metrics", "127.0.0.1:0", "--echo", "127.0.0.1:0"].map(String::from));
-    Server::start(args)
+    let listeners = [("metrics", "127.0.0.1:0"), ("echo", "127.0.0.1:0")];
+    Server::start(util::serve_args(&listeners, &[]))
 }
 
 /// One request on a fresh connection (`Connection: close`), the whole response back.

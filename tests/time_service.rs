@@ -9,23 +9,7 @@ use std::time::Duration;
 use util::Server;
 
 fn time_server() -> Server {
-    let mut args: Vec<String> = Vec::new();
-    for service in util::all_services() {
-        if service != "time" {
-            args.push(format!("--no-{service}"));
-        }
-    }
-    args.extend(["--time", "127.0.0.1:0"].map(String::from));
-    Server::start(args)
-}
-
-fn ask(sock: &UdpSocket, to: std::net::SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
-    sock.send_to(payload, to).expect("send");
-    let mut buf = [0u8; 65536];
-    match sock.recv_from(&mut buf) {
-        Ok((n, _)) => Some(buf[..n].to_vec()),
-        Err(_) => None,
-    }
+    Server::start(util::serve_args(&[("time", "127.0.0.1:0")], &[]))
 }
 
 #[test]
@@ -35,7 +19,7 @@ fn time_answers_formats_and_errors_and_keeps_answering() {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let text = |payload: &[u8]| {
-        String::from_utf8(ask(&sock, addr, payload).expect("an answer")).expect("UTF-8")
+        String::from_utf8(util::udp_ask(&sock, addr, payload).expect("an answer")).expect("UTF-8")
     };
     let default = text(b"");
     assert_eq!(default.len(), 19, "{default}");

@@ -117,7 +117,10 @@ pub fn all_services() -> &'static [String] {
 pub fn serve_args(listeners: &[(&str, &str)], extra: &[&str]) -> Vec<String> {
     let mut args = Vec::new();
     for (s, _) in listeners {
-        assert!(SERVICES.contains(s), "unknown service {s}");
+        assert!(
+            all_services().iter().any(|known| known == s),
+            "unknown service {s}"
+        );
     }
     for service in all_services() {
         let mut any = false;
@@ -134,6 +137,16 @@ pub fn serve_args(listeners: &[(&str, &str)], extra: &[&str]) -> Vec<String> {
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     args
+}
+
+/// Sends one datagram to `to` and waits (up to the socket's read timeout) for one back.
+pub fn udp_ask(sock: &std::net::UdpSocket, to: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    sock.send_to(payload, to).expect("send");
+    let mut buf = [0u8; 65536];
+    match sock.recv_from(&mut buf) {
+        Ok((n, _)) => Some(buf[..n].to_vec()),
+        Err(_) => None,
+    }
 }
 
 /// One `listening <service> <transport> <addr> k=v ...` line of the server.
