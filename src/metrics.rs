@@ -33,6 +33,14 @@ pub struct ServiceCounters {
     pub rejected_auth: u64,
 }
 
+/// A per-service metric family: name, type, help, and how to read it.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ServiceCounters) -> u64,
+);
+
 /// Every counter of one reactor.
 #[derive(Debug, Clone, Default)]
 pub struct Counters {
@@ -68,7 +76,7 @@ impl Counters {
         use std::fmt::Write;
         let mut s = String::new();
         let w = worker;
-        let per_service: [(&str, &str, &str, fn(&ServiceCounters) -> u64); 7] = [
+        let per_service: [Family; 7] = [
             (
                 "socklab_connections_accepted_total",
                 "counter",

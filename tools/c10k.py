@@ -3,6 +3,12 @@
 memory per idle connection, then keep every connection echoing and check each reply.
 
 Usage: tools/c10k.py --addr 127.0.0.1:7000 --pid SERVER_PID [--conns 10000] [--rounds 20]
+                     [--sources K] [--sample M]
+
+With --sources K the client side binds its sockets to 127.0.0.2 … 127.0.0.(K+1) in turn, so
+that more than one ephemeral port range's worth of connections (about 28,000 here) can be open
+to one server port. --sample M measures the echo latency of M connections, one at a time,
+while all N stay open (p50/p99/max).
 
 Prints the server's VmRSS before connecting, with N idle connections, and while all N echo;
 the per-connection figure is (idle RSS - baseline RSS) / N. Raises its own RLIMIT_NOFILE.
@@ -41,7 +47,9 @@ def main():
     ap.add_argument("--pid", type=int, required=True)
     ap.add_argument("--conns", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--sources", type=int, default=0)
+    ap.add_argument("--sample", type=int, default=1000)
     args = ap.parse_args()
     host, port = args.addr.rsplit(":", 1)
     port = int(port)
@@ -59,6 +67,8 @@ def main():
     deadline = time.monotonic() + args.timeout
     for i in range(args.conns):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if args.sources:
+            s.bind((f"127.0.0.{2 + i % args.sources}", 0))
         s.setblocking(False)
         err = s.connect_ex((host, port))
         if err not in (0, 115):  # EINPROGRESS
@@ -97,6 +107,24 @@ def main():
     dt = time.monotonic() - t0
     print(f"{args.rounds} rounds: {total} echoes in {dt:.2f} s ({total / dt:.0f} echoes/s, "
           f"every reply checked); server RSS peak while echoing: {peak} KiB")
+    lat = []
+    for s in socks[: args.sample]:
+        s.setblocking(True)
+        s.settimeout(10)
+        t = time.perf_counter()
+        s.sendall(b"latency probe\n")
+        got = b""
+        while len(got) < 14:
+            b = s.recv(64)
+            if not b:
+                sys.exit("closed during the latency sample")
+            got += b
+        lat.append(time.perf_counter() - t)
+    if lat:
+        lat.sort()
+        pick = lambda p: lat[min(len(lat) - 1, int(p / 100 * len(lat)))] * 1000
+        print(f"echo latency over {len(lat)} sampled connections with all {args.conns} open: "
+              f"p50 {pick(50):.3f} ms, p99 {pick(99):.3f} ms, max {lat[-1] * 1000:.3f} ms")
     for s in socks:
         s.close()
 

@@ -7,8 +7,10 @@ pub mod exec;
 pub mod files;
 pub mod ipmsg;
 pub mod serve;
+pub mod sticky;
 pub mod stream;
 pub mod time;
+pub mod tune;
 
 use std::process::ExitCode;
 
@@ -54,6 +56,10 @@ pub enum Command {
     Upper(stream::UpperArgs),
     /// Load a server with many connections and measure requests/s, latency and CPU time.
     Bench(bench::BenchArgs),
+    /// Experiments showing what each socket option does (tables and SVG charts).
+    Tune(tune::TuneArgs),
+    /// The sticky-packet lesson, live: raw echo loses message boundaries, frames keep them.
+    Sticky(sticky::StickyArgs),
 }
 
 /// Parses the command line and runs the subcommand; the exit code says how it went.
@@ -74,6 +80,8 @@ pub fn main() -> ExitCode {
         Command::Echo(a) => stream::run_echo(&a),
         Command::Upper(a) => stream::run_upper(&a),
         Command::Bench(a) => bench::run(&a),
+        Command::Tune(a) => tune::run(&a),
+        Command::Sticky(a) => sticky::run(&a),
     }
 }
 

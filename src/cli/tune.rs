@@ -1,0 +1,275 @@
+//! `socklab tune`: experiments that show what each socket option does, against a server it
+//! starts on loopback (this binary's `serve`, on `127.0.0.1:0`, unused services off) or an
+//! existing echo server (`--addr`). Each experiment prints a table with the values in effect
+//! (the client's read back with getsockopt, the server's from its `listening` line) and writes
+//! an SVG chart to `--out`.
+//!
+//! The experiments live in submodules, one each: [`nodelay`], [`buffers`], [`backlog`],
+//! [`reuseaddr`], [`kernel`]; [`server`] starts and stops the server, [`chart`] draws,
+//! [`wire`] holds the client side of the echo and `files` protocols.
+
+pub mod backlog;
+pub mod buffers;
+pub mod chart;
+pub mod kernel;
+pub mod nodelay;
+pub mod reuseaddr;
+pub mod server;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use self::server::ServerError;
+
+/// Run experiments that show what TCP_NODELAY, SO_SNDBUF/SO_RCVBUF, the listen backlog and
+/// SO_REUSEADDR do, with tables and SVG charts.
+#[derive(Debug, Args)]
+pub struct TuneArgs {
+    /// Name the experiments and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Run only this experiment (see --list).
+    #[arg(long, value_name = "NAME")]
+    pub only: Option<String>,
+    /// A smaller, faster version of each experiment.
+    #[arg(long)]
+    pub quick: bool,
+    /// Directory for the SVG charts (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "./tune-out")]
+    pub out: PathBuf,
+    /// Use this existing echo server instead of starting one (the experiments that need to
+    /// restart or reconfigure the server are skipped).
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Option<SocketAddr>,
+}
+
+/// What every experiment gets.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// The smaller version.
+    pub quick: bool,
+    /// Where charts go.
+    pub out: PathBuf,
+    /// An existing echo server to use, instead of one of our own.
+    pub addr: Option<SocketAddr>,
+}
+
+/// Why an experiment failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TuneError {
+    /// Starting, talking to or stopping the server.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// A socket or file operation.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The server answered something the protocol does not allow.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// Drawing a chart.
+    #[error("cannot draw {path}: {message}")]
+    Chart {
+        /// The SVG being written.
+        path: PathBuf,
+        /// What plotters said.
+        message: String,
+    },
+    /// The experiment needs a server of its own, and `--addr` was given.
+    #[error("needs a server of its own (it restarts or reconfigures it); run without --addr")]
+    NeedsOwnServer,
+}
+
+impl TuneError {
+    /// An [`TuneError::Io`] saying what was being done.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TuneError {
+        let what = what.into();
+        move |source| TuneError::Io { what, source }
+    }
+}
+
+/// One experiment.
+pub struct Experiment {
+    /// Its name for `--only`.
+    pub name: &'static str,
+    /// One line on what it shows.
+    pub about: &'static str,
+    /// Runs it; returns the chart written, if any.
+    pub run: fn(&Ctx) -> Result<Option<PathBuf>, TuneError>,
+}
+
+/// Every experiment, in the order they run.
+pub const EXPERIMENTS: [Experiment; 5] = [
+    Experiment {
+        name: "nodelay",
+        about: "TCP_NODELAY on/off (client and server) x payload size x pattern (request/response, write-write-read): latency p50/p90/p99/max",
+        run: nodelay::run,
+    },
+    Experiment {
+        name: "buffers",
+        about: "SO_SNDBUF/SO_RCVBUF 4 KiB, 64 KiB, 1 MiB, default x bulk echo throughput (MB/s)",
+        run: buffers::run,
+    },
+    Experiment {
+        name: "backlog",
+        about: "listen backlog 1, 8, 128, 1024 x a burst of simultaneous connects while the server does not accept",
+        run: backlog::run,
+    },
+    Experiment {
+        name: "reuseaddr",
+        about: "SO_REUSEADDR off/on: restarting a listener whose old connections sit in TIME_WAIT",
+        run: reuseaddr::run,
+    },
+    Experiment {
+        name: "kernel",
+        about: "the kernel settings that bound all of this (read-only, /proc/sys and getrlimit)",
+        run: kernel::run,
+    },
+];
+
+/// Runs `socklab tune`.
+pub fn run(args: &TuneArgs) -> ExitCode {
+    if args.list {
+        for e in &EXPERIMENTS {
+            println!("{:<10} {}", e.name, e.about);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let chosen: Vec<&Experiment> = match &args.only {
+        Some(name) => match EXPERIMENTS.iter().find(|e| e.name == name.as_str()) {
+            Some(e) => vec![e],
+            None => {
+                let names: Vec<&str> = EXPERIMENTS.iter().map(|e| e.name).collect();
+                eprintln!(
+                    "socklab tune: no experiment `{name}`; there are: {}",
+                    names.join(", ")
+                );
+                return ExitCode::from(2);
+            }
+        },
+        None => EXPERIMENTS.iter().collect(),
+    };
+    if let Err(e) = std::fs::create_dir_all(&args.out) {
+        eprintln!("socklab tune: cannot create {}: {e}", args.out.display());
+        return ExitCode::FAILURE;
+    }
+    // The backlog burst holds many sockets at once.
+    let _ = crate::sockopt::raise_fd_limit();
+    let ctx = Ctx {
+        quick: args.quick,
+        out: args.out.clone(),
+        addr: args.addr,
+    };
+    let mut failed = 0;
+    for e in chosen {
+        println!("== {} ==", e.name);
+        println!("{}", e.about);
+        println!();
+        match (e.run)(&ctx) {
+            Ok(Some(svg)) => println!("chart: {}", svg.display()),
+            Ok(None) => {}
+            Err(TuneError::NeedsOwnServer) => {
+                println!("skipped: {}", TuneError::NeedsOwnServer);
+            }
+            Err(err) => {
+                failed += 1;
+                println!("failed: {err}");
+                eprintln!("socklab tune: {}: {err}", e.name);
+            }
+        }
+        println!();
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// A table printed with aligned columns.
+#[derive(Debug, Default)]
+pub struct Table {
+    /// Column titles.
+    headers: Vec<String>,
+    /// Rows of cells, as many as there are headers.
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column titles.
+    pub fn new(headers: &[&str]) -> Table {
+        Table {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row.
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// Prints it to stdout, numbers right-aligned.
+    pub fn print(&self) {
+        let cols = self.headers.len();
+        let mut width: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for r in &self.rows {
+            for (w, c) in width.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let numeric = |s: &str| {
+            s.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit() || c == '-')
+                && s.chars().all(|c| c.is_ascii_digit() || ".,-".contains(c))
+        };
+        let line = |cells: &[String]| {
+            let mut out = String::from("|");
+            for i in 0..cols {
+                let c = cells.get(i).map_or("", String::as_str);
+                let w = width.get(i).copied().unwrap_or(0);
+                if numeric(c) {
+                    out.push_str(&format!(" {c:>w$} |"));
+                } else {
+                    out.push_str(&format!(" {c:<w$} |"));
+                }
+            }
+            out
+        };
+        println!("{}", line(&self.headers));
+        let mut sep = String::from("|");
+        for w in &width {
+            sep.push_str(&"-".repeat(w + 2));
+            sep.push('|');
+        }
+        println!("{sep}");
+        for r in &self.rows {
+            println!("{}", line(r));
+        }
+    }
+}
+
+/// `on`/`off` for a flag.
+pub fn on_off(b: bool) -> String {
+    if b { "on" } else { "off" }.to_string()
+}
+
+/// A byte count in the largest binary unit that divides it (4 KiB, 1 MiB, 100 B).
+pub fn bytes(n: usize) -> String {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{} MiB", n >> 20)
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} B")
+    }
+}

@@ -1,0 +1,219 @@
+//! `socklab tune` and `socklab sticky` end to end: the experiments are listed, the quick
+//! `nodelay` run prints a table and writes an SVG, the `reuseaddr` run shows the bind error
+//! without SO_REUSEADDR and success with it, and `sticky` recovers every message intact
+//! through frames. Nothing here asserts on speed or on how the kernel merged the raw reads:
+//! only on structure, and on the frames being exact.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+/// How long one run of the binary may take.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `socklab ARGS...` to completion (at most [`RUN_TIMEOUT`]); returns its output.
+fn socklab(args: &[&str]) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_socklab"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn socklab");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(RUN_TIMEOUT) {
+        Ok(out) => out.expect("wait for socklab"),
+        Err(_) => {
+            // SAFETY: kill has no memory effects; the pid is our child, not yet reaped.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+            panic!("socklab {args:?} did not finish within {RUN_TIMEOUT:?}");
+        }
+    }
+}
+
+/// Stdout as text, and a panic message with both streams when `out` did not succeed.
+fn stdout_ok(args: &[&str], out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "socklab {args:?} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// A fresh directory for one test's charts, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let p =
+            std::env::temp_dir().join(format!("socklab-tune-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn tune_list_names_every_experiment() {
+    let args = ["tune", "--list"];
+    let out = stdout_ok(&args, &socklab(&args));
+    let names: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for want in ["nodelay", "buffers", "backlog", "reuseaddr", "kernel"] {
+        assert!(
+            names.contains(&want),
+            "`{want}` missing from --list:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn tune_refuses_an_unknown_experiment() {
+    let out = socklab(&["tune", "--only", "no-such-experiment"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nodelay"),
+        "the error should name the experiments: {err}"
+    );
+}
+
+#[test]
+fn tune_nodelay_quick_prints_a_table_and_writes_an_svg() {
+    let dir = TempDir::new("nodelay");
+    let out_dir = dir.0.display().to_string();
+    let args = ["tune", "--only", "nodelay", "--quick", "--out", &out_dir];
+    let out = stdout_ok(&args, &socklab(&args));
+    let header = out
+        .lines()
+        .find(|l| l.starts_with("| server nodelay"))
+        .unwrap_or_else(|| panic!("no table header in:\n{out}"));
+    for col in [
+        "client nodelay",
+        "pattern",
+        "p50 µs",
+        "p90 µs",
+        "p99 µs",
+        "max µs",
+    ] {
+        assert!(header.contains(col), "column `{col}` missing: {header}");
+    }
+    // Both server settings × both client settings × 2 patterns × 2 sizes.
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("| on ") || l.starts_with("| off "))
+        .collect();
+    assert_eq!(rows.len(), 16, "expected 16 rows:\n{out}");
+    for pattern in ["rr", "wwr"] {
+        assert!(
+            rows.iter().any(|r| r.contains(&format!("| {pattern} "))),
+            "no {pattern} row:\n{out}"
+        );
+    }
+    let svg = std::fs::read_to_string(dir.0.join("nodelay.svg")).expect("nodelay.svg written");
+    assert!(!svg.is_empty());
+    assert!(
+        svg.contains("<svg"),
+        "not an SVG: {}",
+        &svg[..svg.len().min(200)]
+    );
+    assert!(svg.contains("<text"), "the chart has no text");
+    assert!(
+        svg.contains("log scale"),
+        "the latency axis should say it is logarithmic"
+    );
+}
+
+#[test]
+fn tune_reuseaddr_quick_shows_the_bind_error_and_the_fix() {
+    let dir = TempDir::new("reuseaddr");
+    let out_dir = dir.0.display().to_string();
+    let args = ["tune", "--only", "reuseaddr", "--quick", "--out", &out_dir];
+    let out = stdout_ok(&args, &socklab(&args));
+    let without = out
+        .lines()
+        .find(|l| l.starts_with("result: without SO_REUSEADDR"))
+        .unwrap_or_else(|| panic!("no result line without SO_REUSEADDR:\n{out}"));
+    assert!(
+        without.contains("failed") && without.contains("already in use"),
+        "{without}"
+    );
+    let with = out
+        .lines()
+        .find(|l| l.starts_with("result: with SO_REUSEADDR"))
+        .unwrap_or_else(|| panic!("no result line with SO_REUSEADDR:\n{out}"));
+    assert!(with.contains("succeeded"), "{with}");
+    assert!(dir.0.join("reuseaddr.svg").exists());
+}
+
+/// Checks one `sticky` run's output for `n` messages; returns the raw part's read count.
+fn check_sticky(out: &str, n: usize) -> usize {
+    let summary = format!("raw echo: {n} messages in {n} writes came back in ");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&summary))
+        .unwrap_or_else(|| panic!("no raw summary in:\n{out}"));
+    let reads: usize = line[summary.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no read count in `{line}`"));
+    assert!(reads >= 1);
+    assert!(
+        out.contains(&format!("frames: {n} of {n} messages recovered intact")),
+        "frames not all intact:\n{out}"
+    );
+    // Every frame printed once, in order, with its exact body.
+    for i in 0..n {
+        let want = format!("frame {i:>3}: header ");
+        let frame = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&want))
+            .unwrap_or_else(|| panic!("frame {i} missing:\n{out}"));
+        assert!(frame.contains(&format!("\"msg-{i:03} hello\"")), "{frame}");
+        assert!(frame.ends_with("intact"), "{frame}");
+    }
+    assert!(out.contains("client: nodelay="), "client options missing");
+    assert!(out.contains("server echo "), "server options missing");
+    reads
+}
+
+#[test]
+fn sticky_recovers_every_message_through_frames() {
+    let args = ["sticky"];
+    let out = stdout_ok(&args, &socklab(&args));
+    check_sticky(&out, 20);
+}
+
+#[test]
+fn sticky_with_nagle_and_small_reads_still_recovers_frames() {
+    let args = ["sticky", "-n", "7", "--nodelay", "off", "--read-size", "16"];
+    let out = stdout_ok(&args, &socklab(&args));
+    let reads = check_sticky(&out, 7);
+    // 7 messages of 13 bytes read 16 bytes at a time need at least 6 reads.
+    assert!(reads >= 6, "{reads} reads:\n{out}");
+    assert!(out.contains("client: nodelay=off"), "{out}");
+    assert!(
+        out.contains("Nagle"),
+        "the why should name Nagle's algorithm:\n{out}"
+    );
+}
