@@ -398,7 +398,11 @@ pub fn bench(args: &BenchArgs) -> Result<Report, BenchError> {
             }
         }
     }
-    let window = watch(args, &shared, &handles)?;
+    let window = watch(args, &shared, &handles);
+    // The threads end by themselves at the end of the window; after a failure here, at once.
+    if window.is_err() {
+        shared.stop.store(true, Ordering::Relaxed);
+    }
     let mut outcomes = Vec::new();
     let mut first_error = None;
     for h in handles {
@@ -413,10 +417,11 @@ pub fn bench(args: &BenchArgs) -> Result<Report, BenchError> {
             Err(_) => first_error = Some(BenchError::Panicked),
         }
     }
+    // A thread's error is the cause; a failed CPU snapshot (a dead server) only a consequence.
     if let Some(e) = first_error {
         return Err(e);
     }
-    summarise(args, &request, threads, &outcomes, &window)
+    summarise(args, &request, threads, &outcomes, &window?)
 }
 
 /// What the main thread measured around the window.

@@ -199,6 +199,8 @@ enum CloseReason {
     InputTooLarge { held: usize },
     /// A long response could not be completed (a file shrank while being sent).
     Broken,
+    /// The client hung up while its command was running.
+    PeerGone,
 }
 
 /// The single-threaded server.
@@ -1164,6 +1166,10 @@ impl Reactor {
                     CloseReason::Broken => {
                         tracing::debug!(service = %kind, "closing: response cannot be completed")
                     }
+                    CloseReason::PeerGone => tracing::info!(
+                        service = %kind,
+                        "the client left while its command ran; killing the command"
+                    ),
                 }
                 c.dead = true;
                 self.to_close.push(token);
@@ -1401,7 +1407,9 @@ fn wanted_interest(c: &Conn) -> Option<Interest> {
         (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
         (true, false) => Some(Interest::READABLE),
         (false, true) => Some(Interest::WRITABLE),
-        (false, false) => c.interest,
+        // Nothing to read or write now, but a hang-up must still be heard (a client that
+        // leaves while its command runs): READABLE carries it.
+        (false, false) => Some(Interest::READABLE),
     }
 }
 
@@ -1464,6 +1472,11 @@ fn drive(
     let mut sent = 0usize;
     let mut more = false;
     let close = |reason, r, s| (Verdict::Close(reason), r, s);
+    if c.hup_seen && c.service.awaiting_exec() {
+        // The client hung up while its command runs: nobody is left to read the answer, so
+        // the command is killed (as a shell's child gets SIGHUP).
+        return close(CloseReason::PeerGone, received, sent);
+    }
     if writable && !c.out.is_empty() {
         match c.out.write_to(&mut c.socket) {
             Ok(n) => sent += n,

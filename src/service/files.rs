@@ -14,12 +14,13 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::Step;
 use super::exec::{self, Capture, Ending, ExecPolicy, ExecRefusal, ExecRequest};
+use super::response::Head;
 use super::store::{Hasher, Store, TempFile, check_name, record_md5};
-use crate::frame::header::{HeaderBodyConfig, HeaderBodyDecoder, Part, encode_header};
+use crate::frame::header::{HeaderBodyConfig, HeaderBodyDecoder, Part};
 use crate::frame::{Decoded, Header};
 use crate::metrics::Counters;
 
@@ -319,26 +320,6 @@ enum ExecState {
     Running(Option<Value>),
 }
 
-/// Appends a response frame with no body.
-fn respond(out: &mut Vec<u8>, mut fields: Map<String, Value>, id: Option<&Value>) {
-    respond_with_body(out, &mut fields, id, 0);
-}
-
-fn respond_with_body(
-    out: &mut Vec<u8>,
-    fields: &mut Map<String, Value>,
-    id: Option<&Value>,
-    size: u64,
-) {
-    if let Some(id) = id {
-        fields.insert("id".into(), id.clone());
-    }
-    if let Err(e) = encode_header(fields, size, out) {
-        // Only a header over 64 KiB can fail, and no response carries that much.
-        tracing::error!("cannot encode a response header: {e}");
-    }
-}
-
 /// Appends an error frame and counts it.
 fn respond_error(
     out: &mut Vec<u8>,
@@ -346,24 +327,10 @@ fn respond_error(
     cmd: Option<Cmd>,
     id: Option<&Value>,
     code: ErrorCode,
-    message: impl Into<String>,
+    message: impl AsRef<str>,
 ) {
     counters.frame(cmd.map_or("unknown", Cmd::name), code.as_str());
-    let mut f = Map::new();
-    f.insert("ok".into(), Value::Bool(false));
-    f.insert("cmd".into(), cmd.map_or(Value::Null, |c| c.name().into()));
-    f.insert(
-        "error".into(),
-        json!({"code": code.as_str(), "message": message.into()}),
-    );
-    respond(out, f, id);
-}
-
-fn ok_fields(cmd: Cmd) -> Map<String, Value> {
-    let mut f = Map::new();
-    f.insert("ok".into(), Value::Bool(true));
-    f.insert("cmd".into(), cmd.name().into());
-    f
+    Head::error(out, cmd.map(Cmd::name), code.as_str(), message.as_ref()).finish(id, 0);
 }
 
 /// The auth_failed frame a `files` listener sends before closing a failed handshake.
@@ -433,6 +400,11 @@ impl Files {
         self.committing || !matches!(self.exec, ExecState::Idle)
     }
 
+    /// Whether an `exec` request is queued or running.
+    pub fn awaiting_exec(&self) -> bool {
+        !matches!(self.exec, ExecState::Idle)
+    }
+
     /// Takes the result of a disk job.
     pub fn on_disk_done(&mut self, done: DiskDone, out: &mut Vec<u8>, counters: &mut Counters) {
         match done {
@@ -448,11 +420,11 @@ impl Files {
                 match result {
                     Ok(()) => {
                         counters.frame("put", "ok");
-                        let mut f = ok_fields(Cmd::Put);
-                        f.insert("filename".into(), name.into());
-                        f.insert("filesize".into(), size.into());
-                        f.insert("md5".into(), md5.into());
-                        respond(out, f, id.as_ref());
+                        Head::ok(out, "put")
+                            .str("filename", &name)
+                            .num("filesize", size)
+                            .str("md5", &md5)
+                            .finish(id.as_ref(), 0);
                     }
                     Err(msg) => respond_error(
                         out,
@@ -579,11 +551,11 @@ impl Files {
         match cmd {
             Cmd::Ping => {
                 counters.frame(cmd.name(), "ok");
-                respond(out, ok_fields(cmd), id);
+                Head::ok(out, cmd.name()).finish(id, 0);
             }
             Cmd::Echo => {
                 counters.frame(cmd.name(), "ok");
-                respond_with_body(out, &mut ok_fields(cmd), id, h.size);
+                Head::ok(out, cmd.name()).finish(id, h.size);
                 self.body = Body::Echo;
             }
             Cmd::Put => match self.start_upload(h) {
@@ -608,7 +580,7 @@ impl Files {
                         .collect();
                     let data = serde_json::to_vec(&list).unwrap_or_default();
                     counters.frame(cmd.name(), "ok");
-                    respond_with_body(out, &mut ok_fields(cmd), id, data.len() as u64);
+                    Head::ok(out, cmd.name()).finish(id, data.len() as u64);
                     self.outgoing = Some(Outgoing::Bytes { data, pos: 0 });
                 }
                 Err(e) => fail(out, counters, (ErrorCode::Io, io_message(&e))),
@@ -616,7 +588,7 @@ impl Files {
             Cmd::Stats => {
                 counters.frame(cmd.name(), "ok");
                 let data = serde_json::to_vec(&counters.to_json()).unwrap_or_default();
-                respond_with_body(out, &mut ok_fields(cmd), id, data.len() as u64);
+                Head::ok(out, cmd.name()).finish(id, data.len() as u64);
                 out.extend_from_slice(&data);
             }
             Cmd::Exec => {
@@ -769,9 +741,9 @@ impl Files {
         match then {
             AfterHash::Get => {
                 counters.frame("get", "ok");
-                let mut f = ok_fields(Cmd::Get);
-                f.insert("md5".into(), md5.into());
-                respond_with_body(out, &mut f, id.as_ref(), size);
+                Head::ok(out, "get")
+                    .str("md5", &md5)
+                    .finish(id.as_ref(), size);
                 if size > 0 {
                     self.outgoing = Some(Outgoing::File {
                         file,
@@ -782,11 +754,11 @@ impl Files {
             }
             AfterHash::Stat => {
                 counters.frame("stat", "ok");
-                let mut f = ok_fields(Cmd::Stat);
-                f.insert("filesize".into(), size.into());
-                f.insert("md5".into(), md5.into());
-                f.insert("mtime".into(), mtime.into());
-                respond(out, f, id.as_ref());
+                Head::ok(out, "stat")
+                    .num("filesize", size)
+                    .str("md5", &md5)
+                    .num("mtime", mtime)
+                    .finish(id.as_ref(), 0);
             }
         }
     }
@@ -1029,7 +1001,7 @@ mod tests {
     }
 
     /// A decoded response: header fields and body.
-    type Response = (Map<String, Value>, Vec<u8>);
+    type Response = (serde_json::Map<String, Value>, Vec<u8>);
 
     /// Runs input through a session (producing everything) and decodes the responses.
     fn run(s: &mut Files, input: &[u8]) -> (Vec<Response>, bool) {

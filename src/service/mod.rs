@@ -8,6 +8,7 @@ pub mod echo;
 pub mod exec;
 pub mod files;
 pub mod metrics_http;
+pub mod response;
 pub mod store;
 pub mod time;
 pub mod upper;
@@ -158,6 +159,14 @@ impl StreamService {
     pub fn awaiting_disk(&self) -> bool {
         match self {
             StreamService::Files(s) => s.awaiting_disk(),
+            _ => false,
+        }
+    }
+
+    /// Whether an `exec` command of this connection is queued or running.
+    pub fn awaiting_exec(&self) -> bool {
+        match self {
+            StreamService::Files(s) => s.awaiting_exec(),
             _ => false,
         }
     }

@@ -1,0 +1,387 @@
+//! `socklab bench` against real servers: every mode gets replies and reports them in its JSON
+//! result, `--rate` paces the requests, and a server that dies or never answers ends the run
+//! with an error within a bound instead of a hang. Nothing here asserts on speed.
+
+mod util;
+
+use std::io::{ErrorKind, Read};
+use std::net::TcpListener;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use util::{Server, TempDir};
+
+/// The most any bench run here may take before the test calls it a hang.
+const BOUND: Duration = Duration::from_secs(30);
+
+/// Runs `socklab bench ARGS...` to completion (killed after `bound`), returning its output and
+/// how long it took.
+fn bench(args: &[&str], bound: Duration) -> (Output, Duration) {
+    let start = Instant::now();
+    let mut child = Command::new(util::bin())
+        .arg("bench")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn socklab bench");
+    // Drain both pipes in the background so that the child never blocks on them.
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_t = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_t = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if start.elapsed() > bound {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("socklab bench {args:?} did not finish within {bound:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let took = start.elapsed();
+    let output = Output {
+        status,
+        stdout: out_t.join().expect("stdout reader"),
+        stderr: err_t.join().expect("stderr reader"),
+    };
+    (output, took)
+}
+
+/// Runs a bench that must succeed and returns its JSON result.
+fn bench_json(args: &[&str]) -> Value {
+    let mut all: Vec<&str> = args.to_vec();
+    all.push("--json");
+    let (out, _) = bench(&all, BOUND);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench {args:?} failed: {}\n--- stdout ---\n{stdout}--- stderr ---\n{stderr}",
+        out.status
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "--json prints one line: {stdout}");
+    serde_json::from_str(lines.first().copied().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+/// Checks what every successful run must report.
+fn assert_sane(r: &Value) {
+    let requests = r["requests"].as_u64().expect("requests");
+    assert!(requests > 0, "no requests: {r}");
+    assert_eq!(r["errors"].as_u64(), Some(0), "{r}");
+    assert_eq!(r["reconnects"].as_u64(), Some(0), "{r}");
+    let lat = &r["latency_us"];
+    let (p50, p99, max) = (
+        lat["p50"].as_f64().expect("p50"),
+        lat["p99"].as_f64().expect("p99"),
+        lat["max"].as_f64().expect("max"),
+    );
+    assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{r}");
+    assert!(r["requests_per_s"].as_f64().expect("rps") > 0.0, "{r}");
+    assert!(r["bytes_received"].as_u64().expect("bytes") > 0, "{r}");
+    assert!(r["cpu_percent"].as_f64().is_some(), "{r}");
+}
+
+/// An echo server on a free port, every other service off.
+fn echo_server() -> Server {
+    Server::start(util::serve_args(&[("echo", "127.0.0.1:0")], &[]))
+}
+
+/// A files server on a free port (data in `dir`), every other service off.
+fn files_server(dir: &TempDir) -> Server {
+    let mut args = Vec::new();
+    for s in util::all_services() {
+        if s == "files" {
+            args.push("--files".to_owned());
+            args.push("127.0.0.1:0".to_owned());
+        } else {
+            args.push(format!("--no-{s}"));
+        }
+    }
+    args.push("--data-dir".to_owned());
+    args.push(dir.path().display().to_string());
+    Server::start(args)
+}
+
+#[test]
+fn raw_mode_against_echo() {
+    let server = echo_server();
+    let addr = server.tcp("echo").to_string();
+    let r = bench_json(&[
+        "--addr",
+        &addr,
+        "--mode",
+        "raw",
+        "--size",
+        "100",
+        "--conns",
+        "4",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+    ]);
+    assert_sane(&r);
+    assert_eq!(r["mode"], "raw");
+    assert_eq!(r["request_bytes"].as_u64(), Some(100));
+    assert_eq!(r["conns"].as_u64(), Some(4));
+}
+
+#[test]
+fn raw_mode_with_server_pid_reports_server_cpu() {
+    let server = echo_server();
+    let addr = server.tcp("echo").to_string();
+    let pid = server.pid().to_string();
+    let r = bench_json(&[
+        "--addr",
+        &addr,
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--server-pid",
+        &pid,
+    ]);
+    assert_sane(&r);
+    assert!(r["server_cpu_s"].as_f64().is_some(), "{r}");
+    assert!(r["server_cpu_per_request_us"].as_f64().is_some(), "{r}");
+}
+
+#[test]
+fn line_mode_against_echo() {
+    let server = echo_server();
+    let addr = server.tcp("echo").to_string();
+    let r = bench_json(&[
+        "--addr",
+        &addr,
+        "--mode",
+        "line",
+        "--conns",
+        "3",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+    ]);
+    assert_sane(&r);
+    // And with a fixed line, as sent to redis.
+    let r = bench_json(&[
+        "--addr",
+        &addr,
+        "--mode",
+        "line",
+        "--line",
+        "PING",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+    ]);
+    assert_sane(&r);
+    assert_eq!(r["request_bytes"].as_u64(), Some(6));
+}
+
+#[test]
+fn frame_mode_against_files() {
+    let dir = TempDir::new("bench-frame");
+    let server = files_server(&dir);
+    let addr = server.tcp("files").to_string();
+    let r = bench_json(&[
+        "--addr",
+        &addr,
+        "--mode",
+        "frame",
+        "--frame-cmd",
+        "ping",
+        "--conns",
+        "2",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+    ]);
+    assert_sane(&r);
+    assert_eq!(r["frame_cmd"], "ping");
+    let r = bench_json(&[
+        "--addr",
+        &addr,
+        "--mode",
+        "frame",
+        "--frame-cmd",
+        "echo",
+        "--size",
+        "3000",
+        "--depth",
+        "4",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+    ]);
+    assert_sane(&r);
+    assert!(r["bytes_received"].as_u64().unwrap_or(0) > 3000, "{r}");
+}
+
+#[test]
+fn pipelined_depth_8() {
+    let server = echo_server();
+    let addr = server.tcp("echo").to_string();
+    let r = bench_json(&[
+        "--addr",
+        &addr,
+        "--depth",
+        "8",
+        "--conns",
+        "5",
+        "--threads",
+        "2",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+    ]);
+    assert_sane(&r);
+    assert_eq!(r["depth"].as_u64(), Some(8));
+    assert_eq!(r["threads"].as_u64(), Some(2));
+}
+
+#[test]
+fn rate_paces_the_requests() {
+    let server = echo_server();
+    let addr = server.tcp("echo").to_string();
+    let r = bench_json(&[
+        "--addr",
+        &addr,
+        "--rate",
+        "200",
+        "--conns",
+        "4",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+    ]);
+    assert_sane(&r);
+    let requests = r["requests"].as_u64().unwrap_or(0);
+    assert!(
+        (100..=300).contains(&requests),
+        "--rate 200 for 1 s made {requests} requests: {r}"
+    );
+}
+
+#[test]
+fn a_server_killed_mid_run_is_an_error_not_a_hang() {
+    let server = echo_server();
+    let addr = server.tcp("echo").to_string();
+    let killer = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(1500));
+        server.signal(libc::SIGKILL);
+        // Dropping the server reaps it.
+        drop(server);
+    });
+    let (out, took) = bench(
+        &[
+            "--addr",
+            &addr,
+            "--conns",
+            "4",
+            "--duration",
+            "20s",
+            "--warmup",
+            "0s",
+            "--timeout",
+            "2s",
+        ],
+        BOUND,
+    );
+    killer.join().expect("killer thread");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "bench survived a dead server: {stderr}"
+    );
+    assert!(stderr.contains("socklab bench:"), "no message: {stderr}");
+    assert!(
+        took < Duration::from_secs(10),
+        "bench took {took:?} to notice a dead server: {stderr}"
+    );
+}
+
+#[test]
+fn a_server_that_never_answers_times_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let stop = Arc::new(AtomicBool::new(false));
+    let holder = {
+        let stop = Arc::clone(&stop);
+        // Accepts and holds every connection, never reading or writing.
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => held.push(s),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(10))
+                    }
+                    Err(e) => panic!("accept: {e}"),
+                }
+            }
+            held.len()
+        })
+    };
+    let (out, took) = bench(
+        &[
+            "--addr",
+            &addr,
+            "--conns",
+            "3",
+            "--duration",
+            "20s",
+            "--warmup",
+            "0s",
+            "--timeout",
+            "1s",
+        ],
+        BOUND,
+    );
+    stop.store(true, Ordering::Relaxed);
+    let held = holder.join().expect("holder thread");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "bench succeeded without answers: {stderr}"
+    );
+    assert!(stderr.contains("timeout"), "no timeout message: {stderr}");
+    assert!(
+        took < Duration::from_secs(8),
+        "bench took {took:?} to time out: {stderr}"
+    );
+    assert_eq!(held, 3, "the bench opened 3 connections");
+}
+
+#[test]
+fn bad_usage_is_refused() {
+    let (out, _) = bench(&["--addr", "unixgram:/tmp/x", "--duration", "1s"], BOUND);
+    assert!(!out.status.success());
+    let (out, _) = bench(&["--mode", "raw", "--line", "PING"], BOUND);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--line"));
+}

@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# Measures socklab against two anchors with `socklab bench`, under identical settings, on
+# loopback, and prints a markdown table (machine, command, medians, ratios) for BENCHMARKS.md.
+#
+#   servers   socklab echo (raw 64 B and line `PING`), socklab files (`ping` frames),
+#             tokio-echo (tools/tokio-echo: current-thread runtime, accept-spawn-read-write_all;
+#             raw 64 B), redis-server (inline `PING` in line mode; persistence off)
+#   settings  1, 50 and 1,000 connections x depth 1 and 16, one load thread
+#   rounds    3 rounds of 5 s after a 1 s warm-up each (--quick: 1 round of 2 s, 0.5 s warm-up);
+#             within a round every server is measured in turn, the order rotated each round
+#   pinning   servers on CPU 0, the load generator on CPU 1 (taskset), when there are 2+ CPUs
+#   figures   per setting and server the median of the rounds: requests/s, p99 latency, the
+#             server's CPU time per request (utime+stime from /proc/PID/stat over the measured
+#             window, divided by the requests the bench reported: `socklab bench --server-pid`)
+#             and the load generator's CPU use; then socklab/tokio and socklab/redis ratios of
+#             CPU time per request.
+#
+# Usage: tools/bench-anchors.sh [--quick] [--rounds N] [--duration D] [--warmup W]
+#                               [--settings "1x1 50x16 ..."] [--raw-json FILE]
+# It installs redis-server (apt-get) when missing. Everything it starts is stopped at exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+rounds=3
+duration=5s
+warmup=1s
+settings="1x1 1x16 50x1 50x16 1000x1 1000x16"
+raw_json=""
+cmdline="tools/bench-anchors.sh${*:+ $*}"
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --quick) rounds=1 duration=2s warmup=500ms ;;
+    --rounds) rounds=$2; shift ;;
+    --duration) duration=$2; shift ;;
+    --warmup) warmup=$2; shift ;;
+    --settings) settings=$2; shift ;;
+    --raw-json) raw_json=$2; shift ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    *) echo "bench-anchors: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+log() { echo "bench-anchors: $*" >&2; }
+
+# --- build and install what is needed -------------------------------------------------------
+log "building socklab and tools/tokio-echo (release)"
+cargo build --release --quiet
+cargo build --release --quiet --manifest-path tools/tokio-echo/Cargo.toml
+socklab=$root/target/release/socklab
+tokio_echo=$root/tools/tokio-echo/target/release/tokio-echo
+if ! command -v redis-server >/dev/null; then
+    log "installing redis-server"
+    if ! apt-get install -y redis-server >/dev/null 2>&1; then
+        apt-get update >/dev/null && apt-get install -y redis-server >/dev/null
+    fi
+fi
+redis_version=$(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')
+
+# 1,000 connections per server: every process started here gets the hard limit.
+ulimit -n "$(ulimit -Hn)"
+
+if [ "$(nproc)" -ge 2 ]; then
+    pin_server=(taskset -c 0)
+    pin_bench=(taskset -c 1)
+    pinning="servers on CPU 0, load generator on CPU 1 (taskset)"
+else
+    pin_server=()
+    pin_bench=()
+    pinning="not pinned (one CPU)"
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits until the file $1 contains a line matching $2 (10 s at most).
+wait_for_line() {
+    for _ in $(seq 100); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+    log "timed out waiting for '$2' in $1:"; cat "$1" >&2; exit 1
+}
+
+# --- servers --------------------------------------------------------------------------------
+# socklab: echo and files on free ports, every other service off.
+# A service is a NAME with both `--NAME <ADDR>` and `--no-NAME` in `socklab serve --help`.
+off=()
+help=$("$socklab" serve --help)
+for s in $(grep -o -- '--no-[a-z-]*' <<<"$help" | sed 's/^--no-//' | sort -u); do
+    case "$s" in echo | files) continue ;; esac
+    if grep -q -- "--$s <ADDR>" <<<"$help"; then off+=("--no-$s"); fi
+done
+socklab_cmd=("$socklab" serve --echo 127.0.0.1:0 --files 127.0.0.1:0 --data-dir "$work/data"
+    "${off[@]}" --max-conns 5000 -q)
+"${pin_server[@]}" "${socklab_cmd[@]}" >"$work/socklab.out" 2>"$work/socklab.err" &
+socklab_pid=$!
+pids+=("$socklab_pid")
+wait_for_line "$work/socklab.out" '^ready'
+socklab_echo=$(awk '$1 == "listening" && $2 == "echo" && $3 == "tcp" {print $4; exit}' "$work/socklab.out")
+socklab_files=$(awk '$1 == "listening" && $2 == "files" && $3 == "tcp" {print $4; exit}' "$work/socklab.out")
+
+# tokio-echo: prints `listening ADDR` once bound.
+"${pin_server[@]}" "$tokio_echo" 127.0.0.1:0 >"$work/tokio.out" 2>&1 &
+tokio_pid=$!
+pids+=("$tokio_pid")
+wait_for_line "$work/tokio.out" '^listening'
+tokio_addr=$(awk '$1 == "listening" {print $2; exit}' "$work/tokio.out")
+
+# redis: a free port, persistence off, in the foreground (so that $! is its pid).
+redis_port=$(free_port)
+"${pin_server[@]}" redis-server --port "$redis_port" --bind 127.0.0.1 --save '' \
+    --appendonly no --daemonize no --maxclients 5000 >"$work/redis.out" 2>&1 &
+redis_pid=$!
+pids+=("$redis_pid")
+wait_for_line "$work/redis.out" 'Ready to accept connections'
+redis_addr=127.0.0.1:$redis_port
+
+# name|pid|bench arguments
+targets=(
+    "socklab echo raw|$socklab_pid|--addr $socklab_echo --mode raw --size 64"
+    "tokio echo raw|$tokio_pid|--addr $tokio_addr --mode raw --size 64"
+    "socklab echo line PING|$socklab_pid|--addr $socklab_echo --mode line --line PING"
+    "redis PING|$redis_pid|--addr $redis_addr --mode line --line PING"
+    "socklab files ping|$socklab_pid|--addr $socklab_files --mode frame --frame-cmd ping"
+)
+
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+results=$work/results.jsonl
+: >"$results"
+total=$(($(wc -w <<<"$settings") * rounds * ${#targets[@]}))
+n=0
+for setting in $settings; do
+    conns=${setting%x*}
+    depth=${setting#*x}
+    for round in $(seq "$rounds"); do
+        count=${#targets[@]}
+        for k in $(seq 0 $((count - 1))); do
+            # Rotate the order each round, so that no server always goes first.
+            t=${targets[$(((k + round - 1) % count))]}
+            name=${t%%|*}
+            rest=${t#*|}
+            pid=${rest%%|*}
+            args=${rest#*|}
+            n=$((n + 1))
+            log "[$n/$total] $setting round $round: $name"
+            # shellcheck disable=SC2086
+            if out=$("${pin_bench[@]}" "$socklab" bench $args --conns "$conns" --depth "$depth" \
+                --duration "$duration" --warmup "$warmup" --threads 1 --server-pid "$pid" \
+                --json 2>"$work/bench.err"); then
+                printf '{"setting":"%s","round":%s,"server":"%s","result":%s}\n' \
+                    "$setting" "$round" "$name" "$out" >>"$results"
+            else
+                err=$(tr '\n"' ' _' <"$work/bench.err")
+                log "  failed: $err"
+                printf '{"setting":"%s","round":%s,"server":"%s","error":"%s"}\n' \
+                    "$setting" "$round" "$name" "$err" >>"$results"
+            fi
+        done
+    done
+done
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+[ -n "$raw_json" ] && cp "$results" "$raw_json"
+
+# --- report ---------------------------------------------------------------------------------
+SETTINGS="$settings" ROUNDS=$rounds DURATION=$duration WARMUP=$warmup CMDLINE=$cmdline \
+    PINNING=$pinning LOAD_START=$load_start LOAD_END=$load_end REDIS_VERSION=$redis_version \
+    BENCH_EXAMPLE="socklab bench --addr ADDR MODE --conns C --depth D --duration $duration --warmup $warmup --threads 1 --server-pid PID --json" \
+    python3 - "$results" <<'EOF'
+import json, os, platform, statistics, subprocess, sys
+
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+env = os.environ
+def cpu_model():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+servers = ["socklab echo raw", "tokio echo raw", "socklab echo line PING", "redis PING",
+           "socklab files ping"]
+settings = env["SETTINGS"].split()
+
+def med(setting, server, f):
+    vals = [f(r["result"]) for r in rows
+            if r["setting"] == setting and r["server"] == server and "result" in r]
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+def fails(setting, server):
+    return sum(1 for r in rows if r["setting"] == setting and r["server"] == server and "error" in r)
+
+def fmt(v, spec):
+    return "fail" if v is None else format(v, spec)
+
+def label(s):
+    c, d = s.split("x")
+    return f"{int(c):,} x {d}"
+
+print("### Machine and command\n")
+print(f"- Machine: `nproc` = {os.cpu_count()}, {cpu_model()}, Linux {platform.release()}; "
+      f"loopback; {env['PINNING']}.")
+print(f"- Load average (1, 5, 15 min) at start: {env['LOAD_START']}; at the end: {env['LOAD_END']}.")
+print(f"- Command: `{env['CMDLINE']}` ({env['ROUNDS']} round(s) of {env['DURATION']} after a "
+      f"{env['WARMUP']} warm-up per setting and server, servers in turn, order rotated each round).")
+print(f"- Each measurement: `{env['BENCH_EXAMPLE']}` with MODE one of `--mode raw --size 64` "
+      f"(echo), `--mode line --line PING` (socklab echo, redis {env['REDIS_VERSION']}), "
+      f"`--mode frame --frame-cmd ping` (files).")
+print("- Servers: release `socklab serve` (echo and files only), `tools/tokio-echo` "
+      "(tokio current-thread), `redis-server --save '' --appendonly no`.")
+print()
+print("### Per setting and server (medians)\n")
+print("| conns x depth | server | requests/s | p99 (µs) | server CPU/request (µs) | load generator CPU |")
+print("|---|---|---:|---:|---:|---:|")
+for s in settings:
+    for srv in servers:
+        rps = med(s, srv, lambda r: r["requests_per_s"])
+        p99 = med(s, srv, lambda r: r["latency_us"]["p99"])
+        cpu = med(s, srv, lambda r: r["server_cpu_per_request_us"])
+        gen = med(s, srv, lambda r: r["cpu_percent"])
+        f = fails(s, srv)
+        note = f" ({f} failed)" if f else ""
+        print(f"| {label(s)} | {srv}{note} | {fmt(rps, ',.0f')} | {fmt(p99, '.0f')} | "
+              f"{fmt(cpu, '.2f')} | {fmt(gen, '.0f')}{'' if gen is None else ' %'} |")
+print()
+print("### Ratios of server CPU time per request (below 1: socklab uses less)\n")
+print("| conns x depth | socklab echo / tokio echo | socklab echo / redis (line PING) | socklab files ping / redis PING | p99 socklab echo raw / tokio, line / redis |")
+print("|---|---:|---:|---:|---:|")
+def ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+for s in settings:
+    cpu = {srv: med(s, srv, lambda r: r["server_cpu_per_request_us"]) for srv in servers}
+    p99 = {srv: med(s, srv, lambda r: r["latency_us"]["p99"]) for srv in servers}
+    r1 = ratio(cpu["socklab echo raw"], cpu["tokio echo raw"])
+    r2 = ratio(cpu["socklab echo line PING"], cpu["redis PING"])
+    r3 = ratio(cpu["socklab files ping"], cpu["redis PING"])
+    q1 = ratio(p99["socklab echo raw"], p99["tokio echo raw"])
+    q2 = ratio(p99["socklab echo line PING"], p99["redis PING"])
+    print(f"| {label(s)} | {fmt(r1, '.2f')} | {fmt(r2, '.2f')} | {fmt(r3, '.2f')} | "
+          f"{fmt(q1, '.2f')}, {fmt(q2, '.2f')} |")
+EOF
