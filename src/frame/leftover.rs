@@ -64,8 +64,13 @@ impl Leftover {
     {
         if self.buf.is_empty() {
             let consumed = run(decoder, chunk, &mut on_item)?;
-            self.buf
-                .extend_from_slice(chunk.get(consumed..).unwrap_or_default());
+            let rest = chunk.get(consumed..).unwrap_or_default();
+            // No room is reserved from the announced length: a peer's claim must not make us
+            // allocate ahead of the bytes it really sent.
+            self.buf.extend_from_slice(rest);
+        } else if self.buf.len().saturating_add(chunk.len()) < decoder.needs() {
+            // The frame is still short of the length its prefix announced: nothing to decode.
+            self.buf.extend_from_slice(chunk);
         } else {
             self.buf.extend_from_slice(chunk);
             let consumed = run(decoder, &self.buf, &mut on_item)?;

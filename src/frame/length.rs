@@ -195,6 +195,9 @@ pub struct LengthDecoder {
     config: LengthConfig,
     /// Bytes consumed so far, so errors can say where the bad frame starts.
     offset: u64,
+    /// The whole length (prefix and payload) of a frame whose prefix has been read but whose
+    /// payload has not all arrived; 0 otherwise. See [`Decoder::needs`].
+    want: usize,
 }
 
 impl Default for LengthDecoder {
@@ -206,7 +209,11 @@ impl Default for LengthDecoder {
 impl LengthDecoder {
     /// A decoder at the start of a stream.
     pub fn new(config: LengthConfig) -> Self {
-        LengthDecoder { config, offset: 0 }
+        LengthDecoder {
+            config,
+            offset: 0,
+            want: 0,
+        }
     }
 
     /// The configuration this decoder was made with.
@@ -246,12 +253,16 @@ impl LengthDecoder {
         match input.get(width..total) {
             Some(payload) => {
                 self.offset = self.offset.saturating_add(total as u64);
+                self.want = 0;
                 Ok(Decoded::Item {
                     item: payload,
                     consumed: total,
                 })
             }
-            None => Ok(Decoded::Incomplete),
+            None => {
+                self.want = total;
+                Ok(Decoded::Incomplete)
+            }
         }
     }
 
@@ -275,6 +286,10 @@ impl Decoder for LengthDecoder {
 
     fn max_buffered(&self) -> usize {
         LengthDecoder::max_buffered(self)
+    }
+
+    fn needs(&self) -> usize {
+        self.want
     }
 }
 

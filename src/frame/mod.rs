@@ -102,6 +102,14 @@ pub trait Decoder {
     /// calls (after an [`Decoded::Incomplete`]): the size its leftover buffer
     /// must be allowed to reach, and never needs to pass.
     fn max_buffered(&self) -> usize;
+
+    /// After an [`Decoded::Incomplete`], how many bytes the unconsumed input must hold before
+    /// `decode` can yield anything (a frame whose length is known); 0 when the decoder cannot
+    /// say. A hint: a caller that waits for that many bytes saves the calls that could only
+    /// answer `Incomplete`. (Not a size to allocate: it comes from the peer.)
+    fn needs(&self) -> usize {
+        0
+    }
 }
 
 /// Any decoder's error, for callers that hold decoders of several kinds.
