@@ -16,7 +16,7 @@ use clap::{Args, ValueEnum};
 use crate::cli::tune::TuneError;
 use crate::cli::tune::server::Server;
 use crate::cli::tune::wire::{self, ClientOptions};
-use crate::frame::{Decoded, Part};
+use crate::frame::{Leftover, Part};
 
 /// On or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -258,7 +258,8 @@ fn read_total(
 /// bodies equal their message.
 fn read_frames(s: &mut TcpStream, msgs: &[Vec<u8>], read_size: usize) -> Result<usize, TuneError> {
     let mut dec = wire::response_decoder();
-    let mut pending: Vec<u8> = Vec::new();
+    // Holds the start of a frame that a read cut off, until the next read completes it.
+    let mut pending = Leftover::new();
     let mut buf = vec![0u8; read_size];
     let mut header = String::new();
     let mut body = Vec::new();
@@ -274,39 +275,27 @@ fn read_frames(s: &mut TcpStream, msgs: &[Vec<u8>], read_size: usize) -> Result<
             )));
         }
         reads += 1;
-        pending.extend_from_slice(buf.get(..n).unwrap_or_default());
         println!("read {reads:>3}: {n:>5} bytes");
-        let mut off = 0;
-        loop {
-            let answer = dec
-                .decode(pending.get(off..).unwrap_or_default())
-                .map_err(|e| TuneError::Protocol(format!("bad response frame: {e}")))?;
-            match answer {
-                Decoded::Incomplete => break,
-                Decoded::Skipped { consumed } => off += consumed,
-                Decoded::Item { item, consumed } => {
-                    off += consumed;
-                    match item {
-                        Part::Header(h) => {
-                            header = h.raw.to_string();
-                            body.clear();
-                        }
-                        Part::BodyChunk(c) => body.extend_from_slice(c),
-                        Part::BodyEnd => {
-                            let ok = msgs.get(frames) == Some(&body);
-                            intact += usize::from(ok);
-                            println!(
-                                "    frame {frames:>3}: header {header}  body {}  {}",
-                                show(&body),
-                                if ok { "intact" } else { "DIFFERS" }
-                            );
-                            frames += 1;
-                        }
-                    }
+        let chunk = buf.get(..n).unwrap_or_default();
+        pending
+            .feed(&mut dec, chunk, |part| match part {
+                Part::Header(h) => {
+                    header = h.raw.to_string();
+                    body.clear();
                 }
-            }
-        }
-        pending.drain(..off.min(pending.len()));
+                Part::BodyChunk(c) => body.extend_from_slice(c),
+                Part::BodyEnd => {
+                    let ok = msgs.get(frames) == Some(&body);
+                    intact += usize::from(ok);
+                    println!(
+                        "    frame {frames:>3}: header {header}  body {}  {}",
+                        show(&body),
+                        if ok { "intact" } else { "DIFFERS" }
+                    );
+                    frames += 1;
+                }
+            })
+            .map_err(|e| TuneError::Protocol(format!("bad response frame: {e}")))?;
         if !pending.is_empty() || dec.body_remaining() > 0 {
             println!("    (the start of the next frame is kept for the next read)");
         }

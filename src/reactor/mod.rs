@@ -801,9 +801,12 @@ impl Reactor {
         let registered = match self.sources.get_mut(token) {
             Some(Entry::Conn(c)) => {
                 c.id = token.0 as u64;
-                socket_register(&self.poll, &mut c.socket, token, Interest::READABLE).map(|()| {
-                    c.interest = Some(Interest::READABLE);
-                })
+                let registry = self.poll.registry();
+                registry
+                    .register(&mut c.socket, token, Interest::READABLE)
+                    .map(|()| {
+                        c.interest = Some(Interest::READABLE);
+                    })
             }
             _ => Ok(()),
         };
@@ -1092,17 +1095,8 @@ impl Reactor {
                 }
                 c.dead = true;
                 self.to_close.push(token);
-            } else if !c.out.is_empty() && c.interest != wanted_interest(c) {
-                let want = wanted_interest(c);
-                if let Some(i) = want
-                    && self
-                        .poll
-                        .registry()
-                        .reregister(&mut c.socket, token, i)
-                        .is_ok()
-                {
-                    c.interest = want;
-                }
+            } else if let Err(e) = update_interest(&self.poll, c, token) {
+                tracing::debug!(service = %kind, "cannot update a chat member's interest: {e}");
             }
             let counters = self.counters.service(kind);
             counters.bytes_sent = counters.bytes_sent.saturating_add(sent as u64);
@@ -1175,19 +1169,11 @@ impl Reactor {
                 self.to_close.push(token);
             }
             Verdict::Open { more } => {
-                let want = wanted_interest(c);
-                if want != c.interest {
-                    let result = match want {
-                        Some(i) => self.poll.registry().reregister(&mut c.socket, token, i),
-                        None => Ok(()),
-                    };
-                    if let Err(e) = result {
-                        tracing::warn!(service = %kind, "cannot update a connection's interest: {e}");
-                        c.dead = true;
-                        self.to_close.push(token);
-                        return;
-                    }
-                    c.interest = want;
+                if let Err(e) = update_interest(&self.poll, c, token) {
+                    tracing::warn!(service = %kind, "cannot update a connection's interest: {e}");
+                    c.dead = true;
+                    self.to_close.push(token);
+                    return;
                 }
                 if more && !c.queued {
                     c.queued = true;
@@ -1388,28 +1374,28 @@ impl Drop for Reactor {
     }
 }
 
-fn socket_register(
-    poll: &Poll,
-    socket: &mut StreamSocket,
-    token: Token,
-    interest: Interest,
-) -> io::Result<()> {
-    poll.registry().register(socket, token, interest)
+/// Re-registers a connection when what it should wait for has changed (one syscall only then).
+fn update_interest(poll: &Poll, c: &mut Conn, token: Token) -> io::Result<()> {
+    let want = wanted_interest(c);
+    if c.interest != Some(want) {
+        poll.registry().reregister(&mut c.socket, token, want)?;
+        c.interest = Some(want);
+    }
+    Ok(())
 }
 
 /// What a connection should be registered for: READABLE while it may read, WRITABLE only while
 /// output is pending (so an idle connection is never woken for writability).
-fn wanted_interest(c: &Conn) -> Option<Interest> {
+fn wanted_interest(c: &Conn) -> Interest {
     let read = !c.read_closed && !c.read_paused;
     // A file going out by sendfile waits for writability with nothing in `out`.
     let write = !c.out.is_empty() || c.service.file_range().is_some();
     match (read, write) {
-        (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
-        (true, false) => Some(Interest::READABLE),
-        (false, true) => Some(Interest::WRITABLE),
-        // Nothing to read or write now, but a hang-up must still be heard (a client that
-        // leaves while its command runs): READABLE carries it.
-        (false, false) => Some(Interest::READABLE),
+        (true, true) => Interest::READABLE | Interest::WRITABLE,
+        (false, true) => Interest::WRITABLE,
+        // With nothing to write, READABLE stays even when no read is wanted: a hang-up must
+        // still be heard (a client that leaves while its command runs), and READABLE carries it.
+        (true, false) | (false, false) => Interest::READABLE,
     }
 }
 
