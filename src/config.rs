@@ -206,6 +206,8 @@ pub struct ServerConfig {
     pub auth_timeout: Duration,
     /// Settings of the datagram services.
     pub datagram: DatagramSettings,
+    /// Reactors, one thread each, sharing the listening ports through SO_REUSEPORT.
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -217,9 +219,13 @@ impl Default for ServerConfig {
             files: FilesSettings::default(),
             auth_timeout: Duration::from_secs(5),
             datagram: DatagramSettings::default(),
+            workers: 1,
         }
     }
 }
+
+/// The most reactor threads `--workers` may ask for.
+pub const MAX_WORKERS: usize = 256;
 
 /// A configuration that cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -242,6 +248,8 @@ pub enum ConfigError {
          127.0.0.1 or a unix socket"
     )]
     NeedsAuth { service: ServiceKind, addr: String },
+    #[error("--workers {workers} is more than {MAX_WORKERS}")]
+    TooManyWorkers { workers: usize },
     #[error("{service} runs over UDP only: give it HOST:PORT, not `{addr}`")]
     UdpOnly { service: ServiceKind, addr: String },
 }
@@ -295,12 +303,18 @@ impl ServerConfig {
                 usize::try_from(self.sockopts.backlog).unwrap_or(0),
             ),
             ("--rcvbuf", self.sockopts.rcvbuf.unwrap_or(1)),
+            ("--workers", self.workers),
             ("--sndbuf", self.sockopts.sndbuf.unwrap_or(1)),
         ];
         for (what, value) in nonzero {
             if value == 0 {
                 return Err(ConfigError::Zero { what });
             }
+        }
+        if self.workers > MAX_WORKERS {
+            return Err(ConfigError::TooManyWorkers {
+                workers: self.workers,
+            });
         }
         Ok(())
     }

@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use crate::config::{
     FilesSettings, Limits, ListenerConfig, ServerConfig, ServiceKind, SocketOptions,
 };
-use crate::reactor::Reactor;
 use crate::service::DatagramSettings;
 use crate::service::auth::Secret;
 use crate::service::exec::{ExecPolicy, resolve_program};
@@ -219,6 +218,12 @@ pub struct ServeArgs {
     #[arg(long, help_heading = "Socket options")]
     broadcast: bool,
 
+    /// Reactor threads, each with its own listeners bound with SO_REUSEPORT so the kernel
+    /// spreads connections (and UDP senders) across them. udp-chat and discovery run on the
+    /// first worker only; chat rooms span them all.
+    #[arg(long, value_name = "N", default_value_t = 1, help_heading = "Workers")]
+    workers: usize,
+
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, help_heading = "Logging")]
     verbose: u8,
@@ -298,6 +303,7 @@ impl ServeArgs {
                 discovery_rate: self.discovery_rate,
                 ..DatagramSettings::default()
             },
+            workers: self.workers,
         }
     }
 }
@@ -351,27 +357,20 @@ pub fn run(args: ServeArgs) -> ExitCode {
             }
         }
     };
-    let (mut reactor, bound) = match Reactor::bind(config, secret) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    {
+    let printed = |bound: &[crate::reactor::BoundListener]| {
         // Tests and scripts read these lines to learn the ports they got; a closed stdout
         // must not stop the server.
         let mut out = std::io::stdout().lock();
-        for b in &bound {
+        for b in bound {
             let _ = writeln!(out, "{b}");
         }
         let _ = writeln!(out, "ready");
         let _ = out.flush();
-    }
-    match reactor.run() {
+    };
+    match crate::reactor::workers::serve(config, secret, printed) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("the event loop failed: {e}");
+            tracing::error!("{e}");
             ExitCode::FAILURE
         }
     }

@@ -13,6 +13,7 @@ pub mod dgram;
 pub mod disk;
 pub mod timer;
 pub mod token;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::fmt;
