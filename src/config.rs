@@ -99,6 +99,8 @@ pub struct ListenerConfig {
     pub addr: ListenAddr,
     /// Clients must pass the HMAC challenge-response before the service starts.
     pub auth: bool,
+    /// Socket options of this listener alone; `ServerConfig::sockopts` when `None`.
+    pub sockopts: Option<SocketOptions>,
 }
 
 /// Socket options applied to every listener (and, for TCP_NODELAY, to accepted connections).
@@ -255,6 +257,11 @@ pub enum ConfigError {
 }
 
 impl ServerConfig {
+    /// The socket options `listener` is bound with.
+    pub fn sockopts_of<'a>(&'a self, listener: &'a ListenerConfig) -> &'a SocketOptions {
+        listener.sockopts.as_ref().unwrap_or(&self.sockopts)
+    }
+
     /// Checks what the types cannot: address kinds against services, and non-zero limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.listeners.is_empty() {
@@ -294,6 +301,18 @@ impl ServerConfig {
                 });
             }
         }
+        for o in self.listeners.iter().filter_map(|l| l.sockopts.as_ref()) {
+            let per_listener = [
+                ("backlog", usize::try_from(o.backlog).unwrap_or(0)),
+                ("rcvbuf", o.rcvbuf.unwrap_or(1)),
+                ("sndbuf", o.sndbuf.unwrap_or(1)),
+            ];
+            for (what, value) in per_listener {
+                if value == 0 {
+                    return Err(ConfigError::Zero { what });
+                }
+            }
+        }
         let nonzero = [
             ("--max-conns", self.limits.max_conns),
             ("--max-pending", self.limits.max_pending),
@@ -330,6 +349,7 @@ mod tests {
                 service,
                 addr: addr.parse().unwrap(),
                 auth: false,
+                sockopts: None,
             }],
             ..ServerConfig::default()
         }

@@ -252,9 +252,9 @@ pub fn unix_datagram(
     Ok((sock.into(), effect))
 }
 
-/// Applies the per-connection options to an accepted TCP connection.
-pub fn tune_accepted_tcp(stream: &impl AsFd, o: &SocketOptions) -> io::Result<()> {
-    SockRef::from(stream).set_tcp_nodelay(o.nodelay)
+/// Sets TCP_NODELAY on an accepted TCP connection.
+pub fn set_nodelay(stream: &impl AsFd, nodelay: bool) -> io::Result<()> {
+    SockRef::from(stream).set_tcp_nodelay(nodelay)
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit, so that `--max-conns` rather than a low

@@ -258,6 +258,7 @@ impl ServeArgs {
                     service,
                     addr: service.default_addr(),
                     auth,
+                    sockopts: None,
                 });
             }
             for addr in addrs {
@@ -265,6 +266,7 @@ impl ServeArgs {
                     service,
                     addr: addr.clone(),
                     auth,
+                    sockopts: None,
                 });
             }
         }

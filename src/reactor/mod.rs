@@ -29,7 +29,7 @@ use mio::{Events, Interest, Poll, Token};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::addr::ListenAddr;
-use crate::config::{Limits, ServerConfig, ServiceKind};
+use crate::config::{Limits, ListenerConfig, ServerConfig, ServiceKind};
 use crate::metrics::Counters;
 use crate::service::auth::{AuthGate, AuthStep, Secret, new_challenge};
 use crate::service::chat::ChatRoom;
@@ -86,6 +86,8 @@ struct Listener {
     kind: ServiceKind,
     /// Its clients must pass the HMAC challenge first.
     auth: bool,
+    /// TCP_NODELAY for the connections it accepts.
+    nodelay: bool,
     /// On the ready list already.
     queued: bool,
 }
@@ -376,19 +378,16 @@ impl Reactor {
         let mut bound = Vec::new();
         for l in reactor.config.listeners.clone() {
             // On an error, dropping `reactor` removes the socket files bound so far.
-            bound.push(reactor.bind_one(l.service, &l.addr, l.auth)?);
+            bound.push(reactor.bind_one(&l)?);
         }
         reactor.set_discovery_answer(&bound);
         Ok((reactor, bound))
     }
 
-    fn bind_one(
-        &mut self,
-        service: ServiceKind,
-        addr: &ListenAddr,
-        auth: bool,
-    ) -> Result<BoundListener, StartError> {
-        let o = &self.config.sockopts;
+    fn bind_one(&mut self, l: &ListenerConfig) -> Result<BoundListener, StartError> {
+        let (service, addr, auth) = (l.service, &l.addr, l.auth);
+        let o = self.config.sockopts_of(l).clone();
+        let o = &o;
         let bind_err = |source| StartError::Bind { service, source };
         let local = |r: io::Result<std::net::SocketAddr>| {
             r.map(|a| a.to_string())
@@ -399,7 +398,12 @@ impl Reactor {
                 let (l, opts) = sockopt::tcp_listener(*a, o).map_err(bind_err)?;
                 let shown = local(l.local_addr());
                 let socket = ListenSocket::Tcp(TcpListener::from_std(l));
-                (self.listener(socket, service, auth), "tcp", shown, opts)
+                (
+                    self.listener(socket, service, auth, o.nodelay),
+                    "tcp",
+                    shown,
+                    opts,
+                )
             }
             (ListenAddr::Inet(a), false) => {
                 let (s, opts) = sockopt::udp_socket(*a, o).map_err(bind_err)?;
@@ -412,7 +416,7 @@ impl Reactor {
                 self.owned_paths.push(p.clone());
                 let socket = ListenSocket::Unix(UnixListener::from_std(l));
                 (
-                    self.listener(socket, service, auth),
+                    self.listener(socket, service, auth, false),
                     "unix",
                     addr.to_string(),
                     opts,
@@ -484,11 +488,18 @@ impl Reactor {
         }
     }
 
-    fn listener(&self, socket: ListenSocket, kind: ServiceKind, auth: bool) -> Entry {
+    fn listener(
+        &self,
+        socket: ListenSocket,
+        kind: ServiceKind,
+        auth: bool,
+        nodelay: bool,
+    ) -> Entry {
         Entry::Listener(Listener {
             socket,
             kind,
             auth,
+            nodelay,
             queued: false,
         })
     }
@@ -693,9 +704,9 @@ impl Reactor {
                 return;
             }
             budget -= 1;
-            let (kind, auth) = (l.kind, l.auth);
+            let (kind, auth, nodelay) = (l.kind, l.auth, l.nodelay);
             match l.socket.accept() {
-                Ok(socket) => self.admit(socket, kind, auth),
+                Ok(socket) => self.admit(socket, kind, auth, nodelay),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_transient_accept_error(&e) => {
@@ -762,7 +773,7 @@ impl Reactor {
     }
 
     /// Takes in one accepted connection, or closes it at once when `--max-conns` are open.
-    fn admit(&mut self, socket: StreamSocket, kind: ServiceKind, auth: bool) {
+    fn admit(&mut self, socket: StreamSocket, kind: ServiceKind, auth: bool, nodelay: bool) {
         let limits = &self.config.limits;
         if self.open_conns >= limits.max_conns || self.shutdown_deadline.is_some() {
             drop(socket);
@@ -778,7 +789,7 @@ impl Reactor {
             return;
         }
         if let StreamSocket::Tcp(s) = &socket
-            && let Err(e) = sockopt::tune_accepted_tcp(s, &self.config.sockopts)
+            && let Err(e) = sockopt::set_nodelay(s, nodelay)
         {
             tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
         }
