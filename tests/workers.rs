@@ -78,6 +78,8 @@ fn connections_spread_over_the_workers_and_metrics_show_each() {
     });
     assert!(spread, "open echo connections by worker: {seen:?}");
     assert_eq!(seen.len(), 2, "one series per worker: {seen:?}");
+    // Each family is declared once, with every worker's series under it.
+    util::promtool_check(&scrape(metrics));
     assert!(
         seen.values().all(|n| *n > 0),
         "both workers serve connections: {seen:?}"
