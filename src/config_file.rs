@@ -32,7 +32,7 @@ pub const DEFAULT_EXEC_MAX_PROCS: usize = 16;
 
 /// The whole file. Every key is optional: what is missing keeps its built-in default.
 #[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a configuration file")]
 struct FileConfig {
     workers: Option<Workers>,
     data_dir: Option<PathBuf>,
@@ -47,7 +47,7 @@ struct FileConfig {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table of limits")]
 struct LimitsFile {
     max_conns: Option<Count>,
     idle_timeout: Option<Dur>,
@@ -65,7 +65,7 @@ struct LimitsFile {
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table of socket options")]
 struct SocketFile {
     reuseaddr: Option<bool>,
     reuseport: Option<bool>,
@@ -77,21 +77,21 @@ struct SocketFile {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table of authentication settings")]
 struct AuthFile {
     secret_file: Option<PathBuf>,
     timeout: Option<NonZeroDur>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table of files settings")]
 struct FilesFile {
     max_upload: Option<UploadLimit>,
     max_header: Option<Size>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table of exec settings")]
 struct ExecFile {
     allow: Option<Spanned<Vec<String>>>,
     timeout: Option<NonZeroDur>,
@@ -101,7 +101,10 @@ struct ExecFile {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a listener table (service, addr, auth, socket)"
+)]
 struct ListenerFile {
     service: Service,
     addr: Option<Spanned<Addr>>,
@@ -580,10 +583,16 @@ fn allow_message(e: &AllowError) -> String {
 fn read(source: &Source) -> Result<FileConfig, ConfigFileError> {
     let de = toml::Deserializer::parse(&source.text).map_err(|e| {
         let line = e.span().map_or(1, |s| source.line_of(s.start));
+        let mut message = e.message().trim_end().to_owned();
+        // Some messages ("duplicate key") do not say what they point at.
+        let at = e.span().and_then(|s| source.text.get(s));
+        if let Some(at) = at.filter(|t| !t.is_empty() && t.len() <= 40 && !t.contains('\n')) {
+            message.push_str(&format!(": `{at}`"));
+        }
         ConfigFileError::Syntax {
             file: source.name.clone(),
             line,
-            message: e.message().trim_end().to_owned(),
+            message,
             context: source.context(line),
         }
     })?;
@@ -731,33 +740,189 @@ mod tests {
         assert_eq!(defaults.server.listeners.len(), ServiceKind::ALL.len());
     }
 
+    /// Each kind of bad input, with the place its error must start with.
+    const BAD: &[(&str, &str, &str)] = &[
+        (
+            "unknown top-level key",
+            "workers = 1\nworker = 2\n",
+            "t.toml:2: worker: unknown field",
+        ),
+        (
+            "unknown key in a table",
+            "[socket]\nnodelay = true\nbogus = 1\n",
+            "t.toml:3: socket.bogus: unknown field",
+        ),
+        (
+            "unknown table",
+            "[limit]\nmax_conns = 1\n",
+            "t.toml:1: limit: unknown field",
+        ),
+        (
+            "unknown key in a listener",
+            "[[listener]]\nservice = \"echo\"\nport = 7\n",
+            "t.toml:3: listener[0].port: unknown field",
+        ),
+        (
+            "wrong type",
+            "[limits]\nmax_conns = \"many\"\n",
+            "t.toml:2: limits.max_conns: invalid type",
+        ),
+        (
+            "wrong type of a table",
+            "limits = 3\n",
+            "t.toml:1: limits: invalid type: integer `3`, expected a table of limits",
+        ),
+        (
+            "a number for a duration",
+            "[limits]\nidle_timeout = 300\n",
+            "t.toml:2: limits.idle_timeout: invalid type",
+        ),
+        (
+            "not a duration",
+            "[auth]\ntimeout = \"soon\"\n",
+            "t.toml:2: auth.timeout: `soon` is not a duration",
+        ),
+        (
+            "not a size",
+            "[files]\nmax_header = \"12 potatoes\"\n",
+            "t.toml:2: files.max_header: `12 potatoes` is not a size",
+        ),
+        (
+            "a port over 65535",
+            "[[listener]]\nservice = \"echo\"\naddr = \"127.0.0.1:70000\"\n",
+            "t.toml:3: listener[0].addr: `127.0.0.1:70000` is not HOST:PORT",
+        ),
+        (
+            "a buffer of 0",
+            "[socket]\nrcvbuf = 0\n",
+            "t.toml:2: socket.rcvbuf: a socket buffer must be at least 1 byte",
+        ),
+        (
+            "a listener's buffer of 0",
+            "[[listener]]\nservice = \"echo\"\n[listener.socket]\nsndbuf = \"0KiB\"\n",
+            "t.toml:4: listener[0].socket.sndbuf: a socket buffer",
+        ),
+        (
+            "a backlog of 0",
+            "[socket]\nbacklog = 0\n",
+            "t.toml:2: socket.backlog: must be between 1",
+        ),
+        (
+            "a backlog past i32",
+            "[socket]\nbacklog = 3000000000\n",
+            "t.toml:2: socket.backlog: must be between 1",
+        ),
+        (
+            "0 workers",
+            "workers = 0\n",
+            "t.toml:1: workers: must be between 1 and 256",
+        ),
+        (
+            "too many workers",
+            "workers = 257\n",
+            "t.toml:1: workers: must be between 1 and 256",
+        ),
+        (
+            "max_conns 0",
+            "[limits]\nmax_conns = 0\n",
+            "t.toml:2: limits.max_conns: must be at least 1",
+        ),
+        (
+            "a negative count",
+            "[limits]\naccept_budget = -1\n",
+            "t.toml:2: limits.accept_budget: invalid value",
+        ),
+        (
+            "a zero size",
+            "[limits]\nread_budget = \"0B\"\n",
+            "t.toml:2: limits.read_budget: must be at least 1 byte",
+        ),
+        (
+            "a zero timeout",
+            "[exec]\ntimeout = \"0s\"\n",
+            "t.toml:2: exec.timeout: must be longer than 0",
+        ),
+        (
+            "an endless timeout",
+            "[limits]\nidle_timeout = \"1000years\"\n",
+            "t.toml:2: limits.idle_timeout: `1000years` is longer than",
+        ),
+        (
+            "an unknown service",
+            "[[listener]]\nservice = \"ehco\"\n",
+            "t.toml:2: listener[0].service: `ehco` is not a service",
+        ),
+        (
+            "a listener without a service",
+            "[[listener]]\naddr = \"127.0.0.1:1\"\n",
+            "t.toml:1: listener[0]: missing field `service`",
+        ),
+        (
+            "a stream service on unixgram",
+            "[[listener]]\nservice = \"echo\"\naddr = \"unixgram:/tmp/x\"\n",
+            "t.toml:3: listener[0].addr: echo is a stream service",
+        ),
+        (
+            "a datagram service on unix",
+            "[[listener]]\nservice = \"echo\"\n[[listener]]\nservice = \"udp-echo\"\naddr = \"unix:/tmp/x\"\n",
+            "t.toml:5: listener[1].addr: udp-echo is a datagram service",
+        ),
+        (
+            "time on a unix socket",
+            "[[listener]]\nservice = \"time\"\naddr = \"unixgram:/tmp/x\"\n",
+            "t.toml:3: listener[0].addr: time runs over UDP only",
+        ),
+        (
+            "files open without auth",
+            "[[listener]]\nservice = \"files\"\naddr = \"0.0.0.0:7080\"\n",
+            "t.toml:3: listener[0].addr: files on 0.0.0.0:7080 would be reachable",
+        ),
+        (
+            "auth on a datagram service",
+            "[[listener]]\nservice = \"udp-echo\"\nauth = true\n",
+            "t.toml:3: listener[0].auth: udp-echo is a datagram service",
+        ),
+        (
+            "a program not on PATH",
+            "[exec]\nallow = [\"no-such-program-socklab\"]\n",
+            "t.toml:2: exec.allow: `no-such-program-socklab` is not a program on PATH",
+        ),
+        (
+            "a duplicate key",
+            "workers = 1\nworkers = 2\n",
+            "t.toml:2: not valid TOML: duplicate key: `workers`",
+        ),
+        (
+            "broken TOML",
+            "[limits\nmax_conns = 1\n",
+            "t.toml:1: not valid TOML",
+        ),
+        (
+            "a log level that is not one",
+            "log = \"loud\"\n",
+            "t.toml:1: log: unknown variant `loud`",
+        ),
+        (
+            "no listener left",
+            "listener = []\n",
+            "no service is left to start",
+        ),
+    ];
+
     #[test]
-    fn errors_name_the_key_and_the_line() {
+    fn each_kind_of_bad_input_names_its_key_and_line() {
+        for (what, text, want) in BAD {
+            let e = err(text);
+            assert!(
+                e.starts_with(want),
+                "{what}: got\n{e}\nwant it to start with\n{want}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_quote_the_line() {
         let e = err("workers = 2\n\n[limits]\nmax_conns = 0\n");
-        assert!(
-            e.starts_with("t.toml:4: limits.max_conns: must be at least 1"),
-            "{e}"
-        );
-        let e = err("[socket]\nnodelay = true\nbogus = 1\n");
-        assert!(
-            e.starts_with("t.toml:3: socket.bogus: unknown field `bogus`"),
-            "{e}"
-        );
-        let e = err(
-            "[[listener]]\nservice = \"echo\"\naddr = \"127.0.0.1:0\"\n[listener.socket]\nrcvbuf = 0\n",
-        );
-        assert!(e.starts_with("t.toml:5: listener[0].socket.rcvbuf:"), "{e}");
-        let e = err("[[listener]]\nservice = \"echo\"\naddr = \"unixgram:/tmp/x\"\n");
-        assert!(
-            e.starts_with("t.toml:3: listener[0].addr: echo is a stream service"),
-            "{e}"
-        );
-        let e = err("[exec]\nallow = [\"no-such-program-socklab\"]\n");
-        assert!(
-            e.starts_with("t.toml:2: exec.allow: `no-such-program-socklab`"),
-            "{e}"
-        );
-        let e = err("[limits\n");
-        assert!(e.starts_with("t.toml:1: not valid TOML"), "{e}");
+        assert!(e.ends_with("\n    4 | max_conns = 0"), "{e}");
     }
 }

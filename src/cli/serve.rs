@@ -399,3 +399,221 @@ pub fn run(args: ServeArgs) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config_file::parse;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn args(flags: &[&str]) -> ServeArgs {
+        let argv = std::iter::once("serve").chain(flags.iter().copied());
+        match Cli::try_parse_from(argv) {
+            Ok(cli) => cli.serve,
+            Err(e) => panic!("{flags:?}: {e}"),
+        }
+    }
+
+    /// The file, then the flags, as `run` combines them.
+    fn effective(file: &str, flags: &[&str]) -> config_file::Effective {
+        let mut settings = parse(file, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+        args(flags).apply(&mut settings);
+        settings.finish().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_defaults_in_the_help_are_the_defaults() {
+        let stated = args(&[
+            "--discovery-rate=20",
+            "--data-dir=./socklab-data",
+            "--exec-timeout=10s",
+            "--exec-max-output=1MiB",
+            "--exec-max-procs=16",
+            "--max-header=64KiB",
+            "--auth-timeout=5s",
+            "--max-conns=10000",
+            "--idle-timeout=300s",
+            "--shutdown-grace=5s",
+            "--pending-pause=256KiB",
+            "--max-pending=1MiB",
+            "--chat-max-pending=1MiB",
+            "--udp-chat-expiry=10m",
+            "--read-budget=256KiB",
+            "--backlog=1024",
+            "--workers=1",
+        ]);
+        let mut with_stated = ServeSettings::default();
+        stated.apply(&mut with_stated);
+        let with_stated = with_stated.finish().unwrap();
+        assert_eq!(with_stated, ServeSettings::default().finish().unwrap());
+        assert_eq!(args(&[]).to_config(), ServeSettings::default().server);
+    }
+
+    #[test]
+    fn flags_left_out_leave_the_file_alone() {
+        let file = "[limits]\nmax_conns = 7\n[socket]\nnodelay = false\n";
+        let e = effective(file, &[]);
+        assert_eq!(e.server.limits.max_conns, 7);
+        assert!(!e.server.sockopts.nodelay);
+        let e = effective(file, &["--max-conns", "9", "--backlog", "64"]);
+        assert_eq!(e.server.limits.max_conns, 9);
+        assert_eq!(e.server.sockopts.backlog, 64);
+        assert!(
+            !e.server.sockopts.nodelay,
+            "the file's nodelay = false stays"
+        );
+    }
+
+    #[test]
+    fn file_listeners_are_exact_and_flags_replace_per_service() {
+        let file = r#"
+[[listener]]
+service = "echo"
+addr = "127.0.0.1:1"
+[listener.socket]
+nodelay = false
+
+[[listener]]
+service = "files"
+addr = "0.0.0.0:2"
+auth = true
+
+[[listener]]
+service = "upper"
+addr = "127.0.0.1:3"
+"#;
+        let e = effective(file, &[]);
+        let got: Vec<String> = e
+            .server
+            .listeners
+            .iter()
+            .map(|l| format!("{} {} {}", l.service, l.addr, l.auth))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "echo 127.0.0.1:1 false",
+                "files 0.0.0.0:2 true",
+                "upper 127.0.0.1:3 false"
+            ]
+        );
+        let echo = &e.server.listeners[0];
+        assert!(!e.server.sockopts_of(echo).nodelay);
+        assert!(e.server.sockopts_of(&e.server.listeners[2]).nodelay);
+
+        let e = effective(
+            file,
+            &[
+                "--files",
+                "0.0.0.0:4",
+                "--no-upper",
+                "--chat",
+                "127.0.0.1:5",
+                "--auth",
+                "echo",
+            ],
+        );
+        let got: Vec<String> = e
+            .server
+            .listeners
+            .iter()
+            .map(|l| format!("{} {} {}", l.service, l.addr, l.auth))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "echo 127.0.0.1:1 true",
+                // The replacement keeps the authentication of the listener it replaces.
+                "files 0.0.0.0:4 true",
+                "chat 127.0.0.1:5 false"
+            ]
+        );
+    }
+
+    #[test]
+    fn socket_flags_reach_per_listener_options_too() {
+        let file = "[[listener]]\nservice = \"echo\"\naddr = \"127.0.0.1:1\"\n\
+                    [listener.socket]\nnodelay = true\nbacklog = 8\n";
+        let e = effective(file, &["--no-nodelay"]);
+        let l = &e.server.listeners[0];
+        let o = e.server.sockopts_of(l);
+        assert_eq!((o.nodelay, o.backlog), (false, 8));
+        assert!(!e.server.sockopts.nodelay);
+    }
+
+    #[test]
+    fn print_config_reads_back_to_the_same_configuration() {
+        let file = r#"
+workers = 3
+data_dir = "/tmp/socklab-rt"
+log = "warn"
+[limits]
+idle_timeout = "0s"
+pending_pause = 1000
+read_budget = "1536KiB"
+[socket]
+rcvbuf = "128KiB"
+[auth]
+secret_file = "/tmp/secret"
+timeout = "2500ms"
+[files]
+max_upload = "3GiB"
+[exec]
+allow = ["sh"]
+max_output = 0
+[[listener]]
+service = "echo"
+addr = "127.0.0.1:1"
+[listener.socket]
+nodelay = false
+rcvbuf = "kernel"
+[[listener]]
+service = "udp-echo"
+addr = "unixgram:/tmp/socklab-rt.sock"
+[[listener]]
+service = "files"
+addr = "unix:/tmp/socklab-rt-files.sock"
+auth = true
+"#;
+        for flags in [
+            &[][..],
+            &[
+                "--no-nodelay",
+                "--sndbuf",
+                "96KiB",
+                "--max-conns",
+                "12",
+                "-v",
+            ][..],
+            &[
+                "--upper",
+                "127.0.0.1:9",
+                "--no-echo",
+                "--exec-allow",
+                "env",
+                "-qqq",
+            ][..],
+        ] {
+            let first = effective(file, flags);
+            let printed = first.to_toml().unwrap();
+            let again = parse(&printed, "printed")
+                .unwrap_or_else(|e| panic!("{e}\n{printed}"))
+                .finish()
+                .unwrap_or_else(|e| panic!("{e}\n{printed}"));
+            assert_eq!(again, first, "{flags:?}:\n{printed}");
+            assert_eq!(again.to_toml().unwrap(), printed);
+        }
+        let e = effective(file, &[]);
+        assert_eq!(e.server.sockopts_of(&e.server.listeners[0]).rcvbuf, None);
+        assert_eq!(e.server.sockopts.rcvbuf, Some(128 * 1024));
+        assert_eq!(e.server.limits.idle_timeout, None);
+        assert_eq!(e.log, LogLevel::Warn);
+        assert_eq!(effective(file, &["-v"]).log, LogLevel::Info);
+    }
+}
