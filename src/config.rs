@@ -456,6 +456,42 @@ mod tests {
     }
 
     #[test]
+    fn datagram_services_take_no_auth() {
+        let mut c = with(ServiceKind::UdpEcho, "127.0.0.1:0");
+        c.listeners[0].auth = true;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::AuthOnDatagram { .. })
+        ));
+    }
+
+    #[test]
+    fn budgets_and_timeouts_that_cannot_work_are_refused() {
+        let ok = with(ServiceKind::Echo, "127.0.0.1:0");
+        assert!(ok.validate().is_ok());
+        let mut c = ok.clone();
+        c.limits.read_budget = 0;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Zero {
+                what: "--read-budget"
+            })
+        ));
+        let mut c = ok.clone();
+        c.auth_timeout = Duration::ZERO;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::ZeroDuration { .. })
+        ));
+        let mut c = ok.clone();
+        c.limits.idle_timeout = Some(MAX_DURATION + Duration::from_secs(1));
+        assert!(matches!(c.validate(), Err(ConfigError::TooLong { .. })));
+        let mut c = ok;
+        c.limits.idle_timeout = Some(MAX_DURATION);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
     fn zero_limits_and_empty_configs_are_refused() {
         let mut c = with(ServiceKind::Echo, "127.0.0.1:0");
         c.limits.max_conns = 0;

@@ -490,10 +490,11 @@ impl ServeSettings {
             }
         }
         let mut exec = self.exec;
-        exec.workdir = Some(
-            exec.workdir
-                .unwrap_or_else(|| server.files.data_dir.clone()),
-        );
+        let workdir = exec
+            .workdir
+            .take()
+            .unwrap_or_else(|| server.files.data_dir.clone());
+        exec.workdir = Some(workdir.clone());
         if !exec.allow.is_empty() {
             let mut allow = Vec::new();
             for name in &exec.allow {
@@ -514,7 +515,7 @@ impl ServeSettings {
                 timeout: exec.timeout,
                 max_output: exec.max_output,
                 max_procs: exec.max_procs,
-                workdir: exec.workdir.clone().unwrap_or_default(),
+                workdir,
             });
         }
         server.validate()?;
