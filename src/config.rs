@@ -1,5 +1,6 @@
 //! The server's configuration: which services listen where, with which socket options and
-//! limits. Built from the command line by `cli::serve`; the reactor only reads it.
+//! limits. Built from the command line and the configuration file (`config_file`) by
+//! `cli::serve`; the reactor only reads it.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -55,6 +56,11 @@ impl ServiceKind {
         }
     }
 
+    /// The service called `name` on the command line, if there is one.
+    pub fn from_name(name: &str) -> Option<ServiceKind> {
+        ServiceKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
     /// Stream services take TCP and `unix:` addresses; datagram services UDP and `unixgram:`.
     pub fn is_stream(self) -> bool {
         matches!(
@@ -101,6 +107,51 @@ pub struct ListenerConfig {
     pub auth: bool,
     /// Socket options of this listener alone; `ServerConfig::sockopts` when `None`.
     pub sockopts: Option<SocketOptions>,
+}
+
+impl ListenerConfig {
+    /// Checks what one listener can get wrong on its own: the address kind against the service,
+    /// authentication on a service that has no handshake, and `files` reachable without it.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let addr = self.addr.to_string();
+        match (&self.addr, self.service.is_stream()) {
+            (ListenAddr::Unixgram(_), true) => {
+                return Err(ConfigError::StreamNeedsStreamAddr {
+                    service: self.service,
+                    addr,
+                });
+            }
+            (ListenAddr::Unix(_), false) => {
+                return Err(ConfigError::DatagramNeedsDatagramAddr {
+                    service: self.service,
+                    addr,
+                });
+            }
+            _ => {}
+        }
+        let inet_only = matches!(
+            self.service,
+            ServiceKind::Time | ServiceKind::UdpChat | ServiceKind::Discovery
+        );
+        if inet_only && !matches!(self.addr, ListenAddr::Inet(_)) {
+            return Err(ConfigError::UdpOnly {
+                service: self.service,
+                addr: self.addr.to_string(),
+            });
+        }
+        if self.service == ServiceKind::Files && !self.auth && !self.addr.is_local() {
+            return Err(ConfigError::NeedsAuth {
+                service: self.service,
+                addr: self.addr.to_string(),
+            });
+        }
+        if self.auth && !self.service.is_stream() {
+            return Err(ConfigError::AuthOnDatagram {
+                service: self.service,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Socket options applied to every listener (and, for TCP_NODELAY, to accepted connections).
@@ -254,7 +305,23 @@ pub enum ConfigError {
     TooManyWorkers { workers: usize },
     #[error("{service} runs over UDP only: give it HOST:PORT, not `{addr}`")]
     UdpOnly { service: ServiceKind, addr: String },
+    #[error(
+        "{service} is a datagram service and has no authentication handshake; only stream \
+         services (echo, upper, files, chat, metrics) take auth"
+    )]
+    AuthOnDatagram { service: ServiceKind },
+    #[error("{what} must be longer than 0")]
+    ZeroDuration { what: &'static str },
+    #[error(
+        "{what} is longer than the {} days a timeout may last",
+        MAX_DURATION.as_secs() / 86_400
+    )]
+    TooLong { what: &'static str },
 }
+
+/// The longest duration a setting may have: far beyond any useful timeout, and far enough from
+/// the clock's range that adding it to `Instant::now()` cannot overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 impl ServerConfig {
     /// The socket options `listener` is bound with.
@@ -268,38 +335,7 @@ impl ServerConfig {
             return Err(ConfigError::NothingToServe);
         }
         for l in &self.listeners {
-            let addr = l.addr.to_string();
-            match (&l.addr, l.service.is_stream()) {
-                (ListenAddr::Unixgram(_), true) => {
-                    return Err(ConfigError::StreamNeedsStreamAddr {
-                        service: l.service,
-                        addr,
-                    });
-                }
-                (ListenAddr::Unix(_), false) => {
-                    return Err(ConfigError::DatagramNeedsDatagramAddr {
-                        service: l.service,
-                        addr,
-                    });
-                }
-                _ => {}
-            }
-            let inet_only = matches!(
-                l.service,
-                ServiceKind::Time | ServiceKind::UdpChat | ServiceKind::Discovery
-            );
-            if inet_only && !matches!(l.addr, ListenAddr::Inet(_)) {
-                return Err(ConfigError::UdpOnly {
-                    service: l.service,
-                    addr: l.addr.to_string(),
-                });
-            }
-            if l.service == ServiceKind::Files && !l.auth && !l.addr.is_local() {
-                return Err(ConfigError::NeedsAuth {
-                    service: l.service,
-                    addr: l.addr.to_string(),
-                });
-            }
+            l.check()?;
         }
         for o in self.listeners.iter().filter_map(|l| l.sockopts.as_ref()) {
             let per_listener = [
@@ -313,6 +349,7 @@ impl ServerConfig {
                 }
             }
         }
+        let exec = self.files.config.exec.as_ref();
         let nonzero = [
             ("--max-conns", self.limits.max_conns),
             ("--max-pending", self.limits.max_pending),
@@ -324,10 +361,42 @@ impl ServerConfig {
             ("--rcvbuf", self.sockopts.rcvbuf.unwrap_or(1)),
             ("--workers", self.workers),
             ("--sndbuf", self.sockopts.sndbuf.unwrap_or(1)),
+            // A budget of 0 would keep a connection on the ready list without ever serving it.
+            ("--read-budget", self.limits.read_budget),
+            ("limits.accept_budget", self.limits.accept_budget),
+            ("limits.datagram_budget", self.limits.datagram_budget),
+            // 0 would turn every chat member, every files request away.
+            ("--chat-max-pending", self.limits.chat_max_pending),
+            ("--max-header", self.files.config.max_header),
+            (
+                "limits.udp_chat_max_members",
+                self.datagram.udp_chat_max_members,
+            ),
+            ("--exec-max-procs", exec.map_or(1, |e| e.max_procs)),
         ];
         for (what, value) in nonzero {
             if value == 0 {
                 return Err(ConfigError::Zero { what });
+            }
+        }
+        let durations = [
+            ("--auth-timeout", Some(self.auth_timeout), true),
+            ("--exec-timeout", exec.map(|e| e.timeout), true),
+            ("--idle-timeout", self.limits.idle_timeout, false),
+            ("--shutdown-grace", Some(self.limits.shutdown_grace), false),
+            (
+                "--udp-chat-expiry",
+                Some(self.datagram.udp_chat_expiry),
+                false,
+            ),
+        ];
+        for (what, value, nonzero) in durations {
+            let Some(value) = value else { continue };
+            if nonzero && value.is_zero() {
+                return Err(ConfigError::ZeroDuration { what });
+            }
+            if value > MAX_DURATION {
+                return Err(ConfigError::TooLong { what });
             }
         }
         if self.workers > MAX_WORKERS {
@@ -383,6 +452,42 @@ mod tests {
         ));
         let mut c = with(ServiceKind::Files, "0.0.0.0:7080");
         c.listeners[0].auth = true;
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn datagram_services_take_no_auth() {
+        let mut c = with(ServiceKind::UdpEcho, "127.0.0.1:0");
+        c.listeners[0].auth = true;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::AuthOnDatagram { .. })
+        ));
+    }
+
+    #[test]
+    fn budgets_and_timeouts_that_cannot_work_are_refused() {
+        let ok = with(ServiceKind::Echo, "127.0.0.1:0");
+        assert!(ok.validate().is_ok());
+        let mut c = ok.clone();
+        c.limits.read_budget = 0;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Zero {
+                what: "--read-budget"
+            })
+        ));
+        let mut c = ok.clone();
+        c.auth_timeout = Duration::ZERO;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::ZeroDuration { .. })
+        ));
+        let mut c = ok.clone();
+        c.limits.idle_timeout = Some(MAX_DURATION + Duration::from_secs(1));
+        assert!(matches!(c.validate(), Err(ConfigError::TooLong { .. })));
+        let mut c = ok;
+        c.limits.idle_timeout = Some(MAX_DURATION);
         assert!(c.validate().is_ok());
     }
 

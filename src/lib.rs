@@ -2,7 +2,8 @@
 //!
 //! Map of the crate:
 //! - [`addr`]: the addresses a service can listen on (`HOST:PORT`, `unix:PATH`, `unixgram:PATH`).
-//! - [`config`]: the server's configuration, built from the command line.
+//! - [`config`]: the server's configuration, built from the command line and [`config_file`].
+//! - [`config_file`]: the TOML file of `serve --config`, and `--print-config`.
 //! - [`sockopt`]: the only place that touches socket2: building listeners and reading options back.
 //! - [`reactor`]: the event loop; the only server code that imports mio.
 //! - [`service`]: sans-IO services (bytes in, replies out), one file each.
@@ -15,6 +16,7 @@ pub mod addr;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod config_file;
 pub mod frame;
 pub mod metrics;
 pub mod reactor;

@@ -1,42 +1,24 @@
-//! `socklab serve`: builds the configuration from flags, binds every listener, prints one line
-//! per listener and `ready`, then runs the reactor until SIGINT or SIGTERM.
+//! `socklab serve`: builds the configuration from the built-in defaults, the `--config` file
+//! and the flags (each overriding the one before), binds every listener, prints one line per
+//! listener and `ready`, then runs the reactor until SIGINT or SIGTERM.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
 
 use crate::addr::ListenAddr;
-use std::path::PathBuf;
-
-use crate::config::{
-    FilesSettings, Limits, ListenerConfig, ServerConfig, ServiceKind, SocketOptions,
-};
-use crate::service::DatagramSettings;
+use crate::config::{ServerConfig, ServiceKind};
+use crate::config_file::{self, LogLevel, ServeSettings, parse_bytes, parse_duration};
 use crate::service::auth::Secret;
-use crate::service::exec::{ExecPolicy, resolve_program};
-use crate::service::files::FilesConfig;
 use crate::sockopt;
 
-fn parse_bytes(s: &str) -> Result<usize, String> {
-    let n = parse_size::Config::new()
-        .with_binary()
-        .parse_size(s)
-        .map_err(|e| format!("`{s}` is not a size such as 65536, 64KiB or 1MiB: {e}"))?;
-    usize::try_from(n).map_err(|_| format!("`{s}` is too large"))
-}
-
 fn parse_stream_service(s: &str) -> Result<ServiceKind, String> {
-    ServiceKind::ALL
-        .into_iter()
-        .find(|k| k.name() == s && k.is_stream())
+    ServiceKind::from_name(s)
+        .filter(|k| k.is_stream())
         .ok_or_else(|| format!("`{s}` is not a stream service (echo, upper, files, chat, metrics)"))
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration such as 300s, 1m or 500ms: {e}"))
 }
 
 /// Run the socklab server.
@@ -48,6 +30,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Args)]
 #[command(next_line_help = false)]
 pub struct ServeArgs {
+    /// Read the configuration from this TOML file (every key is in socklab.example.toml);
+    /// flags given on the command line override it.
+    #[arg(long, value_name = "FILE", help_heading = "Configuration")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (defaults, --config file and flags) as TOML that
+    /// --config reads back, and exit without starting.
+    #[arg(long, help_heading = "Configuration")]
+    print_config: bool,
     /// Address of the echo service: HOST:PORT (TCP) or unix:PATH. Repeatable [default: 127.0.0.1:7000]
     #[arg(long = "echo", value_name = "ADDR", help_heading = "Services")]
     echo: Vec<ListenAddr>,
@@ -110,18 +100,13 @@ pub struct ServeArgs {
     /// Do not start metrics.
     #[arg(long, conflicts_with = "metrics", help_heading = "Services")]
     no_metrics: bool,
-    /// Discovery probes answered per second at most, so it cannot amplify a flood.
-    #[arg(long, value_name = "N", default_value_t = 20, help_heading = "Limits")]
-    discovery_rate: u32,
+    /// Discovery probes answered per second at most, so it cannot amplify a flood. [default: 20]
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    discovery_rate: Option<u32>,
 
-    /// Where files keeps its files (created if missing).
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = "./socklab-data",
-        help_heading = "Files"
-    )]
-    data_dir: PathBuf,
+    /// Where files keeps its files (created if missing). [default: ./socklab-data]
+    #[arg(long, value_name = "DIR", help_heading = "Files")]
+    data_dir: Option<PathBuf>,
     /// Largest upload files accepts (too_large beyond); unlimited when not given.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Files")]
     max_upload: Option<usize>,
@@ -131,21 +116,21 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PROGRAM", help_heading = "Exec")]
     exec_allow: Vec<String>,
     /// Longest a command may run (a request's timeout_ms can only shorten it); then its
-    /// process group is killed.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, help_heading = "Exec")]
-    exec_timeout: Duration,
-    /// Output kept per stream (stdout, stderr) of a command; the rest is discarded.
-    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes, help_heading = "Exec")]
-    exec_max_output: usize,
-    /// Commands running at once at most; past it, too_busy.
-    #[arg(long, value_name = "N", default_value_t = 16, help_heading = "Exec")]
-    exec_max_procs: usize,
+    /// process group is killed. [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Exec")]
+    exec_timeout: Option<Duration>,
+    /// Output kept per stream (stdout, stderr) of a command; the rest is discarded. [default: 1MiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Exec")]
+    exec_max_output: Option<usize>,
+    /// Commands running at once at most; past it, too_busy. [default: 16]
+    #[arg(long, value_name = "N", help_heading = "Exec")]
+    exec_max_procs: Option<usize>,
     /// Working directory of commands [default: the data directory].
     #[arg(long, value_name = "DIR", help_heading = "Exec")]
     exec_workdir: Option<PathBuf>,
-    /// Largest frame header files accepts (bad_frame beyond).
-    #[arg(long, value_name = "BYTES", default_value = "64KiB", value_parser = parse_bytes, help_heading = "Files")]
-    max_header: usize,
+    /// Largest frame header files accepts (bad_frame beyond). [default: 64KiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Files")]
+    max_header: Option<usize>,
 
     /// Require the HMAC-SHA256 challenge-response on this service's stream listeners
     /// (repeatable: --auth files --auth upper).
@@ -155,40 +140,41 @@ pub struct ServeArgs {
     /// secret comes from the SOCKLAB_SECRET environment variable; never from a flag.
     #[arg(long, value_name = "PATH", help_heading = "Authentication")]
     auth_secret_file: Option<PathBuf>,
-    /// How long a client has to answer the challenge.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, help_heading = "Authentication")]
-    auth_timeout: Duration,
+    /// How long a client has to answer the challenge. [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Authentication")]
+    auth_timeout: Option<Duration>,
 
     /// Open connections at most; one more is accepted and closed at once (and counted).
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 10_000,
-        help_heading = "Limits"
-    )]
-    max_conns: usize,
+    /// [default: 10000]
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    max_conns: Option<usize>,
     /// Close a connection after this long with no bytes moving either way (0 = never).
-    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_duration, help_heading = "Limits")]
-    idle_timeout: Duration,
+    /// [default: 300s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Limits")]
+    idle_timeout: Option<Duration>,
     /// After SIGINT/SIGTERM, how long pending output may take to drain before exiting.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, help_heading = "Limits")]
-    shutdown_grace: Duration,
-    /// Stop reading from a connection while its pending output is at least this (backpressure).
-    #[arg(long, value_name = "BYTES", default_value = "256KiB", value_parser = parse_bytes, help_heading = "Limits")]
-    pending_pause: usize,
+    /// [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Limits")]
+    shutdown_grace: Option<Duration>,
+    /// Stop reading from a connection while its pending output is at least this
+    /// (backpressure). [default: 256KiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Limits")]
+    pending_pause: Option<usize>,
     /// Disconnect a connection whose pending output passes this. At or above it,
-    /// --pending-pause never pauses: clients that do not read are cut off instead.
-    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes, help_heading = "Limits")]
-    max_pending: usize,
+    /// --pending-pause never pauses: clients that do not read are cut off instead. [default: 1MiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Limits")]
+    max_pending: Option<usize>,
     /// Disconnect a chat member whose pending output passes this (it does not read).
-    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes, help_heading = "Limits")]
-    chat_max_pending: usize,
-    /// How long udp-chat remembers a sender that has gone silent.
-    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration, help_heading = "Limits")]
-    udp_chat_expiry: Duration,
+    /// [default: 1MiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Limits")]
+    chat_max_pending: Option<usize>,
+    /// How long udp-chat remembers a sender that has gone silent. [default: 10m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Limits")]
+    udp_chat_expiry: Option<Duration>,
     /// Bytes read from one connection per turn of the loop before the others get theirs.
-    #[arg(long, value_name = "BYTES", default_value = "256KiB", value_parser = parse_bytes, help_heading = "Limits")]
-    read_budget: usize,
+    /// [default: 256KiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Limits")]
+    read_budget: Option<usize>,
 
     /// Do not set SO_REUSEADDR on TCP listeners (a restart then fails while old connections
     /// sit in TIME_WAIT).
@@ -206,23 +192,18 @@ pub struct ServeArgs {
     /// SO_SNDBUF to ask for (the kernel doubles it; the value set is shown at start-up).
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Socket options")]
     sndbuf: Option<usize>,
-    /// Listen backlog (the kernel caps it at net.core.somaxconn).
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 1024,
-        help_heading = "Socket options"
-    )]
-    backlog: i32,
+    /// Listen backlog (the kernel caps it at net.core.somaxconn). [default: 1024]
+    #[arg(long, value_name = "N", help_heading = "Socket options")]
+    backlog: Option<i32>,
     /// Set SO_BROADCAST on UDP sockets.
     #[arg(long, help_heading = "Socket options")]
     broadcast: bool,
 
     /// Reactor threads, each with its own listeners bound with SO_REUSEPORT so the kernel
     /// spreads connections (and UDP senders) across them. udp-chat and discovery run on the
-    /// first worker only; chat rooms span them all.
-    #[arg(long, value_name = "N", default_value_t = 1, help_heading = "Workers")]
-    workers: usize,
+    /// first worker only; chat rooms span them all. [default: 1]
+    #[arg(long, value_name = "N", help_heading = "Workers")]
+    workers: Option<usize>,
 
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, help_heading = "Logging")]
@@ -233,9 +214,16 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The configuration these flags describe.
+    /// The configuration these flags describe, over the built-in defaults (no file; exec off).
     pub fn to_config(&self) -> ServerConfig {
-        let mut listeners = Vec::new();
+        let mut settings = ServeSettings::default();
+        self.apply(&mut settings);
+        settings.server
+    }
+
+    /// Overrides `settings` with every flag given on the command line; flags left out change
+    /// nothing, so that a file's values stand.
+    pub fn apply(&self, settings: &mut ServeSettings) {
         let services = [
             (ServiceKind::Echo, &self.echo, self.no_echo),
             (ServiceKind::Upper, &self.upper, self.no_upper),
@@ -250,74 +238,130 @@ impl ServeArgs {
         ];
         for (service, addrs, off) in services {
             if off {
-                continue;
-            }
-            let auth = self.auth.contains(&service);
-            if addrs.is_empty() {
-                listeners.push(ListenerConfig {
-                    service,
-                    addr: service.default_addr(),
-                    auth,
-                    sockopts: None,
-                });
-            }
-            for addr in addrs {
-                listeners.push(ListenerConfig {
-                    service,
-                    addr: addr.clone(),
-                    auth,
-                    sockopts: None,
-                });
+                settings.set_service(service, &[]);
+            } else if !addrs.is_empty() {
+                settings.set_service(service, addrs);
             }
         }
-        ServerConfig {
-            listeners,
-            sockopts: SocketOptions {
-                reuseaddr: !self.no_reuseaddr,
-                reuseport: self.reuseport,
-                nodelay: !self.no_nodelay,
-                rcvbuf: self.rcvbuf,
-                sndbuf: self.sndbuf,
-                backlog: self.backlog,
-                broadcast: self.broadcast,
-            },
-            limits: Limits {
-                max_conns: self.max_conns,
-                idle_timeout: Some(self.idle_timeout).filter(|d| !d.is_zero()),
-                shutdown_grace: self.shutdown_grace,
-                pending_pause: self.pending_pause,
-                max_pending: self.max_pending,
-                read_budget: self.read_budget,
-                chat_max_pending: self.chat_max_pending,
-                ..Limits::default()
-            },
-            files: FilesSettings {
-                data_dir: self.data_dir.clone(),
-                config: FilesConfig {
-                    max_header: self.max_header,
-                    max_upload: self.max_upload.map(|n| n as u64),
-                    exec: None,
-                },
-            },
-            auth_timeout: self.auth_timeout,
-            datagram: DatagramSettings {
-                udp_chat_expiry: self.udp_chat_expiry,
-                discovery_rate: self.discovery_rate,
-                ..DatagramSettings::default()
-            },
-            workers: self.workers,
+        for &service in &self.auth {
+            settings.require_auth(service);
+        }
+
+        if self.no_reuseaddr {
+            settings.socket_option(|o| o.reuseaddr = false);
+        }
+        if self.reuseport {
+            settings.socket_option(|o| o.reuseport = true);
+        }
+        if self.no_nodelay {
+            settings.socket_option(|o| o.nodelay = false);
+        }
+        if let Some(n) = self.rcvbuf {
+            settings.socket_option(|o| o.rcvbuf = Some(n));
+        }
+        if let Some(n) = self.sndbuf {
+            settings.socket_option(|o| o.sndbuf = Some(n));
+        }
+        if let Some(n) = self.backlog {
+            settings.socket_option(|o| o.backlog = n);
+        }
+        if self.broadcast {
+            settings.socket_option(|o| o.broadcast = true);
+        }
+
+        let s = &mut settings.server;
+        let limits = &mut s.limits;
+        set(&mut limits.max_conns, self.max_conns);
+        if let Some(d) = self.idle_timeout {
+            limits.idle_timeout = Some(d).filter(|d| !d.is_zero());
+        }
+        set(&mut limits.shutdown_grace, self.shutdown_grace);
+        set(&mut limits.pending_pause, self.pending_pause);
+        set(&mut limits.max_pending, self.max_pending);
+        set(&mut limits.read_budget, self.read_budget);
+        set(&mut limits.chat_max_pending, self.chat_max_pending);
+        set(&mut s.datagram.udp_chat_expiry, self.udp_chat_expiry);
+        set(&mut s.datagram.discovery_rate, self.discovery_rate);
+        set(&mut s.files.data_dir, self.data_dir.clone());
+        if let Some(n) = self.max_upload {
+            s.files.config.max_upload = Some(n as u64);
+        }
+        set(&mut s.files.config.max_header, self.max_header);
+        set(&mut s.auth_timeout, self.auth_timeout);
+        set(&mut s.workers, self.workers);
+
+        if !self.exec_allow.is_empty() {
+            settings.set_exec_allow(self.exec_allow.clone());
+        }
+        let exec = &mut settings.exec;
+        set(&mut exec.timeout, self.exec_timeout);
+        set(&mut exec.max_output, self.exec_max_output);
+        // The flag has always taken 0 as 1; the file, which is new, refuses it.
+        set(&mut exec.max_procs, self.exec_max_procs.map(|n| n.max(1)));
+        if self.exec_workdir.is_some() {
+            exec.workdir = self.exec_workdir.clone();
+        }
+        if self.auth_secret_file.is_some() {
+            settings.secret_file = self.auth_secret_file.clone();
+        }
+        if self.verbose > 0 || self.quiet > 0 {
+            let offset = settings.log.offset() + i16::from(self.verbose) - i16::from(self.quiet);
+            settings.log = LogLevel::from_offset(offset);
         }
     }
 }
 
-/// Runs the server; the exit code is 0 after a signal-initiated shutdown.
-pub fn run(args: ServeArgs) -> ExitCode {
-    let _log_guard = crate::cli::init_logging(args.verbose, args.quiet);
-    let config = args.to_config();
-    if let Err(e) = config.validate() {
-        tracing::error!("{e}");
-        return ExitCode::from(2);
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
     }
+}
+
+/// Runs the server; the exit code is 0 after a signal-initiated shutdown, 2 for a configuration
+/// that cannot run.
+pub fn run(args: ServeArgs) -> ExitCode {
+    // Logging waits for the configuration (it may set the level), so these errors go to stderr
+    // directly.
+    let mut settings = match &args.config {
+        Some(path) => match config_file::load(path) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => ServeSettings::default(),
+    };
+    args.apply(&mut settings);
+    let effective = match settings.finish() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        let text = match effective.to_toml() {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        return match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: cannot write the configuration: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    let offset = effective.log.offset();
+    let verbose = u8::try_from(offset.max(0)).unwrap_or(u8::MAX);
+    let quiet = u8::try_from((-offset).max(0)).unwrap_or(u8::MAX);
+    let _log_guard = crate::cli::init_logging(verbose, quiet);
     match sockopt::raise_fd_limit() {
         Ok((old, new)) if old != new => {
             tracing::debug!("raised the open-file limit from {old} to {new}")
@@ -325,39 +369,17 @@ pub fn run(args: ServeArgs) -> ExitCode {
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
-    let mut config = config;
-    if !args.exec_allow.is_empty() {
-        let mut allow = Vec::new();
-        for name in &args.exec_allow {
-            match resolve_program(name) {
-                Ok(path) => allow.push((name.clone(), path)),
-                Err(e) => {
-                    tracing::error!("{e}");
-                    return ExitCode::from(2);
-                }
-            }
-        }
-        config.files.config.exec = Some(ExecPolicy {
-            allow,
-            timeout: args.exec_timeout,
-            max_output: args.exec_max_output,
-            max_procs: args.exec_max_procs.max(1),
-            workdir: args
-                .exec_workdir
-                .clone()
-                .unwrap_or_else(|| config.files.data_dir.clone()),
-        });
-    }
-    let secret = if args.auth.is_empty() {
-        None
-    } else {
-        match Secret::from_file_or_env(args.auth_secret_file.as_deref()) {
+    let config = effective.server;
+    let secret = if config.listeners.iter().any(|l| l.auth) {
+        match Secret::from_file_or_env(effective.secret_file.as_deref()) {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::error!("{e}");
                 return ExitCode::from(2);
             }
         }
+    } else {
+        None
     };
     let printed = |bound: &[crate::reactor::BoundListener]| {
         // Tests and scripts read these lines to learn the ports they got; a closed stdout
@@ -375,5 +397,223 @@ pub fn run(args: ServeArgs) -> ExitCode {
             tracing::error!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config_file::parse;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn args(flags: &[&str]) -> ServeArgs {
+        let argv = std::iter::once("serve").chain(flags.iter().copied());
+        match Cli::try_parse_from(argv) {
+            Ok(cli) => cli.serve,
+            Err(e) => panic!("{flags:?}: {e}"),
+        }
+    }
+
+    /// The file, then the flags, as `run` combines them.
+    fn effective(file: &str, flags: &[&str]) -> config_file::Effective {
+        let mut settings = parse(file, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+        args(flags).apply(&mut settings);
+        settings.finish().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_defaults_in_the_help_are_the_defaults() {
+        let stated = args(&[
+            "--discovery-rate=20",
+            "--data-dir=./socklab-data",
+            "--exec-timeout=10s",
+            "--exec-max-output=1MiB",
+            "--exec-max-procs=16",
+            "--max-header=64KiB",
+            "--auth-timeout=5s",
+            "--max-conns=10000",
+            "--idle-timeout=300s",
+            "--shutdown-grace=5s",
+            "--pending-pause=256KiB",
+            "--max-pending=1MiB",
+            "--chat-max-pending=1MiB",
+            "--udp-chat-expiry=10m",
+            "--read-budget=256KiB",
+            "--backlog=1024",
+            "--workers=1",
+        ]);
+        let mut with_stated = ServeSettings::default();
+        stated.apply(&mut with_stated);
+        let with_stated = with_stated.finish().unwrap();
+        assert_eq!(with_stated, ServeSettings::default().finish().unwrap());
+        assert_eq!(args(&[]).to_config(), ServeSettings::default().server);
+    }
+
+    #[test]
+    fn flags_left_out_leave_the_file_alone() {
+        let file = "[limits]\nmax_conns = 7\n[socket]\nnodelay = false\n";
+        let e = effective(file, &[]);
+        assert_eq!(e.server.limits.max_conns, 7);
+        assert!(!e.server.sockopts.nodelay);
+        let e = effective(file, &["--max-conns", "9", "--backlog", "64"]);
+        assert_eq!(e.server.limits.max_conns, 9);
+        assert_eq!(e.server.sockopts.backlog, 64);
+        assert!(
+            !e.server.sockopts.nodelay,
+            "the file's nodelay = false stays"
+        );
+    }
+
+    #[test]
+    fn file_listeners_are_exact_and_flags_replace_per_service() {
+        let file = r#"
+[[listener]]
+service = "echo"
+addr = "127.0.0.1:1"
+[listener.socket]
+nodelay = false
+
+[[listener]]
+service = "files"
+addr = "0.0.0.0:2"
+auth = true
+
+[[listener]]
+service = "upper"
+addr = "127.0.0.1:3"
+"#;
+        let e = effective(file, &[]);
+        let got: Vec<String> = e
+            .server
+            .listeners
+            .iter()
+            .map(|l| format!("{} {} {}", l.service, l.addr, l.auth))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "echo 127.0.0.1:1 false",
+                "files 0.0.0.0:2 true",
+                "upper 127.0.0.1:3 false"
+            ]
+        );
+        let echo = &e.server.listeners[0];
+        assert!(!e.server.sockopts_of(echo).nodelay);
+        assert!(e.server.sockopts_of(&e.server.listeners[2]).nodelay);
+
+        let e = effective(
+            file,
+            &[
+                "--files",
+                "0.0.0.0:4",
+                "--no-upper",
+                "--chat",
+                "127.0.0.1:5",
+                "--auth",
+                "echo",
+            ],
+        );
+        let got: Vec<String> = e
+            .server
+            .listeners
+            .iter()
+            .map(|l| format!("{} {} {}", l.service, l.addr, l.auth))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "echo 127.0.0.1:1 true",
+                // The replacement keeps the authentication of the listener it replaces.
+                "files 0.0.0.0:4 true",
+                "chat 127.0.0.1:5 false"
+            ]
+        );
+    }
+
+    #[test]
+    fn socket_flags_reach_per_listener_options_too() {
+        let file = "[[listener]]\nservice = \"echo\"\naddr = \"127.0.0.1:1\"\n\
+                    [listener.socket]\nnodelay = true\nbacklog = 8\n";
+        let e = effective(file, &["--no-nodelay"]);
+        let l = &e.server.listeners[0];
+        let o = e.server.sockopts_of(l);
+        assert_eq!((o.nodelay, o.backlog), (false, 8));
+        assert!(!e.server.sockopts.nodelay);
+    }
+
+    #[test]
+    fn print_config_reads_back_to_the_same_configuration() {
+        let file = r#"
+workers = 3
+data_dir = "/tmp/socklab-rt"
+log = "warn"
+[limits]
+idle_timeout = "0s"
+pending_pause = 1000
+read_budget = "1536KiB"
+[socket]
+rcvbuf = "128KiB"
+[auth]
+secret_file = "/tmp/secret"
+timeout = "2500ms"
+[files]
+max_upload = "3GiB"
+[exec]
+allow = ["sh"]
+max_output = 0
+[[listener]]
+service = "echo"
+addr = "127.0.0.1:1"
+[listener.socket]
+nodelay = false
+rcvbuf = "kernel"
+[[listener]]
+service = "udp-echo"
+addr = "unixgram:/tmp/socklab-rt.sock"
+[[listener]]
+service = "files"
+addr = "unix:/tmp/socklab-rt-files.sock"
+auth = true
+"#;
+        for flags in [
+            &[][..],
+            &[
+                "--no-nodelay",
+                "--sndbuf",
+                "96KiB",
+                "--max-conns",
+                "12",
+                "-v",
+            ][..],
+            &[
+                "--upper",
+                "127.0.0.1:9",
+                "--no-echo",
+                "--exec-allow",
+                "env",
+                "-qqq",
+            ][..],
+        ] {
+            let first = effective(file, flags);
+            let printed = first.to_toml().unwrap();
+            let again = parse(&printed, "printed")
+                .unwrap_or_else(|e| panic!("{e}\n{printed}"))
+                .finish()
+                .unwrap_or_else(|e| panic!("{e}\n{printed}"));
+            assert_eq!(again, first, "{flags:?}:\n{printed}");
+            assert_eq!(again.to_toml().unwrap(), printed);
+        }
+        let e = effective(file, &[]);
+        assert_eq!(e.server.sockopts_of(&e.server.listeners[0]).rcvbuf, None);
+        assert_eq!(e.server.sockopts.rcvbuf, Some(128 * 1024));
+        assert_eq!(e.server.limits.idle_timeout, None);
+        assert_eq!(e.log, LogLevel::Warn);
+        assert_eq!(effective(file, &["-v"]).log, LogLevel::Info);
     }
 }
