@@ -200,8 +200,8 @@ pub struct ServeArgs {
     broadcast: bool,
 
     /// Reactor threads, each with its own listeners bound with SO_REUSEPORT so the kernel
-    /// spreads connections (and UDP senders) across them. udp-chat and discovery run on the
-    /// first worker only; chat rooms span them all. [default: 1]
+    /// spreads connections (and UDP senders) across them. udp-chat, discovery and unix:/unixgram:
+    /// listeners run on the first worker only; chat rooms span them all. [default: 1]
     #[arg(long, value_name = "N", help_heading = "Workers")]
     workers: Option<usize>,
 
