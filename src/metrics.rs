@@ -71,67 +71,153 @@ impl Counters {
         *n = n.saturating_add(1);
     }
 
+    /// Adds `other`'s counts to these (`stats` with several workers reports the sum).
+    pub fn add(&mut self, other: &Counters) {
+        for (mine, theirs) in self.services.iter_mut().zip(&other.services) {
+            mine.add(theirs);
+        }
+        self.loop_iterations = self.loop_iterations.saturating_add(other.loop_iterations);
+        self.loop_busy = self.loop_busy.saturating_add(other.loop_busy);
+        for (key, n) in &other.frames {
+            let mine = self.frames.entry(*key).or_default();
+            *mine = mine.saturating_add(*n);
+        }
+    }
+
     /// Every counter in the Prometheus text exposition format, labelled with `worker`.
     pub fn prometheus(&self, worker: usize) -> String {
-        use std::fmt::Write;
-        let mut s = String::new();
-        let w = worker;
-        let per_service: [Family; 7] = [
-            (
-                "socklab_connections_accepted_total",
-                "counter",
-                "Connections accepted.",
-                |c| c.accepted,
-            ),
-            (
-                "socklab_connections_open",
-                "gauge",
-                "Connections open now.",
-                |c| c.open,
-            ),
-            (
-                "socklab_bytes_received_total",
-                "counter",
-                "Bytes read from clients.",
-                |c| c.bytes_received,
-            ),
-            (
-                "socklab_bytes_sent_total",
-                "counter",
-                "Bytes written to clients.",
-                |c| c.bytes_sent,
-            ),
-            (
-                "socklab_datagrams_received_total",
-                "counter",
-                "Datagrams received.",
-                |c| c.datagrams_received,
-            ),
-            (
-                "socklab_datagrams_sent_total",
-                "counter",
-                "Datagrams sent.",
-                |c| c.datagrams_sent,
-            ),
-            (
-                "socklab_datagrams_dropped_total",
-                "counter",
-                "Replies dropped (queue full or peer unreachable).",
-                |c| c.datagrams_dropped,
-            ),
+        prometheus(&[(worker, self)])
+    }
+}
+
+impl ServiceCounters {
+    fn add(&mut self, o: &ServiceCounters) {
+        let pairs = [
+            (&mut self.accepted, o.accepted),
+            (&mut self.open, o.open),
+            (&mut self.rejected_max_conns, o.rejected_max_conns),
+            (&mut self.rejected_fd_limit, o.rejected_fd_limit),
+            (&mut self.bytes_received, o.bytes_received),
+            (&mut self.bytes_sent, o.bytes_sent),
+            (&mut self.datagrams_received, o.datagrams_received),
+            (&mut self.datagrams_sent, o.datagrams_sent),
+            (&mut self.datagrams_dropped, o.datagrams_dropped),
+            (&mut self.rejected_auth, o.rejected_auth),
         ];
-        for (name, kind, help, get) in per_service {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (k, c) in ServiceKind::ALL.iter().zip(&self.services) {
+        for (mine, theirs) in pairs {
+            *mine = mine.saturating_add(theirs);
+        }
+    }
+}
+
+/// What this reactor knows of the other workers: its own number, and their counters as each
+/// last reported them (empty with one worker).
+#[derive(Debug, Default)]
+pub struct Peers {
+    /// This reactor's worker number.
+    pub worker: usize,
+    /// The other workers' counters, by worker number.
+    pub others: Vec<(usize, Counters)>,
+}
+
+impl Peers {
+    /// Stores a worker's report, replacing its previous one.
+    pub fn update(&mut self, worker: usize, counters: Counters) {
+        match self.others.iter_mut().find(|(w, _)| *w == worker) {
+            Some(slot) => slot.1 = counters,
+            None => {
+                self.others.push((worker, counters));
+                self.others.sort_by_key(|(w, _)| *w);
+            }
+        }
+    }
+
+    /// The `stats` body: every worker's counters added up, and how many workers there are.
+    pub fn stats_json(&self, own: &Counters) -> Value {
+        let mut total = own.clone();
+        for (_, c) in &self.others {
+            total.add(c);
+        }
+        let mut v = total.to_json();
+        if let Some(map) = v.as_object_mut() {
+            map.insert("workers".into(), json!(1 + self.others.len()));
+        }
+        v
+    }
+
+    /// Every worker's series, this one's from `own`.
+    pub fn prometheus(&self, own: &Counters) -> String {
+        let mut all: Vec<(usize, &Counters)> = vec![(self.worker, own)];
+        all.extend(self.others.iter().map(|(w, c)| (*w, c)));
+        all.sort_by_key(|(w, _)| *w);
+        prometheus(&all)
+    }
+}
+
+/// Every worker's counters in the Prometheus text exposition format: each family's `# HELP`
+/// and `# TYPE` once, then one series per worker (label `worker`).
+pub fn prometheus(workers: &[(usize, &Counters)]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let per_service: [Family; 7] = [
+        (
+            "socklab_connections_accepted_total",
+            "counter",
+            "Connections accepted.",
+            |c| c.accepted,
+        ),
+        (
+            "socklab_connections_open",
+            "gauge",
+            "Connections open now.",
+            |c| c.open,
+        ),
+        (
+            "socklab_bytes_received_total",
+            "counter",
+            "Bytes read from clients.",
+            |c| c.bytes_received,
+        ),
+        (
+            "socklab_bytes_sent_total",
+            "counter",
+            "Bytes written to clients.",
+            |c| c.bytes_sent,
+        ),
+        (
+            "socklab_datagrams_received_total",
+            "counter",
+            "Datagrams received.",
+            |c| c.datagrams_received,
+        ),
+        (
+            "socklab_datagrams_sent_total",
+            "counter",
+            "Datagrams sent.",
+            |c| c.datagrams_sent,
+        ),
+        (
+            "socklab_datagrams_dropped_total",
+            "counter",
+            "Replies dropped (queue full or peer unreachable).",
+            |c| c.datagrams_dropped,
+        ),
+    ];
+    for (name, kind, help, get) in per_service {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (w, counters) in workers {
+            for (k, c) in ServiceKind::ALL.iter().zip(&counters.services) {
                 let _ = writeln!(s, "{name}{{service=\"{k}\",worker=\"{w}\"}} {}", get(c));
             }
         }
-        let name = "socklab_connections_rejected_total";
-        let _ = writeln!(
-            s,
-            "# HELP {name} Connections refused, by reason.\n# TYPE {name} counter"
-        );
-        for (k, c) in ServiceKind::ALL.iter().zip(&self.services) {
+    }
+    let name = "socklab_connections_rejected_total";
+    let _ = writeln!(
+        s,
+        "# HELP {name} Connections refused, by reason.\n# TYPE {name} counter"
+    );
+    for (w, counters) in workers {
+        for (k, c) in ServiceKind::ALL.iter().zip(&counters.services) {
             for (reason, n) in [
                 ("max_conns", c.rejected_max_conns),
                 ("fd_limit", c.rejected_fd_limit),
@@ -143,36 +229,40 @@ impl Counters {
                 );
             }
         }
-        let name = "socklab_frames_total";
-        let _ = writeln!(
-            s,
-            "# HELP {name} Frames answered, by command and outcome.\n# TYPE {name} counter"
-        );
-        for ((cmd, outcome), n) in &self.frames {
+    }
+    let name = "socklab_frames_total";
+    let _ = writeln!(
+        s,
+        "# HELP {name} Frames answered, by command and outcome.\n# TYPE {name} counter"
+    );
+    for (w, counters) in workers {
+        for ((cmd, outcome), n) in &counters.frames {
             let _ = writeln!(
                 s,
                 "{name}{{cmd=\"{cmd}\",outcome=\"{outcome}\",worker=\"{w}\"}} {n}"
             );
         }
-        let name = "socklab_loop_iterations_total";
-        let _ = writeln!(
-            s,
-            "# HELP {name} Turns of the event loop.\n# TYPE {name} counter"
-        );
-        let _ = writeln!(s, "{name}{{worker=\"{w}\"}} {}", self.loop_iterations);
-        let name = "socklab_loop_busy_seconds_total";
-        let _ = writeln!(
-            s,
-            "# HELP {name} Time spent outside the poll.\n# TYPE {name} counter"
-        );
-        let _ = writeln!(
-            s,
-            "{name}{{worker=\"{w}\"}} {}",
-            self.loop_busy.as_secs_f64()
-        );
-        s
     }
+    let name = "socklab_loop_iterations_total";
+    let _ = writeln!(
+        s,
+        "# HELP {name} Turns of the event loop.\n# TYPE {name} counter"
+    );
+    for (w, c) in workers {
+        let _ = writeln!(s, "{name}{{worker=\"{w}\"}} {}", c.loop_iterations);
+    }
+    let name = "socklab_loop_busy_seconds_total";
+    let _ = writeln!(
+        s,
+        "# HELP {name} Time spent outside the poll.\n# TYPE {name} counter"
+    );
+    for (w, c) in workers {
+        let _ = writeln!(s, "{name}{{worker=\"{w}\"}} {}", c.loop_busy.as_secs_f64());
+    }
+    s
+}
 
+impl Counters {
     /// Every counter as one JSON object (the `stats` command's body).
     pub fn to_json(&self) -> Value {
         let mut services = serde_json::Map::new();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 
-use mio::{Registry, Token, Waker};
+use mio::{Token, Waker};
 
 /// A piece of disk work, and where its result goes.
 pub type Job<R> = Box<dyn FnOnce() -> R + Send>;
@@ -23,9 +23,9 @@ pub struct DiskThread<R: Send + 'static> {
 }
 
 impl<R: Send + 'static> DiskThread<R> {
-    /// Starts the thread; it wakes the poll through `waker_token` after each job.
-    pub fn start(registry: &Registry, waker_token: Token) -> io::Result<Self> {
-        let waker = Arc::new(Waker::new(registry, waker_token)?);
+    /// Starts the thread; it wakes the poll through `waker` after each job. (A poll has one
+    /// waker, which the reactor shares with whatever else must wake it.)
+    pub fn start(waker: Arc<Waker>) -> io::Result<Self> {
         let (jobs_tx, jobs_rx) = mpsc::channel::<(Token, Job<R>)>();
         let (done_tx, done_rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
@@ -81,7 +81,8 @@ mod tests {
     #[test]
     fn jobs_run_in_order_and_wake_the_poll() {
         let mut poll = Poll::new().unwrap();
-        let disk: DiskThread<u32> = DiskThread::start(poll.registry(), Token(7)).unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), Token(7)).unwrap());
+        let disk: DiskThread<u32> = DiskThread::start(waker).unwrap();
         for i in 0..100u32 {
             disk.submit(Token(i as usize), Box::new(move || i * 2));
         }

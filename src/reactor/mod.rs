@@ -25,12 +25,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, UdpSocket, UnixDatagram, UnixListener};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::addr::ListenAddr;
 use crate::config::{Limits, ListenerConfig, ServerConfig, ServiceKind};
-use crate::metrics::Counters;
+use crate::metrics::{Counters, Peers};
 use crate::service::auth::{AuthGate, AuthStep, Secret, new_challenge};
 use crate::service::chat::ChatRoom;
 use crate::service::discovery::{Discovery, DiscoveryInfo, ServiceEntry};
@@ -46,6 +46,7 @@ use dgram::{DgramEndpoint, DgramSocket, Received, is_per_datagram_error};
 use disk::DiskThread;
 use timer::{TimerKind, Timers};
 use token::{SIGNAL, Sources, WAKER};
+use workers::{Link, OpenConns};
 
 /// Size of the one read buffer the reactor shares between all sockets. Large enough for any
 /// UDP datagram; longer Unix datagrams are cut to it.
@@ -210,6 +211,12 @@ enum CloseReason {
 pub struct Reactor {
     /// The poll: its `poll` is the only blocking call on this thread.
     poll: Poll,
+    /// Wakes the poll from other threads: the disk thread, the other workers.
+    waker: Arc<Waker>,
+    /// The channels to the other workers (none with one worker).
+    link: Option<Link>,
+    /// Stream connections open in every worker, against `--max-conns`.
+    conns: OpenConns,
     /// Every socket the server owns.
     sources: Sources<Entry>,
     /// SIGINT and SIGTERM, delivered through a pipe registered in the poll.
@@ -248,6 +255,8 @@ pub struct Reactor {
     secret: Option<Secret>,
     /// The chat room of this reactor.
     room: ChatRoom,
+    /// The other workers' counters, as each last reported them.
+    peers: Peers,
     /// Chat lines a member produced for the others, delivered after its drive.
     others: Vec<u8>,
     /// Where the current datagram's reply goes.
@@ -338,8 +347,15 @@ impl Reactor {
         poll.registry()
             .register(&mut signals, SIGNAL, Interest::READABLE)
             .map_err(StartError::Signals)?;
+        let waker = Waker::new(poll.registry(), WAKER).map_err(|source| StartError::Register {
+            what: "the waker".into(),
+            source,
+        })?;
         let mut reactor = Reactor {
             poll,
+            waker: Arc::new(waker),
+            link: None,
+            conns: OpenConns::default(),
             sources: Sources::default(),
             signals,
             timers: Timers::default(),
@@ -359,6 +375,7 @@ impl Reactor {
             shared,
             secret,
             room: ChatRoom::default(),
+            peers: Peers::default(),
             others: Vec::new(),
             targets: Vec::new(),
             disk_jobs: Vec::new(),
@@ -367,7 +384,7 @@ impl Reactor {
             next_child: 0,
         };
         if reactor.shared.files.is_some() {
-            let disk = DiskThread::start(reactor.poll.registry(), WAKER).map_err(|source| {
+            let disk = DiskThread::start(Arc::clone(&reactor.waker)).map_err(|source| {
                 StartError::Register {
                     what: "the disk thread".into(),
                     source,
@@ -538,7 +555,15 @@ impl Reactor {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = if self.ready.is_empty() {
-                self.timers.next_timeout(Instant::now())
+                let now = Instant::now();
+                let timer = self.timers.next_timeout(now);
+                let report = self
+                    .report_due()
+                    .map(|due| due.saturating_duration_since(now));
+                match (timer, report) {
+                    (Some(t), Some(r)) => Some(t.min(r)),
+                    (t, r) => t.or(r),
+                }
             } else {
                 Some(Duration::ZERO)
             };
@@ -564,6 +589,7 @@ impl Reactor {
             self.fire_timers();
             self.close_dead();
             self.counters.loop_busy += self.now.elapsed();
+            self.report_counters();
             if let Some(deadline) = self.shutdown_deadline {
                 if self.open_conns == 0 {
                     tracing::info!("every connection is closed; exiting");
@@ -587,6 +613,7 @@ impl Reactor {
         }
         if token == WAKER {
             self.collect_disk_results();
+            self.read_inbox();
             return;
         }
         match self.sources.get(token) {
@@ -775,7 +802,7 @@ impl Reactor {
     /// Takes in one accepted connection, or closes it at once when `--max-conns` are open.
     fn admit(&mut self, socket: StreamSocket, kind: ServiceKind, auth: bool, nodelay: bool) {
         let limits = &self.config.limits;
-        if self.open_conns >= limits.max_conns || self.shutdown_deadline.is_some() {
+        if self.shutdown_deadline.is_some() || !self.conns.try_open(limits.max_conns) {
             drop(socket);
             let c = self.counters.service(kind);
             c.rejected_max_conns = c.rejected_max_conns.saturating_add(1);
@@ -794,6 +821,7 @@ impl Reactor {
             tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
         }
         let Some(service) = StreamService::for_kind(kind, &self.shared) else {
+            self.conns.close();
             return;
         };
         let idle = limits.idle_timeout;
@@ -801,6 +829,7 @@ impl Reactor {
         if auth {
             let (Some(secret), Ok(challenge)) = (&self.secret, new_challenge()) else {
                 tracing::error!(service = %kind, "cannot make an authentication challenge");
+                self.conns.close();
                 return;
             };
             let gate = AuthGate::new(secret.clone(), challenge);
@@ -808,6 +837,7 @@ impl Reactor {
             conn.gate = Some(Box::new(gate));
         }
         let Some(token) = self.sources.insert(Entry::Conn(conn)) else {
+            self.conns.close();
             return;
         };
         let registered = match self.sources.get_mut(token) {
@@ -825,6 +855,7 @@ impl Reactor {
         if let Err(e) = registered {
             tracing::warn!(service = %kind, "cannot watch a new connection: {e}");
             drop(self.sources.remove(token));
+            self.conns.close();
             return;
         }
         self.open_conns += 1;
@@ -845,6 +876,7 @@ impl Reactor {
                 room: &mut self.room,
                 others: &mut self.others,
                 disk: &mut self.disk_jobs,
+                peers: &self.peers,
             };
             c.service.on_open(c.id, false, c.out.tail(), &mut ctx);
             self.drive_conn(token, false, true);
@@ -1074,45 +1106,12 @@ impl Reactor {
         }
     }
 
-    /// Copies the chat lines in `others` to every member but `from`, writing at once where the
-    /// socket takes them. A member whose pending output passes --chat-max-pending is dropped:
-    /// it is the one that does not read, and nobody else waits for it.
+    /// Delivers the chat lines a member of this worker produced: to the other members here,
+    /// and to every other worker's.
     fn deliver_to_others(&mut self, from: Token) {
         let bytes = std::mem::take(&mut self.others);
-        let limit = self.config.limits.chat_max_pending;
-        let members: Vec<Token> = self
-            .room
-            .member_ids()
-            .filter_map(|id| usize::try_from(id).ok().map(Token))
-            .filter(|t| *t != from)
-            .collect();
-        for token in members {
-            let Some(Entry::Conn(c)) = self.sources.get_mut(token) else {
-                continue;
-            };
-            if c.dead {
-                continue;
-            }
-            c.out.extend(&bytes);
-            let result = c.out.write_to(&mut c.socket);
-            let sent = result.as_ref().map_or(0, |n| *n);
-            let kind = c.kind;
-            if result.is_err() || c.out.pending() > limit {
-                if result.is_ok() {
-                    tracing::info!(
-                        service = %kind,
-                        pending = c.out.pending(),
-                        "disconnecting a chat member that does not read (--chat-max-pending)"
-                    );
-                }
-                c.dead = true;
-                self.to_close.push(token);
-            } else if let Err(e) = update_interest(&self.poll, c, token) {
-                tracing::debug!(service = %kind, "cannot update a chat member's interest: {e}");
-            }
-            let counters = self.counters.service(kind);
-            counters.bytes_sent = counters.bytes_sent.saturating_add(sent as u64);
-        }
+        self.deliver_chat(&bytes, Some(from));
+        self.forward_chat(&bytes);
         // Hand the buffer back so its capacity is reused.
         self.others = bytes;
         self.others.clear();
@@ -1135,6 +1134,7 @@ impl Reactor {
             room: &mut self.room,
             others: &mut self.others,
             disk: &mut self.disk_jobs,
+            peers: &self.peers,
         };
         let (verdict, received, sent) = drive(c, readable, writable, &mut io, limits, self.now);
         let kind = c.kind;
@@ -1362,6 +1362,7 @@ impl Reactor {
                     }
                     discard_unread(&mut c.socket, &mut self.scratch);
                     self.open_conns = self.open_conns.saturating_sub(1);
+                    self.conns.close();
                     let counters = self.counters.service(c.kind);
                     counters.open = counters.open.saturating_sub(1);
                     let mut ctx = Ctx {
@@ -1369,6 +1370,7 @@ impl Reactor {
                         room: &mut self.room,
                         others: &mut self.others,
                         disk: &mut self.disk_jobs,
+                        peers: &self.peers,
                     };
                     c.service.on_close(&mut ctx);
                     if !self.others.is_empty() {
@@ -1437,6 +1439,8 @@ struct TurnIo<'a> {
     others: &'a mut Vec<u8>,
     /// Disk work the connection's service queued.
     disk: &'a mut Vec<DiskJob>,
+    /// The other workers' counters.
+    peers: &'a Peers,
 }
 
 impl TurnIo<'_> {
@@ -1447,6 +1451,7 @@ impl TurnIo<'_> {
             room: self.room,
             others: self.others,
             disk: self.disk,
+            peers: self.peers,
         }
     }
 }
@@ -1662,6 +1667,7 @@ fn absorb(
                 room: io.room,
                 others: io.others,
                 disk: io.disk,
+                peers: io.peers,
             };
             let step = c.service.on_input(data, io.reply, &mut ctx);
             sent = write_direct(&mut c.socket, io.reply).map_err(CloseReason::Io)?;

@@ -11,6 +11,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::Step;
@@ -22,24 +23,40 @@ pub const MAX_NICK: usize = 32;
 /// A member's id: unique among the open connections of one reactor.
 pub type MemberId = u64;
 
-/// The nicks of one room.
+/// Every nick in use, sorted for `/who`, and the number of the last default nick. With
+/// `--workers N` one table serves every worker's members, so nicks stay unique and `/who`
+/// lists everyone.
 #[derive(Debug, Default)]
-pub struct ChatRoom {
-    /// Each member's nick.
-    members: HashMap<MemberId, String>,
-    /// Every nick in use, sorted for `/who`.
-    nicks: BTreeSet<String>,
-    /// The number of the next default nick (`guest-N`).
+struct Nicks {
+    taken: BTreeSet<String>,
     next_guest: u64,
 }
 
+/// A chat room as one reactor sees it: its own members, and the nick table it shares with the
+/// other workers' rooms.
+#[derive(Debug, Default)]
+pub struct ChatRoom {
+    /// Each member of this reactor, by id, with its nick.
+    members: HashMap<MemberId, String>,
+    /// Shared by every worker; held only for a lookup or an update, never across I/O.
+    nicks: Arc<Mutex<Nicks>>,
+}
+
 impl ChatRoom {
-    /// Members in the room.
+    /// Another worker's view of the same room: no members of its own yet, the same nicks.
+    pub fn share(&self) -> ChatRoom {
+        ChatRoom {
+            members: HashMap::new(),
+            nicks: Arc::clone(&self.nicks),
+        }
+    }
+
+    /// Members of this reactor in the room.
     pub fn len(&self) -> usize {
         self.members.len()
     }
 
-    /// True when nobody is in the room.
+    /// True when this reactor has nobody in the room.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
@@ -49,11 +66,19 @@ impl ChatRoom {
         self.members.keys().copied()
     }
 
-    fn fresh_guest(&mut self) -> String {
+    fn nicks(&self) -> MutexGuard<'_, Nicks> {
+        // A worker that panicked while holding the lock left a consistent table: every
+        // update below is a single insert or remove.
+        self.nicks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn fresh_guest(&self) -> String {
+        let mut nicks = self.nicks();
         loop {
-            self.next_guest = self.next_guest.wrapping_add(1);
-            let nick = format!("guest-{}", self.next_guest);
-            if !self.nicks.contains(&nick) {
+            nicks.next_guest = nicks.next_guest.wrapping_add(1);
+            let nick = format!("guest-{}", nicks.next_guest);
+            if !nicks.taken.contains(&nick) {
+                nicks.taken.insert(nick.clone());
                 return nick;
             }
         }
@@ -111,7 +136,6 @@ impl Chat {
         let nick = room.fresh_guest();
         line(out, format_args!("* welcome {nick}"));
         line(others, format_args!("* {nick} joined"));
-        room.nicks.insert(nick.clone());
         room.members.insert(id, nick);
         self.id = Some(id);
     }
@@ -120,7 +144,7 @@ impl Chat {
     pub fn leave(&mut self, room: &mut ChatRoom, others: &mut Vec<u8>) {
         let Some(id) = self.id.take() else { return };
         if let Some(nick) = room.members.remove(&id) {
-            room.nicks.remove(&nick);
+            room.nicks().taken.remove(&nick);
             line(others, format_args!("* {nick} left"));
         }
     }
@@ -197,11 +221,10 @@ impl Chat {
                     );
                 } else if new == nick {
                     line(out, format_args!("* you are already {nick}"));
-                } else if room.nicks.contains(new) {
+                } else if !room.nicks().taken.insert(new.to_owned()) {
                     line(out, format_args!("* error: nick {new} is taken"));
                 } else {
-                    room.nicks.remove(&nick);
-                    room.nicks.insert(new.to_owned());
+                    room.nicks().taken.remove(&nick);
                     room.members.insert(id, new.to_owned());
                     line(others, format_args!("* {nick} is now {new}"));
                     line(out, format_args!("* {nick} is now {new}"));
@@ -209,7 +232,7 @@ impl Chat {
             }
             ("nick", None) => line(out, format_args!("* error: usage: /nick NAME")),
             ("who", None) => {
-                let all: Vec<&str> = room.nicks.iter().map(String::as_str).collect();
+                let all: Vec<String> = room.nicks().taken.iter().cloned().collect();
                 line(out, format_args!("* members: {}", all.join(", ")));
             }
             ("me", Some(action)) if !action.is_empty() => {
@@ -447,5 +470,30 @@ mod tests {
             &mut targets,
         );
         assert!(targets.is_empty() && reply.is_empty(), "not UTF-8: dropped");
+    }
+
+    #[test]
+    fn shared_rooms_keep_nicks_unique_and_list_everyone() {
+        let mut here = ChatRoom::default();
+        let mut there = here.share();
+        let (mut a, mut b) = (Chat::default(), Chat::default());
+        let (mut out, mut others) = (Vec::new(), Vec::new());
+        a.join(1, &mut here, &mut out, &mut others);
+        b.join(1, &mut there, &mut out, &mut others);
+        assert_eq!(here.len(), 1, "each room holds its own members");
+        assert_eq!(there.len(), 1);
+        out.clear();
+        a.on_input(b"/nick alice\n", &mut out, &mut here, &mut others);
+        out.clear();
+        b.on_input(b"/nick alice\n/who\n", &mut out, &mut there, &mut others);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "* error: nick alice is taken\n* members: alice, guest-2\n"
+        );
+        let mut gone = Vec::new();
+        a.leave(&mut here, &mut gone);
+        out = Vec::new();
+        b.on_input(b"/nick alice\n", &mut out, &mut there, &mut others);
+        assert_eq!(String::from_utf8(out).unwrap(), "* guest-2 is now alice\n");
     }
 }

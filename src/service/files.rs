@@ -22,7 +22,7 @@ use super::response::Head;
 use super::store::{Hasher, Store, TempFile, check_name, record_md5};
 use crate::frame::header::{HeaderBodyConfig, HeaderBodyDecoder, Part};
 use crate::frame::{Decoded, Header};
-use crate::metrics::Counters;
+use crate::metrics::{Counters, Peers};
 
 /// Longest `id`, as compact JSON.
 pub const MAX_ID: usize = 1024;
@@ -477,6 +477,7 @@ impl Files {
         input: &[u8],
         out: &mut Vec<u8>,
         counters: &mut Counters,
+        peers: &Peers,
         disk: &mut Vec<DiskJob>,
     ) -> Step {
         let mut pos = 0usize;
@@ -488,7 +489,7 @@ impl Files {
                 Ok(Decoded::Item { item, consumed }) => {
                     pos = pos.saturating_add(consumed);
                     match item {
-                        Part::Header(h) => self.on_header(&h, out, counters),
+                        Part::Header(h) => self.on_header(&h, out, counters, peers),
                         Part::BodyChunk(chunk) => self.on_chunk(chunk, out, disk),
                         Part::BodyEnd => self.on_body_end(out, counters, disk),
                     }
@@ -513,7 +514,13 @@ impl Files {
         }
     }
 
-    fn on_header(&mut self, h: &Header<'_>, out: &mut Vec<u8>, counters: &mut Counters) {
+    fn on_header(
+        &mut self,
+        h: &Header<'_>,
+        out: &mut Vec<u8>,
+        counters: &mut Counters,
+        peers: &Peers,
+    ) {
         self.body = Body::Skip;
         let id = h.id();
         if let Some(v) = id {
@@ -587,7 +594,7 @@ impl Files {
             },
             Cmd::Stats => {
                 counters.frame(cmd.name(), "ok");
-                let data = serde_json::to_vec(&counters.to_json()).unwrap_or_default();
+                let data = serde_json::to_vec(&peers.stats_json(counters)).unwrap_or_default();
                 Head::ok(out, cmd.name()).finish(id, data.len() as u64);
                 out.extend_from_slice(&data);
             }
@@ -1011,7 +1018,13 @@ mod tests {
         let mut close = false;
         let mut disk = Vec::new();
         loop {
-            let step = s.on_input(&input[pos..], &mut out, &mut counters, &mut disk);
+            let step = s.on_input(
+                &input[pos..],
+                &mut out,
+                &mut counters,
+                &Peers::default(),
+                &mut disk,
+            );
             pos += step.consumed;
             close |= step.close;
             // The disk thread's part, done inline.
@@ -1139,7 +1152,13 @@ mod tests {
         let mut counters = Counters::default();
         let mut out = Vec::new();
         let mut disk = Vec::new();
-        let step = s.on_input(&input, &mut out, &mut counters, &mut disk);
+        let step = s.on_input(
+            &input,
+            &mut out,
+            &mut counters,
+            &Peers::default(),
+            &mut disk,
+        );
         for job in disk.drain(..) {
             s.on_disk_done(job(), &mut out, &mut counters);
         }

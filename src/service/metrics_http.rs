@@ -3,7 +3,7 @@
 //! oversized request a 400 (or 431) and the connection closes, like any other bad client.
 
 use super::Step;
-use crate::metrics::Counters;
+use crate::metrics::{Counters, Peers};
 
 /// Longest request head accepted, in bytes.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -36,7 +36,13 @@ impl MetricsHttp {
     }
 
     /// Answers every complete request in `input`.
-    pub fn on_input(&mut self, input: &[u8], out: &mut Vec<u8>, counters: &Counters) -> Step {
+    pub fn on_input(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        counters: &Counters,
+        peers: &Peers,
+    ) -> Step {
         let mut pos = 0usize;
         while !self.closing {
             let rest = input.get(pos..).unwrap_or_default();
@@ -79,7 +85,7 @@ impl MetricsHttp {
                             true,
                         );
                     } else if req.method == Some("GET") && req.path == Some("/metrics") {
-                        respond(out, "200 OK", &counters.prometheus(0), close);
+                        respond(out, "200 OK", &peers.prometheus(counters), close);
                     } else {
                         respond(
                             out,
@@ -115,7 +121,7 @@ mod tests {
     fn run(input: &[u8]) -> (String, Step) {
         let mut m = MetricsHttp::default();
         let mut out = Vec::new();
-        let step = m.on_input(input, &mut out, &Counters::default());
+        let step = m.on_input(input, &mut out, &Counters::default(), &Peers::default());
         (String::from_utf8(out).unwrap(), step)
     }
 

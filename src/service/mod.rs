@@ -66,6 +66,8 @@ pub struct Ctx<'a> {
     pub others: &'a mut Vec<u8>,
     /// Disk work for the reactor's disk thread, in order.
     pub disk: &'a mut Vec<files::DiskJob>,
+    /// The other workers' counters, for `stats` and metrics.
+    pub peers: &'a crate::metrics::Peers,
 }
 
 impl StreamService {
@@ -134,9 +136,11 @@ impl StreamService {
         let consumed = match self {
             StreamService::Echo(s) => s.on_input(input, out),
             StreamService::Upper(s) => s.on_input(input, out),
-            StreamService::Files(s) => return s.on_input(input, out, ctx.counters, ctx.disk),
+            StreamService::Files(s) => {
+                return s.on_input(input, out, ctx.counters, ctx.peers, ctx.disk);
+            }
             StreamService::Chat(s) => return s.on_input(input, out, ctx.room, ctx.others),
-            StreamService::Metrics(s) => return s.on_input(input, out, ctx.counters),
+            StreamService::Metrics(s) => return s.on_input(input, out, ctx.counters, ctx.peers),
         };
         Step {
             consumed: consumed.0,

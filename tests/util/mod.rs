@@ -964,6 +964,35 @@ pub fn matches_pattern(pat: &[u8], offset: u64, data: &[u8]) -> bool {
     true
 }
 
+/// Checks a Prometheus exposition with `promtool check metrics` (Debian's `prometheus`
+/// package). CI installs it and must not skip the check; elsewhere a missing promtool is said.
+pub fn promtool_check(body: &str) {
+    let run = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child
+                .stdin
+                .take()
+                .expect("piped stdin")
+                .write_all(body.as_bytes())?;
+            child.wait_with_output()
+        });
+    match run {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("CI installs promtool (Debian's prometheus), but it cannot run: {e}")
+        }
+        Err(e) => eprintln!("promtool cannot run ({e}): the format was checked by this test only"),
+
 /// Runs `socklab ARGS...` (a client command) with stdin closed; see [`run_bounded`].
 pub fn run_socklab<I, S>(args: I, timeout: Duration) -> std::process::Output
 where
