@@ -1,5 +1,6 @@
 //! `socklab stats` against a real server: the echo service's counters move by exactly the
-//! connections and bytes a test sends (in `--json` and in the table), a server that requires
+//! connections and bytes a test sends (in `--json` and in the table), with `--workers 2` they
+//! are the sum over both workers, a server that requires
 //! authentication answers with `--secret-file` and refuses without it, and an address nobody
 //! listens on gives a non-zero exit and a message saying the connection was refused.
 
@@ -110,6 +111,29 @@ fn echo_connections_move_the_accepted_count() {
     assert_eq!(echo[1], (accepted0 + CONNS).to_string(), "{table}");
     // Services that counted nothing are left out.
     assert!(!table.lines().any(|l| l.starts_with("upper ")), "{table}");
+}
+
+#[test]
+fn with_two_workers_the_counts_are_the_sum() {
+    let dir = TempDir::new("stats-cli-workers");
+    let server = server(&dir, &["--workers", "2"]);
+    let files = server.tcp("files");
+    const CONNS: u64 = 16;
+    for _ in 0..CONNS {
+        let mut echo = server.connect("echo");
+        assert_eq!(util::roundtrip(&mut echo, b"x", T), b"x");
+    }
+    // Other workers report their counters every 100 ms at most: poll, bounded.
+    let mut last = Value::Null;
+    let summed = util::wait_until(T, || {
+        last = stats_json(files);
+        counter(&last, "echo", "connections_accepted") == CONNS
+    });
+    assert!(summed, "echo accepted never reached {CONNS}: {last}");
+    assert_eq!(last["workers"], 2, "{last}");
+    let out = stats(files, &[]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains(", 2 workers"), "{table}");
 }
 
 #[test]

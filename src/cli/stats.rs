@@ -72,7 +72,8 @@ fn sum(service: &Map<String, Value>, keys: &[&str]) -> u64 {
 }
 
 /// The human form of a `stats` body: one row per service with any counter above zero, the
-/// rejections by reason when there are any, the frames answered, and the event loop's work.
+/// rejections by reason when there are any, the frames answered, and the event loops' work
+/// (the server adds up every worker's counters).
 fn table(stats: &Value) -> Result<String, Failure> {
     let services = stats
         .get("services")
@@ -159,7 +160,12 @@ fn table(stats: &Value) -> Result<String, Failure> {
             .get("loop_busy_seconds")
             .and_then(Value::as_f64)
             .unwrap_or(0.0);
-        let _ = writeln!(out, "loop: {turns} turns, {busy:.3} s busy");
+        let _ = write!(out, "loop: {turns} turns, {busy:.3} s busy");
+        if let Some(workers) = stats.get("workers").and_then(Value::as_u64) {
+            let s = if workers == 1 { "" } else { "s" };
+            let _ = write!(out, ", {workers} worker{s}");
+        }
+        out.push('\n');
     }
     Ok(out)
 }
@@ -182,6 +188,7 @@ mod tests {
             "frames": [{"cmd": "stats", "outcome": "ok", "count": 1}],
             "loop_iterations": 42,
             "loop_busy_seconds": 0.5,
+            "workers": 2,
         });
         let t = table(&stats).unwrap();
         let lines: Vec<&str> = t.lines().collect();
@@ -205,7 +212,7 @@ mod tests {
         assert!(!t.contains("upper"), "{t}");
         assert!(t.contains("rejected by echo: max_conns 2, auth 1"), "{t}");
         assert!(t.contains("frames: stats ok 1"), "{t}");
-        assert!(t.contains("loop: 42 turns, 0.500 s busy"), "{t}");
+        assert!(t.contains("loop: 42 turns, 0.500 s busy, 2 workers"), "{t}");
     }
 
     #[test]

@@ -992,6 +992,8 @@ pub fn promtool_check(body: &str) {
             panic!("CI installs promtool (Debian's prometheus), but it cannot run: {e}")
         }
         Err(e) => eprintln!("promtool cannot run ({e}): the format was checked by this test only"),
+    }
+}
 
 /// Runs `socklab ARGS...` (a client command) with stdin closed; see [`run_bounded`].
 pub fn run_socklab<I, S>(args: I, timeout: Duration) -> std::process::Output
