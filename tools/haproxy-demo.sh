@@ -17,13 +17,14 @@
 # Exit status 0 when every check held. Every process it started and every file it wrote are
 # removed on exit, whatever the exit. Every wait is bounded.
 #
-# Settings (environment): CONNS (20), DURATION (3s, phases 1 and 3), CROSS_DURATION (6s, the
+# Settings (environment): WORKERS (1, socklab serve --workers), CONNS (20), DURATION (3s, phases 1 and 3), CROSS_DURATION (6s, the
 # bench across the kill), KILL_AFTER (2, seconds into it), INTER (500ms), FALL (2), RISE (2),
 # DOWN_WAIT (10, seconds to wait for DOWN), SOCKLAB_BIN (skip the build, use this binary),
 # HAPROXY_TEMPLATE (another configuration template with the same @NAME@ placeholders).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+WORKERS=${WORKERS:-1}
 CONNS=${CONNS:-20}
 DURATION=${DURATION:-3s}
 CROSS_DURATION=${CROSS_DURATION:-6s}
@@ -126,7 +127,7 @@ done < <(grep -o -- '--no-[a-z-]*' <<<"$help" | sort -u)
 start_instance() {
     local name=$1 dir=$tmp/$1 pid
     mkdir -p "$dir/data"
-    "$socklab" serve --echo 127.0.0.1:0 --files 127.0.0.1:0 "${off[@]}" \
+    "$socklab" serve --workers "$WORKERS" --echo 127.0.0.1:0 --files 127.0.0.1:0 "${off[@]}" \
         --data-dir "$dir/data" -q >"$dir/stdout" 2>"$dir/stderr" &
     pid=$!
     pids+=("$pid")
@@ -225,6 +226,7 @@ start_instance a
 a_pid=$inst_pid a_echo=$inst_echo a_files=$inst_files
 start_instance b
 b_pid=$inst_pid b_echo=$inst_echo b_files=$inst_files
+note "each instance: socklab serve --workers $WORKERS, echo and files on ephemeral loopback ports"
 note "instance a: pid $a_pid, echo $a_echo, files $a_files, data $tmp/a/data"
 note "instance b: pid $b_pid, echo $b_echo, files $b_files, data $tmp/b/data"
 
