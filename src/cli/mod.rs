@@ -7,6 +7,7 @@ pub mod exec;
 pub mod files;
 pub mod ipmsg;
 pub mod serve;
+pub mod stats;
 pub mod sticky;
 pub mod stream;
 pub mod time;
@@ -40,6 +41,8 @@ pub enum Command {
     Stat(files::StatArgs),
     /// Time one round trip to the files service.
     Ping(files::PingArgs),
+    /// Show the server's counters per service (the files service's `stats` command).
+    Stats(stats::StatsArgs),
     /// Run an allowed program on the server (files' exec) and exit with its exit code.
     Exec(exec::ExecArgs),
     /// Ask the time service for the server's time in a strftime format.
@@ -72,6 +75,7 @@ pub fn main() -> ExitCode {
         Command::Ls(a) => files::report(files::ls(&a)),
         Command::Stat(a) => files::report(files::stat(&a)),
         Command::Ping(a) => files::report(files::ping(&a)),
+        Command::Stats(a) => stats::run(&a),
         Command::Exec(a) => exec::run(&a),
         Command::Time(a) => time::run(&a),
         Command::Discover(a) => discover::run(&a),

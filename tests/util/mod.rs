@@ -994,3 +994,52 @@ pub fn promtool_check(body: &str) {
         Err(e) => eprintln!("promtool cannot run ({e}): the format was checked by this test only"),
     }
 }
+
+/// Runs `socklab ARGS...` (a client command) with stdin closed; see [`run_bounded`].
+pub fn run_socklab<I, S>(args: I, timeout: Duration) -> std::process::Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(bin());
+    cmd.args(args);
+    run_bounded(cmd, timeout)
+}
+
+/// Runs `cmd` with stdin closed and returns its output; kills it and panics if it has not
+/// exited within `timeout`.
+pub fn run_bounded(mut cmd: Command, timeout: Duration) -> std::process::Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let desc = format!("{cmd:?}");
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
+    fn drain(r: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
+        thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut v);
+            }
+            v
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{desc} did not exit within {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
