@@ -302,3 +302,50 @@ fn udp_senders_spread_over_the_workers_and_unix_listeners_still_serve() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn uploads_in_flight_on_every_worker_at_once_all_land() {
+    let dir = std::env::temp_dir().join(format!("socklab-workers-files-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data_dir = dir.display().to_string();
+    let server = server(
+        2,
+        &[("files", "127.0.0.1:0"), ("metrics", "127.0.0.1:0")],
+        &["--data-dir", data_dir.as_str()],
+    );
+    let (files, metrics) = (server.tcp("files"), server.tcp("metrics"));
+    let body = b"0123456789abcdef";
+    // Every upload is begun before any ends, so every worker holds a temporary at once.
+    let mut clients = Vec::new();
+    for i in 0..16 {
+        let mut c = FilesClient::connect(&ListenAddr::Inet(files), None, WAIT).unwrap();
+        let mut put = request("put");
+        put.insert("filename".into(), format!("f{i}").into());
+        put.insert("size".into(), body.len().into());
+        c.send_request(&put, body.len() as u64).unwrap();
+        c.send_body(&body[..8]).unwrap();
+        clients.push(c);
+    }
+    let mut seen = BTreeMap::new();
+    let spread = wait_until(WAIT, || {
+        seen = per_worker(&scrape(metrics), "socklab_connections_open", "files");
+        seen.values().sum::<u64>() == 16
+    });
+    assert!(
+        spread && seen.values().all(|n| *n > 0),
+        "uploads by worker: {seen:?}"
+    );
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send_body(&body[8..]).unwrap();
+        let resp = c.read_response().unwrap();
+        let resp = resp
+            .into_result()
+            .unwrap_or_else(|e| panic!("upload {i}: {e}"));
+        assert_eq!(resp.u64("filesize"), Some(body.len() as u64), "upload {i}");
+    }
+    for i in 0..16 {
+        assert_eq!(std::fs::read(dir.join(format!("f{i}"))).unwrap(), body);
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,7 +2,8 @@
 //! so the kernel spreads connections (and UDP senders) across them. They share nothing but
 //! what must cross them: chat lines and counter reports go through channels, each followed by
 //! a wake of the receiving reactor's `mio::Waker`; the `--max-conns` count is one atomic; the
-//! chat room's nick table is one (see `ChatRoom`).
+//! chat room's nick table is one (see `ChatRoom`); so is the `files` store, whose temporaries
+//! are numbered in one sequence.
 //!
 //! What runs on the first worker only: udp-chat and discovery (their state spans clients, and
 //! a broadcast must be answered once), and Unix-socket listeners (a path has one socket).
@@ -303,6 +304,8 @@ fn link(reactors: &mut [Reactor]) {
     };
     let room = first.room.share();
     let conns = first.conns.clone();
+    // One store for every worker: its temporaries are numbered in one sequence.
+    let shared = first.shared.clone();
     for (i, (reactor, inbox)) in reactors.iter_mut().zip(rxs).enumerate() {
         let peers = txs
             .iter()
@@ -324,6 +327,7 @@ fn link(reactors: &mut [Reactor]) {
         if i > 0 {
             reactor.room = room.share();
             reactor.conns = conns.clone();
+            reactor.shared = shared.clone();
         }
     }
 }

@@ -89,6 +89,9 @@ pub struct Store {
     dir: PathBuf,
     /// Makes temporary names unique within this process.
     seq: AtomicU64,
+    /// Random, so that servers on other hosts sharing the directory (whose process ids may
+    /// equal this one's) never pick the same temporary name.
+    tag: u64,
 }
 
 /// A file being uploaded: removed on drop unless committed.
@@ -152,6 +155,7 @@ impl Store {
             Store {
                 dir: dir.to_owned(),
                 seq: AtomicU64::new(0),
+                tag: getrandom::u64().unwrap_or_default(),
             },
             removed,
         ))
@@ -167,7 +171,7 @@ impl Store {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let path = self
             .dir
-            .join(format!("{TMP_PREFIX}{}-{n}", std::process::id()));
+            .join(format!("{TMP_PREFIX}{}-{:016x}-{n}", std::process::id(), self.tag));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
