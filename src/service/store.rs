@@ -169,9 +169,11 @@ impl Store {
     /// Creates a new, empty temporary in the data directory.
     pub fn create_temp(&self) -> io::Result<TempFile> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .dir
-            .join(format!("{TMP_PREFIX}{}-{:016x}-{n}", std::process::id(), self.tag));
+        let path = self.dir.join(format!(
+            "{TMP_PREFIX}{}-{:016x}-{n}",
+            std::process::id(),
+            self.tag
+        ));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)

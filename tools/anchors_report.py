@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""The report of tools/bench-anchors.sh: medians per setting and server, and the issue-7 verdict
+figures, the median over rounds of the per-round ratio of server CPU time per request (each
+round measures every server once, back to back, so a ratio within a round compares like with
+like), with the per-round ratios beside it so their spread shows.
+
+Usage: tools/anchors_report.py RESULTS.jsonl   (bench-anchors.sh sets the environment: SETTINGS,
+ROUNDS, DURATION, WARMUP, CMDLINE, PINNING, LOAD_START, LOAD_END, REDIS_VERSION, BENCH_EXAMPLE)
+"""
+import json, os, platform, statistics, subprocess, sys
+
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+env = os.environ
+def cpu_model():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+servers = ["socklab echo raw", "tokio echo raw", "socklab echo line PING", "redis PING",
+           "socklab files ping"]
+settings = env["SETTINGS"].split()
+
+def med(setting, server, f):
+    vals = [f(r["result"]) for r in rows
+            if r["setting"] == setting and r["server"] == server and "result" in r]
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+def fails(setting, server):
+    return sum(1 for r in rows if r["setting"] == setting and r["server"] == server and "error" in r)
+
+def fmt(v, spec):
+    return "fail" if v is None else format(v, spec)
+
+def label(s):
+    c, d = s.split("x")
+    return f"{int(c):,} x {d}"
+
+print("### Machine and command\n")
+print(f"- Machine: `nproc` = {os.cpu_count()}, {cpu_model()}, Linux {platform.release()}; "
+      f"loopback; {env['PINNING']}.")
+print(f"- Load average (1, 5, 15 min) at start: {env['LOAD_START']}; at the end: {env['LOAD_END']}.")
+print(f"- Command: `{env['CMDLINE']}` ({env['ROUNDS']} round(s) of {env['DURATION']} after a "
+      f"{env['WARMUP']} warm-up per setting and server, servers in turn, order rotated each round).")
+print(f"- Each measurement: `{env['BENCH_EXAMPLE']}` with MODE one of `--mode raw --size 64` "
+      f"(echo), `--mode line --line PING` (socklab echo, redis {env['REDIS_VERSION']}), "
+      f"`--mode frame --frame-cmd ping` (files).")
+print("- Servers: release `socklab serve` (echo and files only), `tools/tokio-echo` "
+      "(tokio current-thread), `redis-server --save '' --appendonly no`.")
+print()
+print("### Per setting and server (medians)\n")
+print("| conns x depth | server | requests/s | p99 (µs) | server CPU/request (µs) | load generator CPU |")
+print("|---|---|---:|---:|---:|---:|")
+for s in settings:
+    for srv in servers:
+        rps = med(s, srv, lambda r: r["requests_per_s"])
+        p99 = med(s, srv, lambda r: r["latency_us"]["p99"])
+        cpu = med(s, srv, lambda r: r["server_cpu_per_request_us"])
+        gen = med(s, srv, lambda r: r["cpu_percent"])
+        f = fails(s, srv)
+        note = f" ({f} failed)" if f else ""
+        print(f"| {label(s)} | {srv}{note} | {fmt(rps, ',.0f')} | {fmt(p99, '.0f')} | "
+              f"{fmt(cpu, '.2f')} | {fmt(gen, '.0f')}{'' if gen is None else ' %'} |")
+print()
+print("### Ratios (below 1: socklab uses less): median of the per-round ratios [each round]\n")
+print("| conns x depth | CPU/request socklab echo / tokio echo | CPU/request socklab echo line / redis PING | CPU/request socklab files ping / redis PING | p99 socklab echo / tokio | p99 socklab line / redis |")
+print("|---|---:|---:|---:|---:|---:|")
+
+
+def value(setting, server, rnd, f):
+    for r in rows:
+        if (r["setting"] == setting and r["server"] == server and r["round"] == rnd
+                and "result" in r):
+            return f(r["result"])
+    return None
+
+
+def round_ratio(setting, a, b, f):
+    """The median over rounds of a/b within each round, and the per-round ratios."""
+    per_round = []
+    for rnd in range(1, int(env["ROUNDS"]) + 1):
+        va, vb = value(setting, a, rnd, f), value(setting, b, rnd, f)
+        if va is not None and vb:
+            per_round.append(va / vb)
+    if not per_round:
+        return "fail"
+    shown = ", ".join(f"{x:.2f}" for x in per_round)
+    return f"{statistics.median(per_round):.2f} [{shown}]"
+
+
+cpu = lambda r: r["server_cpu_per_request_us"]
+p99 = lambda r: r["latency_us"]["p99"]
+for s in settings:
+    cells = [
+        round_ratio(s, "socklab echo raw", "tokio echo raw", cpu),
+        round_ratio(s, "socklab echo line PING", "redis PING", cpu),
+        round_ratio(s, "socklab files ping", "redis PING", cpu),
+        round_ratio(s, "socklab echo raw", "tokio echo raw", p99),
+        round_ratio(s, "socklab echo line PING", "redis PING", p99),
+    ]
+    print(f"| {label(s)} | " + " | ".join(cells) + " |")
