@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use plotters::coord::ranged1d::{SegmentedCoord, ValueFormatter};
+use plotters::coord::types::RangedCoordi32;
 use plotters::prelude::*;
 
 use super::TuneError;
@@ -96,96 +98,126 @@ fn draw(path: &Path, spec: &Spec<'_>, series: &[Series]) -> Result<(), String> {
             .unwrap_or_default(),
         _ => String::new(),
     };
-    let x_style = ("sans-serif", 13).into_font();
     if spec.log_y {
         let lo = (lo / 2.0).max(1.0);
         let hi = (hi * 2.0).max(lo * 10.0);
-        let mut chart = builder
+        let chart = builder
             .build_cartesian_2d(x, (lo..hi).log_scale())
             .map_err(|x| e(&x))?;
-        chart
-            .configure_mesh()
-            .x_desc(spec.x_desc)
-            .y_desc(spec.y_desc)
-            .x_labels(n)
-            .x_label_formatter(&label_of)
-            .x_label_style(x_style.clone())
-            .y_label_formatter(&|v| format!("{v}"))
-            .draw()
-            .map_err(|x| e(&x))?;
-        for (k, s) in series.iter().enumerate() {
-            let colour = COLOURS[k % COLOURS.len()];
-            let points: Vec<(SegmentValue<i32>, f64)> = s
-                .values
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (SegmentValue::CenterOf(i as i32), v.max(lo)))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
-                .map_err(|x| e(&x))?
-                .label(s.name.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
-                });
-            chart
-                .draw_series(
-                    points
-                        .into_iter()
-                        .map(|p| Circle::new(p, 4, colour.filled())),
-                )
-                .map_err(|x| e(&x))?;
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(|x| e(&x))?;
+        plot(
+            chart,
+            spec,
+            series,
+            lo,
+            Some(&|v: &f64| format!("{v}")),
+            &label_of,
+        )?;
     } else {
         let hi = if hi <= 0.0 { 1.0 } else { hi * 1.1 };
-        let mut chart = builder.build_cartesian_2d(x, 0.0..hi).map_err(|x| e(&x))?;
-        chart
-            .configure_mesh()
-            .x_desc(spec.x_desc)
-            .y_desc(spec.y_desc)
-            .x_labels(n)
-            .x_label_formatter(&label_of)
-            .x_label_style(x_style.clone())
-            .draw()
-            .map_err(|x| e(&x))?;
-        for (k, s) in series.iter().enumerate() {
-            let colour = COLOURS[k % COLOURS.len()];
-            let points: Vec<(SegmentValue<i32>, f64)> = s
-                .values
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (SegmentValue::CenterOf(i as i32), *v))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
-                .map_err(|x| e(&x))?
-                .label(s.name.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
-                });
-            chart
-                .draw_series(
-                    points
-                        .into_iter()
-                        .map(|p| Circle::new(p, 4, colour.filled())),
-                )
-                .map_err(|x| e(&x))?;
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(|x| e(&x))?;
+        let chart = builder.build_cartesian_2d(x, 0.0..hi).map_err(|x| e(&x))?;
+        plot(chart, spec, series, f64::MIN, None, &label_of)?;
     }
     root.present().map_err(|x| e(&x))?;
     Ok(())
+}
+
+/// Draws the mesh, one line with points per series (values below `floor` drawn at it: a log
+/// axis has no zero), and the legend, on a chart with categories along x.
+fn plot<'a, Y>(
+    mut chart: ChartContext<'a, SVGBackend<'a>, Cartesian2d<SegmentedCoord<RangedCoordi32>, Y>>,
+    spec: &Spec<'_>,
+    series: &[Series],
+    floor: f64,
+    y_format: Option<&dyn Fn(&f64) -> String>,
+    label_of: &dyn Fn(&SegmentValue<i32>) -> String,
+) -> Result<(), String>
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(spec.x_desc)
+        .y_desc(spec.y_desc)
+        .x_labels(spec.labels.len().max(1))
+        .x_label_formatter(label_of)
+        .x_label_style(("sans-serif", 13).into_font());
+    if let Some(f) = y_format {
+        mesh.y_label_formatter(f);
+    }
+    mesh.draw().map_err(|x| e(&x))?;
+    for (k, s) in series.iter().enumerate() {
+        let colour = COLOURS[k % COLOURS.len()];
+        let points: Vec<(SegmentValue<i32>, f64)> = s
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (SegmentValue::CenterOf(i as i32), v.max(floor)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
+            .map_err(|x| e(&x))?
+            .label(s.name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+            });
+        chart
+            .draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 4, colour.filled())),
+            )
+            .map_err(|x| e(&x))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|x| e(&x))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_and_linear_charts_carry_their_axes_labels_and_legend() {
+        let dir = std::env::temp_dir().join(format!("socklab-chart-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let labels = vec!["64 B".to_owned(), "1 KiB".to_owned(), "64 KiB".to_owned()];
+        let series = [
+            Series {
+                name: "nodelay on".into(),
+                values: vec![40.0, 55.0, 900.0],
+            },
+            Series {
+                name: "nodelay off".into(),
+                values: vec![40_000.0, 41_000.0, 0.0],
+            },
+        ];
+        for log_y in [true, false] {
+            let spec = Spec {
+                title: "latency",
+                x_desc: "payload",
+                y_desc: "p99 (µs)",
+                labels: &labels,
+                log_y,
+            };
+            let path = lines(&dir, &format!("c-{log_y}.svg"), &spec, &series).unwrap();
+            let svg = std::fs::read_to_string(&path).unwrap();
+            for text in [
+                "latency",
+                "payload",
+                "p99 (µs)",
+                "64 KiB",
+                "nodelay on",
+                "nodelay off",
+            ] {
+                assert!(svg.contains(text), "{text} in the {log_y} chart");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
