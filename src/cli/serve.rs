@@ -470,6 +470,15 @@ mod tests {
         );
     }
 
+    /// Each listener as `service addr auth`.
+    fn listed(e: &config_file::Effective) -> Vec<String> {
+        e.server
+            .listeners
+            .iter()
+            .map(|l| format!("{} {} {}", l.service, l.addr, l.auth))
+            .collect()
+    }
+
     #[test]
     fn file_listeners_are_exact_and_flags_replace_per_service() {
         let file = r#"
@@ -489,12 +498,7 @@ service = "upper"
 addr = "127.0.0.1:3"
 "#;
         let e = effective(file, &[]);
-        let got: Vec<String> = e
-            .server
-            .listeners
-            .iter()
-            .map(|l| format!("{} {} {}", l.service, l.addr, l.auth))
-            .collect();
+        let got = listed(&e);
         assert_eq!(
             got,
             [
@@ -519,12 +523,7 @@ addr = "127.0.0.1:3"
                 "echo",
             ],
         );
-        let got: Vec<String> = e
-            .server
-            .listeners
-            .iter()
-            .map(|l| format!("{} {} {}", l.service, l.addr, l.auth))
-            .collect();
+        let got = listed(&e);
         assert_eq!(
             got,
             [
