@@ -243,8 +243,8 @@ pub struct Reactor {
     shutdown_deadline: Option<Instant>,
     /// The time of the current turn, read once after each poll.
     now: Instant,
-    /// Counters.
-    counters: Counters,
+    /// What the stream services may touch besides their own connection.
+    svc: ServiceState,
     /// Warnings for `--max-conns` rejections.
     warn_max_conns: RateLimited,
     /// Warnings for descriptor exhaustion.
@@ -253,16 +253,8 @@ pub struct Reactor {
     shared: Shared,
     /// The authentication secret, when a listener asks for authentication.
     secret: Option<Secret>,
-    /// The chat room of this reactor.
-    room: ChatRoom,
-    /// The other workers' counters, as each last reported them.
-    peers: Peers,
-    /// Chat lines a member produced for the others, delivered after its drive.
-    others: Vec<u8>,
     /// Where the current datagram's reply goes.
     targets: Vec<Peer>,
-    /// Disk work queued by the connection being driven, submitted after its drive.
-    disk_jobs: Vec<DiskJob>,
     /// The thread that does upload writes and commits (only when `files` runs).
     disk: Option<DiskThread<DiskDone>>,
     /// Commands of `exec` under way, by number.
@@ -369,16 +361,12 @@ impl Reactor {
             owned_paths: Vec::new(),
             shutdown_deadline: None,
             now: Instant::now(),
-            counters: Counters::default(),
+            svc: ServiceState::default(),
             warn_max_conns: RateLimited::default(),
             warn_fds: RateLimited::default(),
             shared,
             secret,
-            room: ChatRoom::default(),
-            peers: Peers::default(),
-            others: Vec::new(),
             targets: Vec::new(),
-            disk_jobs: Vec::new(),
             disk: None,
             children: HashMap::new(),
             next_child: 0,
@@ -547,7 +535,7 @@ impl Reactor {
 
     /// The counters so far.
     pub fn counters(&self) -> &Counters {
-        &self.counters
+        &self.svc.counters
     }
 
     /// Runs until SIGINT or SIGTERM, then drains pending output for the grace period.
@@ -573,7 +561,7 @@ impl Reactor {
                 Err(e) => return Err(e),
             }
             self.now = Instant::now();
-            self.counters.loop_iterations = self.counters.loop_iterations.saturating_add(1);
+            self.svc.counters.loop_iterations = self.svc.counters.loop_iterations.saturating_add(1);
             for ev in events.iter() {
                 // Errors and hang-ups are delivered to both sides, so the read or write that
                 // follows sees them and the connection is closed through the normal path.
@@ -588,7 +576,7 @@ impl Reactor {
             self.serve_ready();
             self.fire_timers();
             self.close_dead();
-            self.counters.loop_busy += self.now.elapsed();
+            self.svc.counters.loop_busy += self.now.elapsed();
             self.report_counters();
             if let Some(deadline) = self.shutdown_deadline {
                 if self.open_conns == 0 {
@@ -781,7 +769,7 @@ impl Reactor {
             }
             self.reserve_fd = File::open("/dev/null").ok();
         }
-        let c = self.counters.service(kind);
+        let c = self.svc.counters.service(kind);
         c.rejected_fd_limit = c.rejected_fd_limit.saturating_add(shed);
         if let Some(total) = self.warn_fds.hit(self.now, shed.max(1)) {
             tracing::warn!(
@@ -804,7 +792,7 @@ impl Reactor {
         let limits = &self.config.limits;
         if self.shutdown_deadline.is_some() || !self.conns.try_open(limits.max_conns) {
             drop(socket);
-            let c = self.counters.service(kind);
+            let c = self.svc.counters.service(kind);
             c.rejected_max_conns = c.rejected_max_conns.saturating_add(1);
             if let Some(total) = self.warn_max_conns.hit(self.now, 1) {
                 tracing::warn!(
@@ -859,7 +847,7 @@ impl Reactor {
             return;
         }
         self.open_conns += 1;
-        let c = self.counters.service(kind);
+        let c = self.svc.counters.service(kind);
         c.accepted = c.accepted.saturating_add(1);
         c.open = c.open.saturating_add(1);
         if let Some(idle) = idle {
@@ -871,16 +859,10 @@ impl Reactor {
             // The challenge goes out now, before anything is read.
             self.drive_conn(token, false, true);
         } else if let Some(Entry::Conn(c)) = self.sources.get_mut(token) {
-            let mut ctx = Ctx {
-                counters: &mut self.counters,
-                room: &mut self.room,
-                others: &mut self.others,
-                disk: &mut self.disk_jobs,
-                peers: &self.peers,
-            };
+            let mut ctx = self.svc.ctx();
             c.service.on_open(c.id, false, c.out.tail(), &mut ctx);
             self.drive_conn(token, false, true);
-            if !self.others.is_empty() {
+            if !self.svc.others.is_empty() {
                 self.deliver_to_others(token);
             }
         }
@@ -1046,7 +1028,7 @@ impl Reactor {
             && !c.dead
         {
             c.service
-                .on_exec_done(ending, out, err, c.out.tail(), &mut self.counters);
+                .on_exec_done(ending, out, err, c.out.tail(), &mut self.svc.counters);
             self.drive_conn(conn, false, true);
         }
     }
@@ -1077,7 +1059,7 @@ impl Reactor {
 
     /// Hands the disk work a connection queued to the disk thread, in order.
     fn submit_disk_jobs(&mut self, token: Token) {
-        let jobs = std::mem::take(&mut self.disk_jobs);
+        let jobs = std::mem::take(&mut self.svc.disk);
         match &self.disk {
             Some(disk) => {
                 for job in jobs {
@@ -1095,7 +1077,7 @@ impl Reactor {
         while let Some((token, done)) = self.disk.as_ref().and_then(DiskThread::try_done) {
             if let Some(Entry::Conn(c)) = self.sources.get_mut(token) {
                 c.service
-                    .on_disk_done(done, c.out.tail(), &mut self.counters);
+                    .on_disk_done(done, c.out.tail(), &mut self.svc.counters);
                 if !touched.contains(&token) {
                     touched.push(token);
                 }
@@ -1109,12 +1091,12 @@ impl Reactor {
     /// Delivers the chat lines a member of this worker produced: to the other members here,
     /// and to every other worker's.
     fn deliver_to_others(&mut self, from: Token) {
-        let bytes = std::mem::take(&mut self.others);
+        let bytes = std::mem::take(&mut self.svc.others);
         self.deliver_chat(&bytes, Some(from));
         self.forward_chat(&bytes);
         // Hand the buffer back so its capacity is reused.
-        self.others = bytes;
-        self.others.clear();
+        self.svc.others = bytes;
+        self.svc.others.clear();
     }
 
     /// Writes what is pending, reads what the budget allows, and settles the connection's
@@ -1130,25 +1112,21 @@ impl Reactor {
         let mut io = TurnIo {
             scratch: &mut self.scratch,
             reply: &mut self.reply,
-            counters: &mut self.counters,
-            room: &mut self.room,
-            others: &mut self.others,
-            disk: &mut self.disk_jobs,
-            peers: &self.peers,
+            svc: &mut self.svc,
         };
         let (verdict, received, sent) = drive(c, readable, writable, &mut io, limits, self.now);
         let kind = c.kind;
         let exec = c.service.take_exec();
-        if !self.disk_jobs.is_empty() {
+        if !self.svc.disk.is_empty() {
             self.submit_disk_jobs(token);
         }
         if let Some(req) = exec {
             self.start_exec(token, req);
         }
-        if !self.others.is_empty() {
+        if !self.svc.others.is_empty() {
             self.deliver_to_others(token);
         }
-        let counters = self.counters.service(kind);
+        let counters = self.svc.counters.service(kind);
         counters.bytes_received = counters.bytes_received.saturating_add(received as u64);
         counters.bytes_sent = counters.bytes_sent.saturating_add(sent as u64);
         let Some(Entry::Conn(c)) = self.sources.get_mut(token) else {
@@ -1278,7 +1256,7 @@ impl Reactor {
             d.queued = true;
             self.ready.push(token);
         }
-        let c = self.counters.service(kind);
+        let c = self.svc.counters.service(kind);
         c.datagrams_received = c.datagrams_received.saturating_add(stats.received);
         c.datagrams_sent = c.datagrams_sent.saturating_add(stats.sent);
         c.datagrams_dropped = c.datagrams_dropped.saturating_add(stats.dropped);
@@ -1322,9 +1300,10 @@ impl Reactor {
         }
         tracing::info!(service = %c.kind, "authentication timed out (--auth-timeout)");
         c.gate = None;
-        c.service.on_auth_failed(c.out.tail(), &mut self.counters);
+        c.service
+            .on_auth_failed(c.out.tail(), &mut self.svc.counters);
         stop_input(c);
-        let c = self.counters.service(c.kind);
+        let c = self.svc.counters.service(c.kind);
         c.rejected_auth = c.rejected_auth.saturating_add(1);
         self.drive_conn(token, false, true);
     }
@@ -1363,17 +1342,11 @@ impl Reactor {
                     discard_unread(&mut c.socket, &mut self.scratch);
                     self.open_conns = self.open_conns.saturating_sub(1);
                     self.conns.close();
-                    let counters = self.counters.service(c.kind);
+                    let counters = self.svc.counters.service(c.kind);
                     counters.open = counters.open.saturating_sub(1);
-                    let mut ctx = Ctx {
-                        counters: &mut self.counters,
-                        room: &mut self.room,
-                        others: &mut self.others,
-                        disk: &mut self.disk_jobs,
-                        peers: &self.peers,
-                    };
+                    let mut ctx = self.svc.ctx();
                     c.service.on_close(&mut ctx);
-                    if !self.others.is_empty() {
+                    if !self.svc.others.is_empty() {
                         self.deliver_to_others(token);
                     }
                 }
@@ -1431,27 +1404,34 @@ struct TurnIo<'a> {
     scratch: &'a mut [u8],
     /// Service output before it is known whether the socket takes it all.
     reply: &'a mut Vec<u8>,
-    /// Counters the services update (frames) and report (`stats`).
-    counters: &'a mut Counters,
-    /// The chat room.
-    room: &'a mut ChatRoom,
-    /// Lines for every chat member but the one being driven.
-    others: &'a mut Vec<u8>,
-    /// Disk work the connection's service queued.
-    disk: &'a mut Vec<DiskJob>,
-    /// The other workers' counters.
-    peers: &'a Peers,
+    /// Counters, chat room and disk queue.
+    svc: &'a mut ServiceState,
 }
 
-impl TurnIo<'_> {
-    /// What a service may touch, borrowed from these buffers.
+/// What the stream services may touch besides their own connection, lent to them as a `Ctx`.
+#[derive(Default)]
+struct ServiceState {
+    /// Counters the services update (frames) and report (`stats`).
+    counters: Counters,
+    /// The chat room of this reactor.
+    room: ChatRoom,
+    /// Chat lines a member produced for the others, delivered after its drive.
+    others: Vec<u8>,
+    /// Disk work queued by the connection being driven, submitted after its drive.
+    disk: Vec<DiskJob>,
+    /// The other workers' counters, as each last reported them.
+    peers: Peers,
+}
+
+impl ServiceState {
+    /// What a service may touch, borrowed from this state.
     fn ctx(&mut self) -> Ctx<'_> {
         Ctx {
-            counters: self.counters,
-            room: self.room,
-            others: self.others,
-            disk: self.disk,
-            peers: self.peers,
+            counters: &mut self.counters,
+            room: &mut self.room,
+            others: &mut self.others,
+            disk: &mut self.disk,
+            peers: &self.peers,
         }
     }
 }
@@ -1519,7 +1499,7 @@ fn drive(
         }
         let chunk = disk_budget.min(PRODUCE_CHUNK);
         disk_budget = disk_budget.saturating_sub(chunk);
-        if !c.service.produce(c.out.tail(), chunk, io.counters) {
+        if !c.service.produce(c.out.tail(), chunk, &mut io.svc.counters) {
             return close(CloseReason::Broken, received, sent);
         }
         match c.out.write_to(&mut c.socket) {
@@ -1642,7 +1622,8 @@ fn absorb(
             AuthStep::NeedMore => return Ok(0),
             AuthStep::Passed { consumed } => {
                 c.gate = None;
-                c.service.on_open(c.id, true, c.out.tail(), &mut io.ctx());
+                c.service
+                    .on_open(c.id, true, c.out.tail(), &mut io.svc.ctx());
                 data = data.get(consumed..).unwrap_or_default();
                 if data.is_empty() {
                     return Ok(0);
@@ -1650,9 +1631,9 @@ fn absorb(
             }
             AuthStep::Failed => {
                 c.gate = None;
-                let counters = io.counters.service(c.kind);
+                let counters = io.svc.counters.service(c.kind);
                 counters.rejected_auth = counters.rejected_auth.saturating_add(1);
-                c.service.on_auth_failed(c.out.tail(), io.counters);
+                c.service.on_auth_failed(c.out.tail(), &mut io.svc.counters);
                 stop_input(c);
                 return Ok(0);
             }
@@ -1662,19 +1643,13 @@ fn absorb(
     let step = if c.input.is_empty() {
         let step = if c.out.is_empty() {
             io.reply.clear();
-            let mut ctx = Ctx {
-                counters: io.counters,
-                room: io.room,
-                others: io.others,
-                disk: io.disk,
-                peers: io.peers,
-            };
+            let mut ctx = io.svc.ctx();
             let step = c.service.on_input(data, io.reply, &mut ctx);
             sent = write_direct(&mut c.socket, io.reply).map_err(CloseReason::Io)?;
             c.out.extend(io.reply.get(sent..).unwrap_or_default());
             step
         } else {
-            c.service.on_input(data, c.out.tail(), &mut io.ctx())
+            c.service.on_input(data, c.out.tail(), &mut io.svc.ctx())
         };
         c.input
             .extend_from_slice(data.get(step.consumed..).unwrap_or_default());
@@ -1682,7 +1657,8 @@ fn absorb(
     } else {
         c.input.extend_from_slice(data);
         let step = if c.service.accepts_input() {
-            c.service.on_input(&c.input, c.out.tail(), &mut io.ctx())
+            c.service
+                .on_input(&c.input, c.out.tail(), &mut io.svc.ctx())
         } else {
             Step::default()
         };

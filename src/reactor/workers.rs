@@ -123,7 +123,7 @@ impl Reactor {
             match link.inbox.try_recv() {
                 Ok(WorkerMsg::Chat(bytes)) => self.deliver_chat(&bytes, None),
                 Ok(WorkerMsg::Counters { worker, counters }) => {
-                    self.peers.update(worker, *counters)
+                    self.svc.peers.update(worker, *counters)
                 }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
             }
@@ -138,7 +138,7 @@ impl Reactor {
     /// more after the last change, so an idle worker's report is never staler than that.
     pub(super) fn report_counters(&mut self) {
         let Some(link) = &mut self.link else { return };
-        let turn = self.counters.loop_iterations;
+        let turn = self.svc.counters.loop_iterations;
         if let Some((at, reported)) = link.last_report {
             if reported == turn {
                 return;
@@ -149,7 +149,7 @@ impl Reactor {
                 return;
             }
         }
-        let (worker, counters) = (self.peers.worker, &self.counters);
+        let (worker, counters) = (self.svc.peers.worker, &self.svc.counters);
         link.send(|| WorkerMsg::Counters {
             worker,
             counters: Box::new(counters.clone()),
@@ -169,6 +169,7 @@ impl Reactor {
     pub(super) fn deliver_chat(&mut self, bytes: &[u8], from: Option<Token>) {
         let limit = self.config.limits.chat_max_pending;
         let members: Vec<Token> = self
+            .svc
             .room
             .member_ids()
             .filter_map(|id| usize::try_from(id).ok().map(Token))
@@ -198,7 +199,7 @@ impl Reactor {
             } else if let Err(e) = super::update_interest(&self.poll, c, token) {
                 tracing::debug!(service = %kind, "cannot update a chat member's interest: {e}");
             }
-            let counters = self.counters.service(kind);
+            let counters = self.svc.counters.service(kind);
             counters.bytes_sent = counters.bytes_sent.saturating_add(sent as u64);
         }
     }
@@ -302,7 +303,7 @@ fn link(reactors: &mut [Reactor]) {
     let Some((first, _)) = reactors.split_first() else {
         return;
     };
-    let room = first.room.share();
+    let room = first.svc.room.share();
     let conns = first.conns.clone();
     // One store for every worker: its temporaries are numbered in one sequence.
     let shared = first.shared.clone();
@@ -323,9 +324,9 @@ fn link(reactors: &mut [Reactor]) {
             last_report: None,
             report_due: None,
         });
-        reactor.peers.worker = i;
+        reactor.svc.peers.worker = i;
         if i > 0 {
-            reactor.room = room.share();
+            reactor.svc.room = room.share();
             reactor.conns = conns.clone();
             reactor.shared = shared.clone();
         }
