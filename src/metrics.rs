@@ -83,11 +83,6 @@ impl Counters {
             *mine = mine.saturating_add(*n);
         }
     }
-
-    /// Every counter in the Prometheus text exposition format, labelled with `worker`.
-    pub fn prometheus(&self, worker: usize) -> String {
-        prometheus(&[(worker, self)])
-    }
 }
 
 impl ServiceCounters {
