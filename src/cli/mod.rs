@@ -5,6 +5,7 @@ pub mod chat;
 pub mod discover;
 pub mod exec;
 pub mod files;
+pub mod log_relay;
 pub mod ipmsg;
 pub mod serve;
 pub mod stats;
@@ -90,10 +91,10 @@ pub fn main() -> ExitCode {
 }
 
 /// Sends tracing output to stderr: RUST_LOG when set, else `info` moved by `-v` and `-q`.
-/// Lines are written by a background thread, so a slow or blocked stderr never blocks the
-/// event loop (lines are dropped, not waited for, when its queue is full). Keep the guard
-/// alive until exit: dropping it flushes what is queued.
-pub fn init_logging(verbose: u8, quiet: u8) -> tracing_appender::non_blocking::WorkerGuard {
+/// Lines never block the event loop: they go through a relay process (`log_relay`), or, when
+/// it cannot be started, through a background thread; either drops lines when stderr does not
+/// keep up. Keep the guard alive until exit: dropping it lets the queued lines out.
+pub fn init_logging(verbose: u8, quiet: u8) -> LogGuard {
     use tracing_subscriber::EnvFilter;
     let level = match i16::from(verbose) - i16::from(quiet) {
         i16::MIN..=-2 => "error",
@@ -104,13 +105,30 @@ pub fn init_logging(verbose: u8, quiet: u8) -> tracing_appender::non_blocking::W
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    // A second initialisation (tests calling in twice) is harmless; ignore its error.
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
         .with_ansi(ansi)
-        .with_target(false)
-        .try_init();
-    guard
+        .with_target(false);
+    // A second initialisation (tests calling in twice) is harmless; its error is ignored.
+    match log_relay::LogRelay::start() {
+        Ok(relay) => {
+            let _ = fmt.with_writer(relay.writer()).try_init();
+            LogGuard::Relay(relay)
+        }
+        Err(e) => {
+            let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+            let _ = fmt.with_writer(writer).try_init();
+            tracing::warn!("cannot start the log relay process ({e}); logging from a thread");
+            LogGuard::Thread(guard)
+        }
+    }
+}
+
+/// Keeps the log path open; dropping it lets the queued lines out.
+#[derive(Debug)]
+pub enum LogGuard {
+    /// Lines go through the relay process.
+    Relay(log_relay::LogRelay),
+    /// Lines go through tracing-appender's thread.
+    Thread(tracing_appender::non_blocking::WorkerGuard),
 }

@@ -371,15 +371,6 @@ impl Reactor {
             children: HashMap::new(),
             next_child: 0,
         };
-        if reactor.shared.files.is_some() {
-            let disk = DiskThread::start(Arc::clone(&reactor.waker)).map_err(|source| {
-                StartError::Register {
-                    what: "the disk thread".into(),
-                    source,
-                }
-            })?;
-            reactor.disk = Some(disk);
-        }
         let mut bound = Vec::new();
         for l in reactor.config.listeners.clone() {
             // On an error, dropping `reactor` removes the socket files bound so far.
@@ -1057,16 +1048,29 @@ impl Reactor {
         self.finish_child(id);
     }
 
-    /// Hands the disk work a connection queued to the disk thread, in order.
+    /// Hands the disk work a connection queued to the disk thread, in order. The thread starts
+    /// with the first job: until then the process has one thread, and a process with one thread
+    /// pays no atomic reference count on the descriptor of every read and write (the kernel's
+    /// `fdget`) and no cancellation bookkeeping in libc's `send` and `recv`.
     fn submit_disk_jobs(&mut self, token: Token) {
         let jobs = std::mem::take(&mut self.svc.disk);
-        match &self.disk {
-            Some(disk) => {
-                for job in jobs {
-                    disk.submit(token, job);
+        if self.disk.is_none() {
+            match DiskThread::start(Arc::clone(&self.waker)) {
+                Ok(disk) => self.disk = Some(disk),
+                Err(e) => {
+                    tracing::error!("cannot start the disk thread: {e}; closing the connection");
+                    if let Some(Entry::Conn(c)) = self.sources.get_mut(token) {
+                        c.dead = true;
+                        self.to_close.push(token);
+                    }
+                    return;
                 }
             }
-            None => tracing::error!("disk work queued without a disk thread; dropped"),
+        }
+        if let Some(disk) = &self.disk {
+            for job in jobs {
+                disk.submit(token, job);
+            }
         }
     }
 
