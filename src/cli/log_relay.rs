@@ -113,9 +113,11 @@ impl io::Write for RelayWriter {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
-            let notice = format!("socklab: {dropped} log line(s) dropped: stderr was not keeping up\n");
+            let notice =
+                format!("socklab: {dropped} log line(s) dropped: stderr was not keeping up\n");
             if !write_nonblocking(self.pipe.as_raw_fd(), notice.as_bytes()) {
-                self.dropped.fetch_add(dropped.saturating_add(1), Ordering::Relaxed);
+                self.dropped
+                    .fetch_add(dropped.saturating_add(1), Ordering::Relaxed);
                 return Ok(line.len());
             }
         }

@@ -513,7 +513,7 @@ pub fn expect_start_failure(cmd: Command, why: &str) -> (ExitStatus, String) {
     }
 }
 
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
