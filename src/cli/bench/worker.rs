@@ -424,8 +424,9 @@ impl Worker<'_> {
                     continue;
                 }
                 let i = event.token().0;
-                let readable = event.is_readable() || event.is_read_closed() || event.is_error();
-                let result = self.service(i, readable, now);
+                let hup = event.is_read_closed() || event.is_error();
+                let readable = event.is_readable() || hup;
+                let result = self.service(i, readable, hup, now);
                 self.settle(i, result, now)?;
             }
             self.release_due(now)?;
@@ -459,16 +460,25 @@ impl Worker<'_> {
     }
 
     /// Reads what a connection has, issues the requests it may send, and writes.
-    fn service(&mut self, i: usize, readable: bool, now: Instant) -> Result<(), ConnFailure> {
+    fn service(
+        &mut self,
+        i: usize,
+        readable: bool,
+        hup: bool,
+        now: Instant,
+    ) -> Result<(), ConnFailure> {
         if readable {
-            self.read(i, now)?;
+            self.read(i, hup, now)?;
         }
         self.issue(i, now);
         self.flush(i, now)
     }
 
-    /// Reads until the socket would block, completing replies.
-    fn read(&mut self, i: usize, now: Instant) -> Result<(), ConnFailure> {
+    /// Reads until the socket would block or a read comes back short, completing replies. A
+    /// short read emptied the socket, and a later byte raises a new edge, so the read that would
+    /// only say WouldBlock is skipped (as the server does; it would cost the load generator a
+    /// system call per reply). After a hang-up the reads go on to the end of input.
+    fn read(&mut self, i: usize, hup: bool, now: Instant) -> Result<(), ConnFailure> {
         let in_window = now >= self.win_start;
         let Some(conn) = self.conns.get_mut(i) else {
             return Ok(());
@@ -510,6 +520,9 @@ impl Worker<'_> {
                     self.out.hist.saturating_record(ns);
                     self.out.requests = self.out.requests.saturating_add(1);
                 }
+            }
+            if n < self.buf.len() && !hup {
+                return Ok(());
             }
         }
     }
