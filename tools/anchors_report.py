@@ -18,7 +18,7 @@ def cpu_model():
     return "unknown"
 
 servers = ["socklab echo raw", "tokio echo raw", "socklab echo line PING", "redis PING",
-           "socklab files ping"]
+           "socklab files ping", "floor echo raw"]
 settings = env["SETTINGS"].split()
 
 def med(setting, server, f):
@@ -47,7 +47,9 @@ print(f"- Each measurement: `{env['BENCH_EXAMPLE']}` with MODE one of `--mode ra
       f"(echo), `--mode line --line PING` (socklab echo, redis {env['REDIS_VERSION']}), "
       f"`--mode frame --frame-cmd ping` (files).")
 print("- Servers: release `socklab serve` (echo and files only), `tools/tokio-echo` "
-      "(tokio current-thread), `redis-server --save '' --appendonly no`.")
+      "(tokio current-thread), `redis-server --save '' --appendonly no`, `tools/floor-echo.c` "
+      "(`cc -O2`: one thread, edge-triggered epoll, one recv and one send per request, nothing "
+      "else).")
 print()
 print("### Per setting and server (medians)\n")
 print("| conns x depth | server | requests/s | p99 (µs) | server CPU/request (µs) | load generator CPU |")
@@ -76,11 +78,15 @@ def value(setting, server, rnd, f):
     return None
 
 
-def round_ratio(setting, a, b, f):
-    """The median over rounds of a/b within each round, and the per-round ratios."""
+def round_ratio(setting, a, b, f, g=None):
+    """The median over rounds of a/b within each round, and the per-round ratios. With `g`,
+    each side is first divided by g of the same measurement."""
     per_round = []
     for rnd in range(1, int(env["ROUNDS"]) + 1):
         va, vb = value(setting, a, rnd, f), value(setting, b, rnd, f)
+        if g is not None and va is not None and vb:
+            ga, gb = value(setting, a, rnd, g), value(setting, b, rnd, g)
+            va, vb = (va / ga, vb / gb) if ga and gb else (None, None)
         if va is not None and vb:
             per_round.append(va / vb)
     if not per_round:
@@ -98,5 +104,23 @@ for s in settings:
         round_ratio(s, "socklab files ping", "redis PING", cpu),
         round_ratio(s, "socklab echo raw", "tokio echo raw", p99),
         round_ratio(s, "socklab echo line PING", "redis PING", p99),
+    ]
+    print(f"| {label(s)} | " + " | ".join(cells) + " |")
+
+print()
+print("### Against the floor, and normalised by the load generator\n")
+print("The floor is `tools/floor-echo.c`: what the kernel costs for one recv and one send per "
+      "request. The last column divides each server's CPU per request by the load generator's "
+      "CPU per request in the same measurement before taking the ratio: the generator does the "
+      "same work against both echo servers, so this takes out how fast the machine happened to "
+      "be during each measurement (a supplementary figure; the verdict stays the column above).\n")
+print("| conns x depth | CPU/request socklab echo / floor | CPU/request tokio echo / floor | socklab echo / tokio, each per load-generator CPU/request |")
+print("|---|---:|---:|---:|")
+gen = lambda r: r["cpu_s"] / r["requests"] if r["requests"] else None
+for s in settings:
+    cells = [
+        round_ratio(s, "socklab echo raw", "floor echo raw", cpu),
+        round_ratio(s, "tokio echo raw", "floor echo raw", cpu),
+        round_ratio(s, "socklab echo raw", "tokio echo raw", cpu, gen),
     ]
     print(f"| {label(s)} | " + " | ".join(cells) + " |")

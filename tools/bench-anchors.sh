@@ -4,7 +4,9 @@
 #
 #   servers   socklab echo (raw 64 B and line `PING`), socklab files (`ping` frames),
 #             tokio-echo (tools/tokio-echo: current-thread runtime, accept-spawn-read-write_all;
-#             raw 64 B), redis-server (inline `PING` in line mode; persistence off)
+#             raw 64 B), redis-server (inline `PING` in line mode; persistence off), and
+#             floor-echo (tools/floor-echo.c: the least an epoll echo can do per request, raw
+#             64 B), the floor against which the others' own work shows
 #   settings  1, 50 and 1,000 connections x depth 1 and 16, one load thread
 #   rounds    3 rounds of 5 s after a 1 s warm-up each (--quick: 1 round of 2 s, 0.5 s warm-up);
 #             within a round every server is measured in turn, the order rotated each round
@@ -50,6 +52,14 @@ cargo build --release --quiet
 cargo build --release --quiet --manifest-path tools/tokio-echo/Cargo.toml
 socklab=$root/target/release/socklab
 tokio_echo=$root/tools/tokio-echo/target/release/tokio-echo
+if ! command -v cc >/dev/null; then
+    log "installing gcc"
+    if ! apt-get install -y gcc >/dev/null 2>&1; then
+        apt-get update >/dev/null && apt-get install -y gcc >/dev/null
+    fi
+fi
+floor_echo=$root/target/release/floor-echo
+cc -O2 -Wall -Wextra -o "$floor_echo" tools/floor-echo.c
 if ! command -v redis-server >/dev/null; then
     log "installing redis-server"
     if ! apt-get install -y redis-server >/dev/null 2>&1; then
@@ -115,6 +125,13 @@ pids+=("$tokio_pid")
 wait_for_line "$work/tokio.out" '^listening'
 tokio_addr=$(awk '$1 == "listening" {print $2; exit}' "$work/tokio.out")
 
+# floor-echo: prints `listening ADDR` once bound.
+"${pin_server[@]}" "$floor_echo" 127.0.0.1:0 >"$work/floor.out" 2>&1 &
+floor_pid=$!
+pids+=("$floor_pid")
+wait_for_line "$work/floor.out" '^listening'
+floor_addr=$(awk '$1 == "listening" {print $2; exit}' "$work/floor.out")
+
 # redis: a free port, persistence off, in the foreground (so that $! is its pid).
 redis_port=$(free_port)
 "${pin_server[@]}" redis-server --port "$redis_port" --bind 127.0.0.1 --save '' \
@@ -131,6 +148,7 @@ targets=(
     "socklab echo line PING|$socklab_pid|--addr $socklab_echo --mode line --line PING"
     "redis PING|$redis_pid|--addr $redis_addr --mode line --line PING"
     "socklab files ping|$socklab_pid|--addr $socklab_files --mode frame --frame-cmd ping"
+    "floor echo raw|$floor_pid|--addr $floor_addr --mode raw --size 64"
 )
 
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
