@@ -18,7 +18,9 @@
 #             CPU time per request.
 #
 # Usage: tools/bench-anchors.sh [--quick] [--rounds N] [--duration D] [--warmup W]
-#                               [--settings "1x1 50x16 ..."] [--raw-json FILE]
+#                               [--settings "1x1 50x16 ..."] [--raw-json FILE] [--write FILE]
+# --write BENCHMARKS.md puts the report between the lines `<!-- bench-anchors: begin -->` and
+# `<!-- bench-anchors: end -->` of that file (appended with them when they are not there yet).
 # It installs redis-server (apt-get) when missing. Everything it starts is stopped at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +31,7 @@ duration=5s
 warmup=1s
 settings="1x1 1x16 50x1 50x16 1000x1 1000x16"
 raw_json=""
+write=""
 cmdline="tools/bench-anchors.sh${*:+ $*}"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -38,7 +41,8 @@ while [ $# -gt 0 ]; do
     --warmup) warmup=$2; shift ;;
     --settings) settings=$2; shift ;;
     --raw-json) raw_json=$2; shift ;;
-    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    --write) write=$2; shift ;;
+    -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "bench-anchors: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -192,4 +196,9 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 SETTINGS="$settings" ROUNDS=$rounds DURATION=$duration WARMUP=$warmup CMDLINE=$cmdline \
     PINNING=$pinning LOAD_START=$load_start LOAD_END=$load_end REDIS_VERSION=$redis_version \
     BENCH_EXAMPLE="socklab bench --addr ADDR MODE --conns C --depth D --duration $duration --warmup $warmup --threads 1 --server-pid PID --json" \
-    python3 tools/anchors_report.py "$results"
+    python3 tools/anchors_report.py "$results" >"$work/report.md"
+cat "$work/report.md"
+if [ -n "$write" ]; then
+    python3 tools/splice_section.py "$write" "bench-anchors" "$work/report.md"
+    log "report written into $write"
+fi
