@@ -96,7 +96,13 @@ fn assert_sane(r: &Value) {
     assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{r}");
     assert!(r["requests_per_s"].as_f64().expect("rps") > 0.0, "{r}");
     assert!(r["bytes_received"].as_u64().expect("bytes") > 0, "{r}");
-    assert!(r["cpu_percent"].as_f64().is_some(), "{r}");
+    let cpu = r["cpu_percent"].as_f64().expect("cpu_percent");
+    let threads = r["threads"].as_f64().expect("threads");
+    assert_eq!(
+        r["generator_saturated"].as_bool(),
+        Some(cpu >= 90.0 * threads),
+        "saturated means 90 % of each load thread's core: {r}"
+    );
 }
 
 /// An echo server on a free port, every other service off.

@@ -226,6 +226,30 @@ fn idle_connections_are_closed_active_ones_kept() {
     eprintln!("idle connection closed after {after:?}; active one did {n} round trips");
 }
 
+/// Nothing but the deadline wakes this server: the poll sleeps without a timeout and the
+/// alarm (a timerfd) must ring for the idle check. A reactor that lost its alarm would never
+/// close the connection.
+#[test]
+fn an_idle_timeout_fires_on_a_server_with_nothing_else_to_do() {
+    let server = Server::start(serve_args(
+        &[("echo", "127.0.0.1:0")],
+        &["--idle-timeout", "1s"],
+    ));
+    let mut idle = server.connect("echo");
+    let t0 = Instant::now();
+    let (got, end) = read_to_end_timeout(&mut idle, Duration::from_secs(5));
+    let after = t0.elapsed();
+    assert!(got.is_empty(), "idle connection received {got:?}");
+    assert!(
+        end.closed(),
+        "the only connection, idle, was not closed within 5 s of a 1 s idle timeout: {end:?}"
+    );
+    assert!(
+        after >= Duration::from_millis(900),
+        "idle connection closed after only {after:?}, before the 1 s timeout"
+    );
+}
+
 /// Started with a soft RLIMIT_NOFILE of 256 under a higher hard limit, the
 /// server raises its soft limit to the hard one, and so serves 300 clients.
 #[test]

@@ -229,6 +229,9 @@ pub struct Report {
     pub cpu_s: f64,
     /// That as a percentage of one core.
     pub cpu_percent: f64,
+    /// True when the load threads were busy at least 90 % of the window: the load generator,
+    /// not the server, may be what bounds requests/s (compare CPU time per request instead).
+    pub generator_saturated: bool,
     /// With --server-pid: the server process.
     pub server_pid: Option<u32>,
     /// With --server-pid: its CPU time (utime + stime) in the window, seconds.
@@ -605,6 +608,11 @@ fn summarise(
     // a few milliseconds of them.
     let duration_s = args.duration.as_secs_f64();
     let us = |ns: u64| ns as f64 / 1000.0;
+    let cpu_percent = if window.wall_s > 0.0 {
+        window.cpu_s / window.wall_s * 100.0
+    } else {
+        0.0
+    };
     let per_request_us = |cpu_s: f64| {
         if requests > 0 {
             cpu_s * 1e6 / requests as f64
@@ -641,15 +649,20 @@ fn summarise(
         error_replies,
         reconnects,
         cpu_s: window.cpu_s,
-        cpu_percent: if window.wall_s > 0.0 {
-            window.cpu_s / window.wall_s * 100.0
-        } else {
-            0.0
-        },
+        cpu_percent,
+        generator_saturated: saturated(cpu_percent, threads),
         server_pid: args.server_pid,
         server_cpu_s: window.server_cpu_s,
         server_cpu_per_request_us: window.server_cpu_s.map(per_request_us),
     })
+}
+
+/// Busy share of the load threads' cores at which they, not the server, set the pace.
+const SATURATED_PERCENT: f64 = 90.0;
+
+/// Whether `threads` load threads that used `cpu_percent` of one core were saturated.
+fn saturated(cpu_percent: f64, threads: u32) -> bool {
+    cpu_percent >= SATURATED_PERCENT * f64::from(threads.max(1))
 }
 
 /// Prints the report: JSON on stdout with --json, else a few lines for people.
@@ -698,9 +711,31 @@ fn print_report(args: &BenchArgs, r: &Report) {
         "  bench cpu  {:.2} s, {:.1}% of one core",
         r.cpu_s, r.cpu_percent
     );
+    if r.generator_saturated {
+        println!(
+            "  note       the load generator kept its {} thread(s) {:.0}% busy: it, not the server, may bound requests/s and latency here; compare server CPU per request (--server-pid), or add --threads on a machine with cores to spare",
+            r.threads,
+            r.cpu_percent / f64::from(r.threads.max(1))
+        );
+    }
     if let (Some(pid), Some(cpu), Some(per)) =
         (r.server_pid, r.server_cpu_s, r.server_cpu_per_request_us)
     {
         println!("  server cpu {cpu:.2} s, {per:.2} us/request (pid {pid})");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saturation_is_per_load_thread() {
+        assert!(saturated(99.0, 1));
+        assert!(saturated(90.0, 1));
+        assert!(!saturated(89.9, 1));
+        assert!(!saturated(150.0, 2), "two threads at 75 % each have room");
+        assert!(saturated(185.0, 2));
+        assert!(!saturated(0.0, 1));
     }
 }

@@ -7,6 +7,7 @@
 //! marked dead during the walk. The poll sleeps until the earliest timer, or not at all while
 //! the ready list holds something.
 
+pub mod alarm;
 pub mod child;
 pub mod conn;
 pub mod dgram;
@@ -40,12 +41,13 @@ use crate::service::store::Store;
 use crate::service::{Ctx, DatagramService, Peer, Shared, Step, StreamService};
 use crate::sockopt::{self, BindError, OptionsInEffect};
 
+use alarm::Alarm;
 use child::Running;
 use conn::{Conn, StreamSocket, write_direct};
 use dgram::{DgramEndpoint, DgramSocket, Received, is_per_datagram_error};
 use disk::DiskThread;
 use timer::{TimerKind, Timers};
-use token::{SIGNAL, Sources, WAKER};
+use token::{ALARM, SIGNAL, Sources, WAKER};
 use workers::{Link, OpenConns};
 
 /// Size of the one read buffer the reactor shares between all sockets. Large enough for any
@@ -223,6 +225,9 @@ pub struct Reactor {
     signals: Signals,
     /// Idle checks, accept retries, the shutdown deadline.
     timers: Timers,
+    /// Rings for the earliest of those (and the counter report), so the poll sleeps with no
+    /// timeout of its own.
+    alarm: Alarm,
     /// Sources whose budget ran out with work left; served before the next sleep.
     ready: Vec<Token>,
     /// Connections to close once the event walk is over.
@@ -343,6 +348,10 @@ impl Reactor {
             what: "the waker".into(),
             source,
         })?;
+        let alarm = Alarm::new(poll.registry(), ALARM).map_err(|source| StartError::Register {
+            what: "the alarm timerfd".into(),
+            source,
+        })?;
         let mut reactor = Reactor {
             poll,
             waker: Arc::new(waker),
@@ -351,6 +360,7 @@ impl Reactor {
             sources: Sources::default(),
             signals,
             timers: Timers::default(),
+            alarm,
             ready: Vec::new(),
             to_close: Vec::new(),
             scratch: vec![0; SCRATCH_SIZE],
@@ -532,17 +542,11 @@ impl Reactor {
     /// Runs until SIGINT or SIGTERM, then drains pending output for the grace period.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        // When the last turn ended: what the next deadline is compared with before sleeping.
+        let mut turn_end = Instant::now();
         loop {
             let timeout = if self.ready.is_empty() {
-                let now = Instant::now();
-                let timer = self.timers.next_timeout(now);
-                let report = self
-                    .report_due()
-                    .map(|due| due.saturating_duration_since(now));
-                match (timer, report) {
-                    (Some(t), Some(r)) => Some(t.min(r)),
-                    (t, r) => t.or(r),
-                }
+                self.set_alarm(turn_end)
             } else {
                 Some(Duration::ZERO)
             };
@@ -567,7 +571,8 @@ impl Reactor {
             self.serve_ready();
             self.fire_timers();
             self.close_dead();
-            self.svc.counters.loop_busy += self.now.elapsed();
+            turn_end = Instant::now();
+            self.svc.counters.loop_busy += turn_end.saturating_duration_since(self.now);
             self.report_counters();
             if let Some(deadline) = self.shutdown_deadline {
                 if self.open_conns == 0 {
@@ -585,6 +590,27 @@ impl Reactor {
         }
     }
 
+    /// Arms the alarm for the earliest deadline (a timer or the counter report) and returns
+    /// the poll timeout: none, or zero when that deadline had passed by the end of the turn.
+    fn set_alarm(&mut self, turn_end: Instant) -> Option<Duration> {
+        let next = match (self.timers.next_deadline(), self.report_due()) {
+            (Some(t), Some(r)) => Some(t.min(r)),
+            (t, r) => t.or(r),
+        };
+        let deadline = next?;
+        if deadline <= turn_end {
+            return Some(Duration::ZERO);
+        }
+        match self.alarm.ring_by(deadline, Instant::now) {
+            Ok(()) => None,
+            Err(e) => {
+                // Not expected (the arguments are valid); the poll's own timeout still works.
+                tracing::warn!("cannot arm the alarm timerfd: {e}");
+                Some(deadline.saturating_duration_since(Instant::now()))
+            }
+        }
+    }
+
     fn dispatch(&mut self, token: Token, readable: bool, writable: bool) {
         if token == SIGNAL {
             self.on_signals();
@@ -593,6 +619,11 @@ impl Reactor {
         if token == WAKER {
             self.collect_disk_results();
             self.read_inbox();
+            return;
+        }
+        if token == ALARM {
+            // What is due fires after the event walk, as on any turn.
+            self.alarm.rang();
             return;
         }
         match self.sources.get(token) {

@@ -1,4 +1,4 @@
-//! Deadlines for the whole reactor in one min-heap; the earliest sets the poll timeout.
+//! Deadlines for the whole reactor in one min-heap; the earliest sets the alarm (`alarm.rs`).
 //!
 //! Idle timeouts are lazy: a connection's entry is not moved when it sees traffic. When the
 //! entry comes due, the reactor checks the connection's last activity and either closes it or
@@ -8,7 +8,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::Token;
 
@@ -45,11 +45,9 @@ impl Timers {
         self.heap.push(Reverse((at, self.seq, kind)));
     }
 
-    /// How long the poll may sleep: until the earliest deadline, or forever when there is none.
-    pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
-        self.heap
-            .peek()
-            .map(|Reverse((at, _, _))| at.saturating_duration_since(now))
+    /// The earliest deadline, if any: the reactor's alarm rings by then.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((at, _, _))| *at)
     }
 
     /// Takes the earliest timer if it is due at `now`.
@@ -79,27 +77,23 @@ impl Timers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
-    fn earliest_first_and_timeout_from_it() {
+    fn earliest_first_and_the_deadline_from_it() {
         let t0 = Instant::now();
         let mut t = Timers::default();
-        assert_eq!(t.next_timeout(t0), None);
+        assert_eq!(t.next_deadline(), None);
         t.push(t0 + Duration::from_secs(5), TimerKind::ShutdownGrace);
         t.push(t0 + Duration::from_secs(1), TimerKind::Idle(Token(1)));
         t.push(t0 + Duration::from_secs(3), TimerKind::Idle(Token(2)));
-        assert_eq!(t.next_timeout(t0), Some(Duration::from_secs(1)));
+        assert_eq!(t.next_deadline(), Some(t0 + Duration::from_secs(1)));
         assert_eq!(t.pop_due(t0), None, "nothing is due yet");
         let later = t0 + Duration::from_secs(3);
         assert_eq!(t.pop_due(later), Some(TimerKind::Idle(Token(1))));
         assert_eq!(t.pop_due(later), Some(TimerKind::Idle(Token(2))));
         assert_eq!(t.pop_due(later), None);
-        assert_eq!(t.next_timeout(later), Some(Duration::from_secs(2)));
-        // A deadline in the past means: do not sleep.
-        assert_eq!(
-            t.next_timeout(t0 + Duration::from_secs(9)),
-            Some(Duration::ZERO)
-        );
+        assert_eq!(t.next_deadline(), Some(t0 + Duration::from_secs(5)));
     }
 
     #[test]

@@ -11,11 +11,14 @@ compile_error!("socklab packs a 32-bit generation beside the slab key in a 64-bi
 use mio::Token;
 use slab::Slab;
 
-/// The token of the signal pipe: outside every key the slab can hand out (keys are < 2^32 - 2).
+/// The token of the signal pipe: outside every key the slab can hand out (keys are < 2^32 - 3).
 pub const SIGNAL: Token = Token(usize::MAX);
 
 /// The token of the disk thread's waker, likewise outside the slab's keys.
 pub const WAKER: Token = Token(usize::MAX - 1);
+
+/// The token of the alarm (the timerfd of the reactor's deadlines), likewise.
+pub const ALARM: Token = Token(usize::MAX - 2);
 
 /// Key bits of a token; the generation takes the bits above them.
 const KEY_BITS: u32 = 32;
@@ -53,11 +56,12 @@ fn split(token: Token) -> (usize, u32) {
 
 impl<T> Sources<T> {
     /// Stores `value` and returns the token that names it for its whole life. `None` when
-    /// the slab is full (2^32 - 1 entries), which only a misconfiguration could reach.
+    /// the slab is full (2^32 - 3 entries), which only a misconfiguration could reach.
     pub fn insert(&mut self, value: T) -> Option<Token> {
         let entry = self.slab.vacant_entry();
         let key = entry.key();
-        if key >= KEY_MASK - 1 {
+        // The top three keys belong to SIGNAL, WAKER and ALARM.
+        if key >= KEY_MASK - 2 {
             return None;
         }
         let generation = self.next_generation;
@@ -141,8 +145,10 @@ mod tests {
             let t = s.insert(i).unwrap();
             assert_ne!(t, SIGNAL);
             assert_ne!(t, WAKER);
+            assert_ne!(t, ALARM);
             assert_eq!(s.get(SIGNAL), None);
             assert_eq!(s.get(WAKER), None);
+            assert_eq!(s.get(ALARM), None);
             if i % 2 == 0 {
                 s.remove(t);
             }
