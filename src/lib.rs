@@ -9,6 +9,7 @@
 //! - [`service`]: sans-IO services (bytes in, replies out), one file each.
 //! - [`metrics`]: the counters every reactor keeps.
 //! - [`frame`]: sans-IO codecs: length-prefixed, header+body, lines.
+//! - [`timerfd`]: a one-shot timerfd in a mio poll (the reactor's alarm, the bench's rate timer).
 //! - [`client`]: a blocking client of the `files` service, used by the client commands.
 //! - [`cli`]: one file per subcommand of the `socklab` binary.
 
@@ -22,3 +23,4 @@ pub mod metrics;
 pub mod reactor;
 pub mod service;
 pub mod sockopt;
+pub mod timerfd;

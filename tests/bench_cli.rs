@@ -391,3 +391,47 @@ fn bad_usage_is_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--line"));
 }
+
+/// On a terminal the run shows a live progress line (phase, rate, replies so far), cleared
+/// at the end, where the report takes its place.
+#[test]
+fn a_terminal_gets_a_live_progress_line() {
+    if !util::tmux::have_tmux() {
+        eprintln!("skipped: `tmux` is not on PATH (install it: apt-get install tmux)");
+        return;
+    }
+    let server = echo_server();
+    let addr = server.tcp("echo").to_string();
+    let dir = TempDir::new("bench-tty");
+    // Keep the pane after the run, to read the report.
+    let conf = dir.file("tmux.conf");
+    std::fs::write(&conf, "set -g remain-on-exit on\n").unwrap();
+    let command = format!(
+        "'{}' bench --addr {addr} --conns 2 --warmup 1s --duration 2s",
+        util::bin()
+    );
+    let tmux = util::tmux::Tmux::start("bench", Some(&conf), 160, 20, &command);
+    let progress = |s: &[String]| {
+        s.iter()
+            .any(|l| l.starts_with("bench [") && l.contains("req/s") && l.contains("replies"))
+    };
+    let during = tmux.wait_screen("a progress line", BOUND, progress);
+    let line = during.iter().find(|l| l.starts_with("bench [")).unwrap();
+    assert!(
+        line.contains("warm-up") || line.contains("measuring"),
+        "the progress line names the phase: {line}"
+    );
+    let after = tmux.wait_screen("the report", BOUND, |s| {
+        s.iter().any(|l| l.trim_start().starts_with("bench cpu"))
+    });
+    assert!(
+        after.iter().any(|l| l.trim_start().starts_with("requests")),
+        "{}",
+        after.join("\n")
+    );
+    assert!(
+        !progress(&after),
+        "the progress line is cleared at the end:\n{}",
+        after.join("\n")
+    );
+}

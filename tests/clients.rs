@@ -9,11 +9,11 @@ mod util;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use util::tmux::{Tmux, have_tmux};
 use util::{Server, TempDir};
 
 const T: Duration = Duration::from_secs(10);
@@ -297,106 +297,6 @@ fn udp_chat_from_a_pipe() {
     assert!(status.success(), "{status}");
 }
 
-/// A tmux server of its own (`-L NAME`), killed (and its socket file removed) on drop.
-struct Tmux {
-    socket: String,
-    /// The server's socket file, once known.
-    path: Option<String>,
-}
-
-impl Tmux {
-    fn new(tag: &str) -> Tmux {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let socket = format!(
-            "socklab-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        Tmux { socket, path: None }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Output {
-        let out = Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .env("TERM", "xterm-256color")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "tmux {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    /// The visible screen, one string per line, trailing blank lines dropped.
-    fn screen(&self) -> Vec<String> {
-        let out = self.cmd(&["capture-pane", "-p", "-t", "chat"]);
-        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| l.trim_end().to_string())
-            .collect();
-        while lines.last().is_some_and(|l| l.is_empty()) {
-            lines.pop();
-        }
-        lines
-    }
-
-    /// Polls the screen until `cond` holds; panics with the screen if it does not within `T`.
-    fn wait_screen(&self, what: &str, cond: impl Fn(&[String]) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + T;
-        loop {
-            let screen = self.screen();
-            if cond(&screen) {
-                return screen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not on screen within {T:?}:\n{}",
-                screen.join("\n")
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn keys(&self, literal: &str) {
-        self.cmd(&["send-keys", "-t", "chat", "-l", literal]);
-    }
-
-    fn enter(&self) {
-        self.cmd(&["send-keys", "-t", "chat", "Enter"]);
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .arg("kill-server")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        if let Some(path) = &self.path {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-fn have_tmux() -> bool {
-    Command::new("tmux")
-        .arg("-V")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 #[test]
 fn chat_on_a_terminal_keeps_the_typed_line_intact() {
     if !have_tmux() {
@@ -409,7 +309,6 @@ fn chat_on_a_terminal_keeps_the_typed_line_intact() {
     // Keep the pane after the client exits, to read the screen.
     let conf = dir.file("tmux.conf");
     std::fs::write(&conf, "set -g remain-on-exit on\n").unwrap();
-    let mut tmux = Tmux::new("chat");
     // The shell records the client's exit status (tmux's own pane status can be missing when
     // the terminal closes before tmux reaps the process).
     let status_file = dir.file("status");
@@ -417,23 +316,9 @@ fn chat_on_a_terminal_keeps_the_typed_line_intact() {
         "'{}' chat --addr {addr}; echo $? > '{status_file}.tmp' && mv '{status_file}.tmp' '{status_file}'",
         util::bin()
     );
-    tmux.cmd(&[
-        "-f",
-        &conf,
-        "new-session",
-        "-d",
-        "-s",
-        "chat",
-        "-x",
-        "120",
-        "-y",
-        "30",
-        &command,
-    ]);
-    let out = tmux.cmd(&["display-message", "-p", "#{socket_path}"]);
-    tmux.path = Some(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    let tmux = Tmux::start("chat", Some(&conf), 120, 30, &command);
 
-    let screen = tmux.wait_screen("the welcome", |s| {
+    let screen = tmux.wait_screen("the welcome", T, |s| {
         s.iter().any(|l| l.starts_with("* welcome "))
     });
     let nick = screen
@@ -443,16 +328,16 @@ fn chat_on_a_terminal_keeps_the_typed_line_intact() {
         .to_string();
     let mut other = Member::join(addr);
     let joined = format!("* {} joined", other.nick);
-    tmux.wait_screen("the join", |s| s.contains(&joined));
+    tmux.wait_screen("the join", T, |s| s.contains(&joined));
 
     // Type half a line, and see it on the prompt before anything comes in.
     tmux.keys("hello, half a li");
-    tmux.wait_screen("the partial input", |s| {
+    tmux.wait_screen("the partial input", T, |s| {
         s.last().is_some_and(|l| l == "> hello, half a li")
     });
     other.send("a message while you type");
     let incoming = format!("{} a message while you type", other.nick);
-    let screen = tmux.wait_screen("the incoming line above the intact prompt", |s| {
+    let screen = tmux.wait_screen("the incoming line above the intact prompt", T, |s| {
         let n = s.len();
         n >= 2 && s[n - 2] == incoming && s[n - 1] == "> hello, half a li"
     });

@@ -217,3 +217,145 @@ fn sticky_with_nagle_and_small_reads_still_recovers_frames() {
         "the why should name Nagle's algorithm:\n{out}"
     );
 }
+
+/// The table whose header row starts with `| first`: its column titles and its rows, each
+/// cell trimmed.
+fn table(out: &str, first: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let cells = |l: &str| -> Vec<String> {
+        l.trim()
+            .trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect()
+    };
+    let mut lines = out
+        .lines()
+        .skip_while(|l| !l.starts_with(&format!("| {first}")));
+    let header = lines
+        .next()
+        .unwrap_or_else(|| panic!("no table starting with `{first}` in:\n{out}"));
+    let rows = lines
+        .take_while(|l| l.starts_with('|'))
+        .filter(|l| !l.starts_with("|-"))
+        .map(cells)
+        .collect();
+    (cells(header), rows)
+}
+
+/// The cell of `row` under the column titled `col`.
+fn cell<'a>(headers: &[String], row: &'a [String], col: &str) -> &'a str {
+    let i = headers
+        .iter()
+        .position(|h| h == col)
+        .unwrap_or_else(|| panic!("no column `{col}` in {headers:?}"));
+    row.get(i).map_or("", String::as_str)
+}
+
+#[test]
+fn tune_buffers_quick_reads_back_doubled_sizes_and_moves_data() {
+    let dir = TempDir::new("buffers");
+    let out_dir = dir.0.display().to_string();
+    let args = ["tune", "--only", "buffers", "--quick", "--out", &out_dir];
+    let out = stdout_ok(&args, &socklab(&args));
+    let (headers, rows) = table(&out, "asked");
+    let asked: Vec<&str> = rows.iter().map(|r| cell(&headers, r, "asked")).collect();
+    assert_eq!(asked, ["4 KiB", "64 KiB", "1 MiB", "default"], "{out}");
+    // Linux doubles what is asked for; 4 KiB and 64 KiB sit under every default
+    // net.core.wmem_max/rmem_max, so the read-back values are exact.
+    for (row, want) in rows.iter().zip(["8192", "131072"]) {
+        assert_eq!(cell(&headers, row, "client sndbuf"), want, "{out}");
+        assert_eq!(cell(&headers, row, "client rcvbuf"), want, "{out}");
+        assert!(
+            cell(&headers, row, "server (listening line)")
+                .contains(&format!("rcvbuf={want} sndbuf={want}")),
+            "the server's own read-back: {out}"
+        );
+    }
+    for row in &rows {
+        let back: f64 = cell(&headers, row, "MiB back")
+            .parse()
+            .unwrap_or_else(|_| panic!("MiB back is not a number: {row:?}"));
+        assert!(back > 0.0, "nothing came back through echo: {row:?}");
+    }
+    let svg = std::fs::read_to_string(dir.0.join("buffers.svg")).expect("buffers.svg written");
+    assert!(
+        svg.contains("<svg") && svg.contains("MB/s"),
+        "chart: {svg:.200}"
+    );
+}
+
+#[test]
+fn tune_backlog_quick_accounts_for_every_connect() {
+    let dir = TempDir::new("backlog");
+    let out_dir = dir.0.display().to_string();
+    let args = ["tune", "--only", "backlog", "--quick", "--out", &out_dir];
+    let out = stdout_ok(&args, &socklab(&args));
+    let (headers, rows) = table(&out, "backlog");
+    let backlogs: Vec<&str> = rows.iter().map(|r| cell(&headers, r, "backlog")).collect();
+    assert_eq!(backlogs, ["1", "128"], "{out}");
+    let n = |row: &[String], col: &str| -> u64 {
+        cell(&headers, row, col)
+            .parse()
+            .unwrap_or_else(|_| panic!("`{col}` is not a count: {row:?}"))
+    };
+    for row in &rows {
+        let fates = [
+            "up while stopped",
+            "up after resume",
+            "still retrying SYN",
+            "refused",
+            "other errors",
+        ];
+        let sum: u64 = fates.iter().map(|c| n(row, c)).sum();
+        assert_eq!(
+            sum,
+            n(row, "connects"),
+            "every connect has one fate: {row:?}"
+        );
+        assert!(n(row, "connects") > 0, "{row:?}");
+        assert!(
+            n(row, "echoed in 2 s") <= n(row, "connects"),
+            "more echoes than connects: {row:?}"
+        );
+    }
+    assert!(
+        out.contains("somaxconn"),
+        "the cap on the backlog is shown: {out}"
+    );
+    assert!(dir.0.join("backlog.svg").exists());
+}
+
+#[test]
+fn tune_kernel_names_each_setting_with_its_value_and_a_hint() {
+    let args = ["tune", "--only", "kernel"];
+    let out = stdout_ok(&args, &socklab(&args));
+    let (headers, rows) = table(&out, "setting");
+    for name in [
+        "net.core.somaxconn",
+        "net.ipv4.tcp_tw_reuse",
+        "net.ipv4.tcp_fin_timeout",
+        "net.ipv4.ip_local_port_range",
+        "net.core.rmem_max",
+        "net.core.wmem_max",
+        "RLIMIT_NOFILE",
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| cell(&headers, r, "setting") == name)
+            .unwrap_or_else(|| panic!("{name} missing:\n{out}"));
+        let value = cell(&headers, row, "value");
+        assert!(
+            !value.is_empty() && value != "?",
+            "{name} unreadable: {row:?}"
+        );
+        assert!(
+            !cell(&headers, row, "meaning").is_empty(),
+            "{name} has no meaning"
+        );
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("  {name}: ")) && l.len() > name.len() + 12),
+            "no hint for {name}:\n{out}"
+        );
+    }
+}

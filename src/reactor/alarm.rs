@@ -12,17 +12,17 @@
 //! early ring, which keeps the syscall off the path that traffic takes.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use mio::unix::SourceFd;
-use mio::{Interest, Registry, Token};
+use mio::{Registry, Token};
+
+use crate::timerfd::TimerFd;
 
 /// A timerfd registered in a poll, and the deadline it is armed for.
 #[derive(Debug)]
 pub struct Alarm {
-    /// The timerfd (CLOCK_MONOTONIC, the clock of `Instant`; non-blocking).
-    fd: OwnedFd,
+    /// The timerfd.
+    timer: TimerFd,
     /// The deadline the timerfd rings at, if it is armed and has not rung yet.
     armed: Option<Instant>,
 }
@@ -30,20 +30,10 @@ pub struct Alarm {
 impl Alarm {
     /// Creates the timerfd and registers it under `token`.
     pub fn new(registry: &Registry, token: Token) -> io::Result<Alarm> {
-        // SAFETY: no pointers; the flags are valid for timerfd_create.
-        let raw = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a descriptor we just opened and own alone.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        registry.register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)?;
-        Ok(Alarm { fd, armed: None })
+        Ok(Alarm {
+            timer: TimerFd::new(registry, token)?,
+            armed: None,
+        })
     }
 
     /// Makes sure the alarm rings no later than `deadline`; `now` is the current time (only
@@ -52,11 +42,9 @@ impl Alarm {
         if self.armed.is_some_and(|at| at <= deadline) {
             return Ok(());
         }
-        // A zero it_value disarms a timerfd: a deadline already passed rings in 1 ns instead.
-        let wait = deadline
-            .saturating_duration_since(now())
-            .max(Duration::from_nanos(1));
-        self.set(wait)?;
+        // A deadline already passed rings at once.
+        self.timer
+            .arm_once(deadline.saturating_duration_since(now()))?;
         self.armed = Some(deadline);
         Ok(())
     }
@@ -64,32 +52,8 @@ impl Alarm {
     /// Called when the poll reports the alarm: clears the timerfd's count. The reactor then
     /// fires what is due and arms the alarm for what is next.
     pub fn rang(&mut self) {
-        let mut count = [0u8; 8];
-        // SAFETY: reads at most 8 bytes into our buffer; the descriptor is ours. A read that
-        // fails (EAGAIN: the count was already cleared) leaves nothing to do.
-        let _ = unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+        self.timer.drain();
         self.armed = None;
-    }
-
-    /// Sets the timerfd to ring once, `wait` from now.
-    fn set(&self, wait: Duration) -> io::Result<()> {
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: libc::time_t::try_from(wait.as_secs()).unwrap_or(libc::time_t::MAX),
-                tv_nsec: libc::c_long::from(wait.subsec_nanos()),
-            },
-        };
-        // SAFETY: `spec` is a valid itimerspec we own; the old value is not asked for.
-        let r =
-            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
     }
 }
 
@@ -97,6 +61,7 @@ impl Alarm {
 mod tests {
     use super::*;
     use mio::{Events, Poll};
+    use std::time::Duration;
 
     const ALARM: Token = Token(7);
 

@@ -6,6 +6,8 @@
 //! Every wait here is bounded: a test that hangs is a test that lies.
 #![allow(dead_code)]
 
+pub mod tmux;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};

@@ -16,7 +16,6 @@
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream as StdTcpStream;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,12 +24,12 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use mio::event::Source;
 use mio::net::{TcpStream, UnixStream};
-use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 
 use super::BenchError;
 use super::reply::ReplyParser;
 use crate::addr::ListenAddr;
+use crate::timerfd::TimerFd;
 
 /// The highest latency the histogram tells apart (longer ones are recorded as this): 100 s.
 const MAX_LATENCY_NS: u64 = 100_000_000_000;
@@ -43,65 +42,6 @@ const READ_BUF: usize = 64 * 1024;
 
 /// The token of the rate timer (connections use their index).
 const TIMER: Token = Token(usize::MAX);
-
-/// A timerfd: wakes the poll at the next scheduled send with microsecond precision (a poll
-/// timeout is rounded up to whole milliseconds, which would add up to 1 ms to every latency
-/// measured from a scheduled time).
-#[derive(Debug)]
-struct Timer {
-    /// The timerfd (non-blocking, monotonic clock).
-    fd: OwnedFd,
-}
-
-impl Timer {
-    /// Creates the timerfd and registers it with the poll.
-    fn new(registry: &Registry) -> io::Result<Timer> {
-        // SAFETY: timerfd_create takes no pointers; a negative result is an error.
-        let raw = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        registry.register(&mut SourceFd(&fd.as_raw_fd()), TIMER, Interest::READABLE)?;
-        Ok(Timer { fd })
-    }
-
-    /// Arms the timer to expire once, `after` from now (at least 1 µs).
-    fn arm(&self, after: Duration) -> io::Result<()> {
-        let after = after.max(Duration::from_micros(1));
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: libc::time_t::try_from(after.as_secs()).unwrap_or(libc::time_t::MAX),
-                tv_nsec: libc::c_long::from(after.subsec_nanos()),
-            },
-        };
-        // SAFETY: valid pointer to our spec; a null old-value pointer is allowed.
-        let rc =
-            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Reads the expiry count, so that the next expiry is a new edge for the poll.
-    fn drain(&self) {
-        let mut count = [0u8; 8];
-        // SAFETY: reads at most 8 bytes into our buffer. An error (EAGAIN: not expired) is
-        // harmless here.
-        let _ = unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
-    }
-}
 
 /// What kind of replies to expect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,8 +241,10 @@ struct Worker<'a> {
     released: u64,
     /// Replies not yet added to the shared progress counter.
     unreported: u64,
-    /// With --rate: the timer that wakes the poll when the next request is due.
-    timer: Option<Timer>,
+    /// With --rate: the timer that wakes the poll when the next request is due (a poll
+    /// timeout is rounded up to whole milliseconds, which would add up to 1 ms to every
+    /// latency measured from a scheduled time).
+    timer: Option<TimerFd>,
 }
 
 /// Runs one thread: connects, meets the others at the barrier, loads the server until the
@@ -321,7 +263,7 @@ pub fn run(plan: &Plan, shared: &Shared) -> Result<Outcome, BenchError> {
         let hist = Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3)
             .map_err(|e| BenchError::Histogram(e.to_string()))?;
         let timer = match plan.rate {
-            Some(_) => Some(Timer::new(poll.registry()).map_err(BenchError::Poll)?),
+            Some(_) => Some(TimerFd::new(poll.registry(), TIMER).map_err(BenchError::Poll)?),
             None => None,
         };
         let mut w = Worker {
@@ -407,7 +349,7 @@ impl Worker<'_> {
             let wait = self.win_end.saturating_duration_since(now).min(TICK);
             if let (Some(due), Some(timer)) = (self.next_release(), &self.timer) {
                 timer
-                    .arm(due.saturating_duration_since(now))
+                    .arm_once(due.saturating_duration_since(now))
                     .map_err(BenchError::Poll)?;
             }
             match self.poll.poll(&mut events, Some(wait)) {
