@@ -435,3 +435,166 @@ fn a_terminal_gets_a_live_progress_line() {
         after.join("\n")
     );
 }
+
+/// Each bad argument is refused before any connection, with a message that names it. The
+/// address is a closed port, so a check that went missing would show up as a connect error
+/// instead of the expected message.
+#[test]
+fn bad_arguments_each_get_a_clear_error() {
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("local addr").to_string()
+    };
+    let cases: &[(&[&str], &str)] = &[
+        (&["--duration", "0s"], "--duration must be more than zero"),
+        (&["--duration", "soon"], "is not a duration"),
+        (&["--timeout", "0s"], "--timeout must be more than zero"),
+        (
+            &["--mode", "raw", "--size", "0"],
+            "--size must be at least 1",
+        ),
+        (
+            &["--mode", "line", "--size", "0"],
+            "--size must be at least 1",
+        ),
+        (&["--size", "lots"], "is not a size"),
+        (
+            &["--mode", "line", "--line", "PI\rNG"],
+            "must not contain CR or LF",
+        ),
+        (&["--rate", "0"], "not a positive number"),
+        (&["--rate=-5"], "not a positive number"),
+        (&["--rate", "NaN"], "not a positive number"),
+        (&["--rate", "inf"], "not a positive number"),
+        (&["--conns", "0"], "--conns"),
+        (&["--depth", "0"], "--depth"),
+        (&["--threads", "0"], "--threads"),
+        (&["--mode", "udp"], "--mode"),
+        (
+            &["--addr", "unixgram:/tmp/socklab-none"],
+            "not a stream address",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut all = Vec::new();
+        if !args.contains(&"--addr") {
+            all.extend(["--addr", closed.as_str()]);
+        }
+        all.extend_from_slice(args);
+        let (out, _) = bench(&all, BOUND);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted: {stderr}");
+        assert!(
+            stderr.contains(want),
+            "{args:?}: want `{want}` in the error, got: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?} printed a report");
+    }
+}
+
+#[test]
+fn a_refused_address_is_a_connect_error() {
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("local addr").to_string()
+    };
+    let (out, took) = bench(&["--addr", &closed, "--duration", "5s"], BOUND);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot connect to {closed}")),
+        "{stderr}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "a refused connect must fail at once, took {took:?}"
+    );
+}
+
+/// A fake server on its own thread: answers whatever each connection sends with `answer`
+/// (called with the bytes read), until `stop`.
+fn fake_server(answer: fn(&[u8]) -> Vec<u8>) -> (String, Arc<AtomicBool>, thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let mut conns = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        s.set_nonblocking(true).expect("nonblocking");
+                        conns.push(s);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("accept: {e}"),
+                }
+                for s in &mut conns {
+                    if let Ok(n) = s.read(&mut buf)
+                        && n > 0
+                    {
+                        let _ = std::io::Write::write_all(s, &answer(&buf[..n]));
+                    }
+                }
+                thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    (addr, stop, handle)
+}
+
+#[test]
+fn a_server_that_answers_twice_is_a_protocol_error() {
+    // Two lines back for every request line: more replies than requests.
+    let (addr, stop, handle) = fake_server(|got| got.repeat(2));
+    let (out, took) = bench(
+        &[
+            "--addr",
+            &addr,
+            "--mode",
+            "line",
+            "--conns",
+            "1",
+            "--duration",
+            "5s",
+        ],
+        BOUND,
+    );
+    stop.store(true, Ordering::Relaxed);
+    handle.join().expect("fake server");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not a reply") && stderr.contains("more replies than requests"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}: {stderr}");
+}
+
+#[test]
+fn a_frame_reply_with_an_empty_header_is_a_protocol_error() {
+    // A files reply starts with its header's length; 0 is no header at all.
+    let (addr, stop, handle) = fake_server(|_| vec![0, 0, 0, 0]);
+    let (out, took) = bench(
+        &[
+            "--addr",
+            &addr,
+            "--mode",
+            "frame",
+            "--conns",
+            "1",
+            "--duration",
+            "5s",
+        ],
+        BOUND,
+    );
+    stop.store(true, Ordering::Relaxed);
+    handle.join().expect("fake server");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not a reply"), "{stderr}");
+    assert!(took < Duration::from_secs(5), "took {took:?}: {stderr}");
+}

@@ -359,3 +359,56 @@ fn tune_kernel_names_each_setting_with_its_value_and_a_hint() {
         );
     }
 }
+
+/// A loopback port nothing listens on.
+fn closed_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("local addr").to_string()
+}
+
+/// Runs `args`, expects a failure whose stderr names `want`, and no panic or hang.
+fn expect_failure(args: &[&str], want: &str) {
+    let started = std::time::Instant::now();
+    let out = socklab(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded: {stderr}");
+    assert!(
+        stderr.contains(want),
+        "{args:?}: want `{want}` in: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{args:?} took {:?} to fail",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn tune_against_a_closed_address_fails_clearly() {
+    let addr = closed_port();
+    let dir = TempDir::new("closed");
+    let out_dir = dir.0.display().to_string();
+    expect_failure(
+        &[
+            "tune", "--only", "nodelay", "--quick", "--addr", &addr, "--out", &out_dir,
+        ],
+        &addr,
+    );
+}
+
+#[test]
+fn tune_with_an_unwritable_chart_directory_fails_clearly() {
+    // /proc refuses new directories, even to root.
+    let out_dir = "/proc/socklab-no-such-dir/charts";
+    expect_failure(
+        &["tune", "--only", "reuseaddr", "--quick", "--out", out_dir],
+        "/proc/socklab-no-such-dir",
+    );
+}
+
+#[test]
+fn sticky_against_a_closed_address_fails_clearly() {
+    let addr = closed_port();
+    expect_failure(&["sticky", "--addr", &addr, "--files-addr", &addr], &addr);
+}

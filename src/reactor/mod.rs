@@ -4,8 +4,9 @@
 //! the loop is: poll (the only blocking call) → walk the events, draining each ready socket
 //! until `WouldBlock` or its budget → serve the ready list (sockets that still had work when
 //! their budget ran out: no new edge will come for them) → fire due timers → close what was
-//! marked dead during the walk. The poll sleeps until the earliest timer, or not at all while
-//! the ready list holds something.
+//! marked dead during the walk. The poll sleeps, with no timeout, until an event: the alarm's
+//! timerfd (`alarm.rs`) rings for the earliest timer. It does not sleep at all while the ready
+//! list holds something.
 
 pub mod alarm;
 pub mod child;
