@@ -70,6 +70,16 @@ impl Drop for TempDir {
     }
 }
 
+/// Runs `socklab tune --only NAME --quick` with charts in a fresh directory; returns the
+/// directory (removed when dropped) and the output, after checking that the run succeeded.
+fn tune_quick(name: &str) -> (TempDir, String) {
+    let dir = TempDir::new(name);
+    let out_dir = dir.0.display().to_string();
+    let args = ["tune", "--only", name, "--quick", "--out", &out_dir];
+    let out = stdout_ok(&args, &socklab(&args));
+    (dir, out)
+}
+
 #[test]
 fn tune_list_names_every_experiment() {
     let args = ["tune", "--list"];
@@ -99,10 +109,7 @@ fn tune_refuses_an_unknown_experiment() {
 
 #[test]
 fn tune_nodelay_quick_prints_a_table_and_writes_an_svg() {
-    let dir = TempDir::new("nodelay");
-    let out_dir = dir.0.display().to_string();
-    let args = ["tune", "--only", "nodelay", "--quick", "--out", &out_dir];
-    let out = stdout_ok(&args, &socklab(&args));
+    let (dir, out) = tune_quick("nodelay");
     let header = out
         .lines()
         .find(|l| l.starts_with("| server nodelay"))
@@ -145,10 +152,7 @@ fn tune_nodelay_quick_prints_a_table_and_writes_an_svg() {
 
 #[test]
 fn tune_reuseaddr_quick_shows_the_bind_error_and_the_fix() {
-    let dir = TempDir::new("reuseaddr");
-    let out_dir = dir.0.display().to_string();
-    let args = ["tune", "--only", "reuseaddr", "--quick", "--out", &out_dir];
-    let out = stdout_ok(&args, &socklab(&args));
+    let (dir, out) = tune_quick("reuseaddr");
     let without = out
         .lines()
         .find(|l| l.starts_with("result: without SO_REUSEADDR"))
@@ -253,10 +257,7 @@ fn cell<'a>(headers: &[String], row: &'a [String], col: &str) -> &'a str {
 
 #[test]
 fn tune_buffers_quick_reads_back_doubled_sizes_and_moves_data() {
-    let dir = TempDir::new("buffers");
-    let out_dir = dir.0.display().to_string();
-    let args = ["tune", "--only", "buffers", "--quick", "--out", &out_dir];
-    let out = stdout_ok(&args, &socklab(&args));
+    let (dir, out) = tune_quick("buffers");
     let (headers, rows) = table(&out, "asked");
     let asked: Vec<&str> = rows.iter().map(|r| cell(&headers, r, "asked")).collect();
     assert_eq!(asked, ["4 KiB", "64 KiB", "1 MiB", "default"], "{out}");
@@ -286,10 +287,7 @@ fn tune_buffers_quick_reads_back_doubled_sizes_and_moves_data() {
 
 #[test]
 fn tune_backlog_quick_accounts_for_every_connect() {
-    let dir = TempDir::new("backlog");
-    let out_dir = dir.0.display().to_string();
-    let args = ["tune", "--only", "backlog", "--quick", "--out", &out_dir];
-    let out = stdout_ok(&args, &socklab(&args));
+    let (dir, out) = tune_quick("backlog");
     let (headers, rows) = table(&out, "backlog");
     let backlogs: Vec<&str> = rows.iter().map(|r| cell(&headers, r, "backlog")).collect();
     assert_eq!(backlogs, ["1", "128"], "{out}");
