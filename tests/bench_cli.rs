@@ -441,10 +441,7 @@ fn a_terminal_gets_a_live_progress_line() {
 /// instead of the expected message.
 #[test]
 fn bad_arguments_each_get_a_clear_error() {
-    let closed = {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("local addr").to_string()
-    };
+    let closed = util::closed_port().to_string();
     let cases: &[(&[&str], &str)] = &[
         (&["--duration", "0s"], "--duration must be more than zero"),
         (&["--duration", "soon"], "is not a duration"),
@@ -494,10 +491,7 @@ fn bad_arguments_each_get_a_clear_error() {
 
 #[test]
 fn a_refused_address_is_a_connect_error() {
-    let closed = {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("local addr").to_string()
-    };
+    let closed = util::closed_port().to_string();
     let (out, took) = bench(&["--addr", &closed, "--duration", "5s"], BOUND);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

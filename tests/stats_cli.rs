@@ -6,7 +6,7 @@
 
 mod util;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -163,11 +163,7 @@ fn authentication_follows_the_other_files_commands() {
 
 #[test]
 fn a_refused_connection_is_a_clear_error() {
-    // A port that was just free: bind, read the port, close.
-    let addr = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let addr = util::closed_port();
     let out = stats(addr, &["--json"]);
     assert!(!out.status.success(), "{out:?}");
     assert!(out.stdout.is_empty(), "{out:?}");

@@ -4,6 +4,8 @@
 //! through frames. Nothing here asserts on speed or on how the kernel merged the raw reads:
 //! only on structure, and on the frames being exact.
 
+mod util;
+
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
@@ -358,12 +360,6 @@ fn tune_kernel_names_each_setting_with_its_value_and_a_hint() {
     }
 }
 
-/// A loopback port nothing listens on.
-fn closed_port() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("local addr").to_string()
-}
-
 /// Runs `args`, expects a failure whose stderr names `want`, and no panic or hang.
 fn expect_failure(args: &[&str], want: &str) {
     let started = std::time::Instant::now();
@@ -384,7 +380,7 @@ fn expect_failure(args: &[&str], want: &str) {
 
 #[test]
 fn tune_against_a_closed_address_fails_clearly() {
-    let addr = closed_port();
+    let addr = util::closed_port().to_string();
     let dir = TempDir::new("closed");
     let out_dir = dir.0.display().to_string();
     expect_failure(
@@ -407,6 +403,6 @@ fn tune_with_an_unwritable_chart_directory_fails_clearly() {
 
 #[test]
 fn sticky_against_a_closed_address_fails_clearly() {
-    let addr = closed_port();
+    let addr = util::closed_port().to_string();
     expect_failure(&["sticky", "--addr", &addr, "--files-addr", &addr], &addr);
 }
