@@ -88,6 +88,7 @@ struct AuthFile {
 struct FilesFile {
     max_upload: Option<UploadLimit>,
     max_header: Option<Size>,
+    upload_in_flight: Option<Size>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -377,6 +378,9 @@ impl ServeSettings {
                 s.files.config.max_upload = u.0.map(|n| n as u64);
             }
             set(&mut s.files.config.max_header, f.max_header.map(|v| v.0));
+            if let Some(n) = f.upload_in_flight {
+                s.files.config.upload_in_flight = n.0 as u64;
+            }
         }
         if let Some(e) = file.exec {
             if let Some(allow) = e.allow {
@@ -685,6 +689,9 @@ impl Effective {
                         .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
                 )),
                 max_header: Some(Size(s.files.config.max_header)),
+                upload_in_flight: Some(Size(
+                    usize::try_from(s.files.config.upload_in_flight).unwrap_or(usize::MAX),
+                )),
             }),
             exec: Some(ExecFile {
                 allow: Some(Spanned::new(0..0, self.exec.allow.clone())),

@@ -110,6 +110,10 @@ pub struct ServeArgs {
     /// Largest upload files accepts (too_large beyond); unlimited when not given.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Files")]
     max_upload: Option<usize>,
+    /// Upload bytes received and not yet written to disk, per connection, past which files
+    /// stops reading that connection until the disk catches up. [default: 8MiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Files")]
+    upload_in_flight: Option<usize>,
     /// Allow files' `exec` to run this program (repeatable). A name is looked up on PATH once,
     /// at start-up; a request's argv[0] must be the name or the resolved path exactly. No
     /// shell is involved. Without any, exec is disabled.
@@ -287,6 +291,9 @@ impl ServeArgs {
             s.files.config.max_upload = Some(n as u64);
         }
         set(&mut s.files.config.max_header, self.max_header);
+        if let Some(n) = self.upload_in_flight {
+            s.files.config.upload_in_flight = n as u64;
+        }
         set(&mut s.auth_timeout, self.auth_timeout);
         set(&mut s.workers, self.workers);
 

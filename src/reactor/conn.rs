@@ -182,8 +182,12 @@ pub struct Conn {
     pub interest: Option<Interest>,
     /// The peer shut down its write side (a read returned 0): finish writing, then close.
     pub read_closed: bool,
-    /// Reading stopped because pending output reached the pause mark.
+    /// Reading stopped: pending output reached the pause mark, or the service took no input.
     pub read_paused: bool,
+    /// The service took no input at the end of the last drive (a long response, upload bytes
+    /// in flight, a commit, a command): when it takes input again, it first decodes what it
+    /// holds, since no new event will come for bytes already read.
+    pub service_paused: bool,
     /// On the ready list already.
     pub queued: bool,
     /// An event said the peer hung up or the socket has an error: read until 0 or an error
@@ -214,6 +218,7 @@ impl Conn {
             interest: None,
             read_closed: false,
             read_paused: false,
+            service_paused: false,
             queued: false,
             hup_seen: false,
             dead: false,

@@ -1052,6 +1052,7 @@ impl Reactor {
         {
             c.service
                 .on_exec_done(ending, out, err, c.out.tail(), &mut self.svc.counters);
+            // Resumes input paused while the command ran (`resume_held_input`).
             self.drive_conn(conn, false, true);
         }
     }
@@ -1120,6 +1121,7 @@ impl Reactor {
             }
         }
         for token in touched {
+            // Resumes input paused by upload bytes in flight or a commit (`resume_held_input`).
             self.drive_conn(token, false, true);
         }
     }
@@ -1475,10 +1477,21 @@ impl ServiceState {
 /// Largest slice of a long response produced in one call.
 const PRODUCE_CHUNK: usize = 64 * 1024;
 
+/// What one drive of one connection moved, and whether it left work for the ready list.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Bytes read from the socket.
+    received: usize,
+    /// Bytes written to the socket.
+    sent: usize,
+    /// Work is left that no new event will announce: serve the connection again next turn.
+    more: bool,
+}
+
 /// One drive of one connection: write what is pending, let the service produce more of a long
-/// response while the socket keeps up, then read while the budget lasts and the output is under
-/// the pause mark, feeding the service and writing its replies straight away. Returns the
-/// verdict and the bytes received and sent.
+/// response while the socket keeps up, let a service that was paused decode what it holds, then
+/// read while the budget lasts and the output is under the pause mark, feeding the service and
+/// writing its replies straight away. Returns the verdict and the bytes received and sent.
 fn drive(
     c: &mut Conn,
     readable: bool,
@@ -1487,27 +1500,57 @@ fn drive(
     limits: &Limits,
     now: Instant,
 ) -> (Verdict, usize, usize) {
-    let mut received = 0usize;
-    let mut sent = 0usize;
-    let mut more = false;
-    let close = |reason, r, s| (Verdict::Close(reason), r, s);
+    let mut t = Tally::default();
+    let verdict = match drive_steps(c, readable, writable, io, limits, &mut t) {
+        Ok(()) => settle(c, limits, &mut t, now),
+        Err(reason) => Verdict::Close(reason),
+    };
+    (verdict, t.received, t.sent)
+}
+
+/// The I/O of one drive, in order; an error closes the connection.
+fn drive_steps(
+    c: &mut Conn,
+    readable: bool,
+    writable: bool,
+    io: &mut TurnIo<'_>,
+    limits: &Limits,
+    t: &mut Tally,
+) -> Result<(), CloseReason> {
     if c.hup_seen && c.service.awaiting_exec() {
         // The client hung up while its command runs: nobody is left to read the answer, so
         // the command is killed (as a shell's child gets SIGHUP).
-        return close(CloseReason::PeerGone, received, sent);
+        return Err(CloseReason::PeerGone);
     }
-    if writable && !c.out.is_empty() {
-        match c.out.write_to(&mut c.socket) {
-            Ok(n) => sent += n,
-            Err(e) => return close(CloseReason::Io(e), received, sent),
-        }
+    if writable {
+        flush(c, t)?;
     }
-    // Long responses (a file being sent, a file being hashed): at most a budget of disk work
-    // per turn, and only while the socket drains, so one transfer cannot stall the others.
+    produce_long_response(c, io, limits, t)?;
+    resume_held_input(c, io, limits, t)?;
+    read_socket(c, readable, io, limits, t)?;
+    flush(c, t)
+}
+
+/// Writes pending output until the socket would block.
+fn flush(c: &mut Conn, t: &mut Tally) -> Result<(), CloseReason> {
+    if !c.out.is_empty() {
+        t.sent += c.out.write_to(&mut c.socket).map_err(CloseReason::Io)?;
+    }
+    Ok(())
+}
+
+/// Long responses (a file being sent, a file being hashed): at most a budget of disk work per
+/// turn, and only while the socket drains, so one transfer cannot stall the others.
+fn produce_long_response(
+    c: &mut Conn,
+    io: &mut TurnIo<'_>,
+    limits: &Limits,
+    t: &mut Tally,
+) -> Result<(), CloseReason> {
     let mut disk_budget = limits.read_budget;
     while c.service.has_output() && c.out.pending() < limits.pending_pause {
         if disk_budget == 0 {
-            more = true;
+            t.more = true;
             break;
         }
         if c.out.is_empty()
@@ -1516,9 +1559,9 @@ fn drive(
             // The file goes from the page cache to the socket without passing through us.
             let count = usize::try_from(left).map_or(disk_budget, |l| l.min(disk_budget));
             match send_file(&c.socket, fd, offset, count) {
-                Ok(0) => return close(CloseReason::Broken, received, sent),
+                Ok(0) => return Err(CloseReason::Broken),
                 Ok(n) => {
-                    sent += n;
+                    t.sent += n;
                     disk_budget = disk_budget.saturating_sub(n);
                     c.service.file_sent(n as u64);
                     continue;
@@ -1530,27 +1573,50 @@ fn drive(
                     c.service.no_sendfile();
                     continue;
                 }
-                Err(e) => return close(CloseReason::Io(e), received, sent),
+                Err(e) => return Err(CloseReason::Io(e)),
             }
         }
         let chunk = disk_budget.min(PRODUCE_CHUNK);
         disk_budget = disk_budget.saturating_sub(chunk);
         if !c.service.produce(c.out.tail(), chunk, &mut io.svc.counters) {
-            return close(CloseReason::Broken, received, sent);
+            return Err(CloseReason::Broken);
         }
-        match c.out.write_to(&mut c.socket) {
-            Ok(n) => sent += n,
-            Err(e) => return close(CloseReason::Io(e), received, sent),
-        }
+        flush(c, t)?;
     }
-    // Requests that arrived while the service was busy wait in `input`.
-    if !c.input.is_empty() && c.gate.is_none() && c.service.accepts_input() {
-        if let Err(reason) = absorb(c, &[], io, limits) {
-            return close(reason, received, sent);
-        }
-        more |= c.service.has_output();
+    Ok(())
+}
+
+/// A service that took no input at the end of the last drive (a long response, upload bytes in
+/// flight to the disk, a commit, an exec) and takes it now decodes what it already holds before
+/// the socket is read: requests waiting in `input`, and its decoder's own state (a body whose
+/// last byte came with the pause still owes its end). No new edge will come for bytes already
+/// read, so nothing else would ever hand them over.
+fn resume_held_input(
+    c: &mut Conn,
+    io: &mut TurnIo<'_>,
+    limits: &Limits,
+    t: &mut Tally,
+) -> Result<(), CloseReason> {
+    let held = c.service_paused || !c.input.is_empty();
+    if held && c.gate.is_none() && c.service.accepts_input() {
+        c.service_paused = false;
+        t.sent += absorb(c, &[], io, limits)?;
+        t.more |= c.service.has_output();
     }
-    // A connection paused by backpressure has unread input that no new edge will announce.
+    Ok(())
+}
+
+/// Reads while the budget lasts, the output is under the pause mark and the service takes
+/// input, handing each read to the service and writing its replies straight away.
+fn read_socket(
+    c: &mut Conn,
+    readable: bool,
+    io: &mut TurnIo<'_>,
+    limits: &Limits,
+    t: &mut Tally,
+) -> Result<(), CloseReason> {
+    // Paused reading (pending output over --pending-pause, or a service that took no input)
+    // left bytes in the socket that no new edge will announce: read them without an event.
     let was_paused = c.read_paused;
     let mut budget = limits.read_budget;
     while (readable || was_paused)
@@ -1559,72 +1625,76 @@ fn drive(
         && c.service.accepts_input()
     {
         if budget == 0 {
-            more = true;
+            t.more = true;
             break;
         }
         let want = io.scratch.len().min(budget);
         let Some(buf) = io.scratch.get_mut(..want) else {
             break;
         };
-        match c.socket.read(buf) {
-            Ok(0) => c.read_closed = true,
-            Ok(n) => {
-                budget = budget.saturating_sub(n);
-                received += n;
-                // A short read emptied the socket's queue: any byte that arrives later raises a
-                // new edge, so the read that would only say WouldBlock is skipped. Not when the
-                // peer's FIN may be queued behind the data: that edge has been spent already.
-                let drained = n < want && !c.hup_seen;
-                // Copy out of the scratch buffer's borrow: `absorb` needs `io` whole.
-                let (scratch, rest) = (std::mem::take(&mut io.scratch), &mut *io);
-                let data = scratch.get(..n).unwrap_or_default();
-                let r = absorb(c, data, rest, limits);
-                io.scratch = scratch;
-                match r {
-                    Ok(w) => sent += w,
-                    Err(reason) => return close(reason, received, sent),
-                }
-                if c.out.pending() > limits.max_pending {
-                    let pending = c.out.pending();
-                    return close(CloseReason::SlowReader { pending }, received, sent);
-                }
-                if c.service.has_output() {
-                    // A long response started: produce it before reading on.
-                    more = true;
-                    break;
-                }
-                if drained {
-                    break;
-                }
+        let n = match c.socket.read(buf) {
+            Ok(0) => {
+                c.read_closed = true;
+                break;
             }
+            Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return close(CloseReason::Io(e), received, sent),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CloseReason::Io(e)),
+        };
+        budget = budget.saturating_sub(n);
+        t.received += n;
+        // A short read emptied the socket's queue: any byte that arrives later raises a new
+        // edge, so the read that would only say WouldBlock is skipped. Not when the peer's FIN
+        // may be queued behind the data: that edge has been spent already.
+        let drained = n < want && !c.hup_seen;
+        // Copy out of the scratch buffer's borrow: `absorb` needs `io` whole.
+        let (scratch, rest) = (std::mem::take(&mut io.scratch), &mut *io);
+        let r = absorb(c, scratch.get(..n).unwrap_or_default(), rest, limits);
+        io.scratch = scratch;
+        t.sent += r?;
+        if c.out.pending() > limits.max_pending {
+            let pending = c.out.pending();
+            return Err(CloseReason::SlowReader { pending });
+        }
+        if c.service.has_output() {
+            // A long response started: produce it before reading on.
+            t.more = true;
+            break;
+        }
+        if drained {
+            break;
         }
     }
-    if !c.out.is_empty() {
-        match c.out.write_to(&mut c.socket) {
-            Ok(n) => sent += n,
-            Err(e) => return close(CloseReason::Io(e), received, sent),
-        }
-    }
-    if received > 0 || sent > 0 {
+    Ok(())
+}
+
+/// After the I/O of a drive: records activity, decides whether reading pauses, and whether the
+/// connection is finished.
+fn settle(c: &mut Conn, limits: &Limits, t: &mut Tally, now: Instant) -> Verdict {
+    if t.received > 0 || t.sent > 0 {
         c.last_active = now;
     }
+    let was_paused = c.read_paused;
     // Reading is suspended while output is backed up (backpressure) and while the service is
-    // busy with a long response (so its responses stay in order).
-    c.read_paused =
-        !c.read_closed && (c.out.pending() >= limits.pending_pause || !c.service.accepts_input());
+    // busy with a long response, a commit, disk writes or a command (so its responses stay in
+    // order and memory stays bounded). The service's own pause is remembered apart from reading,
+    // because a peer that has finished sending may still have a request held to decode.
+    c.service_paused = !c.service.accepts_input();
+    c.read_paused = !c.read_closed && (c.out.pending() >= limits.pending_pause || c.service_paused);
     if was_paused && !c.read_paused && !c.read_closed {
         // Resumed: read on the next turn, since the socket's data arrived while paused.
-        more = true;
+        t.more = true;
     }
-    let input_done = c.input.is_empty() || !c.service.accepts_input();
+    let input_done = c.input.is_empty() || c.service_paused;
+    // A paused service that will take input again is awaiting the disk or producing a
+    // response, so it is not idle: a peer that left right after its last byte still has its
+    // upload decoded, committed and answered.
     let idle = c.out.is_empty() && !c.service.has_output() && !c.service.awaiting_disk();
     if c.read_closed && idle && input_done {
-        return close(CloseReason::Finished, received, sent);
+        return Verdict::Close(CloseReason::Finished);
     }
-    (Verdict::Open { more }, received, sent)
+    Verdict::Open { more: t.more }
 }
 
 /// sendfile(2) from `fd` at `offset` to the socket: at most `count` bytes.

@@ -121,6 +121,9 @@ pub struct FilesConfig {
     pub max_header: usize,
     /// Largest upload, in bytes; `None` for no limit but the disk.
     pub max_upload: Option<u64>,
+    /// Upload bytes handed to the disk thread and not yet written, past which the connection
+    /// stops reading: memory stays bounded when the disk is slower than the network.
+    pub upload_in_flight: u64,
     /// The `exec` allow-list and limits; `None`: exec is disabled.
     pub exec: Option<ExecPolicy>,
 }
@@ -130,6 +133,7 @@ impl Default for FilesConfig {
         FilesConfig {
             max_header: 64 * 1024,
             max_upload: None,
+            upload_in_flight: DEFAULT_UPLOAD_IN_FLIGHT,
             exec: None,
         }
     }
@@ -213,9 +217,8 @@ pub enum DiskDone {
     },
 }
 
-/// Upload bytes handed to the disk thread and not yet written, past which the connection
-/// stops reading: memory stays bounded when the disk is slower than the network.
-const MAX_IN_FLIGHT: u64 = 8 * 1024 * 1024;
+/// The default of [`FilesConfig::upload_in_flight`].
+pub const DEFAULT_UPLOAD_IN_FLIGHT: u64 = 8 * 1024 * 1024;
 
 /// The first write error of an upload, set by the disk thread.
 type FailSlot = Arc<std::sync::Mutex<Option<String>>>;
@@ -390,14 +393,14 @@ impl Files {
         self.outgoing.is_none()
             && !self.closing
             && !self.committing
-            && self.in_flight <= MAX_IN_FLIGHT
+            && self.in_flight <= self.shared.config.upload_in_flight
             && matches!(self.exec, ExecState::Idle)
     }
 
-    /// Whether a response waits on work outside the loop: a commit on the disk thread, or a
-    /// command's child process.
+    /// Whether a response waits on work outside the loop: upload writes or a commit on the
+    /// disk thread, or a command's child process.
     pub fn awaiting_disk(&self) -> bool {
-        self.committing || !matches!(self.exec, ExecState::Idle)
+        self.in_flight > 0 || self.committing || !matches!(self.exec, ExecState::Idle)
     }
 
     /// Whether an `exec` request is queued or running.
@@ -1167,6 +1170,61 @@ mod tests {
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "the temporary");
         drop(s);
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_body_that_fills_the_in_flight_window_ends_on_the_next_call_without_new_bytes() {
+        let dir = std::env::temp_dir().join(format!("socklab-files-window-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (store, _) = Store::open(&dir).unwrap();
+        let config = FilesConfig {
+            upload_in_flight: 4,
+            ..FilesConfig::default()
+        };
+        let mut s = Files::new(Arc::new(FilesShared::new(store, config)));
+        let (mut counters, mut out, mut disk) = (Counters::default(), Vec::new(), Vec::new());
+        let input = frame(
+            json!({"cmd": "put", "filename": "f", "size": 10}),
+            b"0123456789",
+        );
+        let step = s.on_input(
+            &input,
+            &mut out,
+            &mut counters,
+            &Peers::default(),
+            &mut disk,
+        );
+        assert_eq!(step.consumed, input.len(), "the whole body is taken");
+        assert_eq!(
+            disk.len(),
+            1,
+            "one write, and no commit yet: the window is full"
+        );
+        assert!(!s.accepts_input() && s.awaiting_disk());
+        let done = disk.pop().unwrap()();
+        s.on_disk_done(done, &mut out, &mut counters);
+        assert!(s.accepts_input() && !s.awaiting_disk());
+        assert!(out.is_empty(), "no answer before the commit");
+        // The reactor's resumption: no new bytes, but the decoder owes the body's end.
+        let step = s.on_input(&[], &mut out, &mut counters, &Peers::default(), &mut disk);
+        assert_eq!(step.consumed, 0);
+        assert_eq!(disk.len(), 1, "the commit is queued");
+        assert!(
+            s.awaiting_disk(),
+            "a commit under way keeps the connection open"
+        );
+        let done = disk.pop().unwrap()();
+        s.on_disk_done(done, &mut out, &mut counters);
+        let mut d = HeaderBodyDecoder::new(HeaderBodyConfig::responses());
+        match d.decode(&out) {
+            Ok(Decoded::Item {
+                item: Part::Header(h),
+                ..
+            }) => assert_eq!(h.fields["md5"], json!("781e5e245d69b566979b86e28d23f2c7")),
+            other => panic!("no put response: {other:?}"),
+        }
+        assert_eq!(std::fs::read(dir.join("f")).unwrap(), b"0123456789");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

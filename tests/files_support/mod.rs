@@ -442,9 +442,14 @@ impl Tmpfs {
     /// Mounts a tmpfs of `size` (e.g. `1m`) on `dir` (created); `Err` with the reason if the
     /// mount fails (not root, no mount(8)).
     pub fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        Tmpfs::mount_with(dir, &format!("size={size}"))
+    }
+
+    /// Mounts a tmpfs with mount options `options` (e.g. `size=16m,nr_inodes=2`) on `dir`.
+    pub fn mount_with(dir: &Path, options: &str) -> Result<Tmpfs, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {dir:?}: {e}"))?;
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(dir)
             .output()
             .map_err(|e| format!("run mount: {e}"))?;
