@@ -5,7 +5,9 @@
 //! - [`config`]: the server's configuration, built from the command line and [`config_file`].
 //! - [`config_file`]: the TOML file of `serve --config`, and `--print-config`.
 //! - [`sockopt`]: the only place that touches socket2: building listeners and reading options back.
-//! - [`reactor`]: the event loop; the only server code that imports mio.
+//! - [`reactor`]: the event loop; the only server code that imports mio. `mod.rs` is the loop;
+//!   binding, accepting, a stream connection, datagrams, `exec`'s children, the disk thread,
+//!   chat fan-out, workers and shutdown are a file each.
 //! - [`service`]: sans-IO services (bytes in, replies out), one file each.
 //! - [`metrics`]: the counters every reactor keeps.
 //! - [`frame`]: sans-IO codecs: length-prefixed, header+body, lines.

@@ -3,15 +3,17 @@
 //! that the poll watches like any socket. Reaped on SIGCHLD; killed as a group at the timeout
 //! or when the client goes away.
 
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use mio::Token;
 use mio::unix::pipe::Receiver;
+use mio::{Interest, Token};
 
+use super::timer::TimerKind;
+use super::{Entry, Reactor};
 use crate::service::exec::{Capture, Ending, ExecRequest};
 
 /// The environment a command gets: nothing of the server's but these.
@@ -107,5 +109,214 @@ pub fn kill_group(pgid: i32) {
     // SAFETY: kill only sends a signal; a negative pid names the group we created.
     unsafe {
         libc::kill(-pgid, libc::SIGKILL);
+    }
+}
+
+/// How long a killed command's pipes may stay open (held by something that escaped its
+/// process group) before the server stops waiting for them.
+const EXEC_PIPE_GRACE: Duration = Duration::from_secs(1);
+
+/// One end of a child's stdout or stderr pipe.
+#[derive(Debug)]
+pub(super) struct Pipe {
+    /// The pipe.
+    pub(super) rx: mio::unix::pipe::Receiver,
+    /// The command it belongs to.
+    pub(super) child: u64,
+    /// stderr (else stdout).
+    pub(super) stderr: bool,
+    /// On the ready list already.
+    pub(super) queued: bool,
+}
+
+impl Reactor {
+    /// Starts a command for `conn`, or answers at once why it cannot run.
+    pub(super) fn start_exec(&mut self, conn: Token, req: ExecRequest) {
+        let Some(policy) = self
+            .shared
+            .files
+            .as_ref()
+            .and_then(|f| f.config.exec.clone())
+        else {
+            return;
+        };
+        if self.children.len() >= policy.max_procs {
+            self.exec_answer(conn, &Ending::TooBusy(self.children.len()), None);
+            return;
+        }
+        let (child, out, err) = match spawn(&req, &policy.workdir) {
+            Ok(parts) => parts,
+            Err(e) => {
+                tracing::warn!(program = %req.program.display(), "exec cannot start: {e}");
+                self.exec_answer(conn, &Ending::SpawnFailed(e.to_string()), None);
+                return;
+            }
+        };
+        let id = self.next_child;
+        self.next_child = self.next_child.wrapping_add(1);
+        let pgid = child_pgid(&child);
+        let mut running = Running {
+            conn,
+            child,
+            pgid,
+            stdout: Capture::default(),
+            stderr: Capture::default(),
+            pipes: Vec::new(),
+            exited: None,
+            timed_out: false,
+            started: self.now,
+        };
+        for (rx, stderr) in [(out, false), (err, true)] {
+            let pipe = Entry::Pipe(Pipe {
+                rx,
+                child: id,
+                stderr,
+                queued: false,
+            });
+            let Some(token) = self.sources.insert(pipe) else {
+                continue;
+            };
+            if let Some(Entry::Pipe(p)) = self.sources.get_mut(token)
+                && self
+                    .poll
+                    .registry()
+                    .register(&mut p.rx, token, Interest::READABLE)
+                    .is_ok()
+            {
+                running.pipes.push(token);
+            } else {
+                drop(self.sources.remove(token));
+            }
+        }
+        tracing::debug!(program = %req.program.display(), pid = pgid, "exec started");
+        self.children.insert(id, running);
+        self.timers
+            .push(self.now + req.timeout, TimerKind::ExecDeadline(id));
+        // A child may exit before its SIGCHLD is watched for this id: look now.
+        self.reap_children();
+    }
+
+    /// Reads a child's pipe until it would block, its end, or the budget.
+    pub(super) fn read_pipe(&mut self, token: Token) {
+        let max_output = self
+            .shared
+            .files
+            .as_ref()
+            .and_then(|f| f.config.exec.as_ref())
+            .map_or(0, |p| p.max_output);
+        let Some(Entry::Pipe(p)) = self.sources.get_mut(token) else {
+            return;
+        };
+        let id = p.child;
+        let mut budget = self.config.limits.read_budget;
+        let mut eof = false;
+        loop {
+            if budget == 0 {
+                if !p.queued {
+                    p.queued = true;
+                    self.ready.push(token);
+                }
+                break;
+            }
+            match (&p.rx).read(&mut self.scratch) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    let data = self.scratch.get(..n).unwrap_or_default();
+                    if let Some(r) = self.children.get_mut(&id) {
+                        let capture = if p.stderr {
+                            &mut r.stderr
+                        } else {
+                            &mut r.stdout
+                        };
+                        capture.take(data, max_output);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        if eof {
+            drop(self.sources.remove(token));
+            if let Some(r) = self.children.get_mut(&id) {
+                r.pipes.retain(|t| *t != token);
+            }
+            self.finish_child(id);
+        }
+    }
+
+    /// Collects the exit status of every child that has ended.
+    pub(super) fn reap_children(&mut self) {
+        let ids: Vec<u64> = self.children.keys().copied().collect();
+        for id in ids {
+            if let Some(r) = self.children.get_mut(&id)
+                && r.exited.is_none()
+                && let Ok(Some(status)) = r.child.try_wait()
+            {
+                r.exited = Some(status);
+                self.finish_child(id);
+            }
+        }
+    }
+
+    /// Answers a command's connection once the child is reaped and its pipes are drained.
+    fn finish_child(&mut self, id: u64) {
+        if !self.children.get(&id).is_some_and(Running::finished) {
+            return;
+        }
+        let Some(r) = self.children.remove(&id) else {
+            return;
+        };
+        tracing::debug!(
+            pid = r.pgid,
+            ms = r.started.elapsed().as_millis() as u64,
+            "exec finished"
+        );
+        self.exec_answer(r.conn, &r.ending(), Some((&r.stdout, &r.stderr)));
+    }
+
+    /// Writes an `exec` response to `conn`, if it is still there.
+    fn exec_answer(&mut self, conn: Token, ending: &Ending, output: Option<(&Capture, &Capture)>) {
+        let empty = Capture::default();
+        let (out, err) = output.unwrap_or((&empty, &empty));
+        if let Some(Entry::Conn(c)) = self.sources.get_mut(conn)
+            && !c.dead
+        {
+            c.service
+                .on_exec_done(ending, out, err, c.out.tail(), &mut self.svc.counters);
+            // Resumes input paused while the command ran (`resume_held_input`).
+            self.drive_conn(conn, false, true);
+        }
+    }
+
+    /// The command ran past its timeout: kill its group. If something it started escaped the
+    /// group and still holds a pipe, the pipes are given up a little later.
+    pub(super) fn exec_deadline(&mut self, id: u64) {
+        if let Some(r) = self.children.get_mut(&id)
+            && r.exited.is_none()
+        {
+            r.timed_out = true;
+            r.kill();
+            self.timers
+                .push(self.now + EXEC_PIPE_GRACE, TimerKind::ExecPipeGrace(id));
+        }
+    }
+
+    /// Stops waiting for the pipes of a killed command.
+    pub(super) fn exec_pipe_grace(&mut self, id: u64) {
+        let Some(r) = self.children.get_mut(&id) else {
+            return;
+        };
+        for token in std::mem::take(&mut r.pipes) {
+            drop(self.sources.remove(token));
+        }
+        self.finish_child(id);
     }
 }

@@ -8,7 +8,8 @@ use mio::event::Source;
 use mio::net::{UdpSocket, UnixDatagram};
 use mio::{Interest, Registry, Token};
 
-use crate::config::ServiceKind;
+use super::{Entry, Reactor};
+use crate::config::{Limits, ServiceKind};
 use crate::service::{DatagramService, Peer};
 
 /// A bound datagram socket.
@@ -115,4 +116,161 @@ pub fn is_per_datagram_error(e: &io::Error) -> bool {
                 | libc::ENOBUFS
         )
     )
+}
+
+/// Counts of one drive of a datagram socket.
+#[derive(Debug, Default)]
+struct DgramStats {
+    received: u64,
+    sent: u64,
+    dropped: u64,
+    bytes_in: usize,
+    bytes_out: usize,
+}
+
+/// Sends the queued replies until the kernel's buffer is full again.
+fn flush_datagrams(d: &mut DgramEndpoint, stats: &mut DgramStats) {
+    while let Some((peer, buf)) = d.queue.front() {
+        match d.socket.send(buf, peer) {
+            Ok(n) => {
+                stats.sent += 1;
+                stats.bytes_out += n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                stats.dropped += 1;
+                tracing::debug!(service = %d.kind, "reply dropped: {e}");
+            }
+        }
+        d.queue.pop_front();
+    }
+}
+
+/// Sends a reply at once, or queues it (bounded) when the kernel's buffer is full.
+fn send_or_queue(
+    d: &mut DgramEndpoint,
+    peer: Peer,
+    reply: &[u8],
+    limits: &Limits,
+    stats: &mut DgramStats,
+) {
+    if d.queue.is_empty() {
+        loop {
+            match d.socket.send(reply, &peer) {
+                Ok(n) => {
+                    stats.sent += 1;
+                    stats.bytes_out += n;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    stats.dropped += 1;
+                    if !is_per_datagram_error(&e) {
+                        tracing::warn!(service = %d.kind, "send failed: {e}");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+    if d.queue.len() < limits.max_queued_datagrams {
+        d.queue.push_back((peer, reply.to_vec()));
+    } else {
+        stats.dropped += 1;
+    }
+}
+
+impl Reactor {
+    /// Sends queued replies, then receives and answers datagrams up to the budget.
+    pub(super) fn drive_dgram(&mut self, token: Token, readable: bool, _writable: bool) {
+        let limits = &self.config.limits;
+        let Some(Entry::Dgram(d)) = self.sources.get_mut(token) else {
+            return;
+        };
+        let kind = d.kind;
+        let mut stats = DgramStats::default();
+        flush_datagrams(d, &mut stats);
+        let mut more = false;
+        if readable {
+            // Read once per batch, for the services that answer with the time of day.
+            let mut wall = None;
+            let mut budget = limits.datagram_budget;
+            loop {
+                if budget == 0 {
+                    more = true;
+                    break;
+                }
+                budget -= 1;
+                match d.socket.recv(&mut self.scratch) {
+                    Ok(Received::From(n, peer)) => {
+                        stats.received += 1;
+                        stats.bytes_in += n;
+                        let payload = self.scratch.get(..n).unwrap_or_default();
+                        let targets = &mut self.targets;
+                        if wall.is_none() && d.service.needs_wall_clock() {
+                            wall = Some(chrono::Local::now());
+                        }
+                        d.service.on_datagram(
+                            &peer,
+                            payload,
+                            self.now,
+                            wall.as_ref(),
+                            &mut self.reply,
+                            targets,
+                        );
+                        for target in targets.drain(..) {
+                            send_or_queue(d, target, &self.reply, limits, &mut stats);
+                        }
+                    }
+                    Ok(Received::Unanswerable(n)) => {
+                        stats.received += 1;
+                        stats.bytes_in += n;
+                        stats.dropped += 1;
+                        tracing::debug!(
+                            service = %kind,
+                            "datagram from an unbound unix socket: no address to answer"
+                        );
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // An ICMP error for an earlier reply surfaces here; it is about that peer.
+                    Err(e) if is_per_datagram_error(&e) => {
+                        tracing::debug!(service = %kind, "receive: {e}")
+                    }
+                    Err(e) => {
+                        tracing::warn!(service = %kind, "receive failed: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        let want_writable = !d.queue.is_empty();
+        if want_writable != d.writable {
+            let interest = if want_writable {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            match self
+                .poll
+                .registry()
+                .reregister(&mut d.socket, token, interest)
+            {
+                Ok(()) => d.writable = want_writable,
+                Err(e) => tracing::warn!(service = %kind, "cannot update interest: {e}"),
+            }
+        }
+        if more && !d.queued {
+            d.queued = true;
+            self.ready.push(token);
+        }
+        let c = self.svc.counters.service(kind);
+        c.datagrams_received = c.datagrams_received.saturating_add(stats.received);
+        c.datagrams_sent = c.datagrams_sent.saturating_add(stats.sent);
+        c.datagrams_dropped = c.datagrams_dropped.saturating_add(stats.dropped);
+        c.bytes_received = c.bytes_received.saturating_add(stats.bytes_in as u64);
+        c.bytes_sent = c.bytes_sent.saturating_add(stats.bytes_out as u64);
+    }
 }

@@ -9,6 +9,8 @@ use std::thread::JoinHandle;
 
 use mio::{Token, Waker};
 
+use super::{Entry, Reactor};
+
 /// A piece of disk work, and where its result goes.
 pub type Job<R> = Box<dyn FnOnce() -> R + Send>;
 
@@ -68,6 +70,53 @@ impl<R: Send + 'static> Drop for DiskThread<R> {
         self.jobs = None;
         if let Some(h) = self.handle.take() {
             let _ = h.join();
+        }
+    }
+}
+
+impl Reactor {
+    /// Hands the disk work a connection queued to the disk thread, in order. The thread starts
+    /// with the first job: until then the process has one thread, and a process with one thread
+    /// pays no atomic reference count on the descriptor of every read and write (the kernel's
+    /// `fdget`) and no cancellation bookkeeping in libc's `send` and `recv`.
+    pub(super) fn submit_disk_jobs(&mut self, token: Token) {
+        let jobs = std::mem::take(&mut self.svc.disk);
+        if self.disk.is_none() {
+            match DiskThread::start(Arc::clone(&self.waker)) {
+                Ok(disk) => self.disk = Some(disk),
+                Err(e) => {
+                    tracing::error!("cannot start the disk thread: {e}; closing the connection");
+                    if let Some(Entry::Conn(c)) = self.sources.get_mut(token) {
+                        c.dead = true;
+                        self.to_close.push(token);
+                    }
+                    return;
+                }
+            }
+        }
+        if let Some(disk) = &self.disk {
+            for job in jobs {
+                disk.submit(token, job);
+            }
+        }
+    }
+
+    /// Gives each connection the results of its disk work, and drives it: a `put` response
+    /// may be ready, or reading may resume.
+    pub(super) fn collect_disk_results(&mut self) {
+        let mut touched = Vec::new();
+        while let Some((token, done)) = self.disk.as_ref().and_then(DiskThread::try_done) {
+            if let Some(Entry::Conn(c)) = self.sources.get_mut(token) {
+                c.service
+                    .on_disk_done(done, c.out.tail(), &mut self.svc.counters);
+                if !touched.contains(&token) {
+                    touched.push(token);
+                }
+            }
+        }
+        for token in touched {
+            // Resumes input paused by upload bytes in flight or a commit (`resume_held_input`).
+            self.drive_conn(token, false, true);
         }
     }
 }

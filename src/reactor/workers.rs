@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
-use mio::{Token, Waker};
+use mio::Waker;
 
-use super::{BoundListener, Entry, Reactor, StartError};
+use super::{BoundListener, Reactor, StartError};
 use crate::addr::ListenAddr;
 use crate::config::{ListenerConfig, ServerConfig, ServiceKind};
 use crate::metrics::Counters;
@@ -161,47 +161,6 @@ impl Reactor {
     /// When a counter report is owed, for the poll timeout.
     pub(super) fn report_due(&self) -> Option<Instant> {
         self.link.as_ref().and_then(|l| l.report_due)
-    }
-
-    /// Copies chat lines to every member of this worker but `from`, writing at once where
-    /// the socket takes them. A member whose pending output passes --chat-max-pending is
-    /// dropped: it is the one that does not read, and nobody else waits for it.
-    pub(super) fn deliver_chat(&mut self, bytes: &[u8], from: Option<Token>) {
-        let limit = self.config.limits.chat_max_pending;
-        let members: Vec<Token> = self
-            .svc
-            .room
-            .member_ids()
-            .filter_map(|id| usize::try_from(id).ok().map(Token))
-            .filter(|t| Some(*t) != from)
-            .collect();
-        for token in members {
-            let Some(Entry::Conn(c)) = self.sources.get_mut(token) else {
-                continue;
-            };
-            if c.dead {
-                continue;
-            }
-            c.out.extend(bytes);
-            let result = c.out.write_to(&mut c.socket);
-            let sent = result.as_ref().map_or(0, |n| *n);
-            let kind = c.kind;
-            if result.is_err() || c.out.pending() > limit {
-                if result.is_ok() {
-                    tracing::info!(
-                        service = %kind,
-                        pending = c.out.pending(),
-                        "disconnecting a chat member that does not read (--chat-max-pending)"
-                    );
-                }
-                c.dead = true;
-                self.to_close.push(token);
-            } else if let Err(e) = super::update_interest(&self.poll, c, token) {
-                tracing::debug!(service = %kind, "cannot update a chat member's interest: {e}");
-            }
-            let counters = self.svc.counters.service(kind);
-            counters.bytes_sent = counters.bytes_sent.saturating_add(sent as u64);
-        }
     }
 }
 

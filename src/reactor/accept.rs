@@ -1,0 +1,272 @@
+//! Accepting stream connections: a listener is drained until `WouldBlock` or its budget for
+//! the turn; each new connection is admitted against `--max-conns` (counted across workers),
+//! given its service (and the authentication challenge when its listener asks for one) and
+//! registered. Out of descriptors, a reserve descriptor is given up so that the backlog can be
+//! accepted and closed rather than left waiting on a connection nobody will serve.
+
+use std::fs::File;
+use std::io;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, UnixListener};
+use mio::{Interest, Token};
+
+use super::conn::{Conn, StreamSocket};
+use super::timer::TimerKind;
+use super::{Entry, Reactor};
+use crate::config::ServiceKind;
+use crate::service::StreamService;
+use crate::service::auth::{AuthGate, new_challenge};
+use crate::sockopt;
+
+/// How long a listener rests after an accept error that retrying at once cannot fix.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// At most one warning of a kind per this interval; the rest are counted into the next one.
+const WARN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A listening socket.
+#[derive(Debug)]
+pub(super) enum ListenSocket {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl ListenSocket {
+    fn accept(&self) -> io::Result<StreamSocket> {
+        match self {
+            ListenSocket::Tcp(l) => l.accept().map(|(s, _)| StreamSocket::Tcp(s)),
+            ListenSocket::Unix(l) => l.accept().map(|(s, _)| StreamSocket::Unix(s)),
+        }
+    }
+}
+
+/// A listener and the service its connections get.
+#[derive(Debug)]
+pub(super) struct Listener {
+    /// The socket.
+    pub(super) socket: ListenSocket,
+    /// The service of the connections it accepts.
+    pub(super) kind: ServiceKind,
+    /// Its clients must pass the HMAC challenge first.
+    pub(super) auth: bool,
+    /// TCP_NODELAY for the connections it accepts.
+    pub(super) nodelay: bool,
+    /// On the ready list already.
+    pub(super) queued: bool,
+}
+
+/// Logs a warning at most once per interval, counting what it held back.
+#[derive(Debug, Default)]
+pub(super) struct RateLimited {
+    /// When the next warning may be logged.
+    next: Option<Instant>,
+    /// Events since the last warning.
+    held: u64,
+}
+
+impl RateLimited {
+    /// Counts `n` events; returns the total to report when a warning is due.
+    fn hit(&mut self, now: Instant, n: u64) -> Option<u64> {
+        self.held = self.held.saturating_add(n);
+        match self.next {
+            Some(next) if now < next => None,
+            _ => {
+                self.next = Some(now + WARN_INTERVAL);
+                Some(std::mem::take(&mut self.held))
+            }
+        }
+    }
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Accept errors that concern one connection that died in the backlog, not the listener.
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        )
+    )
+}
+
+impl Reactor {
+    /// Accepts until the backlog is empty or the listener's budget for this turn is spent.
+    pub(super) fn accept_all(&mut self, token: Token) {
+        let mut budget = self.config.limits.accept_budget;
+        loop {
+            let Some(Entry::Listener(l)) = self.sources.get_mut(token) else {
+                return;
+            };
+            if budget == 0 {
+                if !l.queued {
+                    l.queued = true;
+                    self.ready.push(token);
+                }
+                return;
+            }
+            budget -= 1;
+            let (kind, auth, nodelay) = (l.kind, l.auth, l.nodelay);
+            match l.socket.accept() {
+                Ok(socket) => self.admit(socket, kind, auth, nodelay),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_transient_accept_error(&e) => {
+                    tracing::debug!(service = %kind, "accept: {e}");
+                }
+                Err(e) if is_fd_exhaustion(&e) => {
+                    self.shed_backlog(token, kind, &e);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(service = %kind, "accept failed: {e}; retrying shortly");
+                    self.timers
+                        .push(self.now + ACCEPT_RETRY, TimerKind::AcceptRetry(token));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Out of descriptors: an edge-triggered listener that merely stopped here would never hear
+    /// of the connections already queued. So the reserve descriptor is closed to make room,
+    /// and the backlog is accepted and closed one by one: those clients learn at once that
+    /// there is no room, instead of waiting on a connection nobody will serve.
+    fn shed_backlog(&mut self, token: Token, kind: ServiceKind, cause: &io::Error) {
+        let Some(Entry::Listener(l)) = self.sources.get(token) else {
+            return;
+        };
+        let mut shed = 0u64;
+        let mut drained = false;
+        if self.reserve_fd.take().is_some() {
+            loop {
+                match l.socket.accept() {
+                    Ok(socket) => {
+                        drop(socket);
+                        shed += 1;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        drained = true;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if is_transient_accept_error(&e) => {}
+                    Err(_) => break,
+                }
+            }
+            self.reserve_fd = File::open("/dev/null").ok();
+        }
+        let c = self.svc.counters.service(kind);
+        c.rejected_fd_limit = c.rejected_fd_limit.saturating_add(shed);
+        if let Some(total) = self.warn_fds.hit(self.now, shed.max(1)) {
+            tracing::warn!(
+                service = %kind,
+                open = self.open_conns,
+                "out of file descriptors ({cause}): shed {total} connection(s); raise the limit \
+                 (ulimit -n) or lower --max-conns"
+            );
+        }
+        if !drained || self.reserve_fd.is_none() {
+            // The backlog may still hold connections, and no new edge is promised: look again
+            // shortly rather than spin on accept, which fails at the limit even when empty.
+            self.timers
+                .push(self.now + ACCEPT_RETRY, TimerKind::AcceptRetry(token));
+        }
+    }
+
+    /// Takes in one accepted connection, or closes it at once when `--max-conns` are open.
+    fn admit(&mut self, socket: StreamSocket, kind: ServiceKind, auth: bool, nodelay: bool) {
+        let limits = &self.config.limits;
+        if self.shutdown_deadline.is_some() || !self.conns.try_open(limits.max_conns) {
+            drop(socket);
+            let c = self.svc.counters.service(kind);
+            c.rejected_max_conns = c.rejected_max_conns.saturating_add(1);
+            if let Some(total) = self.warn_max_conns.hit(self.now, 1) {
+                tracing::warn!(
+                    service = %kind,
+                    "connection limit reached (--max-conns {}): closed {total} new connection(s)",
+                    limits.max_conns
+                );
+            }
+            return;
+        }
+        if let StreamSocket::Tcp(s) = &socket
+            && let Err(e) = sockopt::set_nodelay(s, nodelay)
+        {
+            tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
+        }
+        let Some(service) = StreamService::for_kind(kind, &self.shared) else {
+            self.conns.close();
+            return;
+        };
+        let idle = limits.idle_timeout;
+        let mut conn = Conn::new(socket, kind, service, self.now);
+        if auth {
+            let (Some(secret), Ok(challenge)) = (&self.secret, new_challenge()) else {
+                tracing::error!(service = %kind, "cannot make an authentication challenge");
+                self.conns.close();
+                return;
+            };
+            let gate = AuthGate::new(secret.clone(), challenge);
+            conn.out.extend(gate.challenge());
+            conn.gate = Some(Box::new(gate));
+        }
+        let Some(token) = self.sources.insert(Entry::Conn(conn)) else {
+            self.conns.close();
+            return;
+        };
+        let registered = match self.sources.get_mut(token) {
+            Some(Entry::Conn(c)) => {
+                c.id = token.0 as u64;
+                let registry = self.poll.registry();
+                registry
+                    .register(&mut c.socket, token, Interest::READABLE)
+                    .map(|()| {
+                        c.interest = Some(Interest::READABLE);
+                    })
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = registered {
+            tracing::warn!(service = %kind, "cannot watch a new connection: {e}");
+            drop(self.sources.remove(token));
+            self.conns.close();
+            return;
+        }
+        self.open_conns += 1;
+        let c = self.svc.counters.service(kind);
+        c.accepted = c.accepted.saturating_add(1);
+        c.open = c.open.saturating_add(1);
+        if let Some(idle) = idle {
+            self.timers.push(self.now + idle, TimerKind::Idle(token));
+        }
+        if auth {
+            let deadline = self.now + self.config.auth_timeout;
+            self.timers.push(deadline, TimerKind::AuthTimeout(token));
+            // The challenge goes out now, before anything is read.
+            self.drive_conn(token, false, true);
+        } else if let Some(Entry::Conn(c)) = self.sources.get_mut(token) {
+            let mut ctx = self.svc.ctx();
+            c.service.on_open(c.id, false, c.out.tail(), &mut ctx);
+            self.drive_conn(token, false, true);
+            if !self.svc.others.is_empty() {
+                self.deliver_to_others(token);
+            }
+        }
+    }
+}

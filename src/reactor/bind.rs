@@ -1,0 +1,317 @@
+//! Binding: the listeners and datagram sockets of every configured service, registered in
+//! the poll before anything is served, and what the server reports about them at start-up.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mio::net::{TcpListener, UdpSocket, UnixDatagram, UnixListener};
+use mio::{Interest, Poll, Token, Waker};
+use signal_hook_mio::v1_0::Signals;
+
+use super::accept::{ListenSocket, Listener, RateLimited};
+use super::alarm::Alarm;
+use super::dgram::{DgramEndpoint, DgramSocket};
+use super::timer::Timers;
+use super::token::{ALARM, SIGNAL, Sources, WAKER};
+use super::workers::OpenConns;
+use super::{Entry, Reactor, ServiceState};
+use crate::addr::ListenAddr;
+use crate::config::{ListenerConfig, ServerConfig, ServiceKind};
+use crate::service::auth::Secret;
+use crate::service::discovery::{Discovery, DiscoveryInfo, ServiceEntry};
+use crate::service::files::FilesShared;
+use crate::service::store::Store;
+use crate::service::{DatagramService, Shared};
+use crate::sockopt::{self, BindError, OptionsInEffect};
+
+/// Size of the one read buffer the reactor shares between all sockets. Large enough for any
+/// UDP datagram; longer Unix datagrams are cut to it.
+const SCRATCH_SIZE: usize = 256 * 1024;
+
+/// One bound socket, as `socklab serve` reports it at start-up.
+#[derive(Debug, Clone)]
+pub struct BoundListener {
+    /// The service it runs.
+    pub service: ServiceKind,
+    /// `tcp`, `udp`, `unix` or `unixgram`.
+    pub transport: &'static str,
+    /// The bound address in command-line form (the real port when 0 was asked for).
+    pub addr: String,
+    /// The socket options in effect, read back from the kernel.
+    pub options: OptionsInEffect,
+}
+
+impl fmt::Display for BoundListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "listening {} {} {} {}",
+            self.service, self.transport, self.addr, self.options
+        )
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{source}; choose another address with --{service} ADDR (or --no-{service})")]
+    Bind {
+        service: ServiceKind,
+        source: BindError,
+    },
+    #[error("cannot create the event loop: {0}")]
+    Poll(io::Error),
+    #[error("cannot watch {what}: {source}")]
+    Register { what: String, source: io::Error },
+    #[error("cannot install the SIGINT/SIGTERM handlers: {0}")]
+    Signals(io::Error),
+    #[error("cannot use the data directory {dir}: {source}; choose another with --data-dir")]
+    DataDir { dir: String, source: io::Error },
+    #[error("{0} requires authentication but no secret was given")]
+    NoSecret(ServiceKind),
+}
+
+/// This machine's name, for discovery answers.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "socklab".to_owned())
+}
+
+impl Reactor {
+    /// Binds every configured listener and registers it. Nothing is served until `run`.
+    pub fn bind(
+        config: ServerConfig,
+        secret: Option<Secret>,
+    ) -> Result<(Reactor, Vec<BoundListener>), StartError> {
+        let mut shared = Shared::default();
+        if config
+            .listeners
+            .iter()
+            .any(|l| l.service == ServiceKind::Files)
+        {
+            let dir = &config.files.data_dir;
+            let (store, removed) = Store::open(dir).map_err(|source| StartError::DataDir {
+                dir: dir.display().to_string(),
+                source,
+            })?;
+            if removed > 0 {
+                tracing::info!(
+                    removed,
+                    dir = %dir.display(),
+                    "removed temporaries left by an interrupted run"
+                );
+            }
+            shared.files = Some(Arc::new(FilesShared::new(
+                store,
+                config.files.config.clone(),
+            )));
+        }
+        if let Some(l) = config.listeners.iter().find(|l| l.auth)
+            && secret.is_none()
+        {
+            return Err(StartError::NoSecret(l.service));
+        }
+        let poll = Poll::new().map_err(StartError::Poll)?;
+        // SIGCHLD tells the loop to reap `exec`'s children.
+        let mut signals = Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGCHLD])
+            .map_err(StartError::Signals)?;
+        poll.registry()
+            .register(&mut signals, SIGNAL, Interest::READABLE)
+            .map_err(StartError::Signals)?;
+        let waker = Waker::new(poll.registry(), WAKER).map_err(|source| StartError::Register {
+            what: "the waker".into(),
+            source,
+        })?;
+        let alarm = Alarm::new(poll.registry(), ALARM).map_err(|source| StartError::Register {
+            what: "the alarm timerfd".into(),
+            source,
+        })?;
+        let mut reactor = Reactor {
+            poll,
+            waker: Arc::new(waker),
+            link: None,
+            conns: OpenConns::default(),
+            sources: Sources::default(),
+            signals,
+            timers: Timers::default(),
+            alarm,
+            ready: Vec::new(),
+            to_close: Vec::new(),
+            scratch: vec![0; SCRATCH_SIZE],
+            reply: Vec::new(),
+            config,
+            open_conns: 0,
+            reserve_fd: File::open("/dev/null").ok(),
+            owned_paths: Vec::new(),
+            shutdown_deadline: None,
+            now: Instant::now(),
+            svc: ServiceState::default(),
+            warn_max_conns: RateLimited::default(),
+            warn_fds: RateLimited::default(),
+            shared,
+            secret,
+            targets: Vec::new(),
+            disk: None,
+            children: HashMap::new(),
+            next_child: 0,
+        };
+        let mut bound = Vec::new();
+        for l in reactor.config.listeners.clone() {
+            // On an error, dropping `reactor` removes the socket files bound so far.
+            bound.push(reactor.bind_one(&l)?);
+        }
+        reactor.set_discovery_answer(&bound);
+        Ok((reactor, bound))
+    }
+
+    fn bind_one(&mut self, l: &ListenerConfig) -> Result<BoundListener, StartError> {
+        let (service, addr, auth) = (l.service, &l.addr, l.auth);
+        let o = self.config.sockopts_of(l).clone();
+        let o = &o;
+        let bind_err = |source| StartError::Bind { service, source };
+        let local = |r: io::Result<std::net::SocketAddr>| {
+            r.map(|a| a.to_string())
+                .unwrap_or_else(|_| addr.to_string())
+        };
+        let (entry, transport, shown, options) = match (addr, service.is_stream()) {
+            (ListenAddr::Inet(a), true) => {
+                let (l, opts) = sockopt::tcp_listener(*a, o).map_err(bind_err)?;
+                let shown = local(l.local_addr());
+                let socket = ListenSocket::Tcp(TcpListener::from_std(l));
+                (
+                    self.listener(socket, service, auth, o.nodelay),
+                    "tcp",
+                    shown,
+                    opts,
+                )
+            }
+            (ListenAddr::Inet(a), false) => {
+                let (s, opts) = sockopt::udp_socket(*a, o).map_err(bind_err)?;
+                let shown = local(s.local_addr());
+                let socket = DgramSocket::Udp(UdpSocket::from_std(s));
+                (self.endpoint(socket, service), "udp", shown, opts)
+            }
+            (ListenAddr::Unix(p), _) => {
+                let (l, opts) = sockopt::unix_listener(p, o).map_err(bind_err)?;
+                self.owned_paths.push(p.clone());
+                let socket = ListenSocket::Unix(UnixListener::from_std(l));
+                (
+                    self.listener(socket, service, auth, false),
+                    "unix",
+                    addr.to_string(),
+                    opts,
+                )
+            }
+            (ListenAddr::Unixgram(p), _) => {
+                let (s, opts) = sockopt::unix_datagram(p, o).map_err(bind_err)?;
+                self.owned_paths.push(p.clone());
+                let socket = DgramSocket::Unix(UnixDatagram::from_std(s));
+                (
+                    self.endpoint(socket, service),
+                    "unixgram",
+                    addr.to_string(),
+                    opts,
+                )
+            }
+        };
+        let register_err = |source| StartError::Register {
+            what: addr.to_string(),
+            source,
+        };
+        let token = self
+            .sources
+            .insert(entry)
+            .ok_or_else(|| register_err(io::Error::new(io::ErrorKind::OutOfMemory, "slab full")))?;
+        let registry = self.poll.registry();
+        let registered = match self.sources.get_mut(token) {
+            Some(Entry::Listener(l)) => match &mut l.socket {
+                ListenSocket::Tcp(s) => registry.register(s, token, Interest::READABLE),
+                ListenSocket::Unix(s) => registry.register(s, token, Interest::READABLE),
+            },
+            Some(Entry::Dgram(d)) => registry.register(&mut d.socket, token, Interest::READABLE),
+            _ => Ok(()),
+        };
+        registered.map_err(register_err)?;
+        Ok(BoundListener {
+            service,
+            transport,
+            addr: shown,
+            options,
+        })
+    }
+
+    /// Gives every discovery socket the list of what this server serves, now that it is bound.
+    fn set_discovery_answer(&mut self, bound: &[BoundListener]) {
+        let info = DiscoveryInfo {
+            name: hostname(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            services: bound
+                .iter()
+                .filter(|b| b.service != ServiceKind::Discovery)
+                .map(|b| ServiceEntry {
+                    service: b.service.name().to_owned(),
+                    transport: b.transport.to_owned(),
+                    addr: b.addr.clone(),
+                })
+                .collect(),
+        };
+        let tokens: Vec<Token> = self.sources.iter().map(|(t, _)| t).collect();
+        for token in tokens {
+            if let Some(Entry::Dgram(d)) = self.sources.get_mut(token)
+                && let DatagramService::Discovery(disc) = &mut d.service
+            {
+                match Discovery::new(&info, self.config.datagram.discovery_rate) {
+                    Ok(new) => **disc = new,
+                    Err(e) => tracing::warn!("discovery cannot describe this server: {e}"),
+                }
+            }
+        }
+    }
+
+    fn listener(
+        &self,
+        socket: ListenSocket,
+        kind: ServiceKind,
+        auth: bool,
+        nodelay: bool,
+    ) -> Entry {
+        Entry::Listener(Listener {
+            socket,
+            kind,
+            auth,
+            nodelay,
+            queued: false,
+        })
+    }
+
+    fn endpoint(&self, socket: DgramSocket, kind: ServiceKind) -> Entry {
+        let service = DatagramService::for_kind(kind, &self.config.datagram);
+        match service {
+            Some(service) => Entry::Dgram(DgramEndpoint {
+                socket,
+                kind,
+                service,
+                queue: Default::default(),
+                writable: false,
+                queued: false,
+            }),
+            // `ServerConfig::validate` keeps stream kinds off datagram sockets; should one get
+            // here anyway, echo is the harmless answer.
+            None => Entry::Dgram(DgramEndpoint {
+                socket,
+                kind,
+                service: DatagramService::Echo(crate::service::echo::Echo),
+                queue: Default::default(),
+                writable: false,
+                queued: false,
+            }),
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Chat fan-out on this worker: the lines one member produced go to every other member here,
+//! written at once where the socket takes them, and to the other workers (`workers.rs`).
+
+use mio::Token;
+
+use super::stream::update_interest;
+use super::{Entry, Reactor};
+
+impl Reactor {
+    /// Delivers the chat lines a member of this worker produced: to the other members here,
+    /// and to every other worker's.
+    pub(super) fn deliver_to_others(&mut self, from: Token) {
+        let bytes = std::mem::take(&mut self.svc.others);
+        self.deliver_chat(&bytes, Some(from));
+        self.forward_chat(&bytes);
+        // Hand the buffer back so its capacity is reused.
+        self.svc.others = bytes;
+        self.svc.others.clear();
+    }
+
+    /// Copies chat lines to every member of this worker but `from`, writing at once where
+    /// the socket takes them. A member whose pending output passes --chat-max-pending is
+    /// dropped: it is the one that does not read, and nobody else waits for it.
+    pub(super) fn deliver_chat(&mut self, bytes: &[u8], from: Option<Token>) {
+        let limit = self.config.limits.chat_max_pending;
+        let members: Vec<Token> = self
+            .svc
+            .room
+            .member_ids()
+            .filter_map(|id| usize::try_from(id).ok().map(Token))
+            .filter(|t| Some(*t) != from)
+            .collect();
+        for token in members {
+            let Some(Entry::Conn(c)) = self.sources.get_mut(token) else {
+                continue;
+            };
+            if c.dead {
+                continue;
+            }
+            c.out.extend(bytes);
+            let result = c.out.write_to(&mut c.socket);
+            let sent = result.as_ref().map_or(0, |n| *n);
+            let kind = c.kind;
+            if result.is_err() || c.out.pending() > limit {
+                if result.is_ok() {
+                    tracing::info!(
+                        service = %kind,
+                        pending = c.out.pending(),
+                        "disconnecting a chat member that does not read (--chat-max-pending)"
+                    );
+                }
+                c.dead = true;
+                self.to_close.push(token);
+            } else if let Err(e) = update_interest(&self.poll, c, token) {
+                tracing::debug!(service = %kind, "cannot update a chat member's interest: {e}");
+            }
+            let counters = self.svc.counters.service(kind);
+            counters.bytes_sent = counters.bytes_sent.saturating_add(sent as u64);
+        }
+    }
+}

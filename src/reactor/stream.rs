@@ -1,0 +1,476 @@
+//! One stream connection's path: write what is pending, produce a long response (sendfile for
+//! a file), hand held and newly read input to the authentication gate and the service, write
+//! its replies straight away, and settle what the connection waits for next. `drive` and its
+//! steps are the hot path of every request.
+
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
+
+use mio::{Interest, Poll, Token};
+
+use super::conn::{Conn, StreamSocket, write_direct};
+use super::{Entry, Reactor, ServiceState};
+use crate::config::Limits;
+use crate::service::Step;
+use crate::service::auth::AuthStep;
+
+/// Largest slice of a long response produced in one call.
+const PRODUCE_CHUNK: usize = 64 * 1024;
+
+/// What one drive of a connection decided.
+#[derive(Debug)]
+enum Verdict {
+    /// Keep it; `more` says its budget ran out with input possibly left.
+    Open { more: bool },
+    /// Close it, for this reason (logged at debug level).
+    Close(CloseReason),
+}
+
+/// Why a connection is closed.
+#[derive(Debug)]
+enum CloseReason {
+    /// The peer shut down its side and everything owed to it was written.
+    Finished,
+    /// An I/O error on the socket (usually a reset by the peer).
+    Io(io::Error),
+    /// Pending output passed `--max-pending`.
+    SlowReader { pending: usize },
+    /// A partial request grew past what any request may hold.
+    InputTooLarge { held: usize },
+    /// A long response could not be completed (a file shrank while being sent).
+    Broken,
+    /// The client hung up while its command was running.
+    PeerGone,
+}
+
+/// What one drive of one connection moved, and whether it left work for the ready list.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Bytes read from the socket.
+    received: usize,
+    /// Bytes written to the socket.
+    sent: usize,
+    /// Work is left that no new event will announce: serve the connection again next turn.
+    more: bool,
+}
+
+/// The reactor's shared buffers and counters, lent to one drive of one connection.
+struct TurnIo<'a> {
+    /// The read buffer.
+    scratch: &'a mut [u8],
+    /// Service output before it is known whether the socket takes it all.
+    reply: &'a mut Vec<u8>,
+    /// Counters, chat room and disk queue.
+    svc: &'a mut ServiceState,
+}
+
+impl Reactor {
+    /// Writes what is pending, reads what the budget allows, and settles the connection's
+    /// registration, ready-list place or closing.
+    pub(super) fn drive_conn(&mut self, token: Token, readable: bool, writable: bool) {
+        let limits = &self.config.limits;
+        let Some(Entry::Conn(c)) = self.sources.get_mut(token) else {
+            return;
+        };
+        if c.dead {
+            return;
+        }
+        let mut io = TurnIo {
+            scratch: &mut self.scratch,
+            reply: &mut self.reply,
+            svc: &mut self.svc,
+        };
+        let (verdict, received, sent) = drive(c, readable, writable, &mut io, limits, self.now);
+        let kind = c.kind;
+        let exec = c.service.take_exec();
+        if !self.svc.disk.is_empty() {
+            self.submit_disk_jobs(token);
+        }
+        if let Some(req) = exec {
+            self.start_exec(token, req);
+        }
+        if !self.svc.others.is_empty() {
+            self.deliver_to_others(token);
+        }
+        let counters = self.svc.counters.service(kind);
+        counters.bytes_received = counters.bytes_received.saturating_add(received as u64);
+        counters.bytes_sent = counters.bytes_sent.saturating_add(sent as u64);
+        let Some(Entry::Conn(c)) = self.sources.get_mut(token) else {
+            return;
+        };
+        match verdict {
+            Verdict::Close(reason) => {
+                match &reason {
+                    CloseReason::SlowReader { pending } => tracing::info!(
+                        service = %kind,
+                        pending,
+                        "disconnecting a client that does not read its replies (--max-pending)"
+                    ),
+                    CloseReason::InputTooLarge { held } => tracing::info!(
+                        service = %kind,
+                        held,
+                        "disconnecting a client whose partial request is too large"
+                    ),
+                    CloseReason::Io(e) => tracing::debug!(service = %kind, "closing: {e}"),
+                    CloseReason::Finished => tracing::debug!(service = %kind, "closing: done"),
+                    CloseReason::Broken => {
+                        tracing::debug!(service = %kind, "closing: response cannot be completed")
+                    }
+                    CloseReason::PeerGone => tracing::info!(
+                        service = %kind,
+                        "the client left while its command ran; killing the command"
+                    ),
+                }
+                c.dead = true;
+                self.to_close.push(token);
+            }
+            Verdict::Open { more } => {
+                if let Err(e) = update_interest(&self.poll, c, token) {
+                    tracing::warn!(service = %kind, "cannot update a connection's interest: {e}");
+                    c.dead = true;
+                    self.to_close.push(token);
+                    return;
+                }
+                if more && !c.queued {
+                    c.queued = true;
+                    self.ready.push(token);
+                }
+            }
+        }
+    }
+}
+
+/// One drive of one connection: write what is pending, let the service produce more of a long
+/// response while the socket keeps up, let a service that was paused decode what it holds, then
+/// read while the budget lasts and the output is under the pause mark, feeding the service and
+/// writing its replies straight away. Returns the verdict and the bytes received and sent.
+fn drive(
+    c: &mut Conn,
+    readable: bool,
+    writable: bool,
+    io: &mut TurnIo<'_>,
+    limits: &Limits,
+    now: Instant,
+) -> (Verdict, usize, usize) {
+    let mut t = Tally::default();
+    let verdict = match drive_steps(c, readable, writable, io, limits, &mut t) {
+        Ok(()) => settle(c, limits, &mut t, now),
+        Err(reason) => Verdict::Close(reason),
+    };
+    (verdict, t.received, t.sent)
+}
+
+/// The I/O of one drive, in order; an error closes the connection.
+fn drive_steps(
+    c: &mut Conn,
+    readable: bool,
+    writable: bool,
+    io: &mut TurnIo<'_>,
+    limits: &Limits,
+    t: &mut Tally,
+) -> Result<(), CloseReason> {
+    if c.hup_seen && c.service.awaiting_exec() {
+        // The client hung up while its command runs: nobody is left to read the answer, so
+        // the command is killed (as a shell's child gets SIGHUP).
+        return Err(CloseReason::PeerGone);
+    }
+    if writable {
+        flush(c, t)?;
+    }
+    produce_long_response(c, io, limits, t)?;
+    resume_held_input(c, io, limits, t)?;
+    read_socket(c, readable, io, limits, t)?;
+    flush(c, t)
+}
+
+/// Writes pending output until the socket would block.
+fn flush(c: &mut Conn, t: &mut Tally) -> Result<(), CloseReason> {
+    if !c.out.is_empty() {
+        t.sent += c.out.write_to(&mut c.socket).map_err(CloseReason::Io)?;
+    }
+    Ok(())
+}
+
+/// Long responses (a file being sent, a file being hashed): at most a budget of disk work per
+/// turn, and only while the socket drains, so one transfer cannot stall the others.
+fn produce_long_response(
+    c: &mut Conn,
+    io: &mut TurnIo<'_>,
+    limits: &Limits,
+    t: &mut Tally,
+) -> Result<(), CloseReason> {
+    let mut disk_budget = limits.read_budget;
+    while c.service.has_output() && c.out.pending() < limits.pending_pause {
+        if disk_budget == 0 {
+            t.more = true;
+            break;
+        }
+        if c.out.is_empty()
+            && let Some((fd, offset, left)) = c.service.file_range()
+        {
+            // The file goes from the page cache to the socket without passing through us.
+            let count = usize::try_from(left).map_or(disk_budget, |l| l.min(disk_budget));
+            match send_file(&c.socket, fd, offset, count) {
+                Ok(0) => return Err(CloseReason::Broken),
+                Ok(n) => {
+                    t.sent += n;
+                    disk_budget = disk_budget.saturating_sub(n);
+                    c.service.file_sent(n as u64);
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+                    // This pair of descriptors cannot do sendfile: copy through `out`.
+                    c.service.no_sendfile();
+                    continue;
+                }
+                Err(e) => return Err(CloseReason::Io(e)),
+            }
+        }
+        let chunk = disk_budget.min(PRODUCE_CHUNK);
+        disk_budget = disk_budget.saturating_sub(chunk);
+        if !c.service.produce(c.out.tail(), chunk, &mut io.svc.counters) {
+            return Err(CloseReason::Broken);
+        }
+        flush(c, t)?;
+    }
+    Ok(())
+}
+
+/// A service that took no input at the end of the last drive (a long response, upload bytes in
+/// flight to the disk, a commit, an exec) and takes it now decodes what it already holds before
+/// the socket is read: requests waiting in `input`, and its decoder's own state (a body whose
+/// last byte came with the pause still owes its end). No new edge will come for bytes already
+/// read, so nothing else would ever hand them over.
+fn resume_held_input(
+    c: &mut Conn,
+    io: &mut TurnIo<'_>,
+    limits: &Limits,
+    t: &mut Tally,
+) -> Result<(), CloseReason> {
+    let held = c.service_paused || !c.input.is_empty();
+    if held && c.gate.is_none() && c.service.accepts_input() {
+        c.service_paused = false;
+        t.sent += absorb(c, &[], io, limits)?;
+        t.more |= c.service.has_output();
+    }
+    Ok(())
+}
+
+/// Reads while the budget lasts, the output is under the pause mark and the service takes
+/// input, handing each read to the service and writing its replies straight away.
+fn read_socket(
+    c: &mut Conn,
+    readable: bool,
+    io: &mut TurnIo<'_>,
+    limits: &Limits,
+    t: &mut Tally,
+) -> Result<(), CloseReason> {
+    // Paused reading (pending output over --pending-pause, or a service that took no input)
+    // left bytes in the socket that no new edge will announce: read them without an event.
+    let was_paused = c.read_paused;
+    let mut budget = limits.read_budget;
+    while (readable || was_paused)
+        && !c.read_closed
+        && c.out.pending() < limits.pending_pause
+        && c.service.accepts_input()
+    {
+        if budget == 0 {
+            t.more = true;
+            break;
+        }
+        let want = io.scratch.len().min(budget);
+        let Some(buf) = io.scratch.get_mut(..want) else {
+            break;
+        };
+        let n = match c.socket.read(buf) {
+            Ok(0) => {
+                c.read_closed = true;
+                break;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CloseReason::Io(e)),
+        };
+        budget = budget.saturating_sub(n);
+        t.received += n;
+        // A short read emptied the socket's queue: any byte that arrives later raises a new
+        // edge, so the read that would only say WouldBlock is skipped. Not when the peer's FIN
+        // may be queued behind the data: that edge has been spent already.
+        let drained = n < want && !c.hup_seen;
+        // Copy out of the scratch buffer's borrow: `absorb` needs `io` whole.
+        let (scratch, rest) = (std::mem::take(&mut io.scratch), &mut *io);
+        let r = absorb(c, scratch.get(..n).unwrap_or_default(), rest, limits);
+        io.scratch = scratch;
+        t.sent += r?;
+        if c.out.pending() > limits.max_pending {
+            let pending = c.out.pending();
+            return Err(CloseReason::SlowReader { pending });
+        }
+        if c.service.has_output() {
+            // A long response started: produce it before reading on.
+            t.more = true;
+            break;
+        }
+        if drained {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// After the I/O of a drive: records activity, decides whether reading pauses, and whether the
+/// connection is finished.
+fn settle(c: &mut Conn, limits: &Limits, t: &mut Tally, now: Instant) -> Verdict {
+    if t.received > 0 || t.sent > 0 {
+        c.last_active = now;
+    }
+    let was_paused = c.read_paused;
+    // Reading is suspended while output is backed up (backpressure) and while the service is
+    // busy with a long response, a commit, disk writes or a command (so its responses stay in
+    // order and memory stays bounded). The service's own pause is remembered apart from reading,
+    // because a peer that has finished sending may still have a request held to decode.
+    c.service_paused = !c.service.accepts_input();
+    c.read_paused = !c.read_closed && (c.out.pending() >= limits.pending_pause || c.service_paused);
+    if was_paused && !c.read_paused && !c.read_closed {
+        // Resumed: read on the next turn, since the socket's data arrived while paused.
+        t.more = true;
+    }
+    let input_done = c.input.is_empty() || c.service_paused;
+    // A paused service that will take input again is awaiting the disk or producing a
+    // response, so it is not idle: a peer that left right after its last byte still has its
+    // upload decoded, committed and answered.
+    let idle = c.out.is_empty() && !c.service.has_output() && !c.service.awaiting_disk();
+    if c.read_closed && idle && input_done {
+        return Verdict::Close(CloseReason::Finished);
+    }
+    Verdict::Open { more: t.more }
+}
+
+/// sendfile(2) from `fd` at `offset` to the socket: at most `count` bytes.
+fn send_file(socket: &StreamSocket, fd: RawFd, offset: u64, count: usize) -> io::Result<usize> {
+    let mut off = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+    // SAFETY: both descriptors are open for the duration of the call (the socket is borrowed,
+    // the file is owned by the connection's service), and `off` is a local the call may write.
+    let n = unsafe { libc::sendfile(socket.as_raw_fd(), fd, &mut off, count) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// Stops taking input from a connection: what is pending is still written, then it closes.
+pub(super) fn stop_input(c: &mut Conn) {
+    c.read_closed = true;
+    c.input = Vec::new();
+}
+
+/// Hands newly read bytes (or, with `data` empty, the held leftover) to the authentication
+/// gate and then the service. When nothing is pending, the service writes into the shared reply
+/// buffer and the socket gets it straight away; only what the socket does not take is copied
+/// into the connection. Returns the bytes written.
+fn absorb(
+    c: &mut Conn,
+    data: &[u8],
+    io: &mut TurnIo<'_>,
+    limits: &Limits,
+) -> Result<usize, CloseReason> {
+    let mut data = data;
+    if let Some(gate) = &mut c.gate {
+        match gate.on_input(data) {
+            AuthStep::NeedMore => return Ok(0),
+            AuthStep::Passed { consumed } => {
+                c.gate = None;
+                c.service
+                    .on_open(c.id, true, c.out.tail(), &mut io.svc.ctx());
+                data = data.get(consumed..).unwrap_or_default();
+                if data.is_empty() {
+                    return Ok(0);
+                }
+            }
+            AuthStep::Failed => {
+                c.gate = None;
+                let counters = io.svc.counters.service(c.kind);
+                counters.rejected_auth = counters.rejected_auth.saturating_add(1);
+                c.service.on_auth_failed(c.out.tail(), &mut io.svc.counters);
+                stop_input(c);
+                return Ok(0);
+            }
+        }
+    }
+    let mut sent = 0;
+    let step = if c.input.is_empty() {
+        let step = if c.out.is_empty() {
+            io.reply.clear();
+            let mut ctx = io.svc.ctx();
+            let step = c.service.on_input(data, io.reply, &mut ctx);
+            sent = write_direct(&mut c.socket, io.reply).map_err(CloseReason::Io)?;
+            c.out.extend(io.reply.get(sent..).unwrap_or_default());
+            step
+        } else {
+            c.service.on_input(data, c.out.tail(), &mut io.svc.ctx())
+        };
+        c.input
+            .extend_from_slice(data.get(step.consumed..).unwrap_or_default());
+        step
+    } else {
+        c.input.extend_from_slice(data);
+        let step = if c.service.accepts_input() {
+            c.service
+                .on_input(&c.input, c.out.tail(), &mut io.svc.ctx())
+        } else {
+            Step::default()
+        };
+        c.input.drain(..step.consumed.min(c.input.len()));
+        if c.input.is_empty() {
+            c.input = Vec::new();
+        }
+        step
+    };
+    if step.close {
+        stop_input(c);
+    }
+    if c.input.len() > limits.max_pending {
+        return Err(CloseReason::InputTooLarge {
+            held: c.input.len(),
+        });
+    }
+    Ok(sent)
+}
+
+/// Re-registers a connection when what it should wait for has changed (one syscall only then).
+pub(super) fn update_interest(poll: &Poll, c: &mut Conn, token: Token) -> io::Result<()> {
+    let want = wanted_interest(c);
+    if c.interest != Some(want) {
+        poll.registry().reregister(&mut c.socket, token, want)?;
+        c.interest = Some(want);
+    }
+    Ok(())
+}
+
+/// What a connection should be registered for: READABLE while it may read, WRITABLE only while
+/// output is pending (so an idle connection is never woken for writability).
+fn wanted_interest(c: &Conn) -> Interest {
+    let read = !c.read_closed && !c.read_paused;
+    // A file going out by sendfile waits for writability with nothing in `out`.
+    let write = !c.out.is_empty() || c.service.file_range().is_some();
+    match (read, write) {
+        (true, true) => Interest::READABLE | Interest::WRITABLE,
+        (false, true) => Interest::WRITABLE,
+        // With nothing to write, READABLE stays even when no read is wanted: a hang-up must
+        // still be heard (a client that leaves while its command runs), and READABLE carries it.
+        (true, false) | (false, false) => Interest::READABLE,
+    }
+}
+
+/// Reads and drops what the peer sent but nobody will read, so that closing sends a FIN
+/// rather than a reset that could destroy the replies still in flight to it. Bounded: a
+/// peer that keeps sending gets the reset.
+pub(super) fn discard_unread(socket: &mut StreamSocket, scratch: &mut [u8]) {
+    for _ in 0..4 {
+        match socket.read(scratch) {
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
