@@ -3,6 +3,8 @@
 or a stop file appears: one 32-byte message every --interval, each reply checked.
 
 Usage: tools/echo_probe.py --addr 127.0.0.1:7000 [--duration 60] [--stop-file PATH]
+                           [--ready-file PATH]
+--ready-file is created once the first round trip is done, so a caller can start its load then.
 Prints count, p50, p90, p99, p99.9 and max in milliseconds.
 """
 import argparse
@@ -18,6 +20,7 @@ def main():
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--interval", type=float, default=0.001)
     ap.add_argument("--stop-file")
+    ap.add_argument("--ready-file")
     args = ap.parse_args()
     host, port = args.addr.rsplit(":", 1)
     s = socket.create_connection((host, int(port)), timeout=10)
@@ -39,8 +42,12 @@ def main():
         lat.append(time.perf_counter() - t0)
         if got != msg:
             sys.exit("wrong echo")
+        if args.ready_file and len(lat) == 1:
+            open(args.ready_file, "w").close()
         time.sleep(args.interval)
     lat.sort()
+    if not lat:
+        sys.exit("echo probe: no round trip was measured")
 
     def pct(p):
         return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] * 1000

@@ -1,58 +1,122 @@
 #!/usr/bin/env bash
-# files throughput against its floors, on one machine, in one run:
-#   put of a SIZE file vs md5sum of the same file (hashing is the floor),
-#   get of it (to /dev/null, no verification) vs nc moving the same file over loopback,
-#   and the echo latency another client sees meanwhile.
-# Usage: tools/files-bench.sh [SIZE_MIB]   (default 1024). Needs nc (netcat-openbsd).
+# files throughput against its floors, on one machine, in one run, side by side:
+#   put --no-verify of a SIZE file vs md5sum of the same cached file (the server must hash every
+#   byte: one core running md5 is the bound) and vs dd conv=fsync of it into the data directory
+#   (a put answers once the file is on disk: the disk is the other bound); put with the client
+#   verifying too; get (to /dev/null, no verification) vs nc moving the same file over loopback;
+#   and the echo latency another client of the same server sees during a put and a get.
+# Each contender runs --runs times, alternating, and the best run of each is compared.
+#
+# Usage: tools/files-bench.sh [SIZE_MIB] [--runs N] [--tmpfs] [--bin PATH]
+#   SIZE_MIB  file size (default 1024)
+#   --runs    rounds of md5sum / dd / put alternated (default 5)
+#   --tmpfs   the data directory on a tmpfs (root only): no disk in the way, so put is bounded
+#             by the CPU alone
+#   --bin     the socklab binary (default: cargo build --release, ./target/release/socklab)
+# Needs nc (netcat-openbsd) and python3. Exits 1 if any put or get fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mib=${1:-1024}
+mib=1024 runs=5 tmpfs=0 bin=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --runs) runs=$2; shift ;;
+    --tmpfs) tmpfs=1 ;;
+    --bin) bin=$2; shift ;;
+    [0-9]*) mib=$1 ;;
+    *) echo "files-bench: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
 work=$(mktemp -d /var/tmp/socklab-bench.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+server=""
+cleanup() {
+    [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
+    mountpoint -q "$work/data" 2>/dev/null && umount "$work/data"
+    rm -rf "$work"
+}
+trap cleanup EXIT
 command -v nc >/dev/null || { apt-get install -y -qq netcat-openbsd >/dev/null; }
-cargo build --release --quiet
-bin=./target/release/socklab
+if [ -z "$bin" ]; then
+    cargo build --release --quiet
+    bin=./target/release/socklab
+fi
 now() { date +%s.%N; }
-rate() { python3 -c "import sys; b=$1*1048576; t=$2; print(f'{b/t/1e6:.0f} MB/s ({t:.2f} s)')"; }
+secs() { python3 -c "print(f'{$2 - $1:.3f}')"; }
+rate() { python3 -c "b=$1*1048576; t=$2; print(f'{b/t/1e6:.0f} MB/s ({t:.2f} s)')"; }
+best() { tr ' ' '\n' | grep -v '^$' | sort -g | head -1; }
+all() { tr ' ' '\n' | grep -v '^$' | xargs printf '%.2f '; }
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB, kernel $(uname -r)"
-echo "file: $mib MiB of random bytes in $work (filesystem: $(df -T "$work" | awk 'NR==2{print $2}'))"
+mkdir -p "$work/data"
+if [ "$tmpfs" = 1 ]; then
+    mount -t tmpfs -o size=$((mib * 3))m tmpfs "$work/data"
+fi
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB, kernel $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "file: $mib MiB of random bytes; data directory on $(df -T "$work/data" | awk 'NR==2{print $2}'); best of $runs runs each"
 head -c $((mib * 1048576)) /dev/urandom >"$work/big.bin"
 cat "$work/big.bin" >/dev/null # into the page cache, for every contender alike
 
-t0=$(now); md5sum "$work/big.bin" >/dev/null; t1=$(now)
-md5_t=$(python3 -c "print($t1-$t0)")
-echo "md5sum:            $(rate $mib $md5_t)"
-
-$bin serve --echo 127.0.0.1:0 --no-upper --no-udp-echo --no-udp-upper --files 127.0.0.1:0 \
+$bin serve --echo 127.0.0.1:0 --no-upper --no-udp-echo --no-udp-upper --no-time --no-chat \
+    --no-udp-chat --no-discovery --no-metrics --files 127.0.0.1:0 \
     --data-dir "$work/data" -q >"$work/serve.out" &
+server=$!
 for _ in $(seq 100); do grep -q '^ready' "$work/serve.out" && break; sleep 0.1; done
+grep -q '^ready' "$work/serve.out" || { echo "files-bench: the server did not start" >&2; exit 1; }
 files=$(awk '$2 == "files" {print $4}' "$work/serve.out")
 echo_addr=$(awk '$2 == "echo" {print $4}' "$work/serve.out")
 
-t0=$(now); $bin put "$work/big.bin" --as big.bin --addr "$files" >/dev/null; t1=$(now)
-put_t=$(python3 -c "print($t1-$t0)")
-echo "socklab put:       $(rate $mib $put_t)  = $(python3 -c "print(f'{$md5_t/$put_t*100:.0f}')")% of md5sum (client hashes too and compares; server hashes, writes, fsyncs)"
-t0=$(now); $bin put "$work/big.bin" --as big.bin --no-verify --addr "$files" >/dev/null; t1=$(now)
-putnv_t=$(python3 -c "print($t1-$t0)")
-echo "socklab put --no-verify: $(rate $mib $putnv_t)  = $(python3 -c "print(f'{$md5_t/$putnv_t*100:.0f}')")% of md5sum (only the server hashes)"
-python3 tools/echo_probe.py --addr "$echo_addr" --stop-file "$work/stop" >"$work/probe-put.txt" &
-$bin put "$work/big.bin" --as big.bin --addr "$files" >/dev/null
-touch "$work/stop"; wait %2 2>/dev/null || true; rm -f "$work/stop"
-echo "  during a third put, $(cat "$work/probe-put.txt")"
+md5_ts="" dd_ts="" putnv_ts="" put_ts=""
+for _ in $(seq "$runs"); do
+    t0=$(now); md5sum "$work/big.bin" >/dev/null; t1=$(now)
+    md5_ts="$md5_ts $(secs "$t0" "$t1")"
+    t0=$(now); $bin put "$work/big.bin" --as big.bin --no-verify --addr "$files" >/dev/null; t1=$(now)
+    putnv_ts="$putnv_ts $(secs "$t0" "$t1")"
+    t0=$(now); dd if="$work/big.bin" of="$work/data/dd.out" bs=1M conv=fsync status=none; t1=$(now)
+    rm -f "$work/data/dd.out"
+    dd_ts="$dd_ts $(secs "$t0" "$t1")"
+    t0=$(now); $bin put "$work/big.bin" --as big.bin --addr "$files" >/dev/null; t1=$(now)
+    put_ts="$put_ts $(secs "$t0" "$t1")"
+done
+md5_t=$(echo "$md5_ts" | best) dd_t=$(echo "$dd_ts" | best)
+putnv_t=$(echo "$putnv_ts" | best) put_t=$(echo "$put_ts" | best)
+ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
+echo "md5sum:                   $(rate "$mib" "$md5_t")   runs: $(echo "$md5_ts" | all)"
+echo "dd conv=fsync to data:    $(rate "$mib" "$dd_t")   runs: $(echo "$dd_ts" | all)"
+echo "socklab put --no-verify:  $(rate "$mib" "$putnv_t")   runs: $(echo "$putnv_ts" | all)"
+echo "socklab put (verifies):   $(rate "$mib" "$put_t")   runs: $(echo "$put_ts" | all)"
+echo "put --no-verify / md5sum: $(ratio "$md5_t" "$putnv_t") of md5sum's throughput (target >= 0.80x)"
+echo "put --no-verify / dd:     $(ratio "$dd_t" "$putnv_t") of dd conv=fsync's throughput"
+echo "put (verifies) / md5sum:  $(ratio "$md5_t" "$put_t")"
 
-python3 tools/echo_probe.py --addr "$echo_addr" --stop-file "$work/stop" >"$work/probe-get.txt" &
-t0=$(now); $bin get big.bin -o /dev/null --no-verify --addr "$files" 2>/dev/null; t1=$(now)
-touch "$work/stop"; wait %3 2>/dev/null || true; rm -f "$work/stop"
-get_t=$(python3 -c "print($t1-$t0)")
-echo "socklab get:       $(rate $mib $get_t)"
-echo "  during get, $(cat "$work/probe-get.txt")"
+probe() { # $1: label; the rest: the command measured meanwhile
+    local label=$1
+    shift
+    rm -f "$work/ready"
+    python3 tools/echo_probe.py --addr "$echo_addr" --stop-file "$work/stop" \
+        --ready-file "$work/ready" >"$work/probe.txt" &
+    local p=$!
+    for _ in $(seq 100); do [ -e "$work/ready" ] && break; sleep 0.05; done
+    "$@"
+    touch "$work/stop"
+    wait $p || true
+    rm -f "$work/stop"
+    echo "  echo during $label: $(cat "$work/probe.txt")"
+}
+probe "a put --no-verify" $bin put "$work/big.bin" --as big.bin --no-verify --addr "$files" >/dev/null
+
+probe "a get" $bin get big.bin -o /dev/null --no-verify --addr "$files" 2>/dev/null
+get_ts=""
+for _ in $(seq "$runs"); do
+    t0=$(now); $bin get big.bin -o /dev/null --no-verify --addr "$files" 2>/dev/null; t1=$(now)
+    get_ts="$get_ts $(secs "$t0" "$t1")"
+done
+get_t=$(echo "$get_ts" | best)
+echo "socklab get:              $(rate "$mib" "$get_t")   runs: $(echo "$get_ts" | all)"
 
 port=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
 nc -l 127.0.0.1 "$port" >/dev/null &
 ncpid=$!
-sleep 0.2
+for _ in $(seq 50); do ss -ltn "sport = :$port" | grep -q LISTEN && break; sleep 0.1; done
 t0=$(now); nc -N 127.0.0.1 "$port" <"$work/big.bin"; wait $ncpid; t1=$(now)
-nc_t=$(python3 -c "print($t1-$t0)")
-echo "nc over loopback:  $(rate $mib $nc_t)"
-echo "get / nc:          $(python3 -c "print(f'{$nc_t/$get_t*100:.0f}')")%"
+nc_t=$(secs "$t0" "$t1")
+echo "nc over loopback:         $(rate "$mib" "$nc_t")"
+echo "get / nc:                 $(ratio "$nc_t" "$get_t")"
