@@ -84,35 +84,42 @@ fn hostname() -> String {
         .unwrap_or_else(|| "socklab".to_owned())
 }
 
+/// What the stream services share: the `files` data directory, opened (and cleared of the
+/// temporaries an interrupted run left) when `files` is served.
+fn open_shared(config: &ServerConfig) -> Result<Shared, StartError> {
+    let mut shared = Shared::default();
+    if config
+        .listeners
+        .iter()
+        .any(|l| l.service == ServiceKind::Files)
+    {
+        let dir = &config.files.data_dir;
+        let (store, removed) = Store::open(dir).map_err(|source| StartError::DataDir {
+            dir: dir.display().to_string(),
+            source,
+        })?;
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                dir = %dir.display(),
+                "removed temporaries left by an interrupted run"
+            );
+        }
+        shared.files = Some(Arc::new(FilesShared::new(
+            store,
+            config.files.config.clone(),
+        )));
+    }
+    Ok(shared)
+}
+
 impl Reactor {
     /// Binds every configured listener and registers it. Nothing is served until `run`.
     pub fn bind(
         config: ServerConfig,
         secret: Option<Secret>,
     ) -> Result<(Reactor, Vec<BoundListener>), StartError> {
-        let mut shared = Shared::default();
-        if config
-            .listeners
-            .iter()
-            .any(|l| l.service == ServiceKind::Files)
-        {
-            let dir = &config.files.data_dir;
-            let (store, removed) = Store::open(dir).map_err(|source| StartError::DataDir {
-                dir: dir.display().to_string(),
-                source,
-            })?;
-            if removed > 0 {
-                tracing::info!(
-                    removed,
-                    dir = %dir.display(),
-                    "removed temporaries left by an interrupted run"
-                );
-            }
-            shared.files = Some(Arc::new(FilesShared::new(
-                store,
-                config.files.config.clone(),
-            )));
-        }
+        let shared = open_shared(&config)?;
         if let Some(l) = config.listeners.iter().find(|l| l.auth)
             && secret.is_none()
         {

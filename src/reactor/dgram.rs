@@ -3,10 +3,11 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::time::Instant;
 
 use mio::event::Source;
 use mio::net::{UdpSocket, UnixDatagram};
-use mio::{Interest, Registry, Token};
+use mio::{Interest, Poll, Registry, Token};
 
 use super::{Entry, Reactor};
 use crate::config::{Limits, ServiceKind};
@@ -192,76 +193,17 @@ impl Reactor {
         let kind = d.kind;
         let mut stats = DgramStats::default();
         flush_datagrams(d, &mut stats);
-        let mut more = false;
-        if readable {
-            // Read once per batch, for the services that answer with the time of day.
-            let mut wall = None;
-            let mut budget = limits.datagram_budget;
-            loop {
-                if budget == 0 {
-                    more = true;
-                    break;
-                }
-                budget -= 1;
-                match d.socket.recv(&mut self.scratch) {
-                    Ok(Received::From(n, peer)) => {
-                        stats.received += 1;
-                        stats.bytes_in += n;
-                        let payload = self.scratch.get(..n).unwrap_or_default();
-                        let targets = &mut self.targets;
-                        if wall.is_none() && d.service.needs_wall_clock() {
-                            wall = Some(chrono::Local::now());
-                        }
-                        d.service.on_datagram(
-                            &peer,
-                            payload,
-                            self.now,
-                            wall.as_ref(),
-                            &mut self.reply,
-                            targets,
-                        );
-                        for target in targets.drain(..) {
-                            send_or_queue(d, target, &self.reply, limits, &mut stats);
-                        }
-                    }
-                    Ok(Received::Unanswerable(n)) => {
-                        stats.received += 1;
-                        stats.bytes_in += n;
-                        stats.dropped += 1;
-                        tracing::debug!(
-                            service = %kind,
-                            "datagram from an unbound unix socket: no address to answer"
-                        );
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    // An ICMP error for an earlier reply surfaces here; it is about that peer.
-                    Err(e) if is_per_datagram_error(&e) => {
-                        tracing::debug!(service = %kind, "receive: {e}")
-                    }
-                    Err(e) => {
-                        tracing::warn!(service = %kind, "receive failed: {e}");
-                        break;
-                    }
-                }
-            }
-        }
-        let want_writable = !d.queue.is_empty();
-        if want_writable != d.writable {
-            let interest = if want_writable {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            match self
-                .poll
-                .registry()
-                .reregister(&mut d.socket, token, interest)
-            {
-                Ok(()) => d.writable = want_writable,
-                Err(e) => tracing::warn!(service = %kind, "cannot update interest: {e}"),
-            }
-        }
+        let more = readable
+            && receive_datagrams(
+                d,
+                &mut self.scratch,
+                &mut self.reply,
+                &mut self.targets,
+                limits,
+                self.now,
+                &mut stats,
+            );
+        set_writable_interest(&self.poll, d, token);
         if more && !d.queued {
             d.queued = true;
             self.ready.push(token);
@@ -272,5 +214,78 @@ impl Reactor {
         c.datagrams_dropped = c.datagrams_dropped.saturating_add(stats.dropped);
         c.bytes_received = c.bytes_received.saturating_add(stats.bytes_in as u64);
         c.bytes_sent = c.bytes_sent.saturating_add(stats.bytes_out as u64);
+    }
+}
+
+/// Receives and answers datagrams until the socket would block or the budget is spent; returns
+/// whether the budget ran out (datagrams may be left).
+fn receive_datagrams(
+    d: &mut DgramEndpoint,
+    scratch: &mut [u8],
+    reply: &mut Vec<u8>,
+    targets: &mut Vec<Peer>,
+    limits: &Limits,
+    now: Instant,
+    stats: &mut DgramStats,
+) -> bool {
+    let kind = d.kind;
+    // Read once per batch, for the services that answer with the time of day.
+    let mut wall = None;
+    let mut budget = limits.datagram_budget;
+    loop {
+        if budget == 0 {
+            return true;
+        }
+        budget -= 1;
+        match d.socket.recv(scratch) {
+            Ok(Received::From(n, peer)) => {
+                stats.received += 1;
+                stats.bytes_in += n;
+                let payload = scratch.get(..n).unwrap_or_default();
+                if wall.is_none() && d.service.needs_wall_clock() {
+                    wall = Some(chrono::Local::now());
+                }
+                d.service
+                    .on_datagram(&peer, payload, now, wall.as_ref(), reply, targets);
+                for target in targets.drain(..) {
+                    send_or_queue(d, target, reply, limits, stats);
+                }
+            }
+            Ok(Received::Unanswerable(n)) => {
+                stats.received += 1;
+                stats.bytes_in += n;
+                stats.dropped += 1;
+                tracing::debug!(
+                    service = %kind,
+                    "datagram from an unbound unix socket: no address to answer"
+                );
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // An ICMP error for an earlier reply surfaces here; it is about that peer.
+            Err(e) if is_per_datagram_error(&e) => {
+                tracing::debug!(service = %kind, "receive: {e}")
+            }
+            Err(e) => {
+                tracing::warn!(service = %kind, "receive failed: {e}");
+                return false;
+            }
+        }
+    }
+}
+
+/// Registers the socket for WRITABLE too while replies wait in its queue, and only then.
+fn set_writable_interest(poll: &Poll, d: &mut DgramEndpoint, token: Token) {
+    let want_writable = !d.queue.is_empty();
+    if want_writable != d.writable {
+        let interest = if want_writable {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        match poll.registry().reregister(&mut d.socket, token, interest) {
+            Ok(()) => d.writable = want_writable,
+            Err(e) => tracing::warn!(service = %d.kind, "cannot update interest: {e}"),
+        }
     }
 }
