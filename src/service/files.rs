@@ -355,6 +355,17 @@ fn io_message(e: &io::Error) -> String {
     }
 }
 
+/// The command a header names.
+fn cmd_of(h: &Header<'_>) -> Result<Cmd, (ErrorCode, String)> {
+    match h.fields.get("cmd") {
+        Some(Value::String(s)) => {
+            Cmd::parse(s).ok_or_else(|| (ErrorCode::UnknownCmd, format!("unknown command `{s}`")))
+        }
+        Some(_) => Err((ErrorCode::BadRequest, "`cmd` is not a string".into())),
+        None => Err((ErrorCode::BadRequest, "`cmd` is missing".into())),
+    }
+}
+
 fn filename_of<'h>(h: &'h Header<'_>) -> Result<&'h str, (ErrorCode, String)> {
     match h.fields.get("filename") {
         None => Err((ErrorCode::BadRequest, "`filename` is missing".into())),
@@ -534,89 +545,84 @@ impl Files {
                 return;
             }
         }
-        let cmd = match h.fields.get("cmd") {
-            Some(Value::String(s)) => match Cmd::parse(s) {
-                Some(c) => c,
-                None => {
-                    let msg = format!("unknown command `{s}`");
-                    respond_error(out, counters, None, id, ErrorCode::UnknownCmd, msg);
-                    return;
-                }
-            },
-            Some(_) => {
-                let msg = "`cmd` is not a string";
-                respond_error(out, counters, None, id, ErrorCode::BadRequest, msg);
-                return;
-            }
-            None => {
-                let msg = "`cmd` is missing";
-                respond_error(out, counters, None, id, ErrorCode::BadRequest, msg);
+        let cmd = match cmd_of(h) {
+            Ok(cmd) => cmd,
+            Err((code, msg)) => {
+                respond_error(out, counters, None, id, code, msg);
                 return;
             }
         };
-        let fail =
-            |out: &mut Vec<u8>, counters: &mut Counters, (code, msg): (ErrorCode, String)| {
-                respond_error(out, counters, Some(cmd), id, code, msg);
-            };
-        match cmd {
+        let done = match cmd {
             Cmd::Ping => {
                 counters.frame(cmd.name(), "ok");
                 Head::ok(out, cmd.name()).finish(id, 0);
+                Ok(())
             }
             Cmd::Echo => {
                 counters.frame(cmd.name(), "ok");
                 Head::ok(out, cmd.name()).finish(id, h.size);
                 self.body = Body::Echo;
+                Ok(())
             }
-            Cmd::Put => match self.start_upload(h) {
-                Ok(upload) => self.body = Body::Upload(Box::new(upload)),
-                Err(e) => fail(out, counters, e),
-            },
-            Cmd::Get | Cmd::Stat => {
-                let then = if cmd == Cmd::Get {
-                    AfterHash::Get
-                } else {
-                    AfterHash::Stat
-                };
-                if let Err(e) = self.start_read(h, then, out, counters) {
-                    fail(out, counters, e);
-                }
-            }
-            Cmd::List => match self.shared.store.list() {
-                Ok(entries) => {
-                    let list: Vec<Value> = entries
-                        .into_iter()
-                        .map(|(name, info)| json!({"name": name, "size": info.size, "md5": info.md5}))
-                        .collect();
-                    let data = serde_json::to_vec(&list).unwrap_or_default();
-                    counters.frame(cmd.name(), "ok");
-                    Head::ok(out, cmd.name()).finish(id, data.len() as u64);
-                    self.outgoing = Some(Outgoing::Bytes { data, pos: 0 });
-                }
-                Err(e) => fail(out, counters, (ErrorCode::Io, io_message(&e))),
-            },
+            Cmd::Put => self
+                .start_upload(h)
+                .map(|upload| self.body = Body::Upload(Box::new(upload))),
+            Cmd::Get => self.start_read(h, AfterHash::Get, out, counters),
+            Cmd::Stat => self.start_read(h, AfterHash::Stat, out, counters),
+            Cmd::List => self.start_list(id, out, counters),
             Cmd::Stats => {
                 counters.frame(cmd.name(), "ok");
                 let data = serde_json::to_vec(&peers.stats_json(counters)).unwrap_or_default();
                 Head::ok(out, cmd.name()).finish(id, data.len() as u64);
                 out.extend_from_slice(&data);
+                Ok(())
             }
-            Cmd::Exec => {
-                let policy = self.shared.config.exec.as_ref();
-                match exec::check(policy, self.authenticated, &h.fields) {
-                    Ok(req) => {
-                        self.exec = ExecState::Queued(req, id.cloned());
-                    }
-                    Err(refusal) => {
-                        let code = match refusal {
-                            ExecRefusal::Disabled => ErrorCode::ExecDisabled,
-                            ExecRefusal::AuthRequired => ErrorCode::AuthRequired,
-                            ExecRefusal::BadRequest(_) => ErrorCode::BadRequest,
-                            ExecRefusal::NotAllowed(_) => ErrorCode::NotAllowed,
-                        };
-                        fail(out, counters, (code, refusal.to_string()));
-                    }
-                }
+            Cmd::Exec => self.queue_exec(h),
+        };
+        if let Err((code, msg)) = done {
+            respond_error(out, counters, Some(cmd), id, code, msg);
+        }
+    }
+
+    /// `list`: the names, sizes and md5s of the stored files, sent as a long response.
+    fn start_list(
+        &mut self,
+        id: Option<&Value>,
+        out: &mut Vec<u8>,
+        counters: &mut Counters,
+    ) -> Result<(), (ErrorCode, String)> {
+        let entries = self
+            .shared
+            .store
+            .list()
+            .map_err(|e| (ErrorCode::Io, io_message(&e)))?;
+        let list: Vec<Value> = entries
+            .into_iter()
+            .map(|(name, info)| json!({"name": name, "size": info.size, "md5": info.md5}))
+            .collect();
+        let data = serde_json::to_vec(&list).unwrap_or_default();
+        counters.frame(Cmd::List.name(), "ok");
+        Head::ok(out, Cmd::List.name()).finish(id, data.len() as u64);
+        self.outgoing = Some(Outgoing::Bytes { data, pos: 0 });
+        Ok(())
+    }
+
+    /// `exec`: a request the policy allows waits for the reactor to start it (`take_exec`).
+    fn queue_exec(&mut self, h: &Header<'_>) -> Result<(), (ErrorCode, String)> {
+        let policy = self.shared.config.exec.as_ref();
+        match exec::check(policy, self.authenticated, &h.fields) {
+            Ok(req) => {
+                self.exec = ExecState::Queued(req, h.id().cloned());
+                Ok(())
+            }
+            Err(refusal) => {
+                let code = match refusal {
+                    ExecRefusal::Disabled => ErrorCode::ExecDisabled,
+                    ExecRefusal::AuthRequired => ErrorCode::AuthRequired,
+                    ExecRefusal::BadRequest(_) => ErrorCode::BadRequest,
+                    ExecRefusal::NotAllowed(_) => ErrorCode::NotAllowed,
+                };
+                Err((code, refusal.to_string()))
             }
         }
     }
@@ -872,100 +878,122 @@ impl Files {
         budget: usize,
         counters: &mut Counters,
     ) -> Produced {
-        let Some(outgoing) = self.outgoing.as_mut() else {
+        let budget = budget.max(1);
+        match self.outgoing {
+            None => Produced::Ok,
+            Some(Outgoing::Bytes { .. }) => self.produce_bytes(out, budget),
+            Some(Outgoing::File { .. }) => self.produce_file(out, budget),
+            Some(Outgoing::Hash { .. }) => self.produce_hash(out, budget, counters),
+        }
+    }
+
+    /// The next slice of a response held in memory (`list`).
+    fn produce_bytes(&mut self, out: &mut Vec<u8>, budget: usize) -> Produced {
+        let Some(Outgoing::Bytes { data, pos }) = &mut self.outgoing else {
             return Produced::Ok;
         };
-        let budget = budget.max(1);
-        match outgoing {
-            Outgoing::Bytes { data, pos } => {
-                let end = pos.saturating_add(budget).min(data.len());
-                out.extend_from_slice(data.get(*pos..end).unwrap_or_default());
-                *pos = end;
-                if *pos >= data.len() {
+        let end = pos.saturating_add(budget).min(data.len());
+        out.extend_from_slice(data.get(*pos..end).unwrap_or_default());
+        *pos = end;
+        if *pos >= data.len() {
+            self.outgoing = None;
+        }
+        Produced::Ok
+    }
+
+    /// The next slice of a file, read into `out` (when sendfile cannot be used).
+    fn produce_file(&mut self, out: &mut Vec<u8>, budget: usize) -> Produced {
+        let Some(Outgoing::File { file, offset, left }) = &mut self.outgoing else {
+            return Produced::Ok;
+        };
+        let want = usize::try_from(*left).map_or(budget, |l| l.min(budget));
+        let start = out.len();
+        out.resize(start.saturating_add(want), 0);
+        let got = loop {
+            let Some(dst) = out.get_mut(start..) else {
+                break Err(io::Error::other("buffer"));
+            };
+            match file.read_at(dst, *offset) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => break r,
+            }
+        };
+        match got {
+            Ok(n) if n > 0 => {
+                out.truncate(start.saturating_add(n));
+                *offset = offset.saturating_add(n as u64);
+                *left = left.saturating_sub(n as u64);
+                if *left == 0 {
                     self.outgoing = None;
                 }
                 Produced::Ok
             }
-            Outgoing::File { file, offset, left } => {
-                let want = usize::try_from(*left).map_or(budget, |l| l.min(budget));
-                let start = out.len();
-                out.resize(start.saturating_add(want), 0);
-                let got = loop {
-                    let Some(dst) = out.get_mut(start..) else {
-                        break Err(io::Error::other("buffer"));
-                    };
-                    match file.read_at(dst, *offset) {
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        r => break r,
-                    }
-                };
-                match got {
-                    Ok(n) if n > 0 => {
-                        out.truncate(start.saturating_add(n));
-                        *offset = offset.saturating_add(n as u64);
-                        *left = left.saturating_sub(n as u64);
-                        if *left == 0 {
-                            self.outgoing = None;
-                        }
-                        Produced::Ok
-                    }
-                    other => {
-                        out.truncate(start);
-                        tracing::warn!(
-                            "a file shrank or failed while being sent ({other:?}); closing the connection"
-                        );
-                        self.outgoing = None;
-                        self.closing = true;
-                        Produced::Broken
-                    }
-                }
-            }
-            Outgoing::Hash {
-                file,
-                size,
-                offset,
-                hasher,
-                ..
-            } => {
-                let want =
-                    usize::try_from(size.saturating_sub(*offset)).map_or(budget, |l| l.min(budget));
-                self.hash_buf.resize(want, 0);
-                let got = match file.read_at(&mut self.hash_buf, *offset) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => return Produced::Ok,
-                    r => r,
-                };
-                match got {
-                    Ok(n) if n > 0 || want == 0 => {
-                        hasher.update(self.hash_buf.get(..n).unwrap_or_default());
-                        *offset = offset.saturating_add(n as u64);
-                    }
-                    _ => {
-                        // The file shrank under us: answer from what is there now.
-                        *size = *offset;
-                    }
-                }
-                if *offset >= *size {
-                    self.hash_buf = Vec::new();
-                    if let Some(Outgoing::Hash {
-                        file,
-                        size,
-                        mtime,
-                        hasher,
-                        then,
-                        id,
-                        ..
-                    }) = self.outgoing.take()
-                    {
-                        let md5 = hasher.finish();
-                        if let Err(e) = record_md5(&file, &md5) {
-                            tracing::debug!("cannot record an md5: {e}");
-                        }
-                        self.answer_read(then, file, size, mtime, md5, id, out, counters);
-                    }
-                }
-                Produced::Ok
+            other => {
+                out.truncate(start);
+                tracing::warn!(
+                    "a file shrank or failed while being sent ({other:?}); closing the connection"
+                );
+                self.outgoing = None;
+                self.closing = true;
+                Produced::Broken
             }
         }
+    }
+
+    /// Hashes the next slice of a file stored without an md5; at its end, records the md5 and
+    /// answers the `get` or `stat` that waited for it.
+    fn produce_hash(
+        &mut self,
+        out: &mut Vec<u8>,
+        budget: usize,
+        counters: &mut Counters,
+    ) -> Produced {
+        let Some(Outgoing::Hash {
+            file,
+            size,
+            offset,
+            hasher,
+            ..
+        }) = &mut self.outgoing
+        else {
+            return Produced::Ok;
+        };
+        let want = usize::try_from(size.saturating_sub(*offset)).map_or(budget, |l| l.min(budget));
+        self.hash_buf.resize(want, 0);
+        let got = match file.read_at(&mut self.hash_buf, *offset) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Produced::Ok,
+            r => r,
+        };
+        match got {
+            Ok(n) if n > 0 || want == 0 => {
+                hasher.update(self.hash_buf.get(..n).unwrap_or_default());
+                *offset = offset.saturating_add(n as u64);
+            }
+            _ => {
+                // The file shrank under us: answer from what is there now.
+                *size = *offset;
+            }
+        }
+        if *offset >= *size {
+            self.hash_buf = Vec::new();
+            if let Some(Outgoing::Hash {
+                file,
+                size,
+                mtime,
+                hasher,
+                then,
+                id,
+                ..
+            }) = self.outgoing.take()
+            {
+                let md5 = hasher.finish();
+                if let Err(e) = record_md5(&file, &md5) {
+                    tracing::debug!("cannot record an md5: {e}");
+                }
+                self.answer_read(then, file, size, mtime, md5, id, out, counters);
+            }
+        }
+        Produced::Ok
     }
 }
 
