@@ -1,7 +1,12 @@
 //! A blocking client of the `files` service, for the `socklab put/get/ls/stat/ping` commands:
 //! connect (TCP or unix), answer the authentication challenge, send request frames, read
 //! response headers with the same decoder the server uses, and stream bodies.
+//!
+//! Also [`NoAnswer`], the one error every client command (files, stream, chat, time, bench)
+//! gives when the server does not answer within its `--timeout`, and [`is_timeout`], which
+//! tells a socket timeout from other I/O errors.
 
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
@@ -43,6 +48,66 @@ impl Write for ClientStream {
     }
 }
 
+/// What a client was waiting for when its timeout ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stall {
+    /// An answer: a read timed out (`SO_RCVTIMEO`), or a deadline of the client's own passed.
+    Answer,
+    /// Room to send: a write timed out (`SO_SNDTIMEO`), the server stopped reading.
+    Take,
+}
+
+/// The server did not answer (or did not take what was sent) within the client's timeout.
+///
+/// A read or write on a socket with a timeout fails with `EAGAIN` ("Resource temporarily
+/// unavailable"), which says nothing to the user; every client says this instead:
+/// `the server at 127.0.0.1:7080 did not answer within 30s (1073741875 bytes sent)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoAnswer {
+    /// The server's address, as the user gave it.
+    pub peer: String,
+    /// What the client was waiting for.
+    pub stall: Stall,
+    /// How long it waited (the `--timeout`).
+    pub timeout: Duration,
+    /// Bytes sent to the server so far (on this connection, or this socket for UDP).
+    pub sent: u64,
+    /// Bytes received from the server so far.
+    pub received: u64,
+}
+
+impl fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.stall {
+            Stall::Answer => "answer",
+            Stall::Take => "take the request",
+        };
+        write!(
+            f,
+            "the server at {} did not {what} within {}",
+            self.peer,
+            humantime::format_duration(self.timeout)
+        )?;
+        let bytes = |n: u64| if n == 1 { "byte" } else { "bytes" };
+        match (self.sent, self.received) {
+            (0, 0) => Ok(()),
+            (s, 0) => write!(f, " ({s} {} sent)", bytes(s)),
+            (s, r) => write!(f, " ({s} {} sent, {r} received)", bytes(s)),
+        }
+    }
+}
+
+impl std::error::Error for NoAnswer {}
+
+/// Whether `e` is what a socket read or write returns when its timeout (`SO_RCVTIMEO`,
+/// `SO_SNDTIMEO`) runs out: `WouldBlock` (EAGAIN) on Linux, `TimedOut` on some systems.
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
 /// What went wrong talking to the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -52,6 +117,12 @@ pub enum ClientError {
     NotStream(String),
     #[error("connection to the server failed: {0}")]
     Io(#[from] io::Error),
+    #[error(transparent)]
+    NoAnswer(NoAnswer),
+    #[error(
+        "{0}: no authentication challenge came (if the server does not require authentication, drop --secret-file and SOCKLAB_SECRET)"
+    )]
+    NoChallenge(NoAnswer),
     #[error("the server sent a malformed frame: {0}")]
     BadFrame(#[from] HeaderError),
     #[error(
@@ -112,10 +183,19 @@ pub struct FilesClient {
     decoder: HeaderBodyDecoder,
     /// Scratch space for one header frame.
     buf: Vec<u8>,
+    /// The server's address, for messages.
+    peer: String,
+    /// The read and write timeout of the socket.
+    timeout: Duration,
+    /// Bytes written to the socket so far.
+    sent: u64,
+    /// Bytes read from the socket so far.
+    received: u64,
 }
 
 impl FilesClient {
-    /// Connects, and answers the challenge when a secret is given.
+    /// Connects, and answers the challenge when a secret is given. Reads and writes that
+    /// make no progress for `timeout` fail with [`ClientError::NoAnswer`].
     pub fn connect(
         addr: &ListenAddr,
         secret: Option<&Secret>,
@@ -130,11 +210,13 @@ impl FilesClient {
                 let s = TcpStream::connect_timeout(a, timeout).map_err(connect_err)?;
                 s.set_nodelay(true)?;
                 s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))?;
                 ClientStream::Tcp(s)
             }
             ListenAddr::Unix(p) => {
                 let s = UnixStream::connect(p).map_err(connect_err)?;
                 s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))?;
                 ClientStream::Unix(s)
             }
             ListenAddr::Unixgram(_) => return Err(ClientError::NotStream(addr.to_string())),
@@ -143,22 +225,78 @@ impl FilesClient {
             stream,
             decoder: HeaderBodyDecoder::new(HeaderBodyConfig::responses()),
             buf: Vec::new(),
+            peer: addr.to_string(),
+            timeout,
+            sent: 0,
+            received: 0,
         };
         if let Some(secret) = secret {
             let mut challenge = [0u8; CHALLENGE_LEN];
-            client.read_exact(&mut challenge)?;
-            client.stream.write_all(&secret.respond(&challenge))?;
+            client.read_exact(&mut challenge).map_err(|e| match e {
+                ClientError::NoAnswer(n) => ClientError::NoChallenge(n),
+                e => e,
+            })?;
+            client.write_all(&secret.respond(&challenge))?;
         }
         Ok(client)
     }
 
-    fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ClientError> {
-        self.stream.read_exact(buf).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => ClientError::Closed(
-                " (if it requires authentication, give --secret-file or SOCKLAB_SECRET)".into(),
-            ),
-            _ => ClientError::Io(e),
+    /// The error for a socket timeout while waiting for `stall`.
+    fn no_answer(&self, stall: Stall) -> ClientError {
+        ClientError::NoAnswer(NoAnswer {
+            peer: self.peer.clone(),
+            stall,
+            timeout: self.timeout,
+            sent: self.sent,
+            received: self.received,
         })
+    }
+
+    /// One read, counted; a timeout is [`ClientError::NoAnswer`], 0 is the end of the stream.
+    fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, ClientError> {
+        loop {
+            match self.stream.read(buf) {
+                Ok(n) => {
+                    self.received = self.received.saturating_add(n as u64);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => return Err(self.no_answer(Stall::Answer)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn read_exact(&mut self, mut buf: &mut [u8]) -> Result<(), ClientError> {
+        while !buf.is_empty() {
+            match self.read_some(buf)? {
+                0 => {
+                    return Err(ClientError::Closed(
+                        " (if it requires authentication, give --secret-file or SOCKLAB_SECRET)"
+                            .into(),
+                    ));
+                }
+                n => buf = std::mem::take(&mut buf).get_mut(n..).unwrap_or_default(),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes all of `bytes`, counted; a timeout is [`ClientError::NoAnswer`].
+    fn write_all(&mut self, mut bytes: &[u8]) -> Result<(), ClientError> {
+        while !bytes.is_empty() {
+            match self.stream.write(bytes) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+                Ok(n) => {
+                    self.sent = self.sent.saturating_add(n as u64);
+                    bytes = bytes.get(n..).unwrap_or_default();
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => return Err(self.no_answer(Stall::Take)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Sends a request header announcing `body_len` bytes of body (to be sent with
@@ -170,14 +308,12 @@ impl FilesClient {
     ) -> Result<(), ClientError> {
         let mut frame = Vec::new();
         encode_header(header, body_len, &mut frame).map_err(io::Error::other)?;
-        self.stream.write_all(&frame)?;
-        Ok(())
+        self.write_all(&frame)
     }
 
     /// Sends body bytes.
     pub fn send_body(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.stream.write_all(bytes)?;
-        Ok(())
+        self.write_all(bytes)
     }
 
     /// Reads one response header; its body (if any) must be read next.
@@ -223,15 +359,9 @@ impl FilesClient {
 
     /// Reads the next `buf.len()` body bytes (or fewer at the end of the stream: 0 is an error).
     pub fn read_body(&mut self, buf: &mut [u8]) -> Result<usize, ClientError> {
-        loop {
-            match self.stream.read(buf) {
-                Ok(0) if !buf.is_empty() => {
-                    return Err(ClientError::Closed(" in the middle of a body".into()));
-                }
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
+        match self.read_some(buf)? {
+            0 if !buf.is_empty() => Err(ClientError::Closed(" in the middle of a body".into())),
+            n => Ok(n),
         }
     }
 

@@ -134,12 +134,11 @@ pub enum BenchError {
     #[error("{addr} dropped a connection before answering any request on it: {why}")]
     Refused { addr: String, why: String },
     #[error(
-        "no progress from {addr} for {} on a connection with {in_flight} requests in flight (timeout)",
-        humantime::format_duration(*.timeout)
+        "{silence}, with {in_flight} {} in flight on that connection (--timeout)",
+        if *.in_flight == 1 { "request" } else { "requests" }
     )]
     Timeout {
-        addr: String,
-        timeout: Duration,
+        silence: crate::client::NoAnswer,
         in_flight: usize,
     },
     #[error("{addr} sent something that is not a reply: {reason}")]

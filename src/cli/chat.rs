@@ -16,6 +16,10 @@
 //!
 //! The command ends after sending `/quit` (Ctrl-C, Ctrl-D on an empty line and the end of stdin
 //! send it too), or when the server closes the connection (`* connection closed`).
+//!
+//! Over TCP or unix the server greets every member (`* welcome <nick>`): no line from it within
+//! `--timeout` of connecting, or a server that takes nothing sent for that long, is an error
+//! (exit 1). udp-chat never answers the sender, so `--udp` has nothing to wait for.
 
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::net::{Shutdown, SocketAddr, UdpSocket};
@@ -30,6 +34,7 @@ use crossterm::{cursor, queue, style, terminal};
 
 use super::stream::{Conn, MAX_DATAGRAM, StreamError, udp_socket};
 use crate::addr::ListenAddr;
+use crate::client::{NoAnswer, Stall, is_timeout};
 
 /// The prompt of the line editor.
 const PROMPT: &str = "> ";
@@ -46,6 +51,10 @@ pub struct ChatArgs {
     /// Use udp-chat: each line is one datagram; relayed datagrams are printed as they come.
     #[arg(long)]
     udp: bool,
+    /// Give up (exit 1) when the server sends no welcome within this long of connecting, or
+    /// takes nothing sent for this long (not with --udp: udp-chat never answers the sender).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
 }
 
 /// Why `socklab chat` failed.
@@ -67,6 +76,8 @@ pub enum ChatError {
     Receive(io::Error),
     #[error("a line is {0} bytes; a datagram carries at most {MAX_DATAGRAM}")]
     LineTooLong(usize),
+    #[error(transparent)]
+    NoAnswer(NoAnswer),
 }
 
 /// What the main thread is told.
@@ -96,26 +107,67 @@ enum Peer {
     Udp(UdpSocket),
 }
 
-impl Peer {
+/// The server's end: where typed lines go, and how long to wait for it.
+struct Link {
+    peer: Peer,
+    /// The server's address, for messages.
+    addr: String,
+    timeout: Duration,
+    /// Bytes sent so far.
+    sent: u64,
+    /// Until the server's first line (its `* welcome`) has come, when to give up waiting for
+    /// it; `None` once it came, and always over UDP.
+    welcome_by: Option<Instant>,
+}
+
+impl Link {
     fn send_line(&mut self, line: &[u8]) -> Result<(), ChatError> {
-        match self {
+        match &mut self.peer {
             Peer::Stream(conn) => {
                 let mut msg = Vec::with_capacity(line.len().saturating_add(1));
                 msg.extend_from_slice(line);
                 msg.push(b'\n');
-                conn.write_all(&msg).map_err(ChatError::Send)
+                let mut rest = msg.as_slice();
+                while !rest.is_empty() {
+                    match conn.write(rest) {
+                        Ok(0) => {
+                            return Err(ChatError::Send(io::ErrorKind::WriteZero.into()));
+                        }
+                        Ok(n) => {
+                            self.sent = self.sent.saturating_add(n as u64);
+                            rest = rest.get(n..).unwrap_or_default();
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) if is_timeout(&e) => return Err(self.no_answer(Stall::Take)),
+                        Err(e) => return Err(ChatError::Send(e)),
+                    }
+                }
+                Ok(())
             }
             Peer::Udp(sock) => {
                 if line.len() > MAX_DATAGRAM {
                     return Err(ChatError::LineTooLong(line.len()));
                 }
-                sock.send(line).map(drop).map_err(ChatError::Send)
+                let n = sock.send(line).map_err(ChatError::Send)?;
+                self.sent = self.sent.saturating_add(n as u64);
+                Ok(())
             }
         }
     }
 
+    fn no_answer(&self, stall: Stall) -> ChatError {
+        ChatError::NoAnswer(NoAnswer {
+            peer: self.addr.clone(),
+            stall,
+            timeout: self.timeout,
+            sent: self.sent,
+            // Only waited for before anything came.
+            received: 0,
+        })
+    }
+
     fn is_udp(&self) -> bool {
-        matches!(self, Peer::Udp(_))
+        matches!(self.peer, Peer::Udp(_))
     }
 }
 
@@ -124,7 +176,7 @@ pub fn run(args: &ChatArgs) -> ExitCode {
     match chat(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("socklab: {e}");
+            eprintln!("socklab chat: {e}");
             ExitCode::FAILURE
         }
     }
@@ -144,9 +196,24 @@ fn chat(args: &ChatArgs) -> Result<ExitCode, ChatError> {
         Peer::Udp(sock)
     } else {
         let conn = Conn::connect(&args.addr)?;
+        conn.set_write_timeout(args.timeout)
+            .map_err(ChatError::Send)?;
         let reader = conn.try_clone().map_err(ChatError::Receive)?;
         spawn("chat-reader", tx.clone(), move |tx| read_lines(reader, tx))?;
         Peer::Stream(conn)
+    };
+    // (A timeout too long to add to the clock waits for ever.)
+    let welcome_by = if args.udp {
+        None
+    } else {
+        Instant::now().checked_add(args.timeout)
+    };
+    let link = Link {
+        peer,
+        addr: args.addr.to_string(),
+        timeout: args.timeout,
+        sent: 0,
+        welcome_by,
     };
 
     if io::stdin().is_terminal() && io::stdout().is_terminal() {
@@ -161,11 +228,11 @@ fn chat(args: &ChatArgs) -> Result<ExitCode, ChatError> {
             ))?;
         }
         screen.redraw()?;
-        main_loop(peer, &rx, &mut screen)
+        main_loop(link, &rx, &mut screen)
     } else {
         spawn("chat-stdin", tx, read_stdin)?;
         let mut plain = Plain(io::stdout());
-        main_loop(peer, &rx, &mut plain)
+        main_loop(link, &rx, &mut plain)
     }
 }
 
@@ -322,29 +389,41 @@ impl<W: Write> Output for Plain<W> {
 }
 
 fn main_loop(
-    mut peer: Peer,
+    mut link: Link,
     rx: &Receiver<Msg>,
     out: &mut impl Output,
 ) -> Result<ExitCode, ChatError> {
-    let result = run_loop(&mut peer, rx, out);
+    let result = run_loop(&mut link, rx, out);
     let finished = out.finish();
     let code = result?;
     finished?;
     Ok(code)
 }
 
+/// The next message, waiting until `by` at most: `Timeout` once it passed, `Disconnected`
+/// when every sender is gone.
+fn next(rx: &Receiver<Msg>, by: Option<Instant>) -> Result<Msg, RecvTimeoutError> {
+    match by {
+        Some(by) => rx.recv_timeout(by.saturating_duration_since(Instant::now())),
+        None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+    }
+}
+
 fn run_loop(
-    peer: &mut Peer,
+    link: &mut Link,
     rx: &Receiver<Msg>,
     out: &mut impl Output,
 ) -> Result<ExitCode, ChatError> {
     loop {
-        // Every sender gone means both threads ended: nothing more can happen.
-        let Ok(msg) = rx.recv() else {
-            return Ok(ExitCode::SUCCESS);
+        let msg = match next(rx, link.welcome_by) {
+            Ok(msg) => msg,
+            Err(RecvTimeoutError::Timeout) => return Err(link.no_answer(Stall::Answer)),
+            // Every sender gone means both threads ended: nothing more can happen.
+            Err(RecvTimeoutError::Disconnected) => return Ok(ExitCode::SUCCESS),
         };
         let line = match msg {
             Msg::Incoming(line) => {
+                link.welcome_by = None;
                 out.incoming(&line)?;
                 continue;
             }
@@ -360,30 +439,33 @@ fn run_loop(
             Msg::Key(key) => match out.key(key)? {
                 Typed::Nothing => continue,
                 Typed::Line(line) => line.into_bytes(),
-                Typed::Quit => return quit(peer, rx, out),
+                Typed::Quit => return quit(link, rx, out),
             },
             Msg::Line(line) => line,
-            Msg::InputEnd => return quit(peer, rx, out),
+            Msg::InputEnd => return quit(link, rx, out),
             Msg::InputError(e) => {
                 // Leave politely, then report.
-                let _ = quit(peer, rx, out);
+                let _ = quit(link, rx, out);
                 return Err(ChatError::Stdin(e));
             }
         };
         if line == b"/quit" {
-            return quit(peer, rx, out);
+            return quit(link, rx, out);
         }
         if line.is_empty() {
             continue;
         }
-        if let Err(e) = peer.send_line(&line) {
-            if let ChatError::LineTooLong(_) = e {
+        match link.send_line(&line) {
+            Ok(()) => {}
+            Err(e @ ChatError::LineTooLong(_)) => {
                 out.notice(&format!("* error: {e}; not sent"))?;
-                continue;
             }
-            // The reader will see the connection end too; say it once, here.
-            out.notice("* connection closed")?;
-            return Err(e);
+            Err(e @ ChatError::NoAnswer(_)) => return Err(e),
+            Err(e) => {
+                // The reader will see the connection end too; say it once, here.
+                out.notice("* connection closed")?;
+                return Err(e);
+            }
         }
     }
 }
@@ -396,27 +478,35 @@ fn closed(end: Option<io::Error>, out: &mut impl Output) -> Result<ExitCode, Cha
     }
 }
 
-/// Sends `/quit` and waits (bounded) for the server to close, printing what it still sends.
-fn quit(peer: &mut Peer, rx: &Receiver<Msg>, out: &mut impl Output) -> Result<ExitCode, ChatError> {
-    if peer.is_udp() {
+/// Sends `/quit` and waits (bounded) for the server to close, printing what it still sends. A
+/// server that has not said a word by the welcome's deadline is an error.
+fn quit(link: &mut Link, rx: &Receiver<Msg>, out: &mut impl Output) -> Result<ExitCode, ChatError> {
+    if link.is_udp() {
         // udp-chat has no commands: `/quit` would be relayed to everyone.
         return Ok(ExitCode::SUCCESS);
     }
-    if peer.send_line(b"/quit").is_err() {
-        return Ok(ExitCode::SUCCESS);
+    match link.send_line(b"/quit") {
+        Ok(()) => {}
+        Err(e @ ChatError::NoAnswer(_)) => return Err(e),
+        Err(_) => return Ok(ExitCode::SUCCESS),
     }
-    if let Peer::Stream(conn) = peer {
+    if let Peer::Stream(conn) = &link.peer {
         let _ = conn.shutdown(Shutdown::Write);
     }
-    let deadline = Instant::now() + QUIT_GRACE;
+    let grace_by = Instant::now() + QUIT_GRACE;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(Msg::Incoming(line)) => out.incoming(&line)?,
-            Ok(Msg::Closed(_))
-            | Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+        match next(rx, Some(link.welcome_by.unwrap_or(grace_by))) {
+            Ok(Msg::Incoming(line)) => {
+                link.welcome_by = None;
+                out.incoming(&line)?;
+            }
+            Ok(Msg::Closed(_)) | Err(RecvTimeoutError::Disconnected) => {
                 return Ok(ExitCode::SUCCESS);
             }
+            Err(RecvTimeoutError::Timeout) if link.welcome_by.is_some() => {
+                return Err(link.no_answer(Stall::Answer));
+            }
+            Err(RecvTimeoutError::Timeout) => return Ok(ExitCode::SUCCESS),
             Ok(_) => {}
         }
     }

@@ -36,7 +36,7 @@ pub fn run(args: &ExecArgs) -> ExitCode {
     match exec(args) {
         Ok(code) => ExitCode::from(code),
         Err(Failure(msg)) => {
-            eprintln!("socklab: {msg}");
+            eprintln!("socklab exec: {msg}");
             ExitCode::from(OWN_FAILURE)
         }
     }
@@ -61,7 +61,7 @@ fn exec(args: &ExecArgs) -> Result<u8, Failure> {
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().write_all(stderr);
     if resp.fields.get("truncated") == Some(&Value::Bool(true)) {
-        eprintln!("socklab: the command's output was cut at the server's limit");
+        eprintln!("socklab exec: the command's output was cut at the server's limit");
     }
     match resp.into_result() {
         Ok(resp) => {
@@ -76,7 +76,7 @@ fn exec(args: &ExecArgs) -> Result<u8, Failure> {
             Ok(u8::try_from(128 + (sig & 0x7f)).unwrap_or(OWN_FAILURE))
         }
         Err(ClientError::Server { code, message }) if code == "timeout" => {
-            eprintln!("socklab: {message}");
+            eprintln!("socklab exec: {message}");
             Ok(TIMED_OUT)
         }
         Err(e) => Err(e.into()),

@@ -28,7 +28,7 @@ pub struct Conn {
     /// SOCKLAB_SECRET environment variable, if set).
     #[arg(long, value_name = "PATH")]
     secret_file: Option<PathBuf>,
-    /// Give up on a server that does not answer for this long.
+    /// Give up on a server that does not answer, or takes none of what is sent, for this long.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
 }
@@ -124,12 +124,13 @@ impl From<io::Error> for Failure {
     }
 }
 
-/// Runs a command and turns a failure into a message and exit code 1.
-pub fn report(result: Result<(), Failure>) -> ExitCode {
+/// Turns the result of `socklab CMD` into an exit code: a failure is a message
+/// (`socklab CMD: ...`) and exit code 1.
+pub fn report(cmd: &str, result: Result<(), Failure>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(msg)) => {
-            eprintln!("socklab: {msg}");
+            eprintln!("socklab {cmd}: {msg}");
             ExitCode::FAILURE
         }
     }

@@ -71,11 +71,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::run(*args),
-        Command::Put(a) => files::report(files::put(&a)),
-        Command::Get(a) => files::report(files::get(&a)),
-        Command::Ls(a) => files::report(files::ls(&a)),
-        Command::Stat(a) => files::report(files::stat(&a)),
-        Command::Ping(a) => files::report(files::ping(&a)),
+        Command::Put(a) => files::report("put", files::put(&a)),
+        Command::Get(a) => files::report("get", files::get(&a)),
+        Command::Ls(a) => files::report("ls", files::ls(&a)),
+        Command::Stat(a) => files::report("stat", files::stat(&a)),
+        Command::Ping(a) => files::report("ping", files::ping(&a)),
         Command::Stats(a) => stats::run(&a),
         Command::Exec(a) => exec::run(&a),
         Command::Time(a) => time::run(&a),

@@ -29,7 +29,7 @@ pub struct StatsArgs {
 
 /// Runs `socklab stats`; exit 1 with a message on failure.
 pub fn run(args: &StatsArgs) -> ExitCode {
-    report(stats(args))
+    report("stats", stats(args))
 }
 
 /// Sends one `stats` frame and prints the answer.

@@ -4,8 +4,11 @@
 //! Over TCP or a unix socket, a writer thread copies stdin to the socket and then half-closes
 //! it, while the main thread copies the socket to stdout until the server closes: the server
 //! sends everything still pending after the half-close, so every answer has arrived when the
-//! command exits. Over UDP (`--udp`) each stdin line is one datagram and each reply is printed
-//! on its own line; a reply that does not come within `--timeout` is an error.
+//! command exits. The server answers byte for byte, so while fewer bytes came back than went
+//! out (or stdin has ended and the server has not closed yet) it owes an answer: no byte back
+//! for `--timeout` then is an error, and so is a server that takes no byte for that long.
+//! Over UDP (`--udp`) each stdin line is one datagram and each reply is printed on its own
+//! line; a reply that does not come within `--timeout` is an error.
 //!
 //! [`Conn`] (a connected TCP or unix stream) is shared with the `chat` command.
 
@@ -14,13 +17,14 @@ use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 
 use crate::addr::ListenAddr;
+use crate::client::{NoAnswer, Stall, is_timeout};
 
 /// The largest payload of one UDP datagram over IPv4.
 pub const MAX_DATAGRAM: usize = 65_507;
@@ -51,7 +55,9 @@ struct Common {
     /// Use the datagram service: each stdin line is one datagram, each reply one line.
     #[arg(long)]
     udp: bool,
-    /// With --udp: how long to wait for each reply before giving up (exit 1).
+    /// How long to wait for the server before giving up (exit 1): for each reply with --udp;
+    /// else for the next byte back while an answer is owed, and for the server to take
+    /// what is sent.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     timeout: Duration,
 }
@@ -79,8 +85,10 @@ pub enum StreamError {
     ClosedEarly,
     #[error("line {line} is {len} bytes; a datagram carries at most {MAX_DATAGRAM}")]
     LineTooLong { line: u64, len: usize },
-    #[error("no reply to line {line} within {timeout:?}")]
-    NoReply { line: u64, timeout: Duration },
+    #[error("no reply to line {line}: {silence}")]
+    NoReply { line: u64, silence: NoAnswer },
+    #[error(transparent)]
+    NoAnswer(NoAnswer),
     #[error("the writer thread panicked")]
     WriterPanicked,
 }
@@ -111,6 +119,24 @@ impl Conn {
         match self {
             Conn::Tcp(s) => s.try_clone().map(Conn::Tcp),
             Conn::Unix(s) => s.try_clone().map(Conn::Unix),
+        }
+    }
+
+    /// Sets the read timeout (`SO_RCVTIMEO`; zero is raised to a millisecond).
+    pub fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        let t = Some(timeout.max(Duration::from_millis(1)));
+        match self {
+            Conn::Tcp(s) => s.set_read_timeout(t),
+            Conn::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    /// Sets the write timeout (`SO_SNDTIMEO`; zero is raised to a millisecond).
+    pub fn set_write_timeout(&self, timeout: Duration) -> io::Result<()> {
+        let t = Some(timeout.max(Duration::from_millis(1)));
+        match self {
+            Conn::Tcp(s) => s.set_write_timeout(t),
+            Conn::Unix(s) => s.set_write_timeout(t),
         }
     }
 
@@ -164,19 +190,19 @@ pub fn udp_socket(server: SocketAddr) -> Result<UdpSocket, StreamError> {
 
 /// `socklab echo`.
 pub fn run_echo(args: &EchoArgs) -> ExitCode {
-    report(run(&args.addr, &args.common))
+    report("echo", run(&args.addr, &args.common))
 }
 
 /// `socklab upper`.
 pub fn run_upper(args: &UpperArgs) -> ExitCode {
-    report(run(&args.addr, &args.common))
+    report("upper", run(&args.addr, &args.common))
 }
 
-fn report(result: Result<(), StreamError>) -> ExitCode {
+fn report(cmd: &str, result: Result<(), StreamError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("socklab: {e}");
+            eprintln!("socklab {cmd}: {e}");
             ExitCode::FAILURE
         }
     }
@@ -189,52 +215,180 @@ fn run(addr: &ListenAddr, common: &Common) -> Result<(), StreamError> {
         };
         return run_udp(*server, common.timeout);
     }
-    run_stream(addr)
+    run_stream(addr, common.timeout)
 }
 
-fn run_stream(addr: &ListenAddr) -> Result<(), StreamError> {
-    let mut conn = Conn::connect(addr)?;
-    let mut to_server = conn.try_clone().map_err(StreamError::Send)?;
-    // Set once all of stdin went out, just before the half-close: if the server closes while
-    // it is still unset, it closed early, and the writer may be blocked on stdin for good.
-    let input_done = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let input_done = input_done.clone();
-        thread::spawn(move || -> Result<(), StreamError> {
-            let mut stdin = io::stdin().lock();
-            copy(
-                &mut stdin,
-                &mut to_server,
-                StreamError::Stdin,
-                StreamError::Send,
-            )?;
-            input_done.store(true, Ordering::SeqCst);
-            to_server
-                .shutdown(Shutdown::Write)
-                .map_err(StreamError::Send)
+/// How far a stream connection got, shared by the writer thread and the reader.
+#[derive(Debug)]
+struct Progress {
+    /// The server's address, for messages.
+    peer: String,
+    /// How long the server may leave the client waiting.
+    timeout: Duration,
+    /// Bytes written to the server.
+    sent: AtomicU64,
+    /// Bytes received from it.
+    received: AtomicU64,
+    /// Set once all of stdin went out, just before the half-close: if the server closes while
+    /// it is still unset, it closed early, and the writer may be blocked on stdin for good.
+    input_done: AtomicBool,
+    /// Set while the server takes no bytes: the writer's last write timed out (its socket
+    /// timeout is a fraction of the timeout) and none succeeded since.
+    write_blocked: AtomicBool,
+}
+
+impl Progress {
+    fn no_answer(&self, stall: Stall) -> StreamError {
+        StreamError::NoAnswer(NoAnswer {
+            peer: self.peer.clone(),
+            stall,
+            timeout: self.timeout,
+            sent: self.sent.load(Ordering::SeqCst),
+            received: self.received.load(Ordering::SeqCst),
         })
+    }
+
+    /// What the server fails to do when it has not answered for the timeout: take bytes, if
+    /// the writer is blocked, else answer.
+    fn stall(&self) -> Stall {
+        if self.write_blocked.load(Ordering::SeqCst) {
+            Stall::Take
+        } else {
+            Stall::Answer
+        }
+    }
+
+    /// Whether the server owes an answer: bytes not echoed yet, or the close after the end.
+    fn owed(&self) -> bool {
+        self.input_done.load(Ordering::SeqCst)
+            || self.sent.load(Ordering::SeqCst) > self.received.load(Ordering::SeqCst)
+    }
+}
+
+/// The writer's side of the socket, counting what the server takes. Its socket times out
+/// after a fraction of the timeout, to tell the reader early that the server takes nothing;
+/// a write fails only when nothing was taken for the whole timeout.
+struct Counted {
+    conn: Conn,
+    progress: Arc<Progress>,
+}
+
+impl Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let p = &self.progress;
+        let began = Instant::now();
+        loop {
+            match self.conn.write(buf) {
+                Ok(n) => {
+                    p.write_blocked.store(false, Ordering::SeqCst);
+                    p.sent.fetch_add(n as u64, Ordering::SeqCst);
+                    return Ok(n);
+                }
+                Err(e) if is_timeout(&e) => {
+                    p.write_blocked.store(true, Ordering::SeqCst);
+                    if began.elapsed() >= p.timeout {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn run_stream(addr: &ListenAddr, timeout: Duration) -> Result<(), StreamError> {
+    let mut conn = Conn::connect(addr)?;
+    // Both directions wake up four times per timeout, to see whether an answer is owed and to
+    // tell whether the server still takes bytes.
+    let tick = timeout / 4;
+    conn.set_read_timeout(tick).map_err(StreamError::Receive)?;
+    conn.set_write_timeout(tick).map_err(StreamError::Send)?;
+    let progress = Arc::new(Progress {
+        peer: addr.to_string(),
+        timeout,
+        sent: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        input_done: AtomicBool::new(false),
+        write_blocked: AtomicBool::new(false),
+    });
+    let mut to_server = Counted {
+        conn: conn.try_clone().map_err(StreamError::Send)?,
+        progress: Arc::clone(&progress),
     };
+    let writer = thread::spawn(move || -> Result<(), StreamError> {
+        let progress = Arc::clone(&to_server.progress);
+        let send_err = |e: io::Error| {
+            if is_timeout(&e) {
+                progress.no_answer(Stall::Take)
+            } else {
+                StreamError::Send(e)
+            }
+        };
+        let mut stdin = io::stdin().lock();
+        copy(&mut stdin, &mut to_server, StreamError::Stdin, send_err)?;
+        progress.input_done.store(true, Ordering::SeqCst);
+        to_server
+            .conn
+            .shutdown(Shutdown::Write)
+            .map_err(StreamError::Send)
+    });
     let mut stdout = io::stdout().lock();
-    let read = copy(
-        &mut conn,
-        &mut stdout,
-        StreamError::Receive,
-        StreamError::Stdout,
-    );
+    let read = relay_answers(&mut conn, &mut stdout, &progress);
     stdout.flush().map_err(StreamError::Stdout)?;
     read?;
-    if !input_done.load(Ordering::SeqCst) {
+    if !progress.input_done.load(Ordering::SeqCst) {
         return Err(StreamError::ClosedEarly);
     }
     writer.join().map_err(|_| StreamError::WriterPanicked)?
+}
+
+/// Copies what the server sends to `to` until it closes; fails when the server owes an answer
+/// and sends nothing for the timeout (the socket's read timeout is a fraction of it).
+fn relay_answers(
+    conn: &mut Conn,
+    to: &mut impl Write,
+    progress: &Progress,
+) -> Result<(), StreamError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    // Since when an answer has been owed with nothing received.
+    let mut quiet_since: Option<Instant> = None;
+    loop {
+        let n = match conn.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if is_timeout(&e) => {
+                if !progress.owed() {
+                    quiet_since = None;
+                    continue;
+                }
+                let now = Instant::now();
+                let since = *quiet_since.get_or_insert(now);
+                if now.saturating_duration_since(since) >= progress.timeout {
+                    return Err(progress.no_answer(progress.stall()));
+                }
+                continue;
+            }
+            Err(e) => return Err(StreamError::Receive(e)),
+        };
+        quiet_since = None;
+        progress.received.fetch_add(n as u64, Ordering::SeqCst);
+        let chunk = buf.get(..n).unwrap_or_default();
+        to.write_all(chunk).map_err(StreamError::Stdout)?;
+        to.flush().map_err(StreamError::Stdout)?;
+    }
 }
 
 /// Copies `from` to `to` until end of file, telling read errors from write errors.
 fn copy(
     from: &mut impl Read,
     to: &mut impl Write,
-    read_err: fn(io::Error) -> StreamError,
-    write_err: fn(io::Error) -> StreamError,
+    read_err: impl Fn(io::Error) -> StreamError,
+    write_err: impl Fn(io::Error) -> StreamError,
 ) -> Result<(), StreamError> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -245,8 +399,8 @@ fn copy(
             Err(e) => return Err(read_err(e)),
         };
         let chunk = buf.get(..n).unwrap_or_default();
-        to.write_all(chunk).map_err(write_err)?;
-        to.flush().map_err(write_err)?;
+        to.write_all(chunk).map_err(&write_err)?;
+        to.flush().map_err(&write_err)?;
     }
 }
 
@@ -260,6 +414,7 @@ fn run_udp(server: SocketAddr, timeout: Duration) -> Result<(), StreamError> {
     let mut line = Vec::new();
     let mut reply = vec![0u8; 64 * 1024];
     let mut number = 0u64;
+    let (mut sent, mut received) = (0u64, 0u64);
     loop {
         line.clear();
         // Read at most one byte past the limit and its newline: enough to know a line is too
@@ -282,22 +437,25 @@ fn run_udp(server: SocketAddr, timeout: Duration) -> Result<(), StreamError> {
                 len: line.len(),
             });
         }
-        sock.send(&line).map_err(StreamError::Send)?;
+        let n = sock.send(&line).map_err(StreamError::Send)?;
+        sent = sent.saturating_add(n as u64);
         let got = match sock.recv(&mut reply) {
             Ok(got) => got,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if is_timeout(&e) => {
                 return Err(StreamError::NoReply {
                     line: number,
-                    timeout,
+                    silence: NoAnswer {
+                        peer: server.to_string(),
+                        stall: Stall::Answer,
+                        timeout,
+                        sent,
+                        received,
+                    },
                 });
             }
             Err(e) => return Err(StreamError::Receive(e)),
         };
+        received = received.saturating_add(got as u64);
         let answer = reply.get(..got).unwrap_or_default();
         stdout.write_all(answer).map_err(StreamError::Stdout)?;
         stdout.write_all(b"\n").map_err(StreamError::Stdout)?;

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use crate::client::{NoAnswer, Stall, is_timeout};
+
 /// Largest reply read: the service never sends more than 1024 bytes, but a larger datagram
 /// from something else must not be cut into something that looks like an answer.
 const RECV_BUF: usize = 65_536;
@@ -35,8 +37,8 @@ pub enum TimeClientError {
     NoAddress { addr: String },
     #[error("the timeout must be more than zero")]
     ZeroTimeout,
-    #[error("no answer from {addr} within {}", humantime::format_duration(*.timeout))]
-    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error(transparent)]
+    NoAnswer(NoAnswer),
     #[error("no time service at {addr} (connection refused)")]
     Refused { addr: SocketAddr },
     #[error("{0}")]
@@ -78,16 +80,19 @@ fn ask(args: &TimeArgs) -> Result<Vec<u8>, TimeClientError> {
     let socket = UdpSocket::bind(local)?;
     // Connected, so that only datagrams from the service are received.
     socket.connect(addr)?;
-    socket.send(args.format.as_bytes())?;
+    let sent = socket.send(args.format.as_bytes())?;
     let deadline = Instant::now() + args.timeout;
     let mut buf = vec![0u8; RECV_BUF];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(TimeClientError::Timeout {
-                addr,
+            return Err(TimeClientError::NoAnswer(NoAnswer {
+                peer: addr.to_string(),
+                stall: Stall::Answer,
                 timeout: args.timeout,
-            });
+                sent: sent as u64,
+                received: 0,
+            }));
         }
         socket.set_read_timeout(Some(left))?;
         match socket.recv(&mut buf) {
@@ -97,9 +102,7 @@ fn ask(args: &TimeArgs) -> Result<Vec<u8>, TimeClientError> {
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             // The read timeout: loop once more, which sees the deadline passed.
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                continue;
-            }
+            Err(e) if is_timeout(&e) => continue,
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
                 return Err(TimeClientError::Refused { addr });
             }

@@ -29,6 +29,7 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use super::BenchError;
 use super::reply::ReplyParser;
 use crate::addr::ListenAddr;
+use crate::client::{NoAnswer, Stall};
 use crate::timerfd::TimerFd;
 
 /// The highest latency the histogram tells apart (longer ones are recorded as this): 100 s.
@@ -182,6 +183,10 @@ struct Conn {
     last_progress: Instant,
     /// Whether a reply came since the connection was opened.
     answered: bool,
+    /// Bytes written on this connection.
+    sent: u64,
+    /// Bytes read on this connection.
+    received: u64,
 }
 
 impl Conn {
@@ -196,6 +201,8 @@ impl Conn {
             parser: new_parser(plan),
             last_progress: now,
             answered: false,
+            sent: 0,
+            received: 0,
         }
     }
 }
@@ -434,6 +441,7 @@ impl Worker<'_> {
                 Err(e) => return Err(ConnFailure::Lost(e.to_string())),
             };
             conn.last_progress = now;
+            conn.received = conn.received.saturating_add(n as u64);
             let bytes = self.buf.get(..n).unwrap_or_default();
             let done = conn.parser.feed(bytes).map_err(|e| {
                 ConnFailure::Fatal(BenchError::Protocol {
@@ -526,6 +534,7 @@ impl Worker<'_> {
                 Ok(n) => {
                     conn.out_pos = conn.out_pos.saturating_add(n);
                     conn.last_progress = now;
+                    conn.sent = conn.sent.saturating_add(n as u64);
                     if in_window {
                         self.out.bytes_out = self.out.bytes_out.saturating_add(n as u64);
                     }
@@ -580,11 +589,22 @@ impl Worker<'_> {
     /// Fails the run if a connection with requests in flight has not moved for `timeout`.
     fn check_timeouts(&self, now: Instant) -> Result<(), BenchError> {
         for conn in &self.conns {
-            let waiting = !conn.in_flight.is_empty() || conn.out_pos < conn.out.len();
+            let unwritten = conn.out_pos < conn.out.len();
+            let waiting = !conn.in_flight.is_empty() || unwritten;
             if waiting && now.saturating_duration_since(conn.last_progress) > self.plan.timeout {
                 return Err(BenchError::Timeout {
-                    addr: self.plan.addr.to_string(),
-                    timeout: self.plan.timeout,
+                    silence: NoAnswer {
+                        peer: self.plan.addr.to_string(),
+                        // Requests it does not read are the first thing it owes.
+                        stall: if unwritten {
+                            Stall::Take
+                        } else {
+                            Stall::Answer
+                        },
+                        timeout: self.plan.timeout,
+                        sent: conn.sent,
+                        received: conn.received,
+                    },
                     in_flight: conn.in_flight.len(),
                 });
             }
