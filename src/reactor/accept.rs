@@ -13,10 +13,11 @@ use mio::{Interest, Token};
 
 use super::conn::{Conn, StreamSocket};
 use super::timer::TimerKind;
+use super::workers::OpenConns;
 use super::{Entry, Reactor};
 use crate::config::ServiceKind;
 use crate::service::StreamService;
-use crate::service::auth::{AuthGate, new_challenge};
+use crate::service::auth::{AuthGate, Secret, new_challenge};
 use crate::sockopt;
 
 /// How long a listener rests after an accept error that retrying at once cannot fix.
@@ -56,9 +57,40 @@ pub(super) struct Listener {
     pub(super) queued: bool,
 }
 
+/// What admitting a connection needs besides the slab: the connection counts, the reserve
+/// descriptor, the warnings' rate limits, the authentication secret.
+pub(super) struct Admission {
+    /// Stream connections open in every worker, against `--max-conns`.
+    pub(super) conns: OpenConns,
+    /// Stream connections open now.
+    pub(super) open: usize,
+    /// A descriptor held in reserve: closed to accept-and-shed connections at EMFILE.
+    reserve_fd: Option<File>,
+    /// Warnings for `--max-conns` rejections.
+    warn_max_conns: RateLimited,
+    /// Warnings for descriptor exhaustion.
+    warn_fds: RateLimited,
+    /// The authentication secret, when a listener asks for authentication.
+    secret: Option<Secret>,
+}
+
+impl Admission {
+    /// Nothing open yet, and the reserve descriptor taken.
+    pub(super) fn new(secret: Option<Secret>) -> Admission {
+        Admission {
+            conns: OpenConns::default(),
+            open: 0,
+            reserve_fd: File::open("/dev/null").ok(),
+            warn_max_conns: RateLimited::default(),
+            warn_fds: RateLimited::default(),
+            secret,
+        }
+    }
+}
+
 /// Logs a warning at most once per interval, counting what it held back.
 #[derive(Debug, Default)]
-pub(super) struct RateLimited {
+struct RateLimited {
     /// When the next warning may be logged.
     next: Option<Instant>,
     /// Events since the last warning.
@@ -110,13 +142,13 @@ impl Reactor {
     pub(super) fn accept_all(&mut self, token: Token) {
         let mut budget = self.config.limits.accept_budget;
         loop {
-            let Some(Entry::Listener(l)) = self.sources.get_mut(token) else {
+            let Some(Entry::Listener(l)) = self.core.sources.get_mut(token) else {
                 return;
             };
             if budget == 0 {
                 if !l.queued {
                     l.queued = true;
-                    self.ready.push(token);
+                    self.core.ready.push(token);
                 }
                 return;
             }
@@ -135,8 +167,9 @@ impl Reactor {
                 }
                 Err(e) => {
                     tracing::error!(service = %kind, "accept failed: {e}; retrying shortly");
-                    self.timers
-                        .push(self.now + ACCEPT_RETRY, TimerKind::AcceptRetry(token));
+                    self.core
+                        .timers
+                        .push(self.core.now + ACCEPT_RETRY, TimerKind::AcceptRetry(token));
                     return;
                 }
             }
@@ -148,12 +181,12 @@ impl Reactor {
     /// and the backlog is accepted and closed one by one: those clients learn at once that
     /// there is no room, instead of waiting on a connection nobody will serve.
     fn shed_backlog(&mut self, token: Token, kind: ServiceKind, cause: &io::Error) {
-        let Some(Entry::Listener(l)) = self.sources.get(token) else {
+        let Some(Entry::Listener(l)) = self.core.sources.get(token) else {
             return;
         };
         let mut shed = 0u64;
         let mut drained = false;
-        if self.reserve_fd.take().is_some() {
+        if self.admission.reserve_fd.take().is_some() {
             loop {
                 match l.socket.accept() {
                     Ok(socket) => {
@@ -169,34 +202,35 @@ impl Reactor {
                     Err(_) => break,
                 }
             }
-            self.reserve_fd = File::open("/dev/null").ok();
+            self.admission.reserve_fd = File::open("/dev/null").ok();
         }
         let c = self.svc.counters.service(kind);
         c.rejected_fd_limit = c.rejected_fd_limit.saturating_add(shed);
-        if let Some(total) = self.warn_fds.hit(self.now, shed.max(1)) {
+        if let Some(total) = self.admission.warn_fds.hit(self.core.now, shed.max(1)) {
             tracing::warn!(
                 service = %kind,
-                open = self.open_conns,
+                open = self.admission.open,
                 "out of file descriptors ({cause}): shed {total} connection(s); raise the limit \
                  (ulimit -n) or lower --max-conns"
             );
         }
-        if !drained || self.reserve_fd.is_none() {
+        if !drained || self.admission.reserve_fd.is_none() {
             // The backlog may still hold connections, and no new edge is promised: look again
             // shortly rather than spin on accept, which fails at the limit even when empty.
-            self.timers
-                .push(self.now + ACCEPT_RETRY, TimerKind::AcceptRetry(token));
+            self.core
+                .timers
+                .push(self.core.now + ACCEPT_RETRY, TimerKind::AcceptRetry(token));
         }
     }
 
     /// Takes in one accepted connection, or closes it at once when `--max-conns` are open.
     fn admit(&mut self, socket: StreamSocket, kind: ServiceKind, auth: bool, nodelay: bool) {
         let limits = &self.config.limits;
-        if self.shutdown_deadline.is_some() || !self.conns.try_open(limits.max_conns) {
+        if self.shutdown.deadline.is_some() || !self.admission.conns.try_open(limits.max_conns) {
             drop(socket);
             let c = self.svc.counters.service(kind);
             c.rejected_max_conns = c.rejected_max_conns.saturating_add(1);
-            if let Some(total) = self.warn_max_conns.hit(self.now, 1) {
+            if let Some(total) = self.admission.warn_max_conns.hit(self.core.now, 1) {
                 tracing::warn!(
                     service = %kind,
                     "connection limit reached (--max-conns {}): closed {total} new connection(s)",
@@ -211,29 +245,61 @@ impl Reactor {
             tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
         }
         let Some(service) = StreamService::for_kind(kind, &self.shared) else {
-            self.conns.close();
+            self.admission.conns.close();
             return;
         };
         let idle = limits.idle_timeout;
-        let mut conn = Conn::new(socket, kind, service, self.now);
+        let mut conn = Conn::new(socket, kind, service, self.core.now);
         if auth {
-            let (Some(secret), Ok(challenge)) = (&self.secret, new_challenge()) else {
+            let (Some(secret), Ok(challenge)) = (&self.admission.secret, new_challenge()) else {
                 tracing::error!(service = %kind, "cannot make an authentication challenge");
-                self.conns.close();
+                self.admission.conns.close();
                 return;
             };
             let gate = AuthGate::new(secret.clone(), challenge);
             conn.out.extend(gate.challenge());
             conn.gate = Some(Box::new(gate));
         }
-        let Some(token) = self.sources.insert(Entry::Conn(conn)) else {
-            self.conns.close();
+        let Some(token) = self.watch(conn, kind) else {
             return;
         };
-        let registered = match self.sources.get_mut(token) {
+        self.admission.open += 1;
+        let c = self.svc.counters.service(kind);
+        c.accepted = c.accepted.saturating_add(1);
+        c.open = c.open.saturating_add(1);
+        if let Some(idle) = idle {
+            self.core
+                .timers
+                .push(self.core.now + idle, TimerKind::Idle(token));
+        }
+        if auth {
+            let deadline = self.core.now + self.config.auth_timeout;
+            self.core
+                .timers
+                .push(deadline, TimerKind::AuthTimeout(token));
+            // The challenge goes out now, before anything is read.
+            self.drive_conn(token, false, true);
+        } else if let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) {
+            let mut ctx = self.svc.ctx();
+            c.service.on_open(c.id, false, c.out.tail(), &mut ctx);
+            self.drive_conn(token, false, true);
+            if !self.svc.others.is_empty() {
+                self.deliver_to_others(token);
+            }
+        }
+    }
+
+    /// Puts a new connection in the slab and the poll; on failure it is closed (and no longer
+    /// counted against `--max-conns`).
+    fn watch(&mut self, conn: Conn, kind: ServiceKind) -> Option<Token> {
+        let Some(token) = self.core.sources.insert(Entry::Conn(conn)) else {
+            self.admission.conns.close();
+            return None;
+        };
+        let registered = match self.core.sources.get_mut(token) {
             Some(Entry::Conn(c)) => {
                 c.id = token.0 as u64;
-                let registry = self.poll.registry();
+                let registry = self.core.poll.registry();
                 registry
                     .register(&mut c.socket, token, Interest::READABLE)
                     .map(|()| {
@@ -244,29 +310,10 @@ impl Reactor {
         };
         if let Err(e) = registered {
             tracing::warn!(service = %kind, "cannot watch a new connection: {e}");
-            drop(self.sources.remove(token));
-            self.conns.close();
-            return;
+            drop(self.core.sources.remove(token));
+            self.admission.conns.close();
+            return None;
         }
-        self.open_conns += 1;
-        let c = self.svc.counters.service(kind);
-        c.accepted = c.accepted.saturating_add(1);
-        c.open = c.open.saturating_add(1);
-        if let Some(idle) = idle {
-            self.timers.push(self.now + idle, TimerKind::Idle(token));
-        }
-        if auth {
-            let deadline = self.now + self.config.auth_timeout;
-            self.timers.push(deadline, TimerKind::AuthTimeout(token));
-            // The challenge goes out now, before anything is read.
-            self.drive_conn(token, false, true);
-        } else if let Some(Entry::Conn(c)) = self.sources.get_mut(token) {
-            let mut ctx = self.svc.ctx();
-            c.service.on_open(c.id, false, c.out.tail(), &mut ctx);
-            self.drive_conn(token, false, true);
-            if !self.svc.others.is_empty() {
-                self.deliver_to_others(token);
-            }
-        }
+        Some(token)
     }
 }

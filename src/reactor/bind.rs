@@ -1,9 +1,7 @@
 //! Binding: the listeners and datagram sockets of every configured service, registered in
 //! the poll before anything is served, and what the server reports about them at start-up.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::fs::File;
 use std::io;
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,13 +10,15 @@ use mio::net::{TcpListener, UdpSocket, UnixDatagram, UnixListener};
 use mio::{Interest, Poll, Token, Waker};
 use signal_hook_mio::v1_0::Signals;
 
-use super::accept::{ListenSocket, Listener, RateLimited};
+use super::accept::{Admission, ListenSocket, Listener};
 use super::alarm::Alarm;
+use super::child::Children;
 use super::dgram::{DgramEndpoint, DgramSocket};
+use super::shutdown::Shutdown;
 use super::timer::Timers;
 use super::token::{ALARM, SIGNAL, Sources, WAKER};
-use super::workers::OpenConns;
-use super::{Entry, Reactor, ServiceState};
+use super::workers::Links;
+use super::{Buffers, Core, Entry, Reactor, ServiceState};
 use crate::addr::ListenAddr;
 use crate::config::{ListenerConfig, ServerConfig, ServiceKind};
 use crate::service::auth::Secret;
@@ -141,33 +141,28 @@ impl Reactor {
             source,
         })?;
         let mut reactor = Reactor {
-            poll,
-            waker: Arc::new(waker),
-            link: None,
-            conns: OpenConns::default(),
-            sources: Sources::default(),
-            signals,
-            timers: Timers::default(),
-            alarm,
-            ready: Vec::new(),
-            to_close: Vec::new(),
-            scratch: vec![0; SCRATCH_SIZE],
-            reply: Vec::new(),
+            core: Core {
+                poll,
+                sources: Sources::default(),
+                ready: Vec::new(),
+                to_close: Vec::new(),
+                timers: Timers::default(),
+                alarm,
+                now: Instant::now(),
+            },
+            bufs: Buffers {
+                scratch: vec![0; SCRATCH_SIZE],
+                reply: Vec::new(),
+                targets: Vec::new(),
+            },
             config,
-            open_conns: 0,
-            reserve_fd: File::open("/dev/null").ok(),
-            owned_paths: Vec::new(),
-            shutdown_deadline: None,
-            now: Instant::now(),
             svc: ServiceState::default(),
-            warn_max_conns: RateLimited::default(),
-            warn_fds: RateLimited::default(),
             shared,
-            secret,
-            targets: Vec::new(),
+            admission: Admission::new(secret),
+            children: Children::default(),
             disk: None,
-            children: HashMap::new(),
-            next_child: 0,
+            links: Links::new(Arc::new(waker)),
+            shutdown: Shutdown::new(signals),
         };
         let mut bound = Vec::new();
         for l in reactor.config.listeners.clone() {
@@ -207,7 +202,7 @@ impl Reactor {
             }
             (ListenAddr::Unix(p), _) => {
                 let (l, opts) = sockopt::unix_listener(p, o).map_err(bind_err)?;
-                self.owned_paths.push(p.clone());
+                self.shutdown.owned_paths.push(p.clone());
                 let socket = ListenSocket::Unix(UnixListener::from_std(l));
                 (
                     self.listener(socket, service, auth, false),
@@ -218,7 +213,7 @@ impl Reactor {
             }
             (ListenAddr::Unixgram(p), _) => {
                 let (s, opts) = sockopt::unix_datagram(p, o).map_err(bind_err)?;
-                self.owned_paths.push(p.clone());
+                self.shutdown.owned_paths.push(p.clone());
                 let socket = DgramSocket::Unix(UnixDatagram::from_std(s));
                 (
                     self.endpoint(socket, service),
@@ -232,12 +227,12 @@ impl Reactor {
             what: addr.to_string(),
             source,
         };
-        let token = self
-            .sources
-            .insert(entry)
-            .ok_or_else(|| register_err(io::Error::new(io::ErrorKind::OutOfMemory, "slab full")))?;
-        let registry = self.poll.registry();
-        let registered = match self.sources.get_mut(token) {
+        let token =
+            self.core.sources.insert(entry).ok_or_else(|| {
+                register_err(io::Error::new(io::ErrorKind::OutOfMemory, "slab full"))
+            })?;
+        let registry = self.core.poll.registry();
+        let registered = match self.core.sources.get_mut(token) {
             Some(Entry::Listener(l)) => match &mut l.socket {
                 ListenSocket::Tcp(s) => registry.register(s, token, Interest::READABLE),
                 ListenSocket::Unix(s) => registry.register(s, token, Interest::READABLE),
@@ -269,9 +264,9 @@ impl Reactor {
                 })
                 .collect(),
         };
-        let tokens: Vec<Token> = self.sources.iter().map(|(t, _)| t).collect();
+        let tokens: Vec<Token> = self.core.sources.iter().map(|(t, _)| t).collect();
         for token in tokens {
-            if let Some(Entry::Dgram(d)) = self.sources.get_mut(token)
+            if let Some(Entry::Dgram(d)) = self.core.sources.get_mut(token)
                 && let DatagramService::Discovery(disc) = &mut d.service
             {
                 match Discovery::new(&info, self.config.datagram.discovery_rate) {

@@ -31,7 +31,7 @@ impl Reactor {
             .filter(|t| Some(*t) != from)
             .collect();
         for token in members {
-            let Some(Entry::Conn(c)) = self.sources.get_mut(token) else {
+            let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) else {
                 continue;
             };
             if c.dead {
@@ -50,8 +50,8 @@ impl Reactor {
                     );
                 }
                 c.dead = true;
-                self.to_close.push(token);
-            } else if let Err(e) = update_interest(&self.poll, c, token) {
+                self.core.to_close.push(token);
+            } else if let Err(e) = update_interest(&self.core.poll, c, token) {
                 tracing::debug!(service = %kind, "cannot update a chat member's interest: {e}");
             }
             let counters = self.svc.counters.service(kind);

@@ -3,6 +3,7 @@
 //! that the poll watches like any socket. Reaped on SIGCHLD; killed as a group at the timeout
 //! or when the client goes away.
 
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
@@ -116,6 +117,15 @@ pub fn kill_group(pgid: i32) {
 /// process group) before the server stops waiting for them.
 const EXEC_PIPE_GRACE: Duration = Duration::from_secs(1);
 
+/// Commands of `exec` under way.
+#[derive(Debug, Default)]
+pub(super) struct Children {
+    /// By number.
+    pub(super) running: HashMap<u64, Running>,
+    /// The number of the next command.
+    next: u64,
+}
+
 /// One end of a child's stdout or stderr pipe.
 #[derive(Debug)]
 pub(super) struct Pipe {
@@ -140,8 +150,8 @@ impl Reactor {
         else {
             return;
         };
-        if self.children.len() >= policy.max_procs {
-            self.exec_answer(conn, &Ending::TooBusy(self.children.len()), None);
+        if self.children.running.len() >= policy.max_procs {
+            self.exec_answer(conn, &Ending::TooBusy(self.children.running.len()), None);
             return;
         }
         let (child, out, err) = match spawn(&req, &policy.workdir) {
@@ -152,8 +162,8 @@ impl Reactor {
                 return;
             }
         };
-        let id = self.next_child;
-        self.next_child = self.next_child.wrapping_add(1);
+        let id = self.children.next;
+        self.children.next = self.children.next.wrapping_add(1);
         let pgid = child_pgid(&child);
         let mut running = Running {
             conn,
@@ -164,7 +174,7 @@ impl Reactor {
             pipes: Vec::new(),
             exited: None,
             timed_out: false,
-            started: self.now,
+            started: self.core.now,
         };
         for (rx, stderr) in [(out, false), (err, true)] {
             let pipe = Entry::Pipe(Pipe {
@@ -173,11 +183,12 @@ impl Reactor {
                 stderr,
                 queued: false,
             });
-            let Some(token) = self.sources.insert(pipe) else {
+            let Some(token) = self.core.sources.insert(pipe) else {
                 continue;
             };
-            if let Some(Entry::Pipe(p)) = self.sources.get_mut(token)
+            if let Some(Entry::Pipe(p)) = self.core.sources.get_mut(token)
                 && self
+                    .core
                     .poll
                     .registry()
                     .register(&mut p.rx, token, Interest::READABLE)
@@ -185,13 +196,14 @@ impl Reactor {
             {
                 running.pipes.push(token);
             } else {
-                drop(self.sources.remove(token));
+                drop(self.core.sources.remove(token));
             }
         }
         tracing::debug!(program = %req.program.display(), pid = pgid, "exec started");
-        self.children.insert(id, running);
-        self.timers
-            .push(self.now + req.timeout, TimerKind::ExecDeadline(id));
+        self.children.running.insert(id, running);
+        self.core
+            .timers
+            .push(self.core.now + req.timeout, TimerKind::ExecDeadline(id));
         // A child may exit before its SIGCHLD is watched for this id: look now.
         self.reap_children();
     }
@@ -204,7 +216,7 @@ impl Reactor {
             .as_ref()
             .and_then(|f| f.config.exec.as_ref())
             .map_or(0, |p| p.max_output);
-        let Some(Entry::Pipe(p)) = self.sources.get_mut(token) else {
+        let Some(Entry::Pipe(p)) = self.core.sources.get_mut(token) else {
             return;
         };
         let id = p.child;
@@ -214,19 +226,19 @@ impl Reactor {
             if budget == 0 {
                 if !p.queued {
                     p.queued = true;
-                    self.ready.push(token);
+                    self.core.ready.push(token);
                 }
                 break;
             }
-            match (&p.rx).read(&mut self.scratch) {
+            match (&p.rx).read(&mut self.bufs.scratch) {
                 Ok(0) => {
                     eof = true;
                     break;
                 }
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
-                    let data = self.scratch.get(..n).unwrap_or_default();
-                    if let Some(r) = self.children.get_mut(&id) {
+                    let data = self.bufs.scratch.get(..n).unwrap_or_default();
+                    if let Some(r) = self.children.running.get_mut(&id) {
                         let capture = if p.stderr {
                             &mut r.stderr
                         } else {
@@ -244,8 +256,8 @@ impl Reactor {
             }
         }
         if eof {
-            drop(self.sources.remove(token));
-            if let Some(r) = self.children.get_mut(&id) {
+            drop(self.core.sources.remove(token));
+            if let Some(r) = self.children.running.get_mut(&id) {
                 r.pipes.retain(|t| *t != token);
             }
             self.finish_child(id);
@@ -254,9 +266,9 @@ impl Reactor {
 
     /// Collects the exit status of every child that has ended.
     pub(super) fn reap_children(&mut self) {
-        let ids: Vec<u64> = self.children.keys().copied().collect();
+        let ids: Vec<u64> = self.children.running.keys().copied().collect();
         for id in ids {
-            if let Some(r) = self.children.get_mut(&id)
+            if let Some(r) = self.children.running.get_mut(&id)
                 && r.exited.is_none()
                 && let Ok(Some(status)) = r.child.try_wait()
             {
@@ -268,10 +280,15 @@ impl Reactor {
 
     /// Answers a command's connection once the child is reaped and its pipes are drained.
     fn finish_child(&mut self, id: u64) {
-        if !self.children.get(&id).is_some_and(Running::finished) {
+        if !self
+            .children
+            .running
+            .get(&id)
+            .is_some_and(Running::finished)
+        {
             return;
         }
-        let Some(r) = self.children.remove(&id) else {
+        let Some(r) = self.children.running.remove(&id) else {
             return;
         };
         tracing::debug!(
@@ -286,7 +303,7 @@ impl Reactor {
     fn exec_answer(&mut self, conn: Token, ending: &Ending, output: Option<(&Capture, &Capture)>) {
         let empty = Capture::default();
         let (out, err) = output.unwrap_or((&empty, &empty));
-        if let Some(Entry::Conn(c)) = self.sources.get_mut(conn)
+        if let Some(Entry::Conn(c)) = self.core.sources.get_mut(conn)
             && !c.dead
         {
             c.service
@@ -299,23 +316,25 @@ impl Reactor {
     /// The command ran past its timeout: kill its group. If something it started escaped the
     /// group and still holds a pipe, the pipes are given up a little later.
     pub(super) fn exec_deadline(&mut self, id: u64) {
-        if let Some(r) = self.children.get_mut(&id)
+        if let Some(r) = self.children.running.get_mut(&id)
             && r.exited.is_none()
         {
             r.timed_out = true;
             r.kill();
-            self.timers
-                .push(self.now + EXEC_PIPE_GRACE, TimerKind::ExecPipeGrace(id));
+            self.core.timers.push(
+                self.core.now + EXEC_PIPE_GRACE,
+                TimerKind::ExecPipeGrace(id),
+            );
         }
     }
 
     /// Stops waiting for the pipes of a killed command.
     pub(super) fn exec_pipe_grace(&mut self, id: u64) {
-        let Some(r) = self.children.get_mut(&id) else {
+        let Some(r) = self.children.running.get_mut(&id) else {
             return;
         };
         for token in std::mem::take(&mut r.pipes) {
-            drop(self.sources.remove(token));
+            drop(self.core.sources.remove(token));
         }
         self.finish_child(id);
     }

@@ -187,7 +187,7 @@ impl Reactor {
     /// Sends queued replies, then receives and answers datagrams up to the budget.
     pub(super) fn drive_dgram(&mut self, token: Token, readable: bool, _writable: bool) {
         let limits = &self.config.limits;
-        let Some(Entry::Dgram(d)) = self.sources.get_mut(token) else {
+        let Some(Entry::Dgram(d)) = self.core.sources.get_mut(token) else {
             return;
         };
         let kind = d.kind;
@@ -196,17 +196,17 @@ impl Reactor {
         let more = readable
             && receive_datagrams(
                 d,
-                &mut self.scratch,
-                &mut self.reply,
-                &mut self.targets,
+                &mut self.bufs.scratch,
+                &mut self.bufs.reply,
+                &mut self.bufs.targets,
                 limits,
-                self.now,
+                self.core.now,
                 &mut stats,
             );
-        set_writable_interest(&self.poll, d, token);
+        set_writable_interest(&self.core.poll, d, token);
         if more && !d.queued {
             d.queued = true;
-            self.ready.push(token);
+            self.core.ready.push(token);
         }
         let c = self.svc.counters.service(kind);
         c.datagrams_received = c.datagrams_received.saturating_add(stats.received);

@@ -82,13 +82,13 @@ impl Reactor {
     pub(super) fn submit_disk_jobs(&mut self, token: Token) {
         let jobs = std::mem::take(&mut self.svc.disk);
         if self.disk.is_none() {
-            match DiskThread::start(Arc::clone(&self.waker)) {
+            match DiskThread::start(Arc::clone(&self.links.waker)) {
                 Ok(disk) => self.disk = Some(disk),
                 Err(e) => {
                     tracing::error!("cannot start the disk thread: {e}; closing the connection");
-                    if let Some(Entry::Conn(c)) = self.sources.get_mut(token) {
+                    if let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) {
                         c.dead = true;
-                        self.to_close.push(token);
+                        self.core.to_close.push(token);
                     }
                     return;
                 }
@@ -106,7 +106,7 @@ impl Reactor {
     pub(super) fn collect_disk_results(&mut self) {
         let mut touched = Vec::new();
         while let Some((token, done)) = self.disk.as_ref().and_then(DiskThread::try_done) {
-            if let Some(Entry::Conn(c)) = self.sources.get_mut(token) {
+            if let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) {
                 c.service
                     .on_disk_done(done, c.out.tail(), &mut self.svc.counters);
                 if !touched.contains(&token) {

@@ -38,33 +38,28 @@ pub mod workers;
 
 pub use bind::{BoundListener, StartError};
 
-use std::collections::HashMap;
-use std::fs::File;
 use std::io;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::{Events, Poll, Token, Waker};
-use signal_hook_mio::v1_0::Signals;
+use mio::{Events, Poll, Token};
 
 use crate::config::ServerConfig;
 use crate::metrics::{Counters, Peers};
-use crate::service::auth::Secret;
 use crate::service::chat::ChatRoom;
 use crate::service::files::{DiskDone, DiskJob};
 use crate::service::{Ctx, Peer, Shared};
 
-use accept::{Listener, RateLimited};
+use accept::{Admission, Listener};
 use alarm::Alarm;
-use child::{Pipe, Running};
+use child::{Children, Pipe};
 use conn::Conn;
 use dgram::DgramEndpoint;
 use disk::DiskThread;
+use shutdown::Shutdown;
 use stream::{discard_unread, stop_input};
 use timer::{TimerKind, Timers};
 use token::{ALARM, SIGNAL, Sources, WAKER};
-use workers::{Link, OpenConns};
+use workers::Links;
 
 /// Everything that lives in the slab.
 #[derive(Debug)]
@@ -75,63 +70,59 @@ enum Entry {
     Pipe(Pipe),
 }
 
-/// The single-threaded server.
+/// The single-threaded server. Its state is grouped by the part that owns it: every part may
+/// touch `core` and read `config`; the others belong to the part named beside them.
 pub struct Reactor {
+    /// The poll, the slab, the lists and the clock of the turn, the timers.
+    core: Core,
+    /// The buffers one drive borrows (`stream.rs`, `dgram.rs`, `child.rs`).
+    bufs: Buffers,
+    /// Limits and options.
+    config: ServerConfig,
+    /// What the stream services may touch besides their own connection.
+    svc: ServiceState,
+    /// What the stream services share (the `files` data directory).
+    shared: Shared,
+    /// Connection counts, the EMFILE reserve, the secret (`accept.rs`).
+    admission: Admission,
+    /// Commands of `exec` under way (`child.rs`).
+    children: Children,
+    /// The thread that does upload writes and commits (only when `files` runs; `disk.rs`).
+    disk: Option<DiskThread<DiskDone>>,
+    /// The waker and the channels to the other workers (`workers.rs`).
+    links: Links,
+    /// The signals and what shutting down needs (`shutdown.rs`).
+    shutdown: Shutdown,
+}
+
+/// What every part touches: the poll, the slab of sources, the lists and the clock of the
+/// current turn, the timers.
+struct Core {
     /// The poll: its `poll` is the only blocking call on this thread.
     poll: Poll,
-    /// Wakes the poll from other threads: the disk thread, the other workers.
-    waker: Arc<Waker>,
-    /// The channels to the other workers (none with one worker).
-    link: Option<Link>,
-    /// Stream connections open in every worker, against `--max-conns`.
-    conns: OpenConns,
     /// Every socket the server owns.
     sources: Sources<Entry>,
-    /// SIGINT and SIGTERM, delivered through a pipe registered in the poll.
-    signals: Signals,
+    /// Sources whose budget ran out with work left; served before the next sleep.
+    ready: Vec<Token>,
+    /// Connections to close once the event walk is over.
+    to_close: Vec<Token>,
     /// Idle checks, accept retries, the shutdown deadline.
     timers: Timers,
     /// Rings for the earliest of those (and the counter report), so the poll sleeps with no
     /// timeout of its own.
     alarm: Alarm,
-    /// Sources whose budget ran out with work left; served before the next sleep.
-    ready: Vec<Token>,
-    /// Connections to close once the event walk is over.
-    to_close: Vec<Token>,
+    /// The time of the current turn, read once after each poll.
+    now: Instant,
+}
+
+/// The reactor's buffers, lent to one drive at a time.
+struct Buffers {
     /// The one read buffer for every socket: idle connections hold none of their own.
     scratch: Vec<u8>,
     /// Service output before it is known whether the socket takes it all.
     reply: Vec<u8>,
-    /// Limits and options.
-    config: ServerConfig,
-    /// Stream connections open now.
-    open_conns: usize,
-    /// A descriptor held in reserve: closed to accept-and-shed connections at EMFILE.
-    reserve_fd: Option<File>,
-    /// Unix socket files this server created, removed when it stops.
-    owned_paths: Vec<PathBuf>,
-    /// Set once shutdown begins: the moment the server exits even if output is still pending.
-    shutdown_deadline: Option<Instant>,
-    /// The time of the current turn, read once after each poll.
-    now: Instant,
-    /// What the stream services may touch besides their own connection.
-    svc: ServiceState,
-    /// Warnings for `--max-conns` rejections.
-    warn_max_conns: RateLimited,
-    /// Warnings for descriptor exhaustion.
-    warn_fds: RateLimited,
-    /// What the stream services share (the `files` data directory).
-    shared: Shared,
-    /// The authentication secret, when a listener asks for authentication.
-    secret: Option<Secret>,
     /// Where the current datagram's reply goes.
     targets: Vec<Peer>,
-    /// The thread that does upload writes and commits (only when `files` runs).
-    disk: Option<DiskThread<DiskDone>>,
-    /// Commands of `exec` under way, by number.
-    children: HashMap<u64, Running>,
-    /// The number of the next command.
-    next_child: u64,
 }
 
 impl Reactor {
@@ -146,17 +137,17 @@ impl Reactor {
         // When the last turn ended: what the next deadline is compared with before sleeping.
         let mut turn_end = Instant::now();
         loop {
-            let timeout = if self.ready.is_empty() {
+            let timeout = if self.core.ready.is_empty() {
                 self.set_alarm(turn_end)
             } else {
                 Some(Duration::ZERO)
             };
-            match self.poll.poll(&mut events, timeout) {
+            match self.core.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
-            self.now = Instant::now();
+            self.core.now = Instant::now();
             self.svc.counters.loop_iterations = self.svc.counters.loop_iterations.saturating_add(1);
             for ev in events.iter() {
                 // Errors and hang-ups are delivered to both sides, so the read or write that
@@ -164,7 +155,7 @@ impl Reactor {
                 let hup = ev.is_read_closed() || ev.is_error();
                 let readable = ev.is_readable() || hup;
                 let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
-                if hup && let Some(Entry::Conn(c)) = self.sources.get_mut(ev.token()) {
+                if hup && let Some(Entry::Conn(c)) = self.core.sources.get_mut(ev.token()) {
                     c.hup_seen = true;
                 }
                 self.dispatch(ev.token(), readable, writable);
@@ -173,16 +164,16 @@ impl Reactor {
             self.fire_timers();
             self.close_dead();
             turn_end = Instant::now();
-            self.svc.counters.loop_busy += turn_end.saturating_duration_since(self.now);
+            self.svc.counters.loop_busy += turn_end.saturating_duration_since(self.core.now);
             self.report_counters();
-            if let Some(deadline) = self.shutdown_deadline {
-                if self.open_conns == 0 {
+            if let Some(deadline) = self.shutdown.deadline {
+                if self.admission.open == 0 {
                     tracing::info!("every connection is closed; exiting");
                     return Ok(());
                 }
                 if Instant::now() >= deadline {
                     tracing::warn!(
-                        open = self.open_conns,
+                        open = self.admission.open,
                         "shutdown grace period over; closing the connections left"
                     );
                     return Ok(());
@@ -194,7 +185,7 @@ impl Reactor {
     /// Arms the alarm for the earliest deadline (a timer or the counter report) and returns
     /// the poll timeout: none, or zero when that deadline had passed by the end of the turn.
     fn set_alarm(&mut self, turn_end: Instant) -> Option<Duration> {
-        let next = match (self.timers.next_deadline(), self.report_due()) {
+        let next = match (self.core.timers.next_deadline(), self.report_due()) {
             (Some(t), Some(r)) => Some(t.min(r)),
             (t, r) => t.or(r),
         };
@@ -202,7 +193,7 @@ impl Reactor {
         if deadline <= turn_end {
             return Some(Duration::ZERO);
         }
-        match self.alarm.ring_by(deadline, Instant::now) {
+        match self.core.alarm.ring_by(deadline, Instant::now) {
             Ok(()) => None,
             Err(e) => {
                 // Not expected (the arguments are valid); the poll's own timeout still works.
@@ -224,10 +215,10 @@ impl Reactor {
         }
         if token == ALARM {
             // What is due fires after the event walk, as on any turn.
-            self.alarm.rang();
+            self.core.alarm.rang();
             return;
         }
-        match self.sources.get(token) {
+        match self.core.sources.get(token) {
             Some(Entry::Listener(_)) => self.accept_all(token),
             Some(Entry::Conn(_)) => self.drive_conn(token, readable, writable),
             Some(Entry::Dgram(_)) => self.drive_dgram(token, readable, writable),
@@ -241,9 +232,9 @@ impl Reactor {
     /// list for the next turn, so one busy socket cannot keep this loop from sleeping or
     /// others from their turn.
     fn serve_ready(&mut self) {
-        let ready = std::mem::take(&mut self.ready);
+        let ready = std::mem::take(&mut self.core.ready);
         for token in ready {
-            match self.sources.get_mut(token) {
+            match self.core.sources.get_mut(token) {
                 Some(Entry::Listener(l)) => {
                     l.queued = false;
                     self.accept_all(token);
@@ -266,7 +257,7 @@ impl Reactor {
     }
 
     fn fire_timers(&mut self) {
-        while let Some(kind) = self.timers.pop_due(self.now) {
+        while let Some(kind) = self.core.timers.pop_due(self.core.now) {
             match kind {
                 TimerKind::Idle(token) => self.check_idle(token),
                 TimerKind::AuthTimeout(token) => self.check_auth(token),
@@ -278,9 +269,9 @@ impl Reactor {
         }
         // Entries of closed connections wait in the heap until due; compact when they
         // outnumber the live ones, so churn cannot grow the heap.
-        if self.timers.len() > 2 * self.sources.len() + 1024 {
-            let sources = &self.sources;
-            self.timers.retain(|k| match k {
+        if self.core.timers.len() > 2 * self.core.sources.len() + 1024 {
+            let sources = &self.core.sources;
+            self.core.timers.retain(|k| match k {
                 TimerKind::Idle(t) | TimerKind::AcceptRetry(t) | TimerKind::AuthTimeout(t) => {
                     sources.get(*t).is_some()
                 }
@@ -293,7 +284,7 @@ impl Reactor {
 
     /// A client that has not answered the challenge in time fails it.
     fn check_auth(&mut self, token: Token) {
-        let Some(Entry::Conn(c)) = self.sources.get_mut(token) else {
+        let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) else {
             return;
         };
         if c.dead || c.gate.is_none() {
@@ -313,19 +304,19 @@ impl Reactor {
         let Some(idle) = self.config.limits.idle_timeout else {
             return;
         };
-        let Some(Entry::Conn(c)) = self.sources.get_mut(token) else {
+        let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) else {
             return;
         };
         if c.dead {
             return;
         }
         let due = c.last_active + idle;
-        if due <= self.now {
+        if due <= self.core.now {
             tracing::debug!(service = %c.kind, "closing an idle connection (--idle-timeout)");
             c.dead = true;
-            self.to_close.push(token);
+            self.core.to_close.push(token);
         } else {
-            self.timers.push(due, TimerKind::Idle(token));
+            self.core.timers.push(due, TimerKind::Idle(token));
         }
     }
 
@@ -333,16 +324,16 @@ impl Reactor {
     /// event of this batch can land on a successor.
     fn close_dead(&mut self) {
         // Leave notices can drop further members that do not read: repeat until none is left.
-        while !self.to_close.is_empty() {
-            for token in std::mem::take(&mut self.to_close) {
-                if let Some(Entry::Conn(mut c)) = self.sources.remove(token) {
+        while !self.core.to_close.is_empty() {
+            for token in std::mem::take(&mut self.core.to_close) {
+                if let Some(Entry::Conn(mut c)) = self.core.sources.remove(token) {
                     // A command of a client that left is killed; it is still reaped.
-                    for r in self.children.values().filter(|r| r.conn == token) {
+                    for r in self.children.running.values().filter(|r| r.conn == token) {
                         r.kill();
                     }
-                    discard_unread(&mut c.socket, &mut self.scratch);
-                    self.open_conns = self.open_conns.saturating_sub(1);
-                    self.conns.close();
+                    discard_unread(&mut c.socket, &mut self.bufs.scratch);
+                    self.admission.open = self.admission.open.saturating_sub(1);
+                    self.admission.conns.close();
                     let counters = self.svc.counters.service(c.kind);
                     counters.open = counters.open.saturating_sub(1);
                     let mut ctx = self.svc.ctx();

@@ -70,18 +70,19 @@ impl Reactor {
     /// registration, ready-list place or closing.
     pub(super) fn drive_conn(&mut self, token: Token, readable: bool, writable: bool) {
         let limits = &self.config.limits;
-        let Some(Entry::Conn(c)) = self.sources.get_mut(token) else {
+        let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) else {
             return;
         };
         if c.dead {
             return;
         }
         let mut io = TurnIo {
-            scratch: &mut self.scratch,
-            reply: &mut self.reply,
+            scratch: &mut self.bufs.scratch,
+            reply: &mut self.bufs.reply,
             svc: &mut self.svc,
         };
-        let (verdict, received, sent) = drive(c, readable, writable, &mut io, limits, self.now);
+        let (verdict, received, sent) =
+            drive(c, readable, writable, &mut io, limits, self.core.now);
         let kind = c.kind;
         let exec = c.service.take_exec();
         if !self.svc.disk.is_empty() {
@@ -96,7 +97,7 @@ impl Reactor {
         let counters = self.svc.counters.service(kind);
         counters.bytes_received = counters.bytes_received.saturating_add(received as u64);
         counters.bytes_sent = counters.bytes_sent.saturating_add(sent as u64);
-        let Some(Entry::Conn(c)) = self.sources.get_mut(token) else {
+        let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) else {
             return;
         };
         match verdict {
@@ -123,18 +124,18 @@ impl Reactor {
                     ),
                 }
                 c.dead = true;
-                self.to_close.push(token);
+                self.core.to_close.push(token);
             }
             Verdict::Open { more } => {
-                if let Err(e) = update_interest(&self.poll, c, token) {
+                if let Err(e) = update_interest(&self.core.poll, c, token) {
                     tracing::warn!(service = %kind, "cannot update a connection's interest: {e}");
                     c.dead = true;
-                    self.to_close.push(token);
+                    self.core.to_close.push(token);
                     return;
                 }
                 if more && !c.queued {
                     c.queued = true;
-                    self.ready.push(token);
+                    self.core.ready.push(token);
                 }
             }
         }

@@ -43,7 +43,7 @@ pub enum ServeError {
 }
 
 /// What one worker tells the others.
-pub(super) enum WorkerMsg {
+enum WorkerMsg {
     /// Lines for every chat member (formatted once by the member's worker).
     Chat(Arc<[u8]>),
     /// A worker's counters as of now.
@@ -60,7 +60,7 @@ struct PeerLink {
 }
 
 /// A reactor's channels to the other workers.
-pub(super) struct Link {
+struct Link {
     inbox: Receiver<WorkerMsg>,
     peers: Vec<PeerLink>,
     /// When the counters were last reported, and the loop turn they were taken at.
@@ -79,6 +79,25 @@ impl Link {
             {
                 tracing::warn!("cannot wake another worker: {e}");
             }
+        }
+    }
+}
+
+/// What reaches this reactor from other threads: the waker, and the channels to the other
+/// workers.
+pub(super) struct Links {
+    /// Wakes the poll from other threads: the disk thread, the other workers.
+    pub(super) waker: Arc<Waker>,
+    /// The channels to the other workers (none with one worker).
+    workers: Option<Link>,
+}
+
+impl Links {
+    /// No other worker yet.
+    pub(super) fn new(waker: Arc<Waker>) -> Links {
+        Links {
+            waker,
+            workers: None,
         }
     }
 }
@@ -110,7 +129,7 @@ impl OpenConns {
 impl Reactor {
     /// Sends chat lines to every other worker's members.
     pub(super) fn forward_chat(&self, bytes: &[u8]) {
-        if let Some(link) = &self.link {
+        if let Some(link) = &self.links.workers {
             let shared: Arc<[u8]> = Arc::from(bytes);
             link.send(|| WorkerMsg::Chat(Arc::clone(&shared)));
         }
@@ -119,7 +138,9 @@ impl Reactor {
     /// Takes what the other workers sent: chat lines for this worker's members, counters.
     pub(super) fn read_inbox(&mut self) {
         for _ in 0..INBOX_BUDGET {
-            let Some(link) = &self.link else { return };
+            let Some(link) = &self.links.workers else {
+                return;
+            };
             match link.inbox.try_recv() {
                 Ok(WorkerMsg::Chat(bytes)) => self.deliver_chat(&bytes, None),
                 Ok(WorkerMsg::Counters { worker, counters }) => {
@@ -129,7 +150,7 @@ impl Reactor {
             }
         }
         // More are waiting: come back after everyone else's turn.
-        if let Err(e) = self.waker.wake() {
+        if let Err(e) = self.links.waker.wake() {
             tracing::warn!("cannot wake this worker: {e}");
         }
     }
@@ -137,14 +158,16 @@ impl Reactor {
     /// Reports this worker's counters to the others at most every REPORT_EVERY, and once
     /// more after the last change, so an idle worker's report is never staler than that.
     pub(super) fn report_counters(&mut self) {
-        let Some(link) = &mut self.link else { return };
+        let Some(link) = &mut self.links.workers else {
+            return;
+        };
         let turn = self.svc.counters.loop_iterations;
         if let Some((at, reported)) = link.last_report {
             if reported == turn {
                 return;
             }
             let due = at + REPORT_EVERY;
-            if self.now < due {
+            if self.core.now < due {
                 link.report_due = Some(due);
                 return;
             }
@@ -154,13 +177,13 @@ impl Reactor {
             worker,
             counters: Box::new(counters.clone()),
         });
-        link.last_report = Some((self.now, turn));
+        link.last_report = Some((self.core.now, turn));
         link.report_due = None;
     }
 
     /// When a counter report is owed, for the poll timeout.
     pub(super) fn report_due(&self) -> Option<Instant> {
-        self.link.as_ref().and_then(|l| l.report_due)
+        self.links.workers.as_ref().and_then(|l| l.report_due)
     }
 }
 
@@ -258,12 +281,15 @@ pub fn serve(
 /// nick table, one connection count.
 fn link(reactors: &mut [Reactor]) {
     let (txs, rxs): (Vec<_>, Vec<_>) = reactors.iter().map(|_| mpsc::channel()).unzip();
-    let wakers: Vec<Arc<Waker>> = reactors.iter().map(|r| Arc::clone(&r.waker)).collect();
+    let wakers: Vec<Arc<Waker>> = reactors
+        .iter()
+        .map(|r| Arc::clone(&r.links.waker))
+        .collect();
     let Some((first, _)) = reactors.split_first() else {
         return;
     };
     let room = first.svc.room.share();
-    let conns = first.conns.clone();
+    let conns = first.admission.conns.clone();
     // One store for every worker: its temporaries are numbered in one sequence.
     let shared = first.shared.clone();
     for (i, (reactor, inbox)) in reactors.iter_mut().zip(rxs).enumerate() {
@@ -277,7 +303,7 @@ fn link(reactors: &mut [Reactor]) {
                 waker: Arc::clone(waker),
             })
             .collect();
-        reactor.link = Some(Link {
+        reactor.links.workers = Some(Link {
             inbox,
             peers,
             last_report: None,
@@ -286,7 +312,7 @@ fn link(reactors: &mut [Reactor]) {
         reactor.svc.peers.worker = i;
         if i > 0 {
             reactor.svc.room = room.share();
-            reactor.conns = conns.clone();
+            reactor.admission.conns = conns.clone();
             reactor.shared = shared.clone();
         }
     }
