@@ -19,7 +19,6 @@ pub mod addr;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod config_file;
 pub mod frame;
 pub mod metrics;
 pub mod reactor;

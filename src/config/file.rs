@@ -2,13 +2,11 @@
 //!
 //! The path from input to a running server: [`ServeSettings::default`] (the built-in defaults)
 //! → [`ServeSettings::apply_file`] (a file read by [`load`] or [`parse`]) → the flags
-//! (`cli::serve`) → [`ServeSettings::finish`], which resolves the exec allow-list and validates,
+//! ([`super::flags`]) → [`ServeSettings::finish`], which resolves the exec allow-list and validates,
 //! giving an [`Effective`] configuration that [`Effective::to_toml`] writes back in the form
 //! `--config` reads. Every value is range-checked while the file is read, so that an error names
 //! the key and the line; rules that span keys (a stream service on a `unixgram:` address) are
 //! checked by `finish` against the line the listener came from.
-
-mod values;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,14 +14,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use super::{ConfigError, ListenerConfig, ServerConfig, ServiceKind, SocketOptions};
 use crate::addr::ListenAddr;
-use crate::config::{ConfigError, ListenerConfig, ServerConfig, ServiceKind, SocketOptions};
 use crate::service::exec::{AllowError, ExecPolicy, resolve_program};
 
-use values::{
+use super::values::{
     Addr, Backlog, BufSize, Count, Dur, NonZeroDur, Service, Size, SizeOrZero, UploadLimit, Workers,
 };
-pub use values::{LogLevel, parse_bytes, parse_duration};
+pub use super::values::{LogLevel, parse_bytes, parse_duration};
 
 /// Defaults of `exec`'s limits, which apply once `exec.allow` names a program.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -532,7 +530,7 @@ impl ServeSettings {
     }
 }
 
-fn set<T>(slot: &mut T, value: Option<T>) {
+pub(super) fn set<T>(slot: &mut T, value: Option<T>) {
     if let Some(v) = value {
         *slot = v;
     }

@@ -1,10 +1,15 @@
 //! The server's configuration: which services listen where, with which socket options and
-//! limits. Built from the command line and the configuration file (`config_file`) by
+//! limits ([`ServerConfig`], this file). Built from the built-in defaults, the TOML file
+//! ([`file`], whose value types are in `values`) and the flags ([`flags`]), in that order, by
 //! `cli::serve`; the reactor only reads it.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub mod file;
+pub mod flags;
+mod values;
 
 use crate::addr::ListenAddr;
 use crate::service::DatagramSettings;

@@ -1,0 +1,533 @@
+//! The flags of `socklab serve` (clap's `Args`), and how they apply over the configuration file
+//! or the built-in defaults: a flag given overrides, a flag left out changes nothing. The
+//! struct lives here, beside the merge that reads every field of it, rather than in
+//! `cli::serve` (which only runs the result), so that configuration never imports the CLI.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::file::{LogLevel, ServeSettings, parse_bytes, parse_duration, set};
+use super::{ServerConfig, ServiceKind};
+use crate::addr::ListenAddr;
+
+fn parse_stream_service(s: &str) -> Result<ServiceKind, String> {
+    ServiceKind::from_name(s)
+        .filter(|k| k.is_stream())
+        .ok_or_else(|| format!("`{s}` is not a stream service (echo, upper, files, chat, metrics)"))
+}
+
+/// Run the socklab server.
+///
+/// With no arguments: echo (TCP 127.0.0.1:7000), upper (TCP 127.0.0.1:7001), udp-echo (UDP
+/// 127.0.0.1:7000) and udp-upper (UDP 127.0.0.1:7001). Prints one `listening` line per socket
+/// with the options the kernel set, then `ready`. SIGINT or SIGTERM stops it: no new
+/// connections, pending output is flushed for --shutdown-grace, exit 0.
+#[derive(Debug, Args)]
+#[command(next_line_help = false)]
+pub struct ServeArgs {
+    /// Read the configuration from this TOML file (every key is in socklab.example.toml);
+    /// flags given on the command line override it.
+    #[arg(long, value_name = "FILE", help_heading = "Configuration")]
+    pub(crate) config: Option<PathBuf>,
+    /// Print the effective configuration (defaults, --config file and flags) as TOML that
+    /// --config reads back, and exit without starting.
+    #[arg(long, help_heading = "Configuration")]
+    pub(crate) print_config: bool,
+    /// Address of the echo service: HOST:PORT (TCP) or unix:PATH. Repeatable [default: 127.0.0.1:7000]
+    #[arg(long = "echo", value_name = "ADDR", help_heading = "Services")]
+    echo: Vec<ListenAddr>,
+    /// Do not start echo.
+    #[arg(long, conflicts_with = "echo", help_heading = "Services")]
+    no_echo: bool,
+    /// Address of the upper service: HOST:PORT (TCP) or unix:PATH. Repeatable [default: 127.0.0.1:7001]
+    #[arg(long = "upper", value_name = "ADDR", help_heading = "Services")]
+    upper: Vec<ListenAddr>,
+    /// Do not start upper.
+    #[arg(long, conflicts_with = "upper", help_heading = "Services")]
+    no_upper: bool,
+    /// Address of udp-echo: HOST:PORT (UDP) or unixgram:PATH. Repeatable [default: 127.0.0.1:7000]
+    #[arg(long = "udp-echo", value_name = "ADDR", help_heading = "Services")]
+    udp_echo: Vec<ListenAddr>,
+    /// Do not start udp-echo.
+    #[arg(long, conflicts_with = "udp_echo", help_heading = "Services")]
+    no_udp_echo: bool,
+    /// Address of udp-upper: HOST:PORT (UDP) or unixgram:PATH. Repeatable [default: 127.0.0.1:7001]
+    #[arg(long = "udp-upper", value_name = "ADDR", help_heading = "Services")]
+    udp_upper: Vec<ListenAddr>,
+    /// Do not start udp-upper.
+    #[arg(long, conflicts_with = "udp_upper", help_heading = "Services")]
+    no_udp_upper: bool,
+    /// Address of files (framed put/get/list): HOST:PORT (TCP) or unix:PATH. Repeatable [default: 127.0.0.1:7080]
+    #[arg(long = "files", value_name = "ADDR", help_heading = "Services")]
+    files: Vec<ListenAddr>,
+    /// Do not start files.
+    #[arg(long, conflicts_with = "files", help_heading = "Services")]
+    no_files: bool,
+    /// Address of chat (lines): HOST:PORT (TCP) or unix:PATH. Repeatable [default: 127.0.0.1:7070]
+    #[arg(long = "chat", value_name = "ADDR", help_heading = "Services")]
+    chat: Vec<ListenAddr>,
+    /// Do not start chat.
+    #[arg(long, conflicts_with = "chat", help_heading = "Services")]
+    no_chat: bool,
+    /// Address of udp-chat: HOST:PORT (UDP). Repeatable [default: 127.0.0.1:7070]
+    #[arg(long = "udp-chat", value_name = "ADDR", help_heading = "Services")]
+    udp_chat: Vec<ListenAddr>,
+    /// Do not start udp-chat.
+    #[arg(long, conflicts_with = "udp_chat", help_heading = "Services")]
+    no_udp_chat: bool,
+    /// Address of time (strftime over UDP): HOST:PORT. Repeatable [default: 127.0.0.1:7013]
+    #[arg(long = "time", value_name = "ADDR", help_heading = "Services")]
+    time: Vec<ListenAddr>,
+    /// Do not start time.
+    #[arg(long, conflicts_with = "time", help_heading = "Services")]
+    no_time: bool,
+    /// Address of discovery (answers SOCKLAB? broadcasts): HOST:PORT. Repeatable
+    /// [default: 0.0.0.0:7099, every interface, so that broadcasts reach it]
+    #[arg(long = "discovery", value_name = "ADDR", help_heading = "Services")]
+    discovery: Vec<ListenAddr>,
+    /// Do not start discovery.
+    #[arg(long, conflicts_with = "discovery", help_heading = "Services")]
+    no_discovery: bool,
+    /// Address of metrics (Prometheus text at GET /metrics): HOST:PORT or unix:PATH.
+    /// Repeatable [default: 127.0.0.1:9107]
+    #[arg(long = "metrics", value_name = "ADDR", help_heading = "Services")]
+    metrics: Vec<ListenAddr>,
+    /// Do not start metrics.
+    #[arg(long, conflicts_with = "metrics", help_heading = "Services")]
+    no_metrics: bool,
+    /// Discovery probes answered per second at most, so it cannot amplify a flood. [default: 20]
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    discovery_rate: Option<u32>,
+
+    /// Where files keeps its files (created if missing). [default: ./socklab-data]
+    #[arg(long, value_name = "DIR", help_heading = "Files")]
+    data_dir: Option<PathBuf>,
+    /// Largest upload files accepts (too_large beyond); unlimited when not given.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Files")]
+    max_upload: Option<usize>,
+    /// Upload bytes received and not yet written to disk, per connection, past which files
+    /// stops reading that connection until the disk catches up. [default: 8MiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Files")]
+    upload_in_flight: Option<usize>,
+    /// Allow files' `exec` to run this program (repeatable). A name is looked up on PATH once,
+    /// at start-up; a request's argv[0] must be the name or the resolved path exactly. No
+    /// shell is involved. Without any, exec is disabled.
+    #[arg(long, value_name = "PROGRAM", help_heading = "Exec")]
+    exec_allow: Vec<String>,
+    /// Longest a command may run (a request's timeout_ms can only shorten it); then its
+    /// process group is killed. [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Exec")]
+    exec_timeout: Option<Duration>,
+    /// Output kept per stream (stdout, stderr) of a command; the rest is discarded. [default: 1MiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Exec")]
+    exec_max_output: Option<usize>,
+    /// Commands running at once at most; past it, too_busy. [default: 16]
+    #[arg(long, value_name = "N", help_heading = "Exec")]
+    exec_max_procs: Option<usize>,
+    /// Working directory of commands [default: the data directory].
+    #[arg(long, value_name = "DIR", help_heading = "Exec")]
+    exec_workdir: Option<PathBuf>,
+    /// Largest frame header files accepts (bad_frame beyond). [default: 64KiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Files")]
+    max_header: Option<usize>,
+
+    /// Require the HMAC-SHA256 challenge-response on this service's stream listeners
+    /// (repeatable: --auth files --auth upper).
+    #[arg(long = "auth", value_name = "SERVICE", value_parser = parse_stream_service, help_heading = "Authentication")]
+    auth: Vec<ServiceKind>,
+    /// File holding the shared secret (one trailing newline is dropped). Without it the
+    /// secret comes from the SOCKLAB_SECRET environment variable; never from a flag.
+    #[arg(long, value_name = "PATH", help_heading = "Authentication")]
+    auth_secret_file: Option<PathBuf>,
+    /// How long a client has to answer the challenge. [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Authentication")]
+    auth_timeout: Option<Duration>,
+
+    /// Open connections at most; one more is accepted and closed at once (and counted).
+    /// [default: 10000]
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    max_conns: Option<usize>,
+    /// Close a connection after this long with no bytes moving either way (0 = never).
+    /// [default: 300s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Limits")]
+    idle_timeout: Option<Duration>,
+    /// After SIGINT/SIGTERM, how long pending output may take to drain before exiting.
+    /// [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Limits")]
+    shutdown_grace: Option<Duration>,
+    /// Stop reading from a connection while its pending output is at least this
+    /// (backpressure). [default: 256KiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Limits")]
+    pending_pause: Option<usize>,
+    /// Disconnect a connection whose pending output passes this. At or above it,
+    /// --pending-pause never pauses: clients that do not read are cut off instead. [default: 1MiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Limits")]
+    max_pending: Option<usize>,
+    /// Disconnect a chat member whose pending output passes this (it does not read).
+    /// [default: 1MiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Limits")]
+    chat_max_pending: Option<usize>,
+    /// How long udp-chat remembers a sender that has gone silent. [default: 10m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Limits")]
+    udp_chat_expiry: Option<Duration>,
+    /// Bytes read from one connection per turn of the loop before the others get theirs.
+    /// [default: 256KiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Limits")]
+    read_budget: Option<usize>,
+
+    /// Do not set SO_REUSEADDR on TCP listeners (a restart then fails while old connections
+    /// sit in TIME_WAIT).
+    #[arg(long, help_heading = "Socket options")]
+    no_reuseaddr: bool,
+    /// Set SO_REUSEPORT on TCP and UDP sockets, so several servers can share a port.
+    #[arg(long, help_heading = "Socket options")]
+    reuseport: bool,
+    /// Do not set TCP_NODELAY on accepted connections (Nagle's algorithm comes back).
+    #[arg(long, help_heading = "Socket options")]
+    no_nodelay: bool,
+    /// SO_RCVBUF to ask for (the kernel doubles it; the value set is shown at start-up).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Socket options")]
+    rcvbuf: Option<usize>,
+    /// SO_SNDBUF to ask for (the kernel doubles it; the value set is shown at start-up).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Socket options")]
+    sndbuf: Option<usize>,
+    /// Listen backlog (the kernel caps it at net.core.somaxconn). [default: 1024]
+    #[arg(long, value_name = "N", help_heading = "Socket options")]
+    backlog: Option<i32>,
+    /// Set SO_BROADCAST on UDP sockets.
+    #[arg(long, help_heading = "Socket options")]
+    broadcast: bool,
+
+    /// Reactor threads, each with its own listeners bound with SO_REUSEPORT so the kernel
+    /// spreads connections (and UDP senders) across them. udp-chat, discovery and unix:/unixgram:
+    /// listeners run on the first worker only; chat rooms span them all. [default: 1]
+    #[arg(long, value_name = "N", help_heading = "Workers")]
+    workers: Option<usize>,
+
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, help_heading = "Logging")]
+    verbose: u8,
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, action = clap::ArgAction::Count, help_heading = "Logging")]
+    quiet: u8,
+}
+
+impl ServeArgs {
+    /// The configuration these flags describe, over the built-in defaults (no file; exec off).
+    pub fn to_config(&self) -> ServerConfig {
+        let mut settings = ServeSettings::default();
+        self.apply(&mut settings);
+        settings.server
+    }
+
+    /// Overrides `settings` with every flag given on the command line; flags left out change
+    /// nothing, so that a file's values stand.
+    pub fn apply(&self, settings: &mut ServeSettings) {
+        let services = [
+            (ServiceKind::Echo, &self.echo, self.no_echo),
+            (ServiceKind::Upper, &self.upper, self.no_upper),
+            (ServiceKind::UdpEcho, &self.udp_echo, self.no_udp_echo),
+            (ServiceKind::UdpUpper, &self.udp_upper, self.no_udp_upper),
+            (ServiceKind::Files, &self.files, self.no_files),
+            (ServiceKind::Chat, &self.chat, self.no_chat),
+            (ServiceKind::UdpChat, &self.udp_chat, self.no_udp_chat),
+            (ServiceKind::Time, &self.time, self.no_time),
+            (ServiceKind::Discovery, &self.discovery, self.no_discovery),
+            (ServiceKind::Metrics, &self.metrics, self.no_metrics),
+        ];
+        for (service, addrs, off) in services {
+            if off {
+                settings.set_service(service, &[]);
+            } else if !addrs.is_empty() {
+                settings.set_service(service, addrs);
+            }
+        }
+        for &service in &self.auth {
+            settings.require_auth(service);
+        }
+
+        if self.no_reuseaddr {
+            settings.socket_option(|o| o.reuseaddr = false);
+        }
+        if self.reuseport {
+            settings.socket_option(|o| o.reuseport = true);
+        }
+        if self.no_nodelay {
+            settings.socket_option(|o| o.nodelay = false);
+        }
+        if let Some(n) = self.rcvbuf {
+            settings.socket_option(|o| o.rcvbuf = Some(n));
+        }
+        if let Some(n) = self.sndbuf {
+            settings.socket_option(|o| o.sndbuf = Some(n));
+        }
+        if let Some(n) = self.backlog {
+            settings.socket_option(|o| o.backlog = n);
+        }
+        if self.broadcast {
+            settings.socket_option(|o| o.broadcast = true);
+        }
+
+        let s = &mut settings.server;
+        let limits = &mut s.limits;
+        set(&mut limits.max_conns, self.max_conns);
+        if let Some(d) = self.idle_timeout {
+            limits.idle_timeout = Some(d).filter(|d| !d.is_zero());
+        }
+        set(&mut limits.shutdown_grace, self.shutdown_grace);
+        set(&mut limits.pending_pause, self.pending_pause);
+        set(&mut limits.max_pending, self.max_pending);
+        set(&mut limits.read_budget, self.read_budget);
+        set(&mut limits.chat_max_pending, self.chat_max_pending);
+        set(&mut s.datagram.udp_chat_expiry, self.udp_chat_expiry);
+        set(&mut s.datagram.discovery_rate, self.discovery_rate);
+        set(&mut s.files.data_dir, self.data_dir.clone());
+        if let Some(n) = self.max_upload {
+            s.files.config.max_upload = Some(n as u64);
+        }
+        set(&mut s.files.config.max_header, self.max_header);
+        if let Some(n) = self.upload_in_flight {
+            s.files.config.upload_in_flight = n as u64;
+        }
+        set(&mut s.auth_timeout, self.auth_timeout);
+        set(&mut s.workers, self.workers);
+
+        if !self.exec_allow.is_empty() {
+            settings.set_exec_allow(self.exec_allow.clone());
+        }
+        let exec = &mut settings.exec;
+        set(&mut exec.timeout, self.exec_timeout);
+        set(&mut exec.max_output, self.exec_max_output);
+        // The flag has always taken 0 as 1; the file, which is new, refuses it.
+        set(&mut exec.max_procs, self.exec_max_procs.map(|n| n.max(1)));
+        if self.exec_workdir.is_some() {
+            exec.workdir = self.exec_workdir.clone();
+        }
+        if self.auth_secret_file.is_some() {
+            settings.secret_file = self.auth_secret_file.clone();
+        }
+        if self.verbose > 0 || self.quiet > 0 {
+            let offset = settings.log.offset() + i16::from(self.verbose) - i16::from(self.quiet);
+            settings.log = LogLevel::from_offset(offset);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::file::{Effective, parse};
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn args(flags: &[&str]) -> ServeArgs {
+        let argv = std::iter::once("serve").chain(flags.iter().copied());
+        match Cli::try_parse_from(argv) {
+            Ok(cli) => cli.serve,
+            Err(e) => panic!("{flags:?}: {e}"),
+        }
+    }
+
+    /// The file, then the flags, as `run` combines them.
+    fn effective(file: &str, flags: &[&str]) -> Effective {
+        let mut settings = parse(file, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+        args(flags).apply(&mut settings);
+        settings.finish().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_defaults_in_the_help_are_the_defaults() {
+        let stated = args(&[
+            "--discovery-rate=20",
+            "--data-dir=./socklab-data",
+            "--exec-timeout=10s",
+            "--exec-max-output=1MiB",
+            "--exec-max-procs=16",
+            "--max-header=64KiB",
+            "--auth-timeout=5s",
+            "--max-conns=10000",
+            "--idle-timeout=300s",
+            "--shutdown-grace=5s",
+            "--pending-pause=256KiB",
+            "--max-pending=1MiB",
+            "--chat-max-pending=1MiB",
+            "--udp-chat-expiry=10m",
+            "--read-budget=256KiB",
+            "--backlog=1024",
+            "--workers=1",
+        ]);
+        let mut with_stated = ServeSettings::default();
+        stated.apply(&mut with_stated);
+        let with_stated = with_stated.finish().unwrap();
+        assert_eq!(with_stated, ServeSettings::default().finish().unwrap());
+        assert_eq!(args(&[]).to_config(), ServeSettings::default().server);
+    }
+
+    #[test]
+    fn flags_left_out_leave_the_file_alone() {
+        let file = "[limits]\nmax_conns = 7\n[socket]\nnodelay = false\n";
+        let e = effective(file, &[]);
+        assert_eq!(e.server.limits.max_conns, 7);
+        assert!(!e.server.sockopts.nodelay);
+        let e = effective(file, &["--max-conns", "9", "--backlog", "64"]);
+        assert_eq!(e.server.limits.max_conns, 9);
+        assert_eq!(e.server.sockopts.backlog, 64);
+        assert!(
+            !e.server.sockopts.nodelay,
+            "the file's nodelay = false stays"
+        );
+    }
+
+    /// Each listener as `service addr auth`.
+    fn listed(e: &Effective) -> Vec<String> {
+        e.server
+            .listeners
+            .iter()
+            .map(|l| format!("{} {} {}", l.service, l.addr, l.auth))
+            .collect()
+    }
+
+    #[test]
+    fn file_listeners_are_exact_and_flags_replace_per_service() {
+        let file = r#"
+[[listener]]
+service = "echo"
+addr = "127.0.0.1:1"
+[listener.socket]
+nodelay = false
+
+[[listener]]
+service = "files"
+addr = "0.0.0.0:2"
+auth = true
+
+[[listener]]
+service = "upper"
+addr = "127.0.0.1:3"
+"#;
+        let e = effective(file, &[]);
+        let got = listed(&e);
+        assert_eq!(
+            got,
+            [
+                "echo 127.0.0.1:1 false",
+                "files 0.0.0.0:2 true",
+                "upper 127.0.0.1:3 false"
+            ]
+        );
+        let echo = &e.server.listeners[0];
+        assert!(!e.server.sockopts_of(echo).nodelay);
+        assert!(e.server.sockopts_of(&e.server.listeners[2]).nodelay);
+
+        let e = effective(
+            file,
+            &[
+                "--files",
+                "0.0.0.0:4",
+                "--no-upper",
+                "--chat",
+                "127.0.0.1:5",
+                "--auth",
+                "echo",
+            ],
+        );
+        let got = listed(&e);
+        assert_eq!(
+            got,
+            [
+                "echo 127.0.0.1:1 true",
+                // The replacement keeps the authentication of the listener it replaces.
+                "files 0.0.0.0:4 true",
+                "chat 127.0.0.1:5 false"
+            ]
+        );
+    }
+
+    #[test]
+    fn socket_flags_reach_per_listener_options_too() {
+        let file = "[[listener]]\nservice = \"echo\"\naddr = \"127.0.0.1:1\"\n\
+                    [listener.socket]\nnodelay = true\nbacklog = 8\n";
+        let e = effective(file, &["--no-nodelay"]);
+        let l = &e.server.listeners[0];
+        let o = e.server.sockopts_of(l);
+        assert_eq!((o.nodelay, o.backlog), (false, 8));
+        assert!(!e.server.sockopts.nodelay);
+    }
+
+    #[test]
+    fn print_config_reads_back_to_the_same_configuration() {
+        let file = r#"
+workers = 3
+data_dir = "/tmp/socklab-rt"
+log = "warn"
+[limits]
+idle_timeout = "0s"
+pending_pause = 1000
+read_budget = "1536KiB"
+[socket]
+rcvbuf = "128KiB"
+[auth]
+secret_file = "/tmp/secret"
+timeout = "2500ms"
+[files]
+max_upload = "3GiB"
+[exec]
+allow = ["sh"]
+max_output = 0
+[[listener]]
+service = "echo"
+addr = "127.0.0.1:1"
+[listener.socket]
+nodelay = false
+rcvbuf = "kernel"
+[[listener]]
+service = "udp-echo"
+addr = "unixgram:/tmp/socklab-rt.sock"
+[[listener]]
+service = "files"
+addr = "unix:/tmp/socklab-rt-files.sock"
+auth = true
+"#;
+        for flags in [
+            &[][..],
+            &[
+                "--no-nodelay",
+                "--sndbuf",
+                "96KiB",
+                "--max-conns",
+                "12",
+                "-v",
+            ][..],
+            &[
+                "--upper",
+                "127.0.0.1:9",
+                "--no-echo",
+                "--exec-allow",
+                "env",
+                "-qqq",
+            ][..],
+        ] {
+            let first = effective(file, flags);
+            let printed = first.to_toml().unwrap();
+            let again = parse(&printed, "printed")
+                .unwrap_or_else(|e| panic!("{e}\n{printed}"))
+                .finish()
+                .unwrap_or_else(|e| panic!("{e}\n{printed}"));
+            assert_eq!(again, first, "{flags:?}:\n{printed}");
+            assert_eq!(again.to_toml().unwrap(), printed);
+        }
+        let e = effective(file, &[]);
+        assert_eq!(e.server.sockopts_of(&e.server.listeners[0]).rcvbuf, None);
+        assert_eq!(e.server.sockopts.rcvbuf, Some(128 * 1024));
+        assert_eq!(e.server.limits.idle_timeout, None);
+        assert_eq!(e.log, LogLevel::Warn);
+        assert_eq!(effective(file, &["-v"]).log, LogLevel::Info);
+    }
+}
