@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::config::ServiceKind;
+use crate::kind::ServiceKind;
 
 /// Counters of one service.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

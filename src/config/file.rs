@@ -14,8 +14,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::{ConfigError, ListenerConfig, ServerConfig, ServiceKind, SocketOptions};
+use super::{ConfigError, ListenerConfig, ServerConfig, SocketOptions, default_addr};
 use crate::addr::ListenAddr;
+use crate::kind::ServiceKind;
 use crate::service::exec::{AllowError, ExecPolicy, resolve_program};
 
 use super::values::{
@@ -274,7 +275,7 @@ impl Default for ServeSettings {
             .into_iter()
             .map(|service| ListenerConfig {
                 service,
-                addr: service.default_addr(),
+                addr: default_addr(service),
                 auth: false,
                 sockopts: None,
             })
@@ -409,7 +410,7 @@ impl ServeSettings {
                         service: l.service.0,
                         addr: l
                             .addr
-                            .map_or_else(|| l.service.0.default_addr(), |a| a.into_inner().0),
+                            .map_or_else(|| default_addr(l.service.0), |a| a.into_inner().0),
                         auth: l.auth.is_some_and(|a| a.into_inner()),
                         sockopts: l.socket.map(|o| o.over(&s.sockopts)),
                     };

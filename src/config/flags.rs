@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::ServerConfig;
 use super::file::{LogLevel, ServeSettings, parse_bytes, parse_duration, set};
-use super::{ServerConfig, ServiceKind};
 use crate::addr::ListenAddr;
+use crate::kind::ServiceKind;
 
 fn parse_stream_service(s: &str) -> Result<ServiceKind, String> {
     ServiceKind::from_name(s)

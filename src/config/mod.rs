@@ -3,7 +3,6 @@
 //! ([`file`], whose value types are in `values`) and the flags ([`flags`]), in that order, by
 //! `cli::serve`; the reactor only reads it.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,95 +11,28 @@ pub mod flags;
 mod values;
 
 use crate::addr::ListenAddr;
+/// Re-exported where it was (`reactor/conn.rs`, `reactor/accept.rs` name it here); its home is
+/// [`crate::kind`].
+pub(crate) use crate::kind::ServiceKind;
 use crate::service::DatagramSettings;
 use crate::service::files::FilesConfig;
 
-/// The services the reactor can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ServiceKind {
-    Echo,
-    Upper,
-    UdpEcho,
-    UdpUpper,
-    Files,
-    Chat,
-    UdpChat,
-    Time,
-    Discovery,
-    Metrics,
-}
-
-impl ServiceKind {
-    /// Every service, in the order `socklab serve` starts them.
-    pub const ALL: [ServiceKind; 10] = [
-        ServiceKind::Echo,
-        ServiceKind::Upper,
-        ServiceKind::UdpEcho,
-        ServiceKind::UdpUpper,
-        ServiceKind::Files,
-        ServiceKind::Chat,
-        ServiceKind::UdpChat,
-        ServiceKind::Time,
-        ServiceKind::Discovery,
-        ServiceKind::Metrics,
-    ];
-
-    /// The name used on the command line, in logs and in metrics.
-    pub fn name(self) -> &'static str {
-        match self {
-            ServiceKind::Echo => "echo",
-            ServiceKind::Upper => "upper",
-            ServiceKind::UdpEcho => "udp-echo",
-            ServiceKind::UdpUpper => "udp-upper",
-            ServiceKind::Files => "files",
-            ServiceKind::Chat => "chat",
-            ServiceKind::UdpChat => "udp-chat",
-            ServiceKind::Time => "time",
-            ServiceKind::Discovery => "discovery",
-            ServiceKind::Metrics => "metrics",
-        }
+/// The address from PROTOCOL.md on which `socklab serve` starts `service` when none is given.
+pub fn default_addr(service: ServiceKind) -> ListenAddr {
+    if service == ServiceKind::Discovery {
+        // Broadcasts reach only a socket bound to every interface.
+        return ListenAddr::Inet(std::net::SocketAddr::from(([0, 0, 0, 0], 7099)));
     }
-
-    /// The service called `name` on the command line, if there is one.
-    pub fn from_name(name: &str) -> Option<ServiceKind> {
-        ServiceKind::ALL.into_iter().find(|k| k.name() == name)
-    }
-
-    /// Stream services take TCP and `unix:` addresses; datagram services UDP and `unixgram:`.
-    pub fn is_stream(self) -> bool {
-        matches!(
-            self,
-            ServiceKind::Echo
-                | ServiceKind::Upper
-                | ServiceKind::Files
-                | ServiceKind::Chat
-                | ServiceKind::Metrics
-        )
-    }
-
-    /// The address from PROTOCOL.md that `socklab serve` uses when none is given.
-    pub fn default_addr(self) -> ListenAddr {
-        if self == ServiceKind::Discovery {
-            // Broadcasts reach only a socket bound to every interface.
-            return ListenAddr::Inet(std::net::SocketAddr::from(([0, 0, 0, 0], 7099)));
-        }
-        let port = match self {
-            ServiceKind::Echo | ServiceKind::UdpEcho => 7000,
-            ServiceKind::Upper | ServiceKind::UdpUpper => 7001,
-            ServiceKind::Files => 7080,
-            ServiceKind::Chat | ServiceKind::UdpChat => 7070,
-            ServiceKind::Time => 7013,
-            ServiceKind::Discovery => 7099,
-            ServiceKind::Metrics => 9107,
-        };
-        ListenAddr::Inet(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
-    }
-}
-
-impl fmt::Display for ServiceKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
+    let port = match service {
+        ServiceKind::Echo | ServiceKind::UdpEcho => 7000,
+        ServiceKind::Upper | ServiceKind::UdpUpper => 7001,
+        ServiceKind::Files => 7080,
+        ServiceKind::Chat | ServiceKind::UdpChat => 7070,
+        ServiceKind::Time => 7013,
+        ServiceKind::Discovery => 7099,
+        ServiceKind::Metrics => 9107,
+    };
+    ListenAddr::Inet(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 /// One listening socket: a service on an address.

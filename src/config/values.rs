@@ -8,8 +8,9 @@ use std::time::Duration;
 use serde::de::{self, Unexpected};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{MAX_DURATION, MAX_WORKERS, ServiceKind};
+use super::{MAX_DURATION, MAX_WORKERS};
 use crate::addr::ListenAddr;
+use crate::kind::ServiceKind;
 
 /// Parses a size as the flags take it: bytes, or a number with a binary unit (64KiB, 1MiB).
 pub fn parse_bytes(s: &str) -> Result<usize, String> {

@@ -10,7 +10,8 @@ use mio::net::{UdpSocket, UnixDatagram};
 use mio::{Interest, Poll, Registry, Token};
 
 use super::{Entry, Reactor};
-use crate::config::{Limits, ServiceKind};
+use crate::config::Limits;
+use crate::kind::ServiceKind;
 use crate::service::{DatagramService, Peer};
 
 /// A bound datagram socket.

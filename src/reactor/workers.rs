@@ -19,7 +19,8 @@ use mio::Waker;
 
 use super::{BoundListener, Reactor, StartError};
 use crate::addr::ListenAddr;
-use crate::config::{ListenerConfig, ServerConfig, ServiceKind};
+use crate::config::{ListenerConfig, ServerConfig};
+use crate::kind::ServiceKind;
 use crate::metrics::Counters;
 use crate::service::auth::Secret;
 

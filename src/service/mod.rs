@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::ServiceKind;
+use crate::kind::ServiceKind;
 use crate::metrics::Counters;
 
 /// What a stream service decided about the input it was given.
