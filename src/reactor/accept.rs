@@ -13,6 +13,7 @@ use mio::{Interest, Token};
 
 use super::conn::{Conn, StreamSocket};
 use super::timer::TimerKind;
+use super::transport::Transport;
 use super::workers::OpenConns;
 use super::{Entry, Reactor};
 use crate::config::ServiceKind;
@@ -249,7 +250,7 @@ impl Reactor {
             return;
         };
         let idle = limits.idle_timeout;
-        let mut conn = Conn::new(socket, kind, service, self.core.now);
+        let mut conn = Conn::new(Transport::Plain(socket), kind, service, self.core.now);
         if auth {
             let (Some(secret), Ok(challenge)) = (&self.admission.secret, new_challenge()) else {
                 tracing::error!(service = %kind, "cannot make an authentication challenge");
@@ -301,7 +302,7 @@ impl Reactor {
                 c.id = token.0 as u64;
                 let registry = self.core.poll.registry();
                 registry
-                    .register(&mut c.socket, token, Interest::READABLE)
+                    .register(&mut c.transport, token, Interest::READABLE)
                     .map(|()| {
                         c.interest = Some(Interest::READABLE);
                     })

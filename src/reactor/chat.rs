@@ -38,7 +38,7 @@ impl Reactor {
                 continue;
             }
             c.out.extend(bytes);
-            let result = c.out.write_to(&mut c.socket);
+            let result = c.out.write_to(&mut c.transport);
             let sent = result.as_ref().map_or(0, |n| *n);
             let kind = c.kind;
             if result.is_err() || c.out.pending() > limit {

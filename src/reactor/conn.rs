@@ -1,78 +1,19 @@
-//! A stream connection: its socket, the leftover of a partial request, its pending output, its
-//! service and the flags the reactor steers it by.
+//! A stream connection: its transport (the socket, `transport.rs`), the leftover of a partial
+//! request, its pending output, its service and the flags the reactor steers it by.
 
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::io::{self, Write};
 use std::time::Instant;
 
-use mio::event::Source;
-use mio::net::{TcpStream, UnixStream};
-use mio::{Interest, Registry, Token};
+use mio::Interest;
+
+use super::transport::Transport;
 
 use crate::config::ServiceKind;
 use crate::service::StreamService;
 use crate::service::auth::AuthGate;
 
 /// An accepted TCP or Unix stream.
-#[derive(Debug)]
-pub enum StreamSocket {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl AsRawFd for StreamSocket {
-    fn as_raw_fd(&self) -> RawFd {
-        match self {
-            StreamSocket::Tcp(s) => s.as_raw_fd(),
-            StreamSocket::Unix(s) => s.as_raw_fd(),
-        }
-    }
-}
-
-impl Read for StreamSocket {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            StreamSocket::Tcp(s) => s.read(buf),
-            StreamSocket::Unix(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for StreamSocket {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            StreamSocket::Tcp(s) => s.write(buf),
-            StreamSocket::Unix(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Source for StreamSocket {
-    fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
-        match self {
-            StreamSocket::Tcp(s) => s.register(r, t, i),
-            StreamSocket::Unix(s) => s.register(r, t, i),
-        }
-    }
-
-    fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
-        match self {
-            StreamSocket::Tcp(s) => s.reregister(r, t, i),
-            StreamSocket::Unix(s) => s.reregister(r, t, i),
-        }
-    }
-
-    fn deregister(&mut self, r: &Registry) -> io::Result<()> {
-        match self {
-            StreamSocket::Tcp(s) => s.deregister(r),
-            StreamSocket::Unix(s) => s.deregister(r),
-        }
-    }
-}
+pub(crate) type StreamSocket = crate::net::MioStream;
 
 /// Output waiting for the socket to accept it, written from `pos` on.
 #[derive(Debug, Default)]
@@ -163,8 +104,8 @@ pub fn write_direct(w: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
 /// One accepted stream connection.
 #[derive(Debug)]
 pub struct Conn {
-    /// The socket.
-    pub socket: StreamSocket,
+    /// What its bytes pass through: the socket, plain today. Registered in the poll.
+    pub(crate) transport: Transport,
     /// The connection's id (its token's value): names it as a chat member.
     pub id: u64,
     /// Which service the listener that accepted it runs (for logs and counters).
@@ -201,14 +142,14 @@ pub struct Conn {
 
 impl Conn {
     /// A fresh connection.
-    pub fn new(
-        socket: StreamSocket,
+    pub(crate) fn new(
+        transport: Transport,
         kind: ServiceKind,
         service: StreamService,
         now: Instant,
     ) -> Self {
         Conn {
-            socket,
+            transport,
             id: 0,
             kind,
             service,

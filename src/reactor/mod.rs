@@ -13,6 +13,8 @@
 //! - `bind.rs`: binding and registering the listeners, the start-up report.
 //! - `accept.rs`: accepting, admission against `--max-conns`, the EMFILE reserve.
 //! - `stream.rs`: one stream connection: read, absorb, write, sendfile, its interest.
+//! - `transport.rs`: what a connection's bytes pass through (plain today; TLS would be a
+//!   variant): read, write, sendfile when the bytes go unchanged, shutdown.
 //! - `dgram.rs`: datagram sockets: receive, answer, the bounded reply queue.
 //! - `child.rs`: `exec`'s children: spawning, their pipes, reaping, the answer.
 //! - `disk.rs`: the disk thread and the jobs the connections hand it.
@@ -34,6 +36,7 @@ mod shutdown;
 mod stream;
 pub mod timer;
 pub mod token;
+mod transport;
 pub mod workers;
 
 pub use bind::{BoundListener, StartError};
@@ -56,7 +59,7 @@ use conn::Conn;
 use dgram::DgramEndpoint;
 use disk::DiskThread;
 use shutdown::Shutdown;
-use stream::{discard_unread, stop_input};
+use stream::stop_input;
 use timer::{TimerKind, Timers};
 use token::{ALARM, SIGNAL, Sources, WAKER};
 use workers::Links;
@@ -331,7 +334,7 @@ impl Reactor {
                     for r in self.children.running.values().filter(|r| r.conn == token) {
                         r.kill();
                     }
-                    discard_unread(&mut c.socket, &mut self.bufs.scratch);
+                    c.transport.shutdown(&mut self.bufs.scratch);
                     self.admission.open = self.admission.open.saturating_sub(1);
                     self.admission.conns.close();
                     let counters = self.svc.counters.service(c.kind);

@@ -1,15 +1,16 @@
 //! One stream connection's path: write what is pending, produce a long response (sendfile for
 //! a file), hand held and newly read input to the authentication gate and the service, write
-//! its replies straight away, and settle what the connection waits for next. `drive` and its
-//! steps are the hot path of every request.
+//! its replies straight away, and settle what the connection waits for next. Every byte goes
+//! through the connection's [`Transport`] (`transport.rs`), never a socket directly. `drive`
+//! and its steps are the hot path of every request; the unit tests (`stream/tests.rs`) drive
+//! them through a scripted transport.
 
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use mio::{Interest, Poll, Token};
 
-use super::conn::{Conn, StreamSocket, write_direct};
+use super::conn::{Conn, write_direct};
 use super::{Entry, Reactor, ServiceState};
 use crate::config::Limits;
 use crate::service::Step;
@@ -188,7 +189,7 @@ fn drive_steps(
 /// Writes pending output until the socket would block.
 fn flush(c: &mut Conn, t: &mut Tally) -> Result<(), CloseReason> {
     if !c.out.is_empty() {
-        t.sent += c.out.write_to(&mut c.socket).map_err(CloseReason::Io)?;
+        t.sent += c.out.write_to(&mut c.transport).map_err(CloseReason::Io)?;
     }
     Ok(())
 }
@@ -212,22 +213,27 @@ fn produce_long_response(
         {
             // The file goes from the page cache to the socket without passing through us.
             let count = usize::try_from(left).map_or(disk_budget, |l| l.min(disk_budget));
-            match send_file(&c.socket, fd, offset, count) {
-                Ok(0) => return Err(CloseReason::Broken),
-                Ok(n) => {
+            match c.transport.send_file(fd, offset, count) {
+                None => {
+                    // A transport that changes the bytes (TLS): copy through `out`.
+                    c.service.no_sendfile();
+                    continue;
+                }
+                Some(Ok(0)) => return Err(CloseReason::Broken),
+                Some(Ok(n)) => {
                     t.sent += n;
                     disk_budget = disk_budget.saturating_sub(n);
                     c.service.file_sent(n as u64);
                     continue;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Some(Err(e)) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
                     // This pair of descriptors cannot do sendfile: copy through `out`.
                     c.service.no_sendfile();
                     continue;
                 }
-                Err(e) => return Err(CloseReason::Io(e)),
+                Some(Err(e)) => return Err(CloseReason::Io(e)),
             }
         }
         let chunk = disk_budget.min(PRODUCE_CHUNK);
@@ -286,7 +292,7 @@ fn read_socket(
         let Some(buf) = io.scratch.get_mut(..want) else {
             break;
         };
-        let n = match c.socket.read(buf) {
+        let n = match c.transport.read(buf) {
             Ok(0) => {
                 c.read_closed = true;
                 break;
@@ -351,15 +357,6 @@ fn settle(c: &mut Conn, limits: &Limits, t: &mut Tally, now: Instant) -> Verdict
     Verdict::Open { more: t.more }
 }
 
-/// sendfile(2) from `fd` at `offset` to the socket: at most `count` bytes.
-fn send_file(socket: &StreamSocket, fd: RawFd, offset: u64, count: usize) -> io::Result<usize> {
-    let mut off = libc::off_t::try_from(offset).map_err(io::Error::other)?;
-    // SAFETY: both descriptors are open for the duration of the call (the socket is borrowed,
-    // the file is owned by the connection's service), and `off` is a local the call may write.
-    let n = unsafe { libc::sendfile(socket.as_raw_fd(), fd, &mut off, count) };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
-}
-
 /// Stops taking input from a connection: what is pending is still written, then it closes.
 pub(super) fn stop_input(c: &mut Conn) {
     c.read_closed = true;
@@ -405,7 +402,7 @@ fn absorb(
             io.reply.clear();
             let mut ctx = io.svc.ctx();
             let step = c.service.on_input(data, io.reply, &mut ctx);
-            sent = write_direct(&mut c.socket, io.reply).map_err(CloseReason::Io)?;
+            sent = write_direct(&mut c.transport, io.reply).map_err(CloseReason::Io)?;
             c.out.extend(io.reply.get(sent..).unwrap_or_default());
             step
         } else {
@@ -443,7 +440,7 @@ fn absorb(
 pub(super) fn update_interest(poll: &Poll, c: &mut Conn, token: Token) -> io::Result<()> {
     let want = wanted_interest(c);
     if c.interest != Some(want) {
-        poll.registry().reregister(&mut c.socket, token, want)?;
+        poll.registry().reregister(&mut c.transport, token, want)?;
         c.interest = Some(want);
     }
     Ok(())
@@ -461,17 +458,5 @@ fn wanted_interest(c: &Conn) -> Interest {
         // With nothing to write, READABLE stays even when no read is wanted: a hang-up must
         // still be heard (a client that leaves while its command runs), and READABLE carries it.
         (true, false) | (false, false) => Interest::READABLE,
-    }
-}
-
-/// Reads and drops what the peer sent but nobody will read, so that closing sends a FIN
-/// rather than a reset that could destroy the replies still in flight to it. Bounded: a
-/// peer that keeps sending gets the reset.
-pub(super) fn discard_unread(socket: &mut StreamSocket, scratch: &mut [u8]) {
-    for _ in 0..4 {
-        match socket.read(scratch) {
-            Ok(n) if n > 0 => {}
-            _ => return,
-        }
     }
 }

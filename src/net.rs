@@ -1,0 +1,105 @@
+//! A TCP or Unix-domain stream, whichever an address named: one generic enum, with `Read`,
+//! `Write`, `AsRawFd` and (for mio sockets) mio's `Source` written once, and an alias for each
+//! flavour: [`StdStream`] for the blocking clients, [`MioStream`] for the reactor and the bench.
+//! A leaf: it knows neither the server nor the clients.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+
+use mio::event::Source;
+use mio::{Interest, Registry, Token};
+
+/// A connected stream: TCP, or a Unix-domain stream socket.
+#[derive(Debug)]
+pub(crate) enum TcpOrUnix<T, U> {
+    /// A TCP stream.
+    Tcp(T),
+    /// A Unix-domain stream socket.
+    Unix(U),
+}
+
+/// A non-blocking stream in a mio poll (the reactor's connections, the bench's).
+pub(crate) type MioStream = TcpOrUnix<mio::net::TcpStream, mio::net::UnixStream>;
+
+impl<T: AsRawFd, U: AsRawFd> AsRawFd for TcpOrUnix<T, U> {
+    #[inline]
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            TcpOrUnix::Tcp(s) => s.as_raw_fd(),
+            TcpOrUnix::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl<T: Read, U: Read> Read for TcpOrUnix<T, U> {
+    #[inline]
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            TcpOrUnix::Tcp(s) => s.read(buf),
+            TcpOrUnix::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl<T: Write, U: Write> Write for TcpOrUnix<T, U> {
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            TcpOrUnix::Tcp(s) => s.write(buf),
+            TcpOrUnix::Unix(s) => s.write(buf),
+        }
+    }
+
+    /// Sockets have no user-space buffer: nothing to flush.
+    #[inline]
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<T: Source, U: Source> Source for TcpOrUnix<T, U> {
+    fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            TcpOrUnix::Tcp(s) => s.register(r, t, i),
+            TcpOrUnix::Unix(s) => s.register(r, t, i),
+        }
+    }
+
+    fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            TcpOrUnix::Tcp(s) => s.reregister(r, t, i),
+            TcpOrUnix::Unix(s) => s.reregister(r, t, i),
+        }
+    }
+
+    fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+        match self {
+            TcpOrUnix::Tcp(s) => s.deregister(r),
+            TcpOrUnix::Unix(s) => s.deregister(r),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_flavours_read_write_and_name_their_descriptor() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (fa, fb) = (a.as_raw_fd(), b.as_raw_fd());
+        let mut a: TcpOrUnix<std::net::TcpStream, _> = TcpOrUnix::Unix(a);
+        b.set_nonblocking(true).unwrap();
+        let mut b: MioStream = TcpOrUnix::Unix(mio::net::UnixStream::from_std(b));
+        assert_eq!((a.as_raw_fd(), b.as_raw_fd()), (fa, fb));
+        a.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        let poll = mio::Poll::new().unwrap();
+        poll.registry()
+            .register(&mut b, Token(1), Interest::READABLE)
+            .unwrap();
+        poll.registry().deregister(&mut b).unwrap();
+    }
+}

@@ -1,0 +1,262 @@
+//! The transport: what a connection's bytes pass through between its socket and its service.
+//! It owns reading, writing and shutting down; the connection path (`stream.rs`) and the loop
+//! see only it, and register it with the poll as the socket it stands for.
+//!
+//! Plain today: the bytes go to and from the socket as they are, and file bodies may skip the
+//! process altogether (sendfile). An encrypting transport (TLS) is one more variant here: it
+//! decrypts in `read`, encrypts in `write`, sends its close alert in `shutdown`, and answers
+//! `None` to [`Transport::send_file`], so the service copies file bodies through the
+//! connection's output instead. No service and no part of the loop change for it.
+//!
+//! An enum with one variant costs nothing: every method compiles to the plain socket's call.
+//! Unit tests add a scripted socket (`script`), so the connection path can be driven without a
+//! network; builds other than the crate's own tests never see it.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+
+use mio::event::Source;
+use mio::{Interest, Registry, Token};
+
+use super::conn::StreamSocket;
+
+/// What a connection's bytes pass through.
+#[derive(Debug)]
+pub(crate) enum Transport {
+    /// The socket itself.
+    Plain(StreamSocket),
+    /// A socket played by a unit test (`script`).
+    #[cfg(test)]
+    Scripted(script::Script),
+}
+
+impl Transport {
+    /// sendfile(2) from `file` at `offset` to the connection: at most `count` bytes. `None`
+    /// when this transport cannot take bytes that bypass it (it changes them): the caller then
+    /// copies them through its output.
+    #[inline]
+    pub(crate) fn send_file(
+        &self,
+        file: RawFd,
+        offset: u64,
+        count: usize,
+    ) -> Option<io::Result<usize>> {
+        match self {
+            Transport::Plain(socket) => Some(send_file(socket.as_raw_fd(), file, offset, count)),
+            #[cfg(test)]
+            Transport::Scripted(_) => None,
+        }
+    }
+
+    /// Ends the connection before its descriptor is closed. The plain transport reads and drops
+    /// what the peer sent but nobody will read, so that closing sends a FIN rather than a
+    /// reset that could destroy the replies still in flight to it; bounded, so a peer that
+    /// keeps sending gets the reset.
+    pub(crate) fn shutdown(&mut self, scratch: &mut [u8]) {
+        for _ in 0..4 {
+            match self.read(scratch) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+        #[cfg(test)]
+        if let Transport::Scripted(s) = self {
+            s.shut = true;
+        }
+    }
+}
+
+impl Read for Transport {
+    #[inline]
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(socket) => socket.read(buf),
+            #[cfg(test)]
+            Transport::Scripted(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(socket) => socket.write(buf),
+            #[cfg(test)]
+            Transport::Scripted(s) => s.write(buf),
+        }
+    }
+
+    /// Nothing is buffered between the service's output and the socket.
+    #[inline]
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Registered in the poll as the socket underneath (a scripted one is not in any poll).
+impl Source for Transport {
+    fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            Transport::Plain(socket) => socket.register(r, t, i),
+            #[cfg(test)]
+            Transport::Scripted(_) => Ok(()),
+        }
+    }
+
+    fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            Transport::Plain(socket) => socket.reregister(r, t, i),
+            #[cfg(test)]
+            Transport::Scripted(_) => Ok(()),
+        }
+    }
+
+    fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+        match self {
+            Transport::Plain(socket) => socket.deregister(r),
+            #[cfg(test)]
+            Transport::Scripted(_) => Ok(()),
+        }
+    }
+}
+
+/// sendfile(2) from `file` at `offset` to `socket`: at most `count` bytes.
+fn send_file(socket: RawFd, file: RawFd, offset: u64, count: usize) -> io::Result<usize> {
+    let mut off = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+    // SAFETY: both descriptors are open for the duration of the call (the socket is borrowed
+    // from its transport, the file is owned by the connection's service), and `off` is a local
+    // the call may write.
+    let n = unsafe { libc::sendfile(socket, file, &mut off, count) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+#[cfg(test)]
+pub(crate) mod script {
+    //! A socket played by a test: the peer's bytes arrive when the test says, a write takes
+    //! what room the peer left (at most `write_cap` a call), and any call can be made to fail
+    //! with `Interrupted` first. `WouldBlock` and short reads follow from what has arrived.
+
+    use std::collections::VecDeque;
+    use std::io;
+
+    /// The state of a scripted socket, as its peer (the test) sees it.
+    #[derive(Debug, Default)]
+    pub(crate) struct Script {
+        /// Bytes that arrived from the peer and were not read yet.
+        pub(crate) inbound: VecDeque<u8>,
+        /// The peer shut down its sending side: once `inbound` is empty, reads return 0.
+        pub(crate) fin: bool,
+        /// Bytes the peer will take before a write says `WouldBlock`.
+        pub(crate) room: usize,
+        /// At most this many bytes per write call.
+        pub(crate) write_cap: usize,
+        /// For each coming call (read or write), whether it fails with `Interrupted` first.
+        pub(crate) interrupts: VecDeque<bool>,
+        /// Everything written, in order: what the client received.
+        pub(crate) sent: Vec<u8>,
+        /// A read said `WouldBlock` since the test last cleared this.
+        pub(crate) read_blocked: bool,
+        /// A write said `WouldBlock` since the test last cleared this.
+        pub(crate) write_blocked: bool,
+        /// The transport was shut down (the connection closed).
+        pub(crate) shut: bool,
+    }
+
+    impl Script {
+        /// A socket whose peer takes everything, `write_cap` bytes a call.
+        pub(crate) fn new(write_cap: usize) -> Script {
+            Script {
+                room: usize::MAX,
+                write_cap,
+                ..Script::default()
+            }
+        }
+
+        fn interrupted(&mut self) -> bool {
+            self.interrupts.pop_front().unwrap_or(false)
+        }
+
+        pub(super) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            assert!(!self.shut, "read after shutdown");
+            if self.interrupted() {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            if self.inbound.is_empty() {
+                if self.fin {
+                    return Ok(0);
+                }
+                self.read_blocked = true;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.inbound.len());
+            for (b, byte) in buf.iter_mut().zip(self.inbound.drain(..n)) {
+                *b = byte;
+            }
+            Ok(n)
+        }
+
+        pub(super) fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            assert!(!self.shut, "write after shutdown");
+            if self.interrupted() {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            if self.room == 0 {
+                self.write_blocked = true;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.room).min(self.write_cap.max(1));
+            self.sent.extend_from_slice(&buf[..n]);
+            self.room -= n;
+            Ok(n)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::script::Script;
+    use super::*;
+
+    #[test]
+    fn a_plain_transport_moves_bytes_and_sends_files() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut t = Transport::Plain(StreamSocket::Unix(mio::net::UnixStream::from_std(a)));
+        let mut peer = b;
+        assert_eq!(t.write(b"hello").unwrap(), 5);
+        let mut got = [0u8; 5];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+        let path = std::env::temp_dir().join(format!("socklab-sendfile-{}", std::process::id()));
+        std::fs::write(&path, b"0123456789").unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let n = t.send_file(file.as_raw_fd(), 3, 4).unwrap().unwrap();
+        assert_eq!(n, 4);
+        let mut got = [0u8; 4];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"3456");
+        std::fs::remove_file(path).unwrap();
+        peer.write_all(b"unread").unwrap();
+        t.shutdown(&mut [0u8; 64]);
+        let mut buf = [0u8; 1];
+        assert!(matches!(t.read(&mut buf), Err(e) if e.kind() == io::ErrorKind::WouldBlock));
+    }
+
+    #[test]
+    fn a_scripted_transport_refuses_sendfile_and_drops_unread_input_at_shutdown() {
+        let mut s = Script::new(2);
+        s.inbound.extend(b"left over");
+        s.interrupts.push_back(true);
+        let mut t = Transport::Scripted(s);
+        assert!(t.send_file(0, 0, 1).is_none());
+        assert!(matches!(t.write(b"abc"), Err(e) if e.kind() == io::ErrorKind::Interrupted));
+        assert_eq!(t.write(b"abc").unwrap(), 2, "at most write_cap a call");
+        t.shutdown(&mut [0u8; 4]);
+        let Transport::Scripted(s) = t else {
+            unreachable!()
+        };
+        assert!(s.shut && s.inbound.is_empty() && s.read_blocked);
+        assert_eq!(s.sent, b"ab");
+    }
+}
