@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use mio::{Registry, Token};
 
-use crate::timerfd::TimerFd;
+use crate::sys::timerfd::TimerFd;
 
 /// A timerfd registered in a poll, and the deadline it is armed for.
 #[derive(Debug)]

@@ -1,7 +1,12 @@
 //! A one-shot timerfd registered in a mio poll: the poll wakes when it expires, with
 //! nanosecond precision and no timeout of the poll's own (a poll timeout is whole
 //! milliseconds, and arms and cancels a kernel timer around every sleep). The reactor's
-//! alarm and `socklab bench`'s rate timer are built on it.
+//! alarm (`reactor/alarm.rs`) and `socklab bench`'s rate timer (`cli/bench/worker.rs`) are
+//! built on it.
+//!
+//! It lives in [`crate::sys`], not in the reactor: its two users are the server and a client,
+//! and the load generator should not depend on the server's event loop to get a clock. It knows
+//! nothing of socklab, only of Linux and mio.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -12,14 +17,14 @@ use mio::{Interest, Registry, Token};
 
 /// A timerfd on CLOCK_MONOTONIC (the clock of `Instant`), non-blocking.
 #[derive(Debug)]
-pub struct TimerFd {
+pub(crate) struct TimerFd {
     /// The descriptor, registered for READABLE.
     fd: OwnedFd,
 }
 
 impl TimerFd {
     /// Creates the timerfd and registers it under `token`.
-    pub fn new(registry: &Registry, token: Token) -> io::Result<TimerFd> {
+    pub(crate) fn new(registry: &Registry, token: Token) -> io::Result<TimerFd> {
         // SAFETY: no pointers; the flags are valid for timerfd_create.
         let raw = unsafe {
             libc::timerfd_create(
@@ -38,7 +43,7 @@ impl TimerFd {
 
     /// Arms it to expire once, `after` from now, replacing any earlier arming. A zero wait
     /// would disarm a timerfd, so a wait below 1 ns is 1 ns: it expires at once.
-    pub fn arm_once(&self, after: Duration) -> io::Result<()> {
+    pub(crate) fn arm_once(&self, after: Duration) -> io::Result<()> {
         let after = after.max(Duration::from_nanos(1));
         let spec = libc::itimerspec {
             it_interval: libc::timespec {
@@ -60,7 +65,7 @@ impl TimerFd {
     }
 
     /// Reads the expiry count, so that the next expiry is a new edge for the poll.
-    pub fn drain(&self) {
+    pub(crate) fn drain(&self) {
         let mut count = [0u8; 8];
         // SAFETY: reads at most 8 bytes into our buffer; the descriptor is ours. An error
         // (EAGAIN: nothing expired since the last read) leaves nothing to do.
