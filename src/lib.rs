@@ -22,6 +22,7 @@ pub mod config;
 pub mod frame;
 pub mod kind;
 pub mod metrics;
+mod net;
 pub mod reactor;
 pub mod service;
 pub mod sockopt;
