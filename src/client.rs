@@ -17,36 +17,8 @@ use serde_json::{Map, Value};
 use crate::addr::ListenAddr;
 use crate::frame::header::{HeaderBodyConfig, HeaderBodyDecoder, Part, encode_header};
 use crate::frame::{Decoded, HeaderError};
+use crate::net::StdStream;
 use crate::service::auth::{CHALLENGE_LEN, Secret};
-
-/// A connected stream.
-#[derive(Debug)]
-pub enum ClientStream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Read for ClientStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            ClientStream::Tcp(s) => s.read(buf),
-            ClientStream::Unix(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for ClientStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            ClientStream::Tcp(s) => s.write(buf),
-            ClientStream::Unix(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// What a client was waiting for when its timeout ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +150,7 @@ impl Response {
 #[derive(Debug)]
 pub struct FilesClient {
     /// The socket.
-    stream: ClientStream,
+    stream: StdStream,
     /// Validates response headers exactly as the server validates requests.
     decoder: HeaderBodyDecoder,
     /// Scratch space for one header frame.
@@ -211,13 +183,13 @@ impl FilesClient {
                 s.set_nodelay(true)?;
                 s.set_read_timeout(Some(timeout))?;
                 s.set_write_timeout(Some(timeout))?;
-                ClientStream::Tcp(s)
+                StdStream::Tcp(s)
             }
             ListenAddr::Unix(p) => {
                 let s = UnixStream::connect(p).map_err(connect_err)?;
                 s.set_read_timeout(Some(timeout))?;
                 s.set_write_timeout(Some(timeout))?;
-                ClientStream::Unix(s)
+                StdStream::Unix(s)
             }
             ListenAddr::Unixgram(_) => return Err(ClientError::NotStream(addr.to_string())),
         };

@@ -4,7 +4,9 @@
 //! A leaf: it knows neither the server nor the clients.
 
 use std::io::{self, Read, Write};
+use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
 
 use mio::event::Source;
 use mio::{Interest, Registry, Token};
@@ -18,8 +20,47 @@ pub(crate) enum TcpOrUnix<T, U> {
     Unix(U),
 }
 
+/// A blocking stream of the standard library (the client commands).
+pub(crate) type StdStream = TcpOrUnix<std::net::TcpStream, std::os::unix::net::UnixStream>;
+
 /// A non-blocking stream in a mio poll (the reactor's connections, the bench's).
 pub(crate) type MioStream = TcpOrUnix<mio::net::TcpStream, mio::net::UnixStream>;
+
+impl StdStream {
+    /// A second handle on the same socket (for a reader and a writer thread).
+    pub(crate) fn try_clone(&self) -> io::Result<StdStream> {
+        match self {
+            TcpOrUnix::Tcp(s) => s.try_clone().map(TcpOrUnix::Tcp),
+            TcpOrUnix::Unix(s) => s.try_clone().map(TcpOrUnix::Unix),
+        }
+    }
+
+    /// Sets the read timeout (`SO_RCVTIMEO`; zero is raised to a millisecond).
+    pub(crate) fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        let t = Some(timeout.max(Duration::from_millis(1)));
+        match self {
+            TcpOrUnix::Tcp(s) => s.set_read_timeout(t),
+            TcpOrUnix::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    /// Sets the write timeout (`SO_SNDTIMEO`; zero is raised to a millisecond).
+    pub(crate) fn set_write_timeout(&self, timeout: Duration) -> io::Result<()> {
+        let t = Some(timeout.max(Duration::from_millis(1)));
+        match self {
+            TcpOrUnix::Tcp(s) => s.set_write_timeout(t),
+            TcpOrUnix::Unix(s) => s.set_write_timeout(t),
+        }
+    }
+
+    /// Shuts down one or both directions.
+    pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        match self {
+            TcpOrUnix::Tcp(s) => s.shutdown(how),
+            TcpOrUnix::Unix(s) => s.shutdown(how),
+        }
+    }
+}
 
 impl<T: AsRawFd, U: AsRawFd> AsRawFd for TcpOrUnix<T, U> {
     #[inline]
@@ -88,7 +129,7 @@ mod tests {
     fn both_flavours_read_write_and_name_their_descriptor() {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let (fa, fb) = (a.as_raw_fd(), b.as_raw_fd());
-        let mut a: TcpOrUnix<std::net::TcpStream, _> = TcpOrUnix::Unix(a);
+        let mut a: StdStream = TcpOrUnix::Unix(a);
         b.set_nonblocking(true).unwrap();
         let mut b: MioStream = TcpOrUnix::Unix(mio::net::UnixStream::from_std(b));
         assert_eq!((a.as_raw_fd(), b.as_raw_fd()), (fa, fb));

@@ -10,7 +10,8 @@
 //! Over UDP (`--udp`) each stdin line is one datagram and each reply is printed on its own
 //! line; a reply that does not come within `--timeout` is an error.
 //!
-//! [`Conn`] (a connected TCP or unix stream) is shared with the `chat` command.
+//! `Conn` (a connected TCP or unix stream: the crate's one `TcpOrUnix`, `net.rs`) and its
+//! `connect` are shared with the `chat` command.
 
 use std::io::{self, BufRead, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
@@ -25,6 +26,7 @@ use clap::Args;
 
 use crate::addr::ListenAddr;
 use crate::client::{NoAnswer, Stall, is_timeout};
+use crate::net::StdStream;
 
 /// The largest payload of one UDP datagram over IPv4.
 pub const MAX_DATAGRAM: usize = 65_507;
@@ -94,11 +96,7 @@ pub enum StreamError {
 }
 
 /// A connected TCP or unix stream.
-#[derive(Debug)]
-pub enum Conn {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
+pub(crate) type Conn = StdStream;
 
 impl Conn {
     /// Connects to a stream address (`HOST:PORT` or `unix:PATH`).
@@ -112,62 +110,6 @@ impl Conn {
             ListenAddr::Unix(p) => UnixStream::connect(p).map(Conn::Unix).map_err(failed),
             ListenAddr::Unixgram(_) => Err(StreamError::NotStream(addr.to_string())),
         }
-    }
-
-    /// A second handle on the same socket (for a reader and a writer thread).
-    pub fn try_clone(&self) -> io::Result<Conn> {
-        match self {
-            Conn::Tcp(s) => s.try_clone().map(Conn::Tcp),
-            Conn::Unix(s) => s.try_clone().map(Conn::Unix),
-        }
-    }
-
-    /// Sets the read timeout (`SO_RCVTIMEO`; zero is raised to a millisecond).
-    pub fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
-        let t = Some(timeout.max(Duration::from_millis(1)));
-        match self {
-            Conn::Tcp(s) => s.set_read_timeout(t),
-            Conn::Unix(s) => s.set_read_timeout(t),
-        }
-    }
-
-    /// Sets the write timeout (`SO_SNDTIMEO`; zero is raised to a millisecond).
-    pub fn set_write_timeout(&self, timeout: Duration) -> io::Result<()> {
-        let t = Some(timeout.max(Duration::from_millis(1)));
-        match self {
-            Conn::Tcp(s) => s.set_write_timeout(t),
-            Conn::Unix(s) => s.set_write_timeout(t),
-        }
-    }
-
-    /// Shuts down one or both directions.
-    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        match self {
-            Conn::Tcp(s) => s.shutdown(how),
-            Conn::Unix(s) => s.shutdown(how),
-        }
-    }
-}
-
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Conn::Tcp(s) => s.read(buf),
-            Conn::Unix(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Conn::Tcp(s) => s.write(buf),
-            Conn::Unix(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use mio::event::Source;
 use mio::net::{TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Registry, Token};
 
@@ -30,6 +29,7 @@ use super::BenchError;
 use super::reply::ReplyParser;
 use crate::addr::ListenAddr;
 use crate::client::{NoAnswer, Stall};
+use crate::net::MioStream;
 use crate::timerfd::TimerFd;
 
 /// The highest latency the histogram tells apart (longer ones are recorded as this): 100 s.
@@ -109,58 +109,26 @@ pub struct Outcome {
 }
 
 /// A connected stream socket.
-#[derive(Debug)]
-enum Stream {
-    /// TCP.
-    Tcp(TcpStream),
-    /// Unix-domain stream socket.
-    Unix(UnixStream),
-}
+type Stream = MioStream;
 
-impl Stream {
-    /// Connects (blocking, bounded by `timeout` for TCP) and makes the socket non-blocking.
-    fn connect(addr: &ListenAddr, timeout: Duration) -> io::Result<Stream> {
-        match addr {
-            ListenAddr::Inet(a) => {
-                let s = StdTcpStream::connect_timeout(a, timeout)?;
-                s.set_nodelay(true)?;
-                s.set_nonblocking(true)?;
-                Ok(Stream::Tcp(TcpStream::from_std(s)))
-            }
-            ListenAddr::Unix(p) => {
-                let s = StdUnixStream::connect(p)?;
-                s.set_nonblocking(true)?;
-                Ok(Stream::Unix(UnixStream::from_std(s)))
-            }
-            ListenAddr::Unixgram(_) => Err(io::Error::new(
-                ErrorKind::InvalidInput,
-                "a unixgram address is not a stream",
-            )),
+/// Connects (blocking, bounded by `timeout` for TCP) and makes the socket non-blocking.
+fn connect(addr: &ListenAddr, timeout: Duration) -> io::Result<Stream> {
+    match addr {
+        ListenAddr::Inet(a) => {
+            let s = StdTcpStream::connect_timeout(a, timeout)?;
+            s.set_nodelay(true)?;
+            s.set_nonblocking(true)?;
+            Ok(Stream::Tcp(TcpStream::from_std(s)))
         }
-    }
-
-    /// The socket as a mio source.
-    fn source(&mut self) -> &mut dyn Source {
-        match self {
-            Stream::Tcp(s) => s,
-            Stream::Unix(s) => s,
+        ListenAddr::Unix(p) => {
+            let s = StdUnixStream::connect(p)?;
+            s.set_nonblocking(true)?;
+            Ok(Stream::Unix(UnixStream::from_std(s)))
         }
-    }
-
-    /// Reads into `buf`.
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
-        }
-    }
-
-    /// Writes from `buf`.
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Unix(s) => s.write(buf),
-        }
+        ListenAddr::Unixgram(_) => Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            "a unixgram address is not a stream",
+        )),
     }
 }
 
@@ -312,11 +280,10 @@ fn prepare(plan: &Plan) -> Result<(Poll, Vec<Conn>), BenchError> {
     let mut conns = Vec::with_capacity(plan.conns);
     let now = Instant::now();
     for i in 0..plan.conns {
-        let stream =
-            Stream::connect(&plan.addr, plan.timeout).map_err(|source| BenchError::Connect {
-                addr: plan.addr.to_string(),
-                source,
-            })?;
+        let stream = connect(&plan.addr, plan.timeout).map_err(|source| BenchError::Connect {
+            addr: plan.addr.to_string(),
+            source,
+        })?;
         let mut conn = Conn::new(stream, plan, now, 0);
         register(poll.registry(), &mut conn, i)?;
         conns.push(conn);
@@ -328,7 +295,7 @@ fn prepare(plan: &Plan) -> Result<(Poll, Vec<Conn>), BenchError> {
 fn register(registry: &Registry, conn: &mut Conn, i: usize) -> Result<(), BenchError> {
     registry
         .register(
-            conn.stream.source(),
+            &mut conn.stream,
             Token(i),
             Interest::READABLE | Interest::WRITABLE,
         )
@@ -624,8 +591,8 @@ impl Worker<'_> {
         }
         self.out.connection_errors = self.out.connection_errors.saturating_add(1);
         // Deregistering a socket that is about to be closed cannot matter if it fails.
-        let _ = self.poll.registry().deregister(conn.stream.source());
-        let stream = Stream::connect(&self.plan.addr, self.plan.timeout)
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let stream = connect(&self.plan.addr, self.plan.timeout)
             .map_err(|source| BenchError::Reconnect { addr, why, source })?;
         // Requests lost with the old connection keep their places in the rate schedule.
         *conn = Conn::new(stream, self.plan, now, conn.issued);
