@@ -1,32 +1,45 @@
 //! socklab: a high-concurrency socket server on one hand-written mio reactor.
 //!
-//! Map of the crate:
+//! Map of the crate (no module imports one that imports it back; `kind` and `addr` are leaves):
+//! - `kind`: the vocabulary every part speaks (`kind::ServiceKind`); a leaf, it imports
+//!   nothing of the crate.
 //! - [`addr`]: the addresses a service can listen on (`HOST:PORT`, `unix:PATH`, `unixgram:PATH`).
-//! - [`config`]: the server's configuration, built from the command line and [`config_file`].
-//! - [`config_file`]: the TOML file of `serve --config`, and `--print-config`.
-//! - [`sockopt`]: the only place that touches socket2: building listeners and reading options back.
+//! - `config`: the server's configuration: `mod.rs` the model, `file.rs` the TOML file of
+//!   `serve --config` and `--print-config`, `values.rs` its value types, `flags.rs` serve's
+//!   flags and how they apply over the file.
+//! - `sockopt`: the only place that touches socket2: building listeners and reading options back.
 //! - [`reactor`]: the event loop; the only server code that imports mio. `mod.rs` is the loop;
-//!   binding, accepting, a stream connection, datagrams, `exec`'s children, the disk thread,
-//!   chat fan-out, workers and shutdown are a file each.
-//! - [`service`]: sans-IO services (bytes in, replies out), one file each.
-//! - [`metrics`]: the counters every reactor keeps.
+//!   binding, accepting, a stream connection, its transport, datagrams, `exec`'s children, the
+//!   disk thread, chat fan-out, workers and shutdown are a file each.
+//! - `service`: sans-IO services (bytes in, replies out), one file each.
+//! - `metrics`: the counters every reactor keeps.
 //! - [`frame`]: sans-IO codecs: length-prefixed, header+body, lines.
-//! - [`timerfd`]: a one-shot timerfd in a mio poll (the reactor's alarm, the bench's rate timer).
+//! - `sys`: thin wrappers over Linux calls that server and clients share: `sys::timerfd`,
+//!   a one-shot timerfd in a mio poll (the reactor's alarm, the bench's rate timer).
 //! - [`client`]: a blocking client of the `files` service, used by the client commands.
 //! - [`cli`]: one file per subcommand of the `socklab` binary.
+//!
+//! Public are what the binary (`cli::main`), the integration tests, the benches and the fuzz
+//! targets use: the modules `addr`, `cli`, `client`, `frame`, and the re-exports below; the
+//! rest is `pub(crate)` (`reactor` is still `pub`: its own sweep is open).
 
 pub mod addr;
 pub mod cli;
 pub mod client;
-pub mod config;
+pub(crate) mod config;
 pub mod frame;
-pub mod kind;
-pub mod metrics;
+pub(crate) mod kind;
+pub(crate) mod metrics;
 mod net;
 pub mod reactor;
-pub mod service;
-pub mod sockopt;
+pub(crate) mod service;
+pub(crate) mod sockopt;
 pub(crate) mod sys;
 
-/// The old path of [`sys::timerfd`], kept for `cli/bench/worker.rs`, which names it there.
+/// The configuration file's API, for `tests/config_file.rs`.
+pub use config::file as config_file;
+/// The shared secret of authentication, for the tests' clients.
+pub use service::auth::Secret;
+
+/// The old path of `sys::timerfd`, kept for `cli/bench/worker.rs`, which names it there.
 pub(crate) use sys::timerfd;

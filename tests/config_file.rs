@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use socklab::config::file::{self as config_file, ServeSettings};
+use socklab::config_file::{self, ServeSettings};
 use util::{Launch, Server, TempDir, expect_start_failure, probe, roundtrip, serve_cmd};
 
 const T: Duration = Duration::from_secs(10);

@@ -2,7 +2,7 @@
 //!
 //! The path from input to a running server: [`ServeSettings::default`] (the built-in defaults)
 //! → [`ServeSettings::apply_file`] (a file read by [`load`] or [`parse`]) → the flags
-//! ([`super::flags`]) → [`ServeSettings::finish`], which resolves the exec allow-list and validates,
+//! (`config::flags`) → [`ServeSettings::finish`], which resolves the exec allow-list and validates,
 //! giving an [`Effective`] configuration that [`Effective::to_toml`] writes back in the form
 //! `--config` reads. Every value is range-checked while the file is read, so that an error names
 //! the key and the line; rules that span keys (a stream service on a `unixgram:` address) are

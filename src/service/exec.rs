@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use super::response::ErrorCode;
+
 /// The allow-list and limits, fixed at start-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecPolicy {
@@ -209,27 +211,27 @@ pub fn encode_outcome(
         Ending::TimedOut => {
             error_fields(
                 &mut f,
-                "timeout",
+                ErrorCode::Timeout.as_str(),
                 "the command ran past its timeout and was killed",
             );
             with_output(&mut f);
-            ("timeout", true)
+            (ErrorCode::Timeout.as_str(), true)
         }
         Ending::SpawnFailed(why) => {
             error_fields(
                 &mut f,
-                "io",
+                ErrorCode::Io.as_str(),
                 &format!("the command could not be started: {why}"),
             );
-            ("io", false)
+            (ErrorCode::Io.as_str(), false)
         }
         Ending::TooBusy(n) => {
             error_fields(
                 &mut f,
-                "too_busy",
+                ErrorCode::TooBusy.as_str(),
                 &format!("{n} commands are running already; try again later"),
             );
-            ("too_busy", false)
+            (ErrorCode::TooBusy.as_str(), false)
         }
     };
     if let Some(id) = id {

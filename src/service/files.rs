@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::Step;
 use super::exec::{self, Capture, Ending, ExecPolicy, ExecRefusal, ExecRequest};
-use super::response::Head;
+use super::response::{ErrorCode, Head};
 use super::store::{Hasher, Store, TempFile, check_name, record_md5};
 use crate::frame::header::{HeaderBodyConfig, HeaderBodyDecoder, Part};
 use crate::frame::{Decoded, Header};
@@ -30,47 +30,6 @@ pub const MAX_ID: usize = 1024;
 /// Upload bytes written between two requests to the kernel to start writing back, so that
 /// the final fsync has little left to do.
 const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
-
-/// The error codes of PROTOCOL.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    BadFrame,
-    BadRequest,
-    UnknownCmd,
-    BadFilename,
-    NotFound,
-    TooLarge,
-    Md5Mismatch,
-    Io,
-    AuthRequired,
-    AuthFailed,
-    ExecDisabled,
-    NotAllowed,
-    TooBusy,
-    Timeout,
-}
-
-impl ErrorCode {
-    /// The code as it appears on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadFrame => "bad_frame",
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::UnknownCmd => "unknown_cmd",
-            ErrorCode::BadFilename => "bad_filename",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::TooLarge => "too_large",
-            ErrorCode::Md5Mismatch => "md5_mismatch",
-            ErrorCode::Io => "io",
-            ErrorCode::AuthRequired => "auth_required",
-            ErrorCode::AuthFailed => "auth_failed",
-            ErrorCode::ExecDisabled => "exec_disabled",
-            ErrorCode::NotAllowed => "not_allowed",
-            ErrorCode::TooBusy => "too_busy",
-            ErrorCode::Timeout => "timeout",
-        }
-    }
-}
 
 /// The commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,10 +1,52 @@
 //! `files` response headers written straight into the output, field by field, with the 4-byte
 //! length prefix patched in at the end: no JSON map is built and nothing is allocated for a
-//! response, which is most of the cost of a small request like `ping`.
+//! response, which is most of the cost of a small request like `ping`. The error codes of
+//! PROTOCOL.md ([`ErrorCode`]) are here too, for `files` and `exec` alike.
 
 use std::io::Write as _;
 
 use serde_json::Value;
+
+/// The error codes of PROTOCOL.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    BadFrame,
+    BadRequest,
+    UnknownCmd,
+    BadFilename,
+    NotFound,
+    TooLarge,
+    Md5Mismatch,
+    Io,
+    AuthRequired,
+    AuthFailed,
+    ExecDisabled,
+    NotAllowed,
+    TooBusy,
+    Timeout,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownCmd => "unknown_cmd",
+            ErrorCode::BadFilename => "bad_filename",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Md5Mismatch => "md5_mismatch",
+            ErrorCode::Io => "io",
+            ErrorCode::AuthRequired => "auth_required",
+            ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::ExecDisabled => "exec_disabled",
+            ErrorCode::NotAllowed => "not_allowed",
+            ErrorCode::TooBusy => "too_busy",
+            ErrorCode::Timeout => "timeout",
+        }
+    }
+}
 
 /// Bytes of the length prefix.
 const PREFIX: usize = 4;
@@ -82,13 +124,6 @@ impl<'a> Head<'a> {
         self.key(key);
         let mut b = itoa::Buffer::new();
         self.out.extend_from_slice(b.format(v).as_bytes());
-        self
-    }
-
-    /// Any JSON value.
-    pub fn value(mut self, key: &'static str, v: &Value) -> Self {
-        self.key(key);
-        self.json(v);
         self
     }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
 use serde_json::{Map, Value, json};
-use socklab::service::auth::Secret;
+use socklab::Secret;
 
 use crate::util::{self, End, Server, Stream, TempDir};
 
