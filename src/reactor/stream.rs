@@ -54,6 +54,9 @@ struct Tally {
     sent: usize,
     /// Work is left that no new event will announce: serve the connection again next turn.
     more: bool,
+    /// Reading stopped at the pause mark with the socket not known to be empty. If the output
+    /// then drains below the mark within the same drive, no event will say so: read next turn.
+    held_back: bool,
 }
 
 /// The reactor's shared buffers and counters, lent to one drive of one connection.
@@ -326,6 +329,10 @@ fn read_socket(
             break;
         }
     }
+    t.held_back = (readable || was_paused)
+        && !c.read_closed
+        && c.out.pending() >= limits.pending_pause
+        && c.service.accepts_input();
     Ok(())
 }
 
@@ -342,8 +349,9 @@ fn settle(c: &mut Conn, limits: &Limits, t: &mut Tally, now: Instant) -> Verdict
     // because a peer that has finished sending may still have a request held to decode.
     c.service_paused = !c.service.accepts_input();
     c.read_paused = !c.read_closed && (c.out.pending() >= limits.pending_pause || c.service_paused);
-    if was_paused && !c.read_paused && !c.read_closed {
-        // Resumed: read on the next turn, since the socket's data arrived while paused.
+    if (was_paused || t.held_back) && !c.read_paused && !c.read_closed {
+        // Resumed, or stopped at the pause mark by output that the last flush drained: read on
+        // the next turn, since the socket's data arrived while reading was held.
         t.more = true;
     }
     let input_done = c.input.is_empty() || c.service_paused;
