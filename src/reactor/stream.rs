@@ -468,3 +468,6 @@ fn wanted_interest(c: &Conn) -> Interest {
         (true, false) | (false, false) => Interest::READABLE,
     }
 }
+
+#[cfg(test)]
+mod tests;
