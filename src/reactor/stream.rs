@@ -1,7 +1,7 @@
 //! One stream connection's path: write what is pending, produce a long response (sendfile for
 //! a file), hand held and newly read input to the authentication gate and the service, write
 //! its replies straight away, and settle what the connection waits for next. Every byte goes
-//! through the connection's [`Transport`] (`transport.rs`), never a socket directly. `drive`
+//! through the connection's `Transport` (`transport.rs`), never a socket directly. `drive`
 //! and its steps are the hot path of every request; the unit tests (`stream/tests.rs`) drive
 //! them through a scripted transport.
 
