@@ -8,7 +8,7 @@
 //!   `serve --config` and `--print-config`, `values.rs` its value types, `flags.rs` serve's
 //!   flags and how they apply over the file.
 //! - `sockopt`: the only place that touches socket2: building listeners and reading options back.
-//! - [`reactor`]: the event loop; the only server code that imports mio. `mod.rs` is the loop;
+//! - `reactor`: the event loop; the only server code that imports mio. `mod.rs` is the loop;
 //!   binding, accepting, a stream connection, its transport, datagrams, `exec`'s children, the
 //!   disk thread, chat fan-out, workers and shutdown are a file each.
 //! - `service`: sans-IO services (bytes in, replies out), one file each.
@@ -21,7 +21,7 @@
 //!
 //! Public are what the binary (`cli::main`), the integration tests, the benches and the fuzz
 //! targets use: the modules `addr`, `cli`, `client`, `frame`, and the re-exports below; the
-//! rest is `pub(crate)` (`reactor` is still `pub`: its own sweep is open).
+//! rest is `pub(crate)`.
 
 pub mod addr;
 pub mod cli;
@@ -31,7 +31,7 @@ pub mod frame;
 pub(crate) mod kind;
 pub(crate) mod metrics;
 mod net;
-pub mod reactor;
+pub(crate) mod reactor;
 pub(crate) mod service;
 pub(crate) mod sockopt;
 pub(crate) mod sys;

@@ -10,27 +10,27 @@ use crate::kind::ServiceKind;
 
 /// Counters of one service.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServiceCounters {
+pub(crate) struct ServiceCounters {
     /// Connections accepted and kept.
-    pub accepted: u64,
+    pub(crate) accepted: u64,
     /// Connections open now.
-    pub open: u64,
+    pub(crate) open: u64,
     /// Connections closed at once because `--max-conns` were open.
-    pub rejected_max_conns: u64,
+    pub(crate) rejected_max_conns: u64,
     /// Connections shed because the process ran out of file descriptors.
-    pub rejected_fd_limit: u64,
+    pub(crate) rejected_fd_limit: u64,
     /// Bytes read from clients.
-    pub bytes_received: u64,
+    pub(crate) bytes_received: u64,
     /// Bytes written to clients.
-    pub bytes_sent: u64,
+    pub(crate) bytes_sent: u64,
     /// Datagrams received.
-    pub datagrams_received: u64,
+    pub(crate) datagrams_received: u64,
     /// Datagrams sent.
-    pub datagrams_sent: u64,
+    pub(crate) datagrams_sent: u64,
     /// Replies dropped: the send queue was full or the peer could not be reached.
-    pub datagrams_dropped: u64,
+    pub(crate) datagrams_dropped: u64,
     /// Connections closed because authentication failed or timed out.
-    pub rejected_auth: u64,
+    pub(crate) rejected_auth: u64,
 }
 
 /// A per-service metric family: name, type, help, and how to read it.
@@ -43,20 +43,20 @@ type Family = (
 
 /// Every counter of one reactor.
 #[derive(Debug, Clone, Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     /// Indexed by the position of the service in `ServiceKind::ALL`.
-    pub services: [ServiceCounters; ServiceKind::ALL.len()],
+    pub(crate) services: [ServiceCounters; ServiceKind::ALL.len()],
     /// Turns of the event loop.
-    pub loop_iterations: u64,
+    pub(crate) loop_iterations: u64,
     /// Time spent outside the poll.
-    pub loop_busy: Duration,
+    pub(crate) loop_busy: Duration,
     /// Frames answered, by command and outcome (`ok` or the error code).
-    pub frames: BTreeMap<(&'static str, &'static str), u64>,
+    pub(crate) frames: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 impl Counters {
     /// The counters of one service.
-    pub fn service(&mut self, kind: ServiceKind) -> &mut ServiceCounters {
+    pub(crate) fn service(&mut self, kind: ServiceKind) -> &mut ServiceCounters {
         let i = ServiceKind::ALL
             .iter()
             .position(|k| *k == kind)
@@ -66,13 +66,13 @@ impl Counters {
     }
 
     /// Counts one answered frame.
-    pub fn frame(&mut self, cmd: &'static str, outcome: &'static str) {
+    pub(crate) fn frame(&mut self, cmd: &'static str, outcome: &'static str) {
         let n = self.frames.entry((cmd, outcome)).or_default();
         *n = n.saturating_add(1);
     }
 
     /// Adds `other`'s counts to these (`stats` with several workers reports the sum).
-    pub fn add(&mut self, other: &Counters) {
+    pub(crate) fn add(&mut self, other: &Counters) {
         for (mine, theirs) in self.services.iter_mut().zip(&other.services) {
             mine.add(theirs);
         }
@@ -108,16 +108,16 @@ impl ServiceCounters {
 /// What this reactor knows of the other workers: its own number, and their counters as each
 /// last reported them (empty with one worker).
 #[derive(Debug, Default)]
-pub struct Peers {
+pub(crate) struct Peers {
     /// This reactor's worker number.
-    pub worker: usize,
+    pub(crate) worker: usize,
     /// The other workers' counters, by worker number.
-    pub others: Vec<(usize, Counters)>,
+    pub(crate) others: Vec<(usize, Counters)>,
 }
 
 impl Peers {
     /// Stores a worker's report, replacing its previous one.
-    pub fn update(&mut self, worker: usize, counters: Counters) {
+    pub(crate) fn update(&mut self, worker: usize, counters: Counters) {
         match self.others.iter_mut().find(|(w, _)| *w == worker) {
             Some(slot) => slot.1 = counters,
             None => {
@@ -128,7 +128,7 @@ impl Peers {
     }
 
     /// The `stats` body: every worker's counters added up, and how many workers there are.
-    pub fn stats_json(&self, own: &Counters) -> Value {
+    pub(crate) fn stats_json(&self, own: &Counters) -> Value {
         let mut total = own.clone();
         for (_, c) in &self.others {
             total.add(c);
@@ -141,7 +141,7 @@ impl Peers {
     }
 
     /// Every worker's series, this one's from `own`.
-    pub fn prometheus(&self, own: &Counters) -> String {
+    pub(crate) fn prometheus(&self, own: &Counters) -> String {
         let mut all: Vec<(usize, &Counters)> = vec![(self.worker, own)];
         all.extend(self.others.iter().map(|(w, c)| (*w, c)));
         all.sort_by_key(|(w, _)| *w);
@@ -151,7 +151,7 @@ impl Peers {
 
 /// Every worker's counters in the Prometheus text exposition format: each family's `# HELP`
 /// and `# TYPE` once, then one series per worker (label `worker`).
-pub fn prometheus(workers: &[(usize, &Counters)]) -> String {
+pub(crate) fn prometheus(workers: &[(usize, &Counters)]) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let per_service: [Family; 7] = [
@@ -259,7 +259,7 @@ pub fn prometheus(workers: &[(usize, &Counters)]) -> String {
 
 impl Counters {
     /// Every counter as one JSON object (the `stats` command's body).
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         let mut services = serde_json::Map::new();
         for (kind, c) in ServiceKind::ALL.iter().zip(&self.services) {
             services.insert(

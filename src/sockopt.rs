@@ -15,21 +15,21 @@ use crate::config::SocketOptions;
 
 /// The options in effect on a bound socket, as getsockopt reports them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OptionsInEffect {
+pub(crate) struct OptionsInEffect {
     /// SO_REUSEADDR (inet sockets only).
-    pub reuseaddr: Option<bool>,
+    pub(crate) reuseaddr: Option<bool>,
     /// SO_REUSEPORT (inet sockets only).
-    pub reuseport: Option<bool>,
+    pub(crate) reuseport: Option<bool>,
     /// TCP_NODELAY (TCP listeners; accepted connections get the same value).
-    pub nodelay: Option<bool>,
+    pub(crate) nodelay: Option<bool>,
     /// The backlog asked for, and the kernel's cap on it (net.core.somaxconn) when readable.
-    pub backlog: Option<(i32, Option<i32>)>,
+    pub(crate) backlog: Option<(i32, Option<i32>)>,
     /// SO_BROADCAST (UDP sockets only).
-    pub broadcast: Option<bool>,
+    pub(crate) broadcast: Option<bool>,
     /// SO_RCVBUF as the kernel set it (Linux doubles what it is asked for).
-    pub rcvbuf: Option<usize>,
+    pub(crate) rcvbuf: Option<usize>,
     /// SO_SNDBUF as the kernel set it.
-    pub sndbuf: Option<usize>,
+    pub(crate) sndbuf: Option<usize>,
 }
 
 impl fmt::Display for OptionsInEffect {
@@ -71,7 +71,7 @@ impl fmt::Display for OptionsInEffect {
 
 /// Why a socket could not be set up.
 #[derive(Debug, thiserror::Error)]
-pub enum BindError {
+pub(crate) enum BindError {
     #[error("{addr} is already in use")]
     InUse { addr: String },
     #[error("{addr} is already in use: another process accepts connections on that socket file")]
@@ -114,7 +114,7 @@ fn somaxconn() -> Option<i32> {
 
 /// A non-blocking TCP listener with the options applied before `listen`, so that accepted
 /// connections inherit the buffer sizes (window scaling is settled at the handshake).
-pub fn tcp_listener(
+pub(crate) fn tcp_listener(
     addr: SocketAddr,
     o: &SocketOptions,
 ) -> Result<(std::net::TcpListener, OptionsInEffect), BindError> {
@@ -141,7 +141,7 @@ pub fn tcp_listener(
 }
 
 /// A non-blocking UDP socket.
-pub fn udp_socket(
+pub(crate) fn udp_socket(
     addr: SocketAddr,
     o: &SocketOptions,
 ) -> Result<(std::net::UdpSocket, OptionsInEffect), BindError> {
@@ -229,7 +229,7 @@ fn unix_effect(sock: &Socket) -> io::Result<OptionsInEffect> {
 }
 
 /// A non-blocking Unix stream listener at `path`.
-pub fn unix_listener(
+pub(crate) fn unix_listener(
     path: &Path,
     o: &SocketOptions,
 ) -> Result<(UnixListener, OptionsInEffect), BindError> {
@@ -242,7 +242,7 @@ pub fn unix_listener(
 }
 
 /// A non-blocking Unix datagram socket at `path`.
-pub fn unix_datagram(
+pub(crate) fn unix_datagram(
     path: &Path,
     o: &SocketOptions,
 ) -> Result<(UnixDatagram, OptionsInEffect), BindError> {
@@ -253,13 +253,13 @@ pub fn unix_datagram(
 }
 
 /// Sets TCP_NODELAY on an accepted TCP connection.
-pub fn set_nodelay(stream: &impl AsFd, nodelay: bool) -> io::Result<()> {
+pub(crate) fn set_nodelay(stream: &impl AsFd, nodelay: bool) -> io::Result<()> {
     SockRef::from(stream).set_tcp_nodelay(nodelay)
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit, so that `--max-conns` rather than a low
 /// default decides how many clients fit. Returns the (old, new) soft limits.
-pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
+pub(crate) fn raise_fd_limit() -> io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

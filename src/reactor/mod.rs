@@ -129,11 +129,6 @@ struct Buffers {
 }
 
 impl Reactor {
-    /// The counters so far.
-    pub fn counters(&self) -> &Counters {
-        &self.svc.counters
-    }
-
     /// Runs until SIGINT or SIGTERM, then drains pending output for the grace period.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);

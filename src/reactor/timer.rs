@@ -64,6 +64,7 @@ impl Timers {
     }
 
     /// True when nothing is scheduled.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }

@@ -102,11 +102,6 @@ impl<T> Sources<T> {
         self.slab.len()
     }
 
-    /// True when nothing is stored.
-    pub fn is_empty(&self) -> bool {
-        self.slab.is_empty()
-    }
-
     /// Every (token, entry) pair, for the rare whole-table walks (shutdown).
     pub fn iter(&self) -> impl Iterator<Item = (Token, &T)> {
         self.slab

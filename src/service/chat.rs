@@ -52,13 +52,9 @@ impl ChatRoom {
     }
 
     /// Members of this reactor in the room.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.members.len()
-    }
-
-    /// True when this reactor has nobody in the room.
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
     }
 
     /// Every member's id.
@@ -267,16 +263,6 @@ impl UdpChat {
             expiry,
             max_members,
         }
-    }
-
-    /// Members remembered now.
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    /// True when nobody is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
     }
 
     /// Takes one datagram from `from`: writes the relayed text to `reply` and the members to

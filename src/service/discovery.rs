@@ -76,11 +76,6 @@ impl Discovery {
         })
     }
 
-    /// The encoded answer.
-    pub fn answer(&self) -> &[u8] {
-        &self.answer
-    }
-
     /// Handles one datagram received at `now`: `true` with the answer in `reply` (cleared
     /// first) for the probe while under the rate limit; `false` (send nothing) otherwise.
     pub fn on_datagram(&mut self, payload: &[u8], now: Instant, reply: &mut Vec<u8>) -> bool {

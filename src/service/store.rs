@@ -161,11 +161,6 @@ impl Store {
         ))
     }
 
-    /// The data directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Creates a new, empty temporary in the data directory.
     pub fn create_temp(&self) -> io::Result<TempFile> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
