@@ -268,3 +268,44 @@ fn a_disk_that_fills_during_the_commit_is_an_io_error_that_leaves_nothing() {
     drop(server);
     drop(tmpfs);
 }
+
+#[test]
+fn the_put_client_without_verification_sends_by_sendfile_and_is_answered() {
+    let scratch = Scratch::new("pause-client");
+    let path = scratch.root.path().join("files.sock");
+    let unix = format!("unix:{}", path.display());
+    let cmd = files_cmd(&["127.0.0.1:0", unix.as_str()], &scratch.data(), PAUSING);
+    let mut server = util::Server::start_cmd(cmd);
+    // Over 4 MiB, so the client's sendfile loop takes more than one turn.
+    let data = body(60, 9);
+    let local = scratch.root.path().join("local.bin");
+    std::fs::write(&local, &data).unwrap();
+    let tcp = server.tcp("files").to_string();
+    for (name, addr) in [("nv-tcp", tcp.as_str()), ("nv-unix", unix.as_str())] {
+        let out = util::run_socklab(
+            [
+                "put",
+                local.to_str().unwrap(),
+                "--as",
+                name,
+                "--no-verify",
+                "--addr",
+                addr,
+            ],
+            Duration::from_secs(60),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "put --no-verify over {addr}: {:?} {stdout} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&md5_hex(&data)),
+            "the answer names the md5: {stdout}"
+        );
+        assert_stored(&scratch, name, &data);
+    }
+    server.assert_alive("after put --no-verify");
+}
