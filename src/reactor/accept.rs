@@ -17,8 +17,8 @@ use super::transport::Transport;
 use super::workers::OpenConns;
 use super::{Entry, Reactor};
 use crate::config::ServiceKind;
-use crate::service::StreamService;
 use crate::service::auth::{AuthGate, Secret, new_challenge};
+use crate::service::{Event, StreamService};
 use crate::sockopt;
 
 /// How long a listener rests after an accept error that retrying at once cannot fix.
@@ -282,7 +282,11 @@ impl Reactor {
             self.drive_conn(token, false, true);
         } else if let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) {
             let mut ctx = self.svc.ctx();
-            c.service.on_open(c.id, false, c.out.tail(), &mut ctx);
+            let opened = Event::Opened {
+                id: c.id,
+                authenticated: false,
+            };
+            c.service.on_event(opened, c.out.tail(), &mut ctx);
             self.drive_conn(token, false, true);
             if !self.svc.others.is_empty() {
                 self.deliver_to_others(token);

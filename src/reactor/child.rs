@@ -15,6 +15,7 @@ use mio::{Interest, Token};
 
 use super::timer::TimerKind;
 use super::{Entry, Reactor};
+use crate::service::Event;
 use crate::service::exec::{Capture, Ending, ExecRequest};
 
 /// The environment a command gets: nothing of the server's but these.
@@ -306,8 +307,12 @@ impl Reactor {
         if let Some(Entry::Conn(c)) = self.core.sources.get_mut(conn)
             && !c.dead
         {
-            c.service
-                .on_exec_done(ending, out, err, c.out.tail(), &mut self.svc.counters);
+            let done = Event::ExecDone {
+                ending,
+                stdout: out,
+                stderr: err,
+            };
+            c.service.on_event(done, c.out.tail(), &mut self.svc.ctx());
             // Resumes input paused while the command ran (`resume_held_input`).
             self.drive_conn(conn, false, true);
         }

@@ -10,6 +10,8 @@ use std::thread::JoinHandle;
 use mio::{Token, Waker};
 
 use super::{Entry, Reactor};
+use crate::service::Event;
+use crate::service::files::DiskJob;
 
 /// A piece of disk work, and where its result goes.
 pub type Job<R> = Box<dyn FnOnce() -> R + Send>;
@@ -75,12 +77,11 @@ impl<R: Send + 'static> Drop for DiskThread<R> {
 }
 
 impl Reactor {
-    /// Hands the disk work a connection queued to the disk thread, in order. The thread starts
-    /// with the first job: until then the process has one thread, and a process with one thread
-    /// pays no atomic reference count on the descriptor of every read and write (the kernel's
-    /// `fdget`) and no cancellation bookkeeping in libc's `send` and `recv`.
-    pub(super) fn submit_disk_jobs(&mut self, token: Token) {
-        let jobs = std::mem::take(&mut self.svc.disk);
+    /// Hands a connection's disk job to the disk thread, after its earlier ones. The thread
+    /// starts with the first job: until then the process has one thread, and a process with one
+    /// thread pays no atomic reference count on the descriptor of every read and write (the
+    /// kernel's `fdget`) and no cancellation bookkeeping in libc's `send` and `recv`.
+    pub(super) fn submit_disk_job(&mut self, token: Token, job: DiskJob) {
         if self.disk.is_none() {
             match DiskThread::start(Arc::clone(&self.links.waker)) {
                 Ok(disk) => self.disk = Some(disk),
@@ -95,9 +96,7 @@ impl Reactor {
             }
         }
         if let Some(disk) = &self.disk {
-            for job in jobs {
-                disk.submit(token, job);
-            }
+            disk.submit(token, job);
         }
     }
 
@@ -108,7 +107,7 @@ impl Reactor {
         while let Some((token, done)) = self.disk.as_ref().and_then(DiskThread::try_done) {
             if let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) {
                 c.service
-                    .on_disk_done(done, c.out.tail(), &mut self.svc.counters);
+                    .on_event(Event::DiskDone(done), c.out.tail(), &mut self.svc.ctx());
                 if !touched.contains(&token) {
                     touched.push(token);
                 }

@@ -49,8 +49,8 @@ use mio::{Events, Poll, Token};
 use crate::config::ServerConfig;
 use crate::metrics::{Counters, Peers};
 use crate::service::chat::ChatRoom;
-use crate::service::files::{DiskDone, DiskJob};
-use crate::service::{Ctx, Peer, Shared};
+use crate::service::files::DiskDone;
+use crate::service::{Action, Ctx, Event, Peer, Shared};
 
 use accept::{Admission, Listener};
 use alarm::Alarm;
@@ -291,7 +291,7 @@ impl Reactor {
         tracing::info!(service = %c.kind, "authentication timed out (--auth-timeout)");
         c.gate = None;
         c.service
-            .on_auth_failed(c.out.tail(), &mut self.svc.counters);
+            .on_event(Event::AuthFailed, c.out.tail(), &mut self.svc.ctx());
         stop_input(c);
         let c = self.svc.counters.service(c.kind);
         c.rejected_auth = c.rejected_auth.saturating_add(1);
@@ -318,6 +318,23 @@ impl Reactor {
         }
     }
 
+    /// Does the work a connection's service asked for, `first` and then the rest in the order
+    /// asked (`poll_action`): disk jobs go to the disk thread, commands are started. Called
+    /// after a drive whose service asked for something.
+    fn run_actions(&mut self, token: Token, first: Action) {
+        let mut next = Some(first);
+        while let Some(action) = next {
+            match action {
+                Action::Disk(job) => self.submit_disk_job(token, job),
+                Action::Exec(req) => self.start_exec(token, req),
+            }
+            next = match self.core.sources.get_mut(token) {
+                Some(Entry::Conn(c)) if !c.dead => c.service.poll_action(),
+                _ => None,
+            };
+        }
+    }
+
     /// Closes the connections marked during the walk: their slots are freed only now, so no
     /// event of this batch can land on a successor.
     fn close_dead(&mut self) {
@@ -335,7 +352,7 @@ impl Reactor {
                     let counters = self.svc.counters.service(c.kind);
                     counters.open = counters.open.saturating_sub(1);
                     let mut ctx = self.svc.ctx();
-                    c.service.on_close(&mut ctx);
+                    c.service.on_event(Event::Closing, c.out.tail(), &mut ctx);
                     if !self.svc.others.is_empty() {
                         self.deliver_to_others(token);
                     }
@@ -354,8 +371,6 @@ struct ServiceState {
     room: ChatRoom,
     /// Chat lines a member produced for the others, delivered after its drive.
     others: Vec<u8>,
-    /// Disk work queued by the connection being driven, submitted after its drive.
-    disk: Vec<DiskJob>,
     /// The other workers' counters, as each last reported them.
     peers: Peers,
 }
@@ -367,7 +382,6 @@ impl ServiceState {
             counters: &mut self.counters,
             room: &mut self.room,
             others: &mut self.others,
-            disk: &mut self.disk,
             peers: &self.peers,
         }
     }

@@ -13,8 +13,8 @@ use mio::{Interest, Poll, Token};
 use super::conn::{Conn, write_direct};
 use super::{Entry, Reactor, ServiceState};
 use crate::config::Limits;
-use crate::service::Step;
 use crate::service::auth::AuthStep;
+use crate::service::{Awaiting, Event, Output, Step};
 
 /// Largest slice of a long response produced in one call.
 const PRODUCE_CHUNK: usize = 64 * 1024;
@@ -88,12 +88,8 @@ impl Reactor {
         let (verdict, received, sent) =
             drive(c, readable, writable, &mut io, limits, self.core.now);
         let kind = c.kind;
-        let exec = c.service.take_exec();
-        if !self.svc.disk.is_empty() {
-            self.submit_disk_jobs(token);
-        }
-        if let Some(req) = exec {
-            self.start_exec(token, req);
+        if let Some(action) = c.service.poll_action() {
+            self.run_actions(token, action);
         }
         if !self.svc.others.is_empty() {
             self.deliver_to_others(token);
@@ -175,7 +171,7 @@ fn drive_steps(
     limits: &Limits,
     t: &mut Tally,
 ) -> Result<(), CloseReason> {
-    if c.hup_seen && c.service.awaiting_exec() {
+    if c.hup_seen && c.service.awaiting() == Awaiting::Exec {
         // The client hung up while its command runs: nobody is left to read the answer, so
         // the command is killed (as a shell's child gets SIGHUP).
         return Err(CloseReason::PeerGone);
@@ -211,42 +207,60 @@ fn produce_long_response(
             t.more = true;
             break;
         }
-        if c.out.is_empty()
-            && let Some((fd, offset, left)) = c.service.file_range()
-        {
-            // The file goes from the page cache to the socket without passing through us.
-            let count = usize::try_from(left).map_or(disk_budget, |l| l.min(disk_budget));
-            match c.transport.send_file(fd, offset, count) {
-                None => {
-                    // A transport that changes the bytes (TLS): copy through `out`.
-                    c.service.no_sendfile();
-                    continue;
-                }
-                Some(Ok(0)) => return Err(CloseReason::Broken),
-                Some(Ok(n)) => {
-                    t.sent += n;
-                    disk_budget = disk_budget.saturating_sub(n);
-                    c.service.file_sent(n as u64);
-                    continue;
-                }
-                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Some(Err(e)) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
-                    // This pair of descriptors cannot do sendfile: copy through `out`.
-                    c.service.no_sendfile();
-                    continue;
-                }
-                Some(Err(e)) => return Err(CloseReason::Io(e)),
-            }
-        }
         let chunk = disk_budget.min(PRODUCE_CHUNK);
-        disk_budget = disk_budget.saturating_sub(chunk);
-        if !c.service.produce(c.out.tail(), chunk, &mut io.svc.counters) {
-            return Err(CloseReason::Broken);
+        // sendfile only with nothing of ours queued before the file's bytes.
+        let sendfile = c.out.is_empty();
+        match c
+            .service
+            .next_output(c.out.tail(), chunk, sendfile, &mut io.svc.counters)
+        {
+            Output::None => break,
+            Output::Produced => {
+                disk_budget = disk_budget.saturating_sub(chunk);
+                flush(c, t)?;
+            }
+            Output::SendFile { fd, offset, left } => {
+                let count = usize::try_from(left).map_or(disk_budget, |l| l.min(disk_budget));
+                match send_file(c, io, fd, offset, count)? {
+                    Some(n) => {
+                        t.sent += n;
+                        disk_budget = disk_budget.saturating_sub(n);
+                    }
+                    None => break,
+                }
+            }
+            Output::Broken => return Err(CloseReason::Broken),
         }
-        flush(c, t)?;
     }
     Ok(())
+}
+
+/// Sends up to `count` bytes of a file from the page cache to the socket without passing
+/// through us, and tells the service what went. `Some(n)`: go on (`n` may be 0 after an
+/// interrupt, or when sendfile is refused and the body goes through `out` from now on);
+/// `None`: the socket is full.
+fn send_file(
+    c: &mut Conn,
+    io: &mut TurnIo<'_>,
+    fd: std::os::fd::RawFd,
+    offset: u64,
+    count: usize,
+) -> Result<Option<usize>, CloseReason> {
+    let (event, sent) = match c.transport.send_file(fd, offset, count) {
+        // A transport that changes the bytes (TLS): copy through `out`.
+        None => (Event::SendFileRefused, 0),
+        Some(Ok(0)) => return Err(CloseReason::Broken),
+        Some(Ok(n)) => (Event::FileSent(n as u64), n),
+        Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+        Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => return Ok(Some(0)),
+        // This pair of descriptors cannot do sendfile: copy through `out`.
+        Some(Err(e)) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+            (Event::SendFileRefused, 0)
+        }
+        Some(Err(e)) => return Err(CloseReason::Io(e)),
+    };
+    c.service.on_event(event, c.out.tail(), &mut io.svc.ctx());
+    Ok(Some(sent))
 }
 
 /// A service that took no input at the end of the last drive (a long response, upload bytes in
@@ -358,7 +372,8 @@ fn settle(c: &mut Conn, limits: &Limits, t: &mut Tally, now: Instant) -> Verdict
     // A paused service that will take input again is awaiting the disk or producing a
     // response, so it is not idle: a peer that left right after its last byte still has its
     // upload decoded, committed and answered.
-    let idle = c.out.is_empty() && !c.service.has_output() && !c.service.awaiting_disk();
+    let idle =
+        c.out.is_empty() && !c.service.has_output() && c.service.awaiting() == Awaiting::Nothing;
     if c.read_closed && idle && input_done {
         return Verdict::Close(CloseReason::Finished);
     }
@@ -387,8 +402,11 @@ fn absorb(
             AuthStep::NeedMore => return Ok(0),
             AuthStep::Passed { consumed } => {
                 c.gate = None;
-                c.service
-                    .on_open(c.id, true, c.out.tail(), &mut io.svc.ctx());
+                let opened = Event::Opened {
+                    id: c.id,
+                    authenticated: true,
+                };
+                c.service.on_event(opened, c.out.tail(), &mut io.svc.ctx());
                 data = data.get(consumed..).unwrap_or_default();
                 if data.is_empty() {
                     return Ok(0);
@@ -398,7 +416,8 @@ fn absorb(
                 c.gate = None;
                 let counters = io.svc.counters.service(c.kind);
                 counters.rejected_auth = counters.rejected_auth.saturating_add(1);
-                c.service.on_auth_failed(c.out.tail(), &mut io.svc.counters);
+                c.service
+                    .on_event(Event::AuthFailed, c.out.tail(), &mut io.svc.ctx());
                 stop_input(c);
                 return Ok(0);
             }
@@ -459,7 +478,7 @@ pub(super) fn update_interest(poll: &Poll, c: &mut Conn, token: Token) -> io::Re
 fn wanted_interest(c: &Conn) -> Interest {
     let read = !c.read_closed && !c.read_paused;
     // A file going out by sendfile waits for writability with nothing in `out`.
-    let write = !c.out.is_empty() || c.service.file_range().is_some();
+    let write = !c.out.is_empty() || c.service.sending_file();
     match (read, write) {
         (true, true) => Interest::READABLE | Interest::WRITABLE,
         (false, true) => Interest::WRITABLE,

@@ -4,7 +4,7 @@
 //! Input bytes go through a [`HeaderBodyDecoder`]; a request's body is handled chunk by chunk
 //! as it arrives (an upload is hashed and written to its temporary, an echo body copied out),
 //! so no body is ever held whole. Responses that are long (a file, a listing) are produced by
-//! [`Files::produce`] as the socket drains, at most a budget per call, so one large transfer
+//! [`Files::next_output`] as the socket drains, at most a budget per call, so one large transfer
 //! cannot stall the loop. While such a response is being produced, no further request is
 //! decoded: responses stay in order and pipelined requests wait in the socket.
 
@@ -16,10 +16,10 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::Step;
 use super::exec::{self, Capture, Ending, ExecPolicy, ExecRefusal, ExecRequest};
 use super::response::{ErrorCode, Head};
 use super::store::{Hasher, Store, TempFile, check_name, record_md5};
+use super::{Action, Awaiting, Event, Output, Step};
 use crate::frame::header::{HeaderBodyConfig, HeaderBodyDecoder, Part};
 use crate::frame::{Decoded, Header};
 use crate::metrics::{Counters, Peers};
@@ -235,7 +235,7 @@ enum Outgoing {
 
 /// What `produce` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Produced {
+enum Produced {
     /// It wrote what it could; call again while `has_output` says so.
     Ok,
     /// A file shrank under a `get` whose size was announced: the frame cannot be completed,
@@ -268,6 +268,8 @@ pub struct Files {
     authenticated: bool,
     /// Where this connection's `exec` request is.
     exec: ExecState,
+    /// Disk jobs for the reactor's disk thread (`Action::Disk`), in order (`poll_action`).
+    disk: std::collections::VecDeque<Action>,
 }
 
 /// Where a connection's `exec` request is: only one runs at a time, so responses stay in order.
@@ -296,7 +298,7 @@ fn respond_error(
 }
 
 /// The auth_failed frame a `files` listener sends before closing a failed handshake.
-pub fn auth_failed_frame(out: &mut Vec<u8>, counters: &mut Counters) {
+fn auth_failed_frame(out: &mut Vec<u8>, counters: &mut Counters) {
     respond_error(
         out,
         counters,
@@ -354,6 +356,7 @@ impl Files {
             committing: false,
             authenticated: false,
             exec: ExecState::Idle,
+            disk: Default::default(),
         }
     }
 
@@ -367,19 +370,45 @@ impl Files {
             && matches!(self.exec, ExecState::Idle)
     }
 
-    /// Whether a response waits on work outside the loop: upload writes or a commit on the
-    /// disk thread, or a command's child process.
-    pub fn awaiting_disk(&self) -> bool {
-        self.in_flight > 0 || self.committing || !matches!(self.exec, ExecState::Idle)
+    /// What a response waits on outside the loop: a command's child process, or upload
+    /// writes or a commit on the disk thread.
+    pub fn awaiting(&self) -> Awaiting {
+        if !matches!(self.exec, ExecState::Idle) {
+            Awaiting::Exec
+        } else if self.in_flight > 0 || self.committing {
+            Awaiting::Disk
+        } else {
+            Awaiting::Nothing
+        }
     }
 
-    /// Whether an `exec` request is queued or running.
-    pub fn awaiting_exec(&self) -> bool {
-        !matches!(self.exec, ExecState::Idle)
+    /// Takes what the reactor reports; responses it completes are appended to `out`.
+    pub fn on_event(&mut self, ev: Event<'_>, out: &mut Vec<u8>, counters: &mut Counters) {
+        match ev {
+            Event::Opened { authenticated, .. } => self.authenticated = authenticated,
+            Event::AuthFailed => auth_failed_frame(out, counters),
+            Event::DiskDone(done) => self.on_disk_done(done, out, counters),
+            Event::ExecDone {
+                ending,
+                stdout,
+                stderr,
+            } => self.on_exec_done(ending, stdout, stderr, out, counters),
+            Event::FileSent(n) => self.file_sent(n),
+            Event::SendFileRefused => self.copy_files = true,
+            Event::Closing => {}
+        }
+    }
+
+    /// The next piece of work for the reactor: disk jobs in the order queued, then a command.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        match self.disk.pop_front() {
+            Some(action) => Some(action),
+            None => self.take_exec().map(Action::Exec),
+        }
     }
 
     /// Takes the result of a disk job.
-    pub fn on_disk_done(&mut self, done: DiskDone, out: &mut Vec<u8>, counters: &mut Counters) {
+    fn on_disk_done(&mut self, done: DiskDone, out: &mut Vec<u8>, counters: &mut Counters) {
         match done {
             DiskDone::Written { bytes } => self.in_flight = self.in_flight.saturating_sub(bytes),
             DiskDone::Committed {
@@ -412,14 +441,14 @@ impl Files {
         }
     }
 
-    /// Whether `produce` has more to give.
+    /// Whether `next_output` has more to give.
     pub fn has_output(&self) -> bool {
         self.outgoing.is_some()
     }
 
     /// The file body under way, for the reactor to send with sendfile: (descriptor, offset,
     /// bytes left).
-    pub fn file_range(&self) -> Option<(std::os::fd::RawFd, u64, u64)> {
+    fn file_range(&self) -> Option<(std::os::fd::RawFd, u64, u64)> {
         match &self.outgoing {
             Some(Outgoing::File { file, offset, left }) if !self.copy_files => {
                 Some((file.as_raw_fd(), *offset, *left))
@@ -428,8 +457,13 @@ impl Files {
         }
     }
 
+    /// Whether the response under way is a file body to go out by sendfile.
+    pub fn sending_file(&self) -> bool {
+        self.file_range().is_some()
+    }
+
     /// `n` bytes of the file body were sent by the reactor.
-    pub fn file_sent(&mut self, n: u64) {
+    fn file_sent(&mut self, n: u64) {
         if let Some(Outgoing::File { offset, left, .. }) = &mut self.outgoing {
             *offset = offset.saturating_add(n);
             *left = left.saturating_sub(n);
@@ -439,9 +473,25 @@ impl Files {
         }
     }
 
-    /// sendfile is not possible here; `produce` copies file bodies instead.
-    pub fn no_sendfile(&mut self) {
-        self.copy_files = true;
+    /// The next piece of the response under way: with `sendfile` allowed, a file body is
+    /// named for the reactor to send; anything else is produced into `out`, up to `budget`.
+    pub fn next_output(
+        &mut self,
+        out: &mut Vec<u8>,
+        budget: usize,
+        sendfile: bool,
+        counters: &mut Counters,
+    ) -> Output {
+        if self.outgoing.is_none() {
+            return Output::None;
+        }
+        if sendfile && let Some((fd, offset, left)) = self.file_range() {
+            return Output::SendFile { fd, offset, left };
+        }
+        match self.produce(out, budget, counters) {
+            Produced::Ok => Output::Produced,
+            Produced::Broken => Output::Broken,
+        }
     }
 
     /// Decodes requests from `input` and appends responses to `out`.
@@ -451,7 +501,6 @@ impl Files {
         out: &mut Vec<u8>,
         counters: &mut Counters,
         peers: &Peers,
-        disk: &mut Vec<DiskJob>,
     ) -> Step {
         let mut pos = 0usize;
         while self.accepts_input() {
@@ -463,8 +512,8 @@ impl Files {
                     pos = pos.saturating_add(consumed);
                     match item {
                         Part::Header(h) => self.on_header(&h, out, counters, peers),
-                        Part::BodyChunk(chunk) => self.on_chunk(chunk, out, disk),
-                        Part::BodyEnd => self.on_body_end(out, counters, disk),
+                        Part::BodyChunk(chunk) => self.on_chunk(chunk, out),
+                        Part::BodyEnd => self.on_body_end(out, counters),
                     }
                 }
                 Err(e) => {
@@ -566,7 +615,7 @@ impl Files {
         Ok(())
     }
 
-    /// `exec`: a request the policy allows waits for the reactor to start it (`take_exec`).
+    /// `exec`: a request the policy allows waits for the reactor to start it (`poll_action`).
     fn queue_exec(&mut self, h: &Header<'_>) -> Result<(), (ErrorCode, String)> {
         let policy = self.shared.config.exec.as_ref();
         match exec::check(policy, self.authenticated, &h.fields) {
@@ -586,13 +635,8 @@ impl Files {
         }
     }
 
-    /// The connection passed the authentication handshake (or its listener asks for none).
-    pub fn set_authenticated(&mut self, authenticated: bool) {
-        self.authenticated = authenticated;
-    }
-
     /// An `exec` request checked and waiting for the reactor to run it.
-    pub fn take_exec(&mut self) -> Option<ExecRequest> {
+    fn take_exec(&mut self) -> Option<ExecRequest> {
         match std::mem::replace(&mut self.exec, ExecState::Idle) {
             ExecState::Queued(req, id) => {
                 self.exec = ExecState::Running(id);
@@ -606,7 +650,7 @@ impl Files {
     }
 
     /// The command ended: its response is written.
-    pub fn on_exec_done(
+    fn on_exec_done(
         &mut self,
         ending: &Ending,
         stdout: &Capture,
@@ -738,7 +782,7 @@ impl Files {
         }
     }
 
-    fn on_chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>, disk: &mut Vec<DiskJob>) {
+    fn on_chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         match &mut self.body {
             Body::Skip => {}
             Body::Echo => out.extend_from_slice(chunk),
@@ -756,7 +800,7 @@ impl Files {
                 let data = self.shared.buffer_with(chunk);
                 let (file, failed, shared) =
                     (u.file.clone(), u.failed.clone(), self.shared.clone());
-                disk.push(Box::new(move || {
+                self.disk.push_back(Action::Disk(Box::new(move || {
                     if let Ok(mut slot) = failed.lock()
                         && slot.is_none()
                     {
@@ -771,12 +815,12 @@ impl Files {
                     }
                     shared.recycle(data);
                     DiskDone::Written { bytes: len }
-                }));
+                })));
             }
         }
     }
 
-    fn on_body_end(&mut self, out: &mut Vec<u8>, counters: &mut Counters, disk: &mut Vec<DiskJob>) {
+    fn on_body_end(&mut self, out: &mut Vec<u8>, counters: &mut Counters) {
         let Body::Upload(u) = std::mem::replace(&mut self.body, Body::Skip) else {
             return;
         };
@@ -809,7 +853,7 @@ impl Files {
         let shared = self.shared.clone();
         self.committing = true;
         // Queued after the upload's writes, so it runs once they are all done.
-        disk.push(Box::new(move || {
+        self.disk.push_back(Action::Disk(Box::new(move || {
             let failure = failed.lock().ok().and_then(|mut slot| slot.take());
             let result = match (failure, tmp) {
                 (Some(msg), _) => Err(msg),
@@ -826,17 +870,12 @@ impl Files {
                 size,
                 id,
             }
-        }));
+        })));
     }
 
     /// Appends up to `budget` bytes of the response under way to `out` (or hashes up to
     /// `budget` bytes of a file first).
-    pub fn produce(
-        &mut self,
-        out: &mut Vec<u8>,
-        budget: usize,
-        counters: &mut Counters,
-    ) -> Produced {
+    fn produce(&mut self, out: &mut Vec<u8>, budget: usize, counters: &mut Counters) -> Produced {
         let budget = budget.max(1);
         match self.outgoing {
             None => Produced::Ok,
@@ -1000,25 +1039,26 @@ mod tests {
     /// A decoded response: header fields and body.
     type Response = (serde_json::Map<String, Value>, Vec<u8>);
 
+    /// The next disk job the session asks for (none of these tests asks for a command).
+    fn disk_job(s: &mut Files) -> Option<DiskJob> {
+        match s.poll_action()? {
+            Action::Disk(job) => Some(job),
+            Action::Exec(req) => panic!("an unexpected command: {req:?}"),
+        }
+    }
+
     /// Runs input through a session (producing everything) and decodes the responses.
     fn run(s: &mut Files, input: &[u8]) -> (Vec<Response>, bool) {
         let mut counters = Counters::default();
         let mut out = Vec::new();
         let mut pos = 0;
         let mut close = false;
-        let mut disk = Vec::new();
         loop {
-            let step = s.on_input(
-                &input[pos..],
-                &mut out,
-                &mut counters,
-                &Peers::default(),
-                &mut disk,
-            );
+            let step = s.on_input(&input[pos..], &mut out, &mut counters, &Peers::default());
             pos += step.consumed;
             close |= step.close;
             // The disk thread's part, done inline.
-            for job in disk.drain(..) {
+            while let Some(job) = disk_job(s) {
                 s.on_disk_done(job(), &mut out, &mut counters);
             }
             while s.has_output() {
@@ -1141,15 +1181,8 @@ mod tests {
         );
         let mut counters = Counters::default();
         let mut out = Vec::new();
-        let mut disk = Vec::new();
-        let step = s.on_input(
-            &input,
-            &mut out,
-            &mut counters,
-            &Peers::default(),
-            &mut disk,
-        );
-        for job in disk.drain(..) {
+        let step = s.on_input(&input, &mut out, &mut counters, &Peers::default());
+        while let Some(job) = disk_job(&mut s) {
             s.on_disk_done(job(), &mut out, &mut counters);
         }
         assert_eq!(step.consumed, input.len());
@@ -1170,38 +1203,32 @@ mod tests {
             ..FilesConfig::default()
         };
         let mut s = Files::new(Arc::new(FilesShared::new(store, config)));
-        let (mut counters, mut out, mut disk) = (Counters::default(), Vec::new(), Vec::new());
+        let (mut counters, mut out) = (Counters::default(), Vec::new());
         let input = frame(
             json!({"cmd": "put", "filename": "f", "size": 10}),
             b"0123456789",
         );
-        let step = s.on_input(
-            &input,
-            &mut out,
-            &mut counters,
-            &Peers::default(),
-            &mut disk,
-        );
+        let step = s.on_input(&input, &mut out, &mut counters, &Peers::default());
         assert_eq!(step.consumed, input.len(), "the whole body is taken");
         assert_eq!(
-            disk.len(),
+            s.disk.len(),
             1,
             "one write, and no commit yet: the window is full"
         );
-        assert!(!s.accepts_input() && s.awaiting_disk());
-        let done = disk.pop().unwrap()();
+        assert!(!s.accepts_input() && s.awaiting() == Awaiting::Disk);
+        let done = disk_job(&mut s).unwrap()();
         s.on_disk_done(done, &mut out, &mut counters);
-        assert!(s.accepts_input() && !s.awaiting_disk());
+        assert!(s.accepts_input() && s.awaiting() == Awaiting::Nothing);
         assert!(out.is_empty(), "no answer before the commit");
         // The reactor's resumption: no new bytes, but the decoder owes the body's end.
-        let step = s.on_input(&[], &mut out, &mut counters, &Peers::default(), &mut disk);
+        let step = s.on_input(&[], &mut out, &mut counters, &Peers::default());
         assert_eq!(step.consumed, 0);
-        assert_eq!(disk.len(), 1, "the commit is queued");
+        assert_eq!(s.disk.len(), 1, "the commit is queued");
         assert!(
-            s.awaiting_disk(),
+            s.awaiting() == Awaiting::Disk,
             "a commit under way keeps the connection open"
         );
-        let done = disk.pop().unwrap()();
+        let done = disk_job(&mut s).unwrap()();
         s.on_disk_done(done, &mut out, &mut counters);
         let mut d = HeaderBodyDecoder::new(HeaderBodyConfig::responses());
         match d.decode(&out) {

@@ -1,5 +1,30 @@
 //! Sans-IO services: each takes the bytes (or datagrams) a client sent and appends its replies
 //! to an output buffer. No service sees a socket or a clock; the reactor does the I/O.
+//!
+//! The contract of a stream service (`StreamService`), in the manner of quinn-proto:
+//! - In: `on_input` (the bytes a client sent) and `on_event` (what the reactor reports back:
+//!   `Event::Opened`, `AuthFailed`, `DiskDone`, `ExecDone`, `FileSent`, `SendFileRefused`,
+//!   `Closing`). Replies are appended to the `out` buffer given.
+//! - Out: `poll_action` (work only the reactor can do, `Action::Disk` or `Action::Exec`, drained
+//!   after every drive of the connection) and, for a long response, `next_output` (bytes
+//!   produced into `out`, or `Output::SendFile`: a file range the reactor sends itself).
+//! - Asked: `accepts_input`, `has_output`, `sending_file`, `awaiting`: what the reactor needs
+//!   to decide when to read, produce, wait for writability or close.
+//!
+//! What a service may do itself: decode and encode its protocol; keep its own state; touch
+//! what `Ctx` lends it (counters, the chat room, lines for the other members, the other
+//! workers' counters); and small, bounded file-system work on the loop that the page cache
+//! answers: open and stat a file for `get`/`stat`, read the data directory for `list`, create
+//! an upload's temporary, read or hash a file (at most the budget it is given per call, and
+//! record the md5 it finds), and check `exec`'s request against its policy.
+//!
+//! What only the reactor does: every socket and pipe (read, write, sendfile, shutdown,
+//! registration and interest), the clock and timers, the disk thread (a service hands it a
+//! job as `Action::Disk`; writes, fsync and rename run there), child processes
+//! (`Action::Exec`), the authentication gate in front of the service (`auth.rs` decodes it,
+//! the reactor feeds it), closing connections, and delivering chat lines to the other members
+//! and workers. A service's file stays the only place that knows its protocol: the reactor
+//! moves bytes, jobs and events, never looks inside them.
 
 pub mod auth;
 pub mod chat;
@@ -56,7 +81,7 @@ pub struct Shared {
 }
 
 /// What a stream service may touch besides its own connection: the counters, the chat room,
-/// the bytes every other chat member is to receive, and the disk work it queues.
+/// and the bytes every other chat member is to receive.
 pub struct Ctx<'a> {
     /// The reactor's counters (frames are counted here; `stats` reports them).
     pub counters: &'a mut Counters,
@@ -64,10 +89,84 @@ pub struct Ctx<'a> {
     pub room: &'a mut chat::ChatRoom,
     /// Lines for every other chat member, formatted once; the reactor copies them out.
     pub others: &'a mut Vec<u8>,
-    /// Disk work for the reactor's disk thread, in order.
-    pub disk: &'a mut Vec<files::DiskJob>,
     /// The other workers' counters, for `stats` and metrics.
     pub peers: &'a crate::metrics::Peers,
+}
+
+/// What the reactor reports back to a stream service: what happened to the connection, and
+/// how the work it asked for (`Action`, `Output::SendFile`) went.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// The connection is open, `authenticated` if its listener asked for the handshake and
+    /// the client passed it: a chat member joins; `files` learns whether exec may run.
+    Opened { id: u64, authenticated: bool },
+    /// The client failed the handshake or ran out of time: the service says so (`files`
+    /// answers `auth_failed`); the reactor then takes no more input and closes after the flush.
+    AuthFailed,
+    /// A disk job this connection asked for (`Action::Disk`) finished.
+    DiskDone(files::DiskDone),
+    /// The command this connection asked for (`Action::Exec`) ended, or could not start.
+    ExecDone {
+        ending: &'a exec::Ending,
+        stdout: &'a exec::Capture,
+        stderr: &'a exec::Capture,
+    },
+    /// `n` bytes of the file body `Output::SendFile` named went to the socket.
+    FileSent(u64),
+    /// sendfile cannot carry this connection's bytes (a transport that changes them, or a pair
+    /// of descriptors the kernel refuses): file bodies come as `Output::Produced` from now on.
+    SendFileRefused,
+    /// The connection is closing: a chat member leaves.
+    Closing,
+}
+
+/// Work only the reactor can do, which a service asks for: the reactor drains these after
+/// every drive of the connection (`poll_action`) and reports the outcome as an `Event`.
+pub enum Action {
+    /// Run this on the disk thread, after the connection's earlier jobs; the result comes
+    /// back as `Event::DiskDone`.
+    Disk(files::DiskJob),
+    /// Start this command; its end comes back as `Event::ExecDone`.
+    Exec(exec::ExecRequest),
+}
+
+impl std::fmt::Debug for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // A job is a closure: only its kind can be shown.
+            Action::Disk(_) => f.write_str("Disk(..)"),
+            Action::Exec(req) => f.debug_tuple("Exec").field(req).finish(),
+        }
+    }
+}
+
+/// What a long response gives next (`next_output`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Nothing is under way.
+    None,
+    /// Bytes were appended to the output.
+    Produced,
+    /// A file body: the reactor sends it from the page cache to the socket (sendfile) and
+    /// reports what went with `Event::FileSent`, or `Event::SendFileRefused`.
+    SendFile {
+        fd: std::os::fd::RawFd,
+        offset: u64,
+        left: u64,
+    },
+    /// The response cannot be completed (a file shrank under a `get`): close the connection.
+    Broken,
+}
+
+/// What a connection's service waits for outside the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Awaiting {
+    /// Nothing.
+    Nothing,
+    /// Disk work it asked for (upload writes, a commit).
+    Disk,
+    /// A command it asked for, queued or running.
+    Exec,
 }
 
 impl StreamService {
@@ -91,60 +190,55 @@ impl StreamService {
         }
     }
 
-    /// The connection is open (and `authenticated` if its listener asked for it): a chat
-    /// member joins; `files` learns whether exec may run.
-    pub fn on_open(&mut self, id: u64, authenticated: bool, out: &mut Vec<u8>, ctx: &mut Ctx<'_>) {
-        match self {
-            StreamService::Chat(c) => c.join(id, ctx.room, out, ctx.others),
-            StreamService::Files(f) => f.set_authenticated(authenticated),
-            _ => {}
-        }
-    }
-
-    /// An `exec` request waiting for the reactor to start it.
-    pub fn take_exec(&mut self) -> Option<exec::ExecRequest> {
-        match self {
-            StreamService::Files(f) => f.take_exec(),
-            _ => None,
-        }
-    }
-
-    /// The connection's command ended.
-    pub fn on_exec_done(
-        &mut self,
-        ending: &exec::Ending,
-        stdout: &exec::Capture,
-        stderr: &exec::Capture,
-        out: &mut Vec<u8>,
-        counters: &mut Counters,
-    ) {
-        if let StreamService::Files(f) = self {
-            f.on_exec_done(ending, stdout, stderr, out, counters);
-        }
-    }
-
-    /// The connection is closing: a chat member leaves.
-    pub fn on_close(&mut self, ctx: &mut Ctx<'_>) {
-        if let StreamService::Chat(c) = self {
-            c.leave(ctx.room, ctx.others);
-        }
-    }
-
     /// Feeds bytes as they arrived; replies are appended to `out`. The bytes not consumed are
     /// kept by the caller and offered again, in front of the next ones.
     pub fn on_input(&mut self, input: &[u8], out: &mut Vec<u8>, ctx: &mut Ctx<'_>) -> Step {
         let consumed = match self {
             StreamService::Echo(s) => s.on_input(input, out),
             StreamService::Upper(s) => s.on_input(input, out),
-            StreamService::Files(s) => {
-                return s.on_input(input, out, ctx.counters, ctx.peers, ctx.disk);
-            }
+            StreamService::Files(s) => return s.on_input(input, out, ctx.counters, ctx.peers),
             StreamService::Chat(s) => return s.on_input(input, out, ctx.room, ctx.others),
             StreamService::Metrics(s) => return s.on_input(input, out, ctx.counters, ctx.peers),
         };
         Step {
             consumed: consumed.0,
             close: false,
+        }
+    }
+
+    /// Takes what the reactor reports about the connection; replies are appended to `out`.
+    pub fn on_event(&mut self, ev: Event<'_>, out: &mut Vec<u8>, ctx: &mut Ctx<'_>) {
+        match (self, ev) {
+            (StreamService::Chat(c), Event::Opened { id, .. }) => {
+                c.join(id, ctx.room, out, ctx.others);
+            }
+            (StreamService::Chat(c), Event::Closing) => c.leave(ctx.room, ctx.others),
+            (StreamService::Files(f), ev) => f.on_event(ev, out, ctx.counters),
+            _ => {}
+        }
+    }
+
+    /// The next piece of work the service asks the reactor for, in the order asked.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        match self {
+            StreamService::Files(f) => f.poll_action(),
+            _ => None,
+        }
+    }
+
+    /// The next piece of a long response: appends up to about `budget` bytes to `out`, or,
+    /// with `sendfile` allowed (nothing else pending before it), names a file range for the
+    /// reactor to send.
+    pub fn next_output(
+        &mut self,
+        out: &mut Vec<u8>,
+        budget: usize,
+        sendfile: bool,
+        counters: &mut Counters,
+    ) -> Output {
+        match self {
+            StreamService::Files(s) => s.next_output(out, budget, sendfile, counters),
+            _ => Output::None,
         }
     }
 
@@ -159,35 +253,7 @@ impl StreamService {
         }
     }
 
-    /// Whether a response waits on disk work queued for the disk thread.
-    pub fn awaiting_disk(&self) -> bool {
-        match self {
-            StreamService::Files(s) => s.awaiting_disk(),
-            _ => false,
-        }
-    }
-
-    /// Whether an `exec` command of this connection is queued or running.
-    pub fn awaiting_exec(&self) -> bool {
-        match self {
-            StreamService::Files(s) => s.awaiting_exec(),
-            _ => false,
-        }
-    }
-
-    /// Takes the result of a disk job queued by this connection.
-    pub fn on_disk_done(
-        &mut self,
-        done: files::DiskDone,
-        out: &mut Vec<u8>,
-        counters: &mut Counters,
-    ) {
-        if let StreamService::Files(s) = self {
-            s.on_disk_done(done, out, counters);
-        }
-    }
-
-    /// Whether `produce` has more output to give.
+    /// Whether `next_output` has more to give.
     pub fn has_output(&self) -> bool {
         match self {
             StreamService::Files(s) => s.has_output(),
@@ -195,41 +261,20 @@ impl StreamService {
         }
     }
 
-    /// Appends up to about `budget` bytes of a long response; `false` when the connection
-    /// must close because the response cannot be completed.
-    pub fn produce(&mut self, out: &mut Vec<u8>, budget: usize, counters: &mut Counters) -> bool {
+    /// Whether the long response under way is a file body to go out by sendfile: the
+    /// connection then waits for writability with nothing pending in its own buffer.
+    pub fn sending_file(&self) -> bool {
         match self {
-            StreamService::Files(s) => s.produce(out, budget, counters) == files::Produced::Ok,
-            _ => true,
+            StreamService::Files(s) => s.sending_file(),
+            _ => false,
         }
     }
 
-    /// A file body that can go to the socket by sendfile: (descriptor, offset, bytes left).
-    pub fn file_range(&self) -> Option<(std::os::fd::RawFd, u64, u64)> {
+    /// What a response of this connection waits for outside the loop.
+    pub fn awaiting(&self) -> Awaiting {
         match self {
-            StreamService::Files(s) => s.file_range(),
-            _ => None,
-        }
-    }
-
-    /// `n` bytes of the file body went out by sendfile.
-    pub fn file_sent(&mut self, n: u64) {
-        if let StreamService::Files(s) = self {
-            s.file_sent(n);
-        }
-    }
-
-    /// sendfile does not work for this connection: produce file bodies through `produce`.
-    pub fn no_sendfile(&mut self) {
-        if let StreamService::Files(s) = self {
-            s.no_sendfile();
-        }
-    }
-
-    /// What to send a client whose authentication failed, before closing.
-    pub fn on_auth_failed(&self, out: &mut Vec<u8>, counters: &mut Counters) {
-        if let StreamService::Files(_) = self {
-            files::auth_failed_frame(out, counters);
+            StreamService::Files(s) => s.awaiting(),
+            _ => Awaiting::Nothing,
         }
     }
 }

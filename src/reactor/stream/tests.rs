@@ -29,7 +29,7 @@ use crate::reactor::transport::Transport;
 use crate::reactor::transport::script::Script;
 use crate::service::files::{DiskJob, FilesConfig, FilesShared};
 use crate::service::store::{Hasher, Store};
-use crate::service::{Shared, StreamService};
+use crate::service::{Action, Shared, StreamService};
 
 /// One connection and the loop around it.
 struct Sim {
@@ -51,7 +51,7 @@ struct Sim {
 }
 
 impl Sim {
-    /// A connection of `service`, opened as `admit` opens it (`on_open`, then a drive).
+    /// A connection of `service`, opened as `admit` opens it (`Event::Opened`, then a drive).
     fn new(service: StreamService, kind: ServiceKind, script: Script, scratch: usize) -> Sim {
         let limits = Limits {
             read_budget: 64,
@@ -70,7 +70,11 @@ impl Sim {
     ) -> Sim {
         let mut svc = ServiceState::default();
         let mut out = Vec::new();
-        service.on_open(1, false, &mut out, &mut svc.ctx());
+        let opened = Event::Opened {
+            id: 1,
+            authenticated: false,
+        };
+        service.on_event(opened, &mut out, &mut svc.ctx());
         let mut c = Conn::new(Transport::Scripted(script), kind, service, Instant::now());
         c.out.extend(&out);
         c.interest = Some(Interest::READABLE);
@@ -115,8 +119,13 @@ impl Sim {
         };
         let now = Instant::now();
         let (verdict, _, _) = drive(&mut self.c, readable, writable, &mut io, &self.limits, now);
-        assert!(self.c.service.take_exec().is_none());
-        self.disk.extend(self.svc.disk.drain(..));
+        // What `run_actions` does: disk jobs go to the "disk thread"; no test runs a command.
+        while let Some(action) = self.c.service.poll_action() {
+            match action {
+                Action::Disk(job) => self.disk.push_back(job),
+                Action::Exec(req) => panic!("an unexpected command: {req:?}"),
+            }
+        }
         self.saw_pause |= self.c.read_paused;
         match verdict {
             Verdict::Close(reason) => {
@@ -170,9 +179,11 @@ impl Sim {
         }
         for job in self.disk.drain(..n) {
             let done = job();
-            self.c
-                .service
-                .on_disk_done(done, self.c.out.tail(), &mut self.svc.counters);
+            self.c.service.on_event(
+                Event::DiskDone(done),
+                self.c.out.tail(),
+                &mut self.svc.ctx(),
+            );
         }
         self.drive(false, true);
     }
