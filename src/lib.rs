@@ -40,6 +40,3 @@ pub(crate) mod sys;
 pub use config::file as config_file;
 /// The shared secret of authentication, for the tests' clients.
 pub use service::auth::Secret;
-
-/// The old path of `sys::timerfd`, kept for `cli/bench/worker.rs`, which names it there.
-pub(crate) use sys::timerfd;

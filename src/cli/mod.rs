@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (echo, upper, udp-echo, udp-upper, files on their default addresses).
-    Serve(Box<serve::ServeArgs>),
+    Serve(Box<crate::config::flags::ServeArgs>),
     /// Upload a file to the files service (md5 checked).
     Put(files::PutArgs),
     /// Download a file from the files service (md5 checked, written atomically).

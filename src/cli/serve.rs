@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use crate::config::file::{self as config_file, ServeSettings};
-pub use crate::config::flags::ServeArgs;
+use crate::config::flags::ServeArgs;
 use crate::service::auth::Secret;
 use crate::sockopt;
 

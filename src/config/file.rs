@@ -20,9 +20,9 @@ use crate::kind::ServiceKind;
 use crate::service::exec::{AllowError, ExecPolicy, resolve_program};
 
 use super::values::{
-    Addr, Backlog, BufSize, Count, Dur, NonZeroDur, Service, Size, SizeOrZero, UploadLimit, Workers,
+    Addr, Backlog, BufSize, Count, Dur, LogLevel, NonZeroDur, Service, Size, SizeOrZero,
+    UploadLimit, Workers,
 };
-pub use super::values::{LogLevel, parse_bytes, parse_duration};
 
 /// Defaults of `exec`'s limits, which apply once `exec.allow` names a program.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(10);

@@ -9,7 +9,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::ServerConfig;
-use super::file::{LogLevel, ServeSettings, parse_bytes, parse_duration, set};
+use super::file::{ServeSettings, set};
+use super::values::{LogLevel, parse_bytes, parse_duration};
 use crate::addr::ListenAddr;
 use crate::kind::ServiceKind;
 

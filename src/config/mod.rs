@@ -11,9 +11,7 @@ pub mod flags;
 mod values;
 
 use crate::addr::ListenAddr;
-/// Re-exported where it was (`reactor/conn.rs`, `reactor/accept.rs` name it here); its home is
-/// [`crate::kind`].
-pub(crate) use crate::kind::ServiceKind;
+use crate::kind::ServiceKind;
 use crate::service::DatagramSettings;
 use crate::service::files::FilesConfig;
 

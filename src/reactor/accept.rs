@@ -16,7 +16,7 @@ use super::timer::TimerKind;
 use super::transport::Transport;
 use super::workers::OpenConns;
 use super::{Entry, Reactor};
-use crate::config::ServiceKind;
+use crate::kind::ServiceKind;
 use crate::service::auth::{AuthGate, Secret, new_challenge};
 use crate::service::{Event, StreamService};
 use crate::sockopt;

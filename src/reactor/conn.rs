@@ -8,7 +8,7 @@ use mio::Interest;
 
 use super::transport::Transport;
 
-use crate::config::ServiceKind;
+use crate::kind::ServiceKind;
 use crate::service::StreamService;
 use crate::service::auth::AuthGate;
 

@@ -30,7 +30,7 @@ use super::reply::ReplyParser;
 use crate::addr::ListenAddr;
 use crate::client::{NoAnswer, Stall};
 use crate::net::MioStream;
-use crate::timerfd::TimerFd;
+use crate::sys::timerfd::TimerFd;
 
 /// The highest latency the histogram tells apart (longer ones are recorded as this): 100 s.
 const MAX_LATENCY_NS: u64 = 100_000_000_000;
