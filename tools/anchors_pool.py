@@ -8,7 +8,8 @@ One run's median of 7-9 per-round ratios moves by 10-20 % from run to run on a V
 drifts between measurements, so "above 1" or "below 0.9" in one run says little on its own.
 Pooling the rounds of runs of the same build and giving the interval says how sure a verdict
 is. Besides the issue's ratios it prints the floor ratios (what a C epoll echo costs) and the
-same ratios normalised by the load generator's CPU per request in each measurement.
+same ratios normalised by the load generator's CPU per request in each measurement, and, for
+runs with --baseline, each socklab server against its baseline ("<server> (LABEL)").
 """
 
 import json
@@ -63,8 +64,13 @@ def main():
     print("| conns x depth | ratio | rounds | CPU/request | CPU/request, each per load-generator "
           "CPU/request | p99 |")
     print("|---|---|---:|---:|---:|---:|")
+    names = {key[2] for key in by}
+    kinds = ["socklab echo raw", "socklab echo line PING", "socklab files ping"]
+    baseline_pairs = sorted(
+        (k, n) for n in names for k in kinds if n.startswith(k + " (") and n.endswith(")")
+    )
     for setting in SETTINGS:
-        for a, b in PAIRS:
+        for a, b in PAIRS + baseline_pairs:
             raw, normalised, p99 = [], [], []
             for r in rounds:
                 x, y = by.get((setting, r, a)), by.get((setting, r, b))

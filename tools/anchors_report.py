@@ -5,7 +5,10 @@ round measures every server once, back to back, so a ratio within a round compar
 like), with the per-round ratios beside it so their spread shows.
 
 Usage: tools/anchors_report.py RESULTS.jsonl   (bench-anchors.sh sets the environment: SETTINGS,
-ROUNDS, DURATION, WARMUP, CMDLINE, PINNING, LOAD_START, LOAD_END, REDIS_VERSION, BENCH_EXAMPLE)
+ROUNDS, DURATION, WARMUP, CMDLINE, PINNING, LOAD_START, LOAD_END, REDIS_VERSION, BENCH_EXAMPLE;
+optional: SERVERS, the servers measured, one a line, in the table's order; BASELINE and
+BASELINE_LABEL, the baseline socklab binary measured as "<server> (LABEL)", which adds the
+section "Before and after")
 """
 import json, os, platform, statistics, subprocess, sys
 
@@ -19,6 +22,10 @@ def cpu_model():
 
 servers = ["socklab echo raw", "tokio echo raw", "socklab echo line PING", "redis PING",
            "socklab files ping", "floor echo raw"]
+if env.get("SERVERS", "").strip():
+    servers = [l for l in env["SERVERS"].splitlines() if l.strip()]
+baseline, blabel = env.get("BASELINE", ""), env.get("BASELINE_LABEL", "before")
+KINDS = ["socklab echo raw", "socklab echo line PING", "socklab files ping"]
 settings = env["SETTINGS"].split()
 
 def med(setting, server, f):
@@ -50,6 +57,9 @@ print("- Servers: release `socklab serve` (echo and files only), `tools/tokio-ec
       "(tokio current-thread), `redis-server --save '' --appendonly no`, `tools/floor-echo.c` "
       "(`cc -O2`: one thread, edge-triggered epoll, one recv and one send per request, nothing "
       "else).")
+if baseline:
+    print(f"- Baseline ({blabel}): `{baseline}`, started and measured like this build's socklab, "
+          f"its servers named \"<server> ({blabel})\".")
 print()
 print("### Per setting and server (medians)\n")
 print("| conns x depth | server | requests/s | p99 (µs) | server CPU/request (µs) | load generator CPU |")
@@ -64,10 +74,6 @@ for s in settings:
         note = f" ({f} failed)" if f else ""
         print(f"| {label(s)} | {srv}{note} | {fmt(rps, ',.0f')} | {fmt(p99, '.0f')} | "
               f"{fmt(cpu, '.2f')} | {fmt(gen, '.0f')}{'' if gen is None else ' %'} |")
-print()
-print("### Ratios (below 1: socklab uses less): median of the per-round ratios [each round]\n")
-print("| conns x depth | CPU/request socklab echo / tokio echo | CPU/request socklab echo line / redis PING | CPU/request socklab files ping / redis PING | p99 socklab echo / tokio | p99 socklab line / redis |")
-print("|---|---:|---:|---:|---:|---:|")
 
 
 def value(setting, server, rnd, f):
@@ -95,32 +101,60 @@ def round_ratio(setting, a, b, f, g=None):
     return f"{statistics.median(per_round):.2f} [{shown}]"
 
 
-cpu = lambda r: r["server_cpu_per_request_us"]
-p99 = lambda r: r["latency_us"]["p99"]
-for s in settings:
-    cells = [
-        round_ratio(s, "socklab echo raw", "tokio echo raw", cpu),
-        round_ratio(s, "socklab echo line PING", "redis PING", cpu),
-        round_ratio(s, "socklab files ping", "redis PING", cpu),
-        round_ratio(s, "socklab echo raw", "tokio echo raw", p99),
-        round_ratio(s, "socklab echo line PING", "redis PING", p99),
-    ]
-    print(f"| {label(s)} | " + " | ".join(cells) + " |")
+def table(heading, columns):
+    """Prints the heading and a ratio table of the columns (header, a, b, f[, g]) whose servers
+    were both measured; nothing when none were."""
+    columns = [c for c in columns if c[1] in servers and c[2] in servers]
+    if not columns:
+        return False
+    print()
+    print(heading)
+    print("| conns x depth | " + " | ".join(c[0] for c in columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    for s in settings:
+        cells = [round_ratio(s, *c[1:]) for c in columns]
+        print(f"| {label(s)} | " + " | ".join(cells) + " |")
+    return True
 
-print()
-print("### Against the floor, and normalised by the load generator\n")
-print("The floor is `tools/floor-echo.c`: what the kernel costs for one recv and one send per "
+
+cpu = lambda r: r["server_cpu_per_request_us"]
+gen = lambda r: r["cpu_s"] / r["requests"] if r["requests"] else None
+p99 = lambda r: r["latency_us"]["p99"]
+table("### Ratios (below 1: socklab uses less): median of the per-round ratios [each round]\n", [
+    ("CPU/request socklab echo / tokio echo", "socklab echo raw", "tokio echo raw", cpu),
+    ("CPU/request socklab echo line / redis PING", "socklab echo line PING", "redis PING", cpu),
+    ("CPU/request socklab files ping / redis PING", "socklab files ping", "redis PING", cpu),
+    ("p99 socklab echo / tokio", "socklab echo raw", "tokio echo raw", p99),
+    ("p99 socklab line / redis", "socklab echo line PING", "redis PING", p99),
+])
+
+table("### Against the floor, and normalised by the load generator\n\n"
+      "The floor is `tools/floor-echo.c`: what the kernel costs for one recv and one send per "
       "request. The last column divides each server's CPU per request by the load generator's "
       "CPU per request in the same measurement before taking the ratio: the generator does the "
       "same work against both echo servers, so this takes out how fast the machine happened to "
-      "be during each measurement (a supplementary figure; the verdict stays the column above).\n")
-print("| conns x depth | CPU/request socklab echo / floor | CPU/request tokio echo / floor | socklab echo / tokio, each per load-generator CPU/request |")
-print("|---|---:|---:|---:|")
-gen = lambda r: r["cpu_s"] / r["requests"] if r["requests"] else None
-for s in settings:
-    cells = [
-        round_ratio(s, "socklab echo raw", "floor echo raw", cpu),
-        round_ratio(s, "tokio echo raw", "floor echo raw", cpu),
-        round_ratio(s, "socklab echo raw", "tokio echo raw", cpu, gen),
-    ]
-    print(f"| {label(s)} | " + " | ".join(cells) + " |")
+      "be during each measurement (a supplementary figure; the verdict stays the column above).\n",
+    [("CPU/request socklab echo / floor", "socklab echo raw", "floor echo raw", cpu),
+    ("CPU/request tokio echo / floor", "tokio echo raw", "floor echo raw", cpu),
+    ("socklab echo / tokio, each per load-generator CPU/request", "socklab echo raw",
+     "tokio echo raw", cpu, gen),
+])
+
+if baseline:
+    print()
+    print(f"### Before and after: this build against {blabel}\n")
+    print(f"Both builds measured in the same rounds, in turn, the order rotated each round. The "
+          f"ratio is this build / {blabel} of server CPU per request within each round: the "
+          f"median of the rounds [each round]; below 1: this build uses less.\n")
+    print(f"| conns x depth | server | CPU/request {blabel} (µs) | CPU/request this build (µs) "
+          f"| requests/s {blabel} | requests/s this build | CPU/request this build / {blabel} |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    rps = lambda r: r["requests_per_s"]
+    for s in settings:
+        for k in KINDS:
+            b = f"{k} ({blabel})"
+            if k not in servers or b not in servers:
+                continue
+            print(f"| {label(s)} | {k} | {fmt(med(s, b, cpu), '.2f')} | "
+                  f"{fmt(med(s, k, cpu), '.2f')} | {fmt(med(s, b, rps), ',.0f')} | "
+                  f"{fmt(med(s, k, rps), ',.0f')} | {round_ratio(s, k, b, cpu)} |")
