@@ -188,17 +188,8 @@ fn run_with_stdin(args: &[&str], input: &[u8], keep_open: bool) -> (Output, Dura
         let _ = stdin.write_all(&input);
         keep_open.then_some(stdin)
     });
-    fn drain(r: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
-        thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut v);
-            }
-            v
-        })
-    }
-    let out = drain(child.stdout.take());
-    let err = drain(child.stderr.take());
+    let out = util::drain(child.stdout.take());
+    let err = util::drain(child.stderr.take());
     let Some(status) = util::wait_child(&mut child, BOUND) else {
         let _ = child.kill();
         let _ = child.wait();

@@ -8,11 +8,12 @@
 //! Skipped, with a message, only when `python3` is missing (the slow senders); under `CI=true`
 //! that fails instead.
 
+mod util;
+
 use std::fs::{self, File};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// The script's wall-time bound; a run here takes well under a minute.
@@ -64,20 +65,6 @@ fn signal_group(pgid: u32, sig: i32) {
     unsafe { libc::kill(-pgid, sig) };
 }
 
-/// Waits for `child` at most `timeout`.
-fn wait_for(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The `N/M` after `what` in the summary line, as (N, M).
 fn counts(summary: &str, what: &str) -> (usize, usize) {
     let rest = summary
@@ -112,12 +99,12 @@ fn run_soak(script: &Path, out_path: &Path, extra: &[String]) -> (ExitStatus, St
         .stderr(err)
         .process_group(0);
     let mut child = cmd.spawn().expect("start bash tools/upload-soak.sh");
-    let status = wait_for(&mut child, WALL);
+    let status = util::wait_child(&mut child, WALL);
     let status = status.unwrap_or_else(|| {
         // Past the bound: SIGTERM lets the script's trap stop its server and clients and remove
         // its files; whatever is left after that is killed.
         signal_group(child.id(), libc::SIGTERM);
-        if wait_for(&mut child, Duration::from_secs(20)).is_none() {
+        if util::wait_child(&mut child, Duration::from_secs(20)).is_none() {
             signal_group(child.id(), libc::SIGKILL);
             let _ = child.wait();
         }

@@ -1014,6 +1014,18 @@ where
     run_bounded(cmd, timeout)
 }
 
+/// Reads a child's stdout or stderr to its end on a thread of its own, so that a child that
+/// writes more than a pipe holds cannot block the test that waits for it.
+pub fn drain(r: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut v = Vec::new();
+        if let Some(mut r) = r {
+            let _ = r.read_to_end(&mut v);
+        }
+        v
+    })
+}
+
 /// Runs `cmd` with stdin closed and returns its output; kills it and panics if it has not
 /// exited within `timeout`.
 pub fn run_bounded(mut cmd: Command, timeout: Duration) -> std::process::Output {
@@ -1022,15 +1034,6 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> std::process::Output 
         .stderr(Stdio::piped());
     let desc = format!("{cmd:?}");
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
-    fn drain(r: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
-        thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut v);
-            }
-            v
-        })
-    }
     let out = drain(child.stdout.take());
     let err = drain(child.stderr.take());
     let deadline = Instant::now() + timeout;
