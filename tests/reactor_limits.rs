@@ -1,7 +1,8 @@
 //! The reactor's limits over real sockets: backpressure (a client that does
 //! not read is paused, not dropped, and loses nothing), the hard pending-output
-//! limit, `--max-conns`, `--idle-timeout`, and running out of file descriptors
-//! (EMFILE) without crashing, spinning or stalling.
+//! limit, the bound on a held partial request (`--max-input`), `--max-conns`,
+//! `--idle-timeout`, and running out of file descriptors (EMFILE) without
+//! crashing, spinning or stalling.
 
 mod util;
 
@@ -114,6 +115,71 @@ fn client_that_does_not_read_is_dropped_past_max_pending() {
     );
     server.assert_alive("after dropping a slow client");
     prompt_echoes(&server, 20, "after a client was dropped");
+}
+
+/// A `files` request frame whose header (`{"cmd":"ping"}` padded with spaces) is `h` bytes.
+fn padded_ping(h: usize) -> Vec<u8> {
+    let json = br#"{"cmd":"ping"}"#;
+    let mut frame = u32::try_from(h).unwrap().to_le_bytes().to_vec();
+    frame.extend_from_slice(&json[..json.len() - 1]);
+    frame.resize(4 + h - 1, b' ');
+    frame.push(b'}');
+    frame
+}
+
+/// Reads one response frame's header (4-byte little-endian length, then JSON) as text.
+fn read_response_header(c: &mut TcpStream) -> String {
+    let (prefix, end) = read_bounded(c, Some(4), T);
+    assert_eq!(end, End::Complete, "no response prefix: {end:?}");
+    let h = u32::from_le_bytes(prefix.try_into().unwrap()) as usize;
+    let (json, end) = read_bounded(c, Some(h), T);
+    assert_eq!(end, End::Complete, "no response header: {end:?}");
+    String::from_utf8(json).unwrap()
+}
+
+#[test]
+fn partial_request_past_max_input_closes_that_connection_only() {
+    let data = TempDir::new("max-input");
+    let dir = data.path().to_str().unwrap().to_owned();
+    let extra = ["--max-input", "1KiB", "--data-dir", &dir];
+    let mut server = Server::start(serve_args(&[("files", "127.0.0.1:0")], &extra));
+
+    // A client holding a partial request under the bound is kept and answered.
+    let small = padded_ping(600);
+    let mut ok = server.connect("files");
+    ok.write_all(&small[..300]).unwrap();
+
+    // One whose partial request passes it is disconnected (the header's announced 8000
+    // bytes are under --max-header: only --max-input stops it).
+    let big = padded_ping(8000);
+    let mut over = server.connect("files");
+    over.write_all(&big[..4000]).unwrap();
+    let (got, end) = read_bounded(&mut over, None, T);
+    assert!(
+        end.closed() && got.is_empty(),
+        "a 4000-byte partial request under --max-input 1KiB was not closed: read {} bytes, {end:?}",
+        got.len()
+    );
+
+    server.assert_alive("after closing a connection past --max-input");
+    ok.write_all(&small[300..]).unwrap();
+    let reply = read_response_header(&mut ok);
+    assert!(reply.contains(r#""ok":true"#), "{reply}");
+}
+
+#[test]
+fn the_output_bound_does_not_bound_a_partial_request() {
+    let data = TempDir::new("max-pending-input");
+    let dir = data.path().to_str().unwrap().to_owned();
+    let extra = ["--max-pending", "2KiB", "--data-dir", &dir];
+    let server = Server::start(serve_args(&[("files", "127.0.0.1:0")], &extra));
+    let big = padded_ping(8000);
+    let mut c = server.connect("files");
+    c.write_all(&big[..4000]).unwrap();
+    thread::sleep(Duration::from_millis(100));
+    c.write_all(&big[4000..]).unwrap();
+    let reply = read_response_header(&mut c);
+    assert!(reply.contains(r#""ok":true"#), "{reply}");
 }
 
 #[test]

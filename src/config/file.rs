@@ -53,6 +53,7 @@ struct LimitsFile {
     shutdown_grace: Option<Dur>,
     pending_pause: Option<Size>,
     max_pending: Option<Size>,
+    max_input: Option<Size>,
     read_budget: Option<Size>,
     accept_budget: Option<Count>,
     datagram_budget: Option<Count>,
@@ -344,6 +345,7 @@ impl ServeSettings {
             set(&mut limits.shutdown_grace, l.shutdown_grace.map(|v| v.0));
             set(&mut limits.pending_pause, l.pending_pause.map(|v| v.0));
             set(&mut limits.max_pending, l.max_pending.map(|v| v.0));
+            set(&mut limits.max_input, l.max_input.map(|v| v.0));
             set(&mut limits.read_budget, l.read_budget.map(|v| v.0));
             set(&mut limits.accept_budget, l.accept_budget.map(|v| v.0));
             set(&mut limits.datagram_budget, l.datagram_budget.map(|v| v.0));
@@ -666,6 +668,7 @@ impl Effective {
                 shutdown_grace: Some(Dur(s.limits.shutdown_grace)),
                 pending_pause: Some(Size(s.limits.pending_pause)),
                 max_pending: Some(Size(s.limits.max_pending)),
+                max_input: Some(Size(s.limits.max_input)),
                 read_budget: Some(Size(s.limits.read_budget)),
                 accept_budget: Some(Count(s.limits.accept_budget)),
                 datagram_budget: Some(Count(s.limits.datagram_budget)),
@@ -903,6 +906,16 @@ mod tests {
             "broken TOML",
             "[limits\nmax_conns = 1\n",
             "t.toml:1: not valid TOML",
+        ),
+        (
+            "a zero input bound",
+            "[limits]\nmax_input = 0\n",
+            "t.toml:2: limits.max_input: must be at least 1 byte",
+        ),
+        (
+            "an input bound that is not a size",
+            "[limits]\nmax_input = \"lots\"\n",
+            "t.toml:2: limits.max_input: `lots` is not a size",
         ),
         (
             "a log level that is not one",

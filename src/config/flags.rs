@@ -167,6 +167,10 @@ pub struct ServeArgs {
     /// --pending-pause never pauses: clients that do not read are cut off instead. [default: 1MiB]
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Limits")]
     max_pending: Option<usize>,
+    /// Disconnect a connection whose partial request (input read but not yet consumed by its
+    /// service) passes this. [default: 1MiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Limits")]
+    max_input: Option<usize>,
     /// Disconnect a chat member whose pending output passes this (it does not read).
     /// [default: 1MiB]
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Limits")]
@@ -281,6 +285,7 @@ impl ServeArgs {
         set(&mut limits.shutdown_grace, self.shutdown_grace);
         set(&mut limits.pending_pause, self.pending_pause);
         set(&mut limits.max_pending, self.max_pending);
+        set(&mut limits.max_input, self.max_input);
         set(&mut limits.read_budget, self.read_budget);
         set(&mut limits.chat_max_pending, self.chat_max_pending);
         set(&mut s.datagram.udp_chat_expiry, self.udp_chat_expiry);
@@ -359,6 +364,7 @@ mod tests {
             "--shutdown-grace=5s",
             "--pending-pause=256KiB",
             "--max-pending=1MiB",
+            "--max-input=1MiB",
             "--chat-max-pending=1MiB",
             "--udp-chat-expiry=10m",
             "--read-budget=256KiB",
@@ -385,6 +391,30 @@ mod tests {
             !e.server.sockopts.nodelay,
             "the file's nodelay = false stays"
         );
+    }
+
+    #[test]
+    fn the_input_bound_is_a_setting_of_its_own() {
+        let e = effective("[limits]\nmax_input = \"64KiB\"\n", &[]);
+        assert_eq!(e.server.limits.max_input, 64 << 10);
+        assert_eq!(
+            e.server.limits.max_pending,
+            1 << 20,
+            "the output bound stays"
+        );
+        let e = effective(
+            "[limits]\nmax_input = \"64KiB\"\n",
+            &["--max-input", "2MiB"],
+        );
+        assert_eq!(e.server.limits.max_input, 2 << 20);
+        let e = effective("", &["--max-pending", "4KiB"]);
+        assert_eq!(e.server.limits.max_input, 1 << 20, "the input bound stays");
+        let mut zero = ServeSettings::default();
+        args(&["--max-input", "0"]).apply(&mut zero);
+        let e = zero.finish().expect_err("--max-input 0 accepted");
+        assert!(e.to_string().contains("--max-input"), "{e}");
+        let bad = Cli::try_parse_from(["serve", "--max-input", "lots"]);
+        assert!(bad.is_err(), "--max-input lots accepted");
     }
 
     /// Each listener as `service addr auth`.

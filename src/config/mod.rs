@@ -136,6 +136,9 @@ pub struct Limits {
     pub pending_pause: usize,
     /// A connection whose pending output passes this is disconnected.
     pub max_pending: usize,
+    /// A connection whose held partial request (input read but not yet consumed by its service)
+    /// passes this is disconnected.
+    pub max_input: usize,
     /// Bytes read from one connection in one turn of the loop before others get their turn.
     pub read_budget: usize,
     /// Connections accepted from one listener in one turn before others get their turn.
@@ -156,6 +159,7 @@ impl Default for Limits {
             shutdown_grace: Duration::from_secs(5),
             pending_pause: 256 * 1024,
             max_pending: 1024 * 1024,
+            max_input: 1024 * 1024,
             read_budget: 256 * 1024,
             accept_budget: 256,
             datagram_budget: 256,
@@ -288,6 +292,7 @@ impl ServerConfig {
         let nonzero = [
             ("--max-conns", self.limits.max_conns),
             ("--max-pending", self.limits.max_pending),
+            ("--max-input", self.limits.max_input),
             ("--pending-pause", self.limits.pending_pause),
             (
                 "--backlog",

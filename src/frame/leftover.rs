@@ -1,12 +1,17 @@
-//! The reactor's leftover buffer: the reference loop that drives a
-//! [`Decoder`] over a stream arriving in pieces (DESIGN.md invariant 7).
+//! A connection's leftover input: the bytes of a partial item, kept between two reads; and
+//! [`Leftover::feed`], the reference loop that drives a [`Decoder`] over a stream arriving in
+//! pieces (DESIGN.md invariant 7).
 //!
-//! Reads land in one scratch buffer per reactor. When a connection holds no
-//! leftover, the decoder runs on the scratch slice itself and only the
-//! unconsumed tail is copied into the connection; otherwise the new bytes are
-//! appended to the leftover and the decoder runs there. Either way the
-//! leftover never holds more than the decoder's [`Decoder::max_buffered`]
-//! bytes, and a connection between frames holds none.
+//! The reactor holds every stream connection's partial request in a `Leftover`, through the
+//! byte-holding half of its API ([`append`](Leftover::append), [`consume`](Leftover::consume),
+//! [`as_slice`](Leftover::as_slice), [`release`](Leftover::release)); its services drive their
+//! own decoders on those bytes, and the server bounds them by its `--max-input` setting, not by
+//! [`Decoder::max_buffered`]. [`Leftover::feed`] is the same pattern for a caller that drives a
+//! decoder itself (the tests, the fuzz targets and the benches): when nothing is kept, the
+//! decoder runs on the new bytes themselves and only the unconsumed tail is copied in;
+//! otherwise the new bytes are appended and the decoder runs on the whole. Driven that way the
+//! leftover never holds more than the decoder's [`Decoder::max_buffered`] bytes, and it holds
+//! none between items.
 
 use super::{Decoded, Decoder};
 
@@ -38,12 +43,35 @@ impl Leftover {
         self.buf.is_empty()
     }
 
+    /// Keeps `bytes` after those already kept. No room is reserved beyond them:
+    /// a length announced by the peer must not make us allocate ahead of the
+    /// bytes it really sent.
+    #[inline]
+    pub fn append(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Drops the first `n` bytes kept (all of them when `n` is larger).
+    #[inline]
+    pub fn consume(&mut self, n: usize) {
+        // Most calls inside a large item consume nothing: skip the drain.
+        if n > 0 {
+            self.buf.drain(..n.min(self.buf.len()));
+        }
+    }
+
     /// Gives the memory back when nothing is kept, so that an idle connection
     /// holds no buffer.
+    #[inline]
     pub fn release(&mut self) {
         if self.buf.is_empty() {
             self.buf = Vec::new();
         }
+    }
+
+    /// Drops everything kept and gives the memory back.
+    pub fn clear(&mut self) {
+        self.buf = Vec::new();
     }
 
     /// Feeds `chunk` (the bytes just read) through `decoder`, calling
@@ -64,20 +92,14 @@ impl Leftover {
     {
         if self.buf.is_empty() {
             let consumed = run(decoder, chunk, &mut on_item)?;
-            let rest = chunk.get(consumed..).unwrap_or_default();
-            // No room is reserved from the announced length: a peer's claim must not make us
-            // allocate ahead of the bytes it really sent.
-            self.buf.extend_from_slice(rest);
+            self.append(chunk.get(consumed..).unwrap_or_default());
         } else if self.buf.len().saturating_add(chunk.len()) < decoder.needs() {
             // The frame is still short of the length its prefix announced: nothing to decode.
-            self.buf.extend_from_slice(chunk);
+            self.append(chunk);
         } else {
-            self.buf.extend_from_slice(chunk);
+            self.append(chunk);
             let consumed = run(decoder, &self.buf, &mut on_item)?;
-            // Most calls inside a large frame consume nothing: skip the drain.
-            if consumed > 0 {
-                self.buf.drain(..consumed.min(self.buf.len()));
-            }
+            self.consume(consumed);
         }
         Ok(())
     }
@@ -127,6 +149,28 @@ mod tests {
         assert!(left.is_empty());
         assert_eq!(got, [b"ab".to_vec(), b"cde".to_vec()]);
         left.release();
+        assert_eq!(left.buf.capacity(), 0);
+    }
+
+    #[test]
+    fn holds_bytes_for_a_caller_that_drives_its_own_decoder() {
+        let mut left = Leftover::new();
+        left.append(b"");
+        assert_eq!(left.buf.capacity(), 0, "nothing kept, nothing allocated");
+        left.append(b"abc");
+        left.append(b"def");
+        left.consume(0);
+        assert_eq!(left.as_slice(), b"abcdef");
+        left.consume(2);
+        left.release();
+        assert_eq!((left.as_slice(), left.len()), (&b"cdef"[..], 4));
+        left.consume(99);
+        assert!(left.is_empty());
+        left.release();
+        assert_eq!(left.buf.capacity(), 0);
+        left.append(b"xy");
+        left.clear();
+        assert!(left.is_empty());
         assert_eq!(left.buf.capacity(), 0);
     }
 

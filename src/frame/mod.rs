@@ -12,20 +12,28 @@
 //! - [`lines`]: `\n` or `\r\n` terminated lines with a maximum length; an
 //!   over-long line is reported once and skipped without being buffered
 //!   ([`LinesDecoder`], [`encode_line`]).
-//! - [`leftover`]: the reactor's leftover buffer, the reference way to drive
-//!   any [`Decoder`] over a stream that arrives in pieces ([`Leftover`]).
+//! - [`leftover`]: a connection's leftover input ([`Leftover`]): the buffer
+//!   the reactor keeps each stream connection's partial request in, and
+//!   [`Leftover::feed`], the reference way to drive any [`Decoder`] over a
+//!   stream that arrives in pieces.
 //! - `fuzz` (hidden): the bodies of the fuzz targets, shared by `fuzz/` and
 //!   `tests/frame_fuzz.rs`.
 //!
-//! # How a reactor drives a decoder
+//! # How a decoder is driven
 //!
-//! Reads go into one scratch buffer per reactor. For a connection the reactor
-//! calls [`Decoder::decode`] on the connection's leftover followed by the new
-//! bytes (or on the scratch slice itself when there is no leftover), again and
-//! again, advancing by each answer's `consumed`, until the answer is
+//! [`Leftover::feed`] calls [`Decoder::decode`] on the leftover followed by
+//! the new bytes (or on the new bytes themselves when nothing is left over),
+//! again and again, advancing by each answer's `consumed`, until the answer is
 //! [`Decoded::Incomplete`]; then it keeps only the unconsumed tail, which is
-//! never longer than [`Decoder::max_buffered`]. [`Leftover::feed`] is exactly
-//! that loop.
+//! never longer than [`Decoder::max_buffered`]. The tests, the fuzz targets
+//! and the benches drive the codecs that way.
+//!
+//! The reactor reads into one scratch buffer per reactor and keeps each
+//! connection's partial request in a [`Leftover`] the same way (the service
+//! runs on the scratch slice when nothing is left over, and only the
+//! unconsumed tail is copied); but there the services drive their own
+//! decoders, and the leftover is bounded by the server's `--max-input`
+//! setting, not by [`Decoder::max_buffered`].
 //!
 //! Decoders never copy input, never allocate per byte, and remember how far
 //! they already looked, so a frame that arrives in N pieces costs O(its size)

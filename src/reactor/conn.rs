@@ -8,6 +8,7 @@ use mio::Interest;
 
 use super::transport::Transport;
 
+use crate::frame::Leftover;
 use crate::kind::ServiceKind;
 use crate::service::StreamService;
 use crate::service::auth::AuthGate;
@@ -116,7 +117,7 @@ pub struct Conn {
     /// authentication do not pay for it.
     pub gate: Option<Box<AuthGate>>,
     /// The unconsumed tail of the input (a partial request); empty, and unallocated, otherwise.
-    pub input: Vec<u8>,
+    pub input: Leftover,
     /// Replies the socket has not taken yet.
     pub out: OutBuf,
     /// What the connection is registered for in the poll now.
@@ -154,7 +155,7 @@ impl Conn {
             kind,
             service,
             gate: None,
-            input: Vec::new(),
+            input: Leftover::new(),
             out: OutBuf::default(),
             interest: None,
             read_closed: false,

@@ -10,11 +10,12 @@ use std::time::Instant;
 
 use mio::{Interest, Poll, Token};
 
-use super::conn::{Conn, write_direct};
+use super::conn::Conn;
 use super::{Entry, Reactor, ServiceState};
 use crate::config::Limits;
-use crate::service::auth::AuthStep;
-use crate::service::{Awaiting, Event, Output, Step};
+use crate::service::{Awaiting, Event, Output};
+
+use input::absorb;
 
 /// Largest slice of a long response produced in one call.
 const PRODUCE_CHUNK: usize = 64 * 1024;
@@ -37,7 +38,7 @@ enum CloseReason {
     Io(io::Error),
     /// Pending output passed `--max-pending`.
     SlowReader { pending: usize },
-    /// A partial request grew past what any request may hold.
+    /// A held partial request passed `--max-input`.
     InputTooLarge { held: usize },
     /// A long response could not be completed (a file shrank while being sent).
     Broken,
@@ -111,7 +112,7 @@ impl Reactor {
                     CloseReason::InputTooLarge { held } => tracing::info!(
                         service = %kind,
                         held,
-                        "disconnecting a client whose partial request is too large"
+                        "disconnecting a client whose partial request is too large (--max-input)"
                     ),
                     CloseReason::Io(e) => tracing::debug!(service = %kind, "closing: {e}"),
                     CloseReason::Finished => tracing::debug!(service = %kind, "closing: done"),
@@ -383,84 +384,7 @@ fn settle(c: &mut Conn, limits: &Limits, t: &mut Tally, now: Instant) -> Verdict
 /// Stops taking input from a connection: what is pending is still written, then it closes.
 pub(super) fn stop_input(c: &mut Conn) {
     c.read_closed = true;
-    c.input = Vec::new();
-}
-
-/// Hands newly read bytes (or, with `data` empty, the held leftover) to the authentication
-/// gate and then the service. When nothing is pending, the service writes into the shared reply
-/// buffer and the socket gets it straight away; only what the socket does not take is copied
-/// into the connection. Returns the bytes written.
-fn absorb(
-    c: &mut Conn,
-    data: &[u8],
-    io: &mut TurnIo<'_>,
-    limits: &Limits,
-) -> Result<usize, CloseReason> {
-    let mut data = data;
-    if let Some(gate) = &mut c.gate {
-        match gate.on_input(data) {
-            AuthStep::NeedMore => return Ok(0),
-            AuthStep::Passed { consumed } => {
-                c.gate = None;
-                let opened = Event::Opened {
-                    id: c.id,
-                    authenticated: true,
-                };
-                c.service.on_event(opened, c.out.tail(), &mut io.svc.ctx());
-                data = data.get(consumed..).unwrap_or_default();
-                if data.is_empty() {
-                    return Ok(0);
-                }
-            }
-            AuthStep::Failed => {
-                c.gate = None;
-                let counters = io.svc.counters.service(c.kind);
-                counters.rejected_auth = counters.rejected_auth.saturating_add(1);
-                c.service
-                    .on_event(Event::AuthFailed, c.out.tail(), &mut io.svc.ctx());
-                stop_input(c);
-                return Ok(0);
-            }
-        }
-    }
-    let mut sent = 0;
-    let step = if c.input.is_empty() {
-        let step = if c.out.is_empty() {
-            io.reply.clear();
-            let mut ctx = io.svc.ctx();
-            let step = c.service.on_input(data, io.reply, &mut ctx);
-            sent = write_direct(&mut c.transport, io.reply).map_err(CloseReason::Io)?;
-            c.out.extend(io.reply.get(sent..).unwrap_or_default());
-            step
-        } else {
-            c.service.on_input(data, c.out.tail(), &mut io.svc.ctx())
-        };
-        c.input
-            .extend_from_slice(data.get(step.consumed..).unwrap_or_default());
-        step
-    } else {
-        c.input.extend_from_slice(data);
-        let step = if c.service.accepts_input() {
-            c.service
-                .on_input(&c.input, c.out.tail(), &mut io.svc.ctx())
-        } else {
-            Step::default()
-        };
-        c.input.drain(..step.consumed.min(c.input.len()));
-        if c.input.is_empty() {
-            c.input = Vec::new();
-        }
-        step
-    };
-    if step.close {
-        stop_input(c);
-    }
-    if c.input.len() > limits.max_pending {
-        return Err(CloseReason::InputTooLarge {
-            held: c.input.len(),
-        });
-    }
-    Ok(sent)
+    c.input.clear();
 }
 
 /// Re-registers a connection when what it should wait for has changed (one syscall only then).
@@ -488,5 +412,6 @@ fn wanted_interest(c: &Conn) -> Interest {
     }
 }
 
+mod input;
 #[cfg(test)]
 mod tests;
