@@ -1,6 +1,7 @@
 //! A connection's leftover input: the bytes of a partial item, kept between two reads; and
 //! [`Leftover::feed`], the reference loop that drives a [`Decoder`] over a stream arriving in
-//! pieces (DESIGN.md invariant 7).
+//! pieces. Idle connections hold no buffer: reads go into one scratch buffer per reactor, and
+//! only the leftover of a partial item is copied into the connection.
 //!
 //! The reactor holds every stream connection's partial request in a `Leftover`, through the
 //! byte-holding half of its API ([`append`](Leftover::append), [`consume`](Leftover::consume),
