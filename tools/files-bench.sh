@@ -95,13 +95,13 @@ probe() { # $1: label; the rest: the command measured meanwhile
         --ready-file "$work/ready" >"$work/probe.txt" &
     local p=$!
     for _ in $(seq 100); do [ -e "$work/ready" ] && break; sleep 0.05; done
-    "$@"
+    "$@" >/dev/null
     touch "$work/stop"
     wait $p || true
     rm -f "$work/stop"
     echo "  echo during $label: $(cat "$work/probe.txt")"
 }
-probe "a put --no-verify" $bin put "$work/big.bin" --as big.bin --no-verify --addr "$files" >/dev/null
+probe "a put --no-verify" $bin put "$work/big.bin" --as big.bin --no-verify --addr "$files"
 
 probe "a get" $bin get big.bin -o /dev/null --no-verify --addr "$files" 2>/dev/null
 get_ts=""
