@@ -1,6 +1,9 @@
-//! The disk thread: blocking disk work (upload writes, fsync, rename) runs here, in the order
-//! it was queued, so that the loop never waits on the disk. Results come back through a
-//! channel, and a `mio::Waker` wakes the poll to collect them.
+//! The disk threads: an upload's md5 and its blocking disk work (writes, fsync, rename) run
+//! off the loop, so that the loop never waits on the disk and never spends its core hashing.
+//! A job has two halves: the hashing thread runs the first, which returns the second for the
+//! disk thread. Both threads take jobs in the order queued, so a connection's results come
+//! back in order; they come through a channel, and a `mio::Waker` wakes the poll to collect
+//! them.
 
 use std::io;
 use std::sync::Arc;
@@ -13,30 +16,34 @@ use super::{Entry, Reactor};
 use crate::service::Event;
 use crate::service::files::DiskJob;
 
-/// A piece of disk work, and where its result goes.
-pub type Job<R> = Box<dyn FnOnce() -> R + Send>;
+/// The second half of a job, for the disk thread.
+pub type Work<R> = Box<dyn FnOnce() -> R + Send>;
 
-/// The thread and its two channels.
-pub struct DiskThread<R: Send + 'static> {
-    /// Work for the thread, tagged with the connection it is for.
+/// A job: its first half runs on the hashing thread and returns the second.
+pub type Job<R> = Box<dyn FnOnce() -> Work<R> + Send>;
+
+/// The two threads and the channels in and out.
+pub struct DiskThreads<R: Send + 'static> {
+    /// Work for the hashing thread, tagged with the connection it is for.
     jobs: Option<Sender<(Token, Job<R>)>>,
     /// Results, tagged likewise.
     done: Receiver<(Token, R)>,
-    /// The thread, joined on drop.
-    handle: Option<JoinHandle<()>>,
+    /// The hashing thread, then the disk thread: joined in that order on drop.
+    handles: Vec<JoinHandle<()>>,
 }
 
-impl<R: Send + 'static> DiskThread<R> {
-    /// Starts the thread; it wakes the poll through `waker` after each job. (A poll has one
-    /// waker, which the reactor shares with whatever else must wake it.)
+impl<R: Send + 'static> DiskThreads<R> {
+    /// Starts both threads; the disk thread wakes the poll through `waker` after each job. (A
+    /// poll has one waker, which the reactor shares with whatever else must wake it.)
     pub fn start(waker: Arc<Waker>) -> io::Result<Self> {
         let (jobs_tx, jobs_rx) = mpsc::channel::<(Token, Job<R>)>();
+        let (work_tx, work_rx) = mpsc::channel::<(Token, Work<R>)>();
         let (done_tx, done_rx) = mpsc::channel();
-        let handle = std::thread::Builder::new()
+        let disk = std::thread::Builder::new()
             .name("socklab-disk".into())
             .spawn(move || {
-                for (token, job) in jobs_rx {
-                    if done_tx.send((token, job())).is_err() {
+                for (token, work) in work_rx {
+                    if done_tx.send((token, work())).is_err() {
                         return;
                     }
                     if let Err(e) = waker.wake() {
@@ -44,10 +51,20 @@ impl<R: Send + 'static> DiskThread<R> {
                     }
                 }
             })?;
-        Ok(DiskThread {
+        // Should the hashing thread fail to start, dropping `work_tx` ends the disk thread.
+        let hash = std::thread::Builder::new()
+            .name("socklab-hash".into())
+            .spawn(move || {
+                for (token, job) in jobs_rx {
+                    if work_tx.send((token, job())).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(DiskThreads {
             jobs: Some(jobs_tx),
             done: done_rx,
-            handle: Some(handle),
+            handles: vec![hash, disk],
         })
     }
 
@@ -56,7 +73,7 @@ impl<R: Send + 'static> DiskThread<R> {
         if let Some(tx) = &self.jobs
             && tx.send((token, job)).is_err()
         {
-            tracing::error!("the disk thread is gone; a disk job was dropped");
+            tracing::error!("the disk threads are gone; a disk job was dropped");
         }
     }
 
@@ -66,27 +83,28 @@ impl<R: Send + 'static> DiskThread<R> {
     }
 }
 
-impl<R: Send + 'static> Drop for DiskThread<R> {
+impl<R: Send + 'static> Drop for DiskThreads<R> {
     fn drop(&mut self) {
-        // Closing the channel ends the thread once the queued work is done.
+        // Closing the channel ends the hashing thread once the queued work is done, which
+        // closes the disk thread's channel in turn.
         self.jobs = None;
-        if let Some(h) = self.handle.take() {
+        for h in self.handles.drain(..) {
             let _ = h.join();
         }
     }
 }
 
 impl Reactor {
-    /// Hands a connection's disk job to the disk thread, after its earlier ones. The thread
-    /// starts with the first job: until then the process has one thread, and a process with one
+    /// Hands a connection's disk job to the hashing and disk threads, after its earlier ones.
+    /// They start with the first job: until then the process has one thread, and a process with one
     /// thread pays no atomic reference count on the descriptor of every read and write (the
     /// kernel's `fdget`) and no cancellation bookkeeping in libc's `send` and `recv`.
     pub(super) fn submit_disk_job(&mut self, token: Token, job: DiskJob) {
         if self.disk.is_none() {
-            match DiskThread::start(Arc::clone(&self.links.waker)) {
+            match DiskThreads::start(Arc::clone(&self.links.waker)) {
                 Ok(disk) => self.disk = Some(disk),
                 Err(e) => {
-                    tracing::error!("cannot start the disk thread: {e}; closing the connection");
+                    tracing::error!("cannot start the disk threads: {e}; closing the connection");
                     if let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) {
                         c.dead = true;
                         self.core.to_close.push(token);
@@ -104,7 +122,7 @@ impl Reactor {
     /// may be ready, or reading may resume.
     pub(super) fn collect_disk_results(&mut self) {
         let mut touched = Vec::new();
-        while let Some((token, done)) = self.disk.as_ref().and_then(DiskThread::try_done) {
+        while let Some((token, done)) = self.disk.as_ref().and_then(DiskThreads::try_done) {
             if let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) {
                 c.service
                     .on_event(Event::DiskDone(done), c.out.tail(), &mut self.svc.ctx());
@@ -130,9 +148,9 @@ mod tests {
     fn jobs_run_in_order_and_wake_the_poll() {
         let mut poll = Poll::new().unwrap();
         let waker = Arc::new(Waker::new(poll.registry(), Token(7)).unwrap());
-        let disk: DiskThread<u32> = DiskThread::start(waker).unwrap();
+        let disk: DiskThreads<u32> = DiskThreads::start(waker).unwrap();
         for i in 0..100u32 {
-            disk.submit(Token(i as usize), Box::new(move || i * 2));
+            disk.submit(Token(i as usize), Box::new(move || Box::new(move || i * 2)));
         }
         let mut got = Vec::new();
         let mut events = Events::with_capacity(8);

@@ -17,7 +17,7 @@
 //!   variant): read, write, sendfile when the bytes go unchanged, shutdown.
 //! - `dgram.rs`: datagram sockets: receive, answer, the bounded reply queue.
 //! - `child.rs`: `exec`'s children: spawning, their pipes, reaping, the answer.
-//! - `disk.rs`: the disk thread and the jobs the connections hand it.
+//! - `disk.rs`: the hashing and disk threads and the jobs the connections hand them.
 //! - `chat.rs`: chat lines to the other members of this worker.
 //! - `workers.rs`: `--workers N`: the threads and what crosses between them.
 //! - `shutdown.rs`: signals, shutdown and its grace period.
@@ -57,7 +57,7 @@ use alarm::Alarm;
 use child::{Children, Pipe};
 use conn::Conn;
 use dgram::DgramEndpoint;
-use disk::DiskThread;
+use disk::DiskThreads;
 use shutdown::Shutdown;
 use stream::stop_input;
 use timer::{TimerKind, Timers};
@@ -90,8 +90,8 @@ pub struct Reactor {
     admission: Admission,
     /// Commands of `exec` under way (`child.rs`).
     children: Children,
-    /// The thread that does upload writes and commits (only when `files` runs; `disk.rs`).
-    disk: Option<DiskThread<DiskDone>>,
+    /// The threads that hash, write and commit uploads (only when `files` runs; `disk.rs`).
+    disk: Option<DiskThreads<DiskDone>>,
     /// The waker and the channels to the other workers (`workers.rs`).
     links: Links,
     /// The signals and what shutting down needs (`shutdown.rs`).
@@ -319,7 +319,7 @@ impl Reactor {
     }
 
     /// Does the work a connection's service asked for, `first` and then the rest in the order
-    /// asked (`poll_action`): disk jobs go to the disk thread, commands are started. Called
+    /// asked (`poll_action`): disk jobs go to the disk threads, commands are started. Called
     /// after a drive whose service asked for something.
     fn run_actions(&mut self, token: Token, first: Action) {
         let mut next = Some(first);

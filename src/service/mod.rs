@@ -19,8 +19,8 @@
 //! record the md5 it finds), and check `exec`'s request against its policy.
 //!
 //! What only the reactor does: every socket and pipe (read, write, sendfile, shutdown,
-//! registration and interest), the clock and timers, the disk thread (a service hands it a
-//! job as `Action::Disk`; writes, fsync and rename run there), child processes
+//! registration and interest), the clock and timers, the disk threads (a service hands them
+//! a job as `Action::Disk`; md5, writes, fsync and rename run there), child processes
 //! (`Action::Exec`), the authentication gate in front of the service (`auth.rs` decodes it,
 //! the reactor feeds it), closing connections, and delivering chat lines to the other members
 //! and workers. A service's file stays the only place that knows its protocol: the reactor
@@ -123,8 +123,8 @@ pub enum Event<'a> {
 /// Work only the reactor can do, which a service asks for: the reactor drains these after
 /// every drive of the connection (`poll_action`) and reports the outcome as an `Event`.
 pub enum Action {
-    /// Run this on the disk thread, after the connection's earlier jobs; the result comes
-    /// back as `Event::DiskDone`.
+    /// Run this on the hashing and then the disk thread, after the connection's earlier jobs;
+    /// the result comes back as `Event::DiskDone`.
     Disk(files::DiskJob),
     /// Start this command; its end comes back as `Event::ExecDone`.
     Exec(exec::ExecRequest),

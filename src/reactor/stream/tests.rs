@@ -178,7 +178,7 @@ impl Sim {
             return;
         }
         for job in self.disk.drain(..n) {
-            let done = job();
+            let done = job()();
             self.c.service.on_event(
                 Event::DiskDone(done),
                 self.c.out.tail(),
