@@ -55,6 +55,7 @@ impl<R: Send + 'static> DiskThreads<R> {
         let hash = std::thread::Builder::new()
             .name("socklab-hash".into())
             .spawn(move || {
+                yield_to_the_loop();
                 for (token, job) in jobs_rx {
                     if work_tx.send((token, job())).is_err() {
                         return;
@@ -80,6 +81,24 @@ impl<R: Send + 'static> DiskThreads<R> {
     /// A finished job, if there is one.
     pub fn try_done(&self) -> Option<(Token, R)> {
         self.done.try_recv().ok()
+    }
+}
+
+/// Lowers the calling thread's priority (nice 10), so that when the hashing thread and the
+/// loop want the same core, the loop wins: an upload is hashed with what the loop leaves, and
+/// every other connection keeps its latency. A hashing thread that falls behind only fills
+/// the upload's in-flight window, which pauses that one connection.
+fn yield_to_the_loop() {
+    // SAFETY: gettid and setpriority take and return plain integers.
+    let r = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10)
+    };
+    if r != 0 {
+        tracing::debug!(
+            "cannot lower the hashing thread's priority: {}",
+            io::Error::last_os_error()
+        );
     }
 }
 
