@@ -20,6 +20,15 @@ pub const RESERVED_PREFIX: &str = ".socklab-";
 /// Temporaries are named with this prefix, and removed at start-up.
 const TMP_PREFIX: &str = ".socklab-tmp-";
 
+/// A file replaced by an upload is first linked aside under this prefix, and removed after
+/// the answer; names left by a crash are removed at start-up.
+const OLD_PREFIX: &str = ".socklab-old-";
+
+/// Files at least this large are removed after the answer when replaced: freeing a large
+/// file's blocks can take a second (more with online discard), and the client who replaced
+/// it need not wait for that.
+const RETIRE_ABOVE: u64 = 64 * 1024 * 1024;
+
 /// The extended attribute that holds "md5 size mtime_ns".
 const MD5_XATTR: &str = "user.socklab.md5";
 
@@ -142,11 +151,9 @@ impl Store {
         let mut removed = 0;
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
-            if entry
-                .file_name()
-                .as_encoded_bytes()
-                .starts_with(TMP_PREFIX.as_bytes())
-            {
+            let name = entry.file_name();
+            let name = name.as_encoded_bytes();
+            if name.starts_with(TMP_PREFIX.as_bytes()) || name.starts_with(OLD_PREFIX.as_bytes()) {
                 fs::remove_file(entry.path())?;
                 removed += 1;
             }
@@ -161,14 +168,19 @@ impl Store {
         ))
     }
 
-    /// Creates a new, empty temporary in the data directory.
-    pub fn create_temp(&self) -> io::Result<TempFile> {
+    /// A name of the server's own in the data directory, unique to this process.
+    fn own_name(&self, prefix: &str) -> PathBuf {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join(format!(
-            "{TMP_PREFIX}{}-{:016x}-{n}",
+        self.dir.join(format!(
+            "{prefix}{}-{:016x}-{n}",
             std::process::id(),
             self.tag
-        ));
+        ))
+    }
+
+    /// Creates a new, empty temporary in the data directory.
+    pub fn create_temp(&self) -> io::Result<TempFile> {
+        let path = self.own_name(TMP_PREFIX);
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -188,9 +200,32 @@ impl Store {
         tmp.file.sync_all()?;
         record_md5(&tmp.file, md5)?;
         tmp.file.sync_all()?;
-        fs::rename(&tmp.path, self.dir.join(name))?;
+        let target = self.dir.join(name);
+        let retired = self.link_aside(&target);
+        if let Err(e) = fs::rename(&tmp.path, &target) {
+            if let Some(old) = retired {
+                let _ = fs::remove_file(old);
+            }
+            return Err(e);
+        }
         tmp.committed = true;
-        File::open(&self.dir)?.sync_all()
+        let synced = File::open(&self.dir).and_then(|d| d.sync_all());
+        if let Some(old) = retired {
+            remove_in_background(old);
+        }
+        synced
+    }
+
+    /// Links a large regular file at `target` to a name of the server's own, so that the
+    /// rename replacing it does not free its blocks; `None` if there is none, or it is small, or
+    /// the link fails (then the rename frees them, as it would anyway).
+    fn link_aside(&self, target: &Path) -> Option<PathBuf> {
+        let meta = fs::symlink_metadata(target).ok()?;
+        if !meta.is_file() || meta.len() < RETIRE_ABOVE {
+            return None;
+        }
+        let aside = self.own_name(OLD_PREFIX);
+        fs::hard_link(target, &aside).ok().map(|()| aside)
     }
 
     /// Opens the regular file `name` for reading; symbolic links and other kinds of entries are
@@ -239,6 +274,25 @@ impl Store {
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
+    }
+}
+
+/// Removes a replaced file on a short-lived thread of its own, so that neither the answer nor
+/// the next upload's writes wait for its blocks to be freed. A name left behind by a stop is
+/// removed at the next start.
+fn remove_in_background(path: PathBuf) {
+    let spawned = std::thread::Builder::new()
+        .name("socklab-unlink".into())
+        .spawn({
+            let path = path.clone();
+            move || {
+                if let Err(e) = fs::remove_file(&path) {
+                    tracing::warn!("cannot remove the replaced file {}: {e}", path.display());
+                }
+            }
+        });
+    if spawned.is_err() {
+        let _ = fs::remove_file(&path);
     }
 }
 
@@ -299,6 +353,28 @@ mod tests {
         fs::write(dir.join("h.txt"), b"changed!").unwrap();
         let (f, m) = store.open_file("h.txt").unwrap();
         assert_eq!(Store::info(&f, &m).md5, None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_large_file_replaced_is_removed_after_the_commit_and_leftovers_at_open() {
+        let dir = temp_dir("retire");
+        let (store, _) = Store::open(&dir).unwrap();
+        // Sparse: large by its length, cheap on the disk.
+        File::create(dir.join("big")).unwrap().set_len(RETIRE_ABOVE).unwrap();
+        let tmp = store.create_temp().unwrap();
+        std::io::Write::write_all(&mut &*tmp.file, b"new").unwrap();
+        store.commit(tmp, "big", "0".repeat(32).as_str()).unwrap();
+        assert_eq!(fs::read(dir.join("big")).unwrap(), b"new");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fs::read_dir(&dir).unwrap().count() > 1 {
+            assert!(std::time::Instant::now() < deadline, "the old file stays");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        fs::write(dir.join(".socklab-old-1-2-3"), b"crash").unwrap();
+        let (_store, removed) = Store::open(&dir).unwrap();
+        assert_eq!(removed, 1);
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -72,17 +72,41 @@ pub(super) struct Upload {
     written: u64,
     /// Bytes written when writeback was last requested.
     written_back: u64,
+    /// The range whose writeback was requested last: the next request waits for it.
+    writing_back: Option<(u64, u64)>,
 }
 
-/// Asks the kernel to start writing a file's dirty pages now, without waiting, so that the
-/// fsync at the end of an upload does not find gigabytes left to write.
-fn start_writeback(file: &File, from: u64, len: u64) {
+/// Write-behind: asks the kernel to start writing the range just written, and waits until the
+/// range asked for before it is on the disk. The disk then writes all along the upload rather
+/// than at its end, so the fsync before the answer finds at most two ranges left, and the
+/// dirty pages an upload leaves in memory stay bounded. Waiting here throttles the upload to
+/// the disk's speed through the in-flight window, which is the bound anyway.
+#[derive(Debug, Clone, Copy)]
+struct WriteBehind {
+    /// Start writing this range.
+    start: (u64, u64),
+    /// Wait for this one.
+    wait: Option<(u64, u64)>,
+}
+
+impl WriteBehind {
+    fn run(self, file: &File) {
+        sync_range(file, self.start, libc::SYNC_FILE_RANGE_WRITE);
+        if let Some(range) = self.wait {
+            let all = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+            sync_range(file, range, all);
+        }
+    }
+}
+
+fn sync_range(file: &File, (from, len): (u64, u64), flags: libc::c_uint) {
     let (Ok(from), Ok(len)) = (libc::off64_t::try_from(from), libc::off64_t::try_from(len)) else {
         return;
     };
     // SAFETY: sync_file_range only reads the descriptor and the integers given.
-    let r =
-        unsafe { libc::sync_file_range(file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE) };
+    let r = unsafe { libc::sync_file_range(file.as_raw_fd(), from, len, flags) };
     if r != 0 {
         tracing::debug!("sync_file_range: {}", io::Error::last_os_error());
     }
@@ -184,6 +208,7 @@ impl Files {
             size: h.size,
             written: 0,
             written_back: 0,
+            writing_back: None,
         })
     }
 
@@ -196,8 +221,11 @@ impl Files {
         let len = chunk.len() as u64;
         let from = u.written_back;
         u.written = u.written.saturating_add(len);
-        let writeback = (u.written.saturating_sub(from) >= WRITEBACK_EVERY)
-            .then(|| (from, u.written.saturating_sub(from)));
+        let writeback = (u.written.saturating_sub(from) >= WRITEBACK_EVERY).then(|| {
+            let start = (from, u.written.saturating_sub(from));
+            let wait = u.writing_back.replace(start);
+            WriteBehind { start, wait }
+        });
         if writeback.is_some() {
             u.written_back = u.written;
         }
@@ -220,8 +248,8 @@ impl Files {
                     match (&*file).write_all(&data) {
                         Err(e) => *slot = Some(io_message(&e)),
                         Ok(()) => {
-                            if let Some((from, len)) = writeback {
-                                start_writeback(&file, from, len);
+                            if let Some(writeback) = writeback {
+                                writeback.run(&file);
                             }
                         }
                     }
