@@ -130,7 +130,11 @@ fn a_chat_line_trickled_a_byte_a_second_is_closed_at_the_request_timeout() {
     let mut s = server.connect("chat");
     let (welcome, _) = read_bounded(&mut s, Some(9), T);
     assert!(welcome.starts_with(b"* welcome"), "{welcome:?}");
-    assert_closed_at_request_timeout(&mut s, b"a line that never ends, sent slowly", "a chat line");
+    assert_closed_at_request_timeout(
+        &mut s,
+        b"a line that never ends, sent slowly",
+        "a chat line",
+    );
 }
 
 #[test]
@@ -172,7 +176,10 @@ fn a_connection_that_sends_nothing_is_closed_at_the_handshake_timeout() {
     assert_eq!(roundtrip(&mut served, b"hi", T), b"hi");
 
     let (got, end) = read_bounded(&mut silent, None, Duration::from_secs(5));
-    assert!(end.closed() && got.is_empty(), "silent echo: {got:?} {end:?}");
+    assert!(
+        end.closed() && got.is_empty(),
+        "silent echo: {got:?} {end:?}"
+    );
     let elapsed = start.elapsed();
     assert!(
         elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(4),
@@ -214,13 +221,20 @@ fn an_address_over_its_limit_is_refused_while_another_is_served() {
     let mut held: Vec<TcpStream> = (0..3)
         .map(|i| {
             let mut c = connect_from(hog, echo).unwrap();
-            assert_eq!(roundtrip(&mut c, b"in", T), b"in", "connection {i} within the limit");
+            assert_eq!(
+                roundtrip(&mut c, b"in", T),
+                b"in",
+                "connection {i} within the limit"
+            );
             c
         })
         .collect();
     let mut over = connect_from(hog, echo).unwrap();
     let r = util::probe(&mut over, Duration::from_secs(5));
-    assert!(r.closed(), "a 4th echo connection from 127.0.0.2: want closed, got {r:?}");
+    assert!(
+        r.closed(),
+        "a 4th echo connection from 127.0.0.2: want closed, got {r:?}"
+    );
     // files says why before closing.
     let mut over_files = connect_from(hog, server.tcp("files")).unwrap();
     let h = files_support::try_read_header(&mut over_files, T)
@@ -290,7 +304,10 @@ fn at_max_conns_the_log_and_stats_name_the_busiest_addresses() {
     let server = Server::start(serve_args(&listeners, &extra));
     let echo = server.tcp("echo");
     let mut held = Vec::new();
-    for (ip, n) in [(Ipv4Addr::new(127, 0, 0, 2), 3), (Ipv4Addr::new(127, 0, 0, 3), 2)] {
+    for (ip, n) in [
+        (Ipv4Addr::new(127, 0, 0, 2), 3),
+        (Ipv4Addr::new(127, 0, 0, 3), 2),
+    ] {
         for _ in 0..n {
             let mut c = connect_from(ip, echo).unwrap();
             assert_eq!(roundtrip(&mut c, b"in", T), b"in");
@@ -345,7 +362,10 @@ fn five_thousand_connections_from_one_address_leave_the_others_served() {
     const HOGS: usize = 5000;
     let nofile = util::raise_nofile_limit();
     if nofile < (HOGS as u64) + 500 {
-        panic!("RLIMIT_NOFILE is {nofile}: this test needs {} descriptors", HOGS + 500);
+        panic!(
+            "RLIMIT_NOFILE is {nofile}: this test needs {} descriptors",
+            HOGS + 500
+        );
     }
     let dir = TempDir::new("admission-hold");
     let data = dir.file("data");
@@ -354,7 +374,14 @@ fn five_thousand_connections_from_one_address_leave_the_others_served() {
         ("chat", "127.0.0.1:0"),
         ("files", "127.0.0.1:0"),
     ];
-    let extra = ["--max-conns", "5000", "--backlog", "4096", "--data-dir", &data];
+    let extra = [
+        "--max-conns",
+        "5000",
+        "--backlog",
+        "4096",
+        "--data-dir",
+        &data,
+    ];
     let server = Server::start(serve_args(&listeners, &extra));
     let (echo, chat, files) = (server.tcp("echo"), server.tcp("chat"), server.tcp("files"));
     let hog = Ipv4Addr::new(127, 0, 0, 2);
@@ -370,7 +397,11 @@ fn five_thousand_connections_from_one_address_leave_the_others_served() {
 
     let local = Ipv4Addr::LOCALHOST;
     let mut e = connect_from(local, echo).unwrap();
-    assert_eq!(roundtrip(&mut e, b"served", T), b"served", "echo from 127.0.0.1");
+    assert_eq!(
+        roundtrip(&mut e, b"served", T),
+        b"served",
+        "echo from 127.0.0.1"
+    );
     let mut a = connect_from(local, chat).unwrap();
     let mut b = connect_from(local, chat).unwrap();
     let (wa, _) = read_bounded(&mut a, Some(9), T);
@@ -380,7 +411,11 @@ fn five_thousand_connections_from_one_address_leave_the_others_served() {
     let mut seen = Vec::new();
     while !String::from_utf8_lossy(&seen).contains("hello from b") {
         let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "the chat line reached a: {:?}", String::from_utf8_lossy(&seen));
+        assert!(
+            !left.is_zero(),
+            "the chat line reached a: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
         let (got, end) = read_bounded(&mut a, Some(1), left);
         assert_ne!(end, End::Eof, "{:?}", String::from_utf8_lossy(&seen));
         seen.extend(got);
