@@ -442,3 +442,27 @@ fn five_thousand_connections_from_one_address_leave_the_others_served() {
     );
     drop(hogs);
 }
+
+/// With `--workers 2` the kernel spreads one address's connections over both workers; the
+/// limit still counts them together.
+#[test]
+fn the_per_address_limit_holds_for_the_process_not_each_worker() {
+    let server = Server::start(serve_args(
+        &[("echo", "127.0.0.1:0")],
+        &["--workers", "2", "--max-conns-per-ip", "4"],
+    ));
+    let echo = server.tcp("echo");
+    let hog = Ipv4Addr::new(127, 0, 0, 2);
+    let mut served = Vec::new();
+    let mut refused = 0;
+    for _ in 0..12 {
+        let mut c = connect_from(hog, echo).unwrap();
+        match util::probe(&mut c, Duration::from_secs(5)) {
+            End::Complete => served.push(c),
+            end if end.closed() => refused += 1,
+            end => panic!("neither served nor refused: {end:?}"),
+        }
+    }
+    assert_eq!(served.len(), 4, "served {} of 12, refused {refused}", served.len());
+    assert_eq!(refused, 8);
+}
