@@ -463,6 +463,58 @@ fn the_per_address_limit_holds_for_the_process_not_each_worker() {
             end => panic!("neither served nor refused: {end:?}"),
         }
     }
-    assert_eq!(served.len(), 4, "served {} of 12, refused {refused}", served.len());
+    assert_eq!(
+        served.len(),
+        4,
+        "served {} of 12, refused {refused}",
+        served.len()
+    );
     assert_eq!(refused, 8);
+}
+
+/// The deadline covers a request's header, not its body: an upload sent at a steady, slow rate
+/// for longer than `--request-timeout` is stored (its pauses are covered by the idle timeout).
+#[test]
+fn a_body_sent_slowly_for_longer_than_the_request_timeout_is_stored() {
+    let dir = TempDir::new("admission-body");
+    let data = dir.file("data");
+    let mut extra = vec!["--request-timeout", "1s"];
+    extra.extend(["--data-dir", &data]);
+    let server = Server::start(serve_args(&[("files", "127.0.0.1:0")], &extra));
+    let mut s = server.connect("files");
+    let body = vec![b'b'; 5 * 100];
+    let req = files_support::request(json!({"cmd": "put", "filename": "slow.bin"}), &body);
+    let (head, rest) = req.split_at(req.len() - body.len());
+    files_support::send(&mut s, head);
+    for chunk in rest.chunks(100) {
+        // The pacing of the upload under test, not a wait for a condition.
+        std::thread::sleep(Duration::from_millis(400));
+        files_support::send(&mut s, chunk);
+    }
+    let r = files_support::read_response(&mut s);
+    r.assert_ok("put");
+    assert_eq!(r.get("filesize"), &json!(500), "{:?}", r.h);
+}
+
+/// The authentication response is a request too: trickled, it is closed at the deadline, long
+/// before `--auth-timeout`.
+#[test]
+fn an_authentication_response_trickled_is_closed_at_the_request_timeout() {
+    let extra = [
+        "--request-timeout",
+        "2s",
+        "--auth-timeout",
+        "60s",
+        "--handshake-timeout",
+        "60s",
+        "--auth",
+        "echo",
+    ];
+    let mut cmd = util::serve_cmd(serve_args(&[("echo", "127.0.0.1:0")], &extra));
+    cmd.env("SOCKLAB_SECRET", "s3cret");
+    let server = Server::start_cmd(cmd);
+    let mut s = server.connect("echo");
+    let challenge = util::read_exact_timeout(&mut s, 32, T);
+    let answer = files_support::hmac_sha256(b"s3cret", &challenge);
+    assert_closed_at_request_timeout(&mut s, &answer, "an authentication response");
 }
