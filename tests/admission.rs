@@ -91,7 +91,10 @@ fn assert_closed_at_request_timeout(s: &mut TcpStream, bytes: &[u8], what: &str)
             after >= Duration::from_millis(1500) && after < Duration::from_millis(4500),
             "{what}: closed {after:?} after the first byte; want about 2 s (--request-timeout 2s)"
         ),
-        other => panic!("{what} trickled at 1 byte/s: want closed at 2 s, got {other:?}"),
+        Trickle::StillOpen { sent, after } => panic!(
+            "{what} trickled at 1 byte/s: want closed at 2 s, still open {after:?} after the \
+             first byte ({sent} bytes sent)"
+        ),
     }
 }
 
