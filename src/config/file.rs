@@ -803,6 +803,17 @@ mod tests {
             "t.toml:1: limits: invalid type: integer `3`, expected a table of limits",
         ),
         (
+            "a word for a connection count",
+            "[limits]\nmax_conns_per_ip = \"many\"\n",
+            "t.toml:2: limits.max_conns_per_ip: invalid value: string \"many\", expected a \
+             count of connections (0: no limit) or \"auto\"",
+        ),
+        (
+            "a negative connection count",
+            "[limits]\nmax_conns_per_ip = -1\n",
+            "t.toml:2: limits.max_conns_per_ip: invalid value: integer `-1`",
+        ),
+        (
             "a number for a duration",
             "[limits]\nidle_timeout = 300\n",
             "t.toml:2: limits.idle_timeout: invalid type",

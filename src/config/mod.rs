@@ -466,6 +466,19 @@ mod tests {
     }
 
     #[test]
+    fn the_per_address_limit_is_a_tenth_of_max_conns_unless_set() {
+        let mut l = Limits::default();
+        assert_eq!(l.per_ip_limit(None), Some(1000));
+        assert_eq!(l.per_ip_limit(Some(7)), Some(7), "a listener's own");
+        assert_eq!(l.per_ip_limit(Some(0)), None, "0: no limit");
+        l.max_conns = 5;
+        assert_eq!(l.per_ip_limit(None), Some(1), "at least 1");
+        l.max_conns_per_ip = Some(0);
+        assert_eq!(l.per_ip_limit(None), None);
+        assert_eq!(l.per_ip_limit(Some(2)), Some(2), "the listener's beats the global");
+    }
+
+    #[test]
     fn zero_limits_and_empty_configs_are_refused() {
         let mut c = with(ServiceKind::Echo, "127.0.0.1:0");
         c.limits.max_conns = 0;
