@@ -475,7 +475,11 @@ mod tests {
         assert_eq!(l.per_ip_limit(None), Some(1), "at least 1");
         l.max_conns_per_ip = Some(0);
         assert_eq!(l.per_ip_limit(None), None);
-        assert_eq!(l.per_ip_limit(Some(2)), Some(2), "the listener's beats the global");
+        assert_eq!(
+            l.per_ip_limit(Some(2)),
+            Some(2),
+            "the listener's beats the global"
+        );
     }
 
     #[test]
