@@ -2,7 +2,8 @@
 //! exposition and the `stats` command read them.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -31,6 +32,17 @@ pub(crate) struct ServiceCounters {
     pub(crate) datagrams_dropped: u64,
     /// Connections closed because authentication failed or timed out.
     pub(crate) rejected_auth: u64,
+    /// Connections closed at once because their address held `--max-conns-per-ip` already.
+    pub(crate) rejected_per_ip: u64,
+}
+
+/// The addresses that held the most connections when the process was last at `--max-conns`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Busiest {
+    /// When.
+    pub(crate) at: Instant,
+    /// Addresses and their open connections, most first.
+    pub(crate) addrs: Vec<(IpAddr, usize)>,
 }
 
 /// A per-service metric family: name, type, help, and how to read it.
@@ -52,6 +64,8 @@ pub(crate) struct Counters {
     pub(crate) loop_busy: Duration,
     /// Frames answered, by command and outcome (`ok` or the error code).
     pub(crate) frames: BTreeMap<(&'static str, &'static str), u64>,
+    /// Who held the most connections the last time this worker refused one at `--max-conns`.
+    pub(crate) busiest: Option<Busiest>,
 }
 
 impl Counters {
@@ -82,6 +96,10 @@ impl Counters {
             let mine = self.frames.entry(*key).or_default();
             *mine = mine.saturating_add(*n);
         }
+        // The table behind it spans the process: the latest worker's view is the one to show.
+        if other.busiest.as_ref().map(|b| b.at) > self.busiest.as_ref().map(|b| b.at) {
+            self.busiest.clone_from(&other.busiest);
+        }
     }
 }
 
@@ -98,6 +116,7 @@ impl ServiceCounters {
             (&mut self.datagrams_sent, o.datagrams_sent),
             (&mut self.datagrams_dropped, o.datagrams_dropped),
             (&mut self.rejected_auth, o.rejected_auth),
+            (&mut self.rejected_per_ip, o.rejected_per_ip),
         ];
         for (mine, theirs) in pairs {
             *mine = mine.saturating_add(theirs);
@@ -217,6 +236,7 @@ pub(crate) fn prometheus(workers: &[(usize, &Counters)]) -> String {
                 ("max_conns", c.rejected_max_conns),
                 ("fd_limit", c.rejected_fd_limit),
                 ("auth", c.rejected_auth),
+                ("per_ip", c.rejected_per_ip),
             ] {
                 let _ = writeln!(
                     s,
@@ -236,6 +256,17 @@ pub(crate) fn prometheus(workers: &[(usize, &Counters)]) -> String {
                 s,
                 "{name}{{cmd=\"{cmd}\",outcome=\"{outcome}\",worker=\"{w}\"}} {n}"
             );
+        }
+    }
+    let name = "socklab_busiest_address_connections";
+    let _ = writeln!(
+        s,
+        "# HELP {name} Connections held by the addresses holding the most, when the worker last \
+         refused one at --max-conns.\n# TYPE {name} gauge"
+    );
+    for (w, counters) in workers {
+        for (addr, n) in counters.busiest.iter().flat_map(|b| &b.addrs) {
+            let _ = writeln!(s, "{name}{{addr=\"{addr}\",worker=\"{w}\"}} {n}");
         }
     }
     let name = "socklab_loop_iterations_total";
@@ -270,6 +301,7 @@ impl Counters {
                     "rejected_max_conns": c.rejected_max_conns,
                     "rejected_fd_limit": c.rejected_fd_limit,
                     "rejected_auth": c.rejected_auth,
+                    "rejected_per_ip": c.rejected_per_ip,
                     "bytes_received": c.bytes_received,
                     "bytes_sent": c.bytes_sent,
                     "datagrams_received": c.datagrams_received,
@@ -283,9 +315,16 @@ impl Counters {
             .iter()
             .map(|((cmd, outcome), n)| json!({"cmd": cmd, "outcome": outcome, "count": n}))
             .collect();
+        let busiest: Vec<Value> = self
+            .busiest
+            .iter()
+            .flat_map(|b| &b.addrs)
+            .map(|(addr, n)| json!({"addr": addr.to_string(), "connections": n}))
+            .collect();
         json!({
             "services": services,
             "frames": frames,
+            "busiest_addresses": busiest,
             "loop_iterations": self.loop_iterations,
             "loop_busy_seconds": self.loop_busy.as_secs_f64(),
         })

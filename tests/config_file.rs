@@ -82,13 +82,14 @@ fn a_file_alone_starts_exactly_its_listeners() {
     assert_eq!(roundtrip(&mut u, b"shout", T), b"SHOUT");
 }
 
-/// The file sets options globally, one listener sets its own, and `max_conns = 1`.
+/// The file sets options globally, one listener sets its own, and `max_conns = 1` (with no
+/// per-address limit, which would otherwise refuse the second connection from 127.0.0.1 first).
 fn override_file(dir: &TempDir) -> PathBuf {
     write(
         dir,
         "socklab.toml",
         "log = \"warn\"\n\
-         [limits]\nmax_conns = 1\n\
+         [limits]\nmax_conns = 1\nmax_conns_per_ip = 0\n\
          [socket]\nnodelay = false\nbacklog = 100\n\
          [[listener]]\nservice = \"echo\"\naddr = \"127.0.0.1:0\"\n\
          [[listener]]\nservice = \"echo\"\naddr = \"127.0.0.1:0\"\n\

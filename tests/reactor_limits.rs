@@ -186,7 +186,8 @@ fn the_output_bound_does_not_bound_a_partial_request() {
 fn max_conns_closes_extra_connections_and_recovers() {
     let server = Server::start(serve_args(
         &[("echo", "127.0.0.1:0")],
-        &["--max-conns", "5"],
+        // No per-address limit: every connection comes from 127.0.0.1.
+        &["--max-conns", "5", "--max-conns-per-ip", "0"],
     ));
     let mut held: Vec<TcpStream> = (0..5)
         .map(|i| {

@@ -196,7 +196,8 @@ fn max_conns_bounds_the_whole_process() {
     let server = server(
         2,
         &[("echo", "127.0.0.1:0"), ("metrics", "127.0.0.1:0")],
-        &["--max-conns", "10"],
+        // No per-address limit: every connection comes from 127.0.0.1.
+        &["--max-conns", "10", "--max-conns-per-ip", "0"],
     );
     let (echo, metrics) = (server.tcp("echo"), server.tcp("metrics"));
     let mut open = Vec::new();

@@ -142,6 +142,9 @@ start_socklab() {
         case "$s" in echo | files) continue ;; esac
         if grep -q -- "--$s <ADDR>" <<<"$help"; then off+=("--no-$s"); fi
     done
+    # Every bench connection comes from 127.0.0.1: no per-address limit (builds before it
+    # have none and do not know the flag).
+    if grep -q -- "--max-conns-per-ip" <<<"$help"; then off+=(--max-conns-per-ip 0); fi
     "${pin_server[@]}" "$bin" serve --echo 127.0.0.1:0 --files 127.0.0.1:0 \
         --data-dir "$work/data-$tag" "${off[@]}" --max-conns 5000 -q \
         >"$work/$tag.out" 2>"$work/$tag.err" &

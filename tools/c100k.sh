@@ -64,7 +64,8 @@ echo "limits: RLIMIT_NOFILE $(ulimit -n)/$(ulimit -Hn), fs.nr_open $(cat /proc/s
     "tcp_mem $(xargs </proc/sys/net/ipv4/tcp_mem) pages, nf_conntrack_max $(cat $ct 2>/dev/null || echo -)"
 
 # One reactor (no --workers); idle connections must outlive the run.
-start_echo_server --max-conns $((n + 100)) --backlog 4096 --idle-timeout 1h
+start_echo_server --max-conns $((n + 100)) --max-conns-per-ip 0 --handshake-timeout 0 \
+    --backlog 4096 --idle-timeout 1h
 echo "server: pid $server_pid on $server_addr, one reactor, --max-conns $((n + 100))"
 echo "command: python3 tools/c100k.py --addr $server_addr --pid $server_pid --conns $n $*"
 python3 tools/c100k.py --addr "$server_addr" --pid "$server_pid" --conns "$n" "$@"

@@ -61,7 +61,7 @@ c10k_main() {
         echo "and in the one client process (tools/c100k.sh uses several client processes)" >&2
         exit 1
     fi
-    start_echo_server --max-conns $((n + 100))
+    start_echo_server --max-conns $((n + 100)) --max-conns-per-ip 0 --handshake-timeout 0
     print_machine
     echo "server: pid $server_pid on $server_addr"
     echo "open-file limit: $(ulimit -n); client sources: ${sources:-0}"

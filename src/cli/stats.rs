@@ -55,7 +55,12 @@ const COLUMNS: [Column; 8] = [
     ("open", &["connections_open"]),
     (
         "rejected",
-        &["rejected_max_conns", "rejected_fd_limit", "rejected_auth"],
+        &[
+            "rejected_max_conns",
+            "rejected_fd_limit",
+            "rejected_auth",
+            "rejected_per_ip",
+        ],
     ),
     ("bytes_in", &["bytes_received"]),
     ("bytes_out", &["bytes_sent"]),
@@ -130,7 +135,7 @@ fn table(stats: &Value) -> Result<String, Failure> {
             out.push('\n');
         }
         for (name, _, counters) in &rows {
-            let reasons: Vec<String> = ["max_conns", "fd_limit", "auth"]
+            let reasons: Vec<String> = ["max_conns", "fd_limit", "auth", "per_ip"]
                 .iter()
                 .filter_map(|r| {
                     let n = sum(counters, &[&format!("rejected_{r}")]);

@@ -20,7 +20,7 @@ use crate::kind::ServiceKind;
 use crate::service::exec::{AllowError, ExecPolicy, resolve_program};
 
 use super::values::{
-    Addr, Backlog, BufSize, Count, Dur, LogLevel, NonZeroDur, Service, Size, SizeOrZero,
+    Addr, Backlog, BufSize, Count, Dur, LogLevel, NonZeroDur, PerIp, Service, Size, SizeOrZero,
     UploadLimit, Workers,
 };
 
@@ -49,7 +49,10 @@ struct FileConfig {
 #[serde(deny_unknown_fields, expecting = "a table of limits")]
 struct LimitsFile {
     max_conns: Option<Count>,
+    max_conns_per_ip: Option<PerIp>,
     idle_timeout: Option<Dur>,
+    request_timeout: Option<Dur>,
+    handshake_timeout: Option<Dur>,
     shutdown_grace: Option<Dur>,
     pending_pause: Option<Size>,
     max_pending: Option<Size>,
@@ -104,12 +107,13 @@ struct ExecFile {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a listener table (service, addr, auth, socket)"
+    expecting = "a listener table (service, addr, auth, max_conns_per_ip, socket)"
 )]
 struct ListenerFile {
     service: Service,
     addr: Option<Spanned<Addr>>,
     auth: Option<Spanned<bool>>,
+    max_conns_per_ip: Option<usize>,
     socket: Option<SocketFile>,
 }
 
@@ -279,6 +283,7 @@ impl Default for ServeSettings {
                 addr: default_addr(service),
                 auth: false,
                 sockopts: None,
+                max_conns_per_ip: None,
             })
             .collect();
         ServeSettings {
@@ -341,6 +346,15 @@ impl ServeSettings {
             set(&mut limits.max_conns, l.max_conns.map(|v| v.0));
             if let Some(d) = l.idle_timeout {
                 limits.idle_timeout = Some(d.0).filter(|d| !d.is_zero());
+            }
+            if let Some(d) = l.request_timeout {
+                limits.request_timeout = Some(d.0).filter(|d| !d.is_zero());
+            }
+            if let Some(d) = l.handshake_timeout {
+                limits.handshake_timeout = Some(d.0).filter(|d| !d.is_zero());
+            }
+            if let Some(n) = l.max_conns_per_ip {
+                limits.max_conns_per_ip = n.0;
             }
             set(&mut limits.shutdown_grace, l.shutdown_grace.map(|v| v.0));
             set(&mut limits.pending_pause, l.pending_pause.map(|v| v.0));
@@ -415,6 +429,7 @@ impl ServeSettings {
                             .map_or_else(|| default_addr(l.service.0), |a| a.into_inner().0),
                         auth: l.auth.is_some_and(|a| a.into_inner()),
                         sockopts: l.socket.map(|o| o.over(&s.sockopts)),
+                        max_conns_per_ip: l.max_conns_per_ip,
                     };
                     (config, Some(origin))
                 })
@@ -448,6 +463,7 @@ impl ServeSettings {
                 addr: addr.clone(),
                 auth,
                 sockopts: None,
+                max_conns_per_ip: None,
             };
             (l, None)
         });
@@ -664,7 +680,10 @@ impl Effective {
             log: Some(self.log),
             limits: Some(LimitsFile {
                 max_conns: Some(Count(s.limits.max_conns)),
+                max_conns_per_ip: Some(PerIp(s.limits.max_conns_per_ip)),
                 idle_timeout: Some(Dur(s.limits.idle_timeout.unwrap_or_default())),
+                request_timeout: Some(Dur(s.limits.request_timeout.unwrap_or_default())),
+                handshake_timeout: Some(Dur(s.limits.handshake_timeout.unwrap_or_default())),
                 shutdown_grace: Some(Dur(s.limits.shutdown_grace)),
                 pending_pause: Some(Size(s.limits.pending_pause)),
                 max_pending: Some(Size(s.limits.max_pending)),
@@ -712,6 +731,7 @@ impl Effective {
                                 service: Service(l.service),
                                 addr: Some(Spanned::new(0..0, Addr(l.addr.clone()))),
                                 auth: Some(Spanned::new(0..0, l.auth)),
+                                max_conns_per_ip: l.max_conns_per_ip,
                                 socket: l.sockopts.as_ref().map(SocketFile::full),
                             },
                         )
@@ -781,6 +801,17 @@ mod tests {
             "wrong type of a table",
             "limits = 3\n",
             "t.toml:1: limits: invalid type: integer `3`, expected a table of limits",
+        ),
+        (
+            "a word for a connection count",
+            "[limits]\nmax_conns_per_ip = \"many\"\n",
+            "t.toml:2: limits.max_conns_per_ip: invalid value: string \"many\", expected a \
+             count of connections (0: no limit) or \"auto\"",
+        ),
+        (
+            "a negative connection count",
+            "[limits]\nmax_conns_per_ip = -1\n",
+            "t.toml:2: limits.max_conns_per_ip: invalid value: integer `-1`",
         ),
         (
             "a number for a duration",

@@ -155,6 +155,19 @@ pub struct ServeArgs {
     /// [default: 300s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Limits")]
     idle_timeout: Option<Duration>,
+    /// Close a connection whose request (frame header, chat line, HTTP request head,
+    /// authentication response) is not whole this long after its first byte (0 = never).
+    /// Bodies are covered by --idle-timeout. [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Limits")]
+    request_timeout: Option<Duration>,
+    /// The idle timeout of a connection that has not yet authenticated or sent a complete
+    /// request (0 = only --idle-timeout). [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Limits")]
+    handshake_timeout: Option<Duration>,
+    /// Connections open at once from one source address, in the whole process; one more is
+    /// closed at accept (and counted). 0 = no limit. [default: a tenth of --max-conns]
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    max_conns_per_ip: Option<usize>,
     /// After SIGINT/SIGTERM, how long pending output may take to drain before exiting.
     /// [default: 5s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Limits")]
@@ -281,6 +294,15 @@ impl ServeArgs {
         set(&mut limits.max_conns, self.max_conns);
         if let Some(d) = self.idle_timeout {
             limits.idle_timeout = Some(d).filter(|d| !d.is_zero());
+        }
+        if let Some(d) = self.request_timeout {
+            limits.request_timeout = Some(d).filter(|d| !d.is_zero());
+        }
+        if let Some(d) = self.handshake_timeout {
+            limits.handshake_timeout = Some(d).filter(|d| !d.is_zero());
+        }
+        if self.max_conns_per_ip.is_some() {
+            limits.max_conns_per_ip = self.max_conns_per_ip;
         }
         set(&mut limits.shutdown_grace, self.shutdown_grace);
         set(&mut limits.pending_pause, self.pending_pause);

@@ -42,6 +42,9 @@ pub struct ListenerConfig {
     pub auth: bool,
     /// Socket options of this listener alone; `ServerConfig::sockopts` when `None`.
     pub sockopts: Option<SocketOptions>,
+    /// This listener's own `--max-conns-per-ip` (0: no limit); `Limits::max_conns_per_ip`
+    /// when `None`.
+    pub max_conns_per_ip: Option<usize>,
 }
 
 impl ListenerConfig {
@@ -130,6 +133,16 @@ pub struct Limits {
     pub max_conns: usize,
     /// A connection with no bytes moving either way for this long is closed; `None`: never.
     pub idle_timeout: Option<Duration>,
+    /// A request whose first byte has arrived (a frame header, a chat line, an HTTP request
+    /// head, an authentication response) must be whole within this, or the connection is
+    /// closed; `None`: no deadline. Bodies are not covered: the idle timeout is theirs.
+    pub request_timeout: Option<Duration>,
+    /// The idle timeout, shorter, of a connection that has not yet passed authentication or
+    /// sent a complete request; `None`: only the idle timeout.
+    pub handshake_timeout: Option<Duration>,
+    /// Connections open at once from one source address, in the whole process: `None` for
+    /// the default (`max_conns / PER_IP_SHARE`), `Some(0)` for no limit.
+    pub max_conns_per_ip: Option<usize>,
     /// After SIGINT/SIGTERM, how long pending output may take to drain before the server exits.
     pub shutdown_grace: Duration,
     /// While a connection's pending output is at least this, the server stops reading from it.
@@ -156,6 +169,9 @@ impl Default for Limits {
         Limits {
             max_conns: 10_000,
             idle_timeout: Some(Duration::from_secs(300)),
+            request_timeout: Some(Duration::from_secs(10)),
+            handshake_timeout: Some(Duration::from_secs(10)),
+            max_conns_per_ip: None,
             shutdown_grace: Duration::from_secs(5),
             pending_pause: 256 * 1024,
             max_pending: 1024 * 1024,
@@ -166,6 +182,21 @@ impl Default for Limits {
             max_queued_datagrams: 1024,
             chat_max_pending: 1024 * 1024,
         }
+    }
+}
+
+/// The default `--max-conns-per-ip` is `max_conns` divided by this (at least 1): one address
+/// can hold a tenth of the slots, so it takes ten to lock the others out.
+pub const PER_IP_SHARE: usize = 10;
+
+impl Limits {
+    /// The connections one source address may hold on a listener whose own setting is
+    /// `listener` (`None`: the global one): `None` is no limit.
+    pub fn per_ip_limit(&self, listener: Option<usize>) -> Option<usize> {
+        let n = listener
+            .or(self.max_conns_per_ip)
+            .unwrap_or_else(|| (self.max_conns / PER_IP_SHARE).max(1));
+        (n > 0).then_some(n)
     }
 }
 
@@ -323,6 +354,8 @@ impl ServerConfig {
             ("--auth-timeout", Some(self.auth_timeout), true),
             ("--exec-timeout", exec.map(|e| e.timeout), true),
             ("--idle-timeout", self.limits.idle_timeout, false),
+            ("--request-timeout", self.limits.request_timeout, false),
+            ("--handshake-timeout", self.limits.handshake_timeout, false),
             ("--shutdown-grace", Some(self.limits.shutdown_grace), false),
             (
                 "--udp-chat-expiry",
@@ -359,6 +392,7 @@ mod tests {
                 addr: addr.parse().unwrap(),
                 auth: false,
                 sockopts: None,
+                max_conns_per_ip: None,
             }],
             ..ServerConfig::default()
         }
@@ -429,6 +463,23 @@ mod tests {
         let mut c = ok;
         c.limits.idle_timeout = Some(MAX_DURATION);
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn the_per_address_limit_is_a_tenth_of_max_conns_unless_set() {
+        let mut l = Limits::default();
+        assert_eq!(l.per_ip_limit(None), Some(1000));
+        assert_eq!(l.per_ip_limit(Some(7)), Some(7), "a listener's own");
+        assert_eq!(l.per_ip_limit(Some(0)), None, "0: no limit");
+        l.max_conns = 5;
+        assert_eq!(l.per_ip_limit(None), Some(1), "at least 1");
+        l.max_conns_per_ip = Some(0);
+        assert_eq!(l.per_ip_limit(None), None);
+        assert_eq!(
+            l.per_ip_limit(Some(2)),
+            Some(2),
+            "the listener's beats the global"
+        );
     }
 
     #[test]

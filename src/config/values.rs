@@ -193,6 +193,49 @@ impl Serialize for UploadLimit {
     }
 }
 
+/// `limits.max_conns_per_ip`: a count (0: no limit) or `"auto"` (`None`: a tenth of
+/// `max_conns`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerIp(pub Option<usize>);
+
+impl<'de> Deserialize<'de> for PerIp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = PerIp;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a count of connections (0: no limit) or \"auto\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PerIp, E> {
+                usize::try_from(v)
+                    .map(|n| PerIp(Some(n)))
+                    .map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PerIp, E> {
+                usize::try_from(v)
+                    .map(|n| PerIp(Some(n)))
+                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PerIp, E> {
+                match v {
+                    "auto" => Ok(PerIp(None)),
+                    _ => Err(E::invalid_value(Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for PerIp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(n) => s.serialize_u64(n as u64),
+            None => s.serialize_str("auto"),
+        }
+    }
+}
+
 /// A duration written as humantime ("300s", "10m", "500ms"), at most `MAX_DURATION`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);

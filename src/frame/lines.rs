@@ -176,6 +176,12 @@ impl LinesDecoder {
         }
     }
 
+    /// Whether the decoder is throwing away the rest of an over-long line: part-way through a
+    /// line whose bytes it consumes as they come.
+    pub fn skipping(&self) -> bool {
+        self.skipping
+    }
+
     /// See [`Decoder::max_buffered`]: one longest line and the `\r` of its ending.
     pub fn max_buffered(&self) -> usize {
         self.max_line.saturating_add(1)

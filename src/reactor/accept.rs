@@ -1,11 +1,12 @@
 //! Accepting stream connections: a listener is drained until `WouldBlock` or its budget for
-//! the turn; each new connection is admitted against `--max-conns` (counted across workers),
-//! given its service (and the authentication challenge when its listener asks for one) and
+//! the turn; each new connection is admitted against `--max-conns-per-ip` (its source address,
+//! `per_addr.rs`) and `--max-conns` (both counted across workers), given its service (and the authentication challenge when its listener asks for one) and
 //! registered. Out of descriptors, a reserve descriptor is given up so that the backlog can be
 //! accepted and closed rather than left waiting on a connection nobody will serve.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, UnixListener};
@@ -17,9 +18,17 @@ use super::transport::Transport;
 use super::workers::OpenConns;
 use super::{Entry, Reactor};
 use crate::kind::ServiceKind;
+use crate::metrics::Busiest;
 use crate::service::auth::{AuthGate, Secret, new_challenge};
 use crate::service::{Event, StreamService};
 use crate::sockopt;
+
+pub(super) use per_addr::PerAddr;
+
+mod per_addr;
+
+/// Addresses named in the `--max-conns` warning and kept for `stats` and metrics.
+const BUSIEST: usize = 5;
 
 /// How long a listener rests after an accept error that retrying at once cannot fix.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -35,10 +44,13 @@ pub(super) enum ListenSocket {
 }
 
 impl ListenSocket {
-    fn accept(&self) -> io::Result<StreamSocket> {
+    /// A connection, and its source address when it has one (TCP).
+    fn accept(&self) -> io::Result<(StreamSocket, Option<IpAddr>)> {
         match self {
-            ListenSocket::Tcp(l) => l.accept().map(|(s, _)| StreamSocket::Tcp(s)),
-            ListenSocket::Unix(l) => l.accept().map(|(s, _)| StreamSocket::Unix(s)),
+            ListenSocket::Tcp(l) => l
+                .accept()
+                .map(|(s, a)| (StreamSocket::Tcp(s), Some(per_addr::source_of(a)))),
+            ListenSocket::Unix(l) => l.accept().map(|(s, _)| (StreamSocket::Unix(s), None)),
         }
     }
 }
@@ -54,6 +66,8 @@ pub(super) struct Listener {
     pub(super) auth: bool,
     /// TCP_NODELAY for the connections it accepts.
     pub(super) nodelay: bool,
+    /// Connections one source address may hold when this listener accepts (`None`: no limit).
+    pub(super) per_ip: Option<usize>,
     /// On the ready list already.
     pub(super) queued: bool,
 }
@@ -63,6 +77,9 @@ pub(super) struct Listener {
 pub(super) struct Admission {
     /// Stream connections open in every worker, against `--max-conns`.
     pub(super) conns: OpenConns,
+    /// Stream connections open in every worker by source address, against
+    /// `--max-conns-per-ip`.
+    pub(super) per_addr: PerAddr,
     /// Stream connections open now.
     pub(super) open: usize,
     /// A descriptor held in reserve: closed to accept-and-shed connections at EMFILE.
@@ -71,6 +88,10 @@ pub(super) struct Admission {
     warn_max_conns: RateLimited,
     /// Warnings for descriptor exhaustion.
     warn_fds: RateLimited,
+    /// Warnings for `--max-conns-per-ip` refusals.
+    warn_per_ip: RateLimited,
+    /// Notes of connections closed at `--request-timeout`.
+    pub(super) warn_slow: RateLimited,
     /// The authentication secret, when a listener asks for authentication.
     secret: Option<Secret>,
 }
@@ -80,18 +101,29 @@ impl Admission {
     pub(super) fn new(secret: Option<Secret>) -> Admission {
         Admission {
             conns: OpenConns::default(),
+            per_addr: PerAddr::default(),
             open: 0,
             reserve_fd: File::open("/dev/null").ok(),
             warn_max_conns: RateLimited::default(),
             warn_fds: RateLimited::default(),
+            warn_per_ip: RateLimited::default(),
+            warn_slow: RateLimited::default(),
             secret,
+        }
+    }
+
+    /// A connection admitted with source address `ip` is gone: both counts drop.
+    pub(super) fn release(&self, ip: Option<IpAddr>) {
+        self.conns.close();
+        if let Some(ip) = ip {
+            self.per_addr.close(ip);
         }
     }
 }
 
 /// Logs a warning at most once per interval, counting what it held back.
 #[derive(Debug, Default)]
-struct RateLimited {
+pub(super) struct RateLimited {
     /// When the next warning may be logged.
     next: Option<Instant>,
     /// Events since the last warning.
@@ -100,7 +132,7 @@ struct RateLimited {
 
 impl RateLimited {
     /// Counts `n` events; returns the total to report when a warning is due.
-    fn hit(&mut self, now: Instant, n: u64) -> Option<u64> {
+    pub(super) fn hit(&mut self, now: Instant, n: u64) -> Option<u64> {
         self.held = self.held.saturating_add(n);
         match self.next {
             Some(next) if now < next => None,
@@ -154,9 +186,13 @@ impl Reactor {
                 return;
             }
             budget -= 1;
-            let (kind, auth, nodelay) = (l.kind, l.auth, l.nodelay);
+            let (kind, auth, nodelay, per_ip) = (l.kind, l.auth, l.nodelay, l.per_ip);
             match l.socket.accept() {
-                Ok(socket) => self.admit(socket, kind, auth, nodelay),
+                Ok((mut socket, ip)) => {
+                    if self.has_room(&mut socket, ip, kind, auth, per_ip) {
+                        self.admit(socket, ip, kind, auth, nodelay);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_transient_accept_error(&e) => {
@@ -224,37 +260,104 @@ impl Reactor {
         }
     }
 
-    /// Takes in one accepted connection, or closes it at once when `--max-conns` are open.
-    fn admit(&mut self, socket: StreamSocket, kind: ServiceKind, auth: bool, nodelay: bool) {
-        let limits = &self.config.limits;
-        if self.shutdown.deadline.is_some() || !self.admission.conns.try_open(limits.max_conns) {
-            drop(socket);
+    /// Counts a new connection against `--max-conns-per-ip` and `--max-conns`; one over either
+    /// is refused, closed at once and counted (`false`). A connection refused for its address
+    /// is told why by its service where that is cheap: one write of a few bytes to a socket
+    /// that has just been accepted, whose send buffer is empty.
+    fn has_room(
+        &mut self,
+        socket: &mut StreamSocket,
+        ip: Option<IpAddr>,
+        kind: ServiceKind,
+        auth: bool,
+        per_ip: Option<usize>,
+    ) -> bool {
+        if self.shutdown.deadline.is_some() {
+            self.refuse_max_conns(kind);
+            return false;
+        }
+        if let Some(ip) = ip
+            && !self.admission.per_addr.try_open(ip, per_ip)
+        {
+            // An authenticating client waits for a challenge: anything else would mislead it.
+            if !auth {
+                let mut why = Vec::new();
+                StreamService::refusal(kind, &mut why);
+                if !why.is_empty() && socket.write(&why).is_err() {
+                    tracing::debug!("cannot tell a refused connection why");
+                }
+            }
             let c = self.svc.counters.service(kind);
-            c.rejected_max_conns = c.rejected_max_conns.saturating_add(1);
-            if let Some(total) = self.admission.warn_max_conns.hit(self.core.now, 1) {
+            c.rejected_per_ip = c.rejected_per_ip.saturating_add(1);
+            if let Some(total) = self.admission.warn_per_ip.hit(self.core.now, 1) {
                 tracing::warn!(
                     service = %kind,
-                    "connection limit reached (--max-conns {}): closed {total} new connection(s)",
-                    limits.max_conns
+                    "per-address limit reached (--max-conns-per-ip {}) by {ip}: closed {total} \
+                     new connection(s)",
+                    per_ip.unwrap_or_default()
                 );
             }
-            return;
+            return false;
         }
+        if !self.admission.conns.try_open(self.config.limits.max_conns) {
+            if let Some(ip) = ip {
+                self.admission.per_addr.close(ip);
+            }
+            self.refuse_max_conns(kind);
+            return false;
+        }
+        true
+    }
+
+    /// Counts a connection refused at `--max-conns`; at most once a second, says so with the
+    /// addresses holding the most connections, which `stats` and metrics then show too.
+    fn refuse_max_conns(&mut self, kind: ServiceKind) {
+        let c = self.svc.counters.service(kind);
+        c.rejected_max_conns = c.rejected_max_conns.saturating_add(1);
+        let Some(total) = self.admission.warn_max_conns.hit(self.core.now, 1) else {
+            return;
+        };
+        let busiest = self.admission.per_addr.busiest(BUSIEST);
+        let named: Vec<String> = busiest.iter().map(|(a, n)| format!("{a} ({n})")).collect();
+        tracing::warn!(
+            service = %kind,
+            "connection limit reached (--max-conns {}): closed {total} new connection(s); \
+             busiest addresses: {}",
+            self.config.limits.max_conns,
+            if named.is_empty() { "none (unix sockets)".to_owned() } else { named.join(", ") }
+        );
+        self.svc.counters.busiest = Some(Busiest {
+            at: self.core.now,
+            addrs: busiest,
+        });
+    }
+
+    /// Takes in one accepted connection, counted already (`has_room`).
+    fn admit(
+        &mut self,
+        socket: StreamSocket,
+        ip: Option<IpAddr>,
+        kind: ServiceKind,
+        auth: bool,
+        nodelay: bool,
+    ) {
+        let limits = &self.config.limits;
         if let StreamSocket::Tcp(s) = &socket
             && let Err(e) = sockopt::set_nodelay(s, nodelay)
         {
             tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
         }
         let Some(service) = StreamService::for_kind(kind, &self.shared) else {
-            self.admission.conns.close();
+            self.admission.release(ip);
             return;
         };
-        let idle = limits.idle_timeout;
+        let idle = super::idle_limit(limits, false);
         let mut conn = Conn::new(Transport::Plain(socket), kind, service, self.core.now);
+        conn.peer_ip = ip;
         if auth {
             let (Some(secret), Ok(challenge)) = (&self.admission.secret, new_challenge()) else {
                 tracing::error!(service = %kind, "cannot make an authentication challenge");
-                self.admission.conns.close();
+                self.admission.release(ip);
                 return;
             };
             let gate = AuthGate::new(secret.clone(), challenge);
@@ -286,6 +389,7 @@ impl Reactor {
                 id: c.id,
                 authenticated: false,
             };
+            c.served = c.service.served_on_open();
             c.service.on_event(opened, c.out.tail(), &mut ctx);
             self.drive_conn(token, false, true);
             if !self.svc.others.is_empty() {
@@ -297,8 +401,9 @@ impl Reactor {
     /// Puts a new connection in the slab and the poll; on failure it is closed (and no longer
     /// counted against `--max-conns`).
     fn watch(&mut self, conn: Conn, kind: ServiceKind) -> Option<Token> {
+        let ip = conn.peer_ip;
         let Some(token) = self.core.sources.insert(Entry::Conn(conn)) else {
-            self.admission.conns.close();
+            self.admission.release(ip);
             return None;
         };
         let registered = match self.core.sources.get_mut(token) {
@@ -316,7 +421,7 @@ impl Reactor {
         if let Err(e) = registered {
             tracing::warn!(service = %kind, "cannot watch a new connection: {e}");
             drop(self.core.sources.remove(token));
-            self.admission.conns.close();
+            self.admission.release(ip);
             return None;
         }
         Some(token)

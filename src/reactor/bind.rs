@@ -176,6 +176,7 @@ impl Reactor {
 
     fn bind_one(&mut self, l: &ListenerConfig) -> Result<BoundListener, StartError> {
         let (service, addr, auth) = (l.service, &l.addr, l.auth);
+        let per_ip = l.max_conns_per_ip;
         let o = self.config.sockopts_of(l).clone();
         let o = &o;
         let bind_err = |source| StartError::Bind { service, source };
@@ -189,7 +190,7 @@ impl Reactor {
                 let shown = local(l.local_addr());
                 let socket = ListenSocket::Tcp(TcpListener::from_std(l));
                 (
-                    self.listener(socket, service, auth, o.nodelay),
+                    self.listener(socket, service, auth, o.nodelay, per_ip),
                     "tcp",
                     shown,
                     opts,
@@ -206,7 +207,7 @@ impl Reactor {
                 self.shutdown.owned_paths.push(p.clone());
                 let socket = ListenSocket::Unix(UnixListener::from_std(l));
                 (
-                    self.listener(socket, service, auth, false),
+                    self.listener(socket, service, auth, false, per_ip),
                     "unix",
                     addr.to_string(),
                     opts,
@@ -284,12 +285,14 @@ impl Reactor {
         kind: ServiceKind,
         auth: bool,
         nodelay: bool,
+        per_ip: Option<usize>,
     ) -> Entry {
         Entry::Listener(Listener {
             socket,
             kind,
             auth,
             nodelay,
+            per_ip: self.config.limits.per_ip_limit(per_ip),
             queued: false,
         })
     }

@@ -2,6 +2,7 @@
 //! request, its pending output, its service and the flags the reactor steers it by.
 
 use std::io::{self, Write};
+use std::net::IpAddr;
 use std::time::Instant;
 
 use mio::Interest;
@@ -139,6 +140,18 @@ pub struct Conn {
     pub dead: bool,
     /// Last time bytes moved either way, for the idle timeout.
     pub last_active: Instant,
+    /// The peer's address (TCP only): counted against `--max-conns-per-ip` while open.
+    pub peer_ip: Option<IpAddr>,
+    /// When the first byte of the request now part-way in arrived (`--request-timeout`); `None`
+    /// between requests, and while the server, not the client, holds things up.
+    pub request_since: Option<Instant>,
+    /// A request timer for this connection is in the heap (at most one is).
+    pub request_timer: bool,
+    /// It has passed the handshake and sent a complete request (or is a chat member): the idle
+    /// timeout applies rather than `--handshake-timeout`.
+    pub served: bool,
+    /// It was told it is idle and is being closed: the next idle check closes it outright.
+    pub idle_closing: bool,
 }
 
 impl Conn {
@@ -165,6 +178,11 @@ impl Conn {
             hup_seen: false,
             dead: false,
             last_active: now,
+            peer_ip: None,
+            request_since: None,
+            request_timer: false,
+            served: false,
+            idle_closing: false,
         }
     }
 }

@@ -258,6 +258,7 @@ impl Reactor {
         while let Some(kind) = self.core.timers.pop_due(self.core.now) {
             match kind {
                 TimerKind::Idle(token) => self.check_idle(token),
+                TimerKind::Request(token) => self.check_request(token),
                 TimerKind::AuthTimeout(token) => self.check_auth(token),
                 TimerKind::ExecDeadline(id) => self.exec_deadline(id),
                 TimerKind::ExecPipeGrace(id) => self.exec_pipe_grace(id),
@@ -270,9 +271,10 @@ impl Reactor {
         if self.core.timers.len() > 2 * self.core.sources.len() + 1024 {
             let sources = &self.core.sources;
             self.core.timers.retain(|k| match k {
-                TimerKind::Idle(t) | TimerKind::AcceptRetry(t) | TimerKind::AuthTimeout(t) => {
-                    sources.get(*t).is_some()
-                }
+                TimerKind::Idle(t)
+                | TimerKind::Request(t)
+                | TimerKind::AcceptRetry(t)
+                | TimerKind::AuthTimeout(t) => sources.get(*t).is_some(),
                 TimerKind::ShutdownGrace
                 | TimerKind::ExecDeadline(_)
                 | TimerKind::ExecPipeGrace(_) => true,
@@ -298,23 +300,80 @@ impl Reactor {
         self.drive_conn(token, false, true);
     }
 
+    /// Closes a connection idle past its timeout (`--handshake-timeout` until it has been
+    /// served, then `--idle-timeout`). Its service may say why first (a chat member is told):
+    /// then input stops, the goodbye is written, and the connection closes once it has gone,
+    /// or at the next check, `IDLE_GOODBYE` later, whatever happened.
     fn check_idle(&mut self, token: Token) {
-        let Some(idle) = self.config.limits.idle_timeout else {
-            return;
-        };
         let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) else {
             return;
         };
         if c.dead {
             return;
         }
-        let due = c.last_active + idle;
-        if due <= self.core.now {
-            tracing::debug!(service = %c.kind, "closing an idle connection (--idle-timeout)");
+        let limit = idle_limit(&self.config.limits, c.served && c.gate.is_none());
+        let Some(limit) = limit.filter(|_| !c.idle_closing) else {
+            if c.idle_closing {
+                c.dead = true;
+                self.core.to_close.push(token);
+            }
+            return;
+        };
+        let due = c.last_active + limit;
+        if due > self.core.now {
+            self.core.timers.push(due, TimerKind::Idle(token));
+            return;
+        }
+        let idle = self.core.now.saturating_duration_since(c.last_active);
+        tracing::debug!(
+            service = %c.kind,
+            served = c.served,
+            "closing an idle connection (--idle-timeout or --handshake-timeout)"
+        );
+        if c.gate.is_none() {
+            c.service.on_idle_close(idle, c.out.tail());
+        }
+        if c.out.is_empty() {
             c.dead = true;
             self.core.to_close.push(token);
-        } else {
-            self.core.timers.push(due, TimerKind::Idle(token));
+            return;
+        }
+        c.idle_closing = true;
+        stop_input(c);
+        self.core
+            .timers
+            .push(self.core.now + IDLE_GOODBYE, TimerKind::Idle(token));
+        self.drive_conn(token, false, true);
+    }
+
+    /// Closes a connection whose request has not arrived whole within `--request-timeout` of
+    /// its first byte (a slowloris); a request that ended in time lets a later one run its own.
+    fn check_request(&mut self, token: Token) {
+        let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) else {
+            return;
+        };
+        c.request_timer = false;
+        let (Some(limit), Some(since), false) =
+            (self.config.limits.request_timeout, c.request_since, c.dead)
+        else {
+            return;
+        };
+        let due = since + limit;
+        if due > self.core.now {
+            c.request_timer = true;
+            self.core.timers.push(due, TimerKind::Request(token));
+            return;
+        }
+        let kind = c.kind;
+        c.dead = true;
+        self.core.to_close.push(token);
+        if let Some(total) = self.admission.warn_slow.hit(self.core.now, 1) {
+            tracing::info!(
+                service = %kind,
+                "closed {total} connection(s) whose request was not whole {}s after its first \
+                 byte (--request-timeout)",
+                limit.as_secs_f64()
+            );
         }
     }
 
@@ -348,7 +407,7 @@ impl Reactor {
                     }
                     c.transport.shutdown(&mut self.bufs.scratch);
                     self.admission.open = self.admission.open.saturating_sub(1);
-                    self.admission.conns.close();
+                    self.admission.release(c.peer_ip);
                     let counters = self.svc.counters.service(c.kind);
                     counters.open = counters.open.saturating_sub(1);
                     let mut ctx = self.svc.ctx();
@@ -359,6 +418,20 @@ impl Reactor {
                 }
             }
         }
+    }
+}
+
+/// How long an idle connection's goodbye (a chat member's reason line) may take to go out
+/// before the connection is closed anyway.
+const IDLE_GOODBYE: Duration = Duration::from_secs(1);
+
+/// The idle timeout of a connection: `--idle-timeout` once it has been `served`, before that
+/// the shorter of it and `--handshake-timeout`; `None`: never.
+fn idle_limit(limits: &crate::config::Limits, served: bool) -> Option<Duration> {
+    match (served, limits.handshake_timeout, limits.idle_timeout) {
+        (true, _, idle) => idle,
+        (false, Some(h), Some(i)) => Some(h.min(i)),
+        (false, h, i) => h.or(i),
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Instant;
 use mio::{Interest, Poll, Token};
 
 use super::conn::Conn;
+use super::timer::TimerKind;
 use super::{Entry, Reactor, ServiceState};
 use crate::config::Limits;
 use crate::service::{Awaiting, Event, Output};
@@ -128,6 +129,16 @@ impl Reactor {
                 self.core.to_close.push(token);
             }
             Verdict::Open { more } => {
+                if let (Some(since), Some(limit), false) = (
+                    c.request_since,
+                    self.config.limits.request_timeout,
+                    c.request_timer,
+                ) {
+                    c.request_timer = true;
+                    self.core
+                        .timers
+                        .push(since + limit, TimerKind::Request(token));
+                }
                 if let Err(e) = update_interest(&self.core.poll, c, token) {
                     tracing::warn!(service = %kind, "cannot update a connection's interest: {e}");
                     c.dead = true;
@@ -369,6 +380,7 @@ fn settle(c: &mut Conn, limits: &Limits, t: &mut Tally, now: Instant) -> Verdict
         // the next turn, since the socket's data arrived while reading was held.
         t.more = true;
     }
+    track_request(c, t.received > 0, now);
     let input_done = c.input.is_empty() || c.service_paused;
     // A paused service that will take input again is awaiting the disk or producing a
     // response, so it is not idle: a peer that left right after its last byte still has its
@@ -379,6 +391,22 @@ fn settle(c: &mut Conn, limits: &Limits, t: &mut Tally, now: Instant) -> Verdict
         return Verdict::Close(CloseReason::Finished);
     }
     Verdict::Open { more: t.more }
+}
+
+/// Starts or stops the clock of `--request-timeout`: it runs while a request is part-way in
+/// and the server waits for the client's bytes, not while the server holds reading back
+/// (backpressure, a service busy with the disk or a command).
+fn track_request(c: &mut Conn, received: bool, now: Instant) {
+    let mid = match &c.gate {
+        // The gate holds a partial authentication response from its first byte on.
+        Some(_) => c.request_since.is_some() || received,
+        None => c.service.mid_request(c.input.len()),
+    };
+    if !mid || c.read_paused || c.service_paused {
+        c.request_since = None;
+    } else if c.request_since.is_none() {
+        c.request_since = Some(now);
+    }
 }
 
 /// Stops taking input from a connection: what is pending is still written, then it closes.

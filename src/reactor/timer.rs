@@ -17,6 +17,8 @@ use mio::Token;
 pub enum TimerKind {
     /// Check whether this connection has been idle for too long.
     Idle(Token),
+    /// This connection's request must be whole by now (`--request-timeout`).
+    Request(Token),
     /// Try again to accept on a listener that the descriptor limit paused.
     AcceptRetry(Token),
     /// The client must have answered the authentication challenge by now.

@@ -291,6 +291,7 @@ fn link(reactors: &mut [Reactor]) {
     };
     let room = first.svc.room.share();
     let conns = first.admission.conns.clone();
+    let per_addr = first.admission.per_addr.clone();
     // One store for every worker: its temporaries are numbered in one sequence.
     let shared = first.shared.clone();
     for (i, (reactor, inbox)) in reactors.iter_mut().zip(rxs).enumerate() {
@@ -314,6 +315,7 @@ fn link(reactors: &mut [Reactor]) {
         if i > 0 {
             reactor.svc.room = room.share();
             reactor.admission.conns = conns.clone();
+            reactor.admission.per_addr = per_addr.clone();
             reactor.shared = shared.clone();
         }
     }

@@ -150,6 +150,20 @@ impl Chat {
         !self.quit
     }
 
+    /// Whether the member is part-way through a line whose bytes are consumed as they come (an
+    /// over-long one being skipped): the rest of a line is otherwise held unconsumed.
+    pub fn mid_line(&self) -> bool {
+        self.decoder.skipping()
+    }
+
+    /// The member is about to be closed after `idle` without traffic: it is told why.
+    pub fn idle_closing(&self, idle: Duration, out: &mut Vec<u8>) {
+        line(
+            out,
+            format_args!("* idle for {} s: closing", idle.as_secs()),
+        );
+    }
+
     /// Decodes lines from `input` and acts on each.
     pub fn on_input(
         &mut self,

@@ -9,7 +9,12 @@
 //!   after every drive of the connection) and, for a long response, `next_output` (bytes
 //!   produced into `out`, or `Output::SendFile`: a file range the reactor sends itself).
 //! - Asked: `accepts_input`, `has_output`, `sending_file`, `awaiting`: what the reactor needs
-//!   to decide when to read, produce, wait for writability or close.
+//!   to decide when to read, produce, wait for writability or close; `mid_request` and
+//!   `served_on_open`: what its deadlines need (`--request-timeout` runs while a request is
+//!   part-way in, `--handshake-timeout` until the connection has been served).
+//! - `on_idle_close`: the connection is about to be closed for being idle (a chat member is
+//!   told why).
+//! - At accept, `refusal`: what a service says to a connection refused for its address.
 //!
 //! What a service may do itself: decode and encode its protocol; keep its own state; touch
 //! what `Ctx` lends it (counters, the chat room, lines for the other members, the other
@@ -275,6 +280,61 @@ impl StreamService {
         match self {
             StreamService::Files(s) => s.awaiting(),
             _ => Awaiting::Nothing,
+        }
+    }
+
+    /// The connection has been idle for `idle` and is about to be closed: a chat member is
+    /// told why. Input stops; what the service writes here is sent before the close.
+    pub fn on_idle_close(&mut self, idle: Duration, out: &mut Vec<u8>) {
+        if let StreamService::Chat(c) = self {
+            c.idle_closing(idle, out);
+        }
+    }
+
+    /// Whether the client is part-way through a request, `held` being the input the service
+    /// left unconsumed: the reactor's `--request-timeout` runs from the first byte of a request
+    /// while this holds. Every framed service consumes a request (a frame header, a chat line,
+    /// an HTTP request head) only once it is whole, so held bytes are the start of one; a chat
+    /// line being skipped for its length is consumed as it comes and is still one. A `files`
+    /// body is consumed as it comes and is not covered: the idle timeout is its deadline. The
+    /// byte streams (echo, upper) have no requests.
+    pub fn mid_request(&self, held: usize) -> bool {
+        match self {
+            StreamService::Echo(_) | StreamService::Upper(_) => false,
+            StreamService::Files(_) | StreamService::Metrics(_) => held > 0,
+            StreamService::Chat(c) => held > 0 || c.mid_line(),
+        }
+    }
+
+    /// Whether a connection counts as served as soon as it is open (after the handshake): a
+    /// chat member is in the room, reading its lines, whether or not it ever speaks. Every
+    /// other connection is served once it has sent a complete request; until then it is held
+    /// to `--handshake-timeout`.
+    pub fn served_on_open(&self) -> bool {
+        matches!(self, StreamService::Chat(_))
+    }
+
+    /// What a connection to a `kind` listener is told when it is refused at accept because its
+    /// address holds too many connections: `files` an error frame (`too_busy`), `chat` an error
+    /// line, `metrics` a 503; the byte streams nothing (any byte would read as data).
+    pub fn refusal(kind: ServiceKind, out: &mut Vec<u8>) {
+        const WHY: &str = "too many connections from your address";
+        match kind {
+            ServiceKind::Files => {
+                response::Head::error(out, None, response::ErrorCode::TooBusy.as_str(), WHY)
+                    .finish(None, 0);
+            }
+            ServiceKind::Chat => {
+                out.extend_from_slice(b"* error: ");
+                out.extend_from_slice(WHY.as_bytes());
+                out.push(b'\n');
+            }
+            ServiceKind::Metrics => out.extend_from_slice(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+                  Content-Length: 39\r\nConnection: close\r\n\r\n\
+                  too many connections from your address\n",
+            ),
+            _ => {}
         }
     }
 }

@@ -25,6 +25,9 @@ pub(super) fn absorb(
             AuthStep::NeedMore => return Ok(0),
             AuthStep::Passed { consumed } => {
                 c.gate = None;
+                // The authentication response was the request under way.
+                c.request_since = None;
+                c.served = c.service.served_on_open();
                 let opened = Event::Opened {
                     id: c.id,
                     authenticated: true,
@@ -73,6 +76,11 @@ pub(super) fn absorb(
         c.input.release();
         step
     };
+    if step.consumed > 0 && !c.service.mid_request(0) {
+        // A request ended here (or body bytes flow): a new one starts its own clock.
+        c.request_since = None;
+        c.served = true;
+    }
     if step.close {
         stop_input(c);
     }
