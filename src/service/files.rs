@@ -22,7 +22,7 @@ use super::store::{Hasher, Store, TempFile, check_name, record_md5};
 use super::{Action, Awaiting, Event, Output, Step};
 use crate::frame::header::{HeaderBodyConfig, HeaderBodyDecoder, Part};
 use crate::frame::{Decoded, Header};
-use crate::metrics::{Counters, Peers};
+use crate::metrics::{Counters, Gathered, Peers};
 
 /// Longest `id`, as compact JSON.
 pub const MAX_ID: usize = 1024;
@@ -270,6 +270,17 @@ pub struct Files {
     exec: ExecState,
     /// Disk jobs for the reactor's disk thread (`Action::Disk`), in order (`poll_action`).
     disk: std::collections::VecDeque<Action>,
+    /// A `stats` request waiting for the other workers' counters.
+    stats: Option<StatsWait>,
+}
+
+/// A `stats` request waiting for every worker's counters (`Action::Counters`).
+#[derive(Debug)]
+struct StatsWait {
+    /// The request's id, for the response.
+    id: Option<Value>,
+    /// The reactor has been asked (`poll_action`).
+    asked: bool,
 }
 
 /// Where a connection's `exec` request is: only one runs at a time, so responses stay in order.
@@ -295,6 +306,13 @@ fn respond_error(
 ) {
     counters.frame(cmd.map_or("unknown", Cmd::name), code.as_str());
     Head::error(out, cmd.map(Cmd::name), code.as_str(), message.as_ref()).finish(id, 0);
+}
+
+/// The `stats` response: every worker's counters, as gathered.
+fn stats_response(out: &mut Vec<u8>, id: Option<&Value>, gathered: &Gathered) {
+    let data = serde_json::to_vec(&gathered.stats_json()).unwrap_or_default();
+    Head::ok(out, Cmd::Stats.name()).finish(id, data.len() as u64);
+    out.extend_from_slice(&data);
 }
 
 /// The auth_failed frame a `files` listener sends before closing a failed handshake.
@@ -357,6 +375,7 @@ impl Files {
             authenticated: false,
             exec: ExecState::Idle,
             disk: Default::default(),
+            stats: None,
         }
     }
 
@@ -368,6 +387,7 @@ impl Files {
             && !self.committing
             && self.in_flight <= self.shared.config.upload_in_flight
             && matches!(self.exec, ExecState::Idle)
+            && self.stats.is_none()
     }
 
     /// What a response waits on outside the loop: a command's child process, or upload
@@ -377,6 +397,8 @@ impl Files {
             Awaiting::Exec
         } else if self.in_flight > 0 || self.committing {
             Awaiting::Disk
+        } else if self.stats.is_some() {
+            Awaiting::Counters
         } else {
             Awaiting::Nothing
         }
@@ -396,6 +418,11 @@ impl Files {
             Event::FileSent(n) => self.file_sent(n),
             Event::SendFileRefused => self.copy_files = true,
             Event::Closing => {}
+            Event::Counters(gathered) => {
+                if let Some(wait) = self.stats.take() {
+                    stats_response(out, wait.id.as_ref(), gathered);
+                }
+            }
         }
     }
 
@@ -403,7 +430,11 @@ impl Files {
     pub fn poll_action(&mut self) -> Option<Action> {
         match self.disk.pop_front() {
             Some(action) => Some(action),
-            None => self.take_exec().map(Action::Exec),
+            None => self.take_exec().map(Action::Exec).or_else(|| {
+                let wait = self.stats.as_mut().filter(|w| !w.asked)?;
+                wait.asked = true;
+                Some(Action::Counters)
+            }),
         }
     }
 
@@ -580,9 +611,12 @@ impl Files {
             Cmd::List => self.start_list(id, out, counters),
             Cmd::Stats => {
                 counters.frame(cmd.name(), "ok");
-                let data = serde_json::to_vec(&peers.stats_json(counters)).unwrap_or_default();
-                Head::ok(out, cmd.name()).finish(id, data.len() as u64);
-                out.extend_from_slice(&data);
+                if peers.alone() {
+                    stats_response(out, id, &Gathered::alone(peers.worker, counters));
+                } else {
+                    let id = id.cloned();
+                    self.stats = Some(StatsWait { id, asked: false });
+                }
                 Ok(())
             }
             Cmd::Exec => self.queue_exec(h),
