@@ -485,3 +485,87 @@ fn link(reactors: &mut [Reactor]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gather(waiting: Vec<usize>, deadline: Instant) -> Gather {
+        Gather {
+            id: 7,
+            token: Token(1),
+            deadline,
+            answered: Vec::new(),
+            waiting,
+        }
+    }
+
+    fn counters(accepted: u64) -> Counters {
+        let mut c = Counters::default();
+        c.service(ServiceKind::Echo).accepted = accepted;
+        c
+    }
+
+    #[test]
+    fn a_gather_is_done_when_every_worker_answered_and_sums_them_all() {
+        let now = Instant::now();
+        let mut g = gather(vec![2, 1], now + GATHER_TIMEOUT);
+        g.answer(2, counters(5));
+        assert!(!g.is_done(now), "worker 1 has not answered");
+        // Twice, or from a worker not asked: dropped.
+        g.answer(2, counters(100));
+        g.answer(9, counters(100));
+        g.answer(1, counters(3));
+        assert!(g.is_done(now));
+        let got = g.finish(0, &counters(2), 3);
+        let workers: Vec<usize> = got.answered.iter().map(|(w, _)| *w).collect();
+        assert_eq!(workers, [0, 1, 2], "in worker order, this one included");
+        assert!(got.missing.is_empty());
+        let json = got.stats_json();
+        assert_eq!(json["services"]["echo"]["connections_accepted"], 10);
+        assert_eq!(json["workers"], 3);
+    }
+
+    #[test]
+    fn a_silent_worker_is_missing_once_the_time_is_up() {
+        let now = Instant::now();
+        let mut g = gather(vec![1, 3, 2], now + GATHER_TIMEOUT);
+        g.answer(3, counters(4));
+        assert!(!g.is_done(now + GATHER_TIMEOUT / 2));
+        assert!(g.is_done(now + GATHER_TIMEOUT));
+        let got = g.finish(0, &counters(1), 4);
+        assert_eq!(got.missing, [1, 2]);
+        let json = got.stats_json();
+        assert_eq!(json["missing_workers"], serde_json::json!([1, 2]));
+        assert_eq!(json["workers"], 4);
+        assert_eq!(json["services"]["echo"]["connections_accepted"], 5);
+        let text = got.prometheus();
+        for (w, up) in [(0, 1), (1, 0), (2, 0), (3, 1)] {
+            let line = format!("socklab_worker_answered{{worker=\"{w}\"}} {up}");
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        // A missing worker has no series but the one that says so.
+        let silent: Vec<&str> = text.lines().filter(|l| l.contains("worker=\"1\"")).collect();
+        assert_eq!(silent, ["socklab_worker_answered{worker=\"1\"} 0"]);
+    }
+
+    #[test]
+    fn done_gathers_are_taken_and_the_rest_kept() {
+        let now = Instant::now();
+        let (tx, inbox) = mpsc::channel();
+        drop(tx);
+        let mut link = Link {
+            inbox,
+            peers: Vec::new(),
+            worker: 0,
+            gathers: vec![
+                gather(vec![1], now + GATHER_TIMEOUT),
+                gather(Vec::new(), now + GATHER_TIMEOUT),
+                gather(vec![1], now),
+            ],
+            next_gather: 0,
+        };
+        assert_eq!(link.take_done(now).len(), 2);
+        assert_eq!(link.gathers.len(), 1);
+    }
+}

@@ -191,6 +191,38 @@ mod tests {
     }
 
     #[test]
+    fn with_other_workers_a_scrape_waits_for_their_counters() {
+        let mut m = MetricsHttp::default();
+        let mut out = Vec::new();
+        let peers = Peers {
+            worker: 1,
+            workers: 2,
+        };
+        let one = b"GET /metrics HTTP/1.1\r\n\r\n";
+        let two = [&one[..], b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n"].concat();
+        let step = m.on_input(&two, &mut out, &Counters::default(), &peers);
+        assert_eq!(step.consumed, one.len(), "the next request waits");
+        assert!(out.is_empty() && !step.close && !m.accepts_input());
+        assert!(matches!(m.poll_action(), Some(Action::Counters)));
+        assert!(m.poll_action().is_none(), "asked once");
+        assert_eq!(m.awaiting(), Awaiting::Counters);
+        let gathered = Gathered {
+            workers: 2,
+            answered: vec![(1, Counters::default())],
+            missing: vec![0],
+        };
+        m.on_counters(&gathered, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("socklab_worker_answered{worker=\"0\"} 0\n"), "{text}");
+        assert!(m.accepts_input() && m.awaiting() == Awaiting::Nothing);
+        let mut out = Vec::new();
+        let step = m.on_input(&two[one.len()..], &mut out, &Counters::default(), &peers);
+        assert!(step.close && out.is_empty(), "the close comes with the response");
+        assert_eq!(m.awaiting(), Awaiting::Counters);
+    }
+
+    #[test]
     fn bad_requests_close() {
         for bad in [
             &b"\x00\x01garbage\r\n\r\n"[..],
