@@ -127,7 +127,11 @@ fn workers_is_n_right_after_the_listening_line() {
 fn counts_are_exact_right_after_traffic() {
     let dir = TempDir::new("stats-exact");
     let server = server(&dir);
-    let (echo, files, metrics) = (server.tcp("echo"), server.tcp("files"), server.tcp("metrics"));
+    let (echo, files, metrics) = (
+        server.tcp("echo"),
+        server.tcp("files"),
+        server.tcp("metrics"),
+    );
     let bytes = PAYLOAD.len() as u64;
     for round in 1..=3u64 {
         for _ in 0..CONNS {
@@ -165,4 +169,33 @@ fn counts_are_exact_right_after_traffic() {
         let split = stats_per_worker(&stats, "bytes_received");
         assert_eq!(split, received);
     }
+}
+
+#[test]
+fn pipelined_scrapes_on_one_connection_are_each_answered_in_order() {
+    let dir = TempDir::new("stats-exact-pipe");
+    let server = server(&dir);
+    let mut s = TcpStream::connect(server.tcp("metrics")).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    let get = "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n";
+    let last = "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    s.write_all(format!("{get}{get}GET /nothing HTTP/1.1\r\n\r\n{last}").as_bytes())
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let statuses: Vec<&str> = resp
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .map(|r| r.split("\r\n").next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        statuses,
+        ["200 OK", "200 OK", "404 Not Found", "200 OK"],
+        "{resp}"
+    );
+    assert_eq!(
+        resp.matches("socklab_worker_answered{worker=\"1\"} 1")
+            .count(),
+        3
+    );
 }

@@ -276,8 +276,11 @@ impl Reactor {
             // its output, which that drive registers for writing; no drive within a drive.
             let gathered = Gathered::alone(0, &self.svc.counters);
             if let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) {
-                c.service
-                    .on_event(Event::Counters(&gathered), c.out.tail(), &mut self.svc.ctx());
+                c.service.on_event(
+                    Event::Counters(&gathered),
+                    c.out.tail(),
+                    &mut self.svc.ctx(),
+                );
             }
             return;
         };
@@ -545,7 +548,10 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
         // A missing worker has no series but the one that says so.
-        let silent: Vec<&str> = text.lines().filter(|l| l.contains("worker=\"1\"")).collect();
+        let silent: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("worker=\"1\""))
+            .collect();
         assert_eq!(silent, ["socklab_worker_answered{worker=\"1\"} 0"]);
     }
 

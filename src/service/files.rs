@@ -1128,7 +1128,11 @@ mod tests {
         let input = [stats.clone(), frame(json!({"cmd": "ping"}), b"")].concat();
         let (mut counters, mut out) = (Counters::default(), Vec::new());
         let step = s.on_input(&input, &mut out, &mut counters, &peers);
-        assert_eq!(step.consumed, stats.len(), "the ping waits for the stats answer");
+        assert_eq!(
+            step.consumed,
+            stats.len(),
+            "the ping waits for the stats answer"
+        );
         assert!(out.is_empty() && !s.accepts_input());
         assert!(matches!(s.poll_action(), Some(Action::Counters)));
         assert!(s.poll_action().is_none(), "asked once");
@@ -1143,16 +1147,29 @@ mod tests {
         let step = s.on_input(&input[stats.len()..], &mut out, &mut counters, &peers);
         assert_eq!(step.consumed, input.len() - stats.len());
         let mut d = HeaderBodyDecoder::new(HeaderBodyConfig::responses());
-        let Ok(Decoded::Item { item: Part::Header(h), consumed }) = d.decode(&out) else {
+        let Ok(Decoded::Item {
+            item: Part::Header(h),
+            consumed,
+        }) = d.decode(&out)
+        else {
             panic!("a stats response first");
         };
-        assert_eq!((h.fields["cmd"].clone(), h.fields["id"].clone()), (json!("stats"), json!(9)));
-        let Ok(Decoded::Item { item: Part::BodyChunk(body), .. }) = d.decode(&out[consumed..])
+        assert_eq!(
+            (h.fields["cmd"].clone(), h.fields["id"].clone()),
+            (json!("stats"), json!(9))
+        );
+        let Ok(Decoded::Item {
+            item: Part::BodyChunk(body),
+            ..
+        }) = d.decode(&out[consumed..])
         else {
             panic!("a body");
         };
         let body: Value = serde_json::from_slice(body).unwrap();
-        assert_eq!((&body["workers"], &body["missing_workers"]), (&json!(2), &json!([1])));
+        assert_eq!(
+            (&body["workers"], &body["missing_workers"]),
+            (&json!(2), &json!([1]))
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -157,7 +157,10 @@ impl MetricsHttp {
             let gathered = Gathered::alone(peers.worker, counters);
             respond(out, "200 OK", &gathered.prometheus(), close);
         } else {
-            self.scrape = Some(Scrape { close, asked: false });
+            self.scrape = Some(Scrape {
+                close,
+                asked: false,
+            });
         }
     }
 }
@@ -199,7 +202,11 @@ mod tests {
             workers: 2,
         };
         let one = b"GET /metrics HTTP/1.1\r\n\r\n";
-        let two = [&one[..], b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n"].concat();
+        let two = [
+            &one[..],
+            b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
+        ]
+        .concat();
         let step = m.on_input(&two, &mut out, &Counters::default(), &peers);
         assert_eq!(step.consumed, one.len(), "the next request waits");
         assert!(out.is_empty() && !step.close && !m.accepts_input());
@@ -214,11 +221,17 @@ mod tests {
         m.on_counters(&gathered, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
-        assert!(text.contains("socklab_worker_answered{worker=\"0\"} 0\n"), "{text}");
+        assert!(
+            text.contains("socklab_worker_answered{worker=\"0\"} 0\n"),
+            "{text}"
+        );
         assert!(m.accepts_input() && m.awaiting() == Awaiting::Nothing);
         let mut out = Vec::new();
         let step = m.on_input(&two[one.len()..], &mut out, &Counters::default(), &peers);
-        assert!(step.close && out.is_empty(), "the close comes with the response");
+        assert!(
+            step.close && out.is_empty(),
+            "the close comes with the response"
+        );
         assert_eq!(m.awaiting(), Awaiting::Counters);
     }
 
