@@ -4,9 +4,9 @@
 //! The contract of a stream service (`StreamService`), in the manner of quinn-proto:
 //! - In: `on_input` (the bytes a client sent) and `on_event` (what the reactor reports back:
 //!   `Event::Opened`, `AuthFailed`, `DiskDone`, `ExecDone`, `FileSent`, `SendFileRefused`,
-//!   `Closing`). Replies are appended to the `out` buffer given.
-//! - Out: `poll_action` (work only the reactor can do, `Action::Disk` or `Action::Exec`, drained
-//!   after every drive of the connection) and, for a long response, `next_output` (bytes
+//!   `Closing`, `Counters`). Replies are appended to the `out` buffer given.
+//! - Out: `poll_action` (work only the reactor can do, `Action::Disk`, `Action::Exec` or
+//!   `Action::Counters`, drained after every drive of the connection) and, for a long response, `next_output` (bytes
 //!   produced into `out`, or `Output::SendFile`: a file range the reactor sends itself).
 //! - Asked: `accepts_input`, `has_output`, `sending_file`, `awaiting`: what the reactor needs
 //!   to decide when to read, produce, wait for writability or close.
