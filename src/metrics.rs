@@ -66,6 +66,8 @@ pub(crate) struct Counters {
     pub(crate) frames: BTreeMap<(&'static str, &'static str), u64>,
     /// Who held the most connections the last time this worker refused one at `--max-conns`.
     pub(crate) busiest: Option<Busiest>,
+    /// Other workers that did not answer this one's `stats` or metrics request in time.
+    pub(crate) stats_missing: u64,
 }
 
 impl Counters {
@@ -92,6 +94,7 @@ impl Counters {
         }
         self.loop_iterations = self.loop_iterations.saturating_add(other.loop_iterations);
         self.loop_busy = self.loop_busy.saturating_add(other.loop_busy);
+        self.stats_missing = self.stats_missing.saturating_add(other.stats_missing);
         for (key, n) in &other.frames {
             let mine = self.frames.entry(*key).or_default();
             *mine = mine.saturating_add(*n);
@@ -124,47 +127,88 @@ impl ServiceCounters {
     }
 }
 
-/// What this reactor knows of the other workers: its own number, and their counters as each
-/// last reported them (empty with one worker).
+/// What a service knows of the workers: which one it runs on, and how many there are.
 #[derive(Debug, Default)]
 pub(crate) struct Peers {
     /// This reactor's worker number.
     pub(crate) worker: usize,
-    /// The other workers' counters, by worker number.
-    pub(crate) others: Vec<(usize, Counters)>,
+    /// Workers in the process (0 or 1: this one alone).
+    pub(crate) workers: usize,
 }
 
 impl Peers {
-    /// Stores a worker's report, replacing its previous one.
-    pub(crate) fn update(&mut self, worker: usize, counters: Counters) {
-        match self.others.iter_mut().find(|(w, _)| *w == worker) {
-            Some(slot) => slot.1 = counters,
-            None => {
-                self.others.push((worker, counters));
-                self.others.sort_by_key(|(w, _)| *w);
-            }
+    /// No other worker: `stats` and metrics are answered at once from this one's counters.
+    pub(crate) fn alone(&self) -> bool {
+        self.workers <= 1
+    }
+}
+
+/// Every worker's counters as gathered for one `stats` or metrics request: this worker's own
+/// and each other's as it answered (`reactor/workers.rs`), and the workers that did not answer
+/// in time.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    /// Workers in the process.
+    pub(crate) workers: usize,
+    /// The counters of every worker that answered, this one included, by worker number.
+    pub(crate) answered: Vec<(usize, Counters)>,
+    /// Workers that did not answer in time, by number: their counters are not in the sums.
+    pub(crate) missing: Vec<usize>,
+}
+
+impl Gathered {
+    /// One worker alone: its own counters are everything.
+    pub(crate) fn alone(worker: usize, own: &Counters) -> Gathered {
+        Gathered {
+            workers: 1,
+            answered: vec![(worker, own.clone())],
+            missing: Vec::new(),
         }
     }
 
-    /// The `stats` body: every worker's counters added up, and how many workers there are.
-    pub(crate) fn stats_json(&self, own: &Counters) -> Value {
-        let mut total = own.clone();
-        for (_, c) in &self.others {
+    /// The `stats` body: every answering worker's counters added up, how many workers there
+    /// are, which did not answer, and each worker's own counters.
+    pub(crate) fn stats_json(&self) -> Value {
+        let mut total = Counters::default();
+        for (_, c) in &self.answered {
             total.add(c);
         }
+        let per_worker: Vec<Value> = self
+            .answered
+            .iter()
+            .map(|(w, c)| {
+                let mut v = c.to_json_sparse();
+                if let Some(map) = v.as_object_mut() {
+                    map.insert("worker".into(), json!(w));
+                }
+                v
+            })
+            .collect();
         let mut v = total.to_json();
         if let Some(map) = v.as_object_mut() {
-            map.insert("workers".into(), json!(1 + self.others.len()));
+            map.insert("workers".into(), json!(self.workers.max(1)));
+            map.insert("missing_workers".into(), json!(self.missing));
+            map.insert("per_worker".into(), Value::Array(per_worker));
         }
         v
     }
 
-    /// Every worker's series, this one's from `own`.
-    pub(crate) fn prometheus(&self, own: &Counters) -> String {
-        let mut all: Vec<(usize, &Counters)> = vec![(self.worker, own)];
-        all.extend(self.others.iter().map(|(w, c)| (*w, c)));
-        all.sort_by_key(|(w, _)| *w);
-        prometheus(&all)
+    /// Every answering worker's series, and whether each worker answered.
+    pub(crate) fn prometheus(&self) -> String {
+        let all: Vec<(usize, &Counters)> = self.answered.iter().map(|(w, c)| (*w, c)).collect();
+        let mut s = prometheus(&all);
+        let name = "socklab_worker_answered";
+        use std::fmt::Write;
+        let _ = writeln!(
+            s,
+            "# HELP {name} Whether the worker's counters are in this scrape (0: it did not \
+             answer in time).\n# TYPE {name} gauge"
+        );
+        for w in 0..self.workers.max(1) {
+            let up = u8::from(!self.missing.contains(&w));
+            let _ = writeln!(s, "{name}{{worker=\"{w}\"}} {up}");
+        }
+        s
     }
 }
 
@@ -285,6 +329,15 @@ pub(crate) fn prometheus(workers: &[(usize, &Counters)]) -> String {
     for (w, c) in workers {
         let _ = writeln!(s, "{name}{{worker=\"{w}\"}} {}", c.loop_busy.as_secs_f64());
     }
+    let name = "socklab_stats_missing_replies_total";
+    let _ = writeln!(
+        s,
+        "# HELP {name} Other workers that did not answer a stats or metrics request in time.\n\
+         # TYPE {name} counter"
+    );
+    for (w, c) in workers {
+        let _ = writeln!(s, "{name}{{worker=\"{w}\"}} {}", c.stats_missing);
+    }
     s
 }
 
@@ -327,6 +380,19 @@ impl Counters {
             "busiest_addresses": busiest,
             "loop_iterations": self.loop_iterations,
             "loop_busy_seconds": self.loop_busy.as_secs_f64(),
+            "stats_missing_replies": self.stats_missing,
         })
+    }
+
+    /// `to_json` without the services that counted nothing (a worker's part of `stats`).
+    fn to_json_sparse(&self) -> Value {
+        let mut v = self.to_json();
+        if let Some(services) = v.get_mut("services").and_then(Value::as_object_mut) {
+            services.retain(|_, c| {
+                c.as_object()
+                    .is_some_and(|c| c.values().any(|n| n.as_u64().is_some_and(|n| n > 0)))
+            });
+        }
+        v
     }
 }

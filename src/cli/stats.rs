@@ -4,6 +4,10 @@
 //! The connection asking is itself a `files` connection, so `files` always shows at least one
 //! accepted and one open.
 //!
+//! With several workers the server gathers every worker's counters when asked (exact at that
+//! moment); the table adds the connections each worker accepted, and names any worker that did
+//! not answer in time.
+//!
 //! The table reads the body loosely: a counter the server does not send counts as 0, and
 //! fields the table does not know are left to `--json`, so the command keeps working when the
 //! server grows counters.
@@ -172,7 +176,53 @@ fn table(stats: &Value) -> Result<String, Failure> {
         }
         out.push('\n');
     }
+    out.push_str(&workers_lines(stats));
     Ok(out)
+}
+
+/// With several workers: the connections each accepted, and the workers that did not answer
+/// in time (their counters are missing from every sum above).
+fn workers_lines(stats: &Value) -> String {
+    let mut out = String::new();
+    let per_worker = stats.get("per_worker").and_then(Value::as_array);
+    if let Some(workers) = per_worker.filter(|w| w.len() > 1) {
+        let parts: Vec<String> = workers
+            .iter()
+            .map(|w| {
+                let n = w.get("worker").and_then(Value::as_u64).unwrap_or(0);
+                let accepted = w
+                    .get("services")
+                    .and_then(Value::as_object)
+                    .map_or(0, |services| {
+                        services
+                            .values()
+                            .filter_map(Value::as_object)
+                            .map(|c| sum(c, &["connections_accepted"]))
+                            .fold(0, u64::saturating_add)
+                    });
+                format!("{n}: {accepted}")
+            })
+            .collect();
+        let _ = writeln!(out, "accepted by worker: {}", parts.join(", "));
+    }
+    let missing: Vec<String> = stats
+        .get("missing_workers")
+        .and_then(Value::as_array)
+        .map(|m| {
+            m.iter()
+                .filter_map(Value::as_u64)
+                .map(|w| w.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    if !missing.is_empty() {
+        let _ = writeln!(
+            out,
+            "missing: worker {} did not answer in time; not in the counts above",
+            missing.join(", ")
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -193,7 +243,13 @@ mod tests {
             "frames": [{"cmd": "stats", "outcome": "ok", "count": 1}],
             "loop_iterations": 42,
             "loop_busy_seconds": 0.5,
-            "workers": 2,
+            "workers": 3,
+            "missing_workers": [2],
+            "per_worker": [
+                {"worker": 0, "services": {"echo": {"connections_accepted": 2}}},
+                {"worker": 1, "services": {"echo": {"connections_accepted": 1},
+                                           "files": {"connections_accepted": 1}}},
+            ],
         });
         let t = table(&stats).unwrap();
         let lines: Vec<&str> = t.lines().collect();
@@ -217,7 +273,12 @@ mod tests {
         assert!(!t.contains("upper"), "{t}");
         assert!(t.contains("rejected by echo: max_conns 2, auth 1"), "{t}");
         assert!(t.contains("frames: stats ok 1"), "{t}");
-        assert!(t.contains("loop: 42 turns, 0.500 s busy, 2 workers"), "{t}");
+        assert!(t.contains("loop: 42 turns, 0.500 s busy, 3 workers"), "{t}");
+        assert!(t.contains("\naccepted by worker: 0: 2, 1: 2\n"), "{t}");
+        assert!(
+            t.contains("missing: worker 2 did not answer in time; not in the counts above"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -111,7 +111,7 @@ struct Core {
     to_close: Vec<Token>,
     /// Idle checks, accept retries, the shutdown deadline.
     timers: Timers,
-    /// Rings for the earliest of those (and the counter report), so the poll sleeps with no
+    /// Rings for the earliest of those (and a counter gather's timeout), so the poll sleeps with no
     /// timeout of its own.
     alarm: Alarm,
     /// The time of the current turn, read once after each poll.
@@ -163,7 +163,7 @@ impl Reactor {
             self.close_dead();
             turn_end = Instant::now();
             self.svc.counters.loop_busy += turn_end.saturating_duration_since(self.core.now);
-            self.report_counters();
+            self.finish_gathers();
             if let Some(deadline) = self.shutdown.deadline {
                 if self.admission.open == 0 {
                     tracing::info!("every connection is closed; exiting");
@@ -180,10 +180,10 @@ impl Reactor {
         }
     }
 
-    /// Arms the alarm for the earliest deadline (a timer or the counter report) and returns
+    /// Arms the alarm for the earliest deadline (a timer or a counter gather) and returns
     /// the poll timeout: none, or zero when that deadline had passed by the end of the turn.
     fn set_alarm(&mut self, turn_end: Instant) -> Option<Duration> {
-        let next = match (self.core.timers.next_deadline(), self.report_due()) {
+        let next = match (self.core.timers.next_deadline(), self.gather_due()) {
             (Some(t), Some(r)) => Some(t.min(r)),
             (t, r) => t.or(r),
         };
@@ -386,6 +386,7 @@ impl Reactor {
             match action {
                 Action::Disk(job) => self.submit_disk_job(token, job),
                 Action::Exec(req) => self.start_exec(token, req),
+                Action::Counters => self.gather_counters(token),
             }
             next = match self.core.sources.get_mut(token) {
                 Some(Entry::Conn(c)) if !c.dead => c.service.poll_action(),
@@ -444,7 +445,7 @@ struct ServiceState {
     room: ChatRoom,
     /// Chat lines a member produced for the others, delivered after its drive.
     others: Vec<u8>,
-    /// The other workers' counters, as each last reported them.
+    /// This worker's number and how many there are.
     peers: Peers,
 }
 

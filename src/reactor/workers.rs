@@ -1,9 +1,15 @@
 //! `--workers N`: N reactors on N threads. Each binds its own listeners with SO_REUSEPORT,
 //! so the kernel spreads connections (and UDP senders) across them. They share nothing but
-//! what must cross them: chat lines and counter reports go through channels, each followed by
-//! a wake of the receiving reactor's `mio::Waker`; the `--max-conns` count is one atomic; the
+//! what must cross them: chat lines and counter requests and answers go through channels, each
+//! followed by a wake of the receiving reactor's `mio::Waker`; the `--max-conns` count is one atomic; the
 //! chat room's nick table is one (see `ChatRoom`); so is the `files` store, whose temporaries
 //! are numbered in one sequence.
+//!
+//! `stats` and metrics are exact when asked: the worker whose connection asks sends every other
+//! worker a request, parks the connection (its service takes no input, as while a disk job
+//! runs), and resumes it when every worker has answered from its own loop, or when
+//! `GATHER_TIMEOUT` passes: the workers still silent are named missing in the answer and
+//! counted. Nothing waits on the loop: the answers arrive through the inbox like chat lines.
 //!
 //! What runs on the first worker only: udp-chat and discovery (their state spans clients, and
 //! a broadcast must be answered once), and Unix-socket listeners (a path has one socket).
@@ -15,17 +21,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
-use mio::Waker;
+use mio::{Token, Waker};
 
-use super::{BoundListener, Reactor, StartError};
+use super::{BoundListener, Entry, Reactor, StartError};
 use crate::addr::ListenAddr;
 use crate::config::{ListenerConfig, ServerConfig};
 use crate::kind::ServiceKind;
-use crate::metrics::Counters;
+use crate::metrics::{Counters, Gathered};
+use crate::service::Event;
 use crate::service::auth::Secret;
 
-/// How stale another worker's counters may be in `stats` and metrics.
-const REPORT_EVERY: Duration = Duration::from_millis(100);
+/// How long a `stats` or metrics request waits for the other workers' counters: a worker
+/// silent that long (stuck in a long turn, or stopped) is reported missing.
+const GATHER_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Messages read per wake before the loop turns again (the rest wait for the next turn).
 const INBOX_BUDGET: usize = 1024;
@@ -47,27 +55,89 @@ pub enum ServeError {
 enum WorkerMsg {
     /// Lines for every chat member (formatted once by the member's worker).
     Chat(Arc<[u8]>),
-    /// A worker's counters as of now.
+    /// Worker `from` asks for this worker's counters, for its gather `id`.
+    CountersWanted { from: usize, id: u64 },
+    /// A worker's counters as of the moment it read the request, for gather `id`.
     Counters {
         worker: usize,
+        id: u64,
         counters: Box<Counters>,
     },
 }
 
-/// One other worker: where to send, and how to wake it.
+/// One other worker: its number, where to send, and how to wake it.
 struct PeerLink {
+    worker: usize,
     tx: Sender<WorkerMsg>,
     waker: Arc<Waker>,
+}
+
+impl PeerLink {
+    /// Sends and wakes; false when the worker has stopped (shutdown) and no longer reads.
+    fn send(&self, msg: WorkerMsg) -> bool {
+        if self.tx.send(msg).is_err() {
+            return false;
+        }
+        if let Err(e) = self.waker.wake() {
+            tracing::warn!("cannot wake another worker: {e}");
+        }
+        true
+    }
+}
+
+/// One `stats` or metrics request waiting for the other workers' counters.
+#[derive(Debug)]
+pub(super) struct Gather {
+    /// Names this gather in the answers.
+    id: u64,
+    /// The connection that asked.
+    token: Token,
+    /// When the workers still silent are given up on.
+    deadline: Instant,
+    /// The counters of the workers that answered, by worker number.
+    answered: Vec<(usize, Counters)>,
+    /// The workers not heard from yet.
+    waiting: Vec<usize>,
+}
+
+impl Gather {
+    /// Takes worker `worker`'s answer; an answer not waited for (twice, or unknown) is dropped.
+    fn answer(&mut self, worker: usize, counters: Counters) {
+        if let Some(i) = self.waiting.iter().position(|w| *w == worker) {
+            self.waiting.swap_remove(i);
+            self.answered.push((worker, counters));
+        }
+    }
+
+    /// Every worker answered, or the time is up.
+    fn is_done(&self, now: Instant) -> bool {
+        self.waiting.is_empty() || now >= self.deadline
+    }
+
+    /// Every worker's counters, `own` (worker `worker`'s, as of now) among them; the silent
+    /// ones named missing.
+    fn finish(mut self, worker: usize, own: &Counters, workers: usize) -> Gathered {
+        self.answered.push((worker, own.clone()));
+        self.answered.sort_by_key(|(w, _)| *w);
+        self.waiting.sort_unstable();
+        Gathered {
+            workers,
+            answered: self.answered,
+            missing: self.waiting,
+        }
+    }
 }
 
 /// A reactor's channels to the other workers.
 struct Link {
     inbox: Receiver<WorkerMsg>,
     peers: Vec<PeerLink>,
-    /// When the counters were last reported, and the loop turn they were taken at.
-    last_report: Option<(Instant, u64)>,
-    /// A report is owed (counters changed within REPORT_EVERY of the last one) by then.
-    report_due: Option<Instant>,
+    /// This worker's number.
+    worker: usize,
+    /// Requests for counters under way: at most one per parked connection.
+    gathers: Vec<Gather>,
+    /// The id of the next gather.
+    next_gather: u64,
 }
 
 impl Link {
@@ -75,12 +145,30 @@ impl Link {
         for p in &self.peers {
             // A worker that has stopped (shutdown) no longer reads; nothing is lost that
             // anyone could still read.
-            if p.tx.send(msg()).is_ok()
-                && let Err(e) = p.waker.wake()
-            {
-                tracing::warn!("cannot wake another worker: {e}");
-            }
+            p.send(msg());
         }
+    }
+
+    /// Answers worker `from`'s gather `id` with `counters`.
+    fn answer(&self, from: usize, id: u64, counters: &Counters) {
+        if let Some(p) = self.peers.iter().find(|p| p.worker == from) {
+            let worker = self.worker;
+            let counters = Box::new(counters.clone());
+            p.send(WorkerMsg::Counters {
+                worker,
+                id,
+                counters,
+            });
+        }
+    }
+
+    /// The gathers that are done by `now`, taken out.
+    fn take_done(&mut self, now: Instant) -> Vec<Gather> {
+        let (done, left) = std::mem::take(&mut self.gathers)
+            .into_iter()
+            .partition(|g| g.is_done(now));
+        self.gathers = left;
+        done
     }
 }
 
@@ -136,19 +224,40 @@ impl Reactor {
         }
     }
 
-    /// Takes what the other workers sent: chat lines for this worker's members, counters.
+    /// Takes what the other workers sent: chat lines for this worker's members, requests for
+    /// this worker's counters (answered at once), and answers to this worker's requests.
     pub(super) fn read_inbox(&mut self) {
+        let mut answered = false;
         for _ in 0..INBOX_BUDGET {
-            let Some(link) = &self.links.workers else {
+            let Some(link) = &mut self.links.workers else {
                 return;
             };
             match link.inbox.try_recv() {
                 Ok(WorkerMsg::Chat(bytes)) => self.deliver_chat(&bytes, None),
-                Ok(WorkerMsg::Counters { worker, counters }) => {
-                    self.svc.peers.update(worker, *counters)
+                Ok(WorkerMsg::CountersWanted { from, id }) => {
+                    link.answer(from, id, &self.svc.counters)
                 }
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+                Ok(WorkerMsg::Counters {
+                    worker,
+                    id,
+                    counters,
+                }) => {
+                    // An answer that comes after its gather ended (timed out) is dropped.
+                    if let Some(g) = link.gathers.iter_mut().find(|g| g.id == id) {
+                        g.answer(worker, *counters);
+                        answered = true;
+                    }
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
+                    if answered {
+                        self.finish_gathers();
+                    }
+                    return;
+                }
             }
+        }
+        if answered {
+            self.finish_gathers();
         }
         // More are waiting: come back after everyone else's turn.
         if let Err(e) = self.links.waker.wake() {
@@ -156,35 +265,92 @@ impl Reactor {
         }
     }
 
-    /// Reports this worker's counters to the others at most every REPORT_EVERY, and once
-    /// more after the last change, so an idle worker's report is never staler than that.
-    pub(super) fn report_counters(&mut self) {
+    /// Asks every other worker for its counters, for the connection `token`, which waits
+    /// (`Awaiting::Counters`) until they have answered or GATHER_TIMEOUT has passed. With every
+    /// other worker stopped, it is answered at the end of this turn; with one worker (whose
+    /// services answer alone, without asking), at once.
+    pub(super) fn gather_counters(&mut self, token: Token) {
+        let now = self.core.now;
+        let Some(link) = &mut self.links.workers else {
+            // Called from the connection's own drive (`run_actions`): the response is left in
+            // its output, which that drive registers for writing; no drive within a drive.
+            let gathered = Gathered::alone(0, &self.svc.counters);
+            if let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) {
+                c.service.on_event(
+                    Event::Counters(&gathered),
+                    c.out.tail(),
+                    &mut self.svc.ctx(),
+                );
+            }
+            return;
+        };
+        let id = link.next_gather;
+        link.next_gather = link.next_gather.wrapping_add(1);
+        let from = link.worker;
+        // A worker that has stopped cannot answer: it is missing at once, not after a wait.
+        let mut missing = Vec::new();
+        let mut waiting = Vec::new();
+        for p in &link.peers {
+            if p.send(WorkerMsg::CountersWanted { from, id }) {
+                waiting.push(p.worker);
+            } else {
+                missing.push(p.worker);
+            }
+        }
+        let deadline = if waiting.is_empty() {
+            now
+        } else {
+            now + GATHER_TIMEOUT
+        };
+        waiting.extend(missing);
+        link.gathers.push(Gather {
+            id,
+            token,
+            deadline,
+            answered: Vec::new(),
+            waiting,
+        });
+    }
+
+    /// Answers the gathers that are complete or out of time (called at the end of each turn,
+    /// and when answers come).
+    pub(super) fn finish_gathers(&mut self) {
+        let now = self.core.now;
         let Some(link) = &mut self.links.workers else {
             return;
         };
-        let turn = self.svc.counters.loop_iterations;
-        if let Some((at, reported)) = link.last_report {
-            if reported == turn {
-                return;
+        let (worker, workers) = (link.worker, link.peers.len().saturating_add(1));
+        for g in link.take_done(now) {
+            let token = g.token;
+            let silent = g.waiting.len() as u64;
+            if silent > 0 {
+                tracing::warn!(
+                    missing = ?g.waiting,
+                    "workers did not answer a stats request within {GATHER_TIMEOUT:?}"
+                );
+                let c = &mut self.svc.counters;
+                c.stats_missing = c.stats_missing.saturating_add(silent);
             }
-            let due = at + REPORT_EVERY;
-            if self.core.now < due {
-                link.report_due = Some(due);
-                return;
-            }
+            let gathered = g.finish(worker, &self.svc.counters, workers);
+            self.answer_gather(token, &gathered);
         }
-        let (worker, counters) = (self.svc.peers.worker, &self.svc.counters);
-        link.send(|| WorkerMsg::Counters {
-            worker,
-            counters: Box::new(counters.clone()),
-        });
-        link.last_report = Some((self.core.now, turn));
-        link.report_due = None;
     }
 
-    /// When a counter report is owed, for the poll timeout.
-    pub(super) fn report_due(&self) -> Option<Instant> {
-        self.links.workers.as_ref().and_then(|l| l.report_due)
+    /// Hands the gathered counters to the connection that asked (if it is still there) and
+    /// drives it: its response goes out, and its held input is decoded (`resume_held_input`).
+    fn answer_gather(&mut self, token: Token, gathered: &Gathered) {
+        let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) else {
+            return;
+        };
+        c.service
+            .on_event(Event::Counters(gathered), c.out.tail(), &mut self.svc.ctx());
+        self.drive_conn(token, false, true);
+    }
+
+    /// When the earliest gather gives up on the workers still silent, for the poll timeout.
+    pub(super) fn gather_due(&self) -> Option<Instant> {
+        let link = self.links.workers.as_ref()?;
+        link.gathers.iter().map(|g| g.deadline).min()
     }
 }
 
@@ -281,6 +447,7 @@ pub fn serve(
 /// Connects every reactor to every other: a channel each, the others' wakers, one chat
 /// nick table, one connection count.
 fn link(reactors: &mut [Reactor]) {
+    let workers = reactors.len();
     let (txs, rxs): (Vec<_>, Vec<_>) = reactors.iter().map(|_| mpsc::channel()).unzip();
     let wakers: Vec<Arc<Waker>> = reactors
         .iter()
@@ -300,7 +467,8 @@ fn link(reactors: &mut [Reactor]) {
             .zip(&wakers)
             .enumerate()
             .filter(|(j, _)| *j != i)
-            .map(|(_, (tx, waker))| PeerLink {
+            .map(|(j, (tx, waker))| PeerLink {
+                worker: j,
                 tx: tx.clone(),
                 waker: Arc::clone(waker),
             })
@@ -308,15 +476,104 @@ fn link(reactors: &mut [Reactor]) {
         reactor.links.workers = Some(Link {
             inbox,
             peers,
-            last_report: None,
-            report_due: None,
+            worker: i,
+            gathers: Vec::new(),
+            next_gather: 0,
         });
         reactor.svc.peers.worker = i;
+        reactor.svc.peers.workers = workers;
         if i > 0 {
             reactor.svc.room = room.share();
             reactor.admission.conns = conns.clone();
             reactor.admission.per_addr = per_addr.clone();
             reactor.shared = shared.clone();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gather(waiting: Vec<usize>, deadline: Instant) -> Gather {
+        Gather {
+            id: 7,
+            token: Token(1),
+            deadline,
+            answered: Vec::new(),
+            waiting,
+        }
+    }
+
+    fn counters(accepted: u64) -> Counters {
+        let mut c = Counters::default();
+        c.service(ServiceKind::Echo).accepted = accepted;
+        c
+    }
+
+    #[test]
+    fn a_gather_is_done_when_every_worker_answered_and_sums_them_all() {
+        let now = Instant::now();
+        let mut g = gather(vec![2, 1], now + GATHER_TIMEOUT);
+        g.answer(2, counters(5));
+        assert!(!g.is_done(now), "worker 1 has not answered");
+        // Twice, or from a worker not asked: dropped.
+        g.answer(2, counters(100));
+        g.answer(9, counters(100));
+        g.answer(1, counters(3));
+        assert!(g.is_done(now));
+        let got = g.finish(0, &counters(2), 3);
+        let workers: Vec<usize> = got.answered.iter().map(|(w, _)| *w).collect();
+        assert_eq!(workers, [0, 1, 2], "in worker order, this one included");
+        assert!(got.missing.is_empty());
+        let json = got.stats_json();
+        assert_eq!(json["services"]["echo"]["connections_accepted"], 10);
+        assert_eq!(json["workers"], 3);
+    }
+
+    #[test]
+    fn a_silent_worker_is_missing_once_the_time_is_up() {
+        let now = Instant::now();
+        let mut g = gather(vec![1, 3, 2], now + GATHER_TIMEOUT);
+        g.answer(3, counters(4));
+        assert!(!g.is_done(now + GATHER_TIMEOUT / 2));
+        assert!(g.is_done(now + GATHER_TIMEOUT));
+        let got = g.finish(0, &counters(1), 4);
+        assert_eq!(got.missing, [1, 2]);
+        let json = got.stats_json();
+        assert_eq!(json["missing_workers"], serde_json::json!([1, 2]));
+        assert_eq!(json["workers"], 4);
+        assert_eq!(json["services"]["echo"]["connections_accepted"], 5);
+        let text = got.prometheus();
+        for (w, up) in [(0, 1), (1, 0), (2, 0), (3, 1)] {
+            let line = format!("socklab_worker_answered{{worker=\"{w}\"}} {up}");
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        // A missing worker has no series but the one that says so.
+        let silent: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("worker=\"1\""))
+            .collect();
+        assert_eq!(silent, ["socklab_worker_answered{worker=\"1\"} 0"]);
+    }
+
+    #[test]
+    fn done_gathers_are_taken_and_the_rest_kept() {
+        let now = Instant::now();
+        let (tx, inbox) = mpsc::channel();
+        drop(tx);
+        let mut link = Link {
+            inbox,
+            peers: Vec::new(),
+            worker: 0,
+            gathers: vec![
+                gather(vec![1], now + GATHER_TIMEOUT),
+                gather(Vec::new(), now + GATHER_TIMEOUT),
+                gather(vec![1], now),
+            ],
+            next_gather: 0,
+        };
+        assert_eq!(link.take_done(now).len(), 2);
+        assert_eq!(link.gathers.len(), 1);
     }
 }

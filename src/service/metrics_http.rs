@@ -3,7 +3,8 @@
 //! oversized request a 400 (or 431) and the connection closes, like any other bad client.
 
 use super::Step;
-use crate::metrics::{Counters, Peers};
+use super::{Action, Awaiting};
+use crate::metrics::{Counters, Gathered, Peers};
 
 /// Longest request head accepted, in bytes.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -16,6 +17,18 @@ const MAX_HEADERS: usize = 32;
 pub struct MetricsHttp {
     /// A response said `Connection: close`: nothing more is read.
     closing: bool,
+    /// A scrape waits for the other workers' counters; nothing more is read until it is
+    /// answered.
+    scrape: Option<Scrape>,
+}
+
+/// A scrape waiting for every worker's counters.
+#[derive(Debug)]
+struct Scrape {
+    /// The response closes the connection.
+    close: bool,
+    /// The reactor has been asked for the counters (`poll_action`).
+    asked: bool,
 }
 
 fn respond(out: &mut Vec<u8>, status: &str, body: &str, close: bool) {
@@ -32,7 +45,29 @@ fn respond(out: &mut Vec<u8>, status: &str, body: &str, close: bool) {
 impl MetricsHttp {
     /// Whether more requests are read.
     pub fn accepts_input(&self) -> bool {
-        !self.closing
+        !self.closing && self.scrape.is_none()
+    }
+
+    /// A scrape asks the reactor for every worker's counters, once.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        let scrape = self.scrape.as_mut().filter(|s| !s.asked)?;
+        scrape.asked = true;
+        Some(Action::Counters)
+    }
+
+    /// Whether a scrape waits for the other workers' counters.
+    pub fn awaiting(&self) -> Awaiting {
+        match self.scrape {
+            Some(_) => Awaiting::Counters,
+            None => Awaiting::Nothing,
+        }
+    }
+
+    /// Every worker's counters came: the waiting scrape is answered.
+    pub fn on_counters(&mut self, gathered: &Gathered, out: &mut Vec<u8>) {
+        if let Some(scrape) = self.scrape.take() {
+            respond(out, "200 OK", &gathered.prometheus(), scrape.close);
+        }
     }
 
     /// Answers every complete request in `input`.
@@ -44,7 +79,7 @@ impl MetricsHttp {
         peers: &Peers,
     ) -> Step {
         let mut pos = 0usize;
-        while !self.closing {
+        while self.accepts_input() {
             let rest = input.get(pos..).unwrap_or_default();
             if rest.is_empty() {
                 break;
@@ -85,7 +120,7 @@ impl MetricsHttp {
                             true,
                         );
                     } else if req.method == Some("GET") && req.path == Some("/metrics") {
-                        respond(out, "200 OK", &peers.prometheus(counters), close);
+                        self.metrics(out, counters, peers, close);
                     } else {
                         respond(
                             out,
@@ -110,6 +145,22 @@ impl MetricsHttp {
         Step {
             consumed: pos,
             close: self.closing,
+        }
+    }
+}
+
+impl MetricsHttp {
+    /// A scrape: answered at once by a worker alone, otherwise once every worker's counters
+    /// are gathered (`on_counters`).
+    fn metrics(&mut self, out: &mut Vec<u8>, counters: &Counters, peers: &Peers, close: bool) {
+        if peers.alone() {
+            let gathered = Gathered::alone(peers.worker, counters);
+            respond(out, "200 OK", &gathered.prometheus(), close);
+        } else {
+            self.scrape = Some(Scrape {
+                close,
+                asked: false,
+            });
         }
     }
 }
@@ -140,6 +191,48 @@ mod tests {
         );
         let full = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /other HTTP/1.1\r\n\r\n";
         assert_eq!(step.consumed, full.len());
+    }
+
+    #[test]
+    fn with_other_workers_a_scrape_waits_for_their_counters() {
+        let mut m = MetricsHttp::default();
+        let mut out = Vec::new();
+        let peers = Peers {
+            worker: 1,
+            workers: 2,
+        };
+        let one = b"GET /metrics HTTP/1.1\r\n\r\n";
+        let two = [
+            &one[..],
+            b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
+        ]
+        .concat();
+        let step = m.on_input(&two, &mut out, &Counters::default(), &peers);
+        assert_eq!(step.consumed, one.len(), "the next request waits");
+        assert!(out.is_empty() && !step.close && !m.accepts_input());
+        assert!(matches!(m.poll_action(), Some(Action::Counters)));
+        assert!(m.poll_action().is_none(), "asked once");
+        assert_eq!(m.awaiting(), Awaiting::Counters);
+        let gathered = Gathered {
+            workers: 2,
+            answered: vec![(1, Counters::default())],
+            missing: vec![0],
+        };
+        m.on_counters(&gathered, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(
+            text.contains("socklab_worker_answered{worker=\"0\"} 0\n"),
+            "{text}"
+        );
+        assert!(m.accepts_input() && m.awaiting() == Awaiting::Nothing);
+        let mut out = Vec::new();
+        let step = m.on_input(&two[one.len()..], &mut out, &Counters::default(), &peers);
+        assert!(
+            step.close && out.is_empty(),
+            "the close comes with the response"
+        );
+        assert_eq!(m.awaiting(), Awaiting::Counters);
     }
 
     #[test]

@@ -4,9 +4,9 @@
 //! The contract of a stream service (`StreamService`), in the manner of quinn-proto:
 //! - In: `on_input` (the bytes a client sent) and `on_event` (what the reactor reports back:
 //!   `Event::Opened`, `AuthFailed`, `DiskDone`, `ExecDone`, `FileSent`, `SendFileRefused`,
-//!   `Closing`). Replies are appended to the `out` buffer given.
-//! - Out: `poll_action` (work only the reactor can do, `Action::Disk` or `Action::Exec`, drained
-//!   after every drive of the connection) and, for a long response, `next_output` (bytes
+//!   `Closing`, `Counters`). Replies are appended to the `out` buffer given.
+//! - Out: `poll_action` (work only the reactor can do, `Action::Disk`, `Action::Exec` or
+//!   `Action::Counters`, drained after every drive of the connection) and, for a long response, `next_output` (bytes
 //!   produced into `out`, or `Output::SendFile`: a file range the reactor sends itself).
 //! - Asked: `accepts_input`, `has_output`, `sending_file`, `awaiting`: what the reactor needs
 //!   to decide when to read, produce, wait for writability or close; `mid_request` and
@@ -17,8 +17,8 @@
 //! - At accept, `refusal`: what a service says to a connection refused for its address.
 //!
 //! What a service may do itself: decode and encode its protocol; keep its own state; touch
-//! what `Ctx` lends it (counters, the chat room, lines for the other members, the other
-//! workers' counters); and small, bounded file-system work on the loop that the page cache
+//! what `Ctx` lends it (counters, the chat room, lines for the other members, which
+//! worker it is and how many there are); and small, bounded file-system work on the loop that the page cache
 //! answers: open and stat a file for `get`/`stat`, read the data directory for `list`, create
 //! an upload's temporary, read or hash a file (at most the budget it is given per call, and
 //! record the md5 it finds), and check `exec`'s request against its policy.
@@ -94,7 +94,8 @@ pub struct Ctx<'a> {
     pub room: &'a mut chat::ChatRoom,
     /// Lines for every other chat member, formatted once; the reactor copies them out.
     pub others: &'a mut Vec<u8>,
-    /// The other workers' counters, for `stats` and metrics.
+    /// This worker's number and how many there are: with others, `stats` and metrics ask
+    /// for their counters (`Action::Counters`).
     pub peers: &'a crate::metrics::Peers,
 }
 
@@ -123,6 +124,8 @@ pub enum Event<'a> {
     SendFileRefused,
     /// The connection is closing: a chat member leaves.
     Closing,
+    /// The counters of every worker, gathered for this connection (`Action::Counters`).
+    Counters(&'a crate::metrics::Gathered),
 }
 
 /// Work only the reactor can do, which a service asks for: the reactor drains these after
@@ -133,6 +136,9 @@ pub enum Action {
     Disk(files::DiskJob),
     /// Start this command; its end comes back as `Event::ExecDone`.
     Exec(exec::ExecRequest),
+    /// Gather every worker's counters (`stats`, metrics); they come back as
+    /// `Event::Counters`, at most a short timeout later.
+    Counters,
 }
 
 impl std::fmt::Debug for Action {
@@ -141,6 +147,7 @@ impl std::fmt::Debug for Action {
             // A job is a closure: only its kind can be shown.
             Action::Disk(_) => f.write_str("Disk(..)"),
             Action::Exec(req) => f.debug_tuple("Exec").field(req).finish(),
+            Action::Counters => f.write_str("Counters"),
         }
     }
 }
@@ -172,6 +179,8 @@ pub enum Awaiting {
     Disk,
     /// A command it asked for, queued or running.
     Exec,
+    /// The other workers' counters it asked for (`Action::Counters`).
+    Counters,
 }
 
 impl StreamService {
@@ -219,6 +228,7 @@ impl StreamService {
             }
             (StreamService::Chat(c), Event::Closing) => c.leave(ctx.room, ctx.others),
             (StreamService::Files(f), ev) => f.on_event(ev, out, ctx.counters),
+            (StreamService::Metrics(m), Event::Counters(g)) => m.on_counters(g, out),
             _ => {}
         }
     }
@@ -227,6 +237,7 @@ impl StreamService {
     pub fn poll_action(&mut self) -> Option<Action> {
         match self {
             StreamService::Files(f) => f.poll_action(),
+            StreamService::Metrics(m) => m.poll_action(),
             _ => None,
         }
     }
@@ -279,6 +290,7 @@ impl StreamService {
     pub fn awaiting(&self) -> Awaiting {
         match self {
             StreamService::Files(s) => s.awaiting(),
+            StreamService::Metrics(s) => s.awaiting(),
             _ => Awaiting::Nothing,
         }
     }

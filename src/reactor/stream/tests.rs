@@ -123,7 +123,7 @@ impl Sim {
         while let Some(action) = self.c.service.poll_action() {
             match action {
                 Action::Disk(job) => self.disk.push_back(job),
-                Action::Exec(req) => panic!("an unexpected command: {req:?}"),
+                other => panic!("an unexpected action: {other:?}"),
             }
         }
         self.saw_pause |= self.c.read_paused;

@@ -19,7 +19,7 @@ use super::store::{Store, check_name};
 use super::{Action, Awaiting, Event, Step};
 use crate::frame::header::{HeaderBodyConfig, HeaderBodyDecoder, Part};
 use crate::frame::{Decoded, Header};
-use crate::metrics::{Counters, Peers};
+use crate::metrics::{Counters, Gathered, Peers};
 
 mod outgoing;
 mod upload;
@@ -187,6 +187,17 @@ pub struct Files {
     exec: ExecState,
     /// Disk jobs for the reactor's disk thread (`Action::Disk`), in order (`poll_action`).
     disk: std::collections::VecDeque<Action>,
+    /// A `stats` request waiting for the other workers' counters.
+    stats: Option<StatsWait>,
+}
+
+/// A `stats` request waiting for every worker's counters (`Action::Counters`).
+#[derive(Debug)]
+struct StatsWait {
+    /// The request's id, for the response.
+    id: Option<Value>,
+    /// The reactor has been asked (`poll_action`).
+    asked: bool,
 }
 
 /// Where a connection's `exec` request is: only one runs at a time, so responses stay in order.
@@ -212,6 +223,13 @@ fn respond_error(
 ) {
     counters.frame(cmd.map_or("unknown", Cmd::name), code.as_str());
     Head::error(out, cmd.map(Cmd::name), code.as_str(), message.as_ref()).finish(id, 0);
+}
+
+/// The `stats` response: every worker's counters, as gathered.
+fn stats_response(out: &mut Vec<u8>, id: Option<&Value>, gathered: &Gathered) {
+    let data = serde_json::to_vec(&gathered.stats_json()).unwrap_or_default();
+    Head::ok(out, Cmd::Stats.name()).finish(id, data.len() as u64);
+    out.extend_from_slice(&data);
 }
 
 /// The auth_failed frame a `files` listener sends before closing a failed handshake.
@@ -274,6 +292,7 @@ impl Files {
             authenticated: false,
             exec: ExecState::Idle,
             disk: Default::default(),
+            stats: None,
         }
     }
 
@@ -285,6 +304,7 @@ impl Files {
             && !self.committing
             && self.in_flight <= self.shared.config.upload_in_flight
             && matches!(self.exec, ExecState::Idle)
+            && self.stats.is_none()
     }
 
     /// What a response waits on outside the loop: a command's child process, or upload
@@ -294,6 +314,8 @@ impl Files {
             Awaiting::Exec
         } else if self.in_flight > 0 || self.committing {
             Awaiting::Disk
+        } else if self.stats.is_some() {
+            Awaiting::Counters
         } else {
             Awaiting::Nothing
         }
@@ -313,6 +335,11 @@ impl Files {
             Event::FileSent(n) => self.file_sent(n),
             Event::SendFileRefused => self.copy_files = true,
             Event::Closing => {}
+            Event::Counters(gathered) => {
+                if let Some(wait) = self.stats.take() {
+                    stats_response(out, wait.id.as_ref(), gathered);
+                }
+            }
         }
     }
 
@@ -320,7 +347,11 @@ impl Files {
     pub fn poll_action(&mut self) -> Option<Action> {
         match self.disk.pop_front() {
             Some(action) => Some(action),
-            None => self.take_exec().map(Action::Exec),
+            None => self.take_exec().map(Action::Exec).or_else(|| {
+                let wait = self.stats.as_mut().filter(|w| !w.asked)?;
+                wait.asked = true;
+                Some(Action::Counters)
+            }),
         }
     }
 
@@ -410,9 +441,12 @@ impl Files {
             Cmd::List => self.start_list(id, out, counters),
             Cmd::Stats => {
                 counters.frame(cmd.name(), "ok");
-                let data = serde_json::to_vec(&peers.stats_json(counters)).unwrap_or_default();
-                Head::ok(out, cmd.name()).finish(id, data.len() as u64);
-                out.extend_from_slice(&data);
+                if peers.alone() {
+                    stats_response(out, id, &Gathered::alone(peers.worker, counters));
+                } else {
+                    let id = id.cloned();
+                    self.stats = Some(StatsWait { id, asked: false });
+                }
                 Ok(())
             }
             Cmd::Exec => self.queue_exec(h),

@@ -35,7 +35,7 @@ type Response = (serde_json::Map<String, Value>, Vec<u8>);
 fn disk_job(s: &mut Files) -> Option<DiskJob> {
     match s.poll_action()? {
         Action::Disk(job) => Some(job),
-        Action::Exec(req) => panic!("an unexpected command: {req:?}"),
+        other => panic!("an unexpected action: {other:?}"),
     }
 }
 
@@ -73,6 +73,62 @@ fn run(s: &mut Files, input: &[u8]) -> (Vec<Response>, bool) {
     }
     assert_eq!(p, out.len(), "every response decodes");
     (responses, close)
+}
+
+#[test]
+fn with_other_workers_stats_waits_for_their_counters_and_keeps_order() {
+    let (mut s, dir) = session("stats-wait", None);
+    let peers = Peers {
+        worker: 0,
+        workers: 2,
+    };
+    let stats = frame(json!({"cmd": "stats", "id": 9}), b"");
+    let input = [stats.clone(), frame(json!({"cmd": "ping"}), b"")].concat();
+    let (mut counters, mut out) = (Counters::default(), Vec::new());
+    let step = s.on_input(&input, &mut out, &mut counters, &peers);
+    assert_eq!(
+        step.consumed,
+        stats.len(),
+        "the ping waits for the stats answer"
+    );
+    assert!(out.is_empty() && !s.accepts_input());
+    assert!(matches!(s.poll_action(), Some(Action::Counters)));
+    assert!(s.poll_action().is_none(), "asked once");
+    assert_eq!(s.awaiting(), Awaiting::Counters);
+    let gathered = Gathered {
+        workers: 2,
+        answered: vec![(0, counters.clone())],
+        missing: vec![1],
+    };
+    s.on_event(Event::Counters(&gathered), &mut out, &mut counters);
+    assert!(s.accepts_input() && s.awaiting() == Awaiting::Nothing);
+    let step = s.on_input(&input[stats.len()..], &mut out, &mut counters, &peers);
+    assert_eq!(step.consumed, input.len() - stats.len());
+    let mut d = HeaderBodyDecoder::new(HeaderBodyConfig::responses());
+    let Ok(Decoded::Item {
+        item: Part::Header(h),
+        consumed,
+    }) = d.decode(&out)
+    else {
+        panic!("a stats response first");
+    };
+    assert_eq!(
+        (h.fields["cmd"].clone(), h.fields["id"].clone()),
+        (json!("stats"), json!(9))
+    );
+    let Ok(Decoded::Item {
+        item: Part::BodyChunk(body),
+        ..
+    }) = d.decode(&out[consumed..])
+    else {
+        panic!("a body");
+    };
+    let body: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(
+        (&body["workers"], &body["missing_workers"]),
+        (&json!(2), &json!([1]))
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
