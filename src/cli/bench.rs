@@ -106,6 +106,10 @@ pub struct BenchArgs {
     /// Print the result as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// File holding the shared secret, for a server that asks for authentication (else the
+    /// SOCKLAB_SECRET environment variable, if set).
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<std::path::PathBuf>,
 }
 
 /// Why `socklab bench` failed.
@@ -113,6 +117,8 @@ pub struct BenchArgs {
 pub enum BenchError {
     #[error("{0} is not a stream address (use HOST:PORT or unix:PATH)")]
     NotStream(String),
+    #[error(transparent)]
+    Auth(#[from] crate::client::AuthError),
     #[error("--duration must be more than zero")]
     ZeroDuration,
     #[error("--timeout must be more than zero")]
@@ -357,6 +363,8 @@ pub fn bench(args: &BenchArgs) -> Result<Report, BenchError> {
         eprintln!("socklab bench: cannot raise the open-file limit: {e}");
     }
     let threads = args.threads.min(args.conns).max(1);
+    let secret = crate::client::client_secret(args.secret_file.as_deref())?;
+    let challenges = Arc::new(std::sync::OnceLock::new());
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         replies: AtomicU64::new(0),
@@ -378,6 +386,8 @@ pub fn bench(args: &BenchArgs) -> Result<Report, BenchError> {
             warmup: args.warmup,
             duration: args.duration,
             timeout: args.timeout,
+            secret: secret.clone(),
+            challenges: Arc::clone(&challenges),
         };
         let shared_t = Arc::clone(&shared);
         let spawned = thread::Builder::new()

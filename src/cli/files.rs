@@ -11,8 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
 use crate::addr::ListenAddr;
-use crate::client::{ClientError, FilesClient, request};
-use crate::service::auth::{SECRET_ENV, Secret};
+use crate::client::{ClientError, FilesClient, client_secret, request};
 use crate::service::store::{Hasher, check_name};
 
 /// Bytes read from or written to disk per call.
@@ -35,13 +34,7 @@ pub struct Conn {
 
 impl Conn {
     pub(crate) fn open(&self) -> Result<FilesClient, Failure> {
-        let secret = match (&self.secret_file, std::env::var_os(SECRET_ENV)) {
-            (Some(_), _) | (None, Some(_)) => Some(
-                Secret::from_file_or_env(self.secret_file.as_deref())
-                    .map_err(|e| Failure(e.to_string()))?,
-            ),
-            (None, None) => None,
-        };
+        let secret = client_secret(self.secret_file.as_deref()).map_err(ClientError::from)?;
         Ok(FilesClient::connect(
             &self.addr,
             secret.as_ref(),

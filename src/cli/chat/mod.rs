@@ -31,20 +31,21 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use crossterm::event::{self, Event, KeyEvent, KeyEventKind};
 
-
 mod editor;
 
-pub use editor::RawMode;
-use editor::Editor;
 use super::stream::{Conn, MAX_DATAGRAM, StreamError, udp_socket};
 use crate::addr::ListenAddr;
-use crate::client::{NoAnswer, Stall, is_timeout};
+use crate::client::{AuthError, NoAnswer, Stall, client_secret, handshake, is_timeout};
+use editor::Editor;
+pub use editor::RawMode;
 
 /// The prompt of the line editor.
 const PROMPT: &str = "> ";
 /// How long to wait, after sending `/quit`, for the server to close (and for what it sent
 /// before to arrive).
 const QUIT_GRACE: Duration = Duration::from_secs(2);
+/// The server's first words to a member (PROTOCOL.md): not a challenge.
+const WELCOME: &[u8] = b"* welcome ";
 
 /// `socklab chat`: talk to the chat room.
 #[derive(Debug, Args)]
@@ -59,6 +60,11 @@ pub struct ChatArgs {
     /// takes nothing sent for this long (not with --udp: udp-chat never answers the sender).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// File holding the shared secret, for a server that asks for authentication (else the
+    /// SOCKLAB_SECRET environment variable, if set). Without one, a server that asks is an
+    /// error (exit 1).
+    #[arg(long, value_name = "PATH")]
+    secret_file: Option<std::path::PathBuf>,
 }
 
 /// Why `socklab chat` failed.
@@ -82,6 +88,8 @@ pub enum ChatError {
     LineTooLong(usize),
     #[error(transparent)]
     NoAnswer(NoAnswer),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 /// What the main thread is told.
@@ -122,9 +130,22 @@ struct Link {
     /// Until the server's first line (its `* welcome`) has come, when to give up waiting for
     /// it; `None` once it came, and always over UDP.
     welcome_by: Option<Instant>,
+    /// Whether we answered a challenge: a close before the welcome then means the server
+    /// refused the answer.
+    authenticated: bool,
 }
 
 impl Link {
+    /// What a close of the connection means: the server refused our answer to its challenge
+    /// when it closes before its welcome.
+    fn refused(&self) -> Option<ChatError> {
+        (self.authenticated && self.welcome_by.is_some()).then(|| {
+            ChatError::Auth(AuthError::Refused {
+                peer: self.addr.clone(),
+            })
+        })
+    }
+
     fn send_line(&mut self, line: &[u8]) -> Result<(), ChatError> {
         match &mut self.peer {
             Peer::Stream(conn) => {
@@ -188,6 +209,7 @@ pub fn run(args: &ChatArgs) -> ExitCode {
 
 fn chat(args: &ChatArgs) -> Result<ExitCode, ChatError> {
     let (tx, rx) = mpsc::channel();
+    let mut authenticated = false;
     let peer = if args.udp {
         let ListenAddr::Inet(server) = args.addr else {
             return Err(StreamError::NotUdp(args.addr.to_string()).into());
@@ -199,11 +221,30 @@ fn chat(args: &ChatArgs) -> Result<ExitCode, ChatError> {
         })?;
         Peer::Udp(sock)
     } else {
-        let conn = Conn::connect(&args.addr)?;
+        let secret = client_secret(args.secret_file.as_deref())?;
+        let mut conn = Conn::connect(&args.addr)?;
+        let opening = handshake(
+            &mut conn,
+            &args.addr.to_string(),
+            secret.as_ref(),
+            args.timeout,
+            WELCOME,
+        )?;
+        authenticated = opening.authenticated;
+        // The reader blocks until the server speaks; the welcome's deadline is the main
+        // thread's.
+        match &conn {
+            Conn::Tcp(s) => s.set_read_timeout(None),
+            Conn::Unix(s) => s.set_read_timeout(None),
+        }
+        .map_err(ChatError::Receive)?;
         conn.set_write_timeout(args.timeout)
             .map_err(ChatError::Send)?;
         let reader = conn.try_clone().map_err(ChatError::Receive)?;
-        spawn("chat-reader", tx.clone(), move |tx| read_lines(reader, tx))?;
+        let early = opening.early;
+        spawn("chat-reader", tx.clone(), move |tx| {
+            read_lines(reader, early, tx)
+        })?;
         Peer::Stream(conn)
     };
     // (A timeout too long to add to the clock waits for ever.)
@@ -218,6 +259,7 @@ fn chat(args: &ChatArgs) -> Result<ExitCode, ChatError> {
         timeout: args.timeout,
         sent: 0,
         welcome_by,
+        authenticated,
     };
 
     if io::stdin().is_terminal() && io::stdout().is_terminal() {
@@ -253,14 +295,24 @@ fn spawn(
 }
 
 /// Reads the server's byte stream and sends it on line by line.
-fn read_lines(mut conn: Conn, tx: Sender<Msg>) {
+fn read_lines(mut conn: Conn, early: Vec<u8>, tx: Sender<Msg>) {
     let mut pending = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
+    // What came during the handshake goes first, as if read now.
+    let mut first = (!early.is_empty()).then_some(early);
     let end = loop {
-        match conn.read(&mut buf) {
-            Ok(0) => break None,
-            Ok(n) => {
+        let got = match first.take() {
+            Some(early) => {
+                pending.extend_from_slice(&early);
+                Ok(early.len())
+            }
+            None => conn.read(&mut buf).inspect(|&n| {
                 pending.extend_from_slice(buf.get(..n).unwrap_or_default());
+            }),
+        };
+        match got {
+            Ok(0) => break None,
+            Ok(_) => {
                 while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
                     let mut line: Vec<u8> = pending.drain(..=pos).collect();
                     line.pop();
@@ -435,7 +487,12 @@ fn run_loop(
                 out.notice(&text)?;
                 continue;
             }
-            Msg::Closed(end) => return closed(end, out),
+            Msg::Closed(end) => {
+                if let Some(e) = link.refused() {
+                    return Err(e);
+                }
+                return closed(end, out);
+            }
             Msg::Resize => {
                 out.redraw()?;
                 continue;
@@ -505,7 +562,7 @@ fn quit(link: &mut Link, rx: &Receiver<Msg>, out: &mut impl Output) -> Result<Ex
                 out.incoming(&line)?;
             }
             Ok(Msg::Closed(_)) | Err(RecvTimeoutError::Disconnected) => {
-                return Ok(ExitCode::SUCCESS);
+                return link.refused().map_or(Ok(ExitCode::SUCCESS), Err);
             }
             Err(RecvTimeoutError::Timeout) if link.welcome_by.is_some() => {
                 return Err(link.no_answer(Stall::Answer));
