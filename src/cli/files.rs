@@ -10,6 +10,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
+mod spool;
+
 use crate::addr::ListenAddr;
 use crate::client::{ClientError, FilesClient, client_secret, request};
 use crate::service::store::{Hasher, check_name};
@@ -44,9 +46,15 @@ impl Conn {
 }
 
 /// `socklab put`: upload a file.
+///
+/// A regular file is sent as it is (and must not change size meanwhile). Anything else — `-`
+/// (stdin), a pipe, a FIFO, `/dev/stdin`, `<(cmd)`, a character device — is first read to its
+/// end into an anonymous temporary file in $TMPDIR (O_TMPFILE, or a file unlinked at once),
+/// hashed as it is read, since a frame announces its size first; then that is sent.
 #[derive(Debug, Args)]
 pub struct PutArgs {
-    /// The file to upload.
+    /// The file to upload; `-` reads stdin (then --as is required). Pipes, FIFOs and devices
+    /// are read to their end into an unlinked temporary file in $TMPDIR first.
     file: PathBuf,
     /// The name to store it under (default: the file's own name).
     #[arg(long = "as", value_name = "NAME")]
@@ -147,8 +155,14 @@ fn progress(len: u64, what: &str) -> ProgressBar {
 
 /// `socklab put FILE [--as NAME]`.
 pub fn put(args: &PutArgs) -> Result<(), Failure> {
+    let stdin = args.file == Path::new("-");
     let name = match &args.name {
         Some(n) => n.clone(),
+        None if stdin => {
+            return Err(Failure(
+                "put - reads stdin, which has no name: give --as NAME".into(),
+            ));
+        }
         None => args
             .file
             .file_name()
@@ -162,15 +176,33 @@ pub fn put(args: &PutArgs) -> Result<(), Failure> {
             .to_owned(),
     };
     check_name(&name).map_err(|e| Failure(format!("cannot store as `{name}`: {e}")))?;
-    let mut file = File::open(&args.file)
-        .map_err(|e| Failure(format!("cannot open {}: {e}", args.file.display())))?;
+    let source = if stdin {
+        spool::spool(&mut io::stdin().lock(), "stdin")?
+    } else {
+        let mut file = File::open(&args.file)
+            .map_err(|e| Failure(format!("cannot open {}: {e}", args.file.display())))?;
+        if file.metadata()?.is_file() {
+            spool::Source::Regular(file)
+        } else {
+            spool::spool(&mut file, &args.file.display().to_string())?
+        }
+    };
+    match source {
+        spool::Source::Regular(file) => send(args, &name, file, None),
+        spool::Source::Spooled { file, md5 } => send(args, &name, file, Some(md5)),
+    }
+}
+
+/// Sends `file` (from its start) as `name`; `md5` is its hash when the spooling computed it.
+fn send(args: &PutArgs, name: &str, mut file: File, md5: Option<String>) -> Result<(), Failure> {
+    let name = name.to_owned();
     let size = file.metadata()?.len();
     let mut client = args.conn.open()?;
     let mut header = request("put");
     header.insert("filename".into(), name.clone().into());
     client.send_request(&header, size)?;
     let bar = progress(size, &name);
-    let mut hasher = (!args.no_verify).then(Hasher::default);
+    let mut hasher = (!args.no_verify && md5.is_none()).then(Hasher::default);
     let mut buf = vec![0u8; CHUNK];
     let mut left = size;
     if hasher.is_none() {
@@ -205,12 +237,23 @@ pub fn put(args: &PutArgs) -> Result<(), Failure> {
         bar.inc(n as u64);
     }
     bar.finish_and_clear();
+    let now = file.metadata()?.len();
+    if now != size {
+        return Err(Failure(format!(
+            "{} changed size while being uploaded ({size} bytes announced and sent, {now} now); the server may have stored the first {size} bytes",
+            args.file.display()
+        )));
+    }
     let resp = client.read_response()?;
     client.read_small_body(resp.size)?;
     let resp = resp.into_result()?;
     let theirs = resp.str("md5").unwrap_or_default();
-    if let Some(h) = hasher {
-        let ours = h.finish();
+    let ours = match (hasher, md5) {
+        (Some(h), _) => Some(h.finish()),
+        (None, md5) if !args.no_verify => md5,
+        (None, _) => None,
+    };
+    if let Some(ours) = ours {
         if theirs != ours {
             return Err(Failure(format!(
                 "the server stored md5 {theirs}, but the file's md5 is {ours}"
