@@ -253,12 +253,12 @@ fn send(args: &PutArgs, name: &str, mut file: File, md5: Option<String>) -> Resu
         (None, md5) if !args.no_verify => md5,
         (None, _) => None,
     };
-    if let Some(ours) = ours {
-        if theirs != ours {
-            return Err(Failure(format!(
-                "the server stored md5 {theirs}, but the file's md5 is {ours}"
-            )));
-        }
+    if let Some(ours) = ours
+        && theirs != ours
+    {
+        return Err(Failure(format!(
+            "the server stored md5 {theirs}, but the file's md5 is {ours}"
+        )));
     }
     println!("stored {name}: {size} bytes, md5 {theirs}");
     Ok(())
