@@ -190,3 +190,35 @@ fn put_dash_without_as_is_refused() {
     );
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn a_regular_file_that_grows_while_sent_is_an_error() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = TempDir::new("put-grows");
+    let (_server, addr) = start(&dir);
+    let path = dir.path().join("growing.log");
+    std::fs::write(&path, payload(1 << 20)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (p, s) = (path.clone(), Arc::clone(&stop));
+    // Appends (bounded: at most 64 MiB) until the put is over, as a log being written does.
+    let appender = thread::spawn(move || {
+        let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+        for _ in 0..1024 {
+            if s.load(Ordering::SeqCst) {
+                break;
+            }
+            f.write_all(&[b'x'; 64 * 1024]).unwrap();
+            thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let out = run_piped(&["put", path.to_str().unwrap(), "--addr", &addr], b"");
+    stop.store(true, Ordering::SeqCst);
+    appender.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("changed size while being uploaded"),
+        "{stderr}"
+    );
+}
