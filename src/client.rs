@@ -97,6 +97,10 @@ pub enum ClientError {
     BadFrame(#[from] HeaderError),
     #[error("the server sent something that is not a frame ({0})")]
     NotAFrame(HeaderError),
+    #[error(
+        "the server at {peer} sent {bytes} bytes before any request, neither a challenge nor a frame: is it a files service?"
+    )]
+    SpokeFirst { peer: String, bytes: usize },
     #[error("the server closed the connection{0}")]
     Closed(String),
     #[error("server error {code}: {message}")]
@@ -206,12 +210,13 @@ impl FilesClient {
         client.sent = opening.sent;
         client.received = opening.early.len() as u64;
         client.stream.set_read_timeout(timeout)?;
+        client.stream.set_write_timeout(timeout)?;
         if !opening.early.is_empty() {
             // files never speaks first: what came is no frame of ours.
-            return Err(ClientError::Closed(format!(
-                " after sending {} bytes before any request",
-                opening.early.len()
-            )));
+            return Err(ClientError::SpokeFirst {
+                peer: client.peer,
+                bytes: opening.early.len(),
+            });
         }
         Ok(client)
     }
