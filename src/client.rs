@@ -18,7 +18,7 @@ use crate::addr::ListenAddr;
 use crate::frame::header::{HeaderBodyConfig, HeaderBodyDecoder, Part, encode_header};
 use crate::frame::{Decoded, HeaderError};
 use crate::net::StdStream;
-use crate::service::auth::{CHALLENGE_LEN, Secret};
+use crate::service::auth::{CHALLENGE_LEN, SECRET_ENV, Secret, SecretError};
 
 /// What a client was waiting for when its timeout ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,16 +91,16 @@ pub enum ClientError {
     Io(#[from] io::Error),
     #[error(transparent)]
     NoAnswer(NoAnswer),
-    #[error(
-        "{0}: no authentication challenge came (if the server does not require authentication, drop --secret-file and SOCKLAB_SECRET)"
-    )]
-    NoChallenge(NoAnswer),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error("the server sent a malformed frame: {0}")]
     BadFrame(#[from] HeaderError),
-    #[error(
-        "the server sent something that is not a frame ({0}); if it requires authentication, give --secret-file PATH or set SOCKLAB_SECRET"
-    )]
+    #[error("the server sent something that is not a frame ({0})")]
     NotAFrame(HeaderError),
+    #[error(
+        "the server at {peer} sent {bytes} bytes before any request, neither a challenge nor a frame: is it a files service?"
+    )]
+    SpokeFirst { peer: String, bytes: usize },
     #[error("the server closed the connection{0}")]
     Closed(String),
     #[error("server error {code}: {message}")]
@@ -163,6 +163,8 @@ pub struct FilesClient {
     sent: u64,
     /// Bytes read from the socket so far.
     received: u64,
+    /// Whether the server asked for authentication and got the answer.
+    authenticated: bool,
 }
 
 impl FilesClient {
@@ -201,14 +203,20 @@ impl FilesClient {
             timeout,
             sent: 0,
             received: 0,
+            authenticated: false,
         };
-        if let Some(secret) = secret {
-            let mut challenge = [0u8; CHALLENGE_LEN];
-            client.read_exact(&mut challenge).map_err(|e| match e {
-                ClientError::NoAnswer(n) => ClientError::NoChallenge(n),
-                e => e,
-            })?;
-            client.write_all(&secret.respond(&challenge))?;
+        let opening = handshake(&mut client.stream, &client.peer, secret, timeout, b"")?;
+        client.authenticated = opening.authenticated;
+        client.sent = opening.sent;
+        client.received = opening.early.len() as u64;
+        client.stream.set_read_timeout(timeout)?;
+        client.stream.set_write_timeout(timeout)?;
+        if !opening.early.is_empty() {
+            // files never speaks first: what came is no frame of ours.
+            return Err(ClientError::SpokeFirst {
+                peer: client.peer,
+                bytes: opening.early.len(),
+            });
         }
         Ok(client)
     }
@@ -242,12 +250,13 @@ impl FilesClient {
     fn read_exact(&mut self, mut buf: &mut [u8]) -> Result<(), ClientError> {
         while !buf.is_empty() {
             match self.read_some(buf)? {
-                0 => {
-                    return Err(ClientError::Closed(
-                        " (if it requires authentication, give --secret-file or SOCKLAB_SECRET)"
-                            .into(),
-                    ));
+                0 if self.authenticated && self.received == 0 => {
+                    return Err(AuthError::Refused {
+                        peer: self.peer.clone(),
+                    }
+                    .into());
                 }
+                0 => return Err(ClientError::Closed(String::new())),
                 n => buf = std::mem::take(&mut buf).get_mut(n..).unwrap_or_default(),
             }
         }
@@ -400,4 +409,144 @@ pub fn request(cmd: &str) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("cmd".into(), cmd.into());
     m
+}
+
+/// How long a client without a secret waits for a challenge before it sends anything: the
+/// server sends its challenge as it accepts, and a server without authentication sends
+/// nothing first, so silence for this long means the service itself is talking to us.
+pub const CHALLENGE_WAIT: Duration = Duration::from_millis(250);
+
+/// How long a client with a secret waits for the challenge (at most its `--timeout`): a
+/// server without authentication costs it this much once per connection, and then just works.
+pub const CHALLENGE_WAIT_WITH_SECRET: Duration = Duration::from_secs(1);
+
+/// Why the authentication handshake (PROTOCOL.md, "Authentication") did not let us in.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("the server at {peer} asks for authentication: give --secret-file or {SECRET_ENV}")]
+    Needed { peer: String },
+    #[error(
+        "the server at {peer} refused the authentication (closed the connection after the answer to its challenge): the secret differs from the server's"
+    )]
+    Refused { peer: String },
+    #[error("authentication with the server at {peer} failed: {source}")]
+    Io { peer: String, source: io::Error },
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+/// The client's secret: the `--secret-file` if given, else `SOCKLAB_SECRET` if set, else none.
+pub fn client_secret(path: Option<&std::path::Path>) -> Result<Option<Secret>, AuthError> {
+    if path.is_none() && std::env::var_os(SECRET_ENV).is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Secret::from_file_or_env(path)?))
+}
+
+/// How a connection opened.
+#[derive(Debug, Default)]
+pub struct Opening {
+    /// The server sent a challenge and got our answer (it may still refuse it: it then closes
+    /// the connection, a `files` listener after an `auth_failed` frame).
+    pub authenticated: bool,
+    /// Bytes of the service's own that came before we sent anything (chat's welcome).
+    pub early: Vec<u8>,
+    /// Bytes we sent (the answer).
+    pub sent: u64,
+}
+
+/// The client side of the handshake, for every stream client: waits for the server's first
+/// bytes, up to [`CHALLENGE_WAIT_WITH_SECRET`] (with a secret) or [`CHALLENGE_WAIT`] (without)
+/// and never past `timeout`. 32 bytes that do not start with `greeting` (the service's own
+/// first words, such as chat's `* welcome `; empty for services that never speak first) are
+/// a challenge: answered with the secret, or [`AuthError::Needed`] without one. Anything else,
+/// or silence, is the service: its bytes are handed back in [`Opening::early`]. Leaves the
+/// stream's read timeout changed; the caller sets its own.
+pub(crate) fn handshake(
+    stream: &mut StdStream,
+    peer: &str,
+    secret: Option<&Secret>,
+    timeout: Duration,
+    greeting: &[u8],
+) -> Result<Opening, AuthError> {
+    handshake_within(
+        stream,
+        peer,
+        secret,
+        challenge_wait(secret, timeout),
+        greeting,
+    )
+}
+
+/// How long [`handshake`] waits for a challenge.
+pub(crate) fn challenge_wait(secret: Option<&Secret>, timeout: Duration) -> Duration {
+    match secret {
+        Some(_) => CHALLENGE_WAIT_WITH_SECRET,
+        None => CHALLENGE_WAIT,
+    }
+    .min(timeout)
+}
+
+/// [`handshake`] with the wait for the challenge given (a client that opens many connections
+/// learns from the first whether the server challenges, and then waits its whole timeout for
+/// each challenge, or not at all).
+pub(crate) fn handshake_within(
+    stream: &mut StdStream,
+    peer: &str,
+    secret: Option<&Secret>,
+    wait: Duration,
+    greeting: &[u8],
+) -> Result<Opening, AuthError> {
+    let io_err = |source| AuthError::Io {
+        peer: peer.to_owned(),
+        source,
+    };
+    let first = read_first(stream, wait, greeting).map_err(io_err)?;
+    let is_greeting = !greeting.is_empty() && first.starts_with(greeting);
+    if first.len() < CHALLENGE_LEN || is_greeting {
+        return Ok(Opening {
+            early: first,
+            ..Opening::default()
+        });
+    }
+    let Some(secret) = secret else {
+        return Err(AuthError::Needed {
+            peer: peer.to_owned(),
+        });
+    };
+    stream
+        .set_write_timeout(wait.max(CHALLENGE_WAIT_WITH_SECRET))
+        .map_err(io_err)?;
+    stream.write_all(&secret.respond(&first)).map_err(io_err)?;
+    Ok(Opening {
+        authenticated: true,
+        early: Vec::new(),
+        sent: CHALLENGE_LEN as u64,
+    })
+}
+
+/// Reads up to [`CHALLENGE_LEN`] bytes, until `wait` passes, the end of the stream, or the
+/// bytes start with `greeting` (when not empty).
+fn read_first(stream: &mut StdStream, wait: Duration, greeting: &[u8]) -> io::Result<Vec<u8>> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut got = [0u8; CHALLENGE_LEN];
+    let mut have = 0;
+    while have < CHALLENGE_LEN {
+        if !greeting.is_empty() && got.get(..have).is_some_and(|g| g.starts_with(greeting)) {
+            break;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        stream.set_read_timeout(left)?;
+        match stream.read(got.get_mut(have..).unwrap_or_default()) {
+            Ok(0) => break,
+            Ok(n) => have += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got.get(..have).unwrap_or_default().to_vec())
 }

@@ -18,6 +18,7 @@
 //! connection errors or error replies prints its results, then exits 1 too.
 
 mod reply;
+mod report;
 mod worker;
 
 use std::io::{self, IsTerminal};
@@ -32,6 +33,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::addr::ListenAddr;
+use report::{print_report, saturated};
 use worker::{Outcome, Plan, ReplyKind, Shared};
 
 /// How requests and replies look.
@@ -106,6 +108,10 @@ pub struct BenchArgs {
     /// Print the result as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// File holding the shared secret, for a server that asks for authentication (else the
+    /// SOCKLAB_SECRET environment variable, if set).
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<std::path::PathBuf>,
 }
 
 /// Why `socklab bench` failed.
@@ -113,6 +119,8 @@ pub struct BenchArgs {
 pub enum BenchError {
     #[error("{0} is not a stream address (use HOST:PORT or unix:PATH)")]
     NotStream(String),
+    #[error(transparent)]
+    Auth(#[from] crate::client::AuthError),
     #[error("--duration must be more than zero")]
     ZeroDuration,
     #[error("--timeout must be more than zero")]
@@ -357,6 +365,8 @@ pub fn bench(args: &BenchArgs) -> Result<Report, BenchError> {
         eprintln!("socklab bench: cannot raise the open-file limit: {e}");
     }
     let threads = args.threads.min(args.conns).max(1);
+    let secret = crate::client::client_secret(args.secret_file.as_deref())?;
+    let challenges = Arc::new(std::sync::OnceLock::new());
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         replies: AtomicU64::new(0),
@@ -378,6 +388,8 @@ pub fn bench(args: &BenchArgs) -> Result<Report, BenchError> {
             warmup: args.warmup,
             duration: args.duration,
             timeout: args.timeout,
+            secret: secret.clone(),
+            challenges: Arc::clone(&challenges),
         };
         let shared_t = Arc::clone(&shared);
         let spawned = thread::Builder::new()
@@ -654,87 +666,4 @@ fn summarise(
         server_cpu_s: window.server_cpu_s,
         server_cpu_per_request_us: window.server_cpu_s.map(per_request_us),
     })
-}
-
-/// Busy share of the load threads' cores at which they, not the server, set the pace.
-const SATURATED_PERCENT: f64 = 90.0;
-
-/// Whether `threads` load threads that used `cpu_percent` of one core were saturated.
-fn saturated(cpu_percent: f64, threads: u32) -> bool {
-    cpu_percent >= SATURATED_PERCENT * f64::from(threads.max(1))
-}
-
-/// Prints the report: JSON on stdout with --json, else a few lines for people.
-fn print_report(args: &BenchArgs, r: &Report) {
-    if args.json {
-        match serde_json::to_string(r) {
-            Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("socklab bench: cannot encode the report: {e}"),
-        }
-        return;
-    }
-    let what = match r.frame_cmd {
-        Some(cmd) => format!(
-            "frame {} ({} B requests)",
-            format!("{cmd:?}").to_lowercase(),
-            r.request_bytes
-        ),
-        None => format!(
-            "{} ({} B requests)",
-            format!("{:?}", r.mode).to_lowercase(),
-            r.request_bytes
-        ),
-    };
-    let rate = r
-        .rate
-        .map(|x| format!(", open loop at {x} req/s"))
-        .unwrap_or_default();
-    println!(
-        "socklab bench {}: {what}, {} conns x depth {}, {} thread(s){rate}, {:.1} s after {:.1} s warm-up",
-        r.addr, r.conns, r.depth, r.threads, r.duration_s, r.warmup_s
-    );
-    println!(
-        "  requests   {} ({:.0} req/s), {:.2} MB/s ({} B sent, {} B received)",
-        r.requests, r.requests_per_s, r.mb_per_s, r.bytes_sent, r.bytes_received
-    );
-    let l = &r.latency_us;
-    println!(
-        "  latency    p50 {:.1} us  p90 {:.1} us  p99 {:.1} us  p99.9 {:.1} us  max {:.1} us",
-        l.p50, l.p90, l.p99, l.p99_9, l.max
-    );
-    println!(
-        "  errors     {} ({} connection errors, {} error replies), {} reconnects",
-        r.errors, r.connection_errors, r.error_replies, r.reconnects
-    );
-    println!(
-        "  bench cpu  {:.2} s, {:.1}% of one core",
-        r.cpu_s, r.cpu_percent
-    );
-    if r.generator_saturated {
-        println!(
-            "  note       the load generator kept its {} thread(s) {:.0}% busy: it, not the server, may bound requests/s and latency here; compare server CPU per request (--server-pid), or add --threads on a machine with cores to spare",
-            r.threads,
-            r.cpu_percent / f64::from(r.threads.max(1))
-        );
-    }
-    if let (Some(pid), Some(cpu), Some(per)) =
-        (r.server_pid, r.server_cpu_s, r.server_cpu_per_request_us)
-    {
-        println!("  server cpu {cpu:.2} s, {per:.2} us/request (pid {pid})");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn saturation_is_per_load_thread() {
-        assert!(saturated(99.0, 1));
-        assert!(saturated(90.0, 1));
-        assert!(!saturated(89.9, 1));
-        assert!(!saturated(150.0, 2), "two threads at 75 % each have room");
-        assert!(saturated(185.0, 2));
-        assert!(!saturated(0.0, 1));
-    }
 }

@@ -10,9 +10,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
+mod spool;
+
 use crate::addr::ListenAddr;
-use crate::client::{ClientError, FilesClient, request};
-use crate::service::auth::{SECRET_ENV, Secret};
+use crate::client::{ClientError, FilesClient, client_secret, request};
 use crate::service::store::{Hasher, check_name};
 
 /// Bytes read from or written to disk per call.
@@ -35,13 +36,7 @@ pub struct Conn {
 
 impl Conn {
     pub(crate) fn open(&self) -> Result<FilesClient, Failure> {
-        let secret = match (&self.secret_file, std::env::var_os(SECRET_ENV)) {
-            (Some(_), _) | (None, Some(_)) => Some(
-                Secret::from_file_or_env(self.secret_file.as_deref())
-                    .map_err(|e| Failure(e.to_string()))?,
-            ),
-            (None, None) => None,
-        };
+        let secret = client_secret(self.secret_file.as_deref()).map_err(ClientError::from)?;
         Ok(FilesClient::connect(
             &self.addr,
             secret.as_ref(),
@@ -51,9 +46,15 @@ impl Conn {
 }
 
 /// `socklab put`: upload a file.
+///
+/// A regular file is sent as it is (and must not change size meanwhile). Anything else — `-`
+/// (stdin), a pipe, a FIFO, `/dev/stdin`, `<(cmd)`, a character device — is first read to its
+/// end into an anonymous temporary file in $TMPDIR (O_TMPFILE, or a file unlinked at once),
+/// hashed as it is read, since a frame announces its size first; then that is sent.
 #[derive(Debug, Args)]
 pub struct PutArgs {
-    /// The file to upload.
+    /// The file to upload; `-` reads stdin (then --as is required). Pipes, FIFOs and devices
+    /// are read to their end into an unlinked temporary file in $TMPDIR first.
     file: PathBuf,
     /// The name to store it under (default: the file's own name).
     #[arg(long = "as", value_name = "NAME")]
@@ -154,8 +155,14 @@ fn progress(len: u64, what: &str) -> ProgressBar {
 
 /// `socklab put FILE [--as NAME]`.
 pub fn put(args: &PutArgs) -> Result<(), Failure> {
+    let stdin = args.file == Path::new("-");
     let name = match &args.name {
         Some(n) => n.clone(),
+        None if stdin => {
+            return Err(Failure(
+                "put - reads stdin, which has no name: give --as NAME".into(),
+            ));
+        }
         None => args
             .file
             .file_name()
@@ -169,15 +176,33 @@ pub fn put(args: &PutArgs) -> Result<(), Failure> {
             .to_owned(),
     };
     check_name(&name).map_err(|e| Failure(format!("cannot store as `{name}`: {e}")))?;
-    let mut file = File::open(&args.file)
-        .map_err(|e| Failure(format!("cannot open {}: {e}", args.file.display())))?;
+    let source = if stdin {
+        spool::spool(&mut io::stdin().lock(), "stdin")?
+    } else {
+        let mut file = File::open(&args.file)
+            .map_err(|e| Failure(format!("cannot open {}: {e}", args.file.display())))?;
+        if file.metadata()?.is_file() {
+            spool::Source::Regular(file)
+        } else {
+            spool::spool(&mut file, &args.file.display().to_string())?
+        }
+    };
+    match source {
+        spool::Source::Regular(file) => send(args, &name, file, None),
+        spool::Source::Spooled { file, md5 } => send(args, &name, file, Some(md5)),
+    }
+}
+
+/// Sends `file` (from its start) as `name`; `md5` is its hash when the spooling computed it.
+fn send(args: &PutArgs, name: &str, mut file: File, md5: Option<String>) -> Result<(), Failure> {
+    let name = name.to_owned();
     let size = file.metadata()?.len();
     let mut client = args.conn.open()?;
     let mut header = request("put");
     header.insert("filename".into(), name.clone().into());
     client.send_request(&header, size)?;
     let bar = progress(size, &name);
-    let mut hasher = (!args.no_verify).then(Hasher::default);
+    let mut hasher = (!args.no_verify && md5.is_none()).then(Hasher::default);
     let mut buf = vec![0u8; CHUNK];
     let mut left = size;
     if hasher.is_none() {
@@ -212,17 +237,28 @@ pub fn put(args: &PutArgs) -> Result<(), Failure> {
         bar.inc(n as u64);
     }
     bar.finish_and_clear();
+    let now = file.metadata()?.len();
+    if now != size {
+        return Err(Failure(format!(
+            "{} changed size while being uploaded ({size} bytes announced and sent, {now} now); the server may have stored the first {size} bytes",
+            args.file.display()
+        )));
+    }
     let resp = client.read_response()?;
     client.read_small_body(resp.size)?;
     let resp = resp.into_result()?;
     let theirs = resp.str("md5").unwrap_or_default();
-    if let Some(h) = hasher {
-        let ours = h.finish();
-        if theirs != ours {
-            return Err(Failure(format!(
-                "the server stored md5 {theirs}, but the file's md5 is {ours}"
-            )));
-        }
+    let ours = match (hasher, md5) {
+        (Some(h), _) => Some(h.finish()),
+        (None, md5) if !args.no_verify => md5,
+        (None, _) => None,
+    };
+    if let Some(ours) = ours
+        && theirs != ours
+    {
+        return Err(Failure(format!(
+            "the server stored md5 {theirs}, but the file's md5 is {ours}"
+        )));
     }
     println!("stored {name}: {size} bytes, md5 {theirs}");
     Ok(())

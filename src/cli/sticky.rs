@@ -16,7 +16,10 @@ use clap::{Args, ValueEnum};
 use crate::cli::tune::TuneError;
 use crate::cli::tune::server::Server;
 use crate::cli::tune::wire::{self, ClientOptions};
+use crate::client::{AuthError, client_secret, handshake};
 use crate::frame::{Leftover, Part};
+use crate::net::StdStream;
+use crate::service::auth::Secret;
 
 /// On or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -45,6 +48,10 @@ pub struct StickyArgs {
     /// Bytes asked for per read (a tutorial's `recv(1024)`; try 16 to see messages split).
     #[arg(long, value_name = "BYTES", default_value_t = 1024)]
     pub read_size: usize,
+    /// File holding the shared secret, for servers that ask for authentication (else the
+    /// SOCKLAB_SECRET environment variable, if set).
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<std::path::PathBuf>,
 }
 
 /// Why the demonstration failed.
@@ -57,6 +64,9 @@ pub enum StickyError {
     #[error(transparent)]
     Server(#[from] crate::cli::tune::server::ServerError),
     /// Not every message came back intact through frames.
+    /// The authentication handshake.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error("only {intact} of {count} messages came back intact through frames")]
     NotIntact {
         /// Intact ones.
@@ -75,6 +85,29 @@ pub fn run(args: &StickyArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Connects, and answers the server's challenge if it sends one.
+fn connect(
+    addr: SocketAddr,
+    nodelay: bool,
+    secret: Option<&Secret>,
+) -> Result<TcpStream, StickyError> {
+    let mut s = StdStream::Tcp(wire::connect(addr, nodelay)?);
+    let opening = handshake(&mut s, &addr.to_string(), secret, wire::IO_TIMEOUT, b"")?;
+    let StdStream::Tcp(s) = s else {
+        return Err(TuneError::Protocol("not a TCP stream".into()).into());
+    };
+    s.set_read_timeout(Some(wire::IO_TIMEOUT))
+        .map_err(TuneError::io("set socket options"))?;
+    if !opening.early.is_empty() {
+        return Err(TuneError::Protocol(format!(
+            "{addr} sent {} bytes before any request",
+            opening.early.len()
+        ))
+        .into());
+    }
+    Ok(s)
 }
 
 /// The messages sent.
@@ -125,6 +158,10 @@ fn demo(args: &StickyArgs) -> Result<(), StickyError> {
         };
     let (echo_addr, echo_opts) = pick(args.addr, "echo")?;
     let (files_addr, files_opts) = pick(args.files_addr, "files")?;
+    let secret = client_secret(args.secret_file.as_deref())?;
+    // Connected (and authenticated) before anything is printed: a server that asks for a
+    // secret we do not have is an error on its own.
+    let mut s = connect(echo_addr, nodelay, secret.as_ref())?;
     println!("server echo  {echo_addr}: {echo_opts}");
     println!("server files {files_addr}: {files_opts}");
     let msgs = messages(count);
@@ -132,7 +169,6 @@ fn demo(args: &StickyArgs) -> Result<(), StickyError> {
 
     println!();
     println!("== raw echo: {count} messages, one write each, back to back ==");
-    let mut s = wire::connect(echo_addr, nodelay)?;
     println!("client: {}", ClientOptions::of(&s)?);
     for m in &msgs {
         wire::write_all(&mut s, m)?;
@@ -193,7 +229,7 @@ fn demo(args: &StickyArgs) -> Result<(), StickyError> {
     println!(
         "== files echo frames: the same {count} messages, one frame (header + body) per write =="
     );
-    let mut s = wire::connect(files_addr, nodelay)?;
+    let mut s = connect(files_addr, nodelay, secret.as_ref())?;
     println!("client: {}", ClientOptions::of(&s)?);
     for (i, m) in msgs.iter().enumerate() {
         let mut frame = wire::echo_frame_header(m.len(), Some(i as u64))?;

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use crate::addr::ListenAddr;
-use crate::client::{NoAnswer, Stall, is_timeout};
+use crate::client::{AuthError, NoAnswer, Opening, Stall, client_secret, handshake, is_timeout};
 use crate::net::StdStream;
 
 /// The largest payload of one UDP datagram over IPv4.
@@ -62,6 +62,11 @@ struct Common {
     /// what is sent.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// File holding the shared secret, for a server that asks for authentication (else the
+    /// SOCKLAB_SECRET environment variable, if set). Without one, a server that asks is an
+    /// error (exit 1).
+    #[arg(long, value_name = "PATH")]
+    secret_file: Option<std::path::PathBuf>,
 }
 
 /// Why a client command failed.
@@ -93,6 +98,8 @@ pub enum StreamError {
     NoAnswer(NoAnswer),
     #[error("the writer thread panicked")]
     WriterPanicked,
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 /// A connected TCP or unix stream.
@@ -157,7 +164,16 @@ fn run(addr: &ListenAddr, common: &Common) -> Result<(), StreamError> {
         };
         return run_udp(*server, common.timeout);
     }
-    run_stream(addr, common.timeout)
+    let secret = client_secret(common.secret_file.as_deref())?;
+    let mut conn = Conn::connect(addr)?;
+    let opening = handshake(
+        &mut conn,
+        &addr.to_string(),
+        secret.as_ref(),
+        common.timeout,
+        b"",
+    )?;
+    run_stream(conn, addr, common.timeout, opening)
 }
 
 /// How far a stream connection got, shared by the writer thread and the reader.
@@ -242,8 +258,12 @@ impl Write for Counted {
     }
 }
 
-fn run_stream(addr: &ListenAddr, timeout: Duration) -> Result<(), StreamError> {
-    let mut conn = Conn::connect(addr)?;
+fn run_stream(
+    mut conn: Conn,
+    addr: &ListenAddr,
+    timeout: Duration,
+    opening: Opening,
+) -> Result<(), StreamError> {
     // Both directions wake up four times per timeout, to see whether an answer is owed and to
     // tell whether the server still takes bytes.
     let tick = timeout / 4;
@@ -279,8 +299,27 @@ fn run_stream(addr: &ListenAddr, timeout: Duration) -> Result<(), StreamError> {
             .map_err(StreamError::Send)
     });
     let mut stdout = io::stdout().lock();
+    // What the server said before we sent anything, if it was not a challenge.
+    stdout
+        .write_all(&opening.early)
+        .map_err(StreamError::Stdout)?;
     let read = relay_answers(&mut conn, &mut stdout, &progress);
     stdout.flush().map_err(StreamError::Stdout)?;
+    let (sent, received) = (
+        progress.sent.load(Ordering::SeqCst),
+        progress.received.load(Ordering::SeqCst),
+    );
+    let reset =
+        matches!(&read, Err(StreamError::Receive(e)) if e.kind() == io::ErrorKind::ConnectionReset);
+    let cut = reset || sent > 0 || !progress.input_done.load(Ordering::SeqCst);
+    if opening.authenticated && received == 0 && cut {
+        // The service answers byte for byte: a close with nothing back after our answer to
+        // the challenge is the server refusing it.
+        return Err(AuthError::Refused {
+            peer: addr.to_string(),
+        }
+        .into());
+    }
     read?;
     if !progress.input_done.load(Ordering::SeqCst) {
         return Err(StreamError::ClosedEarly);

@@ -17,8 +17,8 @@ use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream as StdTcpStream;
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -28,8 +28,9 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use super::BenchError;
 use super::reply::ReplyParser;
 use crate::addr::ListenAddr;
-use crate::client::{NoAnswer, Stall};
-use crate::net::MioStream;
+use crate::client::{NoAnswer, Stall, challenge_wait, handshake_within};
+use crate::net::{MioStream, StdStream};
+use crate::service::auth::Secret;
 use crate::sys::timerfd::TimerFd;
 
 /// The highest latency the histogram tells apart (longer ones are recorded as this): 100 s.
@@ -76,6 +77,11 @@ pub struct Plan {
     pub duration: Duration,
     /// Longest wait for progress on a connection with requests in flight.
     pub timeout: Duration,
+    /// The secret for a server that asks for authentication.
+    pub secret: Option<Secret>,
+    /// Whether the server challenges, once the first connection (of any thread) learned it:
+    /// later connections then wait their whole timeout for the challenge, or not at all.
+    pub challenges: Arc<OnceLock<bool>>,
 }
 
 /// State shared by the threads and the main thread.
@@ -111,20 +117,41 @@ pub struct Outcome {
 /// A connected stream socket.
 type Stream = MioStream;
 
-/// Connects (blocking, bounded by `timeout` for TCP) and makes the socket non-blocking.
-fn connect(addr: &ListenAddr, timeout: Duration) -> io::Result<Stream> {
+/// Connects (blocking, bounded by `timeout` for TCP), answers the server's challenge if it
+/// sends one, and makes the socket non-blocking.
+fn open(plan: &Plan, why: impl FnOnce(io::Error) -> BenchError) -> Result<Stream, BenchError> {
+    let mut s = connect(&plan.addr, plan.timeout).map_err(why)?;
+    let secret = plan.secret.as_ref();
+    let wait = match plan.challenges.get() {
+        Some(true) => plan.timeout,
+        Some(false) => Duration::ZERO,
+        None => challenge_wait(secret, plan.timeout),
+    };
+    if !wait.is_zero() {
+        let opening = handshake_within(&mut s, &plan.addr.to_string(), secret, wait, b"")?;
+        let _ = plan.challenges.set(opening.authenticated);
+    }
+    match s {
+        StdStream::Tcp(s) => {
+            s.set_nonblocking(true).map_err(BenchError::Poll)?;
+            Ok(Stream::Tcp(TcpStream::from_std(s)))
+        }
+        StdStream::Unix(s) => {
+            s.set_nonblocking(true).map_err(BenchError::Poll)?;
+            Ok(Stream::Unix(UnixStream::from_std(s)))
+        }
+    }
+}
+
+/// Connects (blocking, bounded by `timeout` for TCP).
+fn connect(addr: &ListenAddr, timeout: Duration) -> io::Result<StdStream> {
     match addr {
         ListenAddr::Inet(a) => {
             let s = StdTcpStream::connect_timeout(a, timeout)?;
             s.set_nodelay(true)?;
-            s.set_nonblocking(true)?;
-            Ok(Stream::Tcp(TcpStream::from_std(s)))
+            Ok(StdStream::Tcp(s))
         }
-        ListenAddr::Unix(p) => {
-            let s = StdUnixStream::connect(p)?;
-            s.set_nonblocking(true)?;
-            Ok(Stream::Unix(UnixStream::from_std(s)))
-        }
+        ListenAddr::Unix(p) => Ok(StdStream::Unix(StdUnixStream::connect(p)?)),
         ListenAddr::Unixgram(_) => Err(io::Error::new(
             ErrorKind::InvalidInput,
             "a unixgram address is not a stream",
@@ -280,7 +307,7 @@ fn prepare(plan: &Plan) -> Result<(Poll, Vec<Conn>), BenchError> {
     let mut conns = Vec::with_capacity(plan.conns);
     let now = Instant::now();
     for i in 0..plan.conns {
-        let stream = connect(&plan.addr, plan.timeout).map_err(|source| BenchError::Connect {
+        let stream = open(plan, |source| BenchError::Connect {
             addr: plan.addr.to_string(),
             source,
         })?;
@@ -592,8 +619,11 @@ impl Worker<'_> {
         self.out.connection_errors = self.out.connection_errors.saturating_add(1);
         // Deregistering a socket that is about to be closed cannot matter if it fails.
         let _ = self.poll.registry().deregister(&mut conn.stream);
-        let stream = connect(&self.plan.addr, self.plan.timeout)
-            .map_err(|source| BenchError::Reconnect { addr, why, source })?;
+        let stream = open(self.plan, |source| BenchError::Reconnect {
+            addr,
+            why,
+            source,
+        })?;
         // Requests lost with the old connection keep their places in the rate schedule.
         *conn = Conn::new(stream, self.plan, now, conn.issued);
         self.out.reconnects = self.out.reconnects.saturating_add(1);

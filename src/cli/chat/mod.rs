@@ -29,18 +29,23 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use crossterm::{cursor, queue, style, terminal};
+use crossterm::event::{self, Event, KeyEvent, KeyEventKind};
+
+mod editor;
 
 use super::stream::{Conn, MAX_DATAGRAM, StreamError, udp_socket};
 use crate::addr::ListenAddr;
-use crate::client::{NoAnswer, Stall, is_timeout};
+use crate::client::{AuthError, NoAnswer, Stall, client_secret, handshake, is_timeout};
+use editor::Editor;
+pub use editor::RawMode;
 
 /// The prompt of the line editor.
 const PROMPT: &str = "> ";
 /// How long to wait, after sending `/quit`, for the server to close (and for what it sent
 /// before to arrive).
 const QUIT_GRACE: Duration = Duration::from_secs(2);
+/// The server's first words to a member (PROTOCOL.md): not a challenge.
+const WELCOME: &[u8] = b"* welcome ";
 
 /// `socklab chat`: talk to the chat room.
 #[derive(Debug, Args)]
@@ -55,6 +60,11 @@ pub struct ChatArgs {
     /// takes nothing sent for this long (not with --udp: udp-chat never answers the sender).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// File holding the shared secret, for a server that asks for authentication (else the
+    /// SOCKLAB_SECRET environment variable, if set). Without one, a server that asks is an
+    /// error (exit 1).
+    #[arg(long, value_name = "PATH")]
+    secret_file: Option<std::path::PathBuf>,
 }
 
 /// Why `socklab chat` failed.
@@ -78,6 +88,8 @@ pub enum ChatError {
     LineTooLong(usize),
     #[error(transparent)]
     NoAnswer(NoAnswer),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 /// What the main thread is told.
@@ -118,9 +130,22 @@ struct Link {
     /// Until the server's first line (its `* welcome`) has come, when to give up waiting for
     /// it; `None` once it came, and always over UDP.
     welcome_by: Option<Instant>,
+    /// Whether we answered a challenge: a close before the welcome then means the server
+    /// refused the answer.
+    authenticated: bool,
 }
 
 impl Link {
+    /// What a close of the connection means: the server refused our answer to its challenge
+    /// when it closes before its welcome.
+    fn refused(&self) -> Option<ChatError> {
+        (self.authenticated && self.welcome_by.is_some()).then(|| {
+            ChatError::Auth(AuthError::Refused {
+                peer: self.addr.clone(),
+            })
+        })
+    }
+
     fn send_line(&mut self, line: &[u8]) -> Result<(), ChatError> {
         match &mut self.peer {
             Peer::Stream(conn) => {
@@ -184,6 +209,7 @@ pub fn run(args: &ChatArgs) -> ExitCode {
 
 fn chat(args: &ChatArgs) -> Result<ExitCode, ChatError> {
     let (tx, rx) = mpsc::channel();
+    let mut authenticated = false;
     let peer = if args.udp {
         let ListenAddr::Inet(server) = args.addr else {
             return Err(StreamError::NotUdp(args.addr.to_string()).into());
@@ -195,11 +221,30 @@ fn chat(args: &ChatArgs) -> Result<ExitCode, ChatError> {
         })?;
         Peer::Udp(sock)
     } else {
-        let conn = Conn::connect(&args.addr)?;
+        let secret = client_secret(args.secret_file.as_deref())?;
+        let mut conn = Conn::connect(&args.addr)?;
+        let opening = handshake(
+            &mut conn,
+            &args.addr.to_string(),
+            secret.as_ref(),
+            args.timeout,
+            WELCOME,
+        )?;
+        authenticated = opening.authenticated;
+        // The reader blocks until the server speaks; the welcome's deadline is the main
+        // thread's.
+        match &conn {
+            Conn::Tcp(s) => s.set_read_timeout(None),
+            Conn::Unix(s) => s.set_read_timeout(None),
+        }
+        .map_err(ChatError::Receive)?;
         conn.set_write_timeout(args.timeout)
             .map_err(ChatError::Send)?;
         let reader = conn.try_clone().map_err(ChatError::Receive)?;
-        spawn("chat-reader", tx.clone(), move |tx| read_lines(reader, tx))?;
+        let early = opening.early;
+        spawn("chat-reader", tx.clone(), move |tx| {
+            read_lines(reader, early, tx)
+        })?;
         Peer::Stream(conn)
     };
     // (A timeout too long to add to the clock waits for ever.)
@@ -214,6 +259,7 @@ fn chat(args: &ChatArgs) -> Result<ExitCode, ChatError> {
         timeout: args.timeout,
         sent: 0,
         welcome_by,
+        authenticated,
     };
 
     if io::stdin().is_terminal() && io::stdout().is_terminal() {
@@ -249,14 +295,24 @@ fn spawn(
 }
 
 /// Reads the server's byte stream and sends it on line by line.
-fn read_lines(mut conn: Conn, tx: Sender<Msg>) {
+fn read_lines(mut conn: Conn, early: Vec<u8>, tx: Sender<Msg>) {
     let mut pending = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
+    // What came during the handshake goes first, as if read now.
+    let mut first = (!early.is_empty()).then_some(early);
     let end = loop {
-        match conn.read(&mut buf) {
-            Ok(0) => break None,
-            Ok(n) => {
+        let got = match first.take() {
+            Some(early) => {
+                pending.extend_from_slice(&early);
+                Ok(early.len())
+            }
+            None => conn.read(&mut buf).inspect(|&n| {
                 pending.extend_from_slice(buf.get(..n).unwrap_or_default());
+            }),
+        };
+        match got {
+            Ok(0) => break None,
+            Ok(_) => {
                 while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
                     let mut line: Vec<u8> = pending.drain(..=pos).collect();
                     line.pop();
@@ -431,7 +487,12 @@ fn run_loop(
                 out.notice(&text)?;
                 continue;
             }
-            Msg::Closed(end) => return closed(end, out),
+            Msg::Closed(end) => {
+                if let Some(e) = link.refused() {
+                    return Err(e);
+                }
+                return closed(end, out);
+            }
             Msg::Resize => {
                 out.redraw()?;
                 continue;
@@ -501,7 +562,7 @@ fn quit(link: &mut Link, rx: &Receiver<Msg>, out: &mut impl Output) -> Result<Ex
                 out.incoming(&line)?;
             }
             Ok(Msg::Closed(_)) | Err(RecvTimeoutError::Disconnected) => {
-                return Ok(ExitCode::SUCCESS);
+                return link.refused().map_or(Ok(ExitCode::SUCCESS), Err);
             }
             Err(RecvTimeoutError::Timeout) if link.welcome_by.is_some() => {
                 return Err(link.no_answer(Stall::Answer));
@@ -509,272 +570,5 @@ fn quit(link: &mut Link, rx: &Receiver<Msg>, out: &mut impl Output) -> Result<Ex
             Err(RecvTimeoutError::Timeout) => return Ok(ExitCode::SUCCESS),
             Ok(_) => {}
         }
-    }
-}
-
-/// Raw mode for as long as it lives: dropping it (panics included) restores the terminal.
-#[derive(Debug)]
-pub struct RawMode(());
-
-impl RawMode {
-    /// Puts the terminal in raw mode.
-    pub fn enable() -> Result<RawMode, ChatError> {
-        terminal::enable_raw_mode().map_err(ChatError::Terminal)?;
-        // A panic message is printed before the guard is dropped: leave raw mode first, so the
-        // message is readable (disabling twice is harmless).
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let _ = terminal::disable_raw_mode();
-            previous(info);
-        }));
-        Ok(RawMode(()))
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        let _ = terminal::disable_raw_mode();
-    }
-}
-
-/// The line editor: the prompt and the line being typed on the bottom line, incoming lines
-/// printed above it.
-struct Editor<W: Write> {
-    out: W,
-    /// The line being typed.
-    line: Vec<char>,
-    /// Where the next character goes, in characters from the start of `line`.
-    cursor: usize,
-}
-
-impl<W: Write> Editor<W> {
-    fn new(out: W) -> Self {
-        Editor {
-            out,
-            line: Vec::new(),
-            cursor: 0,
-        }
-    }
-
-    /// Draws the prompt and as much of the line as fits (scrolled to keep the cursor in view),
-    /// then puts the cursor where it belongs.
-    fn draw_prompt(&mut self) -> io::Result<()> {
-        let width = terminal::size().map_or(80, |(w, _)| usize::from(w));
-        let prompt_len = PROMPT.chars().count();
-        let room = width.saturating_sub(prompt_len).saturating_sub(1).max(1);
-        let start = self.cursor.saturating_sub(room);
-        let end = self.line.len().min(start.saturating_add(room));
-        let shown: String = self
-            .line
-            .get(start..end)
-            .unwrap_or_default()
-            .iter()
-            .collect();
-        let column = prompt_len.saturating_add(self.cursor.saturating_sub(start));
-        queue!(
-            self.out,
-            cursor::MoveToColumn(0),
-            terminal::Clear(terminal::ClearType::CurrentLine),
-            style::Print(PROMPT),
-            style::Print(shown),
-            cursor::MoveToColumn(u16::try_from(column).unwrap_or(u16::MAX)),
-        )?;
-        self.out.flush()
-    }
-
-    /// Clears the prompt line, prints `text` there and draws the prompt again below it.
-    fn print_above(&mut self, text: &str) -> Result<(), ChatError> {
-        let draw = |e: &mut Self| -> io::Result<()> {
-            queue!(
-                e.out,
-                cursor::MoveToColumn(0),
-                terminal::Clear(terminal::ClearType::CurrentLine),
-            )?;
-            for part in text.split('\n') {
-                queue!(e.out, style::Print(part), style::Print("\r\n"))?;
-            }
-            e.draw_prompt()
-        };
-        draw(self).map_err(ChatError::Stdout)
-    }
-
-    fn insert(&mut self, c: char) {
-        let at = self.cursor.min(self.line.len());
-        self.line.insert(at, c);
-        self.cursor = at.saturating_add(1);
-    }
-
-    fn backspace(&mut self) {
-        if self.cursor > 0 && self.cursor <= self.line.len() {
-            self.cursor -= 1;
-            self.line.remove(self.cursor);
-        }
-    }
-
-    fn delete(&mut self) {
-        if self.cursor < self.line.len() {
-            self.line.remove(self.cursor);
-        }
-    }
-
-    /// Ctrl-W: deletes the word before the cursor (and the blanks after it).
-    fn delete_word(&mut self) {
-        let mut at = self.cursor.min(self.line.len());
-        while at > 0 && self.line.get(at - 1).is_some_and(|c| c.is_whitespace()) {
-            at -= 1;
-        }
-        while at > 0 && self.line.get(at - 1).is_some_and(|c| !c.is_whitespace()) {
-            at -= 1;
-        }
-        self.line.drain(at..self.cursor.min(self.line.len()));
-        self.cursor = at;
-    }
-
-    /// Applies one key press to the line.
-    fn apply(&mut self, key: KeyEvent) -> Typed {
-        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
-        match key.code {
-            KeyCode::Char('c') if ctrl => return Typed::Quit,
-            KeyCode::Char('d') if ctrl => {
-                if self.line.is_empty() {
-                    return Typed::Quit;
-                }
-                self.delete();
-            }
-            KeyCode::Char('a') if ctrl => self.cursor = 0,
-            KeyCode::Char('e') if ctrl => self.cursor = self.line.len(),
-            KeyCode::Char('u') if ctrl => {
-                self.line.drain(..self.cursor.min(self.line.len()));
-                self.cursor = 0;
-            }
-            KeyCode::Char('k') if ctrl => self.line.truncate(self.cursor),
-            KeyCode::Char('w') if ctrl => self.delete_word(),
-            KeyCode::Char('h') if ctrl => self.backspace(),
-            KeyCode::Char('j' | 'm') if ctrl => return self.take_line(),
-            KeyCode::Char(_) if ctrl => {}
-            KeyCode::Char(c) => self.insert(c),
-            KeyCode::Tab => self.insert('\t'),
-            KeyCode::Enter => return self.take_line(),
-            KeyCode::Backspace => self.backspace(),
-            KeyCode::Delete => self.delete(),
-            KeyCode::Left => self.cursor = self.cursor.saturating_sub(1),
-            KeyCode::Right => self.cursor = self.cursor.saturating_add(1).min(self.line.len()),
-            KeyCode::Home => self.cursor = 0,
-            KeyCode::End => self.cursor = self.line.len(),
-            _ => {}
-        }
-        Typed::Nothing
-    }
-
-    fn take_line(&mut self) -> Typed {
-        self.cursor = 0;
-        Typed::Line(std::mem::take(&mut self.line).into_iter().collect())
-    }
-}
-
-/// Replaces control characters (an escape sequence from another member could move the cursor
-/// or worse) with U+FFFD; tabs stay.
-fn printable(line: &[u8]) -> String {
-    String::from_utf8_lossy(line)
-        .chars()
-        .map(|c| {
-            if c.is_control() && c != '\t' {
-                char::REPLACEMENT_CHARACTER
-            } else {
-                c
-            }
-        })
-        .collect()
-}
-
-impl<W: Write> Output for Editor<W> {
-    fn incoming(&mut self, line: &[u8]) -> Result<(), ChatError> {
-        let text = printable(line);
-        self.print_above(&text)
-    }
-
-    fn notice(&mut self, text: &str) -> Result<(), ChatError> {
-        self.print_above(text)
-    }
-
-    fn key(&mut self, key: KeyEvent) -> Result<Typed, ChatError> {
-        let typed = self.apply(key);
-        match &typed {
-            // Keep what was sent in the scrollback, above a fresh prompt.
-            Typed::Line(line) if !line.is_empty() => {
-                let shown = format!("{PROMPT}{}", printable(line.as_bytes()));
-                self.print_above(&shown)?;
-            }
-            _ => self.draw_prompt().map_err(ChatError::Stdout)?,
-        }
-        Ok(typed)
-    }
-
-    fn redraw(&mut self) -> Result<(), ChatError> {
-        self.draw_prompt().map_err(ChatError::Stdout)
-    }
-
-    fn finish(&mut self) -> Result<(), ChatError> {
-        // Leave the cursor at the start of a clean line for the shell.
-        queue!(
-            self.out,
-            cursor::MoveToColumn(0),
-            terminal::Clear(terminal::ClearType::CurrentLine),
-        )
-        .map_err(ChatError::Stdout)?;
-        self.out.flush().map_err(ChatError::Stdout)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn press(e: &mut Editor<Vec<u8>>, code: KeyCode, modifiers: KeyModifiers) -> Typed {
-        e.apply(KeyEvent::new(code, modifiers))
-    }
-
-    fn typed(e: &mut Editor<Vec<u8>>, s: &str) {
-        for c in s.chars() {
-            press(e, KeyCode::Char(c), KeyModifiers::NONE);
-        }
-    }
-
-    #[test]
-    fn editing_keys() {
-        let mut e = Editor::new(Vec::new());
-        typed(&mut e, "hello wrld");
-        for _ in 0..3 {
-            press(&mut e, KeyCode::Left, KeyModifiers::NONE);
-        }
-        typed(&mut e, "o");
-        press(&mut e, KeyCode::End, KeyModifiers::NONE);
-        press(&mut e, KeyCode::Backspace, KeyModifiers::NONE);
-        typed(&mut e, "d!");
-        assert_eq!(
-            press(&mut e, KeyCode::Enter, KeyModifiers::NONE),
-            Typed::Line("hello world!".into())
-        );
-        assert!(e.line.is_empty());
-
-        typed(&mut e, "one two  ");
-        press(&mut e, KeyCode::Char('w'), KeyModifiers::CONTROL);
-        assert_eq!(e.line.iter().collect::<String>(), "one ");
-        press(&mut e, KeyCode::Char('u'), KeyModifiers::CONTROL);
-        assert!(e.line.is_empty());
-        assert_eq!(
-            press(&mut e, KeyCode::Char('d'), KeyModifiers::CONTROL),
-            Typed::Quit
-        );
-        typed(&mut e, "x");
-        assert_eq!(
-            press(&mut e, KeyCode::Char('c'), KeyModifiers::CONTROL),
-            Typed::Quit
-        );
-    }
-
-    #[test]
-    fn control_characters_are_not_printed() {
-        assert_eq!(printable(b"a\x1b[2Jb\tc\xff"), "a\u{fffd}[2Jb\tc\u{fffd}");
     }
 }

@@ -1,0 +1,224 @@
+//! `socklab put` from a pipe, `-` (stdin), `/dev/stdin` and a FIFO against a real server: the
+//! size is learned by reading (the client spools to an unlinked temporary file, hashing as it
+//! goes), the stored bytes and md5 are the ones sent, and the printed size is right. `put -`
+//! without `--as` is refused with a clear message.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use util::{Server, TempDir};
+
+const BOUND: Duration = Duration::from_secs(20);
+
+fn start(dir: &TempDir) -> (Server, String) {
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start(util::serve_args(
+        &[("files", "127.0.0.1:0")],
+        &["--data-dir", data.to_str().unwrap()],
+    ));
+    let addr = server.tcp("files").to_string();
+    (server, addr)
+}
+
+/// Waits (bounded) for `child`, reading its stdout and stderr.
+fn finish(mut child: std::process::Child, what: &str) -> Output {
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let err = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let began = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if began.elapsed() > BOUND {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {BOUND:?}");
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// `socklab ARGS` with `input` written to its stdin through a pipe.
+fn run_piped(args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(util::bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = finish(child, &format!("socklab {args:?}"));
+    writer.join().unwrap();
+    out
+}
+
+/// A payload of `n` bytes that is not all one byte.
+fn payload(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+/// The md5 of `bytes`, by `md5sum` (an outside opinion).
+fn md5sum(bytes: &[u8]) -> String {
+    let mut child = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("md5sum");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = bytes.to_vec();
+    let w = thread::spawn(move || stdin.write_all(&input).unwrap());
+    let out = child.wait_with_output().unwrap();
+    w.join().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..32].to_owned()
+}
+
+/// Checks the printed line, and that `get` returns exactly `want` under `name`.
+#[track_caller]
+fn assert_stored(out: &Output, addr: &str, name: &str, want: &[u8], dir: &TempDir) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "put {name}: {}: {stderr}", out.status);
+    let md5 = md5sum(want);
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        line.trim_end(),
+        format!("stored {name}: {} bytes, md5 {md5}", want.len())
+    );
+    let dest = dir.path().join(format!("got-{name}"));
+    let got = run_piped(
+        &["get", name, "--addr", addr, "-o", dest.to_str().unwrap()],
+        b"",
+    );
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        want,
+        "stored bytes of {name}"
+    );
+}
+
+#[test]
+fn put_dash_reads_stdin() {
+    let dir = TempDir::new("put-dash");
+    let (_server, addr) = start(&dir);
+    let out = run_piped(&["put", "-", "--as", "p.txt", "--addr", &addr], b"data\n");
+    assert_stored(&out, &addr, "p.txt", b"data\n", &dir);
+    // Larger than one read, and than the pipe's buffer.
+    let big = payload(3 * 1024 * 1024 + 17);
+    let out = run_piped(&["put", "-", "--as", "big.bin", "--addr", &addr], &big);
+    assert_stored(&out, &addr, "big.bin", &big, &dir);
+    // Nothing at all is an empty file, said so.
+    let out = run_piped(&["put", "-", "--as", "empty", "--addr", &addr], b"");
+    assert_stored(&out, &addr, "empty", b"", &dir);
+}
+
+#[test]
+fn put_dev_stdin_reads_the_pipe() {
+    let dir = TempDir::new("put-devstdin");
+    let (_server, addr) = start(&dir);
+    let out = run_piped(
+        &["put", "/dev/stdin", "--as", "p.txt", "--addr", &addr],
+        b"data\n",
+    );
+    assert_stored(&out, &addr, "p.txt", b"data\n", &dir);
+}
+
+#[test]
+fn put_reads_a_fifo() {
+    let dir = TempDir::new("put-fifo");
+    let (_server, addr) = start(&dir);
+    let fifo = dir.path().join("fifo");
+    let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(st.success());
+    let want = payload(200_000);
+    let child = Command::new(util::bin())
+        .args(["put", fifo.to_str().unwrap(), "--addr", &addr])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (path, bytes) = (fifo.clone(), want.clone());
+    // Opening a FIFO for writing blocks until the reader opens it: the client does.
+    let writer = thread::spawn(move || {
+        let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all(&bytes).unwrap();
+    });
+    let out = finish(child, "put FIFO");
+    writer.join().unwrap();
+    assert_stored(&out, &addr, "fifo", &want, &dir);
+}
+
+#[test]
+fn put_dash_without_as_is_refused() {
+    let dir = TempDir::new("put-dash-noname");
+    let (_server, addr) = start(&dir);
+    let out = run_piped(&["put", "-", "--addr", &addr], b"data\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("put -") && stderr.contains("--as NAME"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn a_regular_file_that_grows_while_sent_is_an_error() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = TempDir::new("put-grows");
+    let (_server, addr) = start(&dir);
+    let path = dir.path().join("growing.log");
+    std::fs::write(&path, payload(1 << 20)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (p, s) = (path.clone(), Arc::clone(&stop));
+    // Appends (bounded: at most 64 MiB) until the put is over, as a log being written does.
+    let appender = thread::spawn(move || {
+        let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+        for _ in 0..1024 {
+            if s.load(Ordering::SeqCst) {
+                break;
+            }
+            f.write_all(&[b'x'; 64 * 1024]).unwrap();
+            thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let out = run_piped(&["put", path.to_str().unwrap(), "--addr", &addr], b"");
+    stop.store(true, Ordering::SeqCst);
+    appender.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("changed size while being uploaded"),
+        "{stderr}"
+    );
+}
