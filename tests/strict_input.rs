@@ -77,13 +77,23 @@ fn out_of_range_numbers_are_bad_request_and_the_connection_stays() {
     send(&mut s, &frame_raw(h.as_bytes(), b""));
     let r = read_response(&mut s);
     r.assert_error("bad_request", None);
-    assert_eq!(r.get("id"), &Value::Null, "an unusable id is echoed as null");
+    assert_eq!(
+        r.get("id"),
+        &Value::Null,
+        "an unusable id is echoed as null"
+    );
     assert_usable(&mut s, "a 5,000-digit id");
 
     for (h, what) in [
         (r#"{"cmd":"ping","id":5,"x":1e999}"#.to_owned(), "1e999"),
-        (format!(r#"{{"cmd":"ping","id":5,"x":[-{huge}]}}"#), "nested"),
-        (r#"{"cmd":"ping","id":5,"x":{"y":-1e400}}"#.to_owned(), "-1e400"),
+        (
+            format!(r#"{{"cmd":"ping","id":5,"x":[-{huge}]}}"#),
+            "nested",
+        ),
+        (
+            r#"{"cmd":"ping","id":5,"x":{"y":-1e400}}"#.to_owned(),
+            "-1e400",
+        ),
     ] {
         send(&mut s, &frame_raw(h.as_bytes(), b""));
         let r = read_response(&mut s);
@@ -252,20 +262,33 @@ fn http_head_query_and_405_keep_the_connection() {
     let get = read_http(&mut s, false);
     assert!(get.status.starts_with("HTTP/1.1 200 "), "{}", get.status);
     let body = String::from_utf8(get.body.clone()).unwrap();
-    assert!(body.contains("# TYPE socklab_frames_total counter"), "{body}");
+    assert!(
+        body.contains("# TYPE socklab_frames_total counter"),
+        "{body}"
+    );
     // The HEAD answer had the length a GET then had: only the metrics' own counters moved.
     let diff = get.content_length().abs_diff(head.content_length());
-    assert!(diff < 16, "HEAD {} vs GET {}", head.content_length(), get.content_length());
+    assert!(
+        diff < 16,
+        "HEAD {} vs GET {}",
+        head.content_length(),
+        get.content_length()
+    );
 
     for method in ["POST", "PUT", "DELETE", "OPTIONS", "get"] {
         s.write_all(format!("{method} /metrics HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
             .unwrap();
         let r = read_http(&mut s, false);
-        assert!(r.status.starts_with("HTTP/1.1 405 "), "{method}: {}", r.status);
+        assert!(
+            r.status.starts_with("HTTP/1.1 405 "),
+            "{method}: {}",
+            r.status
+        );
         assert_eq!(r.field("Allow"), Some("GET, HEAD"), "{method}");
     }
     // HEAD of another path: a 404 head, no body.
-    s.write_all(b"HEAD /other HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    s.write_all(b"HEAD /other HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     let r = read_http(&mut s, true);
     assert!(r.status.starts_with("HTTP/1.1 404 "), "{}", r.status);
     // The connection is still in step: a last GET is answered whole.
@@ -284,7 +307,9 @@ fn scrape(addr: SocketAddr) -> String {
         addr,
         b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     );
-    resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+    resp.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
 }
 
 fn series(body: &str, name: &str) -> u64 {
@@ -312,7 +337,10 @@ fn udp_chat_ignores_and_counts_empty_and_non_utf8_datagrams() {
     a.send(b"a here").unwrap();
     b.send(b"b here").unwrap();
     let n = a.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], format!("[{}] b here", b.local_addr().unwrap()).as_bytes());
+    assert_eq!(
+        &buf[..n],
+        format!("[{}] b here", b.local_addr().unwrap()).as_bytes()
+    );
 
     a.send(b"").unwrap();
     a.send(b"\xff\xfe not utf-8").unwrap();
@@ -322,7 +350,11 @@ fn udp_chat_ignores_and_counts_empty_and_non_utf8_datagrams() {
     let n = b.recv(&mut buf).unwrap();
     let want = format!("[{}] after", a.local_addr().unwrap());
     assert_eq!(String::from_utf8_lossy(&buf[..n]), want);
-    assert_eq!(series(&scrape(metrics), dropped), 3, "the three ignored are counted");
+    assert_eq!(
+        series(&scrape(metrics), dropped),
+        3,
+        "the three ignored are counted"
+    );
 }
 
 // ---------------------------------------------------------------- discovery
@@ -366,7 +398,9 @@ fn a_flood_from_one_source_leaves_the_others_answered() {
     std::thread::sleep(Duration::from_millis(200));
 
     let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
-    probe.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
     let started = Instant::now();
     let mut answered = 0;
     for i in 0..4 {

@@ -246,9 +246,9 @@ fn receive_datagrams(
                 if wall.is_none() && d.service.needs_wall_clock() {
                     wall = Some(chrono::Local::now());
                 }
-                let taken = d
-                    .service
-                    .on_datagram(&peer, payload, now, wall.as_ref(), reply, targets);
+                let taken =
+                    d.service
+                        .on_datagram(&peer, payload, now, wall.as_ref(), reply, targets);
                 if !taken {
                     stats.dropped += 1;
                 }

@@ -458,7 +458,10 @@ mod tests {
         let t11 = t0 + Duration::from_secs(11);
         for ignored in [&b"\xff"[..], b"", b"\n", b"\r\n", b"ok\xc3"] {
             assert!(!room.on_datagram(d, ignored, t11, &mut reply, &mut targets));
-            assert!(targets.is_empty() && reply.is_empty(), "{ignored:?}: dropped");
+            assert!(
+                targets.is_empty() && reply.is_empty(),
+                "{ignored:?}: dropped"
+            );
         }
         // An ignored datagram does not make its sender a member.
         let e: SocketAddr = "127.0.0.1:5000".parse().unwrap();

@@ -241,7 +241,10 @@ mod tests {
             &[b'S'; 1500],
         ] {
             let mut reply = b"stale".to_vec();
-            assert!(!d.on_datagram(payload, None, now, &mut reply), "{payload:?}");
+            assert!(
+                !d.on_datagram(payload, None, now, &mut reply),
+                "{payload:?}"
+            );
             assert!(reply.is_empty(), "{payload:?}");
         }
         // Ignored payloads do not use up the rate limit.
@@ -370,6 +373,9 @@ mod tests {
         // refills (1/4 s) it is answered.
         let later = now + Duration::from_millis(250);
         assert!(d.on_datagram(PROBE, ip("10.0.0.9"), later, &mut reply));
-        assert!(!d.on_datagram(PROBE, ip("10.0.0.1"), later, &mut reply), "its own 1/s");
+        assert!(
+            !d.on_datagram(PROBE, ip("10.0.0.1"), later, &mut reply),
+            "its own 1/s"
+        );
     }
 }

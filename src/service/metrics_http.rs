@@ -126,7 +126,9 @@ fn target_path(target: &str) -> &str {
                 .flatten()
         })
         .map_or(target, |authority_on| {
-            authority_on.find('/').map_or("/", |i| authority_on.get(i..).unwrap_or("/"))
+            authority_on
+                .find('/')
+                .map_or("/", |i| authority_on.get(i..).unwrap_or("/"))
         });
     rest.split(['?', '#']).next().unwrap_or(rest)
 }
@@ -260,7 +262,8 @@ mod tests {
             out.len().min(step.consumed),
             "partial request kept"
         );
-        let full = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /other HTTP/1.1\r\nHost: x\r\n\r\n";
+        let full =
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /other HTTP/1.1\r\nHost: x\r\n\r\n";
         assert_eq!(step.consumed, full.len());
     }
 
@@ -296,7 +299,14 @@ mod tests {
         }
         assert_eq!(content_length(b" 0 "), Some(0));
         assert_eq!(content_length(b"12"), Some(12));
-        for bad in [&b""[..], b"+1", b"-1", b"1,1", b"0x1", b"99999999999999999999"] {
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b"1,1",
+            b"0x1",
+            b"99999999999999999999",
+        ] {
             assert_eq!(content_length(bad), None, "{bad:?}");
         }
         assert_eq!(bare_lf(b"a\r\nb\r\n"), None);

@@ -52,7 +52,11 @@ impl fmt::Display for BadField {
 
 /// At most [`SHOWN_KEY`] characters of `key`, escaped.
 fn shown(key: &str) -> String {
-    let mut s: String = key.chars().take(SHOWN_KEY).flat_map(char::escape_default).collect();
+    let mut s: String = key
+        .chars()
+        .take(SHOWN_KEY)
+        .flat_map(char::escape_default)
+        .collect();
     if key.chars().nth(SHOWN_KEY).is_some() {
         s.push('…');
     }
@@ -330,14 +334,21 @@ mod tests {
             ("null", "null"),
             ("1", "number"),
         ] {
-            assert!(matches!(parse(raw), Ok(Parsed::Other(f)) if f == found), "{raw}");
+            assert!(
+                matches!(parse(raw), Ok(Parsed::Other(f)) if f == found),
+                "{raw}"
+            );
         }
     }
 
     #[test]
     fn long_keys_are_shortened_in_messages() {
         let key = "k\n".repeat(100);
-        let (_, bad) = object(&format!(r#"{{"{}":1,"{}":2}}"#, key.escape_default(), key.escape_default()));
+        let (_, bad) = object(&format!(
+            r#"{{"{}":1,"{}":2}}"#,
+            key.escape_default(),
+            key.escape_default()
+        ));
         assert!(bad[0].len() < 200 && bad[0].ends_with("…`"), "{bad:?}");
     }
 }

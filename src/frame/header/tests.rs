@@ -393,7 +393,10 @@ fn unusable_fields_are_a_problem_unless_they_hide_the_size() {
     else {
         panic!()
     };
-    assert_eq!((h.size, consumed, h.id(), h.cmd()), (2, input.len(), None, None));
+    assert_eq!(
+        (h.size, consumed, h.id(), h.cmd()),
+        (2, input.len(), None, None)
+    );
     assert_eq!(
         h.problem.map(|p| p.to_string()).as_deref(),
         Some("duplicate key `cmd`")
