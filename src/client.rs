@@ -281,13 +281,23 @@ impl FilesClient {
     }
 
     /// Sends a request header announcing `body_len` bytes of body (to be sent with
-    /// [`FilesClient::send_body`]).
+    /// [`FilesClient::send_body`]). A `size` already in `header` is replaced by `body_len`:
+    /// the server refuses a header with a key twice (PROTOCOL.md, "Frames").
     pub fn send_request(
         &mut self,
         header: &Map<String, Value>,
         body_len: u64,
     ) -> Result<(), ClientError> {
         let mut frame = Vec::new();
+        let without_size;
+        let header = if header.contains_key("size") {
+            let mut h = header.clone();
+            h.remove("size");
+            without_size = h;
+            &without_size
+        } else {
+            header
+        };
         encode_header(header, body_len, &mut frame).map_err(io::Error::other)?;
         self.write_all(&frame)
     }

@@ -257,7 +257,7 @@ pub(crate) fn prometheus(workers: &[(usize, &Counters)]) -> String {
         (
             "socklab_datagrams_dropped_total",
             "counter",
-            "Replies dropped (queue full or peer unreachable).",
+            "Replies dropped (queue full or peer unreachable), and datagrams udp-chat ignored (empty or not UTF-8).",
             |c| c.datagrams_dropped,
         ),
     ];

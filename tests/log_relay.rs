@@ -74,7 +74,7 @@ fn echo_addr(child: &mut Child) -> std::net::SocketAddr {
 }
 
 #[test]
-fn the_server_has_one_thread_until_an_upload_starts_the_disk_thread() {
+fn the_server_has_one_thread_until_an_upload_starts_the_hashing_and_disk_threads() {
     let dir = util::TempDir::new("log-relay");
     let data_dir = dir.path().display().to_string();
     let server = Server::start(util::serve_args(
@@ -98,11 +98,13 @@ fn the_server_has_one_thread_until_an_upload_starts_the_disk_thread() {
     assert!(
         wait_until(WAIT, || {
             seen = threads(server.pid());
-            seen.len() == 2
+            seen.len() == 3
         }),
         "after an upload: {seen:?}"
     );
-    assert!(seen.iter().any(|t| t == "socklab-disk"), "{seen:?}");
+    for helper in ["socklab-hash", "socklab-disk"] {
+        assert!(seen.iter().any(|t| t == helper), "{helper}: {seen:?}");
+    }
 }
 
 #[test]

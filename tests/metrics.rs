@@ -93,7 +93,10 @@ fn counters_move_with_traffic_and_every_family_is_there() {
 fn other_paths_are_404_and_bad_requests_400_then_closed() {
     let server = server();
     let metrics = server.tcp("metrics");
-    let resp = http(metrics, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+    let resp = http(
+        metrics,
+        "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
     assert!(resp.starts_with("HTTP/1.1 404 "), "{resp}");
     let resp = http(
         metrics,

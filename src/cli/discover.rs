@@ -210,7 +210,7 @@ mod tests {
             let mut buf = [0u8; 64];
             let (n, from) = server.recv_from(&mut buf).expect("probe within 10 s");
             let mut reply = Vec::new();
-            assert!(d.on_datagram(&buf[..n], Instant::now(), &mut reply));
+            assert!(d.on_datagram(&buf[..n], None, Instant::now(), &mut reply));
             server.send_to(&reply, from).expect("send");
             // A stray non-answer must be skipped, not end the collection.
             server.send_to(b"not json", from).expect("send");

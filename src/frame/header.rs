@@ -16,7 +16,11 @@
 //! A malformed frame (bad `H`, a header that is not UTF-8 JSON, not an object,
 //! or with a bad `size`) is a [`HeaderError`]; when the header was a JSON
 //! object the error carries the request's `id` ([`HeaderError::request_id`])
-//! so the `bad_frame` response can copy it.
+//! so the `bad_frame` response can copy it. A header that is a JSON object
+//! with a usable `size` but some other unusable field (a duplicate key, a
+//! number out of range: see `strict`) is a [`Header`] with its `problem` set,
+//! so that the frame's end is known and the service can refuse the request
+//! alone.
 //!
 //! [`encode_header`] writes a response (or request) header with its `size`
 //! set, so that the body can be appended (or written from a file) separately.
@@ -25,6 +29,10 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{Decoded, Decoder};
+
+mod strict;
+
+pub use strict::{BadField, BadReason};
 
 /// Bytes of the `H` field.
 const PREFIX: usize = 4;
@@ -157,6 +165,9 @@ pub struct Header<'a> {
     pub fields: Map<String, Value>,
     /// The body length: `size`, or `filesize` where accepted; 0 if neither.
     pub size: u64,
+    /// The first field that is present but unusable (a duplicate key, a number out of range),
+    /// which is then left out of `fields`: the frame's end is known, the request is not.
+    pub problem: Option<BadField>,
 }
 
 impl<'a> Header<'a> {
@@ -251,6 +262,17 @@ pub enum HeaderError {
         /// The request's `id`, if it has one.
         id: Option<Value>,
     },
+    /// `size` (or `filesize`) is present but unusable (a duplicate key, a number out of
+    /// range): the body's length, and so the frame's end, cannot be known.
+    #[error("frame at byte {offset}: {problem}, so the body's length is unknown")]
+    UnknownSize {
+        /// Stream offset of the frame's first byte.
+        offset: u64,
+        /// What is wrong with the field.
+        problem: BadField,
+        /// The request's `id`, if it has a usable one.
+        id: Option<Value>,
+    },
     /// `size` and `filesize` are both present and differ.
     #[error("frame at byte {offset}: `size` {size} and `filesize` {filesize} differ")]
     SizeConflict {
@@ -270,7 +292,9 @@ impl HeaderError {
     /// for the `bad_frame` response.
     pub fn request_id(&self) -> Option<&Value> {
         match self {
-            HeaderError::BadSize { id, .. } | HeaderError::SizeConflict { id, .. } => id.as_ref(),
+            HeaderError::BadSize { id, .. }
+            | HeaderError::SizeConflict { id, .. }
+            | HeaderError::UnknownSize { id, .. } => id.as_ref(),
             _ => None,
         }
     }
@@ -284,7 +308,8 @@ impl HeaderError {
             | HeaderError::BadJson { offset, .. }
             | HeaderError::NotObject { offset, .. }
             | HeaderError::BadSize { offset, .. }
-            | HeaderError::SizeConflict { offset, .. } => *offset,
+            | HeaderError::SizeConflict { offset, .. }
+            | HeaderError::UnknownSize { offset, .. } => *offset,
         }
     }
 }
@@ -412,22 +437,29 @@ impl HeaderBodyDecoder {
             offset,
             valid_up_to: e.valid_up_to(),
         })?;
-        let value: Value = serde_json::from_str(raw).map_err(|e| HeaderError::BadJson {
+        let parsed = strict::parse(raw).map_err(|e| HeaderError::BadJson {
             offset,
             line: e.line(),
             column: e.column(),
             message: e.to_string(),
         })?;
-        let fields = match value {
-            Value::Object(fields) => fields,
-            other => {
-                return Err(HeaderError::NotObject {
-                    offset,
-                    found: kind(&other),
-                });
-            }
+        let (fields, bad) = match parsed {
+            strict::Parsed::Object { fields, bad } => (fields, bad),
+            strict::Parsed::Other(found) => return Err(HeaderError::NotObject { offset, found }),
         };
-        let size = body_size(&fields, self.config.accept_filesize, offset)?;
+        let accept_filesize = self.config.accept_filesize;
+        if let Some(problem) = bad
+            .iter()
+            .find(|b| b.key == "size" || (accept_filesize && b.key == "filesize"))
+        {
+            return Err(HeaderError::UnknownSize {
+                offset,
+                problem: problem.clone(),
+                id: fields.get("id").cloned(),
+            });
+        }
+        let size = body_size(&fields, accept_filesize, offset)?;
+        let problem = bad.into_iter().next();
         self.frame_start = offset;
         self.offset = offset.saturating_add(end as u64);
         self.state = if size == 0 {
@@ -436,7 +468,12 @@ impl HeaderBodyDecoder {
             State::Body { remaining: size }
         };
         Ok(Decoded::Item {
-            item: Part::Header(Header { raw, fields, size }),
+            item: Part::Header(Header {
+                raw,
+                fields,
+                size,
+                problem,
+            }),
             consumed: end,
         })
     }
@@ -464,18 +501,6 @@ impl Decoder for HeaderBodyDecoder {
 
     fn max_buffered(&self) -> usize {
         HeaderBodyDecoder::max_buffered(self)
-    }
-}
-
-/// The JSON type of a value, for [`HeaderError::NotObject`].
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
     }
 }
 
@@ -522,386 +547,4 @@ fn body_size(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    /// Prefix + header text.
-    fn frame(header: &str) -> Vec<u8> {
-        let mut v = (header.len() as u32).to_le_bytes().to_vec();
-        v.extend_from_slice(header.as_bytes());
-        v
-    }
-
-    fn header_of(d: &mut HeaderBodyDecoder, input: &[u8]) -> (Map<String, Value>, u64, usize) {
-        match d.decode(input) {
-            Ok(Decoded::Item {
-                item: Part::Header(h),
-                consumed,
-            }) => (h.fields, h.size, consumed),
-            other => panic!("expected a header, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn python_client_put_frame() {
-        // struct.pack('i', len(h)) + h + body, as the classic upload client sends it.
-        let mut input = frame(r#"{"cmd":"put","filename":"a.txt","filesize":5}"#);
-        input.extend_from_slice(b"hello");
-        input.extend_from_slice(&frame(r#"{"cmd":"ping"}"#));
-        let mut d = HeaderBodyDecoder::default();
-        let (fields, size, consumed) = header_of(&mut d, &input);
-        assert_eq!(
-            (fields["cmd"].as_str(), size, consumed),
-            (Some("put"), 5, 49)
-        );
-        let rest = &input[consumed..];
-        assert_eq!(d.body_remaining(), 5);
-        assert_eq!(
-            d.decode(&rest[..2]),
-            Ok(Decoded::Item {
-                item: Part::BodyChunk(b"he"),
-                consumed: 2
-            })
-        );
-        assert_eq!(
-            d.decode(&rest[2..]),
-            Ok(Decoded::Item {
-                item: Part::BodyChunk(b"llo"),
-                consumed: 3
-            })
-        );
-        assert_eq!(
-            d.decode(&rest[5..]),
-            Ok(Decoded::Item {
-                item: Part::BodyEnd,
-                consumed: 0
-            })
-        );
-        let (fields, size, _) = header_of(&mut d, &rest[5..]);
-        assert_eq!((fields["cmd"].as_str(), size), (Some("ping"), 0));
-        assert_eq!(
-            d.decode(b""),
-            Ok(Decoded::Item {
-                item: Part::BodyEnd,
-                consumed: 0
-            })
-        );
-        assert_eq!(d.decode(b""), Ok(Decoded::Incomplete));
-    }
-
-    #[test]
-    fn header_borrows_its_text_and_parses_typed() {
-        #[derive(serde::Deserialize)]
-        struct Put<'a> {
-            filename: &'a str,
-        }
-        let input = frame(r#"{"cmd":"put","filename":"a.txt","size":0,"id":[1]}"#);
-        let mut d = HeaderBodyDecoder::default();
-        let Ok(Decoded::Item {
-            item: Part::Header(h),
-            ..
-        }) = d.decode(&input)
-        else {
-            panic!()
-        };
-        assert_eq!(h.parse::<Put>().unwrap().filename, "a.txt");
-        assert_eq!((h.cmd(), h.id()), (Some("put"), Some(&json!([1]))));
-        assert!(std::ptr::eq(h.raw.as_ptr(), input[4..].as_ptr()));
-    }
-
-    #[test]
-    fn partial_input_consumes_nothing() {
-        let input = frame(r#"{"size":1}"#);
-        let mut d = HeaderBodyDecoder::default();
-        for end in 0..input.len() {
-            assert_eq!(d.decode(&input[..end]), Ok(Decoded::Incomplete), "{end}");
-        }
-        header_of(&mut d, &input);
-        assert_eq!(d.decode(b""), Ok(Decoded::Incomplete));
-    }
-
-    #[test]
-    fn terabyte_body_in_constant_memory() {
-        let input = frame(r#"{"size":1000000000000}"#);
-        let mut d = HeaderBodyDecoder::default();
-        let (_, size, _) = header_of(&mut d, &input);
-        assert_eq!(size, 1_000_000_000_000);
-        let chunk = [7u8; 4096];
-        for _ in 0..1000 {
-            assert_eq!(
-                d.decode(&chunk),
-                Ok(Decoded::Item {
-                    item: Part::BodyChunk(&chunk),
-                    consumed: 4096
-                })
-            );
-        }
-        assert_eq!(d.body_remaining(), 1_000_000_000_000 - 4_096_000);
-        assert_eq!(d.max_buffered(), 4 + 65536);
-    }
-
-    #[test]
-    fn chunk_stops_at_the_end_of_the_body() {
-        let mut input = frame(r#"{"size":3}"#);
-        input.extend_from_slice(b"abcNEXT");
-        let mut d = HeaderBodyDecoder::default();
-        let (_, _, consumed) = header_of(&mut d, &input);
-        assert_eq!(
-            d.decode(&input[consumed..]),
-            Ok(Decoded::Item {
-                item: Part::BodyChunk(b"abc"),
-                consumed: 3
-            })
-        );
-    }
-
-    #[test]
-    fn size_rules() {
-        let ok = |h: &str, accept_filesize: bool| {
-            let mut d = HeaderBodyDecoder::new(HeaderBodyConfig {
-                accept_filesize,
-                ..Default::default()
-            });
-            header_of(&mut d, &frame(h)).1
-        };
-        assert_eq!(ok(r#"{}"#, true), 0);
-        assert_eq!(ok(r#"{"filesize":7}"#, true), 7);
-        assert_eq!(ok(r#"{"filesize":7}"#, false), 0);
-        assert_eq!(ok(r#"{"size":7,"filesize":7}"#, true), 7);
-        assert_eq!(ok(r#"{"size":7,"filesize":8}"#, false), 7);
-        assert_eq!(ok(r#"{"size":18446744073709551615}"#, true), u64::MAX);
-    }
-
-    fn err(header: &[u8]) -> HeaderError {
-        let mut input = (header.len() as u32).to_le_bytes().to_vec();
-        input.extend_from_slice(header);
-        HeaderBodyDecoder::default().decode(&input).unwrap_err()
-    }
-
-    #[test]
-    fn every_error() {
-        let mut d = HeaderBodyDecoder::default();
-        assert_eq!(
-            d.decode(b"\0\0\0\0"),
-            Err(HeaderError::EmptyHeader {
-                offset: 0,
-                max: 65536
-            })
-        );
-        // Decided from the prefix alone: no header byte has arrived.
-        assert_eq!(
-            d.decode(b"\x01\x00\x01\x00"),
-            Err(HeaderError::HeaderTooLong {
-                offset: 0,
-                length: 65537,
-                max: 65536
-            })
-        );
-        assert_eq!(
-            d.decode(b"\xff\xff\xff\xff"),
-            Err(HeaderError::HeaderTooLong {
-                offset: 0,
-                length: u32::MAX,
-                max: 65536
-            })
-        );
-        assert_eq!(
-            err(b"{\"a\":\"\xff\"}"),
-            HeaderError::NotUtf8 {
-                offset: 0,
-                valid_up_to: 6
-            }
-        );
-        assert!(matches!(
-            err(b"{\"a\":"),
-            HeaderError::BadJson {
-                offset: 0,
-                line: 1,
-                column: 5,
-                ..
-            }
-        ));
-        assert!(matches!(
-            err(b"{} {}"),
-            HeaderError::BadJson {
-                line: 1,
-                column: 4,
-                ..
-            }
-        ));
-        assert_eq!(
-            err(b"[1]"),
-            HeaderError::NotObject {
-                offset: 0,
-                found: "array"
-            }
-        );
-        assert_eq!(
-            err(b"null"),
-            HeaderError::NotObject {
-                offset: 0,
-                found: "null"
-            }
-        );
-        assert_eq!(
-            err(b"\"x\""),
-            HeaderError::NotObject {
-                offset: 0,
-                found: "string"
-            }
-        );
-        assert_eq!(
-            err(b"1"),
-            HeaderError::NotObject {
-                offset: 0,
-                found: "number"
-            }
-        );
-        assert_eq!(
-            err(b"true"),
-            HeaderError::NotObject {
-                offset: 0,
-                found: "boolean"
-            }
-        );
-        for (bad, field) in [
-            (&br#"{"size":-1,"id":9}"#[..], "size"),
-            (br#"{"size":1.5,"id":9}"#, "size"),
-            (br#"{"size":"5","id":9}"#, "size"),
-            (br#"{"size":null,"id":9}"#, "size"),
-            (br#"{"size":18446744073709551616,"id":9}"#, "size"),
-            (br#"{"filesize":-1,"id":9}"#, "filesize"),
-            (br#"{"size":1,"filesize":"1","id":9}"#, "filesize"),
-        ] {
-            let e = err(bad);
-            assert!(
-                matches!(&e, HeaderError::BadSize { offset: 0, field: f, .. } if *f == field),
-                "{e:?}"
-            );
-            assert_eq!(e.request_id(), Some(&json!(9)), "{e:?}");
-        }
-        let e = err(br#"{"id":{"n":[1,2]},"size":1,"filesize":2}"#);
-        assert_eq!(
-            e,
-            HeaderError::SizeConflict {
-                offset: 0,
-                size: 1,
-                filesize: 2,
-                id: Some(json!({"n":[1,2]}))
-            }
-        );
-        assert_eq!(
-            e.to_string(),
-            "frame at byte 0: `size` 1 and `filesize` 2 differ"
-        );
-        assert_eq!(err(br#"{"size":-1}"#).request_id(), None);
-        assert_eq!(err(b"[1]").request_id(), None);
-    }
-
-    #[test]
-    fn error_offset_is_the_bad_frames_place_in_the_stream() {
-        let mut input = frame(r#"{"size":2}"#);
-        input.extend_from_slice(b"xy\0\0\0\0");
-        let mut d = HeaderBodyDecoder::default();
-        let mut pos = 0;
-        let e = loop {
-            match d.decode(&input[pos..]) {
-                Ok(answer) => pos += answer.consumed(),
-                Err(e) => break e,
-            }
-        };
-        assert_eq!(
-            e,
-            HeaderError::EmptyHeader {
-                offset: 16,
-                max: 65536
-            }
-        );
-        assert_eq!(e.offset(), 16);
-        // Errors are final: the same answer again.
-        assert_eq!(d.decode(&input[pos..]), Err(e));
-    }
-
-    #[test]
-    fn max_header_is_configurable() {
-        let mut d = HeaderBodyDecoder::new(HeaderBodyConfig {
-            max_header: 2,
-            accept_filesize: true,
-        });
-        assert_eq!(d.max_buffered(), 6);
-        header_of(&mut d, &frame("{}"));
-        assert_eq!(
-            d.decode(b""),
-            Ok(Decoded::Item {
-                item: Part::BodyEnd,
-                consumed: 0
-            })
-        );
-        assert_eq!(
-            d.decode(&frame("{ }")),
-            Err(HeaderError::HeaderTooLong {
-                offset: 6,
-                length: 3,
-                max: 2
-            })
-        );
-    }
-
-    #[test]
-    fn encode_header_adds_size_and_round_trips() {
-        #[derive(Serialize)]
-        struct Reply<'a> {
-            ok: bool,
-            cmd: &'a str,
-        }
-        let mut out = b"pending".to_vec();
-        encode_header(
-            &Reply {
-                ok: true,
-                cmd: "get",
-            },
-            3,
-            &mut out,
-        )
-        .unwrap();
-        out.extend_from_slice(b"abc");
-        assert_eq!(&out[..7], b"pending");
-        let text = r#"{"ok":true,"cmd":"get","size":3}"#;
-        assert_eq!(&out[7..11], &(text.len() as u32).to_le_bytes());
-        assert_eq!(&out[11..11 + text.len()], text.as_bytes());
-        let mut d = HeaderBodyDecoder::new(HeaderBodyConfig::responses());
-        let (fields, size, consumed) = header_of(&mut d, &out[7..]);
-        assert_eq!(
-            (fields["cmd"].as_str(), size, consumed),
-            (Some("get"), 3, 4 + text.len())
-        );
-
-        let mut out = Vec::new();
-        encode_header(&json!({"ok": false, "cmd": null}), 0, &mut out).unwrap();
-        assert_eq!(&out[4..], br#"{"cmd":null,"ok":false,"size":0}"#);
-    }
-
-    #[test]
-    fn encode_header_errors_leave_output_alone() {
-        let mut out = b"x".to_vec();
-        let e = encode_header(&json!([1, 2]), 0, &mut out).unwrap_err();
-        assert!(matches!(e, HeaderEncodeError::NotAnObject { .. }), "{e:?}");
-        assert!(matches!(
-            encode_header("text", 0, &mut out),
-            Err(HeaderEncodeError::NotAnObject { .. })
-        ));
-        let small = HeaderBodyConfig {
-            max_header: 10,
-            accept_filesize: false,
-        };
-        assert_eq!(
-            small.encode_header(&json!({"a": 1}), 0, &mut out),
-            Err(HeaderEncodeError::TooLong {
-                length: 16,
-                max: 10
-            })
-        );
-        assert_eq!(out, b"x");
-    }
-}
+mod tests;

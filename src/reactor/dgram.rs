@@ -246,8 +246,12 @@ fn receive_datagrams(
                 if wall.is_none() && d.service.needs_wall_clock() {
                     wall = Some(chrono::Local::now());
                 }
-                d.service
-                    .on_datagram(&peer, payload, now, wall.as_ref(), reply, targets);
+                let taken =
+                    d.service
+                        .on_datagram(&peer, payload, now, wall.as_ref(), reply, targets);
+                if !taken {
+                    stats.dropped += 1;
+                }
                 for target in targets.drain(..) {
                     send_or_queue(d, target, reply, limits, stats);
                 }

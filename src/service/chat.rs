@@ -280,7 +280,10 @@ impl UdpChat {
     }
 
     /// Takes one datagram from `from`: writes the relayed text to `reply` and the members to
-    /// send it to into `targets`. Datagrams that are not UTF-8 are dropped.
+    /// send it to into `targets`. Returns `false` for a datagram that is ignored: one that is
+    /// not UTF-8, or empty once its line end is stripped. It is not relayed, and its sender is
+    /// not remembered for it (a spoofed source must not be made a member by garbage).
+    #[must_use]
     pub fn on_datagram(
         &mut self,
         from: SocketAddr,
@@ -288,24 +291,28 @@ impl UdpChat {
         now: Instant,
         reply: &mut Vec<u8>,
         targets: &mut Vec<SocketAddr>,
-    ) {
+    ) -> bool {
         reply.clear();
         targets.clear();
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return false;
+        };
+        let text = text
+            .strip_suffix('\n')
+            .map(|t| t.strip_suffix('\r').unwrap_or(t))
+            .unwrap_or(text);
+        if text.is_empty() {
+            return false;
+        }
         let expiry = self.expiry;
         self.members
             .retain(|_, seen| now.saturating_duration_since(*seen) < expiry);
         if self.members.len() < self.max_members || self.members.contains_key(&from) {
             self.members.insert(from, now);
         }
-        let Ok(text) = std::str::from_utf8(payload) else {
-            return;
-        };
-        let text = text
-            .strip_suffix('\n')
-            .map(|t| t.strip_suffix('\r').unwrap_or(t))
-            .unwrap_or(text);
         let _ = write!(StringSink(reply), "[{from}] {text}");
         targets.extend(self.members.keys().filter(|a| **a != from).copied());
+        true
     }
 }
 
@@ -438,12 +445,12 @@ mod tests {
         let b: SocketAddr = "127.0.0.1:2000".parse().unwrap();
         let c: SocketAddr = "127.0.0.1:3000".parse().unwrap();
         let (mut reply, mut targets) = (Vec::new(), Vec::new());
-        room.on_datagram(a, b"hi", t0, &mut reply, &mut targets);
+        assert!(room.on_datagram(a, b"hi", t0, &mut reply, &mut targets));
         assert!(targets.is_empty());
-        room.on_datagram(b, b"yo\n", t0, &mut reply, &mut targets);
+        assert!(room.on_datagram(b, b"yo\n", t0, &mut reply, &mut targets));
         assert_eq!(reply, b"[127.0.0.1:2000] yo");
         assert_eq!(targets, vec![a]);
-        room.on_datagram(
+        let _ = room.on_datagram(
             c,
             b"hey",
             t0 + Duration::from_secs(5),
@@ -454,7 +461,7 @@ mod tests {
         assert_eq!(targets, vec![a, b]);
         // a and b have been silent for 11 s: only c is left to hear d.
         let d: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        room.on_datagram(
+        let _ = room.on_datagram(
             d,
             b"x",
             t0 + Duration::from_secs(11),
@@ -462,14 +469,19 @@ mod tests {
             &mut targets,
         );
         assert_eq!(targets, vec![c]);
-        room.on_datagram(
-            d,
-            b"\xff",
-            t0 + Duration::from_secs(11),
-            &mut reply,
-            &mut targets,
-        );
-        assert!(targets.is_empty() && reply.is_empty(), "not UTF-8: dropped");
+        let t11 = t0 + Duration::from_secs(11);
+        for ignored in [&b"\xff"[..], b"", b"\n", b"\r\n", b"ok\xc3"] {
+            assert!(!room.on_datagram(d, ignored, t11, &mut reply, &mut targets));
+            assert!(
+                targets.is_empty() && reply.is_empty(),
+                "{ignored:?}: dropped"
+            );
+        }
+        // An ignored datagram does not make its sender a member.
+        let e: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        assert!(!room.on_datagram(e, b"", t11, &mut reply, &mut targets));
+        assert!(room.on_datagram(d, b"y", t11, &mut reply, &mut targets));
+        assert_eq!(targets, vec![c]);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! `metrics`: the counters in the Prometheus text format over HTTP/1.1 (PROTOCOL.md,
-//! "Metrics"), sans-IO. `GET /metrics` gets them; any other request a 404; a malformed or
-//! oversized request a 400 (or 431) and the connection closes, like any other bad client.
+//! "Metrics"), sans-IO. `GET /metrics` (and `HEAD`) gets them, any other path a 404, another
+//! method a 405. Requests are read as RFC 9112 asks of a server that does not take bodies:
+//! whatever could frame a request differently from a proxy in front of it (two
+//! `Content-Length`s, any `Transfer-Encoding`, a bare LF, obs-fold, a malformed request line,
+//! no `Host` or two) is a 400, and the connection closes, as does an oversized head (431).
 
 use super::Step;
 use super::{Action, Awaiting};
@@ -27,19 +30,131 @@ pub struct MetricsHttp {
 struct Scrape {
     /// The response closes the connection.
     close: bool,
+    /// HEAD: the head alone.
+    head_only: bool,
     /// The reactor has been asked for the counters (`poll_action`).
     asked: bool,
 }
 
-fn respond(out: &mut Vec<u8>, status: &str, body: &str, close: bool) {
-    let connection = if close { "close" } else { "keep-alive" };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: {connection}\r\n\r\n",
-        body.len()
-    );
-    out.extend_from_slice(head.as_bytes());
-    out.extend_from_slice(body.as_bytes());
+/// One response to write.
+struct Response<'a> {
+    /// Status code and reason.
+    status: &'a str,
+    /// Extra header lines, each ending in CRLF.
+    extra: &'a str,
+    /// The body GET would carry; HEAD sends only its length.
+    body: &'a str,
+    /// Whether the connection closes after it.
+    close: bool,
+    /// HEAD: the head alone.
+    head_only: bool,
+}
+
+impl Response<'_> {
+    fn write(&self, out: &mut Vec<u8>) {
+        let connection = if self.close { "close" } else { "keep-alive" };
+        let head = format!(
+            "HTTP/1.1 {}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+             Content-Length: {}\r\n{}Connection: {connection}\r\n\r\n",
+            self.status,
+            self.body.len(),
+            self.extra,
+        );
+        out.extend_from_slice(head.as_bytes());
+        if !self.head_only {
+            out.extend_from_slice(self.body.as_bytes());
+        }
+    }
+}
+
+/// A 400 (or 431): the request cannot be framed safely, so the connection closes.
+fn refuse(out: &mut Vec<u8>, status: &str, why: &str) {
+    let body = format!("{why}\n");
+    Response {
+        status,
+        extra: "",
+        body: &body,
+        close: true,
+        head_only: false,
+    }
+    .write(out);
+}
+
+/// The position of the first LF not preceded by CR: RFC 9112 lets a server refuse bare LF,
+/// and a proxy that reads lines differently would see other requests in the same bytes.
+fn bare_lf(head: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'\n', head).find(|&i| i == 0 || head.get(i - 1) != Some(&b'\r'))
+}
+
+/// `Content-Length`'s value: digits only (no sign, no list), optional white space around.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let value = value.trim_ascii();
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// Why a parsed request must be refused with 400 before it is routed, if it must.
+fn framing_error(head: &[u8], req: &httparse::Request<'_, '_>) -> Option<String> {
+    if let Some(at) = bare_lf(head) {
+        return Some(format!("bare LF at byte {at}: lines end with CRLF"));
+    }
+    let mut length = None;
+    let mut hosts = 0;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Some("Transfer-Encoding is not supported".into());
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            if length.is_some() {
+                return Some("more than one Content-Length".into());
+            }
+            length = Some(content_length(h.value).ok_or("a malformed Content-Length"));
+        } else if h.name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        }
+    }
+    match length {
+        Some(Err(why)) => return Some(why.into()),
+        Some(Ok(n)) if n > 0 => return Some("requests with a body are not served".into()),
+        _ => {}
+    }
+    if hosts > 1 {
+        return Some("more than one Host".into());
+    }
+    if hosts == 0 && req.version == Some(1) {
+        return Some("an HTTP/1.1 request without Host".into());
+    }
+    None
+}
+
+/// The path of a request target, without its query: origin form (`/metrics?x`) or absolute
+/// form (`http://host/metrics`).
+fn target_path(target: &str) -> &str {
+    let rest = ["http://", "https://"]
+        .iter()
+        .find_map(|scheme| {
+            let prefix = target.get(..scheme.len())?;
+            prefix
+                .eq_ignore_ascii_case(scheme)
+                .then(|| target.get(scheme.len()..))
+                .flatten()
+        })
+        .map_or(target, |authority_on| {
+            authority_on
+                .find('/')
+                .map_or("/", |i| authority_on.get(i..).unwrap_or("/"))
+        });
+    rest.split(['?', '#']).next().unwrap_or(rest)
+}
+
+/// Whether a `Connection` field lists `close`.
+fn asks_close(req: &httparse::Request<'_, '_>) -> bool {
+    req.headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| h.value.split(|b| *b == b','))
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 impl MetricsHttp {
@@ -66,7 +181,15 @@ impl MetricsHttp {
     /// Every worker's counters came: the waiting scrape is answered.
     pub fn on_counters(&mut self, gathered: &Gathered, out: &mut Vec<u8>) {
         if let Some(scrape) = self.scrape.take() {
-            respond(out, "200 OK", &gathered.prometheus(), scrape.close);
+            let exposition = gathered.prometheus();
+            Response {
+                status: "200 OK",
+                extra: "",
+                body: &exposition,
+                close: scrape.close,
+                head_only: scrape.head_only,
+            }
+            .write(out);
         }
     }
 
@@ -88,12 +211,15 @@ impl MetricsHttp {
             let mut req = httparse::Request::new(&mut headers);
             match req.parse(rest) {
                 Ok(httparse::Status::Partial) => {
-                    if rest.len() > MAX_HEAD {
-                        respond(
+                    // All of `rest` belongs to this one request's head.
+                    if let Some(at) = bare_lf(rest) {
+                        refuse(out, "400 Bad Request", &format!("bare LF at byte {at}"));
+                        self.closing = true;
+                    } else if rest.len() > MAX_HEAD {
+                        refuse(
                             out,
                             "431 Request Header Fields Too Large",
-                            "request head too large\n",
-                            true,
+                            "request head too large",
                         );
                         self.closing = true;
                     }
@@ -101,43 +227,16 @@ impl MetricsHttp {
                 }
                 Ok(httparse::Status::Complete(n)) => {
                     pos = pos.saturating_add(n);
-                    let header = |name: &str| {
-                        req.headers
-                            .iter()
-                            .find(|h| h.name.eq_ignore_ascii_case(name))
-                            .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
-                    };
-                    let has_body = header("content-length").is_some_and(|v| v != "0")
-                        || header("transfer-encoding").is_some();
-                    let close = req.version == Some(0)
-                        || header("connection").is_some_and(|v| v == "close")
-                        || has_body;
-                    if has_body {
-                        respond(
-                            out,
-                            "400 Bad Request",
-                            "requests with a body are not served\n",
-                            true,
-                        );
-                    } else if req.method == Some("GET") && req.path == Some("/metrics") {
-                        self.metrics(out, counters, peers, close);
+                    let head = rest.get(..n).unwrap_or_default();
+                    if let Some(why) = framing_error(head, &req) {
+                        refuse(out, "400 Bad Request", &why);
+                        self.closing = true;
                     } else {
-                        respond(
-                            out,
-                            "404 Not Found",
-                            "only GET /metrics is served here\n",
-                            close,
-                        );
+                        self.closing = self.answer(&req, out, counters, peers);
                     }
-                    self.closing = close;
                 }
                 Err(e) => {
-                    respond(
-                        out,
-                        "400 Bad Request",
-                        &format!("malformed request: {e}\n"),
-                        true,
-                    );
+                    refuse(out, "400 Bad Request", &format!("malformed request: {e}"));
                     self.closing = true;
                 }
             }
@@ -150,18 +249,49 @@ impl MetricsHttp {
 }
 
 impl MetricsHttp {
-    /// A scrape: answered at once by a worker alone, otherwise once every worker's counters
-    /// are gathered (`on_counters`).
-    fn metrics(&mut self, out: &mut Vec<u8>, counters: &Counters, peers: &Peers, close: bool) {
-        if peers.alone() {
-            let gathered = Gathered::alone(peers.worker, counters);
-            respond(out, "200 OK", &gathered.prometheus(), close);
-        } else {
-            self.scrape = Some(Scrape {
-                close,
-                asked: false,
-            });
+    /// Answers a well-framed request (a scrape with other workers waits for their counters,
+    /// `on_counters`); returns whether the connection closes after it.
+    fn answer(
+        &mut self,
+        req: &httparse::Request<'_, '_>,
+        out: &mut Vec<u8>,
+        counters: &Counters,
+        peers: &Peers,
+    ) -> bool {
+        let close = req.version == Some(0) || asks_close(req);
+        let method = req.method.unwrap_or_default();
+        let head_only = method == "HEAD";
+        let is_metrics = target_path(req.path.unwrap_or_default()) == "/metrics";
+        let exposition;
+        let (status, extra, body) = match (method, is_metrics) {
+            ("GET" | "HEAD", true) if !peers.alone() => {
+                self.scrape = Some(Scrape {
+                    close,
+                    head_only,
+                    asked: false,
+                });
+                return close;
+            }
+            ("GET" | "HEAD", true) => {
+                exposition = Gathered::alone(peers.worker, counters).prometheus();
+                ("200 OK", "", exposition.as_str())
+            }
+            (_, true) => (
+                "405 Method Not Allowed",
+                "Allow: GET, HEAD\r\n",
+                "only GET and HEAD are served here\n",
+            ),
+            (_, false) => ("404 Not Found", "", "only GET /metrics is served here\n"),
+        };
+        Response {
+            status,
+            extra,
+            body,
+            close,
+            head_only,
         }
+        .write(out);
+        close
     }
 }
 
@@ -177,23 +307,6 @@ mod tests {
     }
 
     #[test]
-    fn metrics_404_and_keep_alive() {
-        let (out, step) =
-            run(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /other HTTP/1.1\r\n\r\nGET /met");
-        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
-        assert!(out.contains("# TYPE socklab_loop_iterations_total counter"));
-        assert!(out.contains("HTTP/1.1 404 Not Found"));
-        assert!(!step.close);
-        assert_eq!(
-            step.consumed,
-            out.len().min(step.consumed),
-            "partial request kept"
-        );
-        let full = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /other HTTP/1.1\r\n\r\n";
-        assert_eq!(step.consumed, full.len());
-    }
-
-    #[test]
     fn with_other_workers_a_scrape_waits_for_their_counters() {
         let mut m = MetricsHttp::default();
         let mut out = Vec::new();
@@ -201,10 +314,10 @@ mod tests {
             worker: 1,
             workers: 2,
         };
-        let one = b"GET /metrics HTTP/1.1\r\n\r\n";
+        let one = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
         let two = [
             &one[..],
-            b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         ]
         .concat();
         let step = m.on_input(&two, &mut out, &Counters::default(), &peers);
@@ -236,6 +349,24 @@ mod tests {
     }
 
     #[test]
+    fn metrics_404_and_keep_alive() {
+        let (out, step) =
+            run(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /other HTTP/1.1\r\nHost: x\r\n\r\nGET /met");
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.contains("# TYPE socklab_loop_iterations_total counter"));
+        assert!(out.contains("HTTP/1.1 404 Not Found"));
+        assert!(!step.close);
+        assert_eq!(
+            step.consumed,
+            out.len().min(step.consumed),
+            "partial request kept"
+        );
+        let full =
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /other HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(step.consumed, full.len());
+    }
+
+    #[test]
     fn bad_requests_close() {
         for bad in [
             &b"\x00\x01garbage\r\n\r\n"[..],
@@ -251,5 +382,43 @@ mod tests {
         let (out, step) = run(&huge);
         assert!(out.starts_with("HTTP/1.1 4"), "{out}");
         assert!(step.close);
+    }
+
+    #[test]
+    fn targets_and_content_lengths() {
+        for (target, path) in [
+            ("/metrics", "/metrics"),
+            ("/metrics?a=1", "/metrics"),
+            ("/metrics#x", "/metrics"),
+            ("HTTP://h:9/metrics?q", "/metrics"),
+            ("http://h", "/"),
+            ("*", "*"),
+        ] {
+            assert_eq!(target_path(target), path, "{target}");
+        }
+        assert_eq!(content_length(b" 0 "), Some(0));
+        assert_eq!(content_length(b"12"), Some(12));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b"1,1",
+            b"0x1",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(content_length(bad), None, "{bad:?}");
+        }
+        assert_eq!(bare_lf(b"a\r\nb\r\n"), None);
+        assert_eq!(bare_lf(b"\nGET"), Some(0));
+        assert_eq!(bare_lf(b"a\r\nb\n"), Some(4));
+    }
+
+    #[test]
+    fn head_has_the_length_and_no_body() {
+        let (get, _) = run(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (head, step) = run(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(!step.close);
+        let (get_head, _) = get.split_once("\r\n\r\n").unwrap();
+        assert_eq!(head, format!("{get_head}\r\n\r\n"));
     }
 }

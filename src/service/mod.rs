@@ -424,7 +424,9 @@ impl DatagramService {
 
     /// Takes one datagram from `from`; the reply (if any) is written to `reply` and the peers
     /// to send it to into `targets` (both cleared first). `wall` is the local time, given to
-    /// the services that say they need it.
+    /// the services that say they need it. Returns `false` for a datagram the service refused
+    /// as malformed (udp-chat's empty and non-UTF-8 ones), which the caller counts as dropped.
+    #[must_use]
     pub fn on_datagram(
         &mut self,
         from: &Peer,
@@ -433,9 +435,10 @@ impl DatagramService {
         wall: Option<&chrono::DateTime<chrono::Local>>,
         reply: &mut Vec<u8>,
         targets: &mut Vec<Peer>,
-    ) {
+    ) -> bool {
         reply.clear();
         targets.clear();
+        let mut taken = true;
         match self {
             DatagramService::Echo(s) => {
                 s.on_input(payload, reply);
@@ -446,9 +449,11 @@ impl DatagramService {
                 targets.push(from.clone());
             }
             DatagramService::UdpChat(s) => {
-                let Peer::Inet(addr) = from else { return };
+                let Peer::Inet(addr) = from else {
+                    return true;
+                };
                 let mut addrs = Vec::new();
-                s.on_datagram(*addr, payload, now, reply, &mut addrs);
+                taken = s.on_datagram(*addr, payload, now, reply, &mut addrs);
                 targets.extend(addrs.into_iter().map(Peer::Inet));
             }
             DatagramService::Time => {
@@ -459,10 +464,15 @@ impl DatagramService {
             }
             DatagramService::Discovery(d) => {
                 // The answer goes to the probe's source only, at a bounded rate.
-                if d.on_datagram(payload, now, reply) {
+                let source = match from {
+                    Peer::Inet(addr) => Some(addr.ip()),
+                    Peer::Unix(_) => None,
+                };
+                if d.on_datagram(payload, source, now, reply) {
                     targets.push(from.clone());
                 }
             }
         }
+        taken
     }
 }

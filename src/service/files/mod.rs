@@ -406,6 +406,12 @@ impl Files {
     ) {
         self.body = Body::Skip;
         let id = h.id();
+        // The frame's end is known (its body is skipped), the request is not: PROTOCOL.md.
+        if let Some(bad) = &h.problem {
+            let msg = format!("malformed header: {bad}");
+            respond_error(out, counters, None, id, ErrorCode::BadRequest, msg);
+            return;
+        }
         if let Some(v) = id {
             let len = serde_json::to_vec(v).map_or(usize::MAX, |b| b.len());
             if len > MAX_ID {
