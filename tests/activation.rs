@@ -122,14 +122,20 @@ fn serves_on_inherited_tcp_unix_and_udp_sockets() {
 
     let c = UdpSocket::bind("127.0.0.1:0").unwrap();
     c.set_read_timeout(Some(T)).unwrap();
-    assert_eq!(udp_ask(&c, udp_addr, b"ping").as_deref(), Some(&b"ping"[..]));
+    assert_eq!(
+        udp_ask(&c, udp_addr, b"ping").as_deref(),
+        Some(&b"ping"[..])
+    );
 }
 
 fn expect_error(fds: &[RawFd], names: &[&str], args: &[&str], needle: &str) {
     let cmd = activated(fds, names, args);
     let (status, stderr) = expect_start_failure(cmd, needle);
     assert_eq!(status.code(), Some(2), "stderr: {stderr}");
-    assert!(stderr.contains(needle), "want {needle:?} in stderr: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "want {needle:?} in stderr: {stderr}"
+    );
 }
 
 #[test]
@@ -141,7 +147,7 @@ fn a_udp_socket_named_echo_is_refused() {
         &[udp.as_raw_fd()],
         &["echo"],
         &args,
-        "descriptor 3 (echo): a datagram socket, expected a listening stream socket",
+        "descriptor 3 (echo): a datagram socket (AF_INET), expected a listening stream socket",
     );
 }
 
@@ -191,8 +197,12 @@ fn read_until(sock: &UnixDatagram, want: &str, within: Duration) -> Vec<String> 
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
-        sock.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))
-            .unwrap();
+        sock.set_read_timeout(Some(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ))
+        .unwrap();
         match sock.recv(&mut buf) {
             Ok(n) => {
                 let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
@@ -216,7 +226,8 @@ fn notifies_ready_watchdog_and_stopping() {
     let mut args = no_own_listeners();
     args.extend(["--echo", "127.0.0.1:0", "--no-udp-echo", "--workers", "2"]);
     let mut cmd = serve_cmd(&args);
-    cmd.env("NOTIFY_SOCKET", &path).env("WATCHDOG_USEC", "200000");
+    cmd.env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "200000");
     let mut server = Server::start_cmd(cmd);
     read_until(&notify, "READY=1", T);
     // Three watchdog pings at 100 ms each: repeated, not one.
