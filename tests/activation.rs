@@ -254,3 +254,77 @@ fn notify_reaches_an_abstract_socket() {
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait_exit(T).and_then(|s| s.code()), Some(0));
 }
+
+/// The real thing, where installed: systemd's own `systemd-socket-activate` binds a unix
+/// socket, waits for the first connection, and execs the server with it as descriptor 3.
+#[test]
+fn systemd_socket_activate_passes_a_listener() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let tool = "/usr/bin/systemd-socket-activate";
+    if !std::path::Path::new(tool).exists() {
+        eprintln!("skipped: {tool} is not installed");
+        return;
+    }
+    let dir = TempDir::new("sd-activate");
+    let path = dir.path().join("echo.sock");
+    let mut args: Vec<String> = vec![
+        "-l".into(),
+        path.display().to_string(),
+        "--fdname=echo".into(),
+        bin().into(),
+        "serve".into(),
+        "--echo".into(),
+        "unix:/nonexistent/placeholder".into(),
+        "--no-udp-echo".into(),
+    ];
+    args.extend(no_own_listeners().iter().map(|s| s.to_string()));
+    let mut child = Command::new(tool)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    assert!(wait_until(T, || path.exists()), "no socket at {path:?}");
+    let mut u = UnixStream::connect(&path).unwrap();
+    u.set_read_timeout(Some(T)).unwrap();
+    u.write_all(b"through systemd").unwrap();
+    let mut got = [0u8; 15];
+    u.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"through systemd");
+    let line = rx.recv_timeout(T).expect("a listening line");
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_child(&mut child, T);
+    assert!(
+        line.starts_with(&format!("listening echo unix unix:{}", path.display()))
+            && line.ends_with("inherited=systemd"),
+        "{line}"
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn a_unix_listener_where_tcp_is_configured_is_refused() {
+    let dir = TempDir::new("family");
+    let unix = UnixListener::bind(dir.path().join("s")).unwrap();
+    let mut args = no_own_listeners();
+    args.extend(["--echo", "127.0.0.1:0", "--no-udp-echo"]);
+    expect_error(
+        &[unix.as_raw_fd()],
+        &["echo"],
+        &args,
+        "descriptor 3 (echo): a listening stream socket (AF_UNIX), expected a listening stream socket (AF_INET/AF_INET6)",
+    );
+}
