@@ -361,10 +361,7 @@ mod tests {
         let dir = temp_dir("retire");
         let (store, _) = Store::open(&dir).unwrap();
         // Sparse: large by its length, cheap on the disk.
-        File::create(dir.join("big"))
-            .unwrap()
-            .set_len(RETIRE_ABOVE)
-            .unwrap();
+        File::create(dir.join("big")).unwrap().set_len(RETIRE_ABOVE).unwrap();
         let tmp = store.create_temp().unwrap();
         std::io::Write::write_all(&mut &*tmp.file, b"new").unwrap();
         store.commit(tmp, "big", "0".repeat(32).as_str()).unwrap();
