@@ -252,6 +252,33 @@ pub(crate) fn unix_datagram(
     Ok((sock.into(), effect))
 }
 
+/// The options in effect on a socket this process inherited (socket activation), read back
+/// as for the ones it binds; `backlog` is unknown (the passer chose it).
+pub(crate) fn inherited_effect(
+    fd: &impl AsFd,
+    inet: bool,
+    stream: bool,
+) -> io::Result<OptionsInEffect> {
+    let sock = SockRef::from(fd);
+    Ok(OptionsInEffect {
+        reuseaddr: if inet {
+            Some(sock.reuse_address()?)
+        } else {
+            None
+        },
+        reuseport: if inet { Some(sock.reuse_port()?) } else { None },
+        nodelay: None,
+        backlog: None,
+        broadcast: if inet && !stream {
+            Some(sock.broadcast()?)
+        } else {
+            None
+        },
+        rcvbuf: Some(sock.recv_buffer_size()?),
+        sndbuf: Some(sock.send_buffer_size()?),
+    })
+}
+
 /// Sets TCP_NODELAY on an accepted TCP connection.
 pub(crate) fn set_nodelay(stream: &impl AsFd, nodelay: bool) -> io::Result<()> {
     SockRef::from(stream).set_tcp_nodelay(nodelay)

@@ -7,12 +7,28 @@ use std::process::ExitCode;
 
 use crate::config::file::{self as config_file, ServeSettings};
 use crate::config::flags::ServeArgs;
+use crate::reactor::inherit;
 use crate::service::auth::Secret;
 use crate::sockopt;
+use crate::sys::notify;
 
 /// Runs the server; the exit code is 0 after a signal-initiated shutdown, 2 for a configuration
 /// that cannot run.
 pub fn run(args: ServeArgs) -> ExitCode {
+    // Before any thread or child exists: these take the process's environment and the
+    // descriptors systemd passed, so that neither leaks to children.
+    let inherited = match crate::sys::activation::take_from_env() {
+        Ok(fds) => fds,
+        Err(e) => {
+            eprintln!("error: socket activation: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = crate::sys::notify::init_from_env() {
+        eprintln!("error: NOTIFY_SOCKET: {e}");
+        return ExitCode::from(2);
+    }
+    crate::sys::notify::watchdog_interval_from_env();
     // Logging waits for the configuration (it may set the level), so these errors go to stderr
     // directly.
     let mut settings = match &args.config {
@@ -63,6 +79,10 @@ pub fn run(args: ServeArgs) -> ExitCode {
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
     let config = effective.server;
+    if let Err(e) = inherit::install(inherit::Source::Systemd, inherited, &config.listeners) {
+        eprintln!("error: socket activation: {e}");
+        return ExitCode::from(2);
+    }
     let secret = if config.listeners.iter().any(|l| l.auth) {
         match Secret::from_file_or_env(effective.secret_file.as_deref()) {
             Ok(s) => Some(s),
@@ -83,6 +103,10 @@ pub fn run(args: ServeArgs) -> ExitCode {
         }
         let _ = writeln!(out, "ready");
         let _ = out.flush();
+        notify::notify(&format!(
+            "READY=1\nSTATUS=serving on {} sockets",
+            bound.len()
+        ));
     };
     match crate::reactor::workers::serve(config, secret, printed) {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,8 +15,9 @@ use super::accept::{Admission, ListenSocket, Listener};
 use super::alarm::Alarm;
 use super::child::Children;
 use super::dgram::{DgramEndpoint, DgramSocket};
+use super::inherit;
 use super::shutdown::Shutdown;
-use super::timer::Timers;
+use super::timer::{TimerKind, Timers};
 use super::token::{ALARM, SIGNAL, Sources, WAKER};
 use super::workers::Links;
 use super::{Buffers, Core, Entry, Reactor, ServiceState};
@@ -44,6 +46,8 @@ pub struct BoundListener {
     pub addr: String,
     /// The socket options in effect, read back from the kernel.
     pub options: OptionsInEffect,
+    /// Who passed the socket when it was inherited rather than bound (`systemd`).
+    pub inherited: Option<&'static str>,
 }
 
 impl fmt::Display for BoundListener {
@@ -52,7 +56,11 @@ impl fmt::Display for BoundListener {
             f,
             "listening {} {} {} {}",
             self.service, self.transport, self.addr, self.options
-        )
+        )?;
+        match self.inherited {
+            Some(by) => write!(f, " inherited={by}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -74,6 +82,18 @@ pub enum StartError {
     DataDir { dir: String, source: io::Error },
     #[error("{0} requires authentication but no secret was given")]
     NoSecret(ServiceKind),
+}
+
+/// How an inherited unix socket is shown: its real path, else the configured one.
+fn unix_shown(
+    kind: &str,
+    real: Option<std::os::unix::net::SocketAddr>,
+    configured: &ListenAddr,
+) -> String {
+    match real.as_ref().and_then(|a| a.as_pathname()) {
+        Some(p) => format!("{kind}:{}", p.display()),
+        None => configured.to_string(),
+    }
 }
 
 /// This machine's name, for discovery answers.
@@ -166,12 +186,31 @@ impl Reactor {
             shutdown: Shutdown::new(signals),
         };
         let mut bound = Vec::new();
-        for l in reactor.config.listeners.clone() {
+        let listeners = reactor.config.listeners.clone();
+        let claims = inherit::claim(&listeners).map_err(|source| StartError::Register {
+            what: "an inherited descriptor".into(),
+            source,
+        })?;
+        for (l, claim) in listeners.iter().zip(claims) {
             // On an error, dropping `reactor` removes the socket files bound so far.
-            bound.push(reactor.bind_one(&l)?);
+            bound.push(match claim {
+                Some((fd, by)) => reactor.adopt_one(l, fd, by)?,
+                None => reactor.bind_one(l)?,
+            });
         }
         reactor.set_discovery_answer(&bound);
+        reactor.watchdog();
         Ok((reactor, bound))
+    }
+
+    /// `WATCHDOG=1` now and again at the interval (half of `WATCHDOG_USEC`), from the timers:
+    /// a loop that stops turning stops the pings, and systemd restarts the service.
+    pub(super) fn watchdog(&mut self) {
+        if let Some(every) = crate::sys::notify::watchdog_interval() {
+            crate::sys::notify::notify("WATCHDOG=1");
+            let now = Instant::now();
+            self.core.timers.push(now + every, TimerKind::Watchdog);
+        }
     }
 
     fn bind_one(&mut self, l: &ListenerConfig) -> Result<BoundListener, StartError> {
@@ -225,6 +264,79 @@ impl Reactor {
                 )
             }
         };
+        self.register(entry, addr)?;
+        Ok(BoundListener {
+            service,
+            transport,
+            addr: shown,
+            options,
+            inherited: None,
+        })
+    }
+
+    /// Serves a listener on a descriptor this process inherited (checked at start-up by
+    /// `inherit::install`) instead of binding one. Its socket file, if any, is not ours to
+    /// remove at shutdown: the passer owns it.
+    fn adopt_one(
+        &mut self,
+        l: &ListenerConfig,
+        fd: OwnedFd,
+        by: inherit::Source,
+    ) -> Result<BoundListener, StartError> {
+        let (service, addr, auth, per_ip) = (l.service, &l.addr, l.auth, l.max_conns_per_ip);
+        let nodelay = self.config.sockopts_of(l).nodelay;
+        let io_err = |source| StartError::Register {
+            what: format!("the inherited {service} socket"),
+            source,
+        };
+        let inet = matches!(addr, ListenAddr::Inet(_));
+        let options = sockopt::inherited_effect(&fd, inet, service.is_stream()).map_err(io_err)?;
+        let (entry, transport, shown) = match (addr, service.is_stream()) {
+            (ListenAddr::Inet(_), true) => {
+                let l = std::net::TcpListener::from(fd);
+                let shown = l.local_addr().map_err(io_err)?.to_string();
+                let socket = ListenSocket::Tcp(TcpListener::from_std(l));
+                (
+                    self.listener(socket, service, auth, nodelay, per_ip),
+                    "tcp",
+                    shown,
+                )
+            }
+            (ListenAddr::Inet(_), false) => {
+                let s = std::net::UdpSocket::from(fd);
+                let shown = s.local_addr().map_err(io_err)?.to_string();
+                let socket = DgramSocket::Udp(UdpSocket::from_std(s));
+                (self.endpoint(socket, service), "udp", shown)
+            }
+            (ListenAddr::Unix(_), _) => {
+                let l = std::os::unix::net::UnixListener::from(fd);
+                let shown = unix_shown("unix", l.local_addr().ok(), addr);
+                let socket = ListenSocket::Unix(UnixListener::from_std(l));
+                (
+                    self.listener(socket, service, auth, false, per_ip),
+                    "unix",
+                    shown,
+                )
+            }
+            (ListenAddr::Unixgram(_), _) => {
+                let s = std::os::unix::net::UnixDatagram::from(fd);
+                let shown = unix_shown("unixgram", s.local_addr().ok(), addr);
+                let socket = DgramSocket::Unix(UnixDatagram::from_std(s));
+                (self.endpoint(socket, service), "unixgram", shown)
+            }
+        };
+        self.register(entry, addr)?;
+        Ok(BoundListener {
+            service,
+            transport,
+            addr: shown,
+            options,
+            inherited: Some(by.name()),
+        })
+    }
+
+    /// Puts a listener or datagram socket in the slab and the poll.
+    fn register(&mut self, entry: Entry, addr: &ListenAddr) -> Result<(), StartError> {
         let register_err = |source| StartError::Register {
             what: addr.to_string(),
             source,
@@ -242,13 +354,7 @@ impl Reactor {
             Some(Entry::Dgram(d)) => registry.register(&mut d.socket, token, Interest::READABLE),
             _ => Ok(()),
         };
-        registered.map_err(register_err)?;
-        Ok(BoundListener {
-            service,
-            transport,
-            addr: shown,
-            options,
-        })
+        registered.map_err(register_err)
     }
 
     /// Gives every discovery socket the list of what this server serves, now that it is bound.

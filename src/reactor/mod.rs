@@ -32,6 +32,7 @@ pub mod child;
 pub mod conn;
 pub mod dgram;
 pub mod disk;
+pub(crate) mod inherit;
 mod shutdown;
 mod stream;
 pub mod timer;
@@ -264,6 +265,7 @@ impl Reactor {
                 TimerKind::ExecPipeGrace(id) => self.exec_pipe_grace(id),
                 TimerKind::AcceptRetry(token) => self.accept_all(token),
                 TimerKind::ShutdownGrace => {}
+                TimerKind::Watchdog => self.watchdog(),
             }
         }
         // Entries of closed connections wait in the heap until due; compact when they
@@ -276,6 +278,7 @@ impl Reactor {
                 | TimerKind::AcceptRetry(t)
                 | TimerKind::AuthTimeout(t) => sources.get(*t).is_some(),
                 TimerKind::ShutdownGrace
+                | TimerKind::Watchdog
                 | TimerKind::ExecDeadline(_)
                 | TimerKind::ExecPipeGrace(_) => true,
             });

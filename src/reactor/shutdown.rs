@@ -59,6 +59,7 @@ impl Reactor {
 
     /// Stops accepting and receiving, removes the socket files, and lets connections drain.
     fn begin_shutdown(&mut self) {
+        crate::sys::notify::stopping();
         let grace = self.config.limits.shutdown_grace;
         tracing::info!(
             open = self.admission.open,

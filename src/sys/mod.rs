@@ -2,5 +2,9 @@
 //! nothing of socklab: no configuration, no services, only the kernel and mio.
 //!
 //! - [`timerfd`]: a one-shot timerfd in a mio poll.
+//! - [`activation`]: systemd socket activation, the passed descriptors checked.
+//! - [`notify`]: sd_notify datagrams, never blocking.
 
+pub(crate) mod activation;
+pub(crate) mod notify;
 pub(crate) mod timerfd;
