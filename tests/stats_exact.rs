@@ -179,7 +179,7 @@ fn pipelined_scrapes_on_one_connection_are_each_answered_in_order() {
     s.set_read_timeout(Some(T)).unwrap();
     let get = "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n";
     let last = "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
-    s.write_all(format!("{get}{get}GET /nothing HTTP/1.1\r\n\r\n{last}").as_bytes())
+    s.write_all(format!("{get}{get}GET /nothing HTTP/1.1\r\nHost: t\r\n\r\n{last}").as_bytes())
         .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
