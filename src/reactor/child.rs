@@ -118,6 +118,9 @@ pub fn kill_group(pgid: i32) {
 /// process group) before the server stops waiting for them.
 const EXEC_PIPE_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a command's pipes may stay open after it exited before the reply goes anyway.
+const EXEC_EXIT_GRACE: Duration = Duration::from_millis(200);
+
 /// Commands of `exec` under way.
 #[derive(Debug, Default)]
 pub(super) struct Children {
@@ -274,6 +277,13 @@ impl Reactor {
                 && let Ok(Some(status)) = r.child.try_wait()
             {
                 r.exited = Some(status);
+                // Whatever it left in its group (a background child holding a pipe) dies now;
+                // the pipes get a short grace to drain, then the reply goes with what was read.
+                r.kill();
+                self.core.timers.push(
+                    self.core.now + EXEC_EXIT_GRACE,
+                    TimerKind::ExecPipeGrace(id),
+                );
                 self.finish_child(id);
             }
         }
