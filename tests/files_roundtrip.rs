@@ -262,14 +262,35 @@ fn symlinks_are_not_served_and_hand_placed_files_are_hashed() {
     let scratch = Scratch::new("datadir");
     let data = scratch.data();
     std::fs::create_dir_all(&data).unwrap();
-    // Left by a crash: must be gone once the server is up.
-    std::fs::write(data.join(".socklab-tmp-1-1"), b"half an upload").unwrap();
+    // Left by a crash of a server on this host: must be gone once the server is up.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host: String = (host.trim().chars())
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let crashed = format!(".socklab-tmp-{host}-{dead}-1-1");
+    std::fs::write(data.join(&crashed), b"half an upload").unwrap();
+    // Another host's upload in progress in a shared directory: must stay.
+    let elsewhere = ".socklab-tmp-otherhost-77-1-1";
+    std::fs::write(data.join(elsewhere), b"still arriving").unwrap();
     std::os::unix::fs::symlink("/etc/passwd", data.join("pw")).unwrap();
     let server = start(&scratch, &[]);
     assert!(
-        !data.join(".socklab-tmp-1-1").exists(),
+        !data.join(&crashed).exists(),
         "a temporary left from before start-up is still there: {:?}",
         scratch.data_names()
+    );
+    assert!(
+        data.join(elsewhere).exists(),
+        "another host's temporary removed"
     );
 
     let mut s = connect(&server);

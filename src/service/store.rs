@@ -14,6 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use md5::{Digest, Md5};
 
+mod leftovers;
+
+#[cfg(test)]
+use leftovers::{FOREIGN_MAX_AGE, parse_own, sanitize_host, this_host};
+#[cfg(test)]
+use std::time::Duration;
+
 /// Names with this prefix are the server's own; clients cannot use them.
 pub const RESERVED_PREFIX: &str = ".socklab-";
 
@@ -101,6 +108,8 @@ pub struct Store {
     /// Random, so that servers on other hosts sharing the directory (whose process ids may
     /// equal this one's) never pick the same temporary name.
     tag: u64,
+    /// This host's name (sanitized), the first field of its temporaries' names.
+    host: String,
 }
 
 /// A file being uploaded: removed on drop unless committed.
@@ -145,34 +154,48 @@ pub fn record_md5(file: &File, md5: &str) -> io::Result<()> {
 
 impl Store {
     /// Opens (creating it if missing) the data directory and removes temporaries left by a
-    /// crash. Returns the store and how many temporaries were removed.
+    /// crash: this host's of processes that are gone, other hosts' past an age limit (see
+    /// `leftovers`). Returns the store and how many temporaries were removed.
     pub fn open(dir: &Path) -> io::Result<(Store, usize)> {
         fs::create_dir_all(dir)?;
+        let host = leftovers::this_host();
         let mut removed = 0;
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name();
             let name = name.as_encoded_bytes();
-            if name.starts_with(TMP_PREFIX.as_bytes()) || name.starts_with(OLD_PREFIX.as_bytes()) {
-                fs::remove_file(entry.path())?;
-                removed += 1;
+            let Some(prefix) = [TMP_PREFIX, OLD_PREFIX]
+                .into_iter()
+                .find(|p| name.starts_with(p.as_bytes()))
+            else {
+                continue;
+            };
+            let mtime = entry.metadata()?.modified()?;
+            if leftovers::removable(name, prefix, &host, mtime) {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    // Its owner (on another host) finished with it meanwhile.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
-        Ok((
-            Store {
-                dir: dir.to_owned(),
-                seq: AtomicU64::new(0),
-                tag: getrandom::u64().unwrap_or_default(),
-            },
-            removed,
-        ))
+        let tag = getrandom::u64().unwrap_or_default();
+        let store = Store {
+            dir: dir.to_owned(),
+            seq: AtomicU64::new(0),
+            tag,
+            host,
+        };
+        Ok((store, removed))
     }
 
     /// A name of the server's own in the data directory, unique to this process.
     fn own_name(&self, prefix: &str) -> PathBuf {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         self.dir.join(format!(
-            "{prefix}{}-{:016x}-{n}",
+            "{prefix}{}-{}-{:016x}-{n}",
+            self.host,
             std::process::id(),
             self.tag
         ))
@@ -374,7 +397,8 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the old file stays");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        fs::write(dir.join(".socklab-old-1-2-3"), b"crash").unwrap();
+        let left = format!("{OLD_PREFIX}{}-{}-2-3", this_host(), dead_pid());
+        fs::write(dir.join(left), b"crash").unwrap();
         let (_store, removed) = Store::open(&dir).unwrap();
         assert_eq!(removed, 1);
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
@@ -388,11 +412,86 @@ mod tests {
         let tmp = store.create_temp().unwrap();
         drop(tmp);
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
-        fs::write(dir.join(".socklab-tmp-999-1"), b"crash").unwrap();
+        let left = format!("{TMP_PREFIX}{}-{}-2-1", this_host(), dead_pid());
+        fs::write(dir.join(left), b"crash").unwrap();
         let (_store, removed) = Store::open(&dir).unwrap();
         assert_eq!(removed, 1);
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The id of a process that has exited (and been reaped).
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    /// A name of another host's temporary, as that host's server would write it.
+    fn foreign(prefix: &str) -> String {
+        format!("{prefix}other.host-4242-00000000000000ab-0")
+    }
+
+    #[test]
+    fn another_hosts_fresh_temporaries_are_left_and_stale_ones_removed() {
+        let dir = temp_dir("shared");
+        fs::create_dir_all(&dir).unwrap();
+        let fresh = [foreign(TMP_PREFIX), foreign(OLD_PREFIX)];
+        for name in &fresh {
+            fs::write(dir.join(name), b"uploading elsewhere").unwrap();
+        }
+        let stale = format!("{TMP_PREFIX}gone.host-7-00000000000000cd-3");
+        let f = File::create(dir.join(&stale)).unwrap();
+        let old = std::time::SystemTime::now() - FOREIGN_MAX_AGE - Duration::from_secs(60);
+        f.set_modified(old).unwrap();
+        let (_store, removed) = Store::open(&dir).unwrap();
+        assert_eq!(removed, 1, "only the stale one");
+        for name in &fresh {
+            assert!(dir.join(name).exists(), "{name} removed");
+        }
+        assert!(!dir.join(&stale).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn this_hosts_temporaries_of_a_dead_process_are_removed_of_a_live_server_left() {
+        let dir = temp_dir("thishost");
+        fs::create_dir_all(&dir).unwrap();
+        let host = this_host();
+        let dead = dead_pid();
+        let dead_name = format!("{TMP_PREFIX}{host}-{dead}-00000000000000ef-0");
+        // The unit-test binary is a socklab by its name, and alive.
+        let live = std::process::id();
+        let live_name = format!("{OLD_PREFIX}{host}-{live}-00000000000000ef-1");
+        fs::write(dir.join(&dead_name), b"crash").unwrap();
+        fs::write(dir.join(&live_name), b"in use").unwrap();
+        let (store, removed) = Store::open(&dir).unwrap();
+        assert_eq!(removed, 1);
+        assert!(!dir.join(&dead_name).exists());
+        assert!(dir.join(&live_name).exists());
+        // Its own temporaries carry the host and the process.
+        let tmp = store.create_temp().unwrap();
+        let own = tmp.path.file_name().unwrap().to_str().unwrap().to_owned();
+        assert!(
+            own.starts_with(&format!("{TMP_PREFIX}{host}-{live}-")),
+            "{own}"
+        );
+        drop(tmp);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn host_names_are_sanitized_into_one_field() {
+        assert_eq!(sanitize_host("web-1.example.com"), "web_1.example.com");
+        assert_eq!(sanitize_host("a/b c"), "a_b_c");
+        assert_eq!(sanitize_host(""), "unknown");
+        assert_eq!(sanitize_host(&"h".repeat(300)).len(), 64);
+        let name = format!("{TMP_PREFIX}{}-12-00000000000000ab-0", sanitize_host("x-y"));
+        let left = parse_own(name.as_bytes(), TMP_PREFIX).unwrap();
+        assert_eq!((left.host, left.pid), ("x_y", 12));
+        assert!(parse_own(b".socklab-tmp-999-1", TMP_PREFIX).is_none());
+        assert!(parse_own(b".socklab-tmp-h-notapid-1-2", TMP_PREFIX).is_none());
     }
 
     #[test]
