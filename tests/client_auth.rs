@@ -320,7 +320,11 @@ fn files_commands_without_a_secret_learn_of_the_challenge_after_sending() {
         &files,
     );
     assert_asks(
-        &run(&["put", "-", "--as", "s", "--addr", &files], &vec![b'y'; 4 << 20], None),
+        &run(
+            &["put", "-", "--as", "s", "--addr", &files],
+            &vec![b'y'; 4 << 20],
+            None,
+        ),
         "put",
         &files,
     );

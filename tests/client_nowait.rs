@@ -60,8 +60,18 @@ fn ping_without_a_secret_sends_before_the_server_says_anything() {
     let status = util::wait_child(&mut child, BOUND).expect("socklab ping did not exit");
     let mut stdout = String::new();
     let mut stderr = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert!(status.success(), "exit {status}: {stderr}");
     assert!(
         stdout.starts_with(&format!("pong from {addr} in ")),
