@@ -171,8 +171,9 @@ pub struct FilesClient {
 }
 
 impl FilesClient {
-    /// Connects, and answers the challenge when a secret is given. Reads and writes that
-    /// make no progress for `timeout` fail with [`ClientError::NoAnswer`].
+    /// Connects, and answers the challenge when a secret is given; without one it does not
+    /// wait for a challenge (the first response tells, see [`FilesClient::read_response`]).
+    /// Reads and writes that make no progress for `timeout` fail with [`ClientError::NoAnswer`].
     pub fn connect(
         addr: &ListenAddr,
         secret: Option<&Secret>,
@@ -516,7 +517,8 @@ pub fn request(cmd: &str) -> Map<String, Value> {
     m
 }
 
-/// How long a client without a secret waits for a challenge before it sends anything: the
+/// How long a stream client (not the files client) without a secret waits for a challenge
+/// before it sends anything: the
 /// server sends its challenge as it accepts, and a server without authentication sends
 /// nothing first, so silence for this long means the service itself is talking to us.
 pub const CHALLENGE_WAIT: Duration = Duration::from_millis(250);
