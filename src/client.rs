@@ -165,11 +165,15 @@ pub struct FilesClient {
     received: u64,
     /// Whether the server asked for authentication and got the answer.
     authenticated: bool,
+    /// Connected without a secret and without waiting for a challenge, and no response read
+    /// yet: what comes first may be a challenge rather than a frame (see [`FilesClient::connect`]).
+    unverified: bool,
 }
 
 impl FilesClient {
-    /// Connects, and answers the challenge when a secret is given. Reads and writes that
-    /// make no progress for `timeout` fail with [`ClientError::NoAnswer`].
+    /// Connects, and answers the challenge when a secret is given; without one it does not
+    /// wait for a challenge (the first response tells, see [`FilesClient::read_response`]).
+    /// Reads and writes that make no progress for `timeout` fail with [`ClientError::NoAnswer`].
     pub fn connect(
         addr: &ListenAddr,
         secret: Option<&Secret>,
@@ -204,7 +208,14 @@ impl FilesClient {
             sent: 0,
             received: 0,
             authenticated: false,
+            unverified: secret.is_none(),
         };
+        if secret.is_none() {
+            // Scripts run these commands in loops: waiting for a challenge on every run costs
+            // CHALLENGE_WAIT each. Send at once; a challenge shows up where the response
+            // should be, and read_response / the send errors tell it from a frame.
+            return Ok(client);
+        }
         let opening = handshake(&mut client.stream, &client.peer, secret, timeout, b"")?;
         client.authenticated = opening.authenticated;
         client.sent = opening.sent;
@@ -274,10 +285,79 @@ impl FilesClient {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_timeout(&e) => return Err(self.no_answer(Stall::Take)),
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(self.diagnose_send_error(e)),
             }
         }
         Ok(())
+    }
+
+    /// The error for a failed send: the server may have closed on us for a reason it sent
+    /// first (a challenge we did not answer, an error frame), which says more than EPIPE.
+    /// Reads what came, bounded in time ([`CHALLENGE_WAIT`]) and size ([`DIAGNOSE_MAX`]).
+    fn diagnose_send_error(&mut self, e: io::Error) -> ClientError {
+        let mut got = Vec::new();
+        let _ = self
+            .stream
+            .set_read_timeout(CHALLENGE_WAIT.min(self.timeout));
+        let mut chunk = [0u8; 1024];
+        while got.len() < DIAGNOSE_MAX {
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            }
+        }
+        self.received = self.received.saturating_add(got.len() as u64);
+        let mut decoder = HeaderBodyDecoder::new(HeaderBodyConfig::responses());
+        match decoder.decode(&got) {
+            Ok(Decoded::Item {
+                item: Part::Header(h),
+                ..
+            }) => {
+                let resp = Response {
+                    fields: h.fields,
+                    size: h.size,
+                };
+                if let Err(server) = resp.into_result() {
+                    return server;
+                }
+            }
+            _ if self.unverified && got.len() >= CHALLENGE_LEN => return self.needed(),
+            _ => {}
+        }
+        e.into()
+    }
+
+    /// [`AuthError::Needed`] for this server.
+    fn needed(&self) -> ClientError {
+        AuthError::Needed {
+            peer: self.peer.clone(),
+        }
+        .into()
+    }
+
+    /// After the first 4 bytes of what should be a response turned out no frame (their length
+    /// is out of range) on an unverified connection: reads up to a challenge's length, briefly
+    /// (a challenge comes whole, at accept); whether it was one.
+    fn rest_of_challenge(&mut self) -> bool {
+        let mut rest = [0u8; CHALLENGE_LEN - 4];
+        let mut have = 0;
+        let _ = self
+            .stream
+            .set_read_timeout(CHALLENGE_WAIT.min(self.timeout));
+        let closed = loop {
+            let Some(buf) = rest.get_mut(have..).filter(|b| !b.is_empty()) else {
+                break false;
+            };
+            match self.stream.read(buf) {
+                Ok(0) => break true,
+                Ok(n) => have += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break !is_timeout(&e),
+            }
+        };
+        let _ = self.stream.set_read_timeout(self.timeout);
+        self.received = self.received.saturating_add(have as u64);
+        have == rest.len() || closed
     }
 
     /// Sends a request header announcing `body_len` bytes of body (to be sent with
@@ -337,7 +417,7 @@ impl FilesClient {
                     match e.kind() {
                         io::ErrorKind::Interrupted => {}
                         _ if is_timeout(&e) => return Err(self.no_answer(Stall::Take)),
-                        _ => return Err(e.into()),
+                        _ => return Err(self.diagnose_send_error(e)),
                     }
                 }
             }
@@ -345,12 +425,38 @@ impl FilesClient {
         Ok(done)
     }
 
-    /// Reads one response header; its body (if any) must be read next.
+    /// Reads one response header; its body (if any) must be read next. On a connection
+    /// without a secret, the first one may be a challenge instead: 32 bytes that are no frame
+    /// (or bytes that are no frame and then the end), which is [`AuthError::Needed`].
     pub fn read_response(&mut self) -> Result<Response, ClientError> {
+        let r = self.read_response_frame();
+        let unverified = std::mem::take(&mut self.unverified);
+        match r {
+            Err(ClientError::NotAFrame(_) | ClientError::BadFrame(_))
+                if unverified && self.received >= CHALLENGE_LEN as u64 =>
+            {
+                Err(self.needed())
+            }
+            Err(ClientError::Closed(_)) if unverified && self.received > 0 => Err(self.needed()),
+            Err(ClientError::Io(e))
+                if unverified
+                    && self.received > 0
+                    && e.kind() == io::ErrorKind::ConnectionReset =>
+            {
+                Err(self.needed())
+            }
+            r => r,
+        }
+    }
+
+    fn read_response_frame(&mut self) -> Result<Response, ClientError> {
         let mut prefix = [0u8; 4];
         self.read_exact(&mut prefix)?;
         let h = u32::from_le_bytes(prefix) as usize;
         let max = self.decoder.config().max_header;
+        if (h == 0 || h > max) && self.unverified && self.rest_of_challenge() {
+            return Err(self.needed());
+        }
         if h == 0 || h > max {
             // Let the decoder say what is wrong with it.
             self.buf.clear();
@@ -421,10 +527,14 @@ pub fn request(cmd: &str) -> Map<String, Value> {
     m
 }
 
-/// How long a client without a secret waits for a challenge before it sends anything: the
+/// How long a stream client (not the files client) without a secret waits for a challenge
+/// before it sends anything: the
 /// server sends its challenge as it accepts, and a server without authentication sends
 /// nothing first, so silence for this long means the service itself is talking to us.
 pub const CHALLENGE_WAIT: Duration = Duration::from_millis(250);
+
+/// At most this much of what a server sent before it closed is read to say why a send failed.
+const DIAGNOSE_MAX: usize = 4096;
 
 /// How long a client with a secret waits for the challenge (at most its `--timeout`): a
 /// server without authentication costs it this much once per connection, and then just works.

@@ -290,3 +290,42 @@ fn sticky_with_and_without_a_secret() {
     assert_ok(&out, "sticky with SOCKLAB_SECRET");
     assert_asks(&run(&args, b"", None), "sticky", &echo);
 }
+
+/// Without a secret, the files commands send at once and learn of the challenge afterwards:
+/// from the 32 bytes that come where a response frame should, or, for a big upload the
+/// server closes on in the middle (it read 32 bytes of it as a wrong answer), from what it
+/// sent before closing.
+#[test]
+fn files_commands_without_a_secret_learn_of_the_challenge_after_sending() {
+    let dir = TempDir::new("client-auth-nowait");
+    let server = start(&dir, true);
+    let files = server.tcp("files").to_string();
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'x'; 4 << 20]).unwrap();
+    let big = big.to_str().unwrap();
+    assert_asks(&run(&["ping", "--addr", &files], b"", None), "ping", &files);
+    assert_asks(
+        &run(&["stat", "x", "--addr", &files], b"", None),
+        "stat",
+        &files,
+    );
+    assert_asks(
+        &run(&["put", big, "--addr", &files], b"", None),
+        "put",
+        &files,
+    );
+    assert_asks(
+        &run(&["put", big, "--no-verify", "--addr", &files], b"", None),
+        "put",
+        &files,
+    );
+    assert_asks(
+        &run(
+            &["put", "-", "--as", "s", "--addr", &files],
+            &vec![b'y'; 4 << 20],
+            None,
+        ),
+        "put",
+        &files,
+    );
+}
