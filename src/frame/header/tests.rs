@@ -157,7 +157,7 @@ fn err(header: &[u8]) -> HeaderError {
 }
 
 #[test]
-fn every_error() {
+fn errors_of_the_prefix_the_bytes_and_the_json() {
     let mut d = HeaderBodyDecoder::default();
     assert_eq!(
         d.decode(b"\0\0\0\0"),
@@ -242,6 +242,10 @@ fn every_error() {
             found: "boolean"
         }
     );
+}
+
+#[test]
+fn errors_of_the_size_fields_keep_the_id() {
     for (bad, field) in [
         (&br#"{"size":-1,"id":9}"#[..], "size"),
         (br#"{"size":1.5,"id":9}"#, "size"),
