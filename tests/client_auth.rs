@@ -7,11 +7,9 @@
 
 mod util;
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use util::{Server, TempDir};
 
@@ -63,50 +61,11 @@ fn client_secret(dir: &TempDir, contents: &str) -> PathBuf {
 /// bounded.
 fn run(args: &[&str], input: &[u8], env: Option<&str>) -> Output {
     let mut cmd = Command::new(util::bin());
-    cmd.args(args)
-        .env_remove("SOCKLAB_SECRET")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args).env_remove("SOCKLAB_SECRET");
     if let Some(v) = env {
         cmd.env("SOCKLAB_SECRET", v);
     }
-    let mut child = cmd.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let writer = thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stdout.read_to_end(&mut v);
-        v
-    });
-    let err = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stderr.read_to_end(&mut v);
-        v
-    });
-    let began = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if began.elapsed() > BOUND {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("socklab {args:?} did not exit within {BOUND:?}");
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    writer.join().unwrap();
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+    util::run_with_input(cmd, input, BOUND)
 }
 
 #[track_caller]

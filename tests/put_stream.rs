@@ -5,10 +5,10 @@
 
 mod util;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use util::{Server, TempDir};
 
@@ -26,55 +26,15 @@ fn start(dir: &TempDir) -> (Server, String) {
 }
 
 /// Waits (bounded) for `child`, reading its stdout and stderr.
-fn finish(mut child: std::process::Child, what: &str) -> Output {
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stdout.read_to_end(&mut v);
-        v
-    });
-    let err = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stderr.read_to_end(&mut v);
-        v
-    });
-    let began = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if began.elapsed() > BOUND {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit within {BOUND:?}");
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+fn finish(child: std::process::Child, what: &str) -> Output {
+    util::finish_child(child, BOUND, what)
 }
 
 /// `socklab ARGS` with `input` written to its stdin through a pipe.
 fn run_piped(args: &[&str], input: &[u8]) -> Output {
-    let mut child = Command::new(util::bin())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let writer = thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = finish(child, &format!("socklab {args:?}"));
-    writer.join().unwrap();
-    out
+    let mut cmd = Command::new(util::bin());
+    cmd.args(args);
+    util::run_with_input(cmd, input, BOUND)
 }
 
 /// A payload of `n` bytes that is not all one byte.

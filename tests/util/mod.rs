@@ -528,6 +528,62 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// Collects a child's stdout and stderr and waits for it; kills it and panics (naming `what`)
+/// if it has not exited within `bound`.
+pub fn finish_child(mut child: Child, bound: Duration, what: &str) -> std::process::Output {
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let Some(status) = wait_child(&mut child, bound) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what} did not exit within {bound:?}");
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().expect("the stdout reader"),
+        stderr: err.join().expect("the stderr reader"),
+    }
+}
+
+/// Runs `cmd` with `input` written to its stdin (then closed), stdout and stderr collected;
+/// bounded as [`finish_child`].
+pub fn run_with_input(mut cmd: Command, input: &[u8], bound: Duration) -> std::process::Output {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_vec();
+    let writer = thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = finish_child(child, bound, &what);
+    let _ = writer.join();
+    out
+}
+
 /// A loopback address nothing listens on: a port that was just free (bound, read, closed).
 pub fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
