@@ -157,7 +157,7 @@ fn err(header: &[u8]) -> HeaderError {
 }
 
 #[test]
-fn errors_of_the_prefix_the_bytes_and_the_json() {
+fn errors_of_the_prefix_and_the_bytes() {
     let mut d = HeaderBodyDecoder::default();
     assert_eq!(
         d.decode(b"\0\0\0\0"),
@@ -190,6 +190,10 @@ fn errors_of_the_prefix_the_bytes_and_the_json() {
             valid_up_to: 6
         }
     );
+}
+
+#[test]
+fn errors_of_the_json() {
     assert!(matches!(
         err(b"{\"a\":"),
         HeaderError::BadJson {
