@@ -79,6 +79,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
     let config = effective.server;
+    if let Some(exec) = &config.files.config.exec
+        && let Err(e) = crate::sys::contain::init(exec.containment)
+    {
+        tracing::error!("exec: {e}");
+        return ExitCode::from(2);
+    }
     if let Err(e) = inherit::install(inherit::Source::Systemd, inherited, &config.listeners) {
         eprintln!("error: socket activation: {e}");
         return ExitCode::from(2);
@@ -108,7 +114,10 @@ pub fn run(args: ServeArgs) -> ExitCode {
             bound.len()
         ));
     };
-    match crate::reactor::workers::serve(config, secret, printed) {
+    let served = crate::reactor::workers::serve(config, secret, printed);
+    // Whatever a command left running dies with the server.
+    crate::sys::contain::at_exit();
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

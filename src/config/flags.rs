@@ -131,6 +131,12 @@ pub struct ServeArgs {
     /// Working directory of commands [default: the data directory].
     #[arg(long, value_name = "DIR", help_heading = "Exec")]
     exec_workdir: Option<PathBuf>,
+    /// How every descendant of a command is killed with it: `cgroup` (a cgroup v2 per command,
+    /// killed with cgroup.kill), `subreaper` (the server adopts orphans and kills those that
+    /// left their command's process group), or `auto` (cgroup where writable, else
+    /// subreaper, said in the log). [default: auto]
+    #[arg(long, value_name = "HOW", help_heading = "Exec")]
+    exec_containment: Option<crate::sys::contain::Mode>,
     /// Largest frame header files accepts (bad_frame beyond). [default: 64KiB]
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Files")]
     max_header: Option<usize>,
@@ -329,6 +335,7 @@ impl ServeArgs {
         let exec = &mut settings.exec;
         set(&mut exec.timeout, self.exec_timeout);
         set(&mut exec.max_output, self.exec_max_output);
+        set(&mut exec.containment, self.exec_containment);
         // The flag has always taken 0 as 1; the file, which is new, refuses it.
         set(&mut exec.max_procs, self.exec_max_procs.map(|n| n.max(1)));
         if self.exec_workdir.is_some() {

@@ -1,7 +1,9 @@
-//! Child processes of `exec`: spawned without a shell in a process group of their own, with
-//! stdin from /dev/null, a cleared environment, and stdout and stderr on non-blocking pipes
-//! that the poll watches like any socket. Reaped on SIGCHLD; killed as a group at the timeout
-//! or when the client goes away.
+//! Child processes of `exec`: spawned without a shell in a process group (and, where cgroup v2
+//! allows, a cgroup) of their own, with stdin from /dev/null, a cleared environment, and stdout
+//! and stderr on non-blocking pipes that the poll watches like any socket. Reaped on SIGCHLD.
+//! Everything a command started is killed when it exits, at its timeout, and when its client
+//! goes away (`sys::contain`); the answer goes when it exited and its pipes are drained, or a
+//! short grace after its exit, and never after its timeout: then it goes with what was read.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -17,6 +19,7 @@ use super::timer::TimerKind;
 use super::{Entry, Reactor};
 use crate::service::Event;
 use crate::service::exec::{Capture, Ending, ExecRequest};
+use crate::sys::contain::{self, Jail, orphans};
 
 /// The environment a command gets: nothing of the server's but these.
 const CHILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -31,6 +34,8 @@ pub struct Running {
     pub child: Child,
     /// Its process group (its own pid), for killing it with everything it started.
     pub pgid: i32,
+    /// Its cgroup, if commands get one.
+    pub jail: Jail,
     /// What it wrote to stdout, up to the cap.
     pub stdout: Capture,
     /// What it wrote to stderr, up to the cap.
@@ -43,12 +48,14 @@ pub struct Running {
     pub timed_out: bool,
     /// When it started, for the log.
     pub started: Instant,
+    /// Its timeout: the answer goes by then, whatever its pipes do.
+    pub deadline: Instant,
 }
 
 impl Running {
-    /// Done when it is reaped and both pipes are at end of file.
+    /// Done when it is reaped (or timed out) and its pipes are at end of file or given up.
     pub fn finished(&self) -> bool {
-        self.exited.is_some() && self.pipes.is_empty()
+        (self.exited.is_some() || self.timed_out) && self.pipes.is_empty()
     }
 
     /// How it ended.
@@ -66,14 +73,20 @@ impl Running {
         }
     }
 
-    /// Kills the whole process group.
-    pub fn kill(&self) {
-        kill_group(self.pgid);
+    /// Kills everything the command started; true when orphan sweeps must follow
+    /// ([`Reactor::sweep_later`]).
+    #[must_use]
+    pub fn kill(&self) -> bool {
+        self.jail.kill(self.pgid)
     }
 }
 
-/// Starts `req` in `workdir`; returns the child and its two pipes, non-blocking.
-pub fn spawn(req: &ExecRequest, workdir: &Path) -> io::Result<(Child, Receiver, Receiver)> {
+/// Starts `req` in `workdir` (inside `jail`); returns the child and its two pipes, non-blocking.
+pub fn spawn(
+    req: &ExecRequest,
+    workdir: &Path,
+    jail: &mut Jail,
+) -> io::Result<(Child, Receiver, Receiver)> {
     let mut cmd = Command::new(&req.program);
     cmd.arg0(&req.argv0)
         .args(&req.args)
@@ -85,11 +98,29 @@ pub fn spawn(req: &ExecRequest, workdir: &Path) -> io::Result<(Child, Receiver, 
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let mut child = cmd.spawn()?;
+    if let Some(fd) = jail.join_fd() {
+        // SAFETY: between fork and exec only write(2) runs, which is async-signal-safe; `fd`
+        // stays open in the parent until the spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Writing 0 to cgroup.procs moves the writing process.
+                if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    let spawned = orphans::spawn_registered(orphans::Kind::Command, || cmd.spawn());
+    jail.started();
+    let mut child = spawned?;
     let pipes = (child.stdout.take(), child.stderr.take());
     let (Some(out), Some(err)) = pipes else {
-        kill_group(child_pgid(&child));
+        // Nothing of it can have escaped yet: its group is enough.
+        contain::kill_group(child_pgid(&child), libc::SIGKILL);
         let _ = child.wait();
+        orphans::forget(child.id());
         return Err(io::Error::other("the child's pipes are missing"));
     };
     let (out, err) = (Receiver::from(out), Receiver::from(err));
@@ -103,22 +134,8 @@ pub fn child_pgid(child: &Child) -> i32 {
     i32::try_from(child.id()).unwrap_or(0)
 }
 
-/// SIGKILL to every process of the group.
-pub fn kill_group(pgid: i32) {
-    if pgid <= 1 {
-        return;
-    }
-    // SAFETY: kill only sends a signal; a negative pid names the group we created.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
-    }
-}
-
-/// How long a killed command's pipes may stay open (held by something that escaped its
-/// process group) before the server stops waiting for them.
-const EXEC_PIPE_GRACE: Duration = Duration::from_secs(1);
-
-/// How long a command's pipes may stay open after it exited before the reply goes anyway.
+/// How long a command's pipes may stay open after it exited before the reply goes anyway
+/// (never past its timeout).
 const EXEC_EXIT_GRACE: Duration = Duration::from_millis(200);
 
 /// Commands of `exec` under way.
@@ -126,6 +143,8 @@ const EXEC_EXIT_GRACE: Duration = Duration::from_millis(200);
 pub(super) struct Children {
     /// By number.
     pub(super) running: HashMap<u64, Running>,
+    /// Commands answered at their timeout before they were reaped (kill sent): reaped later.
+    dying: Vec<Child>,
     /// The number of the next command.
     next: u64,
 }
@@ -158,7 +177,10 @@ impl Reactor {
             self.exec_answer(conn, &Ending::TooBusy(self.children.running.len()), None);
             return;
         }
-        let (child, out, err) = match spawn(&req, &policy.workdir) {
+        let spawned = Jail::new().and_then(|mut jail| {
+            spawn(&req, &policy.workdir, &mut jail).map(|parts| (jail, parts))
+        });
+        let (jail, (child, out, err)) = match spawned {
             Ok(parts) => parts,
             Err(e) => {
                 tracing::warn!(program = %req.program.display(), "exec cannot start: {e}");
@@ -173,12 +195,14 @@ impl Reactor {
             conn,
             child,
             pgid,
+            jail,
             stdout: Capture::default(),
             stderr: Capture::default(),
             pipes: Vec::new(),
             exited: None,
             timed_out: false,
             started: self.core.now,
+            deadline: self.core.now + req.timeout,
         };
         for (rx, stderr) in [(out, false), (err, true)] {
             let pipe = Entry::Pipe(Pipe {
@@ -268,7 +292,7 @@ impl Reactor {
         }
     }
 
-    /// Collects the exit status of every child that has ended.
+    /// Collects the exit status of every child that has ended, then the orphans'.
     pub(super) fn reap_children(&mut self) {
         let ids: Vec<u64> = self.children.running.keys().copied().collect();
         for id in ids {
@@ -276,17 +300,30 @@ impl Reactor {
                 && r.exited.is_none()
                 && let Ok(Some(status)) = r.child.try_wait()
             {
+                orphans::forget(r.child.id());
                 r.exited = Some(status);
-                // Whatever it left in its group (a background child holding a pipe) dies now;
-                // the pipes get a short grace to drain, then the reply goes with what was read.
-                r.kill();
-                self.core.timers.push(
-                    self.core.now + EXEC_EXIT_GRACE,
-                    TimerKind::ExecPipeGrace(id),
-                );
+                // Whatever it left (a background child holding a pipe, one that escaped its
+                // group) dies now; the pipes get a short grace to drain, then the reply goes
+                // with what was read.
+                let sweep = r.kill();
+                let grace = (self.core.now + EXEC_EXIT_GRACE).min(r.deadline);
+                self.core.timers.push(grace, TimerKind::ExecPipeGrace(id));
+                if sweep {
+                    self.sweep_later();
+                }
                 self.finish_child(id);
             }
         }
+        self.children
+            .dying
+            .retain_mut(|child| match child.try_wait() {
+                Ok(None) => true,
+                Ok(Some(_)) | Err(_) => {
+                    orphans::forget(child.id());
+                    false
+                }
+            });
+        contain::after_sigchld();
     }
 
     /// Answers a command's connection once the child is reaped and its pipes are drained.
@@ -302,12 +339,16 @@ impl Reactor {
         let Some(r) = self.children.running.remove(&id) else {
             return;
         };
+        let ending = r.ending();
+        if r.exited.is_none() {
+            self.children.dying.push(r.child);
+        }
         tracing::debug!(
             pid = r.pgid,
             ms = r.started.elapsed().as_millis() as u64,
             "exec finished"
         );
-        self.exec_answer(r.conn, &r.ending(), Some((&r.stdout, &r.stderr)));
+        self.exec_answer(r.conn, &ending, Some((&r.stdout, &r.stderr)));
     }
 
     /// Writes an `exec` response to `conn`, if it is still there.
@@ -328,23 +369,45 @@ impl Reactor {
         }
     }
 
-    /// The command ran past its timeout: kill its group. If something it started escaped the
-    /// group and still holds a pipe, the pipes are given up a little later.
+    /// The command ran past its timeout: everything it started is killed, its pipes are read
+    /// once more, and it is answered now with what they held; it is reaped later.
     pub(super) fn exec_deadline(&mut self, id: u64) {
-        if let Some(r) = self.children.running.get_mut(&id)
-            && r.exited.is_none()
-        {
-            r.timed_out = true;
-            r.kill();
-            self.core.timers.push(
-                self.core.now + EXEC_PIPE_GRACE,
-                TimerKind::ExecPipeGrace(id),
-            );
+        let Some(r) = self.children.running.get_mut(&id) else {
+            return;
+        };
+        if r.exited.is_some() {
+            // Exited in time: its grace (which ends by the deadline) answers it.
+            return;
+        }
+        r.timed_out = true;
+        let sweep = r.kill();
+        let pipes = r.pipes.clone();
+        if sweep {
+            self.sweep_later();
+        }
+        for token in pipes {
+            self.read_pipe(token);
+        }
+        self.give_up_pipes(id);
+    }
+
+    /// Looks for orphans again a little after a kill, in subreaper mode.
+    pub(super) fn sweep_later(&mut self) {
+        for after in contain::SWEEP_AGAIN_AFTER {
+            self.core
+                .timers
+                .push(self.core.now + after, TimerKind::OrphanSweep);
         }
     }
 
-    /// Stops waiting for the pipes of a killed command.
+    /// The grace after a command's exit is over: it is answered with what its pipes gave.
     pub(super) fn exec_pipe_grace(&mut self, id: u64) {
+        self.give_up_pipes(id);
+    }
+
+    /// Stops waiting for a command's pipes and answers it; a command not yet reaped is
+    /// reaped later.
+    fn give_up_pipes(&mut self, id: u64) {
         let Some(r) = self.children.running.get_mut(&id) else {
             return;
         };

@@ -263,6 +263,7 @@ impl Reactor {
                 TimerKind::AuthTimeout(token) => self.check_auth(token),
                 TimerKind::ExecDeadline(id) => self.exec_deadline(id),
                 TimerKind::ExecPipeGrace(id) => self.exec_pipe_grace(id),
+                TimerKind::OrphanSweep => crate::sys::contain::sweep_again(),
                 TimerKind::AcceptRetry(token) => self.accept_all(token),
                 TimerKind::ShutdownGrace => {}
                 TimerKind::Watchdog => self.watchdog(),
@@ -280,7 +281,8 @@ impl Reactor {
                 TimerKind::ShutdownGrace
                 | TimerKind::Watchdog
                 | TimerKind::ExecDeadline(_)
-                | TimerKind::ExecPipeGrace(_) => true,
+                | TimerKind::ExecPipeGrace(_)
+                | TimerKind::OrphanSweep => true,
             });
         }
     }
@@ -406,8 +408,12 @@ impl Reactor {
             for token in std::mem::take(&mut self.core.to_close) {
                 if let Some(Entry::Conn(mut c)) = self.core.sources.remove(token) {
                     // A command of a client that left is killed; it is still reaped.
+                    let mut sweep = false;
                     for r in self.children.running.values().filter(|r| r.conn == token) {
-                        r.kill();
+                        sweep |= r.kill();
+                    }
+                    if sweep {
+                        self.sweep_later();
                     }
                     c.transport.shutdown(&mut self.bufs.scratch);
                     self.admission.open = self.admission.open.saturating_sub(1);

@@ -84,8 +84,9 @@ impl Reactor {
         }
         self.shutdown.remove_socket_files();
         // Running commands are killed; their connections get the answer and then close.
+        // Orphans they leave are killed at exit (`sys::contain::at_exit`).
         for running in self.children.running.values() {
-            running.kill();
+            let _ = running.kill();
         }
         for token in conns {
             if let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) {

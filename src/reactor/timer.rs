@@ -29,6 +29,8 @@ pub enum TimerKind {
     ExecDeadline(u64),
     /// Stop waiting for the pipes of this killed command.
     ExecPipeGrace(u64),
+    /// Look again for orphans that killed commands left (subreaper containment).
+    OrphanSweep,
     /// Tell systemd's watchdog that this loop still turns (`WATCHDOG=1`).
     Watchdog,
 }

@@ -25,6 +25,8 @@ pub struct ExecPolicy {
     pub max_procs: usize,
     /// The children's working directory.
     pub workdir: PathBuf,
+    /// How every descendant of a command is kept within reach.
+    pub containment: crate::sys::contain::Mode,
 }
 
 /// Why a program cannot go on the allow-list.
@@ -269,6 +271,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             max_output: 4,
             max_procs: 2,
+            containment: crate::sys::contain::Mode::Auto,
             workdir: PathBuf::from("/tmp"),
         }
     }

@@ -4,7 +4,9 @@
 //! - [`timerfd`]: a one-shot timerfd in a mio poll.
 //! - [`activation`]: systemd socket activation, the passed descriptors checked.
 //! - [`notify`]: sd_notify datagrams, never blocking.
+//! - [`contain`]: every descendant of an `exec` command within reach (cgroup or subreaper).
 
 pub(crate) mod activation;
+pub(crate) mod contain;
 pub(crate) mod notify;
 pub(crate) mod timerfd;

@@ -63,6 +63,7 @@ impl Effective {
                 timeout: Some(NonZeroDur(self.exec.timeout)),
                 max_output: Some(SizeOrZero(self.exec.max_output)),
                 max_procs: Some(Count(self.exec.max_procs)),
+                containment: Some(self.exec.containment),
                 workdir: self.exec.workdir.clone(),
             }),
             listeners: Some(

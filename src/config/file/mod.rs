@@ -102,6 +102,7 @@ struct ExecFile {
     max_output: Option<SizeOrZero>,
     max_procs: Option<Count>,
     workdir: Option<PathBuf>,
+    containment: Option<crate::sys::contain::Mode>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -192,6 +193,8 @@ pub struct ExecSettings {
     pub max_procs: usize,
     /// The children's working directory; the data directory when `None`.
     pub workdir: Option<PathBuf>,
+    /// How every descendant of a command is kept within reach.
+    pub containment: crate::sys::contain::Mode,
 }
 
 impl Default for ExecSettings {
@@ -202,6 +205,7 @@ impl Default for ExecSettings {
             max_output: DEFAULT_EXEC_MAX_OUTPUT,
             max_procs: DEFAULT_EXEC_MAX_PROCS,
             workdir: None,
+            containment: crate::sys::contain::Mode::Auto,
         }
     }
 }
@@ -405,6 +409,7 @@ impl ServeSettings {
             set(&mut self.exec.timeout, e.timeout.map(|v| v.0));
             set(&mut self.exec.max_output, e.max_output.map(|v| v.0));
             set(&mut self.exec.max_procs, e.max_procs.map(|v| v.0));
+            set(&mut self.exec.containment, e.containment);
             if e.workdir.is_some() {
                 self.exec.workdir = e.workdir;
             }
@@ -537,6 +542,7 @@ impl ServeSettings {
                 max_output: exec.max_output,
                 max_procs: exec.max_procs,
                 workdir,
+                containment: exec.containment,
             });
         }
         server.validate()?;
