@@ -298,3 +298,34 @@ fn escapees_do_not_outlive_the_server_cgroup() {
 fn escapees_do_not_outlive_the_server_subreaper() {
     server_stops("subreaper");
 }
+
+/// A server killed with SIGKILL cannot clean up; the next one started on the host (with exec)
+/// kills what the dead one's commands left, found in the dead one's cgroup.
+#[test]
+fn a_killed_servers_leftovers_die_when_the_next_server_starts_cgroup() {
+    let mut es = mode_server("setsid-sigkill", "cgroup", &[]);
+    let mut s = es.authed();
+    let script = format!("{}; exec sleep 30", escapee("held.pid", false));
+    send(
+        &mut s,
+        &exec_frame(&["sh", "-c", &script], Some(8000), json!({})),
+    );
+    let data = es.scratch.data().join("held.pid");
+    assert!(
+        util::wait_until(B, || std::fs::read_to_string(&data)
+            .is_ok_and(|t| t.ends_with('\n'))),
+        "the escapee never started"
+    );
+    let pid = pid_in(&es, "held.pid");
+    es.server.signal(9);
+    assert!(es.server.wait_exit(B).is_some(), "the server did not die");
+    assert!(!gone(pid), "the escapee died with no one to kill it");
+    let next = mode_server("setsid-next", "cgroup", &[]);
+    assert_gone_within(
+        pid,
+        Duration::from_secs(3),
+        "leftover of a killed server",
+        &next,
+    );
+    drop(s);
+}

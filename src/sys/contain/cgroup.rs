@@ -46,9 +46,9 @@ impl Base {
         let own = fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| CgroupError::Read("/proc/self/cgroup", e))?;
         let own = unified_path(&own).ok_or(CgroupError::NotInHierarchy)?;
-        let dir = mount
-            .join(own.trim_start_matches('/'))
-            .join(format!("socklab-{}", std::process::id()));
+        let parent = mount.join(own.trim_start_matches('/'));
+        remove_stale(&parent);
+        let dir = parent.join(format!("socklab-{}", std::process::id()));
         // A directory of an earlier process with our pid: empty, or it could not be removed.
         let _ = fs::remove_dir(&dir);
         fs::create_dir(&dir).map_err(|source| CgroupError::Create {
@@ -151,6 +151,34 @@ fn write_kill(dir: &Path) {
         .and_then(|mut f| io::Write::write_all(&mut f, b"1"))
     {
         tracing::warn!(cgroup = %dir.display(), "exec: cannot write cgroup.kill: {e}");
+    }
+}
+
+/// Cgroups of servers that are gone (killed with SIGKILL, say): whatever their commands left
+/// running is killed, and the directories go once empty.
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("socklab-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let dir = e.path();
+        write_kill(&dir);
+        let base = Base { dir };
+        base.remove_within(Duration::from_millis(100));
+        if !base.dir.exists() {
+            tracing::info!(cgroup = %base.dir.display(), "exec: removed the cgroup of a server that is gone");
+        }
     }
 }
 
