@@ -232,6 +232,16 @@ impl FilesClient {
         Ok(client)
     }
 
+    /// Waits at least `at_least` for what the server sends next (a command that may run that
+    /// long before it answers); never shortens the timeout it was opened with.
+    pub fn wait_at_least(&mut self, at_least: Duration) -> io::Result<()> {
+        if at_least > self.timeout {
+            self.timeout = at_least;
+            self.stream.set_read_timeout(at_least)?;
+        }
+        Ok(())
+    }
+
     /// The error for a socket timeout while waiting for `stall`.
     fn no_answer(&self, stall: Stall) -> ClientError {
         ClientError::NoAnswer(NoAnswer {

@@ -879,3 +879,18 @@ fn pipelined_requests_after_an_exec_are_answered_in_order() {
     let r = read_response(&mut s);
     assert_eq!(r.get("id"), &json!("d"), "{:?}", r.h);
 }
+
+/// A command allowed to run longer than the client's `--timeout` (by `--timeout-ms`) is waited
+/// for: the client does not give up on an answer the server is still entitled to take.
+#[test]
+fn the_exec_client_waits_as_long_as_the_command_may_run() {
+    let es = ExecServer::start("client-long", setup(&["sh"], &[]));
+    let run = run_client(
+        &es,
+        &["--timeout", "1s", "--timeout-ms", "4000"],
+        &["sh", "-c", "sleep 2; echo done"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    assert_eq!(run.stdout, b"done\n", "{run:?}");
+}

@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
 use serde_json::Value;
@@ -16,6 +17,9 @@ const OWN_FAILURE: u8 = 255;
 
 /// Exit code for a command killed at its timeout (as timeout(1)).
 const TIMED_OUT: u8 = 124;
+
+/// How much longer than `--timeout-ms` the client waits for the answer.
+const ANSWER_MARGIN: Duration = Duration::from_secs(5);
 
 /// `socklab exec`.
 #[derive(Debug, Args)]
@@ -50,6 +54,12 @@ fn exec(args: &ExecArgs) -> Result<u8, Failure> {
         header.insert("timeout_ms".into(), ms.into());
     }
     client.send_request(&header, 0)?;
+    if let Some(ms) = args.timeout_ms {
+        // The answer may take as long as the command is allowed to run, and the server's
+        // timeout answer a moment more.
+        let runs = Duration::from_millis(ms).saturating_add(ANSWER_MARGIN);
+        client.wait_at_least(runs).map_err(ClientError::from)?;
+    }
     let resp = client.read_response()?;
     let body = client.read_small_body(resp.size)?;
     let out_len = resp.u64("stdout_size").unwrap_or(0);
