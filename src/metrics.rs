@@ -34,6 +34,8 @@ pub(crate) struct ServiceCounters {
     pub(crate) rejected_auth: u64,
     /// Connections closed at once because their address held `--max-conns-per-ip` already.
     pub(crate) rejected_per_ip: u64,
+    /// Connections closed on a PROXY protocol listener without a valid header in time.
+    pub(crate) rejected_proxy: u64,
 }
 
 /// The addresses that held the most connections when the process was last at `--max-conns`.
@@ -120,6 +122,7 @@ impl ServiceCounters {
             (&mut self.datagrams_dropped, o.datagrams_dropped),
             (&mut self.rejected_auth, o.rejected_auth),
             (&mut self.rejected_per_ip, o.rejected_per_ip),
+            (&mut self.rejected_proxy, o.rejected_proxy),
         ];
         for (mine, theirs) in pairs {
             *mine = mine.saturating_add(theirs);
@@ -281,6 +284,7 @@ pub(crate) fn prometheus(workers: &[(usize, &Counters)]) -> String {
                 ("fd_limit", c.rejected_fd_limit),
                 ("auth", c.rejected_auth),
                 ("per_ip", c.rejected_per_ip),
+                ("proxy", c.rejected_proxy),
             ] {
                 let _ = writeln!(
                     s,
@@ -355,6 +359,7 @@ impl Counters {
                     "rejected_fd_limit": c.rejected_fd_limit,
                     "rejected_auth": c.rejected_auth,
                     "rejected_per_ip": c.rejected_per_ip,
+                    "rejected_proxy": c.rejected_proxy,
                     "bytes_received": c.bytes_received,
                     "bytes_sent": c.bytes_sent,
                     "datagrams_received": c.datagrams_received,

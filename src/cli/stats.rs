@@ -64,6 +64,7 @@ const COLUMNS: [Column; 8] = [
             "rejected_fd_limit",
             "rejected_auth",
             "rejected_per_ip",
+            "rejected_proxy",
         ],
     ),
     ("bytes_in", &["bytes_received"]),

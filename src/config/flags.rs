@@ -3,6 +3,7 @@
 //! struct lives here, beside the merge that reads every field of it, rather than in
 //! `cli::serve` (which only runs the result), so that configuration never imports the CLI.
 
+use crate::frame::proxy::ProxyVersions;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,6 +19,14 @@ fn parse_stream_service(s: &str) -> Result<ServiceKind, String> {
     ServiceKind::from_name(s)
         .filter(|k| k.is_stream())
         .ok_or_else(|| format!("`{s}` is not a stream service (echo, upper, files, chat, metrics)"))
+}
+
+fn parse_proxy_protocol(s: &str) -> Result<(ServiceKind, ProxyVersions), String> {
+    let (service, versions) = match s.split_once('=') {
+        Some((service, versions)) => (service, versions.parse()?),
+        None => (s, ProxyVersions::Either),
+    };
+    Ok((parse_stream_service(service)?, versions))
 }
 
 /// Run the socklab server.
@@ -140,6 +149,13 @@ pub struct ServeArgs {
     /// Largest frame header files accepts (bad_frame beyond). [default: 64KiB]
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Files")]
     max_header: Option<usize>,
+
+    /// This service's stream listeners sit behind a load balancer that sends a PROXY protocol
+    /// header first (HAProxy's send-proxy / send-proxy-v2): SERVICE or SERVICE=VERSION, VERSION
+    /// v1, v2 or v1-or-v2 (the default). Its source address is then the client's everywhere;
+    /// a connection without a valid header is closed (repeatable).
+    #[arg(long = "proxy-protocol", value_name = "SERVICE[=VERSION]", value_parser = parse_proxy_protocol, help_heading = "Load balancers")]
+    proxy_protocol: Vec<(ServiceKind, ProxyVersions)>,
 
     /// Require the HMAC-SHA256 challenge-response on this service's stream listeners
     /// (repeatable: --auth files --auth upper).
@@ -271,6 +287,9 @@ impl ServeArgs {
         }
         for &service in &self.auth {
             settings.require_auth(service);
+        }
+        for &(service, versions) in &self.proxy_protocol {
+            settings.require_proxy_protocol(service, versions);
         }
 
         if self.no_reuseaddr {

@@ -45,6 +45,9 @@ pub struct ListenerConfig {
     /// This listener's own `--max-conns-per-ip` (0: no limit); `Limits::max_conns_per_ip`
     /// when `None`.
     pub max_conns_per_ip: Option<usize>,
+    /// Connections begin with a PROXY protocol header of these versions (behind a load
+    /// balancer); its source address is the client's.
+    pub proxy_protocol: Option<crate::frame::proxy::ProxyVersions>,
 }
 
 impl ListenerConfig {
@@ -85,6 +88,11 @@ impl ListenerConfig {
         }
         if self.auth && !self.service.is_stream() {
             return Err(ConfigError::AuthOnDatagram {
+                service: self.service,
+            });
+        }
+        if self.proxy_protocol.is_some() && !self.service.is_stream() {
+            return Err(ConfigError::ProxyOnDatagram {
                 service: self.service,
             });
         }
@@ -280,6 +288,11 @@ pub enum ConfigError {
          services (echo, upper, files, chat, metrics) take auth"
     )]
     AuthOnDatagram { service: ServiceKind },
+    #[error(
+        "{service} is a datagram service: a PROXY protocol header precedes a stream's bytes; \
+         only stream services (echo, upper, files, chat, metrics) take proxy_protocol"
+    )]
+    ProxyOnDatagram { service: ServiceKind },
     #[error("{what} must be longer than 0")]
     ZeroDuration { what: &'static str },
     #[error(
@@ -393,6 +406,7 @@ mod tests {
                 auth: false,
                 sockopts: None,
                 max_conns_per_ip: None,
+                proxy_protocol: None,
             }],
             ..ServerConfig::default()
         }

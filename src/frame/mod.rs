@@ -12,6 +12,7 @@
 //! - [`lines`]: `\n` or `\r\n` terminated lines with a maximum length; an
 //!   over-long line is reported once and skipped without being buffered
 //!   ([`LinesDecoder`], [`encode_line`]).
+//! - [`proxy`]: the PROXY protocol header (v1, v2) a load balancer sends first.
 //! - [`leftover`]: a connection's leftover input ([`Leftover`]): the buffer
 //!   the reactor keeps each stream connection's partial request in, and
 //!   [`Leftover::feed`], the reference way to drive any [`Decoder`] over a
@@ -44,6 +45,7 @@ pub mod header;
 pub mod leftover;
 pub mod length;
 pub mod lines;
+pub mod proxy;
 
 #[doc(hidden)]
 pub mod fuzz;

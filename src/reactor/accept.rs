@@ -17,6 +17,7 @@ use super::timer::TimerKind;
 use super::transport::Transport;
 use super::workers::OpenConns;
 use super::{Entry, Reactor};
+use crate::frame::proxy::ProxyVersions;
 use crate::kind::ServiceKind;
 use crate::metrics::Busiest;
 use crate::service::auth::{AuthGate, Secret, new_challenge};
@@ -26,6 +27,7 @@ use crate::sockopt;
 pub(super) use per_addr::PerAddr;
 
 mod per_addr;
+pub(super) mod proxied;
 
 /// Addresses named in the `--max-conns` warning and kept for `stats` and metrics.
 const BUSIEST: usize = 5;
@@ -68,6 +70,8 @@ pub(super) struct Listener {
     pub(super) nodelay: bool,
     /// Connections one source address may hold when this listener accepts (`None`: no limit).
     pub(super) per_ip: Option<usize>,
+    /// Its connections begin with a PROXY protocol header of these versions.
+    pub(super) proxy: Option<ProxyVersions>,
     /// On the ready list already.
     pub(super) queued: bool,
 }
@@ -92,6 +96,8 @@ pub(super) struct Admission {
     warn_per_ip: RateLimited,
     /// Notes of connections closed at `--request-timeout`.
     pub(super) warn_slow: RateLimited,
+    /// Warnings for connections closed without a valid PROXY protocol header.
+    pub(super) warn_proxy: RateLimited,
     /// The authentication secret, when a listener asks for authentication.
     secret: Option<Secret>,
 }
@@ -108,6 +114,7 @@ impl Admission {
             warn_fds: RateLimited::default(),
             warn_per_ip: RateLimited::default(),
             warn_slow: RateLimited::default(),
+            warn_proxy: RateLimited::default(),
             secret,
         }
     }
@@ -187,12 +194,28 @@ impl Reactor {
             }
             budget -= 1;
             let (kind, auth, nodelay, per_ip) = (l.kind, l.auth, l.nodelay, l.per_ip);
+            let proxy = l.proxy;
             match l.socket.accept() {
-                Ok((mut socket, ip)) => {
-                    if self.has_room(&mut socket, ip, kind, auth, per_ip) {
-                        self.admit(socket, ip, kind, auth, nodelay);
+                Ok((mut socket, ip)) => match proxy {
+                    // The balancer's address says nothing of the client: the header will.
+                    Some(versions) => {
+                        if self.has_room(&mut socket, None, kind, auth, None) {
+                            let accepted = proxied::Accepted {
+                                kind,
+                                auth,
+                                nodelay,
+                                per_ip,
+                                versions,
+                            };
+                            self.await_proxy_header(socket, ip, accepted);
+                        }
                     }
-                }
+                    None => {
+                        if self.has_room(&mut socket, ip, kind, auth, per_ip) {
+                            self.admit(socket, ip, kind, auth, nodelay);
+                        }
+                    }
+                },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_transient_accept_error(&e) => {

@@ -23,6 +23,7 @@ use super::workers::Links;
 use super::{Buffers, Core, Entry, Reactor, ServiceState};
 use crate::addr::ListenAddr;
 use crate::config::{ListenerConfig, ServerConfig};
+use crate::frame::proxy::ProxyVersions;
 use crate::kind::ServiceKind;
 use crate::service::auth::Secret;
 use crate::service::discovery::{Discovery, DiscoveryInfo, ServiceEntry};
@@ -215,7 +216,7 @@ impl Reactor {
 
     fn bind_one(&mut self, l: &ListenerConfig) -> Result<BoundListener, StartError> {
         let (service, addr, auth) = (l.service, &l.addr, l.auth);
-        let per_ip = l.max_conns_per_ip;
+        let (per_ip, proxy) = (l.max_conns_per_ip, l.proxy_protocol);
         let o = self.config.sockopts_of(l).clone();
         let o = &o;
         let bind_err = |source| StartError::Bind { service, source };
@@ -229,7 +230,7 @@ impl Reactor {
                 let shown = local(l.local_addr());
                 let socket = ListenSocket::Tcp(TcpListener::from_std(l));
                 (
-                    self.listener(socket, service, auth, o.nodelay, per_ip),
+                    self.listener(socket, service, auth, o.nodelay, per_ip, proxy),
                     "tcp",
                     shown,
                     opts,
@@ -246,7 +247,7 @@ impl Reactor {
                 self.shutdown.owned_paths.push(p.clone());
                 let socket = ListenSocket::Unix(UnixListener::from_std(l));
                 (
-                    self.listener(socket, service, auth, false, per_ip),
+                    self.listener(socket, service, auth, false, per_ip, proxy),
                     "unix",
                     addr.to_string(),
                     opts,
@@ -284,6 +285,7 @@ impl Reactor {
         by: inherit::Source,
     ) -> Result<BoundListener, StartError> {
         let (service, addr, auth, per_ip) = (l.service, &l.addr, l.auth, l.max_conns_per_ip);
+        let proxy = l.proxy_protocol;
         let nodelay = self.config.sockopts_of(l).nodelay;
         let io_err = |source| StartError::Register {
             what: format!("the inherited {service} socket"),
@@ -297,7 +299,7 @@ impl Reactor {
                 let shown = l.local_addr().map_err(io_err)?.to_string();
                 let socket = ListenSocket::Tcp(TcpListener::from_std(l));
                 (
-                    self.listener(socket, service, auth, nodelay, per_ip),
+                    self.listener(socket, service, auth, nodelay, per_ip, proxy),
                     "tcp",
                     shown,
                 )
@@ -313,7 +315,7 @@ impl Reactor {
                 let shown = unix_shown("unix", l.local_addr().ok(), addr);
                 let socket = ListenSocket::Unix(UnixListener::from_std(l));
                 (
-                    self.listener(socket, service, auth, false, per_ip),
+                    self.listener(socket, service, auth, false, per_ip, proxy),
                     "unix",
                     shown,
                 )
@@ -392,6 +394,7 @@ impl Reactor {
         auth: bool,
         nodelay: bool,
         per_ip: Option<usize>,
+        proxy: Option<ProxyVersions>,
     ) -> Entry {
         Entry::Listener(Listener {
             socket,
@@ -399,6 +402,7 @@ impl Reactor {
             auth,
             nodelay,
             per_ip: self.config.limits.per_ip_limit(per_ip),
+            proxy,
             queued: false,
         })
     }

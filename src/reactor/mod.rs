@@ -72,6 +72,8 @@ enum Entry {
     Conn(Conn),
     Dgram(DgramEndpoint),
     Pipe(Pipe),
+    /// A connection on a PROXY protocol listener waiting for its header (`accept/proxied.rs`).
+    Preamble(accept::proxied::Preamble),
 }
 
 /// The single-threaded server. Its state is grouped by the part that owns it: every part may
@@ -222,6 +224,7 @@ impl Reactor {
             Some(Entry::Conn(_)) => self.drive_conn(token, readable, writable),
             Some(Entry::Dgram(_)) => self.drive_dgram(token, readable, writable),
             Some(Entry::Pipe(_)) => self.read_pipe(token),
+            Some(Entry::Preamble(_)) => self.read_proxy_header(token),
             // A stale event for a source closed earlier: its slot is empty or reused.
             None => {}
         }
@@ -250,7 +253,7 @@ impl Reactor {
                     p.queued = false;
                     self.read_pipe(token);
                 }
-                None => {}
+                Some(Entry::Preamble(_)) | None => {}
             }
         }
     }
@@ -265,6 +268,7 @@ impl Reactor {
                 TimerKind::ExecPipeGrace(id) => self.exec_pipe_grace(id),
                 TimerKind::OrphanSweep => crate::sys::contain::sweep_again(),
                 TimerKind::AcceptRetry(token) => self.accept_all(token),
+                TimerKind::ProxyHeader(token) => self.proxy_header_deadline(token),
                 TimerKind::ShutdownGrace => {}
                 TimerKind::Watchdog => self.watchdog(),
             }
@@ -277,6 +281,7 @@ impl Reactor {
                 TimerKind::Idle(t)
                 | TimerKind::Request(t)
                 | TimerKind::AcceptRetry(t)
+                | TimerKind::ProxyHeader(t)
                 | TimerKind::AuthTimeout(t) => sources.get(*t).is_some(),
                 TimerKind::ShutdownGrace
                 | TimerKind::Watchdog

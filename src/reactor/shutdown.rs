@@ -74,7 +74,7 @@ impl Reactor {
         for (token, entry) in self.core.sources.iter() {
             match entry {
                 Entry::Conn(_) => conns.push(token),
-                Entry::Listener(_) | Entry::Dgram(_) => others.push(token),
+                Entry::Listener(_) | Entry::Dgram(_) | Entry::Preamble(_) => others.push(token),
                 Entry::Pipe(_) => {}
             }
         }

@@ -23,6 +23,8 @@ pub enum TimerKind {
     AcceptRetry(Token),
     /// The client must have answered the authentication challenge by now.
     AuthTimeout(Token),
+    /// This connection's PROXY protocol header must be whole by now.
+    ProxyHeader(Token),
     /// The shutdown grace period is over.
     ShutdownGrace,
     /// This `exec` command's time is up.

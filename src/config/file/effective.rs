@@ -77,6 +77,7 @@ impl Effective {
                                 addr: Some(Spanned::new(0..0, Addr(l.addr.clone()))),
                                 auth: Some(Spanned::new(0..0, l.auth)),
                                 max_conns_per_ip: l.max_conns_per_ip,
+                                proxy_protocol: l.proxy_protocol,
                                 socket: l.sockopts.as_ref().map(SocketFile::full),
                             },
                         )

@@ -108,13 +108,14 @@ struct ExecFile {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a listener table (service, addr, auth, max_conns_per_ip, socket)"
+    expecting = "a listener table (service, addr, auth, max_conns_per_ip, proxy_protocol, socket)"
 )]
 struct ListenerFile {
     service: Service,
     addr: Option<Spanned<Addr>>,
     auth: Option<Spanned<bool>>,
     max_conns_per_ip: Option<usize>,
+    proxy_protocol: Option<crate::frame::proxy::ProxyVersions>,
     socket: Option<SocketFile>,
 }
 
@@ -288,6 +289,7 @@ impl Default for ServeSettings {
                 auth: false,
                 sockopts: None,
                 max_conns_per_ip: None,
+                proxy_protocol: None,
             })
             .collect();
         ServeSettings {
@@ -435,6 +437,7 @@ impl ServeSettings {
                         auth: l.auth.is_some_and(|a| a.into_inner()),
                         sockopts: l.socket.map(|o| o.over(&s.sockopts)),
                         max_conns_per_ip: l.max_conns_per_ip,
+                        proxy_protocol: l.proxy_protocol,
                     };
                     (config, Some(origin))
                 })
@@ -445,8 +448,9 @@ impl ServeSettings {
     }
 
     /// Makes `addrs` the only listeners of `service` (none: the service does not start). They
-    /// take the place of the ones they replace, and keep authentication if any of those had it,
-    /// so that moving a service to another address never drops its authentication.
+    /// take the place of the ones they replace, and keep authentication (and the PROXY
+    /// protocol) if any of those had it, so that moving a service to another address never
+    /// drops its authentication.
     pub fn set_service(&mut self, service: ServiceKind, addrs: &[ListenAddr]) {
         self.origins.resize(self.server.listeners.len(), None);
         let listeners = std::mem::take(&mut self.server.listeners);
@@ -456,6 +460,10 @@ impl ServeSettings {
             .position(|l| l.service == service)
             .unwrap_or(listeners.len());
         let auth = listeners.iter().any(|l| l.service == service && l.auth);
+        let proxy_protocol = listeners
+            .iter()
+            .filter(|l| l.service == service)
+            .find_map(|l| l.proxy_protocol);
         let mut kept: Vec<(ListenerConfig, Option<Origin>)> = listeners
             .into_iter()
             .zip(origins)
@@ -469,11 +477,25 @@ impl ServeSettings {
                 auth,
                 sockopts: None,
                 max_conns_per_ip: None,
+                proxy_protocol,
             };
             (l, None)
         });
         kept.splice(at..at, new);
         (self.server.listeners, self.origins) = kept.into_iter().unzip();
+    }
+
+    /// Every listener of `service` expects a PROXY protocol header of `versions` first.
+    pub fn require_proxy_protocol(
+        &mut self,
+        service: ServiceKind,
+        versions: crate::frame::proxy::ProxyVersions,
+    ) {
+        for l in &mut self.server.listeners {
+            if l.service == service {
+                l.proxy_protocol = Some(versions);
+            }
+        }
     }
 
     /// Turns authentication on for every listener of `service`.
