@@ -241,7 +241,13 @@ fn behind_haproxy_the_clients_addresses_are_seen() {
     );
     let cfg_path = dir.file("haproxy.cfg");
     std::fs::write(&cfg_path, cfg).unwrap();
-    let haproxy = Command::new("haproxy")
+    // Debian puts it in /usr/sbin, which a user's PATH may lack.
+    let program = if std::path::Path::new("/usr/sbin/haproxy").exists() {
+        "/usr/sbin/haproxy"
+    } else {
+        "haproxy"
+    };
+    let haproxy = Command::new(program)
         .args(["-db", "-f", &cfg_path])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -13,14 +13,17 @@
 #   2. a second bench runs while instance a is killed with SIGKILL: the requests in flight on
 #      a's connections fail (shown, not asserted), and HAProxy's stats socket is polled until
 #      a is DOWN;
-#   3. a third bench after the switch: no errors, and only b's counters moved.
+#   3. a third bench after the switch: no errors, and only b's counters moved;
+#   4. (PROXY=1) clients from 127.0.0.2 and 127.0.0.3 through HAProxy: instance b's log names
+#      them as the clients, and HAProxy (127.0.0.1) only as the balancer.
 # Exit status 0 when every check held. Every process it started and every file it wrote are
 # removed on exit, whatever the exit. Every wait is bounded.
 #
 # Settings (environment): WORKERS (1, socklab serve --workers), CONNS (20), DURATION (3s, phases 1 and 3), CROSS_DURATION (6s, the
 # bench across the kill), KILL_AFTER (2, seconds into it), SIGNAL (KILL; TERM shows socklab's
 # own shutdown instead of a crash), INTER (500ms), FALL (2), RISE (2),
-# DOWN_WAIT (10, seconds to wait for DOWN), SOCKLAB_BIN (skip the build, use this binary),
+# DOWN_WAIT (10, seconds to wait for DOWN), PROXY (1: HAProxy sends the PROXY protocol v2
+# header, socklab's echo expects it and logs each client's address at debug level; 0: off), SOCKLAB_BIN (skip the build, use this binary),
 # HAPROXY_TEMPLATE (another configuration template with the same @NAME@ placeholders).
 set -euo pipefail
 
@@ -35,6 +38,14 @@ INTER=${INTER:-500ms}
 FALL=${FALL:-2}
 RISE=${RISE:-2}
 DOWN_WAIT=${DOWN_WAIT:-10}
+PROXY=${PROXY:-1}
+if [ "$PROXY" = 1 ]; then
+    proxy_flags=(--proxy-protocol echo=v2 -v)
+    send_proxy=send-proxy-v2
+else
+    proxy_flags=(-q)
+    send_proxy=
+fi
 
 # ---- narration and checks -------------------------------------------------------------------
 
@@ -130,7 +141,7 @@ start_instance() {
     local name=$1 dir=$tmp/$1 pid
     mkdir -p "$dir/data"
     "$socklab" serve --workers "$WORKERS" --echo 127.0.0.1:0 --files 127.0.0.1:0 "${off[@]}" \
-        --data-dir "$dir/data" -q >"$dir/stdout" 2>"$dir/stderr" &
+        --data-dir "$dir/data" "${proxy_flags[@]}" >"$dir/stdout" 2>"$dir/stderr" &
     pid=$!
     pids+=("$pid")
     for _ in $(seq 100); do
@@ -238,6 +249,7 @@ sed -e "s|@STATS_SOCK@|$sock|" -e "s|@FRONTEND@|$front|" \
     -e "s|@A_ECHO@|$a_echo|" -e "s|@A_FILES_PORT@|${a_files##*:}|" \
     -e "s|@B_ECHO@|$b_echo|" -e "s|@B_FILES_PORT@|${b_files##*:}|" \
     -e "s|@INTER@|$INTER|" -e "s|@FALL@|$FALL|" -e "s|@RISE@|$RISE|" \
+    -e "s|@SEND_PROXY@|$send_proxy|" \
     "${HAPROXY_TEMPLATE:-$root/tools/haproxy-demo.cfg.tmpl}" >"$tmp/haproxy.cfg"
 "$haproxy" -c -q -f "$tmp/haproxy.cfg" || die "HAProxy refused the configuration $tmp/haproxy.cfg"
 "$haproxy" -db -f "$tmp/haproxy.cfg" >"$tmp/haproxy.log" 2>&1 &
@@ -368,5 +380,27 @@ expect "no failed request after the switch (bench exit $rc, errors ${p3_errors:-
 expect "HAProxy sent no new session to a ($a_new)" "a_new == 0"
 expect "instance b accepted the $CONNS new connections ($b_acc_new)" "b_acc_new == CONNS"
 expect "HAProxy's count of b's new sessions matches b's own ($b_new)" "b_new == b_acc_new"
+
+# ---- phase 4 ------------------------------------------------------------------------------------
+
+if [ "$PROXY" = 1 ]; then
+    say "Phase 4: the clients' own addresses, through HAProxy's send-proxy-v2"
+    seen() { grep -c "PROXY protocol header" "$tmp/b/stderr" || true; }
+    before=$(seen)
+    for from in 127.0.0.2 127.0.0.3; do
+        timeout 10 python3 -c '
+import socket, sys
+s = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=5, source_address=(sys.argv[1], 0))
+s.sendall(b"hello")
+assert s.recv(5) == b"hello"
+' "$from" "${front%:*}" "${front##*:}" || die "an echo through HAProxy from $from failed"
+    done
+    t0=$(now_ms)
+    while (($(seen) < before + 2)) && (($(now_ms) - t0 < 5000)); do sleep 0.05; done
+    note "instance b's log, the last two connections:"
+    grep "PROXY protocol header" "$tmp/b/stderr" | tail -n 2 | indent
+    got=$(grep "PROXY protocol header" "$tmp/b/stderr" | tail -n 2 | grep -c 'client=Some(127.0.0.[23])' || true)
+    expect "socklab saw the clients 127.0.0.2 and 127.0.0.3, not HAProxy's 127.0.0.1 ($got of 2)" "got == 2"
+fi
 
 say "All checks passed."
