@@ -1,0 +1,546 @@
+//! Hand-over of the listeners to a new process (issue 18, deliverable 2), with the real binary:
+//! `serve --upgrade-from`, `socklab reload`, SIGUSR2, `--workers 2`, and the bad inputs of the
+//! control socket (a second hand-over while one is under way, a successor that dies before it
+//! is ready, a path already taken, garbage, a peer that sends no descriptors).
+//!
+//! Where a test plays one side of the control protocol itself (a successor that dies before it
+//! is ready, an old process that sends garbage), it speaks over a real Unix socket with real
+//! SCM_RIGHTS messages.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use util::*;
+
+const T: Duration = Duration::from_secs(10);
+
+/// Kills a successor (not a child of this test) when the test ends, whatever happened.
+struct Pid(i32);
+
+impl Drop for Pid {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie still answers kill(0); its state in /proc says it is gone.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Echo on TCP and on a unix socket, udp-echo on UDP and a unixgram socket, the control socket
+/// at `dir/control.sock`, then `extra`.
+fn args(dir: &TempDir, extra: &[&str]) -> Vec<String> {
+    let unix = format!("unix:{}", dir.file("echo.sock"));
+    let gram = format!("unixgram:{}", dir.file("echo.dgram"));
+    let mut a = serve_args(
+        &[
+            ("echo", "127.0.0.1:0"),
+            ("echo", unix.as_str()),
+            ("udp-echo", "127.0.0.1:0"),
+            ("udp-echo", gram.as_str()),
+        ],
+        &["--control", dir.file("control.sock").as_str()],
+    );
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn control(dir: &TempDir) -> PathBuf {
+    dir.path().join("control.sock")
+}
+
+/// Sends one command line to the control socket and reads the answer to its end (bounded).
+fn ask(path: &Path, command: &[u8]) -> String {
+    let mut s = UnixStream::connect(path).unwrap_or_else(|e| panic!("connect {path:?}: {e}"));
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(command).unwrap();
+    let (got, _) = read_to_end_timeout(&mut s, T);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The pid of the process serving the control socket at `path`.
+fn serving_pid(path: &Path) -> i32 {
+    let answer = ask(path, b"status\n");
+    answer
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("pid="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in the status answer {answer:?}"))
+}
+
+fn echo_roundtrip(addr: SocketAddr) -> Result<(), String> {
+    let mut s = TcpStream::connect_timeout(&addr, T).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(b"ping\n").map_err(|e| format!("write: {e}"))?;
+    let mut got = [0u8; 5];
+    s.read_exact(&mut got).map_err(|e| format!("read: {e}"))?;
+    (&got == b"ping\n")
+        .then_some(())
+        .ok_or_else(|| format!("echoed {got:?}"))
+}
+
+/// Every listener of `args` answers: TCP and unix echo, UDP and unixgram udp-echo.
+fn assert_serving(server: &Server, dir: &TempDir, context: &str) {
+    echo_roundtrip(server.tcp("echo")).unwrap_or_else(|e| panic!("{context}: tcp echo: {e}"));
+    let mut u = UnixStream::connect(dir.file("echo.sock"))
+        .unwrap_or_else(|e| panic!("{context}: unix echo: {e}"));
+    assert_eq!(roundtrip(&mut u, b"unix", T), b"unix", "{context}: unix echo");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(T)).unwrap();
+    assert_eq!(
+        udp_ask(&udp, server.udp("udp-echo"), b"udp").as_deref(),
+        Some(&b"udp"[..]),
+        "{context}: udp echo"
+    );
+    let me = dir.file(&format!("client-{}.dgram", std::process::id()));
+    let _ = std::fs::remove_file(&me);
+    let g = std::os::unix::net::UnixDatagram::bind(&me).unwrap();
+    g.set_read_timeout(Some(T)).unwrap();
+    g.send_to(b"gram", dir.file("echo.dgram")).unwrap();
+    let mut buf = [0u8; 16];
+    let n = g
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("{context}: unixgram echo: {e}"));
+    assert_eq!(&buf[..n], b"gram", "{context}: unixgram echo");
+    let _ = std::fs::remove_file(&me);
+}
+
+/// Plays a successor: asks for the listeners and returns the connection (still open, no
+/// `ready` sent), the lines and the descriptors received.
+fn fake_successor(path: &Path) -> (UnixStream, Vec<String>, Vec<OwnedFd>) {
+    let mut s = UnixStream::connect(path).unwrap();
+    s.write_all(b"upgrade\n").unwrap();
+    let deadline = Instant::now() + T;
+    let (mut text, mut fds) = (Vec::new(), Vec::new());
+    while !text.ends_with(b"end\n") && !text.starts_with(b"error") {
+        assert!(Instant::now() < deadline, "no `end` within {T:?}: {text:?}");
+        let mut buf = [0u8; 4096];
+        let (n, got) = recv_fds(&s, &mut buf);
+        fds.extend(got);
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
+    let lines = String::from_utf8_lossy(&text)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    s.set_read_timeout(Some(T)).unwrap();
+    (s, lines, fds)
+}
+
+/// One recvmsg with room for 16 descriptors (bounded by the socket's read timeout).
+fn recv_fds(s: &UnixStream, buf: &mut [u8]) -> (usize, Vec<OwnedFd>) {
+    s.set_read_timeout(Some(T)).unwrap();
+    let mut cmsg = [0u64; 64];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: the message points at live buffers of the stated sizes.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cmsg) as _;
+        let n = libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+        assert!(n >= 0, "recvmsg: {}", std::io::Error::last_os_error());
+        let mut fds = Vec::new();
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(c).cast::<i32>();
+                for i in 0..len / 4 {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+        (n as usize, fds)
+    }
+}
+
+/// Connects to `addr` in a loop until `stop`, counting refusals and unanswered requests.
+struct Prober {
+    stop: Arc<AtomicBool>,
+    handle: thread::JoinHandle<(u64, u64, u64, Vec<String>)>,
+}
+
+impl Prober {
+    fn start(addr: SocketAddr) -> Prober {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = thread::spawn(move || {
+            let (mut ok, mut refused, mut failed, mut why) = (0, 0, 0, Vec::new());
+            while !flag.load(Ordering::Relaxed) {
+                match echo_roundtrip(addr) {
+                    Ok(()) => ok += 1,
+                    Err(e) if e.contains("refused") => refused += 1,
+                    Err(e) => {
+                        failed += 1;
+                        why.push(e);
+                    }
+                }
+            }
+            (ok, refused, failed, why)
+        });
+        Prober { stop, handle }
+    }
+
+    fn finish(self) -> (u64, u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("prober")
+    }
+}
+
+#[test]
+fn upgrade_under_connections_refuses_nothing_and_old_connections_finish_on_the_old_process() {
+    let dir = TempDir::new("handover-up");
+    let mut old = Server::start(args(&dir, &["--shutdown-grace", "20s"]));
+    assert_serving(&old, &dir, "the old process");
+    let echo = old.tcp("echo");
+    let mut kept = old.connect("echo");
+    assert_eq!(roundtrip(&mut kept, b"before", T), b"before");
+    let prober = Prober::start(echo);
+    let mut a = args(&dir, &[]);
+    a.extend(["--upgrade-from".to_owned(), dir.file("control.sock")]);
+    let new = Server::start(a);
+    let new_pid = Pid(new.pid());
+    assert_eq!(new.tcp("echo"), echo, "the successor serves the same port");
+    for l in &new.listeners {
+        assert_eq!(
+            l.opts.get("inherited").map(String::as_str),
+            Some("handover"),
+            "bound anew instead of taken over: {l:?}"
+        );
+    }
+    // The old process drains: its kept connection ends cleanly, then it exits.
+    let (_, end) = read_to_end_timeout(&mut kept, T);
+    assert_eq!(end, End::Eof, "the old process's connection ends cleanly");
+    assert!(old.wait_exit(T).is_some_and(|s| s.success()), "old exits 0");
+    let (ok, refused, failed, why) = prober.finish();
+    eprintln!("prober: {ok} answered, {refused} refused, {failed} failed: {why:?}");
+    assert_eq!(refused, 0, "connections refused during the hand-over");
+    assert!(ok > 0, "the prober got nothing through");
+    assert_serving(&new, &dir, "the successor");
+    assert_eq!(serving_pid(&control(&dir)), new_pid.0);
+    assert!(dir.path().join("echo.sock").exists(), "unix socket file kept");
+}
+
+#[test]
+fn reload_starts_the_successor_and_prints_its_pid() {
+    let dir = TempDir::new("handover-reload");
+    let mut old = Server::start(args(&dir, &[]));
+    let out = run_socklab(
+        ["reload", "--control", dir.file("control.sock").as_str()],
+        Duration::from_secs(40),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "reload failed: {stdout} {stderr}");
+    let pid: i32 = stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("pid=").and_then(|p| p.parse().ok()))
+        .unwrap_or_else(|| panic!("no pid= in {stdout:?}"));
+    let _new = Pid(pid);
+    assert_ne!(pid, old.pid());
+    assert!(old.wait_exit(T).is_some_and(|s| s.success()), "old exits 0");
+    assert!(alive(pid), "the successor runs");
+    assert_eq!(serving_pid(&control(&dir)), pid);
+    assert!(echo_roundtrip(old.tcp("echo")).is_ok(), "the port is served");
+    // The successor can itself be upgraded: the control socket came along.
+    let out = run_socklab(
+        ["reload", "--control", dir.file("control.sock").as_str()],
+        Duration::from_secs(40),
+    );
+    assert!(out.status.success(), "second reload: {out:?}");
+    let third = serving_pid(&control(&dir));
+    let _third = Pid(third);
+    assert_ne!(third, pid);
+    assert!(wait_until(T, || !alive(pid)), "the second server exits");
+    assert!(echo_roundtrip(old.tcp("echo")).is_ok(), "the port is served");
+}
+
+#[test]
+fn sigusr2_reloads_like_the_command() {
+    let dir = TempDir::new("handover-usr2");
+    let mut old = Server::start(args(&dir, &[]));
+    old.signal(libc::SIGUSR2);
+    assert!(old.wait_exit(Duration::from_secs(30)).is_some_and(|s| s.success()));
+    let pid = serving_pid(&control(&dir));
+    let _new = Pid(pid);
+    assert_ne!(pid, old.pid());
+    let readies = old.stdout_lines().iter().filter(|l| *l == "ready").count();
+    assert_eq!(readies, 2, "the successor printed its own listening lines and ready");
+    assert!(echo_roundtrip(old.tcp("echo")).is_ok());
+}
+
+#[test]
+fn a_second_upgrade_or_reload_while_one_is_under_way_is_refused() {
+    let dir = TempDir::new("handover-twice");
+    let mut old = Server::start(args(&dir, &[]));
+    let (first, lines, fds) = fake_successor(&control(&dir));
+    assert_eq!(lines.last().map(String::as_str), Some("end"), "{lines:?}");
+    assert!(!fds.is_empty(), "descriptors came with the listeners");
+    let mut a = args(&dir, &[]);
+    a.extend(["--upgrade-from".to_owned(), dir.file("control.sock")]);
+    let (status, stderr) = expect_start_failure(serve_cmd(a), "a hand-over is under way");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("already in progress"), "{stderr}");
+    let out = run_socklab(
+        ["reload", "--control", dir.file("control.sock").as_str()],
+        Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "reload succeeded: {out:?}");
+    assert!(err.contains("already in progress"), "{err}");
+    drop((first, fds));
+    old.assert_alive("after the refused hand-overs");
+    assert_serving(&old, &dir, "after the refused hand-overs");
+}
+
+#[test]
+fn a_successor_that_dies_before_ready_leaves_the_old_one_serving() {
+    let dir = TempDir::new("handover-dies");
+    let mut old = Server::start(args(&dir, &[]));
+    // It took every descriptor, closed them all and went away without `ready`.
+    let (s, lines, fds) = fake_successor(&control(&dir));
+    assert_eq!(fds.len(), lines.iter().filter(|l| l.starts_with("listener ")).count());
+    drop((s, fds));
+    assert!(old.wait_stderr_contains("hand-over", T), "{}", old.stderr());
+    old.assert_alive("after the successor died");
+    assert_serving(&old, &dir, "after the successor died");
+    // A real successor that fails after connecting (its configuration file is missing).
+    let mut a = args(&dir, &["--config", "/nonexistent/socklab.toml"]);
+    a.extend(["--upgrade-from".to_owned(), dir.file("control.sock")]);
+    let (status, stderr) = expect_start_failure(serve_cmd(a), "its config file is missing");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        old.wait_stderr_contains("/nonexistent/socklab.toml", T),
+        "the old process says why: {}",
+        old.stderr()
+    );
+    old.assert_alive("after the failed successor");
+    assert_serving(&old, &dir, "after the failed successor");
+    // And a hand-over still works afterwards.
+    let out = run_socklab(
+        ["reload", "--control", dir.file("control.sock").as_str()],
+        Duration::from_secs(40),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let _new = Pid(serving_pid(&control(&dir)));
+    assert!(old.wait_exit(T).is_some());
+}
+
+#[test]
+fn reload_with_a_broken_configuration_says_why_and_keeps_serving() {
+    let dir = TempDir::new("handover-badconf");
+    let conf = dir.file("socklab.toml");
+    std::fs::write(&conf, "[limits]\nmax_conns = 100\n").unwrap();
+    let mut old = Server::start(args(&dir, &["--config", conf.as_str()]));
+    std::fs::write(&conf, "[limits]\nmax_conns = 0\n").unwrap();
+    let out = run_socklab(
+        ["reload", "--control", dir.file("control.sock").as_str()],
+        Duration::from_secs(40),
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "reload succeeded: {out:?}");
+    assert!(err.contains("max_conns"), "reload says why: {err}");
+    old.assert_alive("after the failed reload");
+    assert_serving(&old, &dir, "after the failed reload");
+    assert_eq!(serving_pid(&control(&dir)), old.pid());
+}
+
+#[test]
+fn a_stale_control_socket_file_is_replaced() {
+    let dir = TempDir::new("handover-stale");
+    drop(UnixListener::bind(control(&dir)).unwrap());
+    assert!(control(&dir).exists(), "the stale file is there");
+    let old = Server::start(args(&dir, &[]));
+    assert_eq!(serving_pid(&control(&dir)), old.pid());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(control(&dir)).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "control socket mode {mode:o}");
+}
+
+#[test]
+fn a_control_path_held_by_a_live_listener_is_refused() {
+    let dir = TempDir::new("handover-live");
+    let held = UnixListener::bind(control(&dir)).unwrap();
+    let (status, stderr) =
+        expect_start_failure(serve_cmd(args(&dir, &[])), "the control path is taken");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("control socket"), "{stderr}");
+    assert!(stderr.contains("in use"), "{stderr}");
+    held.set_nonblocking(true).unwrap();
+    assert!(control(&dir).exists(), "the other listener's file is left alone");
+    // Nothing was taken from it: a client still reaches it.
+    let _c = UnixStream::connect(control(&dir)).unwrap();
+    assert!(held.accept().is_ok(), "the live listener still gets its clients");
+}
+
+#[test]
+fn control_connections_with_garbage_or_silence_are_answered_and_closed() {
+    let dir = TempDir::new("handover-garbage");
+    let mut old = Server::start(args(&dir, &[]));
+    let path = control(&dir);
+    let answer = ask(&path, b"GET / HTTP/1.1\r\n\r\n");
+    assert!(answer.starts_with("error "), "{answer:?}");
+    let answer = ask(&path, &[0xffu8; 4000]);
+    assert!(answer.starts_with("error "), "{answer:?}");
+    let answer = ask(&path, b"ready\n");
+    assert!(answer.starts_with("error "), "ready before upgrade: {answer:?}");
+    // Silence: answered with an error and closed, well within the test's bound.
+    let mut quiet = UnixStream::connect(&path).unwrap();
+    quiet.set_read_timeout(Some(T)).unwrap();
+    let (got, end) = read_to_end_timeout(&mut quiet, T);
+    assert_eq!(end, End::Eof, "a silent control connection is closed");
+    assert!(String::from_utf8_lossy(&got).starts_with("error "), "{got:?}");
+    // Descriptors sent to the old process are not taken: they are closed.
+    let (a, b) = UnixStream::pair().unwrap();
+    send_fd(&UnixStream::connect(&path).unwrap(), b"bogus\n", a.as_raw_fd());
+    drop(a);
+    let mut b = b;
+    b.set_read_timeout(Some(T)).unwrap();
+    let (_, end) = read_to_end_timeout(&mut b, T);
+    assert_eq!(end, End::Eof, "the passed descriptor was closed by the server");
+    old.assert_alive("after garbage on the control socket");
+    assert_serving(&old, &dir, "after garbage on the control socket");
+}
+
+fn send_fd(s: &UnixStream, data: &[u8], fd: i32) {
+    let mut cmsg = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut _,
+        iov_len: data.len(),
+    };
+    // SAFETY: the message points at live buffers of the stated sizes.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(4) as _;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(4) as _;
+        libc::CMSG_DATA(c).cast::<i32>().write_unaligned(fd);
+        assert!(libc::sendmsg(s.as_raw_fd(), &msg, 0) >= 0);
+    }
+}
+
+/// A fake old process at `path` that answers `upgrade` with `reply` (no descriptors).
+fn fake_old(path: &Path, reply: &'static [u8]) -> thread::JoinHandle<()> {
+    let l = UnixListener::bind(path).unwrap();
+    thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        s.set_read_timeout(Some(T)).unwrap();
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf);
+        let _ = s.write_all(reply);
+        let _ = read_to_end_timeout(&mut s, T);
+    })
+}
+
+#[test]
+fn upgrade_from_a_peer_that_sends_garbage_or_no_descriptors_stops_the_start() {
+    let cases: [(&str, &'static [u8], &str); 3] = [
+        (
+            "no-fds",
+            b"listeners 1\nlistener echo tcp 127.0.0.1:7\nend\n",
+            "descriptor",
+        ),
+        ("garbage", b"HTTP/1.1 200 OK\r\n\r\n", "not a socklab control"),
+        ("silent-close", b"", "closed"),
+    ];
+    for (tag, reply, want) in cases {
+        let dir = TempDir::new(&format!("handover-fake-{tag}"));
+        let path = dir.path().join("old.sock");
+        let fake = fake_old(&path, reply);
+        let mut a = serve_args(&[("echo", "127.0.0.1:0")], &[]);
+        a.extend(["--upgrade-from".to_owned(), path.display().to_string()]);
+        let (status, stderr) = expect_start_failure(serve_cmd(a), tag);
+        assert_eq!(status.code(), Some(2), "{tag}: {stderr}");
+        assert!(stderr.contains(want), "{tag}: {stderr}");
+        fake.join().unwrap();
+    }
+}
+
+#[test]
+fn with_two_workers_every_workers_listener_is_handed_over() {
+    let dir = TempDir::new("handover-workers");
+    let base = serve_args(
+        &[("echo", "127.0.0.1:0"), ("udp-echo", "127.0.0.1:0")],
+        &[
+            "--control",
+            dir.file("control.sock").as_str(),
+            "--workers",
+            "2",
+            "--shutdown-grace",
+            "20s",
+        ],
+    );
+    let mut old = Server::start(base.clone());
+    let echo = old.tcp("echo");
+    let listening = |port: u16| {
+        tcp_table()
+            .iter()
+            .filter(|e| e.state == 0x0A && e.local.port() == port)
+            .count()
+    };
+    assert_eq!(listening(echo.port()), 2, "one listener per worker");
+    let mut kept = old.connect("echo");
+    assert_eq!(roundtrip(&mut kept, b"x", T), b"x");
+    let prober = Prober::start(echo);
+    let mut a = base.clone();
+    a.extend(["--upgrade-from".to_owned(), dir.file("control.sock")]);
+    let new = Server::start(a);
+    let _new = Pid(new.pid());
+    // The old process is still draining `kept`: were a socket bound anew, there would be more.
+    assert_eq!(
+        listening(echo.port()),
+        2,
+        "the successor serves the old sockets, not new ones"
+    );
+    for _ in 0..50 {
+        echo_roundtrip(echo).unwrap_or_else(|e| panic!("during the drain: {e}"));
+    }
+    drop(kept);
+    assert!(old.wait_exit(T).is_some_and(|s| s.success()), "old exits 0");
+    let (ok, refused, failed, why) = prober.finish();
+    eprintln!("prober: {ok} answered, {refused} refused, {failed} failed: {why:?}");
+    assert_eq!(refused, 0, "connections refused during the hand-over");
+    assert_eq!(listening(echo.port()), 2, "both sockets live on in the successor");
+    for _ in 0..50 {
+        echo_roundtrip(echo).unwrap_or_else(|e| panic!("after the old one left: {e}"));
+    }
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(T)).unwrap();
+    assert_eq!(
+        udp_ask(&udp, new.udp("udp-echo"), b"u").as_deref(),
+        Some(&b"u"[..])
+    );
+}
