@@ -461,7 +461,6 @@ fn fake_old(path: &Path, reply: &'static [u8]) -> thread::JoinHandle<()> {
         let mut buf = [0u8; 64];
         let _ = s.read(&mut buf);
         let _ = s.write_all(reply);
-        let _ = read_to_end_timeout(&mut s, T);
     })
 }
 

@@ -32,6 +32,7 @@ pub mod child;
 pub mod conn;
 pub mod dgram;
 pub mod disk;
+pub(crate) mod handover;
 pub(crate) mod inherit;
 mod shutdown;
 mod stream;
@@ -62,7 +63,7 @@ use disk::DiskThreads;
 use shutdown::Shutdown;
 use stream::stop_input;
 use timer::{TimerKind, Timers};
-use token::{ALARM, SIGNAL, Sources, WAKER};
+use token::{ALARM, CONTROL, SIGNAL, Sources, WAKER};
 use workers::Links;
 
 /// Everything that lives in the slab.
@@ -97,6 +98,8 @@ pub struct Reactor {
     links: Links,
     /// The signals and what shutting down needs (`shutdown.rs`).
     shutdown: Shutdown,
+    /// The control socket: reload and hand-over of the listeners (`handover/`).
+    control: handover::Control,
 }
 
 /// What every part touches: the poll, the slab of sources, the lists and the clock of the
@@ -166,6 +169,7 @@ impl Reactor {
             self.svc.counters.loop_busy += turn_end.saturating_duration_since(self.core.now);
             self.finish_gathers();
             if let Some(deadline) = self.shutdown.deadline {
+                self.control_at_shutdown();
                 if self.admission.open == 0 {
                     tracing::info!("every connection is closed; exiting");
                     return Ok(());
@@ -205,6 +209,11 @@ impl Reactor {
     fn dispatch(&mut self, token: Token, readable: bool, writable: bool) {
         if token == SIGNAL {
             self.on_signals();
+            self.check_successor();
+            return;
+        }
+        if token == CONTROL || handover::conn_slot(token).is_some() {
+            self.on_control(token);
             return;
         }
         if token == WAKER {
@@ -266,6 +275,7 @@ impl Reactor {
                 TimerKind::AcceptRetry(token) => self.accept_all(token),
                 TimerKind::ShutdownGrace => {}
                 TimerKind::Watchdog => self.watchdog(),
+                TimerKind::Control => self.control_timers(),
             }
         }
         // Entries of closed connections wait in the heap until due; compact when they
@@ -279,6 +289,7 @@ impl Reactor {
                 | TimerKind::AuthTimeout(t) => sources.get(*t).is_some(),
                 TimerKind::ShutdownGrace
                 | TimerKind::Watchdog
+                | TimerKind::Control
                 | TimerKind::ExecDeadline(_)
                 | TimerKind::ExecPipeGrace(_) => true,
             });

@@ -31,6 +31,8 @@ pub enum TimerKind {
     ExecPipeGrace(u64),
     /// Tell systemd's watchdog that this loop still turns (`WATCHDOG=1`).
     Watchdog,
+    /// A control connection or a starting successor may be past its deadline.
+    Control,
 }
 
 /// A min-heap of deadlines.

@@ -4,7 +4,9 @@
 //! - [`timerfd`]: a one-shot timerfd in a mio poll.
 //! - [`activation`]: systemd socket activation, the passed descriptors checked.
 //! - [`notify`]: sd_notify datagrams, never blocking.
+//! - [`fdpass`]: descriptors over a Unix socket (SCM_RIGHTS), the peer's credentials.
 
 pub(crate) mod activation;
+pub(crate) mod fdpass;
 pub(crate) mod notify;
 pub(crate) mod timerfd;
