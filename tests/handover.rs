@@ -102,7 +102,11 @@ fn assert_serving(server: &Server, dir: &TempDir, context: &str) {
     echo_roundtrip(server.tcp("echo")).unwrap_or_else(|e| panic!("{context}: tcp echo: {e}"));
     let mut u = UnixStream::connect(dir.file("echo.sock"))
         .unwrap_or_else(|e| panic!("{context}: unix echo: {e}"));
-    assert_eq!(roundtrip(&mut u, b"unix", T), b"unix", "{context}: unix echo");
+    assert_eq!(
+        roundtrip(&mut u, b"unix", T),
+        b"unix",
+        "{context}: unix echo"
+    );
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     udp.set_read_timeout(Some(T)).unwrap();
     assert_eq!(
@@ -245,7 +249,10 @@ fn upgrade_under_connections_refuses_nothing_and_old_connections_finish_on_the_o
     assert!(ok > 0, "the prober got nothing through");
     assert_serving(&new, &dir, "the successor");
     assert_eq!(serving_pid(&control(&dir)), new_pid.0);
-    assert!(dir.path().join("echo.sock").exists(), "unix socket file kept");
+    assert!(
+        dir.path().join("echo.sock").exists(),
+        "unix socket file kept"
+    );
 }
 
 #[test]
@@ -268,7 +275,10 @@ fn reload_starts_the_successor_and_prints_its_pid() {
     assert!(old.wait_exit(T).is_some_and(|s| s.success()), "old exits 0");
     assert!(alive(pid), "the successor runs");
     assert_eq!(serving_pid(&control(&dir)), pid);
-    assert!(echo_roundtrip(old.tcp("echo")).is_ok(), "the port is served");
+    assert!(
+        echo_roundtrip(old.tcp("echo")).is_ok(),
+        "the port is served"
+    );
     // The successor can itself be upgraded: the control socket came along.
     let out = run_socklab(
         ["reload", "--control", dir.file("control.sock").as_str()],
@@ -279,7 +289,10 @@ fn reload_starts_the_successor_and_prints_its_pid() {
     let _third = Pid(third);
     assert_ne!(third, pid);
     assert!(wait_until(T, || !alive(pid)), "the second server exits");
-    assert!(echo_roundtrip(old.tcp("echo")).is_ok(), "the port is served");
+    assert!(
+        echo_roundtrip(old.tcp("echo")).is_ok(),
+        "the port is served"
+    );
 }
 
 #[test]
@@ -287,12 +300,18 @@ fn sigusr2_reloads_like_the_command() {
     let dir = TempDir::new("handover-usr2");
     let mut old = Server::start(args(&dir, &[]));
     old.signal(libc::SIGUSR2);
-    assert!(old.wait_exit(Duration::from_secs(30)).is_some_and(|s| s.success()));
+    assert!(
+        old.wait_exit(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
+    );
     let pid = serving_pid(&control(&dir));
     let _new = Pid(pid);
     assert_ne!(pid, old.pid());
     let readies = old.stdout_lines().iter().filter(|l| *l == "ready").count();
-    assert_eq!(readies, 2, "the successor printed its own listening lines and ready");
+    assert_eq!(
+        readies, 2,
+        "the successor printed its own listening lines and ready"
+    );
     assert!(echo_roundtrip(old.tcp("echo")).is_ok());
 }
 
@@ -326,7 +345,10 @@ fn a_successor_that_dies_before_ready_leaves_the_old_one_serving() {
     let mut old = Server::start(args(&dir, &[]));
     // It took every descriptor, closed them all and went away without `ready`.
     let (s, lines, fds) = fake_successor(&control(&dir));
-    assert_eq!(fds.len(), lines.iter().filter(|l| l.starts_with("listener ")).count());
+    assert_eq!(
+        fds.len(),
+        lines.iter().filter(|l| l.starts_with("listener ")).count()
+    );
     drop((s, fds));
     assert!(old.wait_stderr_contains("hand-over", T), "{}", old.stderr());
     old.assert_alive("after the successor died");
@@ -395,10 +417,16 @@ fn a_control_path_held_by_a_live_listener_is_refused() {
     assert!(stderr.contains("control socket"), "{stderr}");
     assert!(stderr.contains("in use"), "{stderr}");
     held.set_nonblocking(true).unwrap();
-    assert!(control(&dir).exists(), "the other listener's file is left alone");
+    assert!(
+        control(&dir).exists(),
+        "the other listener's file is left alone"
+    );
     // Nothing was taken from it: a client still reaches it.
     let _c = UnixStream::connect(control(&dir)).unwrap();
-    assert!(held.accept().is_ok(), "the live listener still gets its clients");
+    assert!(
+        held.accept().is_ok(),
+        "the live listener still gets its clients"
+    );
 }
 
 #[test]
@@ -411,21 +439,35 @@ fn control_connections_with_garbage_or_silence_are_answered_and_closed() {
     let answer = ask(&path, &[0xffu8; 4000]);
     assert!(answer.starts_with("error "), "{answer:?}");
     let answer = ask(&path, b"ready\n");
-    assert!(answer.starts_with("error "), "ready before upgrade: {answer:?}");
+    assert!(
+        answer.starts_with("error "),
+        "ready before upgrade: {answer:?}"
+    );
     // Silence: answered with an error and closed, well within the test's bound.
     let mut quiet = UnixStream::connect(&path).unwrap();
     quiet.set_read_timeout(Some(T)).unwrap();
     let (got, end) = read_to_end_timeout(&mut quiet, T);
     assert_eq!(end, End::Eof, "a silent control connection is closed");
-    assert!(String::from_utf8_lossy(&got).starts_with("error "), "{got:?}");
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("error "),
+        "{got:?}"
+    );
     // Descriptors sent to the old process are not taken: they are closed.
     let (a, b) = UnixStream::pair().unwrap();
-    send_fd(&UnixStream::connect(&path).unwrap(), b"bogus\n", a.as_raw_fd());
+    send_fd(
+        &UnixStream::connect(&path).unwrap(),
+        b"bogus\n",
+        a.as_raw_fd(),
+    );
     drop(a);
     let mut b = b;
     b.set_read_timeout(Some(T)).unwrap();
     let (_, end) = read_to_end_timeout(&mut b, T);
-    assert_eq!(end, End::Eof, "the passed descriptor was closed by the server");
+    assert_eq!(
+        end,
+        End::Eof,
+        "the passed descriptor was closed by the server"
+    );
     old.assert_alive("after garbage on the control socket");
     assert_serving(&old, &dir, "after garbage on the control socket");
 }
@@ -472,7 +514,11 @@ fn upgrade_from_a_peer_that_sends_garbage_or_no_descriptors_stops_the_start() {
             b"listeners 1\nlistener echo tcp 127.0.0.1:7\nend\n",
             "descriptor",
         ),
-        ("garbage", b"HTTP/1.1 200 OK\r\n\r\n", "not a socklab control"),
+        (
+            "garbage",
+            b"HTTP/1.1 200 OK\r\n\r\n",
+            "not a socklab control",
+        ),
         ("silent-close", b"", "closed"),
     ];
     for (tag, reply, want) in cases {
@@ -532,7 +578,11 @@ fn with_two_workers_every_workers_listener_is_handed_over() {
     let (ok, refused, failed, why) = prober.finish();
     eprintln!("prober: {ok} answered, {refused} refused, {failed} failed: {why:?}");
     assert_eq!(refused, 0, "connections refused during the hand-over");
-    assert_eq!(listening(echo.port()), 2, "both sockets live on in the successor");
+    assert_eq!(
+        listening(echo.port()),
+        2,
+        "both sockets live on in the successor"
+    );
     for _ in 0..50 {
         echo_roundtrip(echo).unwrap_or_else(|e| panic!("after the old one left: {e}"));
     }

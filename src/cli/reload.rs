@@ -15,7 +15,11 @@ use clap::Args;
 #[derive(Debug, Args)]
 pub struct ReloadArgs {
     /// The server's control socket (its --control).
-    #[arg(long, value_name = "PATH", default_value = "./socklab-data/control.sock")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "./socklab-data/control.sock"
+    )]
     pub control: PathBuf,
     /// Give up when the server has not answered within this long (it gives its successor 30 s).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
@@ -74,7 +78,12 @@ fn reload(args: &ReloadArgs) -> Result<String, ReloadError> {
                 )),
             }
         }
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
             Err(ReloadError::Timeout(args.timeout))
         }
         Err(e) => Err(ReloadError::Io(e)),

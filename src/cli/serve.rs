@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use crate::config::file::{self as config_file, ServeSettings};
 use crate::config::flags::ServeArgs;
-use crate::reactor::handover::{self, successor::Upgrade};
+use crate::reactor::handover;
+use crate::reactor::handover::successor::{Upgrade, UpgradeError};
 use crate::reactor::inherit;
 use crate::service::auth::Secret;
 use crate::sockopt;
@@ -132,6 +133,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
             let path = u.path().display().to_string();
             match u.ready(kept_control) {
                 Ok(()) => tracing::info!("took over every socket from the server at {path}"),
+                // It gave up on this process (too late) and serves on: two servers must not
+                // share the sockets, and none was accepted from here yet, so nothing is lost.
+                Err(e @ UpgradeError::Refused(_)) => {
+                    eprintln!("error: --upgrade-from {path}: {e}");
+                    std::process::exit(2);
+                }
                 Err(e) => tracing::warn!("the server at {path} did not confirm the hand-over: {e}"),
             }
         }

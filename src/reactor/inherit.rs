@@ -136,9 +136,7 @@ pub(crate) fn claim(
     Ok(claims)
 }
 
-fn claim_systemd(
-    listeners: &[ListenerConfig],
-) -> std::io::Result<Vec<Option<(OwnedFd, Source)>>> {
+fn claim_systemd(listeners: &[ListenerConfig]) -> std::io::Result<Vec<Option<(OwnedFd, Source)>>> {
     let Some(inh) = INHERITED.get() else {
         return Ok(listeners.iter().map(|_| None).collect());
     };

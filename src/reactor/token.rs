@@ -150,6 +150,8 @@ mod tests {
             assert_ne!(t, SIGNAL);
             assert_ne!(t, WAKER);
             assert_ne!(t, ALARM);
+            assert_ne!(t, CONTROL);
+            assert!(t.0 > CONTROL_CONNS.0 || t.0 < CONTROL_CONNS.0 - RESERVED_KEYS);
             assert_eq!(s.get(SIGNAL), None);
             assert_eq!(s.get(WAKER), None);
             assert_eq!(s.get(ALARM), None);

@@ -83,7 +83,10 @@ pub(crate) fn send_with_fd(sock: &impl AsRawFd, data: &[u8], fd: RawFd) -> io::R
 /// One recvmsg into `buf`: the bytes read and the descriptors that came with them (CLOEXEC).
 /// A message whose descriptors did not fit (MSG_CTRUNC) is an error, and whatever did arrive
 /// is closed, so nothing leaks.
-pub(crate) fn recv_with_fds(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+pub(crate) fn recv_with_fds(
+    sock: &impl AsRawFd,
+    buf: &mut [u8],
+) -> io::Result<(usize, Vec<OwnedFd>)> {
     let mut cmsg = CmsgBuf([0; 128]);
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),

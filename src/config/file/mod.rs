@@ -548,7 +548,10 @@ impl ServeSettings {
         }
         server.validate()?;
         // The data directory exists when files runs: the control socket lives there then.
-        let files = server.listeners.iter().any(|l| l.service == ServiceKind::Files);
+        let files = server
+            .listeners
+            .iter()
+            .any(|l| l.service == ServiceKind::Files);
         let control = self
             .control
             .or_else(|| files.then(|| server.files.data_dir.join("control.sock")));

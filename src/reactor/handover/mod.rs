@@ -14,11 +14,11 @@
 //! sockets. What no listener takes is closed once every worker is bound.
 
 mod control;
+mod lifecycle;
 mod open;
 pub(crate) mod successor;
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::Mutex;
 
 pub(crate) use control::{Control, conn_slot};
@@ -100,8 +100,12 @@ fn matches(d: &Described, l: &ListenerConfig) -> bool {
             d.transport == transport
                 && (got == *want || (want.port() == 0 && got.ip() == want.ip()))
         }
-        ListenAddr::Unix(p) => d.transport == "unix" && PathBuf::from(&d.addr) == *p,
-        ListenAddr::Unixgram(p) => d.transport == "unixgram" && PathBuf::from(&d.addr) == *p,
+        ListenAddr::Unix(p) => {
+            d.transport == "unix" && std::path::Path::new(&d.addr) == p.as_path()
+        }
+        ListenAddr::Unixgram(p) => {
+            d.transport == "unixgram" && std::path::Path::new(&d.addr) == p.as_path()
+        }
     }
 }
 
@@ -135,13 +139,25 @@ impl Reactor {
             let (kind, transport, addr, fd) = match entry {
                 Entry::Listener(l) => match &l.socket {
                     ListenSocket::Tcp(s) => (l.kind, "tcp", inet(s.local_addr()), s.as_raw_fd()),
-                    ListenSocket::Unix(s) => (l.kind, "unix", s.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.display().to_string())), s.as_raw_fd()),
+                    ListenSocket::Unix(s) => (
+                        l.kind,
+                        "unix",
+                        s.local_addr()
+                            .ok()
+                            .and_then(|a| a.as_pathname().map(|p| p.display().to_string())),
+                        s.as_raw_fd(),
+                    ),
                 },
                 Entry::Dgram(d) => match &d.socket {
                     DgramSocket::Udp(s) => (d.kind, "udp", inet(s.local_addr()), s.as_raw_fd()),
-                    DgramSocket::Unix(s) => {
-                        (d.kind, "unixgram", s.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.display().to_string())), s.as_raw_fd())
-                    }
+                    DgramSocket::Unix(s) => (
+                        d.kind,
+                        "unixgram",
+                        s.local_addr()
+                            .ok()
+                            .and_then(|a| a.as_pathname().map(|p| p.display().to_string())),
+                        s.as_raw_fd(),
+                    ),
                 },
                 Entry::Conn(_) | Entry::Pipe(_) => continue,
             };
@@ -222,3 +238,77 @@ fn inet(a: std::io::Result<std::net::SocketAddr>) -> Option<String> {
     a.ok().map(|a| a.to_string())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kind::ServiceKind;
+
+    fn described(service: &str, transport: &'static str, addr: &str) -> Described {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        Described {
+            service: service.into(),
+            transport,
+            addr: addr.into(),
+            fd: a.into(),
+        }
+    }
+
+    fn listener(service: ServiceKind, addr: &str) -> ListenerConfig {
+        ListenerConfig {
+            service,
+            addr: addr.parse().unwrap(),
+            auth: false,
+            sockopts: None,
+            max_conns_per_ip: None,
+        }
+    }
+
+    #[test]
+    fn a_socket_matches_by_service_transport_and_address() {
+        let tcp = described("echo", "tcp", "127.0.0.1:7000");
+        assert!(matches(
+            &tcp,
+            &listener(ServiceKind::Echo, "127.0.0.1:7000")
+        ));
+        assert!(
+            matches(&tcp, &listener(ServiceKind::Echo, "127.0.0.1:0")),
+            "port 0: any"
+        );
+        assert!(!matches(
+            &tcp,
+            &listener(ServiceKind::Echo, "127.0.0.1:7001")
+        ));
+        assert!(!matches(&tcp, &listener(ServiceKind::Echo, "127.0.0.2:0")));
+        assert!(!matches(
+            &tcp,
+            &listener(ServiceKind::Upper, "127.0.0.1:7000")
+        ));
+        assert!(!matches(
+            &tcp,
+            &listener(ServiceKind::UdpEcho, "127.0.0.1:7000")
+        ));
+        let udp = described("udp-echo", "udp", "127.0.0.1:7000");
+        assert!(matches(
+            &udp,
+            &listener(ServiceKind::UdpEcho, "127.0.0.1:0")
+        ));
+        let unix = described("echo", "unix", "/tmp/e.sock");
+        assert!(matches(
+            &unix,
+            &listener(ServiceKind::Echo, "unix:/tmp/e.sock")
+        ));
+        assert!(!matches(
+            &unix,
+            &listener(ServiceKind::Echo, "unix:/tmp/f.sock")
+        ));
+        let gram = described("udp-echo", "unixgram", "/tmp/e.dgram");
+        assert!(matches(
+            &gram,
+            &listener(ServiceKind::UdpEcho, "unixgram:/tmp/e.dgram")
+        ));
+        assert!(!matches(
+            &gram,
+            &listener(ServiceKind::UdpEcho, "unix:/tmp/e.dgram")
+        ));
+    }
+}

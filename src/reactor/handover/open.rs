@@ -28,7 +28,9 @@ pub(crate) enum OpenError {
         "control socket {0}: in use by a running process (another socklab? upgrade it with `socklab reload --control {0}`, or choose another path with --control)"
     )]
     InUse(String),
-    #[error("control socket {0}: the path exists and is not a socket; choose another with --control")]
+    #[error(
+        "control socket {0}: the path exists and is not a socket; choose another with --control"
+    )]
     NotASocket(String),
     #[error("control socket {path}: {source}; choose another with --control")]
     Io { path: String, source: io::Error },

@@ -68,7 +68,9 @@ impl Upgrade {
             .set_read_timeout(Some(TIMEOUT))
             .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)))
             .map_err(UpgradeError::Io)?;
-        (&stream).write_all(b"upgrade\n").map_err(UpgradeError::Io)?;
+        (&stream)
+            .write_all(b"upgrade\n")
+            .map_err(UpgradeError::Io)?;
         let sockets = receive(&stream, &shown)?;
         Ok((
             Upgrade {
@@ -87,13 +89,19 @@ impl Upgrade {
     /// Tells the old process this one serves now (`kept_control`: on its control socket too)
     /// and waits, bounded, for its `bye`. An error means it may still be serving as well.
     pub(crate) fn ready(self, kept_control: bool) -> Result<(), UpgradeError> {
-        let line: &[u8] = if kept_control { b"ready control\n" } else { b"ready\n" };
+        let line: &[u8] = if kept_control {
+            b"ready control\n"
+        } else {
+            b"ready\n"
+        };
         (&self.stream).write_all(line).map_err(UpgradeError::Io)?;
         let mut answer = Vec::new();
         read_line(&self.stream, &mut answer, &mut VecDeque::new())?;
         match answer.as_slice() {
             b"bye" => Ok(()),
-            other => Err(UpgradeError::Refused(String::from_utf8_lossy(other).into_owned())),
+            other => Err(UpgradeError::Refused(
+                String::from_utf8_lossy(other).into_owned(),
+            )),
         }
     }
 
@@ -133,7 +141,9 @@ fn receive(stream: &UnixStream, path: &str) -> Result<Vec<Described>, UpgradeErr
             path: path.to_owned(),
             line: text.chars().take(60).collect(),
         })?;
-        let fd = fds.pop_front().ok_or_else(|| UpgradeError::MissingFd(text.clone()))?;
+        let fd = fds
+            .pop_front()
+            .ok_or_else(|| UpgradeError::MissingFd(text.clone()))?;
         fdpass::set_nonblocking(&fd).map_err(UpgradeError::Io)?;
         sockets.push(d(fd));
     }
@@ -188,7 +198,12 @@ fn read_line(
         let (n, got) = match fdpass::recv_with_fds(stream, &mut byte) {
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Err(UpgradeError::Timeout(TIMEOUT));
             }
             Err(e) => return Err(UpgradeError::Io(e)),
