@@ -353,6 +353,30 @@ fn a_successor_that_dies_before_ready_leaves_the_old_one_serving() {
     assert!(old.wait_stderr_contains("hand-over", T), "{}", old.stderr());
     old.assert_alive("after the successor died");
     assert_serving(&old, &dir, "after the successor died");
+    // A real successor killed before it is ready: it holds the listeners and is stuck reading
+    // its configuration from a FIFO nobody writes.
+    let fifo = dir.path().join("stuck.toml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut a = args(&dir, &["--config", fifo.to_str().unwrap()]);
+    a.extend(["--upgrade-from".to_owned(), dir.file("control.sock")]);
+    let mut stuck = serve_cmd(a)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sent = |s: &Server| s.stderr().matches("sent the listeners").count();
+    assert!(wait_until(T, || sent(&old) == 2), "{}", old.stderr());
+    stuck.kill().unwrap();
+    stuck.wait().unwrap();
+    assert!(
+        wait_until(T, || old.stderr().matches("still serving").count() >= 2),
+        "the old process noticed: {}",
+        old.stderr()
+    );
+    old.assert_alive("after the successor was killed");
+    assert_serving(&old, &dir, "after the successor was killed");
     // A real successor that fails after connecting (its configuration file is missing).
     let mut a = args(&dir, &["--config", "/nonexistent/socklab.toml"]);
     a.extend(["--upgrade-from".to_owned(), dir.file("control.sock")]);
@@ -405,6 +429,35 @@ fn a_stale_control_socket_file_is_replaced() {
         &std::fs::metadata(control(&dir)).unwrap().permissions(),
     );
     assert_eq!(mode & 0o777, 0o600, "control socket mode {mode:o}");
+}
+
+#[test]
+fn sigterm_still_closes_the_ports_and_removes_the_control_socket() {
+    let dir = TempDir::new("handover-term");
+    let mut old = Server::start(args(&dir, &["--shutdown-grace", "20s", "--sndbuf", "4096"]));
+    let echo = old.tcp("echo");
+    // A client that sends and never reads keeps the server draining while the port is probed;
+    // its receive buffer is tiny, so the echo stays queued in the server.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect_timeout(&echo.into(), T).unwrap();
+    let mut kept: TcpStream = sock.into();
+    kept.set_nonblocking(true).unwrap();
+    let (_, stop) = write_until_blocked(&mut kept, &mut Rng::new(7), 16 << 20, T / 20);
+    assert!(matches!(stop, WriteStop::Blocked), "setup: {stop:?}");
+    old.signal(libc::SIGTERM);
+    let refused = || {
+        matches!(TcpStream::connect_timeout(&echo, T),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+    };
+    assert!(wait_until(T, refused), "the port still takes connections");
+    old.assert_alive("draining");
+    assert!(
+        wait_until(T, || !control(&dir).exists()),
+        "the control socket file is removed"
+    );
+    drop(kept);
+    assert!(old.wait_exit(T).is_some_and(|s| s.success()));
 }
 
 #[test]
