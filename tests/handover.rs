@@ -646,3 +646,41 @@ fn with_two_workers_every_workers_listener_is_handed_over() {
         Some(&b"u"[..])
     );
 }
+
+#[test]
+fn with_files_the_control_socket_defaults_to_the_data_directory_out_of_files_reach() {
+    let dir = TempDir::new("handover-default");
+    let data = dir.path().join("not-yet"); // created by the server
+    let data_arg = data.display().to_string();
+    let old = Server::start(serve_args(
+        &[("files", "127.0.0.1:0")],
+        &["--data-dir", data_arg.as_str()],
+    ));
+    let path = data.join(".socklab-control.sock");
+    assert_eq!(serving_pid(&path), old.pid());
+    let files = old.tcp("files").to_string();
+    let out = run_socklab(["ls", "--json", "--addr", files.as_str()], T);
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!listing.contains("control"), "files lists it: {listing}");
+    let out = run_socklab(
+        [
+            "get",
+            ".socklab-control.sock",
+            "-o",
+            "-",
+            "--addr",
+            files.as_str(),
+        ],
+        T,
+    );
+    assert!(!out.status.success(), "files hands it out: {out:?}");
+    // Without files there is no data directory to hold one, and none is made.
+    let none = Server::start(serve_args(&[("echo", "127.0.0.1:0")], &[]));
+    none.signal(libc::SIGUSR2);
+    assert!(
+        none.wait_stderr_contains("no control socket", T),
+        "SIGUSR2 without a control socket says so: {}",
+        none.stderr()
+    );
+}

@@ -18,7 +18,7 @@ pub struct ReloadArgs {
     #[arg(
         long,
         value_name = "PATH",
-        default_value = "./socklab-data/control.sock"
+        default_value = "./socklab-data/.socklab-control.sock"
     )]
     pub control: PathBuf,
     /// Give up when the server has not answered within this long (it gives its successor 30 s).

@@ -104,7 +104,7 @@ pub struct ServeArgs {
     discovery_rate: Option<u32>,
 
     /// The control socket (`socklab reload`, `serve --upgrade-from`), mode 0600.
-    /// [default: DATA_DIR/control.sock when files runs; else none]
+    /// [default: DATA_DIR/.socklab-control.sock when files runs; else none]
     #[arg(long, value_name = "PATH", help_heading = "Hand-over")]
     control: Option<PathBuf>,
     /// Take every listening socket from the server whose control socket is PATH (binding

@@ -554,7 +554,7 @@ impl ServeSettings {
             .any(|l| l.service == ServiceKind::Files);
         let control = self
             .control
-            .or_else(|| files.then(|| server.files.data_dir.join("control.sock")));
+            .or_else(|| files.then(|| server.files.data_dir.join(".socklab-control.sock")));
         Ok(Effective {
             server,
             exec,

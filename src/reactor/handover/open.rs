@@ -62,6 +62,10 @@ pub(crate) fn open_control(path: Option<&Path>) -> Result<bool, OpenError> {
         path: shown.clone(),
         source,
     };
+    // As the data directory would be, when it holds the control socket.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+    }
     let (listener, adopted) = match super::claim_control(path) {
         Some(fd) => (UnixListener::from(fd), true),
         None => (bind(path, &shown)?, false),
