@@ -212,10 +212,6 @@ impl Reactor {
             self.check_successor();
             return;
         }
-        if token == CONTROL || handover::conn_slot(token).is_some() {
-            self.on_control(token);
-            return;
-        }
         if token == WAKER {
             self.collect_disk_results();
             self.read_inbox();
@@ -231,6 +227,11 @@ impl Reactor {
             Some(Entry::Conn(_)) => self.drive_conn(token, readable, writable),
             Some(Entry::Dgram(_)) => self.drive_dgram(token, readable, writable),
             Some(Entry::Pipe(_)) => self.read_pipe(token),
+            // The control socket's tokens are outside the slab's keys: looked for only here, so
+            // that the events of the sockets that serve cost nothing more.
+            None if token == CONTROL || handover::conn_slot(token).is_some() => {
+                self.on_control(token)
+            }
             // A stale event for a source closed earlier: its slot is empty or reused.
             None => {}
         }
