@@ -127,6 +127,21 @@ fn assert_serving(server: &Server, dir: &TempDir, context: &str) {
     let _ = std::fs::remove_file(&me);
 }
 
+/// The inodes of the TCP sockets listening on `port` (from /proc/net/tcp): the same inodes
+/// before and after a hand-over are the same sockets, with their accept queues.
+fn listening_inodes(port: u16) -> std::collections::BTreeSet<u64> {
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let listening = *f.get(3)? == "0A";
+            (listening && local_port == port).then(|| f.get(9)?.parse().ok())?
+        })
+        .collect()
+}
+
 /// Plays a successor: asks for the listeners and returns the connection (still open, no
 /// `ready` sent), the lines and the descriptors received.
 fn fake_successor(path: &Path) -> (UnixStream, Vec<String>, Vec<OwnedFd>) {
@@ -224,6 +239,8 @@ fn upgrade_under_connections_refuses_nothing_and_old_connections_finish_on_the_o
     let mut old = Server::start(args(&dir, &["--shutdown-grace", "20s"]));
     assert_serving(&old, &dir, "the old process");
     let echo = old.tcp("echo");
+    let inodes = listening_inodes(echo.port());
+    assert_eq!(inodes.len(), 1, "{inodes:?}");
     let mut kept = old.connect("echo");
     assert_eq!(roundtrip(&mut kept, b"before", T), b"before");
     let prober = Prober::start(echo);
@@ -248,6 +265,11 @@ fn upgrade_under_connections_refuses_nothing_and_old_connections_finish_on_the_o
     assert_eq!(refused, 0, "connections refused during the hand-over");
     assert!(ok > 0, "the prober got nothing through");
     assert_serving(&new, &dir, "the successor");
+    assert_eq!(
+        listening_inodes(echo.port()),
+        inodes,
+        "the very same socket"
+    );
     assert_eq!(serving_pid(&control(&dir)), new_pid.0);
     assert!(
         dir.path().join("echo.sock").exists(),
@@ -610,6 +632,7 @@ fn with_two_workers_every_workers_listener_is_handed_over() {
             .count()
     };
     assert_eq!(listening(echo.port()), 2, "one listener per worker");
+    let inodes = listening_inodes(echo.port());
     let mut kept = old.connect("echo");
     assert_eq!(roundtrip(&mut kept, b"x", T), b"x");
     let prober = Prober::start(echo);
@@ -632,9 +655,9 @@ fn with_two_workers_every_workers_listener_is_handed_over() {
     eprintln!("prober: {ok} answered, {refused} refused, {failed} failed: {why:?}");
     assert_eq!(refused, 0, "connections refused during the hand-over");
     assert_eq!(
-        listening(echo.port()),
-        2,
-        "both sockets live on in the successor"
+        listening_inodes(echo.port()),
+        inodes,
+        "both of the old workers' sockets, and only they, live on in the successor"
     );
     for _ in 0..50 {
         echo_roundtrip(echo).unwrap_or_else(|e| panic!("after the old one left: {e}"));
