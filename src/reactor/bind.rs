@@ -285,7 +285,7 @@ impl Reactor {
     /// Serves a listener on a descriptor this process inherited (checked at start-up by
     /// `inherit::install`) instead of binding one. Its socket file, if any, is not ours to
     /// remove at shutdown (the passer owns it), except after a hand-over.
-    fn adopt_one(
+    pub(super) fn adopt_one(
         &mut self,
         l: &ListenerConfig,
         fd: OwnedFd,

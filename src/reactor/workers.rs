@@ -425,6 +425,9 @@ pub fn serve(
         }
         link(&mut reactors);
     }
+    if let Some(first) = reactors.first_mut() {
+        first.adopt_leftovers();
+    }
     on_bound(&bound);
     let mut rest = reactors.split_off(1);
     let mut handles = Vec::new();

@@ -11,7 +11,8 @@
 //! `claim` gives each configured listener the first received socket of the same service,
 //! transport and address (a configured port 0 takes any port of that address), moved rather
 //! than duplicated, so that with `--workers N` each worker takes one of the old workers'
-//! sockets. What no listener takes is closed once every worker is bound.
+//! sockets; the first worker serves those left over (an old process with more workers). What
+//! no listener matches is closed once every worker is bound.
 
 mod control;
 mod lifecycle;
@@ -176,6 +177,41 @@ impl Reactor {
         }
         lock(&SERVED).extend(served);
         Ok(())
+    }
+
+    /// Serves, beside its own, the received sockets no worker took that match one of its
+    /// listeners: an old process with more workers than this one had one per worker, and a
+    /// socket closed here would lose the connections queued on it. Called on the first worker
+    /// once every worker is bound.
+    pub(in crate::reactor) fn adopt_leftovers(&mut self) {
+        let listeners = self.config.listeners.clone();
+        for l in &listeners {
+            while let Some(fd) = claim(l) {
+                let copy = fd.try_clone();
+                match (
+                    self.adopt_one(l, fd, super::inherit::Source::Handover),
+                    copy,
+                ) {
+                    (Ok(b), Ok(copy)) => {
+                        tracing::info!("also serving the old process's {b}");
+                        let addr = b
+                            .addr
+                            .split_once(':')
+                            .filter(|_| !matches!(l.addr, ListenAddr::Inet(_)));
+                        lock(&SERVED).push(Described {
+                            service: b.service.name().to_owned(),
+                            transport: b.transport,
+                            addr: addr.map_or(b.addr.clone(), |(_, p)| p.to_owned()),
+                            fd: copy,
+                        });
+                    }
+                    (Ok(_), Err(e)) => {
+                        tracing::warn!("cannot record a socket for the next hand-over: {e}")
+                    }
+                    (Err(e), _) => tracing::warn!("cannot serve a socket of the old process: {e}"),
+                }
+            }
+        }
     }
 
     /// The successor serves every socket now: this worker takes them out of its poll (the
