@@ -7,6 +7,7 @@ pub mod exec;
 pub mod files;
 pub mod ipmsg;
 pub mod log_relay;
+pub mod reload;
 pub mod serve;
 pub mod stats;
 pub mod sticky;
@@ -32,6 +33,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (echo, upper, udp-echo, udp-upper, files on their default addresses).
     Serve(Box<crate::config::flags::ServeArgs>),
+    /// Ask the running server to start its successor and hand it every listening socket.
+    Reload(reload::ReloadArgs),
     /// Upload a file to the files service (md5 checked).
     Put(files::PutArgs),
     /// Download a file from the files service (md5 checked, written atomically).
@@ -71,6 +74,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::run(*args),
+        Command::Reload(a) => reload::run(&a),
         Command::Put(a) => files::report("put", files::put(&a)),
         Command::Get(a) => files::report("get", files::get(&a)),
         Command::Ls(a) => files::report("ls", files::ls(&a)),

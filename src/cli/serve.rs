@@ -2,11 +2,14 @@
 //! and the flags (each overriding the one before), binds every listener, prints one line per
 //! listener and `ready`, then runs the reactor until SIGINT or SIGTERM.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::process::ExitCode;
 
 use crate::config::file::{self as config_file, ServeSettings};
 use crate::config::flags::ServeArgs;
+use crate::reactor::handover;
+use crate::reactor::handover::successor::{Upgrade, UpgradeError};
 use crate::reactor::inherit;
 use crate::service::auth::Secret;
 use crate::sockopt;
@@ -29,25 +32,43 @@ pub fn run(args: ServeArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     crate::sys::notify::watchdog_interval_from_env();
+    crate::reactor::handover::record_exe();
+    // A successor takes the old process's sockets before anything else: a failure from here on
+    // is reported to it (`failed`), and it goes on serving.
+    let upgrade = match &args.upgrade_from {
+        Some(path) => match Upgrade::connect(path) {
+            Ok((u, sockets)) => {
+                handover::install(sockets);
+                Some(u)
+            }
+            Err(e) => {
+                eprintln!("error: --upgrade-from {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let upgrade = RefCell::new(upgrade);
+    let fail = |msg: String| {
+        eprintln!("error: {msg}");
+        if let Some(u) = upgrade.borrow_mut().take() {
+            u.fail(&msg);
+        }
+        ExitCode::from(2)
+    };
     // Logging waits for the configuration (it may set the level), so these errors go to stderr
     // directly.
     let mut settings = match &args.config {
         Some(path) => match config_file::load(path) {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
+            Err(e) => return fail(e.to_string()),
         },
         None => ServeSettings::default(),
     };
     args.apply(&mut settings);
     let effective = match settings.finish() {
         Ok(e) => e,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(e.to_string()),
     };
     if args.print_config {
         let text = match effective.to_toml() {
@@ -86,16 +107,16 @@ pub fn run(args: ServeArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     if let Err(e) = inherit::install(inherit::Source::Systemd, inherited, &config.listeners) {
-        eprintln!("error: socket activation: {e}");
-        return ExitCode::from(2);
+        return fail(format!("socket activation: {e}"));
     }
+    let kept_control = match handover::open_control(effective.control.as_deref()) {
+        Ok(kept) => kept,
+        Err(e) => return fail(e.to_string()),
+    };
     let secret = if config.listeners.iter().any(|l| l.auth) {
         match Secret::from_file_or_env(effective.secret_file.as_deref()) {
             Ok(s) => Some(s),
-            Err(e) => {
-                tracing::error!("{e}");
-                return ExitCode::from(2);
-            }
+            Err(e) => return fail(e.to_string()),
         }
     } else {
         None
@@ -113,6 +134,20 @@ pub fn run(args: ServeArgs) -> ExitCode {
             "READY=1\nSTATUS=serving on {} sockets",
             bound.len()
         ));
+        handover::close_unclaimed();
+        if let Some(u) = upgrade.borrow_mut().take() {
+            let path = u.path().display().to_string();
+            match u.ready(kept_control) {
+                Ok(()) => tracing::info!("took over every socket from the server at {path}"),
+                // It gave up on this process (too late) and serves on: two servers must not
+                // share the sockets, and none was accepted from here yet, so nothing is lost.
+                Err(e @ UpgradeError::Refused(_)) => {
+                    eprintln!("error: --upgrade-from {path}: {e}");
+                    std::process::exit(2);
+                }
+                Err(e) => tracing::warn!("the server at {path} did not confirm the hand-over: {e}"),
+            }
+        }
     };
     let served = crate::reactor::workers::serve(config, secret, printed);
     // Whatever a command left running dies with the server.
@@ -121,6 +156,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
+            if let Some(u) = upgrade.borrow_mut().take() {
+                u.fail(&e.to_string());
+            }
             ExitCode::FAILURE
         }
     }

@@ -112,6 +112,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", help_heading = "Limits")]
     discovery_rate: Option<u32>,
 
+    /// The control socket (`socklab reload`, `serve --upgrade-from`), mode 0600.
+    /// [default: DATA_DIR/.socklab-control.sock when files runs; else none]
+    #[arg(long, value_name = "PATH", help_heading = "Hand-over")]
+    control: Option<PathBuf>,
+    /// Take every listening socket from the server whose control socket is PATH (binding
+    /// none of them anew), then tell it to drain and exit.
+    #[arg(long, value_name = "PATH", help_heading = "Hand-over")]
+    pub(crate) upgrade_from: Option<PathBuf>,
+
     /// Where files keeps its files (created if missing). [default: ./socklab-data]
     #[arg(long, value_name = "DIR", help_heading = "Files")]
     data_dir: Option<PathBuf>,
@@ -362,6 +371,9 @@ impl ServeArgs {
         }
         if self.auth_secret_file.is_some() {
             settings.secret_file = self.auth_secret_file.clone();
+        }
+        if self.control.is_some() {
+            settings.control = self.control.clone();
         }
         if self.verbose > 0 || self.quiet > 0 {
             let offset = settings.log.offset() + i16::from(self.verbose) - i16::from(self.quiet);

@@ -149,7 +149,8 @@ impl Reactor {
         }
         let poll = Poll::new().map_err(StartError::Poll)?;
         // SIGCHLD tells the loop to reap `exec`'s children.
-        let mut signals = Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGCHLD])
+        // SIGUSR2 starts a successor (`handover/`).
+        let mut signals = Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGCHLD, libc::SIGUSR2])
             .map_err(StartError::Signals)?;
         poll.registry()
             .register(&mut signals, SIGNAL, Interest::READABLE)
@@ -185,6 +186,7 @@ impl Reactor {
             disk: None,
             links: Links::new(Arc::new(waker)),
             shutdown: Shutdown::new(signals),
+            control: Default::default(),
         };
         let mut bound = Vec::new();
         let listeners = reactor.config.listeners.clone();
@@ -200,6 +202,12 @@ impl Reactor {
             });
         }
         reactor.set_discovery_answer(&bound);
+        let control_err = |source| StartError::Register {
+            what: "the control socket".into(),
+            source,
+        };
+        reactor.remember_served().map_err(control_err)?;
+        reactor.install_control().map_err(control_err)?;
         reactor.watchdog();
         Ok((reactor, bound))
     }
@@ -277,8 +285,8 @@ impl Reactor {
 
     /// Serves a listener on a descriptor this process inherited (checked at start-up by
     /// `inherit::install`) instead of binding one. Its socket file, if any, is not ours to
-    /// remove at shutdown: the passer owns it.
-    fn adopt_one(
+    /// remove at shutdown (the passer owns it), except after a hand-over.
+    pub(super) fn adopt_one(
         &mut self,
         l: &ListenerConfig,
         fd: OwnedFd,
@@ -291,6 +299,12 @@ impl Reactor {
             what: format!("the inherited {service} socket"),
             source,
         };
+        if by == inherit::Source::Handover
+            && let ListenAddr::Unix(p) | ListenAddr::Unixgram(p) = addr
+        {
+            // Handed over: the old process leaves the file to this one, which removes it.
+            self.shutdown.owned_paths.push(p.clone());
+        }
         let inet = matches!(addr, ListenAddr::Inet(_));
         let options = sockopt::inherited_effect(&fd, inet, service.is_stream()).map_err(io_err)?;
         let (entry, transport, shown) = match (addr, service.is_stream()) {

@@ -15,12 +15,15 @@ use crate::sys::activation::{InheritedFd, SocketShape};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Source {
     Systemd,
+    /// The old process, through the control socket (`serve --upgrade-from`).
+    Handover,
 }
 
 impl Source {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Source::Systemd => "systemd",
+            Source::Handover => "handover",
         }
     }
 }
@@ -119,10 +122,21 @@ fn raw(fd: &OwnedFd) -> i32 {
 }
 
 /// For each of `listeners`, a duplicate of its inherited descriptor (and who passed it), or
-/// `None` to bind it as usual.
+/// `None` to bind it as usual. What systemd did not pass may come from an old process
+/// (`handover::claim`, which moves rather than duplicates).
 pub(crate) fn claim(
     listeners: &[ListenerConfig],
 ) -> std::io::Result<Vec<Option<(OwnedFd, Source)>>> {
+    let mut claims = claim_systemd(listeners)?;
+    for (l, c) in listeners.iter().zip(claims.iter_mut()) {
+        if c.is_none() {
+            *c = super::handover::claim(l).map(|fd| (fd, Source::Handover));
+        }
+    }
+    Ok(claims)
+}
+
+fn claim_systemd(listeners: &[ListenerConfig]) -> std::io::Result<Vec<Option<(OwnedFd, Source)>>> {
     let Some(inh) = INHERITED.get() else {
         return Ok(listeners.iter().map(|_| None).collect());
     };

@@ -32,6 +32,7 @@ pub mod child;
 pub mod conn;
 pub mod dgram;
 pub mod disk;
+pub(crate) mod handover;
 pub(crate) mod inherit;
 mod shutdown;
 mod stream;
@@ -62,7 +63,7 @@ use disk::DiskThreads;
 use shutdown::Shutdown;
 use stream::stop_input;
 use timer::{TimerKind, Timers};
-use token::{ALARM, SIGNAL, Sources, WAKER};
+use token::{ALARM, CONTROL, SIGNAL, Sources, WAKER};
 use workers::Links;
 
 /// Everything that lives in the slab.
@@ -99,6 +100,8 @@ pub struct Reactor {
     links: Links,
     /// The signals and what shutting down needs (`shutdown.rs`).
     shutdown: Shutdown,
+    /// The control socket: reload and hand-over of the listeners (`handover/`).
+    control: handover::Control,
 }
 
 /// What every part touches: the poll, the slab of sources, the lists and the clock of the
@@ -168,6 +171,7 @@ impl Reactor {
             self.svc.counters.loop_busy += turn_end.saturating_duration_since(self.core.now);
             self.finish_gathers();
             if let Some(deadline) = self.shutdown.deadline {
+                self.control_at_shutdown();
                 if self.admission.open == 0 {
                     tracing::info!("every connection is closed; exiting");
                     return Ok(());
@@ -207,6 +211,7 @@ impl Reactor {
     fn dispatch(&mut self, token: Token, readable: bool, writable: bool) {
         if token == SIGNAL {
             self.on_signals();
+            self.check_successor();
             return;
         }
         if token == WAKER {
@@ -225,6 +230,11 @@ impl Reactor {
             Some(Entry::Dgram(_)) => self.drive_dgram(token, readable, writable),
             Some(Entry::Pipe(_)) => self.read_pipe(token),
             Some(Entry::Preamble(_)) => self.read_proxy_header(token),
+            // The control socket's tokens are outside the slab's keys: looked for only here, so
+            // that the events of the sockets that serve cost nothing more.
+            None if token == CONTROL || handover::conn_slot(token).is_some() => {
+                self.on_control(token)
+            }
             // A stale event for a source closed earlier: its slot is empty or reused.
             None => {}
         }
@@ -271,6 +281,7 @@ impl Reactor {
                 TimerKind::ProxyHeader(token) => self.proxy_header_deadline(token),
                 TimerKind::ShutdownGrace => {}
                 TimerKind::Watchdog => self.watchdog(),
+                TimerKind::Control => self.control_timers(),
             }
         }
         // Entries of closed connections wait in the heap until due; compact when they
@@ -285,6 +296,7 @@ impl Reactor {
                 | TimerKind::AuthTimeout(t) => sources.get(*t).is_some(),
                 TimerKind::ShutdownGrace
                 | TimerKind::Watchdog
+                | TimerKind::Control
                 | TimerKind::ExecDeadline(_)
                 | TimerKind::ExecPipeGrace(_)
                 | TimerKind::OrphanSweep => true,

@@ -46,6 +46,10 @@ impl Reactor {
             self.reap_children();
             got.retain(|s| *s != libc::SIGCHLD);
         }
+        if got.contains(&libc::SIGUSR2) {
+            got.retain(|s| *s != libc::SIGUSR2);
+            self.reload_signal();
+        }
         if got.is_empty() {
             return;
         }
@@ -58,7 +62,7 @@ impl Reactor {
     }
 
     /// Stops accepting and receiving, removes the socket files, and lets connections drain.
-    fn begin_shutdown(&mut self) {
+    pub(super) fn begin_shutdown(&mut self) {
         crate::sys::notify::stopping();
         let grace = self.config.limits.shutdown_grace;
         tracing::info!(

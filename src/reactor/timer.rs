@@ -35,6 +35,8 @@ pub enum TimerKind {
     OrphanSweep,
     /// Tell systemd's watchdog that this loop still turns (`WATCHDOG=1`).
     Watchdog,
+    /// A control connection or a starting successor may be past its deadline.
+    Control,
 }
 
 /// A min-heap of deadlines.

@@ -20,6 +20,15 @@ pub const WAKER: Token = Token(usize::MAX - 1);
 /// The token of the alarm (the timerfd of the reactor's deadlines), likewise.
 pub const ALARM: Token = Token(usize::MAX - 2);
 
+/// The token of the control socket (`handover/control.rs`), likewise.
+pub const CONTROL: Token = Token(usize::MAX - 3);
+
+/// The token of control connection 0; connection `i` has `CONTROL_CONNS - i` (a few of them).
+pub const CONTROL_CONNS: Token = Token(usize::MAX - 4);
+
+/// Keys at the top of the key space kept for the tokens above.
+const RESERVED_KEYS: usize = 16;
+
 /// Key bits of a token; the generation takes the bits above them.
 const KEY_BITS: u32 = 32;
 const KEY_MASK: usize = (1 << KEY_BITS) - 1;
@@ -60,8 +69,8 @@ impl<T> Sources<T> {
     pub fn insert(&mut self, value: T) -> Option<Token> {
         let entry = self.slab.vacant_entry();
         let key = entry.key();
-        // The top three keys belong to SIGNAL, WAKER and ALARM.
-        if key >= KEY_MASK - 2 {
+        // The top keys belong to SIGNAL, WAKER, ALARM, CONTROL and the control connections.
+        if key >= KEY_MASK - RESERVED_KEYS {
             return None;
         }
         let generation = self.next_generation;
@@ -141,6 +150,8 @@ mod tests {
             assert_ne!(t, SIGNAL);
             assert_ne!(t, WAKER);
             assert_ne!(t, ALARM);
+            assert_ne!(t, CONTROL);
+            assert!(t.0 > CONTROL_CONNS.0 || t.0 < CONTROL_CONNS.0 - RESERVED_KEYS);
             assert_eq!(s.get(SIGNAL), None);
             assert_eq!(s.get(WAKER), None);
             assert_eq!(s.get(ALARM), None);

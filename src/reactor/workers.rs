@@ -63,6 +63,8 @@ enum WorkerMsg {
         id: u64,
         counters: Box<Counters>,
     },
+    /// A successor serves every socket now: stop and drain (`handover/`).
+    HandedOver,
 }
 
 /// One other worker: its number, where to send, and how to wake it.
@@ -224,6 +226,13 @@ impl Reactor {
         }
     }
 
+    /// Tells every other worker that a successor serves their sockets now.
+    pub(super) fn tell_workers_handed_over(&self) {
+        if let Some(link) = &self.links.workers {
+            link.send(|| WorkerMsg::HandedOver);
+        }
+    }
+
     /// Takes what the other workers sent: chat lines for this worker's members, requests for
     /// this worker's counters (answered at once), and answers to this worker's requests.
     pub(super) fn read_inbox(&mut self) {
@@ -234,6 +243,7 @@ impl Reactor {
             };
             match link.inbox.try_recv() {
                 Ok(WorkerMsg::Chat(bytes)) => self.deliver_chat(&bytes, None),
+                Ok(WorkerMsg::HandedOver) => self.stop_after_handover(),
                 Ok(WorkerMsg::CountersWanted { from, id }) => {
                     link.answer(from, id, &self.svc.counters)
                 }
@@ -414,6 +424,9 @@ pub fn serve(
             reactors.push(Reactor::bind(others.clone(), secret.clone())?.0);
         }
         link(&mut reactors);
+    }
+    if let Some(first) = reactors.first_mut() {
+        first.adopt_leftovers();
     }
     on_bound(&bound);
     let mut rest = reactors.split_off(1);

@@ -5,8 +5,10 @@
 //! - [`activation`]: systemd socket activation, the passed descriptors checked.
 //! - [`notify`]: sd_notify datagrams, never blocking.
 //! - [`contain`]: every descendant of an `exec` command within reach (cgroup or subreaper).
+//! - [`fdpass`]: descriptors over a Unix socket (SCM_RIGHTS), the peer's credentials.
 
 pub(crate) mod activation;
 pub(crate) mod contain;
+pub(crate) mod fdpass;
 pub(crate) mod notify;
 pub(crate) mod timerfd;

@@ -81,7 +81,8 @@ impl Scratch {
     }
 }
 
-/// Names of the entries of `dir`, sorted (empty if it cannot be read).
+/// Names of the entries of `dir`, sorted (empty if it cannot be read). The server's control
+/// socket, which lives in the data directory while the server runs, is not one of them.
 pub fn dir_names(dir: &Path) -> Vec<String> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -89,6 +90,7 @@ pub fn dir_names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = rd
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".socklab-control.sock")
         .collect();
     v.sort();
     v

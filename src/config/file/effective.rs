@@ -10,6 +10,8 @@ pub struct Effective {
     /// allow-list is not empty).
     pub exec: ExecSettings,
     pub secret_file: Option<PathBuf>,
+    /// The control socket (reload, hand-over); `None`: there is none.
+    pub control: Option<PathBuf>,
     pub log: LogLevel,
 }
 
@@ -21,6 +23,7 @@ impl Effective {
         let file = FileConfig {
             workers: Some(Workers(s.workers)),
             data_dir: Some(s.files.data_dir.clone()),
+            control: self.control.clone(),
             log: Some(self.log),
             limits: Some(LimitsFile {
                 max_conns: Some(Count(s.limits.max_conns)),

@@ -35,6 +35,7 @@ pub const DEFAULT_EXEC_MAX_PROCS: usize = 16;
 struct FileConfig {
     workers: Option<Workers>,
     data_dir: Option<PathBuf>,
+    control: Option<PathBuf>,
     log: Option<LogLevel>,
     limits: Option<LimitsFile>,
     socket: Option<SocketFile>,
@@ -271,6 +272,8 @@ pub struct ServeSettings {
     pub exec: ExecSettings,
     /// The file holding the authentication secret (never the secret itself).
     pub secret_file: Option<PathBuf>,
+    /// The control socket, when given (`--control`); else the default of `finish`.
+    pub control: Option<PathBuf>,
     pub log: LogLevel,
     /// Parallel to `server.listeners`: where each came from in the file, if it did.
     origins: Vec<Option<Origin>>,
@@ -300,6 +303,7 @@ impl Default for ServeSettings {
             },
             exec: ExecSettings::default(),
             secret_file: None,
+            control: None,
             log: LogLevel::Info,
             exec_allow_line: None,
             source: None,
@@ -337,6 +341,9 @@ impl ServeSettings {
     }
 
     fn apply(&mut self, file: FileConfig, source: &Source) {
+        if file.control.is_some() {
+            self.control = file.control.clone();
+        }
         let s = &mut self.server;
         if let Some(w) = file.workers {
             s.workers = w.0;
@@ -568,9 +575,18 @@ impl ServeSettings {
             });
         }
         server.validate()?;
+        // The data directory exists when files runs: the control socket lives there then.
+        let files = server
+            .listeners
+            .iter()
+            .any(|l| l.service == ServiceKind::Files);
+        let control = self
+            .control
+            .or_else(|| files.then(|| server.files.data_dir.join(".socklab-control.sock")));
         Ok(Effective {
             server,
             exec,
+            control,
             secret_file: self.secret_file,
             log: self.log,
         })

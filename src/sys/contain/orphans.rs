@@ -21,10 +21,6 @@ pub(crate) enum Kind {
     /// An `exec` command (killed with everything else at exit).
     Command,
     /// Another child (a successor started by a reload): never killed here.
-    #[allow(
-        dead_code,
-        reason = "for children other than commands, such as a successor"
-    )]
     Other,
 }
 
