@@ -34,6 +34,10 @@ pub(crate) struct ServiceCounters {
     pub(crate) rejected_auth: u64,
     /// Connections closed at once because their address held `--max-conns-per-ip` already.
     pub(crate) rejected_per_ip: u64,
+    /// Connections closed during shutdown with every reply they were owed written.
+    pub(crate) drained: u64,
+    /// Connections closed during shutdown still owed something: at the grace, or on an error.
+    pub(crate) cut: u64,
 }
 
 /// The addresses that held the most connections when the process was last at `--max-conns`.
@@ -120,6 +124,8 @@ impl ServiceCounters {
             (&mut self.datagrams_dropped, o.datagrams_dropped),
             (&mut self.rejected_auth, o.rejected_auth),
             (&mut self.rejected_per_ip, o.rejected_per_ip),
+            (&mut self.drained, o.drained),
+            (&mut self.cut, o.cut),
         ];
         for (mine, theirs) in pairs {
             *mine = mine.saturating_add(theirs);
@@ -289,6 +295,22 @@ pub(crate) fn prometheus(workers: &[(usize, &Counters)]) -> String {
             }
         }
     }
+    let name = "socklab_shutdown_connections_total";
+    let _ = writeln!(
+        s,
+        "# HELP {name} Connections closed during shutdown: drained (every reply written) or \
+         cut (still owed something at the grace).\n# TYPE {name} counter"
+    );
+    for (w, counters) in workers {
+        for (k, c) in ServiceKind::ALL.iter().zip(&counters.services) {
+            for (outcome, n) in [("drained", c.drained), ("cut", c.cut)] {
+                let _ = writeln!(
+                    s,
+                    "{name}{{service=\"{k}\",worker=\"{w}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
+        }
+    }
     let name = "socklab_frames_total";
     let _ = writeln!(
         s,
@@ -360,6 +382,8 @@ impl Counters {
                     "datagrams_received": c.datagrams_received,
                     "datagrams_sent": c.datagrams_sent,
                     "datagrams_dropped": c.datagrams_dropped,
+                    "connections_drained": c.drained,
+                    "connections_cut": c.cut,
                 }),
             );
         }

@@ -114,6 +114,17 @@ pub fn kill_group(pgid: i32) {
     }
 }
 
+/// SIGTERM to every process of the group: at shutdown a command may still end cleanly.
+pub fn term_group(pgid: i32) {
+    if pgid <= 1 {
+        return;
+    }
+    // SAFETY: kill only sends a signal; a negative pid names the group we created.
+    unsafe {
+        libc::kill(-pgid, libc::SIGTERM);
+    }
+}
+
 /// How long a killed command's pipes may stay open (held by something that escaped its
 /// process group) before the server stops waiting for them.
 const EXEC_PIPE_GRACE: Duration = Duration::from_secs(1);

@@ -168,6 +168,7 @@ impl Reactor {
             if let Some(deadline) = self.shutdown.deadline {
                 if self.admission.open == 0 {
                     tracing::info!("every connection is closed; exiting");
+                    self.finish_shutdown();
                     return Ok(());
                 }
                 if Instant::now() >= deadline {
@@ -175,6 +176,7 @@ impl Reactor {
                         open = self.admission.open,
                         "shutdown grace period over; closing the connections left"
                     );
+                    self.finish_shutdown();
                     return Ok(());
                 }
             }
@@ -265,6 +267,7 @@ impl Reactor {
                 TimerKind::ExecPipeGrace(id) => self.exec_pipe_grace(id),
                 TimerKind::AcceptRetry(token) => self.accept_all(token),
                 TimerKind::ShutdownGrace => {}
+                TimerKind::Linger(token) => self.linger_over(token),
                 TimerKind::Watchdog => self.watchdog(),
             }
         }
@@ -276,7 +279,8 @@ impl Reactor {
                 TimerKind::Idle(t)
                 | TimerKind::Request(t)
                 | TimerKind::AcceptRetry(t)
-                | TimerKind::AuthTimeout(t) => sources.get(*t).is_some(),
+                | TimerKind::AuthTimeout(t)
+                | TimerKind::Linger(t) => sources.get(*t).is_some(),
                 TimerKind::ShutdownGrace
                 | TimerKind::Watchdog
                 | TimerKind::ExecDeadline(_)
@@ -414,6 +418,7 @@ impl Reactor {
                     self.admission.release(c.peer_ip);
                     let counters = self.svc.counters.service(c.kind);
                     counters.open = counters.open.saturating_sub(1);
+                    self.count_drain_close(&c);
                     let mut ctx = self.svc.ctx();
                     c.service.on_event(Event::Closing, c.out.tail(), &mut ctx);
                     if !self.svc.others.is_empty() {

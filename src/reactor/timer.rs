@@ -25,6 +25,8 @@ pub enum TimerKind {
     AuthTimeout(Token),
     /// The shutdown grace period is over.
     ShutdownGrace,
+    /// This drained connection has lingered long enough for its peer's end: close it.
+    Linger(Token),
     /// This `exec` command's time is up.
     ExecDeadline(u64),
     /// Stop waiting for the pipes of this killed command.
