@@ -20,6 +20,7 @@ mod exec_support;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use exec_support::{ExecServer, Setup};
@@ -86,33 +87,57 @@ fn assert_exits_cleanly(server: &mut Server, bound: Duration) {
     );
 }
 
-/// 100 echo clients each hold 1,000 lines in the server's receive queue at SIGTERM: every
-/// line comes back, then end of stream, never a reset.
+/// The lines echo client `n` sends while the server is stopped.
+fn echo_lines(n: usize) -> Vec<u8> {
+    let lines: String = (0..REQUESTS)
+        .map(|i| format!("ping {n:03} {i:04}\n"))
+        .collect();
+    lines.into_bytes()
+}
+
+/// 100 echo clients over TCP (and 10 over a Unix socket) each hold 1,000 lines in the server's
+/// receive queue at SIGTERM: every line comes back, then end of stream, never a reset.
 #[test]
 fn every_pipelined_echo_request_in_the_socket_buffers_is_answered() {
+    let dir = util::TempDir::new("drain-echo");
+    let sock = dir.file("echo.sock");
     let mut server = Server::start(util::serve_args(
-        &[("echo", "127.0.0.1:0")],
+        &[("echo", "127.0.0.1:0"), ("echo", &format!("unix:{sock}"))],
         &["--read-budget", "4096", "--shutdown-grace", "20s"],
     ));
     let addr = server.tcp("echo");
     let mut clients: Vec<TcpStream> = (0..CLIENTS).map(|_| server.connect("echo")).collect();
+    let mut unix: Vec<UnixStream> = (0..10)
+        .map(|_| UnixStream::connect(&sock).expect("connect to the unix socket"))
+        .collect();
+    // Accepted before the stop: a connection still in the backlog goes with the listener.
     for c in &mut clients {
-        // Accepted before the stop: a connection still in the backlog goes with the listener.
+        assert_eq!(util::roundtrip(c, b"+", T), b"+");
+    }
+    for c in &mut unix {
         assert_eq!(util::roundtrip(c, b"+", T), b"+");
     }
     stop(&server);
-    let mut sent = Vec::new();
     for (n, c) in clients.iter_mut().enumerate() {
-        let lines: String = (0..REQUESTS).map(|i| format!("ping {n:03} {i:04}\n")).collect();
-        c.write_all(lines.as_bytes()).expect("write while stopped");
-        sent.push(lines.into_bytes());
+        c.write_all(&echo_lines(n)).expect("write while stopped");
     }
-    wait_queued(addr, &clients, sent[0].len() as u64);
+    // A Unix stream write lands in the server's receive queue itself.
+    for (n, c) in unix.iter_mut().enumerate() {
+        c.write_all(&echo_lines(CLIENTS + n))
+            .expect("write while stopped");
+    }
+    wait_queued(addr, &clients, echo_lines(0).len() as u64);
     term_while_stopped(&server);
-    for (n, (c, want)) in clients.iter_mut().zip(&sent).enumerate() {
+    for (n, c) in clients.iter_mut().enumerate() {
         let (got, end) = util::read_to_end_timeout(c, T);
-        util::assert_bytes_eq(&got, want, &format!("client {n}: replies after SIGTERM"));
+        util::assert_bytes_eq(&got, &echo_lines(n), &format!("client {n}: replies"));
         assert_eq!(end, End::Eof, "client {n}: a clean end, not a reset");
+    }
+    for (n, c) in unix.iter_mut().enumerate() {
+        let (got, end) = util::read_to_end_timeout(c, T);
+        let want = echo_lines(CLIENTS + n);
+        util::assert_bytes_eq(&got, &want, &format!("unix client {n}: replies"));
+        assert_eq!(end, End::Eof, "unix client {n}: a clean end, not a reset");
     }
     assert_exits_cleanly(&mut server, T);
 }
@@ -123,7 +148,14 @@ fn every_pipelined_ping_is_answered_with_two_workers() {
     let scratch = Scratch::new("drain-ping");
     let mut server = files_support::start(
         &scratch,
-        &["--workers", "2", "--read-budget", "4096", "--shutdown-grace", "20s"],
+        &[
+            "--workers",
+            "2",
+            "--read-budget",
+            "4096",
+            "--shutdown-grace",
+            "20s",
+        ],
     );
     let addr = server.tcp("files");
     let mut clients: Vec<TcpStream> = (0..CLIENTS).map(|_| server.connect("files")).collect();
@@ -150,7 +182,11 @@ fn every_pipelined_ping_is_answered_with_two_workers() {
             assert_eq!(r.get("id"), &json!(i), "client {n}: replies in order");
         }
         let (rest, end) = util::read_to_end_timeout(c, T);
-        assert!(rest.is_empty(), "client {n}: {} bytes after the replies", rest.len());
+        assert!(
+            rest.is_empty(),
+            "client {n}: {} bytes after the replies",
+            rest.len()
+        );
         assert_eq!(end, End::Eof, "client {n}: a clean end, not a reset");
     }
     assert_exits_cleanly(&mut server, T);
@@ -158,7 +194,13 @@ fn every_pipelined_ping_is_answered_with_two_workers() {
 
 /// A `put` header and the first `first` bytes of `body`, sent; waits until the server has
 /// read them (its temporary exists and its receive queue is empty).
-fn begin_put(server: &Server, scratch: &Scratch, name: &str, body: &[u8], first: usize) -> TcpStream {
+fn begin_put(
+    server: &Server,
+    scratch: &Scratch,
+    name: &str,
+    body: &[u8],
+    first: usize,
+) -> TcpStream {
     let mut s = server.connect("files");
     let header = json!({"cmd": "put", "filename": name, "size": body.len(), "md5": md5_hex(body)});
     send(&mut s, &files_support::frame(&header, b""));
@@ -168,7 +210,10 @@ fn begin_put(server: &Server, scratch: &Scratch, name: &str, body: &[u8], first:
         !temporaries(&scratch.data()).is_empty()
             && util::tcp_entry(addr, local).is_some_and(|e| e.rx_queue == 0)
     });
-    assert!(read, "setup: the server did not take the upload's first bytes");
+    assert!(
+        read,
+        "setup: the server did not take the upload's first bytes"
+    );
     s
 }
 
@@ -190,7 +235,10 @@ fn an_upload_in_progress_finishes_within_the_grace() {
     r.assert_ok("put");
     assert_eq!(r.get("md5"), &json!(md5_hex(&body)), "{:?}", r.h);
     let (rest, end) = util::read_to_end_timeout(&mut s, T);
-    assert!(rest.is_empty() && end == End::Eof, "after the answer: {rest:?} {end:?}");
+    assert!(
+        rest.is_empty() && end == End::Eof,
+        "after the answer: {rest:?} {end:?}"
+    );
     assert_exits_cleanly(&mut server, T);
     let stored = std::fs::read(scratch.data().join("late.bin")).expect("the upload is stored");
     assert_eq!(md5_hex(&stored), md5_hex(&body), "stored bytes");
@@ -213,7 +261,10 @@ fn a_stalled_upload_is_cut_at_the_grace_and_counted() {
     server.signal(libc::SIGTERM);
     for c in &mut idle {
         let (rest, end) = util::read_to_end_timeout(c, T);
-        assert!(rest.is_empty() && end == End::Eof, "idle client: {rest:?} {end:?}");
+        assert!(
+            rest.is_empty() && end == End::Eof,
+            "idle client: {rest:?} {end:?}"
+        );
     }
     drop(idle);
     assert_exits_cleanly(&mut server, T);
@@ -222,7 +273,11 @@ fn a_stalled_upload_is_cut_at_the_grace_and_counted() {
         took >= Duration::from_millis(1800),
         "the server exited {took:?} after SIGTERM: the stalled upload had 2 s to finish"
     );
-    assert!(scratch.data_names().is_empty(), "left: {:?}", scratch.data_names());
+    assert!(
+        scratch.data_names().is_empty(),
+        "left: {:?}",
+        scratch.data_names()
+    );
     let stderr = server.stderr();
     assert!(
         stderr.contains("2 connection(s) drained, 1 cut at the grace"),
@@ -251,7 +306,11 @@ fn a_second_signal_exits_at_once() {
     server.signal(libc::SIGTERM);
     assert_exits_cleanly(&mut server, Duration::from_secs(5));
     eprintln!("exited {:?} after the second signal", t0.elapsed());
-    assert!(scratch.data_names().is_empty(), "left: {:?}", scratch.data_names());
+    assert!(
+        scratch.data_names().is_empty(),
+        "left: {:?}",
+        scratch.data_names()
+    );
     drop(stalled);
 }
 
@@ -306,19 +365,28 @@ fn exec_children_get_sigterm_before_sigkill() {
     );
     let mut s = es.authed();
     let script = "trap 'echo got TERM; exit 3' TERM; echo started; while :; do sleep 0.05; done";
-    send(&mut s, &exec_support::exec_frame(&["sh", "-c", script], Some(30_000), json!({})));
+    send(
+        &mut s,
+        &exec_support::exec_frame(&["sh", "-c", script], Some(30_000), json!({})),
+    );
     exec_support::wait_children(&es.server, 1, T);
     es.server.signal(libc::SIGTERM);
     let r = exec_support::read_within(&mut s, T, &es.server);
     let outcome = exec_support::ok_outcome(&r);
     assert_eq!(
-        (outcome.exit_code, String::from_utf8_lossy(&outcome.stdout).as_ref()),
+        (
+            outcome.exit_code,
+            String::from_utf8_lossy(&outcome.stdout).as_ref()
+        ),
         (Some(3), "started\ngot TERM\n"),
         "the command's answer after SIGTERM: {:?}",
         r.h
     );
     let (rest, end) = util::read_to_end_timeout(&mut s, T);
-    assert!(rest.is_empty() && end == End::Eof, "after the answer: {rest:?} {end:?}");
+    assert!(
+        rest.is_empty() && end == End::Eof,
+        "after the answer: {rest:?} {end:?}"
+    );
     assert_exits_cleanly(&mut es.server, T);
 }
 
@@ -353,14 +421,23 @@ fn stats_during_the_drain_counts_drained_connections() {
     }
     let mut s = es.authed();
     let script = "trap '' TERM; while [ ! -e go ]; do sleep 0.05; done; echo went";
-    send(&mut s, &exec_support::exec_frame(&["sh", "-c", script], Some(30_000), json!({})));
-    send(&mut s, &files_support::request(json!({"cmd": "stats", "id": "drain"}), b""));
+    send(
+        &mut s,
+        &exec_support::exec_frame(&["sh", "-c", script], Some(30_000), json!({})),
+    );
+    send(
+        &mut s,
+        &files_support::request(json!({"cmd": "stats", "id": "drain"}), b""),
+    );
     exec_support::wait_children(&es.server, 1, T);
     let before = open_sockets(es.pid());
     es.server.signal(libc::SIGTERM);
     for e in &mut echoes {
         let (rest, end) = util::read_to_end_timeout(e, T);
-        assert!(rest.is_empty() && end == End::Eof, "echo client: {rest:?} {end:?}");
+        assert!(
+            rest.is_empty() && end == End::Eof,
+            "echo client: {rest:?} {end:?}"
+        );
     }
     drop(echoes);
     // Two listeners and the two echo connections closed.
@@ -383,7 +460,10 @@ fn stats_during_the_drain_counts_drained_connections() {
         "stats during the drain: {echo}"
     );
     let (rest, end) = util::read_to_end_timeout(&mut s, T);
-    assert!(rest.is_empty() && end == End::Eof, "after the answers: {rest:?} {end:?}");
+    assert!(
+        rest.is_empty() && end == End::Eof,
+        "after the answers: {rest:?} {end:?}"
+    );
     assert_exits_cleanly(&mut es.server, T);
     let stderr = es.server.stderr();
     assert!(

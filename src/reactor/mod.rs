@@ -337,7 +337,8 @@ impl Reactor {
             served = c.served,
             "closing an idle connection (--idle-timeout or --handshake-timeout)"
         );
-        if c.gate.is_none() {
+        // A draining connection is told at its end, once (`shutdown.rs`).
+        if c.gate.is_none() && c.drain.is_none() {
             c.service.on_idle_close(idle, c.out.tail());
         }
         if c.out.is_empty() {

@@ -63,12 +63,12 @@ impl Transport {
     pub(crate) fn shutdown_write(&mut self) -> io::Result<()> {
         match self {
             // SAFETY: shutdown(2) on a descriptor the socket owns, with a valid `how`.
-            Transport::Plain(socket) => match unsafe {
-                libc::shutdown(socket.as_raw_fd(), libc::SHUT_WR)
-            } {
-                0 => Ok(()),
-                _ => Err(io::Error::last_os_error()),
-            },
+            Transport::Plain(socket) => {
+                match unsafe { libc::shutdown(socket.as_raw_fd(), libc::SHUT_WR) } {
+                    0 => Ok(()),
+                    _ => Err(io::Error::last_os_error()),
+                }
+            }
             #[cfg(test)]
             Transport::Scripted(s) => {
                 s.write_shut = true;
