@@ -153,8 +153,9 @@ pub struct Conn {
     pub served: bool,
     /// It was told it is idle and is being closed: the next idle check closes it outright.
     pub idle_closing: bool,
-    /// Its part in the drain, from the shutdown signal on (`shutdown.rs`).
-    pub(crate) drain: Option<Drain>,
+    /// Its part in the drain, from the shutdown signal on (`shutdown.rs`); boxed, so that
+    /// connections pay for it only then.
+    pub(crate) drain: Option<Box<Drain>>,
 }
 
 impl Conn {

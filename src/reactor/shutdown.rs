@@ -153,10 +153,10 @@ impl Reactor {
                     tracing::debug!("FIONREAD: {e}; reading nothing more");
                     0
                 });
-                c.drain = Some(Drain {
+                c.drain = Some(Box::new(Drain {
                     left,
                     ..Drain::default()
-                });
+                }));
             }
             // Readable: no new event will announce the bytes already queued.
             self.drive_conn(token, true, true);
