@@ -36,6 +36,10 @@ pub(crate) struct ServiceCounters {
     pub(crate) rejected_per_ip: u64,
     /// Connections closed on a PROXY protocol listener without a valid header in time.
     pub(crate) rejected_proxy: u64,
+    /// Connections closed during shutdown with every reply they were owed written.
+    pub(crate) drained: u64,
+    /// Connections closed during shutdown still owed something: at the grace, or on an error.
+    pub(crate) cut: u64,
 }
 
 /// The addresses that held the most connections when the process was last at `--max-conns`.
@@ -123,6 +127,8 @@ impl ServiceCounters {
             (&mut self.rejected_auth, o.rejected_auth),
             (&mut self.rejected_per_ip, o.rejected_per_ip),
             (&mut self.rejected_proxy, o.rejected_proxy),
+            (&mut self.drained, o.drained),
+            (&mut self.cut, o.cut),
         ];
         for (mine, theirs) in pairs {
             *mine = mine.saturating_add(theirs);
@@ -293,6 +299,22 @@ pub(crate) fn prometheus(workers: &[(usize, &Counters)]) -> String {
             }
         }
     }
+    let name = "socklab_shutdown_connections_total";
+    let _ = writeln!(
+        s,
+        "# HELP {name} Connections closed during shutdown: drained (every reply written) or \
+         cut (still owed something at the grace).\n# TYPE {name} counter"
+    );
+    for (w, counters) in workers {
+        for (k, c) in ServiceKind::ALL.iter().zip(&counters.services) {
+            for (outcome, n) in [("drained", c.drained), ("cut", c.cut)] {
+                let _ = writeln!(
+                    s,
+                    "{name}{{service=\"{k}\",worker=\"{w}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
+        }
+    }
     let name = "socklab_frames_total";
     let _ = writeln!(
         s,
@@ -365,6 +387,8 @@ impl Counters {
                     "datagrams_received": c.datagrams_received,
                     "datagrams_sent": c.datagrams_sent,
                     "datagrams_dropped": c.datagrams_dropped,
+                    "connections_drained": c.drained,
+                    "connections_cut": c.cut,
                 }),
             );
         }

@@ -63,6 +63,7 @@ fn counters_move_with_traffic_and_every_family_is_there() {
         "socklab_datagrams_received_total",
         "socklab_datagrams_sent_total",
         "socklab_frames_total",
+        "socklab_shutdown_connections_total",
         "socklab_loop_iterations_total",
         "socklab_loop_busy_seconds_total",
     ] {

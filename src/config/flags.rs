@@ -33,8 +33,8 @@ fn parse_proxy_protocol(s: &str) -> Result<(ServiceKind, ProxyVersions), String>
 ///
 /// With no arguments: echo (TCP 127.0.0.1:7000), upper (TCP 127.0.0.1:7001), udp-echo (UDP
 /// 127.0.0.1:7000) and udp-upper (UDP 127.0.0.1:7001). Prints one `listening` line per socket
-/// with the options the kernel set, then `ready`. SIGINT or SIGTERM stops it: no new
-/// connections, pending output is flushed for --shutdown-grace, exit 0.
+/// with the options the kernel set, then `ready`. SIGINT or SIGTERM drains it: no new
+/// connections, what was sent before the signal is answered within --shutdown-grace, exit 0.
 #[derive(Debug, Args)]
 #[command(next_line_help = false)]
 pub struct ServeArgs {
@@ -199,7 +199,8 @@ pub struct ServeArgs {
     /// closed at accept (and counted). 0 = no limit. [default: a tenth of --max-conns]
     #[arg(long, value_name = "N", help_heading = "Limits")]
     max_conns_per_ip: Option<usize>,
-    /// After SIGINT/SIGTERM, how long pending output may take to drain before exiting.
+    /// After SIGINT/SIGTERM, how long the drain may take (answers, uploads under way,
+    /// commands) before commands are killed, connections cut and the server exits.
     /// [default: 5s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Limits")]
     shutdown_grace: Option<Duration>,

@@ -151,7 +151,8 @@ pub struct Limits {
     /// Connections open at once from one source address, in the whole process: `None` for
     /// the default (`max_conns / PER_IP_SHARE`), `Some(0)` for no limit.
     pub max_conns_per_ip: Option<usize>,
-    /// After SIGINT/SIGTERM, how long pending output may take to drain before the server exits.
+    /// After SIGINT/SIGTERM, how long the drain may take (answers, uploads under way,
+    /// commands) before commands are killed, connections cut and the server exits.
     pub shutdown_grace: Duration,
     /// While a connection's pending output is at least this, the server stops reading from it.
     pub pending_pause: usize,

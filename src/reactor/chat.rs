@@ -34,7 +34,8 @@ impl Reactor {
             let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) else {
                 continue;
             };
-            if c.dead {
+            // A member that was said goodbye to at shutdown gets nothing after it.
+            if c.dead || c.drain.as_ref().is_some_and(|d| d.said_bye) {
                 continue;
             }
             c.out.extend(bytes);

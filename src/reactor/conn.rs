@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use mio::Interest;
 
+use super::shutdown::Drain;
 use super::transport::Transport;
 
 use crate::frame::Leftover;
@@ -152,6 +153,9 @@ pub struct Conn {
     pub served: bool,
     /// It was told it is idle and is being closed: the next idle check closes it outright.
     pub idle_closing: bool,
+    /// Its part in the drain, from the shutdown signal on (`shutdown.rs`); boxed, so that
+    /// connections pay for it only then.
+    pub(crate) drain: Option<Box<Drain>>,
 }
 
 impl Conn {
@@ -183,6 +187,7 @@ impl Conn {
             request_timer: false,
             served: false,
             idle_closing: false,
+            drain: None,
         }
     }
 }

@@ -174,6 +174,7 @@ impl Reactor {
                 self.control_at_shutdown();
                 if self.admission.open == 0 {
                     tracing::info!("every connection is closed; exiting");
+                    self.finish_shutdown();
                     return Ok(());
                 }
                 if Instant::now() >= deadline {
@@ -181,6 +182,7 @@ impl Reactor {
                         open = self.admission.open,
                         "shutdown grace period over; closing the connections left"
                     );
+                    self.finish_shutdown();
                     return Ok(());
                 }
             }
@@ -280,6 +282,7 @@ impl Reactor {
                 TimerKind::AcceptRetry(token) => self.accept_all(token),
                 TimerKind::ProxyHeader(token) => self.proxy_header_deadline(token),
                 TimerKind::ShutdownGrace => {}
+                TimerKind::Linger(token) => self.linger_over(token),
                 TimerKind::Watchdog => self.watchdog(),
                 TimerKind::Control => self.control_timers(),
             }
@@ -293,7 +296,8 @@ impl Reactor {
                 | TimerKind::Request(t)
                 | TimerKind::AcceptRetry(t)
                 | TimerKind::ProxyHeader(t)
-                | TimerKind::AuthTimeout(t) => sources.get(*t).is_some(),
+                | TimerKind::AuthTimeout(t)
+                | TimerKind::Linger(t) => sources.get(*t).is_some(),
                 TimerKind::ShutdownGrace
                 | TimerKind::Watchdog
                 | TimerKind::Control
@@ -352,7 +356,8 @@ impl Reactor {
             served = c.served,
             "closing an idle connection (--idle-timeout or --handshake-timeout)"
         );
-        if c.gate.is_none() {
+        // A draining connection is told at its end, once (`shutdown.rs`).
+        if c.gate.is_none() && c.drain.is_none() {
             c.service.on_idle_close(idle, c.out.tail());
         }
         if c.out.is_empty() {
@@ -437,6 +442,7 @@ impl Reactor {
                     self.admission.release(c.peer_ip);
                     let counters = self.svc.counters.service(c.kind);
                     counters.open = counters.open.saturating_sub(1);
+                    self.count_drain_close(&c);
                     let mut ctx = self.svc.ctx();
                     c.service.on_event(Event::Closing, c.out.tail(), &mut ctx);
                     if !self.svc.others.is_empty() {

@@ -1,14 +1,33 @@
-//! Signals and shutdown: SIGCHLD reaps `exec`'s children; the first SIGINT or SIGTERM stops
-//! accepting and receiving, removes the socket files and lets connections drain for the grace
-//! period; a second one exits at once.
+//! Signals and shutdown: SIGCHLD reaps `exec`'s children; the first SIGINT or SIGTERM starts
+//! the drain; a second one exits at once.
+//!
+//! The drain loses nothing a client sent before the signal. The listeners and datagram
+//! sockets close and the socket files go first, so nothing new comes in. Each connection then
+//! answers the bytes it has read and as many more as its socket's receive queue held at the
+//! signal (FIONREAD), read as usual (budget, backpressure); a `files` body under way (an
+//! upload) is read to its end if it comes within the grace. The drain drives every connection
+//! once itself: no new edge will come for bytes already queued. A connection that owes nothing
+//! more gets its service's goodbye (a chat member is told), then its write side is shut down and
+//! it reads and discards until the peer's end or the linger deadline, so the peer sees a clean
+//! end rather than a reset. Commands get SIGTERM at the signal and SIGKILL at the grace, when
+//! whatever is still open is cut. Drained and cut connections are counted and logged at exit.
 
+use std::io::{self, Read};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use mio::Token;
 use signal_hook_mio::v1_0::Signals;
 
+use super::conn::Conn;
+use super::stream::update_interest;
 use super::timer::TimerKind;
 use super::{Entry, Reactor};
+use crate::service::Awaiting;
+
+/// How long a drained connection waits, its write side shut down, for the peer's end before it
+/// is closed anyway (never past the grace).
+const LINGER: Duration = Duration::from_secs(2);
 
 /// What shutting down needs.
 pub(super) struct Shutdown {
@@ -18,6 +37,18 @@ pub(super) struct Shutdown {
     pub(super) owned_paths: Vec<PathBuf>,
     /// Set once shutdown begins: the moment the server exits even if output is still pending.
     pub(super) deadline: Option<Instant>,
+}
+
+/// A connection's part in the drain (`Conn::drain`, set at the signal).
+#[derive(Debug, Default)]
+pub(crate) struct Drain {
+    /// Bytes of its receive queue at the signal not read yet. Reading stops when none are left
+    /// and no body under way waits for its end.
+    pub(crate) left: usize,
+    /// Its service said goodbye: nothing may be written after it.
+    pub(crate) said_bye: bool,
+    /// Its write side is shut down: reads only discard, until the peer's end or the deadline.
+    pub(crate) lingering: bool,
 }
 
 impl Shutdown {
@@ -37,6 +68,29 @@ impl Shutdown {
             }
         }
     }
+}
+
+/// How many more bytes a connection may read from its socket: unlimited until shutdown; then
+/// what its queue held at the signal, or the rest of a body under way if that is more.
+pub(super) fn read_allowance(c: &Conn) -> usize {
+    let Some(d) = &c.drain else {
+        return usize::MAX;
+    };
+    if d.said_bye {
+        return 0;
+    }
+    let body = usize::try_from(c.service.drain_wants()).unwrap_or(usize::MAX);
+    // Bytes already read but held are part of the body's rest.
+    d.left.max(body.saturating_sub(c.input.len()))
+}
+
+/// Whether a connection closed during the drain owed its client nothing more.
+fn owes_nothing(c: &Conn) -> bool {
+    c.drain.as_ref().is_some_and(|d| d.lingering)
+        || (c.out.is_empty()
+            && !c.service.has_output()
+            && c.service.awaiting() == Awaiting::Nothing
+            && c.service.drain_wants() == 0)
 }
 
 impl Reactor {
@@ -61,13 +115,18 @@ impl Reactor {
         self.begin_shutdown();
     }
 
-    /// Stops accepting and receiving, removes the socket files, and lets connections drain.
+    /// The one way into shutdown (a signal, or a successor that took the listeners over):
+    /// stops accepting, removes the socket files, sends running commands SIGTERM, and starts
+    /// draining every connection. Called again, it does nothing.
     pub(super) fn begin_shutdown(&mut self) {
+        if self.shutdown.deadline.is_some() {
+            return;
+        }
         crate::sys::notify::stopping();
         let grace = self.config.limits.shutdown_grace;
         tracing::info!(
             open = self.admission.open,
-            "shutting down: no new connections; pending output has {}",
+            "shutting down: no new connections; answering what was sent, for at most {}",
             humantime::format_duration(grace)
         );
         let deadline = self.core.now + grace;
@@ -87,17 +146,185 @@ impl Reactor {
             drop(self.core.sources.remove(token));
         }
         self.shutdown.remove_socket_files();
-        // Running commands are killed; their connections get the answer and then close.
+        // A command may end cleanly now; it and everything it started are killed at the
+        // grace if it has not (and whatever is left at exit by `sys::contain::at_exit`).
+        for running in self.children.running.values() {
+            crate::sys::contain::kill_group(running.pgid, libc::SIGTERM);
+        }
+        for token in conns {
+            if let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) {
+                let left = c.transport.queued_input().unwrap_or_else(|e| {
+                    tracing::debug!("FIONREAD: {e}; reading nothing more");
+                    0
+                });
+                c.drain = Some(Box::new(Drain {
+                    left,
+                    ..Drain::default()
+                }));
+            }
+            // Readable: no new event will announce the bytes already queued.
+            self.drive_conn(token, true, true);
+        }
+    }
+
+    /// A draining connection owes nothing more (`stream.rs` found it finished): its service
+    /// says goodbye, and once that is written the write side is shut down and it lingers.
+    pub(super) fn end_drain(&mut self, token: Token) {
+        let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) else {
+            return;
+        };
+        let Some(d) = c.drain.as_mut() else {
+            return;
+        };
+        if !d.said_bye {
+            d.said_bye = true;
+            c.service.on_shutdown(c.out.tail());
+            let written = c.out.write_to(&mut c.transport);
+            let counters = self.svc.counters.service(c.kind);
+            counters.bytes_sent = counters
+                .bytes_sent
+                .saturating_add(written.as_ref().map_or(0, |n| *n as u64));
+            if written.is_err() {
+                c.dead = true;
+                self.core.to_close.push(token);
+                return;
+            }
+            if !c.out.is_empty() {
+                // The drive that writes the rest of it comes back here.
+                if update_interest(&self.core.poll, c, token).is_err() {
+                    c.dead = true;
+                    self.core.to_close.push(token);
+                }
+                return;
+            }
+        }
+        self.start_linger(token);
+    }
+
+    /// Shuts the connection's write side down (the peer reads to a clean end) and reads and
+    /// discards until the peer's end or the linger deadline: closing with unread input would
+    /// send a reset, which can destroy replies the peer has not read yet.
+    fn start_linger(&mut self, token: Token) {
+        let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) else {
+            return;
+        };
+        let Some(d) = c.drain.as_mut() else {
+            return;
+        };
+        d.lingering = true;
+        if let Err(e) = c.transport.shutdown_write() {
+            tracing::debug!(service = %c.kind, "cannot half-close: {e}");
+            c.dead = true;
+            self.core.to_close.push(token);
+            return;
+        }
+        let mut at = self.core.now + LINGER;
+        if let Some(deadline) = self.shutdown.deadline {
+            at = at.min(deadline);
+        }
+        self.core.timers.push(at, TimerKind::Linger(token));
+        if update_interest(&self.core.poll, c, token).is_err() {
+            c.dead = true;
+            self.core.to_close.push(token);
+            return;
+        }
+        self.linger_read(token);
+    }
+
+    /// Reads and discards what a lingering connection's peer sends, within the read budget;
+    /// its end (or an error) closes the connection.
+    pub(super) fn linger_read(&mut self, token: Token) {
+        let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) else {
+            return;
+        };
+        if c.dead {
+            return;
+        }
+        let mut budget = self.config.limits.read_budget;
+        let ended = loop {
+            if budget == 0 {
+                if !c.queued {
+                    c.queued = true;
+                    self.core.ready.push(token);
+                }
+                return;
+            }
+            let want = budget.min(self.bufs.scratch.len());
+            let Some(buf) = self.bufs.scratch.get_mut(..want) else {
+                return;
+            };
+            match c.transport.read(buf) {
+                Ok(0) => break true,
+                Ok(n) => budget = budget.saturating_sub(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!(service = %c.kind, "lingering: {e}");
+                    break true;
+                }
+            }
+        };
+        if ended {
+            c.dead = true;
+            self.core.to_close.push(token);
+        }
+    }
+
+    /// The linger deadline of a drained connection: close it whatever its peer does.
+    pub(super) fn linger_over(&mut self, token: Token) {
+        if let Some(Entry::Conn(c)) = self.core.sources.get_mut(token)
+            && !c.dead
+            && c.drain.as_ref().is_some_and(|d| d.lingering)
+        {
+            c.dead = true;
+            self.core.to_close.push(token);
+        }
+    }
+
+    /// Counts a connection closed during shutdown: drained when it owed nothing more, cut
+    /// otherwise. Nothing before shutdown.
+    pub(super) fn count_drain_close(&mut self, c: &Conn) {
+        if self.shutdown.deadline.is_none() {
+            return;
+        }
+        let counters = self.svc.counters.service(c.kind);
+        if owes_nothing(c) {
+            counters.drained = counters.drained.saturating_add(1);
+        } else {
+            counters.cut = counters.cut.saturating_add(1);
+        }
+    }
+
+    /// The loop is about to return after a shutdown: every connection closed, or the grace
+    /// over. Commands still running are killed, connections still open are counted (cut unless
+    /// they were only lingering), and the counts are logged.
+    pub(super) fn finish_shutdown(&mut self) {
         // Orphans they leave are killed at exit (`sys::contain::at_exit`).
         for running in self.children.running.values() {
             let _ = running.kill();
         }
-        for token in conns {
-            if let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) {
-                c.read_closed = true;
+        for (_, entry) in self.core.sources.iter() {
+            if let Entry::Conn(c) = entry {
+                let counters = self.svc.counters.service(c.kind);
+                if c.drain.as_ref().is_some_and(|d| d.lingering) {
+                    counters.drained = counters.drained.saturating_add(1);
+                } else {
+                    counters.cut = counters.cut.saturating_add(1);
+                }
             }
-            self.drive_conn(token, false, true);
         }
+        let (drained, cut) = self
+            .svc
+            .counters
+            .services
+            .iter()
+            .fold((0u64, 0u64), |(d, k), s| {
+                (d.saturating_add(s.drained), k.saturating_add(s.cut))
+            });
+        tracing::info!(
+            worker = self.svc.peers.worker,
+            "shutdown: {drained} connection(s) drained, {cut} cut at the grace"
+        );
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Instant;
 use mio::{Interest, Poll, Token};
 
 use super::conn::Conn;
+use super::shutdown::read_allowance;
 use super::timer::TimerKind;
 use super::{Entry, Reactor, ServiceState};
 use crate::config::Limits;
@@ -82,6 +83,10 @@ impl Reactor {
         if c.dead {
             return;
         }
+        if c.drain.as_ref().is_some_and(|d| d.lingering) {
+            self.linger_read(token);
+            return;
+        }
         let mut io = TurnIo {
             scratch: &mut self.bufs.scratch,
             reply: &mut self.bufs.reply,
@@ -103,6 +108,10 @@ impl Reactor {
             return;
         };
         match verdict {
+            // Drained (not ended by the peer): goodbye, half-close, linger (`shutdown.rs`).
+            Verdict::Close(CloseReason::Finished) if c.drain.is_some() && !c.read_closed => {
+                self.end_drain(token);
+            }
             Verdict::Close(reason) => {
                 match &reason {
                     CloseReason::SlowReader { pending } => tracing::info!(
@@ -317,7 +326,12 @@ fn read_socket(
             t.more = true;
             break;
         }
-        let want = io.scratch.len().min(budget);
+        // At shutdown: what the socket held at the signal, or the rest of a body under way.
+        let allowed = read_allowance(c);
+        if allowed == 0 {
+            break;
+        }
+        let want = io.scratch.len().min(budget).min(allowed);
         let Some(buf) = io.scratch.get_mut(..want) else {
             break;
         };
@@ -327,10 +341,19 @@ fn read_socket(
                 break;
             }
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                queue_emptied(c);
+                break;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(CloseReason::Io(e)),
         };
+        if let Some(d) = &mut c.drain {
+            d.left = d.left.saturating_sub(n);
+        }
+        if n < want {
+            queue_emptied(c);
+        }
         budget = budget.saturating_sub(n);
         t.received += n;
         // A short read emptied the socket's queue: any byte that arrives later raises a new
@@ -381,16 +404,26 @@ fn settle(c: &mut Conn, limits: &Limits, t: &mut Tally, now: Instant) -> Verdict
         t.more = true;
     }
     track_request(c, t.received > 0, now);
-    let input_done = c.input.is_empty() || c.service_paused;
+    // A drain that stopped reading leaves a partial request unanswerable: it is not waited for.
+    let drain_read = c.drain.is_some() && read_allowance(c) == 0;
+    let input_done = c.input.is_empty() || c.service_paused || drain_read;
     // A paused service that will take input again is awaiting the disk or producing a
     // response, so it is not idle: a peer that left right after its last byte still has its
     // upload decoded, committed and answered.
     let idle =
         c.out.is_empty() && !c.service.has_output() && c.service.awaiting() == Awaiting::Nothing;
-    if c.read_closed && idle && input_done {
+    if (c.read_closed || drain_read) && idle && input_done {
         return Verdict::Close(CloseReason::Finished);
     }
     Verdict::Open { more: t.more }
+}
+
+/// The socket's receive queue was seen empty: the bytes it held at a shutdown signal are all
+/// read (the queue is read in order), so the drain waits for no more of them.
+fn queue_emptied(c: &mut Conn) {
+    if let Some(d) = &mut c.drain {
+        d.left = 0;
+    }
 }
 
 /// Starts or stops the clock of `--request-timeout`: it runs while a request is part-way in

@@ -27,6 +27,8 @@ pub enum TimerKind {
     ProxyHeader(Token),
     /// The shutdown grace period is over.
     ShutdownGrace,
+    /// This drained connection has lingered long enough for its peer's end: close it.
+    Linger(Token),
     /// This `exec` command's time is up.
     ExecDeadline(u64),
     /// Stop waiting for the pipes of this killed command.

@@ -48,6 +48,35 @@ impl Transport {
         }
     }
 
+    /// Bytes waiting in the socket's receive queue now (FIONREAD, the same as SIOCINQ): what
+    /// the peer sent that nobody has read. Shutdown reads this much more before it stops.
+    pub(crate) fn queued_input(&self) -> io::Result<usize> {
+        match self {
+            Transport::Plain(socket) => queued_input(socket.as_raw_fd()),
+            #[cfg(test)]
+            Transport::Scripted(s) => Ok(s.inbound.len()),
+        }
+    }
+
+    /// Shuts down the sending side (a FIN after what was written): the peer reads to a clean
+    /// end, while this side can still read what it sends meanwhile.
+    pub(crate) fn shutdown_write(&mut self) -> io::Result<()> {
+        match self {
+            // SAFETY: shutdown(2) on a descriptor the socket owns, with a valid `how`.
+            Transport::Plain(socket) => {
+                match unsafe { libc::shutdown(socket.as_raw_fd(), libc::SHUT_WR) } {
+                    0 => Ok(()),
+                    _ => Err(io::Error::last_os_error()),
+                }
+            }
+            #[cfg(test)]
+            Transport::Scripted(s) => {
+                s.write_shut = true;
+                Ok(())
+            }
+        }
+    }
+
     /// Ends the connection before its descriptor is closed. The plain transport reads and drops
     /// what the peer sent but nobody will read, so that closing sends a FIN rather than a
     /// reset that could destroy the replies still in flight to it; bounded, so a peer that
@@ -121,6 +150,17 @@ impl Source for Transport {
     }
 }
 
+/// FIONREAD on `socket`: the bytes in its receive queue.
+fn queued_input(socket: RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which points to a local.
+    let r = unsafe { libc::ioctl(socket, libc::FIONREAD, &mut n) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    usize::try_from(n).map_err(io::Error::other)
+}
+
 /// sendfile(2) from `file` at `offset` to `socket`: at most `count` bytes.
 fn send_file(socket: RawFd, file: RawFd, offset: u64, count: usize) -> io::Result<usize> {
     let mut off = libc::off_t::try_from(offset).map_err(io::Error::other)?;
@@ -161,6 +201,8 @@ pub(crate) mod script {
         pub(crate) write_blocked: bool,
         /// The transport was shut down (the connection closed).
         pub(crate) shut: bool,
+        /// The sending side was shut down (a half-close): no write may follow.
+        pub(crate) write_shut: bool,
     }
 
     impl Script {
@@ -197,7 +239,7 @@ pub(crate) mod script {
         }
 
         pub(super) fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            assert!(!self.shut, "write after shutdown");
+            assert!(!self.shut && !self.write_shut, "write after shutdown");
             if self.interrupted() {
                 return Err(io::ErrorKind::Interrupted.into());
             }

@@ -164,6 +164,11 @@ impl Chat {
         );
     }
 
+    /// The server is shutting down: the member's last line.
+    pub fn shutting_down(&self, out: &mut Vec<u8>) {
+        line(out, format_args!("* server shutting down"));
+    }
+
     /// Decodes lines from `input` and acts on each.
     pub fn on_input(
         &mut self,

@@ -13,7 +13,8 @@
 //!   `served_on_open`: what its deadlines need (`--request-timeout` runs while a request is
 //!   part-way in, `--handshake-timeout` until the connection has been served).
 //! - `on_idle_close`: the connection is about to be closed for being idle (a chat member is
-//!   told why).
+//!   told why); `on_shutdown`: the server drained it and is about to close it (likewise);
+//!   `drain_wants`: the body under way a drain reads to its end.
 //! - At accept, `refusal`: what a service says to a connection refused for its address.
 //!
 //! What a service may do itself: decode and encode its protocol; keep its own state; touch
@@ -300,6 +301,23 @@ impl StreamService {
     pub fn on_idle_close(&mut self, idle: Duration, out: &mut Vec<u8>) {
         if let StreamService::Chat(c) = self {
             c.idle_closing(idle, out);
+        }
+    }
+
+    /// The server is shutting down and this connection owes nothing more: what it says last,
+    /// before its write side is shut down (a chat member is told).
+    pub fn on_shutdown(&mut self, out: &mut Vec<u8>) {
+        if let StreamService::Chat(c) = self {
+            c.shutting_down(out);
+        }
+    }
+
+    /// Bytes of a request body under way that a drain waits for (a `files` upload or echo body
+    /// is read to its end within the grace): the request was received, its body is owed.
+    pub fn drain_wants(&self) -> u64 {
+        match self {
+            StreamService::Files(f) => f.body_left(),
+            _ => 0,
         }
     }
 

@@ -25,6 +25,7 @@ use crate::frame::Decoded;
 use crate::frame::header::{HeaderBodyConfig, HeaderBodyDecoder, Part};
 use crate::kind::ServiceKind;
 use crate::reactor::ServiceState;
+use crate::reactor::shutdown::Drain;
 use crate::reactor::transport::Transport;
 use crate::reactor::transport::script::Script;
 use crate::service::files::{DiskJob, FilesConfig, FilesShared};
@@ -680,4 +681,19 @@ proptest! {
         let setup = Setup { write_cap, scratch, read_budget, pending_pause, in_flight, fin };
         play(&reqs, &cuts, &steps, setup);
     }
+}
+
+/// At a signal the socket held 300 bytes: they are answered, nothing sent later is read.
+#[test]
+fn a_drain_answers_what_was_queued_at_the_signal_then_finishes() {
+    let mut sim = Sim::new(echo_service(), ServiceKind::Echo, Script::new(7), 16);
+    sim.script().inbound.extend(pattern(300, 9));
+    sim.c.drain = Some(Box::new(Drain {
+        left: 300,
+        ..Drain::default()
+    }));
+    sim.arrive(b"sent after the signal");
+    sim.finish();
+    assert_eq!(sim.sent(), pattern(300, 9));
+    assert_eq!(sim.closed.as_deref(), Some("Finished"));
 }

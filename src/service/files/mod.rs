@@ -307,6 +307,15 @@ impl Files {
             && self.stats.is_none()
     }
 
+    /// Bytes still to come of a body being taken (an upload, an echo body); 0 between
+    /// requests and while a body is skipped.
+    pub fn body_left(&self) -> u64 {
+        match self.body {
+            Body::Upload(_) | Body::Echo => self.decoder.body_remaining(),
+            Body::Skip => 0,
+        }
+    }
+
     /// What a response waits on outside the loop: a command's child process, or upload
     /// writes or a commit on the disk thread.
     pub fn awaiting(&self) -> Awaiting {
