@@ -12,6 +12,8 @@ use std::time::Duration;
 pub(crate) struct Notifier {
     sock: UnixDatagram,
     to: SocketAddr,
+    /// `NOTIFY_SOCKET` as it was, for a successor started by a reload.
+    env: std::ffi::OsString,
 }
 
 impl Notifier {
@@ -31,7 +33,11 @@ impl Notifier {
         };
         let sock = UnixDatagram::unbound()?;
         sock.set_nonblocking(true)?;
-        Ok(Some(Notifier { sock, to }))
+        Ok(Some(Notifier {
+            sock,
+            to,
+            env: path,
+        }))
     }
 
     /// Sends `state` (lines such as `READY=1`); a full or absent receiver loses it, never waits.
@@ -57,6 +63,8 @@ pub(crate) fn watchdog_interval() -> Option<Duration> {
     WATCHDOG.get().copied()
 }
 
+static WATCHDOG_USEC: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
 fn watchdog_from_env() -> Option<Duration> {
     let usec = std::env::var("WATCHDOG_USEC").ok();
     let pid = std::env::var("WATCHDOG_PID").ok();
@@ -71,6 +79,7 @@ fn watchdog_from_env() -> Option<Duration> {
         return None;
     }
     let usec: u64 = usec?.trim().parse().ok().filter(|u| *u > 0)?;
+    let _ = WATCHDOG_USEC.set(usec);
     Some(Duration::from_micros(usec / 2).max(Duration::from_millis(1)))
 }
 
@@ -90,6 +99,53 @@ pub(crate) fn notify(state: &str) {
     if let Some(n) = NOTIFIER.get() {
         n.send(state);
     }
+}
+
+/// What a successor started by a reload needs to notify the service manager in its turn:
+/// `NOTIFY_SOCKET` and `WATCHDOG_USEC` (without `WATCHDOG_PID`, which would name this process).
+pub(crate) fn successor_env() -> Vec<(&'static str, std::ffi::OsString)> {
+    let mut env = Vec::new();
+    if let Some(n) = NOTIFIER.get() {
+        env.push(("NOTIFY_SOCKET", n.env.clone()));
+    }
+    if let Some(usec) = WATCHDOG_USEC.get() {
+        env.push(("WATCHDOG_USEC", usec.to_string().into()));
+    }
+    env
+}
+
+/// A hand-over to a successor begins (`RELOADING=1`, with the monotonic time systemd's
+/// `Type=notify-reload` asks for).
+pub(crate) fn reloading() {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let usec = u64::try_from(now.tv_sec)
+        .unwrap_or_default()
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::try_from(now.tv_nsec / 1_000).unwrap_or_default());
+    notify(&format!(
+        "RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=handing the listeners to a successor"
+    ));
+}
+
+/// The successor `pid` serves now: it is the service's main process, and ready. This process
+/// drains without saying `STOPPING=1`, which would now stop the service.
+pub(crate) fn handed_over(pid: i32) {
+    STOPPING_SENT.store(true, std::sync::atomic::Ordering::Relaxed);
+    notify(&format!(
+        "MAINPID={pid}\nREADY=1\nSTATUS=serving (successor pid {pid})"
+    ));
+}
+
+/// The hand-over failed: this process serves on.
+pub(crate) fn reload_failed(why: &str) {
+    notify(&format!(
+        "READY=1\nSTATUS=hand-over failed: {why}; still serving"
+    ));
 }
 
 /// `STOPPING=1`, once per process however many workers hear the signal.

@@ -53,6 +53,7 @@ impl Reactor {
             answer(c, &format!("error cannot send the listeners: {e}"));
             return;
         }
+        crate::sys::notify::reloading();
         c.state = State::Upgrade;
         c.deadline = self.core.now + READY_TIMEOUT;
         self.core.timers.push(c.deadline, TimerKind::Control);
@@ -153,6 +154,7 @@ impl Reactor {
             pid,
             "hand-over: the successor is ready; draining and exiting"
         );
+        crate::sys::notify::handed_over(pid);
         if let Some(mut l) = self.control.listener.take() {
             l.remove_file = !kept_control;
             let _ = self.core.poll.registry().deregister(&mut l.socket);
@@ -170,6 +172,9 @@ impl Reactor {
             return;
         }
         tracing::warn!("hand-over failed: {why}; still serving");
+        if upgrading.is_some() {
+            crate::sys::notify::reload_failed(&why);
+        }
         if let Some(mut s) = spawned {
             // A successor that is not ready in time is not left to serve beside this one.
             let _ = s.child.kill();
@@ -270,7 +275,8 @@ fn spawn_successor(control: &std::path::Path) -> io::Result<Child> {
         args.push(a);
     }
     let mut cmd = Command::new(super::open::exe());
-    cmd.args(args)
+    cmd.envs(crate::sys::notify::successor_env())
+        .args(args)
         .arg("--upgrade-from")
         .arg(control)
         .stdin(Stdio::null());
