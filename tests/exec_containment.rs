@@ -118,6 +118,19 @@ fn assert_gone_within(pid: i32, bound: Duration, what: &str, es: &ExecServer) {
     );
 }
 
+/// Sends `script` (which starts an escapee recording its pid in `held.pid`) as a long-running
+/// command, and returns the escapee's pid once it has started.
+fn start_with_escapee(es: &ExecServer, s: &mut std::net::TcpStream, script: &str) -> i32 {
+    send(s, &exec_frame(&["sh", "-c", script], Some(8000), json!({})));
+    let data = es.scratch.data().join("held.pid");
+    assert!(
+        util::wait_until(B, || std::fs::read_to_string(&data)
+            .is_ok_and(|t| t.ends_with('\n'))),
+        "the escapee never started"
+    );
+    pid_in(es, "held.pid")
+}
+
 fn exits_leaving_escapees(mode: &'static str) {
     let es = mode_server("setsid-exit", mode, &[]);
     let mut s = es.authed();
@@ -229,17 +242,7 @@ fn client_leaves(mode: &'static str) {
         "{}; echo started; exec sleep 30",
         escapee("held.pid", false)
     );
-    send(
-        &mut s,
-        &exec_frame(&["sh", "-c", &script], Some(8000), json!({})),
-    );
-    let data = es.scratch.data().join("held.pid");
-    assert!(
-        util::wait_until(B, || std::fs::read_to_string(&data)
-            .is_ok_and(|t| t.ends_with('\n'))),
-        "{mode}: the escapee never started"
-    );
-    let pid = pid_in(&es, "held.pid");
+    let pid = start_with_escapee(&es, &mut s, &script);
     drop(s);
     assert_gone_within(
         pid,
@@ -264,17 +267,7 @@ fn server_stops(mode: &'static str) {
     let mut es = mode_server("setsid-stop", mode, &["--shutdown-grace", "1s"]);
     let mut s = es.authed();
     let script = format!("{}; exec sleep 30", escapee("held.pid", false));
-    send(
-        &mut s,
-        &exec_frame(&["sh", "-c", &script], Some(8000), json!({})),
-    );
-    let data = es.scratch.data().join("held.pid");
-    assert!(
-        util::wait_until(B, || std::fs::read_to_string(&data)
-            .is_ok_and(|t| t.ends_with('\n'))),
-        "{mode}: the escapee never started"
-    );
-    let pid = pid_in(&es, "held.pid");
+    let pid = start_with_escapee(&es, &mut s, &script);
     es.server.signal(15);
     assert!(
         es.server.wait_exit(B).is_some(),
@@ -306,17 +299,7 @@ fn a_killed_servers_leftovers_die_when_the_next_server_starts_cgroup() {
     let mut es = mode_server("setsid-sigkill", "cgroup", &[]);
     let mut s = es.authed();
     let script = format!("{}; exec sleep 30", escapee("held.pid", false));
-    send(
-        &mut s,
-        &exec_frame(&["sh", "-c", &script], Some(8000), json!({})),
-    );
-    let data = es.scratch.data().join("held.pid");
-    assert!(
-        util::wait_until(B, || std::fs::read_to_string(&data)
-            .is_ok_and(|t| t.ends_with('\n'))),
-        "the escapee never started"
-    );
-    let pid = pid_in(&es, "held.pid");
+    let pid = start_with_escapee(&es, &mut s, &script);
     es.server.signal(9);
     assert!(es.server.wait_exit(B).is_some(), "the server did not die");
     assert!(!gone(pid), "the escapee died with no one to kill it");
