@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::{ConfigError, ListenerConfig, ServerConfig, SocketOptions, default_addr};
-use crate::addr::ListenAddr;
 use crate::kind::ServiceKind;
 use crate::service::exec::{AllowError, ExecPolicy, resolve_program};
 
@@ -454,85 +453,6 @@ impl ServeSettings {
         }
     }
 
-    /// Makes `addrs` the only listeners of `service` (none: the service does not start). They
-    /// take the place of the ones they replace, and keep authentication (and the PROXY
-    /// protocol) if any of those had it, so that moving a service to another address never
-    /// drops its authentication.
-    pub fn set_service(&mut self, service: ServiceKind, addrs: &[ListenAddr]) {
-        self.origins.resize(self.server.listeners.len(), None);
-        let listeners = std::mem::take(&mut self.server.listeners);
-        let origins = std::mem::take(&mut self.origins);
-        let at = listeners
-            .iter()
-            .position(|l| l.service == service)
-            .unwrap_or(listeners.len());
-        let auth = listeners.iter().any(|l| l.service == service && l.auth);
-        let proxy_protocol = listeners
-            .iter()
-            .filter(|l| l.service == service)
-            .find_map(|l| l.proxy_protocol);
-        let mut kept: Vec<(ListenerConfig, Option<Origin>)> = listeners
-            .into_iter()
-            .zip(origins)
-            .filter(|(l, _)| l.service != service)
-            .collect();
-        let at = at.min(kept.len());
-        let new = addrs.iter().map(|addr| {
-            let l = ListenerConfig {
-                service,
-                addr: addr.clone(),
-                auth,
-                sockopts: None,
-                max_conns_per_ip: None,
-                proxy_protocol,
-            };
-            (l, None)
-        });
-        kept.splice(at..at, new);
-        (self.server.listeners, self.origins) = kept.into_iter().unzip();
-    }
-
-    /// Every listener of `service` expects a PROXY protocol header of `versions` first.
-    pub fn require_proxy_protocol(
-        &mut self,
-        service: ServiceKind,
-        versions: crate::frame::proxy::ProxyVersions,
-    ) {
-        for l in &mut self.server.listeners {
-            if l.service == service {
-                l.proxy_protocol = Some(versions);
-            }
-        }
-    }
-
-    /// Turns authentication on for every listener of `service`.
-    pub fn require_auth(&mut self, service: ServiceKind) {
-        for l in &mut self.server.listeners {
-            if l.service == service {
-                l.auth = true;
-            }
-        }
-    }
-
-    /// Changes a socket option everywhere: in the global options and in every listener's own.
-    pub fn socket_option(&mut self, change: impl Fn(&mut SocketOptions)) {
-        change(&mut self.server.sockopts);
-        for o in self
-            .server
-            .listeners
-            .iter_mut()
-            .filter_map(|l| l.sockopts.as_mut())
-        {
-            change(o);
-        }
-    }
-
-    /// The exec allow-list is now `allow` (from the flags).
-    pub fn set_exec_allow(&mut self, allow: Vec<String>) {
-        self.exec.allow = allow;
-        self.exec_allow_line = None;
-    }
-
     /// Resolves the exec allow-list and checks everything; what is left can run.
     pub fn finish(self) -> Result<Effective, ConfigFileError> {
         let mut server = self.server;
@@ -703,6 +623,7 @@ fn key_of(path: &serde_path_to_error::Path) -> String {
 }
 
 mod effective;
+mod overrides;
 pub use effective::Effective;
 
 #[cfg(test)]
