@@ -426,7 +426,7 @@ fn stats_during_the_drain_counts_drained_connections() {
         assert_eq!(util::roundtrip(e, b"e", T), b"e");
     }
     let mut s = es.authed();
-    let script = "trap '' TERM; while [ ! -e go ]; do sleep 0.05; done; echo went";
+    let script = "trap '' TERM; : > trap-set; while [ ! -e go ]; do sleep 0.05; done; echo went";
     send(
         &mut s,
         &exec_support::exec_frame(&["sh", "-c", script], Some(30_000), json!({})),
@@ -435,7 +435,12 @@ fn stats_during_the_drain_counts_drained_connections() {
         &mut s,
         &files_support::request(json!({"cmd": "stats", "id": "drain"}), b""),
     );
-    exec_support::wait_children(&es.server, 1, T);
+    // The file says the trap is set: a SIGTERM before it would end the shell at once.
+    let marker = es.scratch.data().join("trap-set");
+    assert!(
+        util::wait_until(T, || marker.exists()),
+        "the command never set its trap"
+    );
     let before = open_sockets(es.pid());
     es.server.signal(libc::SIGTERM);
     for e in &mut echoes {

@@ -280,3 +280,33 @@ fn behind_haproxy_the_clients_addresses_are_seen() {
         std::panic::resume_unwind(e);
     }
 }
+
+/// A connection accepted before SIGTERM is owed its answer even if its PROXY header was not
+/// whole yet: the header completes during the drain, the request is answered, then a clean end.
+#[test]
+fn a_header_half_sent_at_sigterm_is_still_served() {
+    let mut server = server("v1-or-v2", &["--shutdown-grace", "10s"]);
+    let mut s = connect(server.tcp("echo"));
+    let h = v2_from([192, 0, 2, 7]);
+    s.write_all(&h[..10]).unwrap();
+    // The server has accepted it (its header waits): a second connection's round trip, served
+    // after the first was accepted on the same listener, says so.
+    assert_others_served(&server, [192, 0, 2, 1]);
+    server.signal(libc::SIGTERM);
+    assert!(
+        server.wait_stderr_contains("shutting down", T),
+        "no shutdown line:\n{}",
+        server.stderr()
+    );
+    let mut rest = h[10..].to_vec();
+    rest.extend_from_slice(b"late");
+    s.write_all(&rest).unwrap();
+    let (got, end) = read_bounded(&mut s, None, T);
+    assert_eq!(
+        (got.as_slice(), end),
+        (&b"late"[..], End::Eof),
+        "\n{}",
+        server.stderr()
+    );
+    assert!(server.wait_exit(T).is_some_and(|st| st.success()));
+}

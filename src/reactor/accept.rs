@@ -86,6 +86,8 @@ pub(super) struct Admission {
     pub(super) per_addr: PerAddr,
     /// Stream connections open now.
     pub(super) open: usize,
+    /// Connections of PROXY protocol listeners waiting for their header (`proxied.rs`).
+    pub(super) waiting: usize,
     /// A descriptor held in reserve: closed to accept-and-shed connections at EMFILE.
     reserve_fd: Option<File>,
     /// Warnings for `--max-conns` rejections.
@@ -109,6 +111,7 @@ impl Admission {
             conns: OpenConns::default(),
             per_addr: PerAddr::default(),
             open: 0,
+            waiting: 0,
             reserve_fd: File::open("/dev/null").ok(),
             warn_max_conns: RateLimited::default(),
             warn_fds: RateLimited::default(),
@@ -363,7 +366,7 @@ impl Reactor {
         kind: ServiceKind,
         auth: bool,
         nodelay: bool,
-    ) {
+    ) -> Option<Token> {
         let limits = &self.config.limits;
         if let StreamSocket::Tcp(s) = &socket
             && let Err(e) = sockopt::set_nodelay(s, nodelay)
@@ -372,7 +375,7 @@ impl Reactor {
         }
         let Some(service) = StreamService::for_kind(kind, &self.shared) else {
             self.admission.release(ip);
-            return;
+            return None;
         };
         let idle = super::idle_limit(limits, false);
         let mut conn = Conn::new(Transport::Plain(socket), kind, service, self.core.now);
@@ -381,15 +384,13 @@ impl Reactor {
             let (Some(secret), Ok(challenge)) = (&self.admission.secret, new_challenge()) else {
                 tracing::error!(service = %kind, "cannot make an authentication challenge");
                 self.admission.release(ip);
-                return;
+                return None;
             };
             let gate = AuthGate::new(secret.clone(), challenge);
             conn.out.extend(gate.challenge());
             conn.gate = Some(Box::new(gate));
         }
-        let Some(token) = self.watch(conn, kind) else {
-            return;
-        };
+        let token = self.watch(conn, kind)?;
         self.admission.open += 1;
         let c = self.svc.counters.service(kind);
         c.accepted = c.accepted.saturating_add(1);
@@ -419,6 +420,7 @@ impl Reactor {
                 self.deliver_to_others(token);
             }
         }
+        Some(token)
     }
 
     /// Puts a new connection in the slab and the poll; on failure it is closed (and no longer

@@ -172,7 +172,7 @@ impl Reactor {
             self.finish_gathers();
             if let Some(deadline) = self.shutdown.deadline {
                 self.control_at_shutdown();
-                if self.admission.open == 0 {
+                if self.admission.open == 0 && self.admission.waiting == 0 {
                     tracing::info!("every connection is closed; exiting");
                     self.finish_shutdown();
                     return Ok(());

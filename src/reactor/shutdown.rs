@@ -137,8 +137,10 @@ impl Reactor {
         for (token, entry) in self.core.sources.iter() {
             match entry {
                 Entry::Conn(_) => conns.push(token),
-                Entry::Listener(_) | Entry::Dgram(_) | Entry::Preamble(_) => others.push(token),
-                Entry::Pipe(_) => {}
+                Entry::Listener(_) | Entry::Dgram(_) => others.push(token),
+                // Accepted before the signal: served once their PROXY header is whole
+                // (`accept/proxied.rs`), or closed at its deadline.
+                Entry::Preamble(_) | Entry::Pipe(_) => {}
             }
         }
         for token in others {
@@ -152,19 +154,24 @@ impl Reactor {
             crate::sys::contain::kill_group(running.pgid, libc::SIGTERM);
         }
         for token in conns {
-            if let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) {
-                let left = c.transport.queued_input().unwrap_or_else(|e| {
-                    tracing::debug!("FIONREAD: {e}; reading nothing more");
-                    0
-                });
-                c.drain = Some(Box::new(Drain {
-                    left,
-                    ..Drain::default()
-                }));
-            }
-            // Readable: no new event will announce the bytes already queued.
-            self.drive_conn(token, true, true);
+            self.start_drain(token);
         }
+    }
+
+    /// Drains one connection: it is answered what its socket holds now, then ends.
+    pub(super) fn start_drain(&mut self, token: Token) {
+        if let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) {
+            let left = c.transport.queued_input().unwrap_or_else(|e| {
+                tracing::debug!("FIONREAD: {e}; reading nothing more");
+                0
+            });
+            c.drain = Some(Box::new(Drain {
+                left,
+                ..Drain::default()
+            }));
+        }
+        // Readable: no new event will announce the bytes already queued.
+        self.drive_conn(token, true, true);
     }
 
     /// A draining connection owes nothing more (`stream.rs` found it finished): its service

@@ -86,6 +86,7 @@ impl Reactor {
             self.admission.conns.close();
             return;
         };
+        self.admission.waiting += 1;
         let registry = self.core.poll.registry();
         let registered = match self.core.sources.get_mut(token) {
             Some(Entry::Preamble(p)) => match &mut p.socket {
@@ -97,6 +98,7 @@ impl Reactor {
         if let Err(e) = registered {
             tracing::warn!(service = %accepted.kind, "cannot watch a new connection: {e}");
             drop(self.core.sources.remove(token));
+            self.admission.waiting -= 1;
             self.admission.conns.close();
             return;
         }
@@ -147,6 +149,7 @@ impl Reactor {
         let Some(Entry::Preamble(mut p)) = self.core.sources.remove(token) else {
             return;
         };
+        self.admission.waiting -= 1;
         let deregistered = match &mut p.socket {
             TcpOrUnix::Tcp(s) => self.core.poll.registry().deregister(s),
             TcpOrUnix::Unix(s) => self.core.poll.registry().deregister(s),
@@ -155,15 +158,27 @@ impl Reactor {
             let header = self.bufs.scratch.get_mut(..len).unwrap_or_default();
             consume(&mut p.socket, header)
         });
-        // Counted as waiting; counted anew below with its client's address.
-        self.admission.conns.close();
         if let Err(e) = consumed {
+            self.admission.conns.close();
             tracing::debug!(service = %p.accepted.kind, "closing before admission: {e}");
             return;
         }
         let client = source.map(super::per_addr::source_of).or(p.balancer);
         let a = p.accepted;
         tracing::debug!(service = %a.kind, balancer = ?p.balancer, client = ?client, "PROXY protocol header");
+        if self.shutdown.deadline.is_some() {
+            // Accepted before shutdown began: owed an answer whatever the per-address count
+            // (it keeps the place in --max-conns it took at accept).
+            if let Some(ip) = client {
+                self.admission.per_addr.try_open(ip, None);
+            }
+            if let Some(token) = self.admit(p.socket, client, a.kind, a.auth, a.nodelay) {
+                self.start_drain(token);
+            }
+            return;
+        }
+        // Counted as waiting; counted anew with its client's address.
+        self.admission.conns.close();
         if self.has_room(&mut p.socket, client, a.kind, a.auth, a.per_ip) {
             self.admit(p.socket, client, a.kind, a.auth, a.nodelay);
         }
@@ -174,6 +189,7 @@ impl Reactor {
         let Some(Entry::Preamble(p)) = self.core.sources.remove(token) else {
             return;
         };
+        self.admission.waiting -= 1;
         self.admission.conns.close();
         let kind = p.accepted.kind;
         let c = self.svc.counters.service(kind);
