@@ -113,52 +113,67 @@ impl Reactor {
                 self.end_drain(token);
             }
             Verdict::Close(reason) => {
-                match &reason {
-                    CloseReason::SlowReader { pending } => tracing::info!(
-                        service = %kind,
-                        pending,
-                        "disconnecting a client that does not read its replies (--max-pending)"
-                    ),
-                    CloseReason::InputTooLarge { held } => tracing::info!(
-                        service = %kind,
-                        held,
-                        "disconnecting a client whose partial request is too large (--max-input)"
-                    ),
-                    CloseReason::Io(e) => tracing::debug!(service = %kind, "closing: {e}"),
-                    CloseReason::Finished => tracing::debug!(service = %kind, "closing: done"),
-                    CloseReason::Broken => {
-                        tracing::debug!(service = %kind, "closing: response cannot be completed")
-                    }
-                    CloseReason::PeerGone => tracing::info!(
-                        service = %kind,
-                        "the client left while its command ran; killing the command"
-                    ),
-                }
+                reason.log(kind);
                 c.dead = true;
                 self.core.to_close.push(token);
             }
-            Verdict::Open { more } => {
-                if let (Some(since), Some(limit), false) = (
-                    c.request_since,
-                    self.config.limits.request_timeout,
-                    c.request_timer,
-                ) {
-                    c.request_timer = true;
-                    self.core
-                        .timers
-                        .push(since + limit, TimerKind::Request(token));
-                }
-                if let Err(e) = update_interest(&self.core.poll, c, token) {
-                    tracing::warn!(service = %kind, "cannot update a connection's interest: {e}");
-                    c.dead = true;
-                    self.core.to_close.push(token);
-                    return;
-                }
-                if more && !c.queued {
-                    c.queued = true;
-                    self.core.ready.push(token);
-                }
+            Verdict::Open { more } => self.keep_open(token, more),
+        }
+    }
+
+    /// A connection stays open: its request deadline is armed if a request began, its poll
+    /// interest follows what it waits for, and it goes on the ready list if work is left.
+    fn keep_open(&mut self, token: Token, more: bool) {
+        let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) else {
+            return;
+        };
+        if let (Some(since), Some(limit), false) = (
+            c.request_since,
+            self.config.limits.request_timeout,
+            c.request_timer,
+        ) {
+            c.request_timer = true;
+            self.core
+                .timers
+                .push(since + limit, TimerKind::Request(token));
+        }
+        if let Err(e) = update_interest(&self.core.poll, c, token) {
+            tracing::warn!(service = %c.kind, "cannot update a connection's interest: {e}");
+            c.dead = true;
+            self.core.to_close.push(token);
+            return;
+        }
+        if more && !c.queued {
+            c.queued = true;
+            self.core.ready.push(token);
+        }
+    }
+}
+
+impl CloseReason {
+    /// Says why a connection of `kind` closes: what a client did wrong at info level, the
+    /// ordinary ends at debug level.
+    fn log(&self, kind: crate::kind::ServiceKind) {
+        match self {
+            CloseReason::SlowReader { pending } => tracing::info!(
+                service = %kind,
+                pending,
+                "disconnecting a client that does not read its replies (--max-pending)"
+            ),
+            CloseReason::InputTooLarge { held } => tracing::info!(
+                service = %kind,
+                held,
+                "disconnecting a client whose partial request is too large (--max-input)"
+            ),
+            CloseReason::Io(e) => tracing::debug!(service = %kind, "closing: {e}"),
+            CloseReason::Finished => tracing::debug!(service = %kind, "closing: done"),
+            CloseReason::Broken => {
+                tracing::debug!(service = %kind, "closing: response cannot be completed")
             }
+            CloseReason::PeerGone => tracing::info!(
+                service = %kind,
+                "the client left while its command ran; killing the command"
+            ),
         }
     }
 }
