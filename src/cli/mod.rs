@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod chat;
 pub mod discover;
+pub mod docs;
 pub mod exec;
 pub mod files;
 pub mod ipmsg;
@@ -67,6 +68,10 @@ pub enum Command {
     Tune(tune::TuneArgs),
     /// The sticky-packet lesson, live: raw echo loses message boundaries, frames keep them.
     Sticky(sticky::StickyArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions(docs::CompletionsArgs),
+    /// Print the man page (roff) to stdout: `socklab man | man -l -`.
+    Man(docs::ManArgs),
 }
 
 /// Parses the command line and runs the subcommand; the exit code says how it went.
@@ -91,6 +96,8 @@ pub fn main() -> ExitCode {
         Command::Bench(a) => bench::run(&a),
         Command::Tune(a) => tune::run(&a),
         Command::Sticky(a) => sticky::run(&a),
+        Command::Completions(a) => docs::completions(&a),
+        Command::Man(a) => docs::man(&a),
     }
 }
 
