@@ -894,3 +894,27 @@ fn the_exec_client_waits_as_long_as_the_command_may_run() {
     assert_eq!(run.status.code(), Some(0), "{run:?}");
     assert_eq!(run.stdout, b"done\n", "{run:?}");
 }
+
+/// `socklab exec PROGRAM ARGS` needs no `--`: what follows the program is the program's, even
+/// arguments that look like flags.
+#[test]
+fn the_exec_client_needs_no_double_dash() {
+    let es = ExecServer::start("client-nodash", setup(&["sh"], &[]));
+    let out = util::run_socklab(
+        [
+            "exec",
+            "--addr",
+            &es.server.tcp("files").to_string(),
+            "--secret-file",
+            es.secret_file.to_str().unwrap(),
+            "sh",
+            "-c",
+            "echo \"$0 $1\"",
+            "--addr",
+            "-x",
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "--addr -x\n");
+}

@@ -30,8 +30,14 @@ pub struct ExecArgs {
     #[command(flatten)]
     conn: Conn,
     /// The program (as on the server's allow-list) and its arguments, passed as they are: no
-    /// shell is involved anywhere.
-    #[arg(required = true, last = true, value_name = "PROGRAM ARGS")]
+    /// shell is involved anywhere. Everything after PROGRAM is its own (`socklab exec ls -l`);
+    /// `--` before PROGRAM is needed only when PROGRAM itself starts with `-`.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = false,
+        value_name = "PROGRAM ARGS"
+    )]
     argv: Vec<String>,
 }
 
