@@ -3,10 +3,10 @@
 //! drained after every drive, long responses pulled with `next_output`), with the invariants
 //! every stream service must keep checked after each step.
 
-use arbitrary::Arbitrary;
 use crate::metrics::{Counters, Peers};
 use crate::service::chat::ChatRoom;
 use crate::service::{Action, Ctx, Event, Output, StreamService};
+use arbitrary::Arbitrary;
 
 /// Output a single drive may produce at most, for the inputs these targets give (a few KiB):
 /// a reply far larger than the request that caused it is a bug (amplification).
@@ -64,7 +64,14 @@ impl Conn {
 
     pub(crate) fn open(&mut self, authenticated: bool) {
         let (mut ctx, svc, out) = self.ctx();
-        svc.on_event(Event::Opened { id: 1, authenticated }, out, &mut ctx);
+        svc.on_event(
+            Event::Opened {
+                id: 1,
+                authenticated,
+            },
+            out,
+            &mut ctx,
+        );
     }
 
     /// Feeds `bytes` as the reactor would; returns the output it produced.
@@ -76,14 +83,22 @@ impl Conn {
             let held = std::mem::take(&mut self.held);
             let (mut ctx, svc, out) = self.ctx();
             let step = svc.on_input(&held, out, &mut ctx);
-            assert!(step.consumed <= held.len(), "consumed {} of {}", step.consumed, held.len());
+            assert!(
+                step.consumed <= held.len(),
+                "consumed {} of {}",
+                step.consumed,
+                held.len()
+            );
             self.held = held.get(step.consumed..).unwrap_or_default().to_vec();
             if step.close {
                 self.closed = true;
             }
         }
         let produced = self.out.len().saturating_sub(before);
-        assert!(produced <= MAX_OUTPUT, "one drive produced {produced} bytes");
+        assert!(
+            produced <= MAX_OUTPUT,
+            "one drive produced {produced} bytes"
+        );
         produced
     }
 
@@ -106,7 +121,10 @@ impl Conn {
             }
             if self.service.has_output() {
                 let before = self.out.len();
-                match self.service.next_output(&mut self.out, 16 * 1024, false, &mut self.counters) {
+                match self
+                    .service
+                    .next_output(&mut self.out, 16 * 1024, false, &mut self.counters)
+                {
                     Output::Produced => progressed = true,
                     Output::SendFile { .. } => panic!("sendfile offered when not allowed"),
                     Output::Broken => {
@@ -115,7 +133,10 @@ impl Conn {
                     }
                     Output::None => {}
                 }
-                assert!(self.out.len().saturating_sub(before) <= 64 * 1024, "next_output overshot its budget");
+                assert!(
+                    self.out.len().saturating_sub(before) <= 64 * 1024,
+                    "next_output overshot its budget"
+                );
             }
             if !progressed {
                 return;

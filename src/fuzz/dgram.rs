@@ -45,18 +45,30 @@ pub fn fuzz_datagram(data: &[u8]) {
         udp_chat_max_members: 4,
         ..DatagramSettings::default()
     };
-    let Some(mut svc) = DatagramService::for_kind(kind, &settings) else { return };
+    let Some(mut svc) = DatagramService::for_kind(kind, &settings) else {
+        return;
+    };
     let wall = chrono::Local::now();
     let mut now = Instant::now();
     let (mut reply, mut targets) = (Vec::new(), Vec::new());
     let mut seen: Vec<Peer> = Vec::new();
     for g in &grams {
         now += Duration::from_millis(u64::from(g.after_ms));
-        let from = Peer::Inet(SocketAddr::from((Ipv4Addr::LOCALHOST, 1000 + u16::from(g.sender % 8))));
+        let from = Peer::Inet(SocketAddr::from((
+            Ipv4Addr::LOCALHOST,
+            1000 + u16::from(g.sender % 8),
+        )));
         if !seen.contains(&from) {
             seen.push(from.clone());
         }
-        svc.on_datagram(&from, &g.payload, now, Some(&wall), &mut reply, &mut targets);
+        svc.on_datagram(
+            &from,
+            &g.payload,
+            now,
+            Some(&wall),
+            &mut reply,
+            &mut targets,
+        );
         assert!(reply.len() <= 65_507, "reply of {} bytes", reply.len());
         for t in &targets {
             assert!(seen.contains(t), "reply to {t:?}, who never sent");
@@ -70,7 +82,9 @@ pub fn fuzz_datagram(data: &[u8]) {
                 assert_eq!(reply, g.payload.to_ascii_uppercase());
                 assert_eq!(targets, [from]);
             }
-            ServiceKind::UdpChat => assert!(!targets.contains(&from), "udp-chat echoed to its sender"),
+            ServiceKind::UdpChat => {
+                assert!(!targets.contains(&from), "udp-chat echoed to its sender")
+            }
             _ => assert!(targets.len() <= 1),
         }
     }

@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use arbitrary::{Arbitrary, Unstructured};
 
+use crate::kind::ServiceKind;
 use crate::service::files::{FilesConfig, FilesShared};
 use crate::service::store::Store;
 use crate::service::{Shared, StreamService};
-use crate::kind::ServiceKind;
 
 fn ops(data: &[u8]) -> Option<(bool, Vec<Op>)> {
     let mut u = Unstructured::new(data);
@@ -36,7 +36,9 @@ pub fn fuzz_upper(data: &[u8]) {
 
 fn byte_stream(data: &[u8], kind: ServiceKind, map: fn(&[u8]) -> Vec<u8>) {
     let Some((_, ops)) = ops(data) else { return };
-    let Some(svc) = StreamService::for_kind(kind, &Shared::default()) else { return };
+    let Some(svc) = StreamService::for_kind(kind, &Shared::default()) else {
+        return;
+    };
     let mut conn = Conn::new(svc);
     let mut sent = Vec::new();
     for op in &ops {
@@ -47,7 +49,10 @@ fn byte_stream(data: &[u8], kind: ServiceKind, map: fn(&[u8]) -> Vec<u8>) {
             sent.extend_from_slice(b);
         }
         conn.run(std::slice::from_ref(op));
-        assert!(conn.held.is_empty(), "a byte stream service held input back");
+        assert!(
+            conn.held.is_empty(),
+            "a byte stream service held input back"
+        );
     }
     assert_eq!(conn.out, map(&sent));
 }
@@ -91,7 +96,11 @@ pub fn fuzz_metrics(data: &[u8]) {
         let before = conn.out.len();
         conn.run(std::slice::from_ref(op));
         if done {
-            assert_eq!(conn.out.len(), before, "metrics wrote after its closing response");
+            assert_eq!(
+                conn.out.len(),
+                before,
+                "metrics wrote after its closing response"
+            );
         }
     }
 }
@@ -101,7 +110,9 @@ pub fn fuzz_metrics(data: &[u8]) {
 pub fn fuzz_files(data: &[u8]) {
     let Some((auth, ops)) = ops(data) else { return };
     let Ok(dir) = tempdir() else { return };
-    let Ok((store, _)) = Store::open(&dir) else { return };
+    let Ok((store, _)) = Store::open(&dir) else {
+        return;
+    };
     let config = FilesConfig {
         max_header: 4096,
         max_upload: Some(64 * 1024),
