@@ -3,7 +3,7 @@
 //! drained after every drive, long responses pulled with `next_output`), with the invariants
 //! every stream service must keep checked after each step.
 
-use crate::metrics::{Counters, Peers};
+use crate::metrics::{Counters, Gathered, Peers};
 use crate::service::chat::ChatRoom;
 use crate::service::{Action, Ctx, Event, Output, StreamService};
 use arbitrary::Arbitrary;
@@ -110,9 +110,16 @@ impl Conn {
                 progressed = true;
                 match action {
                     Action::Disk(job) => {
-                        let done = job();
+                        // The hashing thread's part, then the disk thread's.
+                        let done = job()();
                         let (mut ctx, svc, out) = self.ctx();
                         svc.on_event(Event::DiskDone(done), out, &mut ctx);
+                    }
+                    // One worker: its own counters are everything.
+                    Action::Counters => {
+                        let gathered = Gathered::alone(0, &self.counters);
+                        let (mut ctx, svc, out) = self.ctx();
+                        svc.on_event(Event::Counters(&gathered), out, &mut ctx);
                     }
                     // Commands are never run by a fuzz target: the request was parsed and
                     // checked against the policy, which is what is under test.

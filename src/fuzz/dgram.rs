@@ -61,7 +61,7 @@ pub fn fuzz_datagram(data: &[u8]) {
         if !seen.contains(&from) {
             seen.push(from.clone());
         }
-        svc.on_datagram(
+        let taken = svc.on_datagram(
             &from,
             &g.payload,
             now,
@@ -69,6 +69,7 @@ pub fn fuzz_datagram(data: &[u8]) {
             &mut reply,
             &mut targets,
         );
+        assert!(taken || targets.is_empty(), "a refused datagram was answered");
         assert!(reply.len() <= 65_507, "reply of {} bytes", reply.len());
         for t in &targets {
             assert!(seen.contains(t), "reply to {t:?}, who never sent");
@@ -83,7 +84,9 @@ pub fn fuzz_datagram(data: &[u8]) {
                 assert_eq!(targets, [from]);
             }
             ServiceKind::UdpChat => {
-                assert!(!targets.contains(&from), "udp-chat echoed to its sender")
+                assert!(!targets.contains(&from), "udp-chat echoed to its sender");
+                let text = !g.payload.is_empty() && std::str::from_utf8(&g.payload).is_ok();
+                assert!(text || targets.is_empty(), "udp-chat relayed a non-text datagram");
             }
             _ => assert!(targets.len() <= 1),
         }
