@@ -69,7 +69,10 @@ pub fn fuzz_datagram(data: &[u8]) {
             &mut reply,
             &mut targets,
         );
-        assert!(taken || targets.is_empty(), "a refused datagram was answered");
+        assert!(
+            taken || targets.is_empty(),
+            "a refused datagram was answered"
+        );
         assert!(reply.len() <= 65_507, "reply of {} bytes", reply.len());
         for t in &targets {
             assert!(seen.contains(t), "reply to {t:?}, who never sent");
@@ -86,7 +89,10 @@ pub fn fuzz_datagram(data: &[u8]) {
             ServiceKind::UdpChat => {
                 assert!(!targets.contains(&from), "udp-chat echoed to its sender");
                 let text = !g.payload.is_empty() && std::str::from_utf8(&g.payload).is_ok();
-                assert!(text || targets.is_empty(), "udp-chat relayed a non-text datagram");
+                assert!(
+                    text || targets.is_empty(),
+                    "udp-chat relayed a non-text datagram"
+                );
             }
             _ => assert!(targets.len() <= 1),
         }

@@ -5,6 +5,7 @@
 mod conn;
 mod dgram;
 
+pub use crate::reactor::fuzz_conn_path;
 use conn::{Conn, Op};
 pub use dgram::fuzz_datagram;
 

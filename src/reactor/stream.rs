@@ -2,8 +2,9 @@
 //! a file), hand held and newly read input to the authentication gate and the service, write
 //! its replies straight away, and settle what the connection waits for next. Every byte goes
 //! through the connection's `Transport` (`transport.rs`), never a socket directly. `drive`
-//! and its steps are the hot path of every request; the unit tests (`stream/tests.rs`) drive
-//! them through a scripted transport.
+//! and its steps are the hot path of every request; the unit tests (`stream/tests.rs`) and the
+//! `conn_path` fuzz target (`stream/fuzz.rs`) drive them through a scripted transport
+//! (`stream/sim.rs`).
 
 use std::io::{self, Read};
 use std::time::Instant;
@@ -440,6 +441,10 @@ fn wanted_interest(c: &Conn) -> Interest {
     }
 }
 
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
 mod input;
+#[cfg(any(test, feature = "fuzzing"))]
+mod sim;
 #[cfg(test)]
 mod tests;
