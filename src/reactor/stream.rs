@@ -382,13 +382,14 @@ fn settle(c: &mut Conn, limits: &Limits, t: &mut Tally, now: Instant) -> Verdict
         t.more = true;
     }
     track_request(c, t.received > 0, now);
-    let input_done = c.input.is_empty() || c.service_paused;
     // A paused service that will take input again is awaiting the disk or producing a
     // response, so it is not idle: a peer that left right after its last byte still has its
-    // upload decoded, committed and answered.
+    // upload decoded, committed and answered. A partial request held once the peer has
+    // finished sending does not count: the service has seen it all and asked for more, which
+    // will never come (and a paused service is not idle).
     let idle =
         c.out.is_empty() && !c.service.has_output() && c.service.awaiting() == Awaiting::Nothing;
-    if c.read_closed && idle && input_done {
+    if c.read_closed && idle {
         return Verdict::Close(CloseReason::Finished);
     }
     Verdict::Open { more: t.more }

@@ -467,3 +467,44 @@ proptest! {
         play(&reqs, &cuts, &steps, setup);
     }
 }
+
+/// Found by the `conn_path` fuzz target: a peer that sent part of a request (a chat line with
+/// no end, half a frame header, half an HTTP request head) and then shut down its sending side
+/// can never complete it, yet its connection stayed open until a timeout closed it.
+#[test]
+fn a_partial_request_left_when_the_peer_finishes_does_not_hold_the_connection_open() {
+    let plain = |kind| StreamService::for_kind(kind, &Shared::default()).unwrap();
+    let (files, dir) = files_service(1 << 20);
+    let cases = [
+        (plain(ServiceKind::Chat), ServiceKind::Chat, &b"\0"[..]),
+        (
+            plain(ServiceKind::Chat),
+            ServiceKind::Chat,
+            &b"hello, no end"[..],
+        ),
+        (
+            plain(ServiceKind::Metrics),
+            ServiceKind::Metrics,
+            &b"GET /metr"[..],
+        ),
+        (files, ServiceKind::Files, &b"\x20\0\0\0{\"cmd\""[..]),
+    ];
+    let mut left_open = Vec::new();
+    for (service, kind, partial) in cases {
+        let mut sim = Sim::new(service, kind, Script::new(usize::MAX), 64);
+        sim.arrive(partial);
+        sim.settle();
+        assert!(
+            sim.closed.is_none(),
+            "{kind:?}: the peer may still finish it"
+        );
+        sim.fin();
+        sim.finish();
+        match sim.closed.as_deref() {
+            Some(reason) => assert_eq!(reason, "Finished", "{kind:?}"),
+            None => left_open.push((kind, String::from_utf8_lossy(partial).into_owned())),
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    assert!(left_open.is_empty(), "left open: {left_open:?}");
+}
