@@ -41,9 +41,9 @@ pub(crate) struct Sim {
     pub(crate) drives: usize,
     /// Reading was paused at some point (backpressure or the service's pause).
     pub(crate) saw_pause: bool,
-    /// The most output pending after any drive.
+    /// The most output pending after any drive that left the connection open.
     pub(crate) max_pending: usize,
-    /// The largest partial request held after any drive.
+    /// The largest partial request held after any drive that left the connection open.
     pub(crate) max_input: usize,
 }
 
@@ -141,8 +141,6 @@ impl Sim {
         }
         // The reactor copies chat lines out to the other members; this one has none.
         self.svc.others.clear();
-        self.max_pending = self.max_pending.max(self.c.out.pending());
-        self.max_input = self.max_input.max(self.c.input.len());
         self.saw_pause |= self.c.read_paused;
         match verdict {
             Verdict::Close(reason) => {
@@ -150,6 +148,9 @@ impl Sim {
                 self.c.transport.shutdown(&mut self.scratch);
             }
             Verdict::Open { more } => {
+                // What an open connection holds (a closing one is about to drop it).
+                self.max_pending = self.max_pending.max(self.c.out.pending());
+                self.max_input = self.max_input.max(self.c.input.len());
                 let want = wanted_interest(&self.c);
                 if self.c.interest != Some(want) {
                     // epoll_ctl(MOD) reports at once what is ready for the new interest.
