@@ -21,6 +21,8 @@ use arbitrary::{Arbitrary, Unstructured};
 use super::PRODUCE_CHUNK;
 use super::sim::Sim;
 use crate::config::Limits;
+use crate::frame::Decoded;
+use crate::frame::header::{HeaderBodyConfig, HeaderBodyDecoder};
 use crate::kind::ServiceKind;
 use crate::reactor::transport::script::Script;
 use crate::service::files::{FilesConfig, FilesShared};
@@ -111,10 +113,44 @@ pub fn fuzz_conn_path(data: &[u8]) {
     // The peer finishes and reads everything; the disk catches up.
     sim.fin();
     sim.finish();
-    if let Some(dir) = dir {
-        let _ = std::fs::remove_dir_all(dir);
-    }
     check(&mut sim, kind, &limits, &arrived);
+    if let Some(dir) = dir {
+        // The connection is gone; the disk thread still runs what it was handed.
+        let jobs: Vec<_> = sim.disk.drain(..).collect();
+        drop(sim);
+        for job in jobs {
+            drop(job()());
+        }
+        let temporaries = leftover_temporaries(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(temporaries.is_empty(), "temporaries left: {temporaries:?}");
+    }
+}
+
+/// Upload temporaries in the data directory (an upload cut short must leave none).
+fn leftover_temporaries(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(".socklab-tmp-"))
+        .collect()
+}
+
+/// Whether `bytes` are whole `files` response frames and nothing else.
+fn whole_frames(bytes: &[u8]) -> bool {
+    let mut d = HeaderBodyDecoder::new(HeaderBodyConfig::responses());
+    let mut pos = 0;
+    // Every item but a body's end uses a byte: this many calls decode everything.
+    for _ in 0..=2 * bytes.len() + 2 {
+        match d.decode(bytes.get(pos..).unwrap_or_default()) {
+            Ok(Decoded::Item { consumed, .. } | Decoded::Skipped { consumed }) => pos += consumed,
+            Ok(Decoded::Incomplete) => return pos == bytes.len() && d.body_remaining() == 0,
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 fn apply(sim: &mut Sim, op: &Op, arrived: &mut Vec<u8>) {
@@ -160,14 +196,17 @@ fn check(sim: &mut Sim, kind: ServiceKind, limits: &Limits, arrived: &[u8]) {
         reason.is_some(),
         "the peer finished and read everything, the connection is still open"
     );
+    let reason = reason.unwrap_or_default();
+    let sent = sim.sent();
+    if kind == ServiceKind::Files && reason == "Finished" {
+        assert!(whole_frames(&sent), "the client received a torn response");
+    }
     let map: fn(&[u8]) -> Vec<u8> = match kind {
         ServiceKind::Echo => <[u8]>::to_vec,
         ServiceKind::Upper => <[u8]>::to_ascii_uppercase,
         _ => return,
     };
     let want = map(arrived);
-    let sent = sim.sent();
-    let reason = reason.unwrap_or_default();
     if reason.starts_with("SlowReader") {
         assert!(want.starts_with(&sent), "the client received other bytes");
     } else {

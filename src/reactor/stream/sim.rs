@@ -146,6 +146,12 @@ impl Sim {
             Verdict::Close(reason) => {
                 self.closed = Some(format!("{reason:?}"));
                 self.c.transport.shutdown(&mut self.scratch);
+                // What the reactor's close does: the service hears it (a chat member leaves).
+                let mut ctx = self.svc.ctx();
+                self.c
+                    .service
+                    .on_event(Event::Closing, self.c.out.tail(), &mut ctx);
+                self.svc.others.clear();
             }
             Verdict::Open { more } => {
                 // What an open connection holds (a closing one is about to drop it).
