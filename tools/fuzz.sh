@@ -23,11 +23,13 @@ if [ ${#targets[@]} -eq 0 ]; then
     mapfile -t targets < <(cargo +nightly fuzz list)
 fi
 
+# Built as cargo-fuzz builds by default: optimised, with debug assertions and overflow checks
+# (an arithmetic overflow on input is a finding; -O would turn those checks off).
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 
 start=$SECONDS
-cargo +nightly fuzz build -O
+cargo +nightly fuzz build
 echo "fuzz: built in $((SECONDS - start)) s; ${#targets[@]} targets, ${secs} s each"
 
 for t in "${targets[@]}"; do
@@ -35,7 +37,7 @@ for t in "${targets[@]}"; do
     seeds=()
     [ -d "seeds/$t" ] && seeds=("seeds/$t")
     log="$logs/$t.log"
-    if ! cargo +nightly fuzz run -O "$t" "corpus/$t" "${seeds[@]}" -- \
+    if ! cargo +nightly fuzz run "$t" "corpus/$t" "${seeds[@]}" -- \
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         >"$log" 2>&1; then
         tail -n 60 "$log" >&2
