@@ -41,6 +41,8 @@ for t in "${targets[@]}"; do
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         >"$log" 2>&1; then
         tail -n 60 "$log" >&2
+        # The panic's message is above the backtrace that the tail shows.
+        grep -m 1 -A 1 'panicked at' "$log" >&2 || true
         found=$(ls -t "artifacts/$t"/* 2>/dev/null | head -n 1 || true)
         echo "fuzz: target $t failed; reproducer: fuzz/${found:-artifacts/$t/ (none written)}" >&2
         echo "fuzz: replay with: cd fuzz && cargo +nightly fuzz run $t ${found:-}" >&2
