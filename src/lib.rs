@@ -28,6 +28,10 @@ pub mod cli;
 pub mod client;
 pub(crate) mod config;
 pub mod frame;
+/// Structure-aware fuzz target bodies; built only for the fuzz crate.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;
 pub(crate) mod kind;
 pub(crate) mod metrics;
 mod net;

@@ -61,6 +61,8 @@ use conn::Conn;
 use dgram::DgramEndpoint;
 use disk::DiskThreads;
 use shutdown::Shutdown;
+#[cfg(feature = "fuzzing")]
+pub use stream::fuzz::fuzz_conn_path;
 use stream::stop_input;
 use timer::{TimerKind, Timers};
 use token::{ALARM, CONTROL, SIGNAL, Sources, WAKER};

@@ -2,8 +2,9 @@
 //! a file), hand held and newly read input to the authentication gate and the service, write
 //! its replies straight away, and settle what the connection waits for next. Every byte goes
 //! through the connection's `Transport` (`transport.rs`), never a socket directly. `drive`
-//! and its steps are the hot path of every request; the unit tests (`stream/tests.rs`) drive
-//! them through a scripted transport.
+//! and its steps are the hot path of every request; the unit tests (`stream/tests.rs`) and the
+//! `conn_path` fuzz target (`stream/fuzz.rs`) drive them through a scripted transport
+//! (`stream/sim.rs`).
 
 use std::io::{self, Read};
 use std::time::Instant;
@@ -421,13 +422,14 @@ fn settle(c: &mut Conn, limits: &Limits, t: &mut Tally, now: Instant) -> Verdict
     track_request(c, t.received > 0, now);
     // A drain that stopped reading leaves a partial request unanswerable: it is not waited for.
     let drain_read = c.drain.is_some() && read_allowance(c) == 0;
-    let input_done = c.input.is_empty() || c.service_paused || drain_read;
     // A paused service that will take input again is awaiting the disk or producing a
     // response, so it is not idle: a peer that left right after its last byte still has its
-    // upload decoded, committed and answered.
+    // upload decoded, committed and answered. A partial request held once the peer has
+    // finished sending does not count: the service has seen it all and asked for more, which
+    // will never come (and a paused service is not idle).
     let idle =
         c.out.is_empty() && !c.service.has_output() && c.service.awaiting() == Awaiting::Nothing;
-    if (c.read_closed || drain_read) && idle && input_done {
+    if (c.read_closed || drain_read) && idle {
         return Verdict::Close(CloseReason::Finished);
     }
     Verdict::Open { more: t.more }
@@ -488,6 +490,10 @@ fn wanted_interest(c: &Conn) -> Interest {
     }
 }
 
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
 mod input;
+#[cfg(any(test, feature = "fuzzing"))]
+mod sim;
 #[cfg(test)]
 mod tests;

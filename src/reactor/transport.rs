@@ -9,8 +9,9 @@
 //! connection's output instead. No service and no part of the loop change for it.
 //!
 //! An enum with one variant costs nothing: every method compiles to the plain socket's call.
-//! Unit tests add a scripted socket (`script`), so the connection path can be driven without a
-//! network; builds other than the crate's own tests never see it.
+//! Unit tests and the `conn_path` fuzz target (feature `fuzzing`) add a scripted socket
+//! (`script`), so the connection path can be driven without a network; other builds never see
+//! it.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -25,8 +26,8 @@ use super::conn::StreamSocket;
 pub(crate) enum Transport {
     /// The socket itself.
     Plain(StreamSocket),
-    /// A socket played by a unit test (`script`).
-    #[cfg(test)]
+    /// A socket played by a unit test or a fuzz target (`script`).
+    #[cfg(any(test, feature = "fuzzing"))]
     Scripted(script::Script),
 }
 
@@ -43,7 +44,7 @@ impl Transport {
     ) -> Option<io::Result<usize>> {
         match self {
             Transport::Plain(socket) => Some(send_file(socket.as_raw_fd(), file, offset, count)),
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fuzzing"))]
             Transport::Scripted(_) => None,
         }
     }
@@ -53,7 +54,7 @@ impl Transport {
     pub(crate) fn queued_input(&self) -> io::Result<usize> {
         match self {
             Transport::Plain(socket) => queued_input(socket.as_raw_fd()),
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fuzzing"))]
             Transport::Scripted(s) => Ok(s.inbound.len()),
         }
     }
@@ -69,7 +70,7 @@ impl Transport {
                     _ => Err(io::Error::last_os_error()),
                 }
             }
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fuzzing"))]
             Transport::Scripted(s) => {
                 s.write_shut = true;
                 Ok(())
@@ -88,7 +89,7 @@ impl Transport {
                 _ => break,
             }
         }
-        #[cfg(test)]
+        #[cfg(any(test, feature = "fuzzing"))]
         if let Transport::Scripted(s) = self {
             s.shut = true;
         }
@@ -100,7 +101,7 @@ impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(socket) => socket.read(buf),
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fuzzing"))]
             Transport::Scripted(s) => s.read(buf),
         }
     }
@@ -111,7 +112,7 @@ impl Write for Transport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(socket) => socket.write(buf),
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fuzzing"))]
             Transport::Scripted(s) => s.write(buf),
         }
     }
@@ -128,7 +129,7 @@ impl Source for Transport {
     fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
         match self {
             Transport::Plain(socket) => socket.register(r, t, i),
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fuzzing"))]
             Transport::Scripted(_) => Ok(()),
         }
     }
@@ -136,7 +137,7 @@ impl Source for Transport {
     fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
         match self {
             Transport::Plain(socket) => socket.reregister(r, t, i),
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fuzzing"))]
             Transport::Scripted(_) => Ok(()),
         }
     }
@@ -144,7 +145,7 @@ impl Source for Transport {
     fn deregister(&mut self, r: &Registry) -> io::Result<()> {
         match self {
             Transport::Plain(socket) => socket.deregister(r),
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fuzzing"))]
             Transport::Scripted(_) => Ok(()),
         }
     }
@@ -171,11 +172,13 @@ fn send_file(socket: RawFd, file: RawFd, offset: u64, count: usize) -> io::Resul
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod script {
-    //! A socket played by a test: the peer's bytes arrive when the test says, a write takes
-    //! what room the peer left (at most `write_cap` a call), and any call can be made to fail
-    //! with `Interrupted` first. `WouldBlock` and short reads follow from what has arrived.
+    //! A socket played by a test: the peer's bytes arrive when the test says, a read returns
+    //! at most what the next of `read_caps` allows, a write takes what room the peer left (at
+    //! most `write_cap`, and the next of `write_caps`, a call), and any call can be made to
+    //! fail with `Interrupted` first. `WouldBlock` and short reads follow from what has
+    //! arrived. Reading or writing after shutdown panics: a closed connection must not.
 
     use std::collections::VecDeque;
     use std::io;
@@ -191,6 +194,10 @@ pub(crate) mod script {
         pub(crate) room: usize,
         /// At most this many bytes per write call.
         pub(crate) write_cap: usize,
+        /// For each coming read, at most this many bytes (0 counts as 1); then no cap.
+        pub(crate) read_caps: VecDeque<usize>,
+        /// For each coming write, at most this many bytes (0 counts as 1); then `write_cap`.
+        pub(crate) write_caps: VecDeque<usize>,
         /// For each coming call (read or write), whether it fails with `Interrupted` first.
         pub(crate) interrupts: VecDeque<bool>,
         /// Everything written, in order: what the client received.
@@ -231,7 +238,8 @@ pub(crate) mod script {
                 self.read_blocked = true;
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            let n = buf.len().min(self.inbound.len());
+            let cap = self.read_caps.pop_front().map_or(usize::MAX, |c| c.max(1));
+            let n = buf.len().min(self.inbound.len()).min(cap);
             for (b, byte) in buf.iter_mut().zip(self.inbound.drain(..n)) {
                 *b = byte;
             }
@@ -247,7 +255,8 @@ pub(crate) mod script {
                 self.write_blocked = true;
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            let n = buf.len().min(self.room).min(self.write_cap.max(1));
+            let cap = self.write_caps.pop_front().unwrap_or(self.write_cap);
+            let n = buf.len().min(self.room).min(cap.max(1));
             self.sent.extend_from_slice(&buf[..n]);
             self.room -= n;
             Ok(n)

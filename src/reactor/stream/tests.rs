@@ -1,240 +1,26 @@
 //! The connection path without a network: one connection's `drive` run through a scripted
-//! transport (`transport::script`) by a small simulation of the loop around it, in the spirit of
-//! h2's fuzz harness, where the input decides how the bytes are cut.
-//!
-//! The simulation (`Sim`) plays what `drive_conn` and the loop do for one connection, minus the
-//! poll: an event per arrival of the peer's bytes (edge-triggered: bytes that arrived while the
-//! connection was not reading raise no second event), a writable event when the peer makes room
-//! after a write said `WouldBlock`, the events a re-registration reports for what is ready, the
-//! ready list, and the disk thread (its results are delivered when the test says, then the
-//! connection is driven as `collect_disk_results` does). What the client saw is the bytes the
-//! transport took; every check is about those: every request answered, in order, bytes intact,
-//! and the connection closed only after the peer finished and everything owed was written.
+//! transport (`transport::script`) by a small simulation of the loop around it (`sim.rs`), in
+//! the spirit of h2's fuzz harness, where the input decides how the bytes are cut. What the
+//! client saw is the bytes the transport took; every check is about those: every request
+//! answered, in order, bytes intact, and the connection closed only after the peer finished
+//! and everything owed was written.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
 
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
-use super::*;
+use super::sim::Sim;
 use crate::config::Limits;
 use crate::frame::Decoded;
 use crate::frame::header::{HeaderBodyConfig, HeaderBodyDecoder, Part};
 use crate::kind::ServiceKind;
-use crate::reactor::ServiceState;
 use crate::reactor::shutdown::Drain;
-use crate::reactor::transport::Transport;
 use crate::reactor::transport::script::Script;
-use crate::service::files::{DiskJob, FilesConfig, FilesShared};
+use crate::service::files::{FilesConfig, FilesShared};
 use crate::service::store::{Hasher, Store};
-use crate::service::{Action, Shared, StreamService};
-
-/// One connection and the loop around it.
-struct Sim {
-    c: Conn,
-    svc: ServiceState,
-    scratch: Vec<u8>,
-    reply: Vec<u8>,
-    limits: Limits,
-    /// Disk jobs handed to the "disk thread", not run yet.
-    disk: VecDeque<DiskJob>,
-    /// Events waiting for the next turn: readable, writable.
-    events: (bool, bool),
-    /// Why the connection was closed, once it is.
-    closed: Option<String>,
-    /// Drives so far (a bound against a loop that never settles).
-    drives: usize,
-    /// Reading was paused at some point (backpressure or the service's pause).
-    saw_pause: bool,
-}
-
-impl Sim {
-    /// A connection of `service`, opened as `admit` opens it (`Event::Opened`, then a drive).
-    fn new(service: StreamService, kind: ServiceKind, script: Script, scratch: usize) -> Sim {
-        let limits = Limits {
-            read_budget: 64,
-            pending_pause: 128,
-            ..Limits::default()
-        };
-        Sim::with_limits(service, kind, script, scratch, limits)
-    }
-
-    fn with_limits(
-        mut service: StreamService,
-        kind: ServiceKind,
-        script: Script,
-        scratch: usize,
-        limits: Limits,
-    ) -> Sim {
-        let mut svc = ServiceState::default();
-        let mut out = Vec::new();
-        let opened = Event::Opened {
-            id: 1,
-            authenticated: false,
-        };
-        service.on_event(opened, &mut out, &mut svc.ctx());
-        let mut c = Conn::new(Transport::Scripted(script), kind, service, Instant::now());
-        c.out.extend(&out);
-        c.interest = Some(Interest::READABLE);
-        let mut sim = Sim {
-            c,
-            svc,
-            scratch: vec![0; scratch],
-            reply: Vec::new(),
-            limits,
-            disk: VecDeque::new(),
-            events: (false, false),
-            closed: None,
-            drives: 0,
-            saw_pause: false,
-        };
-        sim.drive(false, true);
-        sim
-    }
-
-    fn script(&mut self) -> &mut Script {
-        match &mut self.c.transport {
-            Transport::Scripted(s) => s,
-            Transport::Plain(_) => unreachable!("a simulated connection has a scripted transport"),
-        }
-    }
-
-    fn interest(&self) -> Interest {
-        self.c.interest.unwrap_or(Interest::READABLE)
-    }
-
-    /// One drive, settled as `drive_conn` settles it.
-    fn drive(&mut self, readable: bool, writable: bool) {
-        if self.closed.is_some() {
-            return;
-        }
-        self.drives += 1;
-        assert!(self.drives < 1_000_000, "the connection never settles");
-        let mut io = TurnIo {
-            scratch: &mut self.scratch,
-            reply: &mut self.reply,
-            svc: &mut self.svc,
-        };
-        let now = Instant::now();
-        let (verdict, _, _) = drive(&mut self.c, readable, writable, &mut io, &self.limits, now);
-        // What `run_actions` does: disk jobs go to the "disk thread"; no test runs a command.
-        while let Some(action) = self.c.service.poll_action() {
-            match action {
-                Action::Disk(job) => self.disk.push_back(job),
-                other => panic!("an unexpected action: {other:?}"),
-            }
-        }
-        self.saw_pause |= self.c.read_paused;
-        match verdict {
-            Verdict::Close(reason) => {
-                self.closed = Some(format!("{reason:?}"));
-                self.c.transport.shutdown(&mut self.scratch);
-            }
-            Verdict::Open { more } => {
-                let want = wanted_interest(&self.c);
-                if self.c.interest != Some(want) {
-                    // epoll_ctl(MOD) reports at once what is ready for the new interest.
-                    self.c.interest = Some(want);
-                    let s = self.script();
-                    let readable = !s.inbound.is_empty() || s.fin;
-                    let writable = s.room > 0;
-                    self.events.0 |= want.is_readable() && readable;
-                    self.events.1 |= want.is_writable() && writable;
-                }
-                if more && !self.c.queued {
-                    self.c.queued = true;
-                }
-            }
-        }
-    }
-
-    /// The peer's bytes arrive: one event, when the connection is registered for reading.
-    fn arrive(&mut self, bytes: &[u8]) {
-        self.script().inbound.extend(bytes);
-        self.events.0 |= self.interest().is_readable();
-    }
-
-    /// The peer shuts down its sending side.
-    fn fin(&mut self) {
-        self.script().fin = true;
-        self.events.0 |= self.interest().is_readable();
-    }
-
-    /// The peer reads `n` bytes: room for the connection's writes, and an event if a write
-    /// had found none.
-    fn make_room(&mut self, n: usize) {
-        let s = self.script();
-        s.room = s.room.saturating_add(n);
-        let blocked = std::mem::take(&mut s.write_blocked);
-        self.events.1 |= blocked && self.interest().is_writable();
-    }
-
-    /// The disk thread finishes `n` jobs, in order; then the connection is driven.
-    fn disk_done(&mut self, n: usize) {
-        let n = n.min(self.disk.len());
-        if n == 0 || self.closed.is_some() {
-            return;
-        }
-        for job in self.disk.drain(..n) {
-            let done = job()();
-            self.c.service.on_event(
-                Event::DiskDone(done),
-                self.c.out.tail(),
-                &mut self.svc.ctx(),
-            );
-        }
-        self.drive(false, true);
-    }
-
-    /// One turn of the loop: the pending events, then the ready list.
-    fn turn(&mut self) {
-        let (readable, writable) = std::mem::take(&mut self.events);
-        if readable || writable {
-            // An event carries the hang-up once the peer's FIN is there (EPOLLRDHUP).
-            let hup = self.script().fin && self.interest().is_readable();
-            if hup {
-                self.c.hup_seen = true;
-            }
-            self.drive(readable || hup, writable);
-        }
-        if self.c.queued {
-            self.c.queued = false;
-            self.drive(true, true);
-        }
-    }
-
-    /// Turns until no event is pending and nothing is on the ready list.
-    fn settle(&mut self) {
-        while self.closed.is_none() && (self.events != (false, false) || self.c.queued) {
-            self.turn();
-        }
-    }
-
-    /// The peer reads everything and the disk catches up, until nothing moves any more.
-    fn finish(&mut self) {
-        loop {
-            self.settle();
-            if self.closed.is_some() {
-                return;
-            }
-            if !self.disk.is_empty() {
-                let n = self.disk.len();
-                self.disk_done(n);
-            } else if self.script().write_blocked {
-                self.make_room(usize::MAX);
-            } else {
-                return;
-            }
-        }
-    }
-
-    fn sent(&mut self) -> Vec<u8> {
-        self.script().sent.clone()
-    }
-}
+use crate::service::{Shared, StreamService};
 
 /// A `files` session whose uploads pause after `in_flight` bytes handed to the disk, over a
 /// fresh data directory.
@@ -696,4 +482,45 @@ fn a_drain_answers_what_was_queued_at_the_signal_then_finishes() {
     sim.finish();
     assert_eq!(sim.sent(), pattern(300, 9));
     assert_eq!(sim.closed.as_deref(), Some("Finished"));
+}
+
+/// Found by the `conn_path` fuzz target: a peer that sent part of a request (a chat line with
+/// no end, half a frame header, half an HTTP request head) and then shut down its sending side
+/// can never complete it, yet its connection stayed open until a timeout closed it.
+#[test]
+fn a_partial_request_left_when_the_peer_finishes_does_not_hold_the_connection_open() {
+    let plain = |kind| StreamService::for_kind(kind, &Shared::default()).unwrap();
+    let (files, dir) = files_service(1 << 20);
+    let cases = [
+        (plain(ServiceKind::Chat), ServiceKind::Chat, &b"\0"[..]),
+        (
+            plain(ServiceKind::Chat),
+            ServiceKind::Chat,
+            &b"hello, no end"[..],
+        ),
+        (
+            plain(ServiceKind::Metrics),
+            ServiceKind::Metrics,
+            &b"GET /metr"[..],
+        ),
+        (files, ServiceKind::Files, &b"\x20\0\0\0{\"cmd\""[..]),
+    ];
+    let mut left_open = Vec::new();
+    for (service, kind, partial) in cases {
+        let mut sim = Sim::new(service, kind, Script::new(usize::MAX), 64);
+        sim.arrive(partial);
+        sim.settle();
+        assert!(
+            sim.closed.is_none(),
+            "{kind:?}: the peer may still finish it"
+        );
+        sim.fin();
+        sim.finish();
+        match sim.closed.as_deref() {
+            Some(reason) => assert_eq!(reason, "Finished", "{kind:?}"),
+            None => left_open.push((kind, String::from_utf8_lossy(partial).into_owned())),
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    assert!(left_open.is_empty(), "left open: {left_open:?}");
 }

@@ -1,0 +1,5 @@
+//! Structure-aware target: the metrics service driven through its sans-IO interface. The body
+//! lives in `socklab::fuzz` (feature `fuzzing`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| socklab::fuzz::fuzz_metrics(data));
