@@ -49,6 +49,8 @@ import ctypes
 import hashlib
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import struct
@@ -539,10 +541,16 @@ def main():
     libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: successors become our children
     workdir = tempfile.mkdtemp(prefix="upgrade-load-")
     servers = Servers(args, workdir)
+    code = 1
     try:
-        return run(args, servers, workdir)
+        code = run(args, servers, workdir)
+        return code
     finally:
         servers.kill_all()
+        if code == 0:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"kept for a look: {workdir} (server.log, data/)", file=sys.stderr)
 
 
 def run(args, servers, workdir):
@@ -597,10 +605,21 @@ def run(args, servers, workdir):
     if alive:
         print(f"clients still running after the bound: {alive}", file=sys.stderr)
         STATS.add("clients", "no reply", len(alive))
-    return report(args, time.monotonic() - started)
+    return report(args, time.monotonic() - started, os.path.join(workdir, "server.log"))
 
 
-def report(args, elapsed):
+def drains(log):
+    """The servers' own count of drained and cut connections (their `shutdown:` log lines)."""
+    drained = cut = 0
+    with open(log, errors="replace") as f:
+        for line in f:
+            m = re.search(r"shutdown: (\d+) connection\(s\) drained, (\d+) cut", line)
+            if m:
+                drained, cut = drained + int(m.group(1)), cut + int(m.group(2))
+    return drained, cut
+
+
+def report(args, elapsed, log):
     cols = ["answered", "re-sent"] + FAILURES
     print(f"\n{args.upgrades} upgrades in {elapsed:.1f} s; load: {args.rate:g} new connections/s, "
           f"{args.kept}+{args.kept} kept connections (window {args.window}), {args.uploads} "
@@ -616,6 +635,8 @@ def report(args, elapsed):
     owed = STATS.rows.get("chat", {}).get("lines owed", 0)
     notices = STATS.rows.get("chat", {}).get("drain notices", 0)
     print(f"chat: {owed} line deliveries owed, {notices} drain notices received")
+    drained, cut = drains(log)
+    print(f"servers' logs: {drained} connection(s) drained, {cut} cut at the grace")
     failed = sum(total[c] for c in FAILURES)
     print(f"result: {'PASS' if failed == 0 else 'FAIL'} ({failed} failures)")
     return 0 if failed == 0 else 1
