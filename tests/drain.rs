@@ -321,13 +321,10 @@ fn read_lines_to_end(s: &mut TcpStream) -> (Vec<String>, End) {
     (text.lines().map(str::to_owned).collect(), end)
 }
 
-/// Every chat member's last line is `* server shutting down`, then a clean end of stream.
-#[test]
-fn chat_members_are_told_the_server_is_shutting_down() {
-    let mut server = Server::start(util::serve_args(&[("chat", "127.0.0.1:0")], &[]));
-    let mut members: Vec<TcpStream> = (0..3).map(|_| server.connect("chat")).collect();
+/// Connects `n` chat members and waits, bounded, until each has joined (`/who` answered).
+fn chat_members(server: &Server, n: usize) -> Vec<TcpStream> {
+    let mut members: Vec<TcpStream> = (0..n).map(|_| server.connect("chat")).collect();
     for m in &mut members {
-        // `/who` answered: this member has joined.
         send(m, b"/who\n");
         let mut seen = String::new();
         let joined = util::wait_until(T, || {
@@ -337,6 +334,14 @@ fn chat_members_are_told_the_server_is_shutting_down() {
         });
         assert!(joined, "setup: no `/who` answer: {seen:?}");
     }
+    members
+}
+
+/// Every chat member's last line is `* server shutting down`, then a clean end of stream.
+#[test]
+fn chat_members_are_told_the_server_is_shutting_down() {
+    let mut server = Server::start(util::serve_args(&[("chat", "127.0.0.1:0")], &[]));
+    let mut members = chat_members(&server, 3);
     server.signal(libc::SIGTERM);
     for (n, m) in members.iter_mut().enumerate() {
         let (lines, end) = read_lines_to_end(m);
@@ -345,6 +350,36 @@ fn chat_members_are_told_the_server_is_shutting_down() {
             Some("* server shutting down"),
             "member {n}: the last line before the end: {lines:?}"
         );
+        assert_eq!(end, End::Eof, "member {n}: a clean end, not a reset");
+    }
+    assert_exits_cleanly(&mut server, T);
+}
+
+/// Chat lines waiting in the server's receive queue at the signal are read, so each goes to
+/// every other member before their goodbye, even to a member that had nothing to read and
+/// while the sender's queue takes the drain several turns (a small `--read-budget`).
+#[test]
+fn chat_lines_queued_at_the_signal_reach_every_member_before_the_goodbye() {
+    let mut server = Server::start(util::serve_args(
+        &[("chat", "127.0.0.1:0")],
+        &["--read-budget", "64"],
+    ));
+    let mut members = chat_members(&server, 3);
+    stop(&server);
+    let lines: String = (0..100).map(|i| format!("queued line {i:03}\n")).collect();
+    for m in members.iter_mut().skip(1) {
+        send(m, lines.as_bytes());
+    }
+    wait_queued(server.tcp("chat"), &members[1..], lines.len() as u64);
+    term_while_stopped(&server);
+    for (n, m) in members.iter_mut().enumerate() {
+        let (got, end) = read_lines_to_end(m);
+        let bye = got.iter().position(|l| l == "* server shutting down");
+        let queued = got.iter().filter(|l| l.contains(" queued line ")).count();
+        // Member 0 gets both senders' 100 lines, each sender the other's.
+        let want = if n == 0 { 200 } else { 100 };
+        assert_eq!(queued, want, "member {n}: the queued lines: {got:?}");
+        assert_eq!(bye, Some(got.len() - 1), "member {n}: the goodbye last");
         assert_eq!(end, End::Eof, "member {n}: a clean end, not a reset");
     }
     assert_exits_cleanly(&mut server, T);

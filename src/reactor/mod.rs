@@ -453,6 +453,8 @@ impl Reactor {
                 }
             }
         }
+        // A chat member that was still reading may have gone: the others' goodbyes wait no more.
+        self.release_chat_byes();
     }
 }
 

@@ -23,6 +23,7 @@ use super::conn::Conn;
 use super::stream::update_interest;
 use super::timer::TimerKind;
 use super::{Entry, Reactor};
+use crate::kind::ServiceKind;
 use crate::service::Awaiting;
 
 /// How long a drained connection waits, its write side shut down, for the peer's end before it
@@ -49,6 +50,9 @@ pub(crate) struct Drain {
     pub(crate) said_bye: bool,
     /// Its write side is shut down: reads only discard, until the peer's end or the deadline.
     pub(crate) lingering: bool,
+    /// A chat member that owes nothing more, whose goodbye waits until no other member here
+    /// still reads what its queue held at the signal: those lines are owed to this one too.
+    pub(crate) bye_waits: bool,
 }
 
 impl Shutdown {
@@ -153,13 +157,27 @@ impl Reactor {
         for running in self.children.running.values() {
             crate::sys::contain::kill_group(running.pgid, libc::SIGTERM);
         }
+        // Every connection's share first, then the drives: a chat member's goodbye waits for
+        // the others still reading (`end_drain`), which it can only see once all are marked.
+        for token in &conns {
+            self.mark_drain(*token);
+        }
         for token in conns {
-            self.start_drain(token);
+            // Readable: no new event will announce the bytes already queued.
+            self.drive_conn(token, true, true);
         }
     }
 
-    /// Drains one connection: it is answered what its socket holds now, then ends.
+    /// Drains one connection admitted after the drain began: it is answered what its socket
+    /// holds now, then ends.
     pub(super) fn start_drain(&mut self, token: Token) {
+        self.mark_drain(token);
+        // Readable: no new event will announce the bytes already queued.
+        self.drive_conn(token, true, true);
+    }
+
+    /// A connection's share of the drain: what its socket holds now is answered, no more.
+    fn mark_drain(&mut self, token: Token) {
         if let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) {
             let left = c.transport.queued_input().unwrap_or_else(|e| {
                 tracing::debug!("FIONREAD: {e}; reading nothing more");
@@ -170,13 +188,68 @@ impl Reactor {
                 ..Drain::default()
             }));
         }
-        // Readable: no new event will announce the bytes already queued.
-        self.drive_conn(token, true, true);
     }
 
     /// A draining connection owes nothing more (`stream.rs` found it finished): its service
-    /// says goodbye, and once that is written the write side is shut down and it lingers.
+    /// says goodbye (a chat member once no other member here has queued lines left to read),
+    /// and once that is written the write side is shut down and it lingers.
     pub(super) fn end_drain(&mut self, token: Token) {
+        let is_member = matches!(self.core.sources.get(token),
+            Some(Entry::Conn(c)) if c.kind == ServiceKind::Chat
+                && c.drain.as_ref().is_some_and(|d| !d.said_bye));
+        if is_member && self.chat_still_reading(token) {
+            if let Some(Entry::Conn(c)) = self.core.sources.get_mut(token)
+                && let Some(d) = c.drain.as_mut()
+            {
+                d.bye_waits = true;
+            }
+            return;
+        }
+        self.say_bye(token);
+        if is_member {
+            self.release_chat_byes();
+        }
+    }
+
+    /// Whether a chat member here other than `except` still has bytes of its queue at the
+    /// signal to read: lines that go to every member.
+    fn chat_still_reading(&self, except: Token) -> bool {
+        self.core.sources.iter().any(|(t, e)| {
+            t != except
+                && matches!(e, Entry::Conn(c) if c.kind == ServiceKind::Chat
+                    && !c.dead
+                    && c.drain.as_ref().is_some_and(|d| !d.said_bye && !d.bye_waits)
+                    && read_allowance(c) > 0)
+        })
+    }
+
+    /// Says the waiting chat goodbyes once no member here reads any more (called when one
+    /// finishes and when connections close during the drain).
+    pub(super) fn release_chat_byes(&mut self) {
+        if self.shutdown.deadline.is_none() || self.chat_still_reading(Token(usize::MAX)) {
+            return;
+        }
+        let waiting: Vec<Token> = self
+            .core
+            .sources
+            .iter()
+            .filter(|(_, e)| {
+                matches!(e, Entry::Conn(c)
+                if c.drain.as_ref().is_some_and(|d| d.bye_waits))
+            })
+            .map(|(t, _)| t)
+            .collect();
+        for token in waiting {
+            if let Some(Entry::Conn(c)) = self.core.sources.get_mut(token)
+                && let Some(d) = c.drain.as_mut()
+            {
+                d.bye_waits = false;
+            }
+            self.say_bye(token);
+        }
+    }
+
+    fn say_bye(&mut self, token: Token) {
         let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) else {
             return;
         };
