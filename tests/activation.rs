@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use util::*;
 
@@ -191,33 +191,6 @@ fn an_unlistened_stream_socket_is_refused() {
     );
 }
 
-/// Reads notifications until one equals `want` or the deadline passes; returns all read.
-fn read_until(sock: &UnixDatagram, want: &str, within: Duration) -> Vec<String> {
-    let deadline = Instant::now() + within;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        sock.set_read_timeout(Some(
-            deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1)),
-        ))
-        .unwrap();
-        match sock.recv(&mut buf) {
-            Ok(n) => {
-                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let hit = msg.lines().any(|l| l == want);
-                seen.push(msg);
-                if hit {
-                    return seen;
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    panic!("no {want:?} within {within:?}; got {seen:?}");
-}
-
 #[test]
 fn notifies_ready_watchdog_and_stopping() {
     let dir = TempDir::new("notify");
@@ -229,13 +202,13 @@ fn notifies_ready_watchdog_and_stopping() {
     cmd.env("NOTIFY_SOCKET", &path)
         .env("WATCHDOG_USEC", "200000");
     let mut server = Server::start_cmd(cmd);
-    read_until(&notify, "READY=1", T);
+    read_notify_until(&notify, "READY=1", T);
     // Three watchdog pings at 100 ms each: repeated, not one.
     for _ in 0..3 {
-        read_until(&notify, "WATCHDOG=1", Duration::from_secs(2));
+        read_notify_until(&notify, "WATCHDOG=1", Duration::from_secs(2));
     }
     server.signal(libc::SIGTERM);
-    read_until(&notify, "STOPPING=1", T);
+    read_notify_until(&notify, "STOPPING=1", T);
     assert_eq!(server.wait_exit(T).and_then(|s| s.code()), Some(0));
 }
 
@@ -250,7 +223,7 @@ fn notify_reaches_an_abstract_socket() {
     let mut cmd = serve_cmd(&args);
     cmd.env("NOTIFY_SOCKET", format!("@{name}"));
     let mut server = Server::start_cmd(cmd);
-    read_until(&notify, "READY=1", T);
+    read_notify_until(&notify, "READY=1", T);
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait_exit(T).and_then(|s| s.code()), Some(0));
 }

@@ -10,34 +10,10 @@ mod util;
 mod handover_support;
 
 use std::os::unix::net::UnixDatagram;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use handover_support::*;
 use util::*;
-
-/// Every datagram received within `within`, until one has the line `want`.
-fn read_until(sock: &UnixDatagram, want: &str, within: Duration) -> Vec<String> {
-    let deadline = Instant::now() + within;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        let left = deadline.saturating_duration_since(Instant::now());
-        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
-            .unwrap();
-        match sock.recv(&mut buf) {
-            Ok(n) => {
-                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let hit = msg.lines().any(|l| l == want);
-                seen.push(msg);
-                if hit {
-                    return seen;
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    panic!("no {want:?} within {within:?}; got {seen:?}");
-}
 
 #[test]
 fn a_reload_hands_the_main_pid_to_the_successor() {
@@ -48,7 +24,7 @@ fn a_reload_hands_the_main_pid_to_the_successor() {
     cmd.env("NOTIFY_SOCKET", &path)
         .env("WATCHDOG_USEC", "400000");
     let mut old = Server::start_cmd(cmd);
-    read_until(&notify, "READY=1", T);
+    read_notify_until(&notify, "READY=1", T);
 
     let out = run_socklab(
         ["reload", "--control", dir.file("control.sock").as_str()],
@@ -62,7 +38,7 @@ fn a_reload_hands_the_main_pid_to_the_successor() {
         .unwrap_or_else(|| panic!("no pid= in {stdout:?}"));
     let _new = Pid(pid);
     let main = format!("MAINPID={pid}");
-    let seen = read_until(&notify, &main, T);
+    let seen = read_notify_until(&notify, &main, T);
     assert!(
         seen.iter().any(|m| m.lines().any(|l| l == "RELOADING=1")),
         "RELOADING=1 before the hand-over: {seen:?}"
@@ -86,10 +62,10 @@ fn a_reload_hands_the_main_pid_to_the_successor() {
         "the old process said STOPPING=1 after the hand-over: {after:?}"
     );
     // The successor notifies in its turn: its watchdog, then STOPPING=1 at SIGTERM.
-    read_until(&notify, "WATCHDOG=1", Duration::from_secs(3));
+    read_notify_until(&notify, "WATCHDOG=1", Duration::from_secs(3));
     // SAFETY: kill(2) has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    read_until(&notify, "STOPPING=1", T);
+    read_notify_until(&notify, "STOPPING=1", T);
     assert!(
         wait_until(T, || !alive(pid)),
         "the successor exits at SIGTERM"

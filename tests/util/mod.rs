@@ -1110,3 +1110,32 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> std::process::Output 
         stderr: err.join().expect("stderr reader"),
     }
 }
+
+/// sd_notify datagrams received on `sock` within `within`, until one has the line `want`
+/// (panics, with what came, if none does).
+pub fn read_notify_until(
+    sock: &std::os::unix::net::UnixDatagram,
+    want: &str,
+    within: Duration,
+) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let hit = msg.lines().any(|l| l == want);
+                seen.push(msg);
+                if hit {
+                    return seen;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    panic!("no {want:?} within {within:?}; got {seen:?}");
+}
