@@ -182,3 +182,31 @@ fn a_regular_file_that_grows_while_sent_is_an_error() {
         "{stderr}"
     );
 }
+
+/// `get NAME -o DIR/` (or an existing directory without the slash) writes DIR/NAME, as `cp`
+/// does, instead of failing with "Is a directory".
+#[test]
+fn get_into_a_directory_writes_the_name_there() {
+    let dir = TempDir::new("get-dir");
+    let (_server, addr) = start(&dir);
+    let put = run_piped(
+        &["put", "-", "--as", "in-dir.txt", "--addr", &addr],
+        b"into a dir\n",
+    );
+    assert!(put.status.success(), "{put:?}");
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    for target in [
+        format!("{}/", out_dir.display()),
+        out_dir.display().to_string(),
+    ] {
+        let _ = std::fs::remove_file(out_dir.join("in-dir.txt"));
+        let got = run_piped(&["get", "in-dir.txt", "--addr", &addr, "-o", &target], b"");
+        assert!(got.status.success(), "-o {target}: {got:?}");
+        assert_eq!(
+            std::fs::read(out_dir.join("in-dir.txt")).unwrap(),
+            b"into a dir\n",
+            "-o {target}"
+        );
+    }
+}

@@ -72,8 +72,9 @@ pub struct PutArgs {
 pub struct GetArgs {
     /// The stored file's name.
     name: String,
-    /// Where to write it (default: NAME in the current directory; `-` for stdout). A regular
-    /// file is written to a temporary and renamed once its md5 checks out.
+    /// Where to write it (default: NAME in the current directory; a directory: NAME in it; `-`
+    /// for stdout). A regular file is written to a temporary and renamed once its md5 checks
+    /// out.
     #[arg(short, long, value_name = "PATH")]
     output: Option<PathBuf>,
     /// Do not compute and check the md5 (for measuring raw transfer speed).
@@ -340,10 +341,7 @@ pub fn get(args: &GetArgs) -> Result<(), Failure> {
     let resp = client.read_response()?.into_result()?;
     let size = resp.size;
     let want_md5 = resp.str("md5").unwrap_or_default().to_owned();
-    let dest = args
-        .output
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(&args.name));
+    let dest = destination(args.output.as_deref(), &args.name);
     let mut sink = Sink::open(&dest)?;
     let bar = progress(size, &args.name);
     let mut hasher = (!args.no_verify).then(Hasher::default);
@@ -381,6 +379,16 @@ pub fn get(args: &GetArgs) -> Result<(), Failure> {
         eprintln!("{}: {size} bytes, md5 {want_md5}", dest.display());
     }
     Ok(())
+}
+
+/// Where `get` writes NAME: `-o PATH` as given, or NAME inside it when PATH is a directory
+/// (or ends with `/`, as `cp` and `curl --output-dir` read it); NAME here without `-o`.
+fn destination(output: Option<&Path>, name: &str) -> PathBuf {
+    match output {
+        None => PathBuf::from(name),
+        Some(p) if p.as_os_str().as_encoded_bytes().ends_with(b"/") || p.is_dir() => p.join(name),
+        Some(p) => p.to_path_buf(),
+    }
 }
 
 /// `socklab ls`.
