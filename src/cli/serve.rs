@@ -100,11 +100,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
     let config = effective.server;
-    if let Some(exec) = &config.files.config.exec
-        && let Err(e) = crate::sys::contain::init(exec.containment)
-    {
-        tracing::error!("exec: {e}");
-        return ExitCode::from(2);
+    if let Some(exec) = &config.files.config.exec {
+        if let Err(e) = crate::sys::contain::init(exec.containment) {
+            tracing::error!("exec: {e}");
+            return ExitCode::from(2);
+        }
+        warn_exec_unreachable(&config);
     }
     if let Err(e) = inherit::install(inherit::Source::Systemd, inherited, &config.listeners) {
         return fail(format!("socket activation: {e}"));
@@ -162,4 +163,24 @@ pub fn run(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// exec answers only authenticated connections: allowed programs with no `files` listener that
+/// authenticates can never run, which deserves a word at start-up rather than a surprise.
+fn warn_exec_unreachable(config: &crate::config::ServerConfig) {
+    use crate::kind::ServiceKind;
+    let files: Vec<_> = config
+        .listeners
+        .iter()
+        .filter(|l| l.service == ServiceKind::Files)
+        .collect();
+    if files.iter().any(|l| l.auth) {
+        return;
+    }
+    let why = if files.is_empty() {
+        "files does not run"
+    } else {
+        "no files listener requires authentication (add --auth files)"
+    };
+    tracing::warn!("exec is allowed (--exec-allow) but {why}: every exec will be refused");
 }
