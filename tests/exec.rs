@@ -164,6 +164,12 @@ fn an_unauthenticated_connection_gets_auth_required_before_request_checks() {
             ..Setup::default()
         },
     );
+    assert!(
+        es.server
+            .wait_stderr_contains("every exec will be refused", Duration::from_secs(10)),
+        "no start-up warning for exec without authentication:\n{}",
+        es.server.stderr()
+    );
     let mut s = es.plain();
     for header in [
         json!({"cmd": "exec", "argv": ["echo", "hello"]}),
