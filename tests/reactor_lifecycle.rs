@@ -252,7 +252,11 @@ fn second_server_on_same_tcp_port_fails() {
         serve_cmd(serve_args(&[("echo", &addr)], &[])),
         "another server is listening on that TCP port",
     );
-    assert!(!status.success(), "want non-zero exit, got {status}");
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "an address in use is a configuration that cannot run: exit 2, got {status}"
+    );
     assert!(
         stderr.contains("already in use"),
         "stderr should say `already in use`:\n{stderr}"

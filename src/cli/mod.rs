@@ -23,7 +23,14 @@ use clap::{Parser, Subcommand};
 /// socklab: a high-concurrency socket server on one hand-written mio reactor, and the tools
 /// to measure it.
 #[derive(Debug, Parser)]
-#[command(name = "socklab", version, about)]
+#[command(
+    name = "socklab",
+    version,
+    about,
+    after_help = "Exit status: 0 success; 1 a failure at run time; 2 a usage or configuration \
+                  error, an address in use included. `socklab exec` exits with its command's \
+                  status (124 at its timeout, 255 for an error of its own)."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -160,7 +160,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
             if let Some(u) = upgrade.borrow_mut().take() {
                 u.fail(&e.to_string());
             }
-            ExitCode::FAILURE
+            // What the configuration asks cannot be had (an address in use, a data directory
+            // that cannot be used): 2, like any configuration error; a failure once serving: 1.
+            match e {
+                crate::reactor::workers::ServeError::Start(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
