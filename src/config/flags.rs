@@ -152,7 +152,8 @@ pub struct ServeArgs {
     /// How every descendant of a command is killed with it: `cgroup` (a cgroup v2 per command,
     /// killed with cgroup.kill), `subreaper` (the server adopts orphans and kills those that
     /// left their command's process group), or `auto` (cgroup where writable, else
-    /// subreaper, said in the log). [default: auto]
+    /// subreaper, said in the log). [default: subreaper: joining a cgroup can hold the event loop
+    /// for hundreds of milliseconds under load]
     #[arg(long, value_name = "HOW", help_heading = "Exec")]
     exec_containment: Option<crate::sys::contain::Mode>,
     /// Largest frame header files accepts (bad_frame beyond). [default: 64KiB]

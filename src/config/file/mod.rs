@@ -206,7 +206,7 @@ impl Default for ExecSettings {
             max_output: DEFAULT_EXEC_MAX_OUTPUT,
             max_procs: DEFAULT_EXEC_MAX_PROCS,
             workdir: None,
-            containment: crate::sys::contain::Mode::Auto,
+            containment: crate::sys::contain::Mode::Subreaper,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Containment of `exec` commands: no descendant of a command outlives its timeout, its client
 //! or the server, even one that leaves its process group or session.
 //!
-//! Two ways, chosen once at start-up (`--exec-containment`):
+//! Two ways, chosen once at start-up (`--exec-containment`; the subreaper by default, see
+//! [`Mode::Subreaper`] for why):
 //! - [`cgroup`]: each command runs in a cgroup v2 of its own, below one the server creates for
 //!   itself; ending a command writes `cgroup.kill`, which kills every process in it, wherever
 //!   it moved its group or session. Needs a writable cgroup v2 hierarchy with `cgroup.kill`
@@ -28,11 +29,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// A cgroup per command where cgroup v2 is writable, else the subreaper (said in the log).
-    #[default]
     Auto,
     /// A cgroup per command; the server does not start without one.
     Cgroup,
-    /// The subreaper and orphan sweeps only.
+    /// The subreaper and orphan sweeps only. The default: joining a cgroup between fork and
+    /// exec takes the kernel's cgroup_threadgroup_rwsem for writing, which waits for an RCU
+    /// grace period; under load that held `spawn`, on the loop thread, for hundreds of
+    /// milliseconds (a CI run here). A cgroup per command is opt-in until commands are
+    /// spawned off the loop (or with clone3's CLONE_INTO_CGROUP).
+    #[default]
     Subreaper,
 }
 
