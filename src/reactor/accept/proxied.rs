@@ -97,8 +97,7 @@ impl Reactor {
         };
         if let Err(e) = registered {
             tracing::warn!(service = %accepted.kind, "cannot watch a new connection: {e}");
-            drop(self.core.sources.remove(token));
-            self.admission.waiting -= 1;
+            drop(self.take_preamble(token));
             self.admission.conns.close();
             return;
         }
@@ -146,10 +145,9 @@ impl Reactor {
 
     /// Reads the header off the socket and admits the connection as its client's.
     fn header_done(&mut self, token: Token, len: usize, source: Option<std::net::SocketAddr>) {
-        let Some(Entry::Preamble(mut p)) = self.core.sources.remove(token) else {
+        let Some(mut p) = self.take_preamble(token) else {
             return;
         };
-        self.admission.waiting -= 1;
         let deregistered = match &mut p.socket {
             TcpOrUnix::Tcp(s) => self.core.poll.registry().deregister(s),
             TcpOrUnix::Unix(s) => self.core.poll.registry().deregister(s),
@@ -184,12 +182,25 @@ impl Reactor {
         }
     }
 
+    /// Takes a waiting connection out of the slab, and out of the count the loop's exit at
+    /// shutdown waits on.
+    fn take_preamble(&mut self, token: Token) -> Option<Preamble> {
+        match self.core.sources.get(token) {
+            Some(Entry::Preamble(_)) => {}
+            _ => return None,
+        }
+        self.admission.waiting = self.admission.waiting.saturating_sub(1);
+        match self.core.sources.remove(token) {
+            Some(Entry::Preamble(p)) => Some(p),
+            _ => None,
+        }
+    }
+
     /// Closes a waiting connection and says why (at most one warning a second).
     fn refuse_preamble(&mut self, token: Token, why: &PreambleError) {
-        let Some(Entry::Preamble(p)) = self.core.sources.remove(token) else {
+        let Some(p) = self.take_preamble(token) else {
             return;
         };
-        self.admission.waiting -= 1;
         self.admission.conns.close();
         let kind = p.accepted.kind;
         let c = self.svc.counters.service(kind);

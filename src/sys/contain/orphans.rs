@@ -81,9 +81,8 @@ pub(crate) fn start_sweep() {
 pub(crate) fn kill_registered_commands() {
     for (pid, kind) in registry().iter() {
         if *kind == Kind::Command {
-            kill_group(*pid, libc::SIGKILL);
-            // SAFETY: kill only sends a signal to a child we started.
-            unsafe { libc::kill(*pid, libc::SIGKILL) };
+            // A command leads its own group.
+            kill_with_group(*pid, *pid);
         }
     }
 }
@@ -151,11 +150,16 @@ fn kill_orphans(reg: &BTreeMap<i32, Kind>) -> usize {
             continue;
         }
         live += 1;
-        // SAFETY: kill only sends a signal, to a child of ours.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        kill_group(pgid, libc::SIGKILL);
+        kill_with_group(pid, pgid);
     }
     live
+}
+
+/// SIGKILL to a child of ours and to the process group `pgid` it is in.
+fn kill_with_group(pid: i32, pgid: i32) {
+    // SAFETY: kill only sends a signal, to a child of ours.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    kill_group(pgid, libc::SIGKILL);
 }
 
 /// Our children, from every thread's `/proc/self/task/<tid>/children` (an orphan is given to
