@@ -46,6 +46,7 @@ pub mod leftover;
 pub mod length;
 pub mod lines;
 pub mod proxy;
+pub(crate) mod resp;
 
 #[doc(hidden)]
 pub mod fuzz;

@@ -17,6 +17,12 @@ use std::time::{Duration, Instant};
 use super::Step;
 use crate::frame::{Decoded, Line, LinesConfig, LinesDecoder};
 
+pub(crate) mod bus;
+pub(crate) mod bus_message;
+
+use bus::RoomBus;
+use bus_message::{Origin, RoomEvent};
+
 /// Longest nick, in characters (all ASCII).
 pub const MAX_NICK: usize = 32;
 
@@ -40,6 +46,8 @@ pub struct ChatRoom {
     members: HashMap<MemberId, String>,
     /// Shared by every worker; held only for a lookup or an update, never across I/O.
     nicks: Arc<Mutex<Nicks>>,
+    /// The room spans hosts over Redis (`[chat.bus]`); `None`: this host only.
+    pub(crate) bus: Option<RoomBus>,
 }
 
 impl ChatRoom {
@@ -48,6 +56,23 @@ impl ChatRoom {
         ChatRoom {
             members: HashMap::new(),
             nicks: Arc::clone(&self.nicks),
+            bus: None,
+        }
+    }
+
+    /// Like [`share`](Self::share), for worker `worker`: on the bus too when this room is.
+    pub(crate) fn share_for(&self, worker: u16) -> ChatRoom {
+        ChatRoom {
+            bus: self.bus.as_ref().map(|b| b.for_worker(worker)),
+            ..self.share()
+        }
+    }
+
+    /// A room on the bus as `origin`, remembering at most `max_remote` members of other hosts.
+    pub(crate) fn with_bus(origin: Origin, max_remote: usize) -> ChatRoom {
+        ChatRoom {
+            bus: Some(RoomBus::new(origin, max_remote)),
+            ..ChatRoom::default()
         }
     }
 
@@ -63,22 +88,188 @@ impl ChatRoom {
     }
 
     fn nicks(&self) -> MutexGuard<'_, Nicks> {
-        // A worker that panicked while holding the lock left a consistent table: every
-        // update below is a single insert or remove.
-        self.nicks.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.nicks)
     }
 
+    /// Every member's nick on this worker.
+    pub(crate) fn member_nicks(&self) -> impl Iterator<Item = &String> {
+        self.members.values()
+    }
+
+    /// The member `id`'s nick, if it is in the room.
+    pub(crate) fn nick_of(&self, id: MemberId) -> Option<&str> {
+        self.members.get(&id).map(String::as_str)
+    }
+
+    /// Renames member `id` from `old` to `new` (already taken in the table for it): the member
+    /// and the others are told, and the bus.
+    fn commit_rename(
+        &mut self,
+        id: MemberId,
+        old: &str,
+        new: &str,
+        out: &mut Vec<u8>,
+        others: &mut Vec<u8>,
+    ) {
+        self.nicks().taken.remove(old);
+        self.members.insert(id, new.to_owned());
+        line(others, format_args!("* {old} is now {new}"));
+        line(out, format_args!("* {old} is now {new}"));
+        if let Some(bus) = self.bus.as_mut() {
+            bus.publish(RoomEvent::Renamed {
+                old: old.to_owned(),
+                new: new.to_owned(),
+            });
+            bus.release(old);
+            bus.claim(id, new);
+        }
+    }
+
+    /// An event another host published: recorded for `/who`, and the line this worker's
+    /// members read appended to `lines`. A host's own events are not taken back (its workers
+    /// had them already).
+    pub(crate) fn apply_remote(
+        &mut self,
+        origin: &Origin,
+        event: &RoomEvent,
+        now: Instant,
+        lines: &mut Vec<u8>,
+    ) {
+        let Some(bus) = self.bus.as_mut() else { return };
+        if origin.node == bus.origin.node {
+            return;
+        }
+        bus.heard(origin, event, now);
+        event.format_line(lines);
+    }
+
+    /// Redis answered the claim of `nick` for member `id`: `won` when this host holds it now.
+    /// A rename waiting for it completes or is refused; a member that lost the nick it had
+    /// (another host took it while the bus was down) gets a fresh default nick, and is told.
+    pub(crate) fn claim_answered(
+        &mut self,
+        id: MemberId,
+        nick: &str,
+        won: bool,
+        out: &mut Vec<u8>,
+        others: &mut Vec<u8>,
+    ) {
+        let Some(bus) = self.bus.as_mut() else { return };
+        if bus.pending.get(&id).is_some_and(|p| p == nick) {
+            bus.pending.remove(&id);
+            let old = self.members.get(&id).cloned();
+            match (old, won) {
+                (Some(old), true) => self.commit_rename(id, &old, nick, out, others),
+                (Some(_), false) => {
+                    self.nicks().taken.remove(nick);
+                    line(out, format_args!("* error: nick {nick} is taken"));
+                }
+                (None, _) => {
+                    self.nicks().taken.remove(nick);
+                }
+            }
+            return;
+        }
+        if self.members.get(&id).is_some_and(|n| n == nick) {
+            if !won {
+                let guest = self.fresh_guest();
+                line(
+                    out,
+                    format_args!("* nick {nick} is held on another host; you are now {guest}"),
+                );
+                let mut mine = Vec::new();
+                self.commit_rename(id, nick, &guest, &mut mine, others);
+            }
+            return;
+        }
+        // Claimed for a member that left or moved on since: let it go again.
+        if won && let Some(bus) = self.bus.as_mut() {
+            bus.release(nick);
+        }
+    }
+
+    /// The bus went up (every nick is claimed again, a heartbeat goes out) or down (renames
+    /// waiting for it are called off, each member told in `told`); `notice` gets the line every
+    /// member of this worker reads.
+    pub(crate) fn bus_changed(
+        &mut self,
+        up: bool,
+        notice: &mut Vec<u8>,
+        told: &mut Vec<(MemberId, Vec<u8>)>,
+    ) {
+        let Some(bus) = self.bus.as_mut() else { return };
+        if bus.up == up {
+            return;
+        }
+        bus.up = up;
+        if up {
+            line(notice, format_args!("* bus restored"));
+            let mine: Vec<(MemberId, String)> = self
+                .members
+                .iter()
+                .map(|(id, n)| (*id, n.clone()))
+                .collect();
+            let pending: Vec<(MemberId, String)> =
+                bus.pending.iter().map(|(id, n)| (*id, n.clone())).collect();
+            for (id, nick) in mine.iter().chain(&pending) {
+                bus.claim(*id, nick);
+            }
+            bus.heartbeat(mine.iter().map(|(_, n)| n));
+        } else {
+            line(notice, format_args!("* bus lost: local members only"));
+            let called_off: Vec<(MemberId, String)> = bus.pending.drain().collect();
+            for (id, nick) in called_off {
+                self.nicks().taken.remove(&nick);
+                let mut out = Vec::new();
+                line(
+                    &mut out,
+                    format_args!("* error: nick {nick}: the bus was lost before it answered"),
+                );
+                told.push((id, out));
+            }
+        }
+    }
+
+    /// The bus's periodic work: members of other hosts not heard of for `ttl` are forgotten
+    /// (their lines `* NICK left` appended to `lines`), and, while the bus is up, this worker's
+    /// heartbeat and the refresh of its nicks' claims are queued.
+    pub(crate) fn bus_tick(&mut self, now: Instant, ttl: Duration, lines: &mut Vec<u8>) {
+        let Some(bus) = self.bus.as_mut() else { return };
+        for nick in bus.expire(now, ttl) {
+            line(lines, format_args!("* {nick} left"));
+        }
+        if bus.up {
+            bus.heartbeat(self.members.values());
+            for (id, nick) in &self.members {
+                bus.claim(*id, nick);
+            }
+        }
+    }
+
+    /// A default nick, taken at once: `guest-N`, or `guest-NODE-N` on the bus, where the node
+    /// name keeps two hosts from handing out the same one.
     fn fresh_guest(&self) -> String {
+        let node = self.bus.as_ref().map(|b| b.origin.node.as_str());
         let mut nicks = self.nicks();
         loop {
             nicks.next_guest = nicks.next_guest.wrapping_add(1);
-            let nick = format!("guest-{}", nicks.next_guest);
-            if !nicks.taken.contains(&nick) {
+            let nick = match node {
+                Some(node) => format!("guest-{node}-{}", nicks.next_guest),
+                None => format!("guest-{}", nicks.next_guest),
+            };
+            let remote = self.bus.as_ref().is_some_and(|b| b.is_remote(&nick));
+            if !remote && !nicks.taken.contains(&nick) {
                 nicks.taken.insert(nick.clone());
                 return nick;
             }
         }
     }
+}
+
+fn lock(nicks: &Mutex<Nicks>) -> MutexGuard<'_, Nicks> {
+    // A worker that panicked while holding the lock left a consistent table: every update is a
+    // single insert or remove.
+    nicks.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Whether `name` is a valid nick: 1–32 of `A–Z a–z 0–9 _ -`.
@@ -131,7 +322,14 @@ impl Chat {
         }
         let nick = room.fresh_guest();
         line(out, format_args!("* welcome {nick}"));
+        if room.bus.as_ref().is_some_and(|b| !b.up) {
+            line(out, format_args!("* bus down: local members only"));
+        }
         line(others, format_args!("* {nick} joined"));
+        if let Some(bus) = room.bus.as_mut() {
+            bus.publish(RoomEvent::Joined { nick: nick.clone() });
+            bus.claim(id, &nick);
+        }
         room.members.insert(id, nick);
         self.id = Some(id);
     }
@@ -142,6 +340,13 @@ impl Chat {
         if let Some(nick) = room.members.remove(&id) {
             room.nicks().taken.remove(&nick);
             line(others, format_args!("* {nick} left"));
+            if let Some(bus) = room.bus.as_mut() {
+                bus.publish(RoomEvent::Left { nick: nick.clone() });
+                bus.release(&nick);
+                if let Some(asked) = bus.pending.remove(&id) {
+                    lock(&room.nicks).taken.remove(&asked);
+                }
+            }
         }
     }
 
@@ -219,6 +424,12 @@ impl Chat {
         let nick = room.members.get(&id).cloned().unwrap_or_default();
         let Some(command) = text.strip_prefix('/') else {
             line(others, format_args!("{nick} {text}"));
+            if let Some(bus) = room.bus.as_mut() {
+                bus.publish(RoomEvent::Said {
+                    nick,
+                    text: text.to_owned(),
+                });
+            }
             return;
         };
         let (name, arg) = match command.split_once(' ') {
@@ -236,22 +447,41 @@ impl Chat {
                     );
                 } else if new == nick {
                     line(out, format_args!("* you are already {nick}"));
-                } else if !room.nicks().taken.insert(new.to_owned()) {
+                } else if room.bus.as_ref().is_some_and(|b| b.pending.contains_key(&id)) {
+                    line(out, format_args!("* error: a nick change is under way"));
+                } else if room.bus.as_ref().is_some_and(|b| b.is_remote(new))
+                    || !room.nicks().taken.insert(new.to_owned())
+                {
                     line(out, format_args!("* error: nick {new} is taken"));
+                } else if let Some(bus) = room.bus.as_mut().filter(|b| b.up) {
+                    // Another host may be taking it at this moment: Redis decides.
+                    bus.pending.insert(id, new.to_owned());
+                    bus.claim(id, new);
                 } else {
-                    room.nicks().taken.remove(&nick);
-                    room.members.insert(id, new.to_owned());
-                    line(others, format_args!("* {nick} is now {new}"));
-                    line(out, format_args!("* {nick} is now {new}"));
+                    room.commit_rename(id, &nick, new, out, others);
                 }
             }
             ("nick", None) => line(out, format_args!("* error: usage: /nick NAME")),
             ("who", None) => {
-                let all: Vec<String> = room.nicks().taken.iter().cloned().collect();
+                let mut all: BTreeSet<String> = room.nicks().taken.clone();
+                if let Some(bus) = room.bus.as_ref() {
+                    // A rename under way holds its nick locally but is nobody's yet.
+                    for asked in bus.pending.values() {
+                        all.remove(asked);
+                    }
+                    all.extend(bus.remote_nicks().cloned());
+                }
+                let all: Vec<String> = all.into_iter().collect();
                 line(out, format_args!("* members: {}", all.join(", ")));
             }
             ("me", Some(action)) if !action.is_empty() => {
                 line(others, format_args!("* {nick} {action}"));
+                if let Some(bus) = room.bus.as_mut() {
+                    bus.publish(RoomEvent::Acted {
+                        nick,
+                        action: action.to_owned(),
+                    });
+                }
             }
             ("me", _) => line(out, format_args!("* error: usage: /me ACTION")),
             ("quit", None) => self.quit = true,

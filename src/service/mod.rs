@@ -39,6 +39,7 @@ pub mod echo;
 pub mod exec;
 pub mod files;
 pub mod metrics_http;
+pub mod redis_bus;
 pub mod response;
 pub mod store;
 pub mod time;
