@@ -74,6 +74,8 @@ pub(crate) struct Counters {
     pub(crate) busiest: Option<Busiest>,
     /// Other workers that did not answer this one's `stats` or metrics request in time.
     pub(crate) stats_missing: u64,
+    /// The chat bus's counters, when the room spans hosts (`[chat.bus]`).
+    pub(crate) bus: Option<crate::service::redis_bus::BusCounters>,
 }
 
 impl Counters {
@@ -101,6 +103,9 @@ impl Counters {
         self.loop_iterations = self.loop_iterations.saturating_add(other.loop_iterations);
         self.loop_busy = self.loop_busy.saturating_add(other.loop_busy);
         self.stats_missing = self.stats_missing.saturating_add(other.stats_missing);
+        if let Some(theirs) = &other.bus {
+            self.bus.get_or_insert_default().add(theirs);
+        }
         for (key, n) in &other.frames {
             let mine = self.frames.entry(*key).or_default();
             *mine = mine.saturating_add(*n);
@@ -364,7 +369,75 @@ pub(crate) fn prometheus(workers: &[(usize, &Counters)]) -> String {
     for (w, c) in workers {
         let _ = writeln!(s, "{name}{{worker=\"{w}\"}} {}", c.stats_missing);
     }
+    bus_prometheus(&mut s, workers);
     s
+}
+
+/// The chat bus's series, when it is configured.
+fn bus_prometheus(s: &mut String, workers: &[(usize, &Counters)]) {
+    use crate::service::redis_bus::BusCounters;
+    use std::fmt::Write;
+    type BusFamily = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&BusCounters) -> u64,
+    );
+    let families: [BusFamily; 7] = [
+        (
+            "socklab_chat_bus_up",
+            "gauge",
+            "1 while the worker's Redis connection is up and subscribed.",
+            |b| b.up,
+        ),
+        (
+            "socklab_chat_bus_published_total",
+            "counter",
+            "Chat events Redis took from this host.",
+            |b| b.published,
+        ),
+        (
+            "socklab_chat_bus_received_total",
+            "counter",
+            "Chat events from other hosts delivered here.",
+            |b| b.received,
+        ),
+        (
+            "socklab_chat_bus_rejected_total",
+            "counter",
+            "Messages on the channel that were not socklab's format or broke its rules (ignored).",
+            |b| b.rejected,
+        ),
+        (
+            "socklab_chat_bus_dropped_total",
+            "counter",
+            "Chat events never confirmed by Redis (past the backlog while down, or in flight when the connection was lost).",
+            |b| b.dropped,
+        ),
+        (
+            "socklab_chat_bus_reconnects_total",
+            "counter",
+            "Connections to Redis made again after a loss.",
+            |b| b.reconnects,
+        ),
+        (
+            "socklab_chat_bus_errors_total",
+            "counter",
+            "Errors Redis answered to the bus's commands.",
+            |b| b.errors,
+        ),
+    ];
+    if workers.iter().all(|(_, c)| c.bus.is_none()) {
+        return;
+    }
+    for (name, kind, help, read) in families {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (w, c) in workers {
+            if let Some(b) = &c.bus {
+                let _ = writeln!(s, "{name}{{worker=\"{w}\"}} {}", read(b));
+            }
+        }
+    }
 }
 
 impl Counters {
@@ -410,6 +483,15 @@ impl Counters {
             "loop_iterations": self.loop_iterations,
             "loop_busy_seconds": self.loop_busy.as_secs_f64(),
             "stats_missing_replies": self.stats_missing,
+            "chat_bus": self.bus.map(|b| json!({
+                "up": b.up,
+                "published": b.published,
+                "received": b.received,
+                "rejected": b.rejected,
+                "dropped": b.dropped,
+                "reconnects": b.reconnects,
+                "errors": b.errors,
+            })),
         })
     }
 

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use crate::config::file::{self as config_file, ServeSettings};
 use crate::config::flags::ServeArgs;
+use crate::kind::ServiceKind;
 use crate::reactor::handover;
 use crate::reactor::handover::successor::{Upgrade, UpgradeError};
 use crate::reactor::inherit;
@@ -99,7 +100,19 @@ pub fn run(args: ServeArgs) -> ExitCode {
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
-    let config = effective.server;
+    let mut config = effective.server;
+    if let Some(bus) = config.chat_bus.as_mut() {
+        if let Err(e) = bus.load_password() {
+            return fail(e);
+        }
+        if !config
+            .listeners
+            .iter()
+            .any(|l| l.service == ServiceKind::Chat)
+        {
+            tracing::warn!("chat bus: chat is not served here, so the bus is not joined");
+        }
+    }
     if let Some(exec) = &config.files.config.exec {
         if let Err(e) = crate::sys::contain::init(exec.containment) {
             tracing::error!("exec: {e}");

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::ServerConfig;
+use super::bus::{BusAddr, ChatBus, check_channel, check_node};
 use super::file::{ServeSettings, set};
 use super::values::{LogLevel, parse_bytes, parse_duration};
 use crate::addr::ListenAddr;
@@ -258,6 +259,26 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", help_heading = "Workers")]
     workers: Option<usize>,
 
+    /// Join the chat rooms of other hosts through this Redis server (6 or later): HOST:PORT or
+    /// unix:PATH. Lines, actions, joins, leaves and renames cross hosts; nicks are unique
+    /// across them; `/who` lists everyone.
+    #[arg(long, value_name = "ADDR", help_heading = "Chat bus")]
+    chat_bus: Option<BusAddr>,
+    /// A file holding the Redis password (AUTH). [default: none]
+    #[arg(long, value_name = "PATH", help_heading = "Chat bus")]
+    chat_bus_password_file: Option<PathBuf>,
+    /// The Pub/Sub channel of the room. [default: socklab:chat]
+    #[arg(long, value_name = "NAME", value_parser = parse_channel, help_heading = "Chat bus")]
+    chat_bus_channel: Option<String>,
+    /// This host's name on the bus, unique per host (1-12 of A-Z a-z 0-9 _ -); it tags default
+    /// nicks (guest-NODE-N). [default: six random characters]
+    #[arg(long, value_name = "NAME", value_parser = parse_node, help_heading = "Chat bus")]
+    chat_bus_node: Option<String>,
+    /// How long another host's member stays listed without being heard of, and how long a nick
+    /// claim lasts unless refreshed. [default: 15s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Chat bus")]
+    chat_bus_presence_ttl: Option<Duration>,
+
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, help_heading = "Logging")]
     verbose: u8,
@@ -266,7 +287,36 @@ pub struct ServeArgs {
     quiet: u8,
 }
 
+fn parse_node(s: &str) -> Result<String, String> {
+    check_node(s).map(|()| s.to_owned())
+}
+
+fn parse_channel(s: &str) -> Result<String, String> {
+    check_channel(s).map(|()| s.to_owned())
+}
+
 impl ServeArgs {
+    /// The `--chat-bus*` flags over the file's `[chat.bus]`.
+    fn apply_bus(&self, server: &mut ServerConfig) {
+        if let Some(addr) = &self.chat_bus {
+            match server.chat_bus.as_mut() {
+                Some(bus) => bus.addr = addr.clone(),
+                None => server.chat_bus = Some(ChatBus::new(addr.clone())),
+            }
+        }
+        let Some(bus) = server.chat_bus.as_mut() else {
+            return;
+        };
+        if self.chat_bus_password_file.is_some() {
+            bus.password_file = self.chat_bus_password_file.clone();
+        }
+        set(&mut bus.settings.channel, self.chat_bus_channel.clone());
+        set(&mut bus.settings.node, self.chat_bus_node.clone());
+        if let Some(d) = self.chat_bus_presence_ttl {
+            bus.settings.presence_ttl = d.max(Duration::from_secs(1));
+        }
+    }
+
     /// The configuration these flags describe, over the built-in defaults (no file; exec off).
     pub fn to_config(&self) -> ServerConfig {
         let mut settings = ServeSettings::default();
@@ -377,6 +427,7 @@ impl ServeArgs {
         if self.control.is_some() {
             settings.control = self.control.clone();
         }
+        self.apply_bus(&mut settings.server);
         if self.verbose > 0 || self.quiet > 0 {
             let offset = settings.log.offset() + i16::from(self.verbose) - i16::from(self.quiet);
             settings.log = LogLevel::from_offset(offset);

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod bus;
 pub mod file;
 pub mod flags;
 mod values;
@@ -240,6 +241,8 @@ pub struct ServerConfig {
     pub datagram: DatagramSettings,
     /// Reactors, one thread each, sharing the listening ports through SO_REUSEPORT.
     pub workers: usize,
+    /// The chat room spans hosts through this Redis server (`[chat.bus]`).
+    pub chat_bus: Option<bus::ChatBus>,
 }
 
 impl Default for ServerConfig {
@@ -252,6 +255,7 @@ impl Default for ServerConfig {
             auth_timeout: Duration::from_secs(5),
             datagram: DatagramSettings::default(),
             workers: 1,
+            chat_bus: None,
         }
     }
 }

@@ -29,7 +29,10 @@ pub(crate) fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
     };
     let start = out.len();
     out.resize(start + frame.encode_len(false), 0);
-    match out.get_mut(start..).map(|tail| encode_borrowed(tail, &frame, false)) {
+    match out
+        .get_mut(start..)
+        .map(|tail| encode_borrowed(tail, &frame, false))
+    {
         Some(Ok(n)) => out.truncate(start + n),
         // The buffer was sized by the crate's own count; an array of blob strings cannot fail.
         _ => out.truncate(start),

@@ -26,6 +26,7 @@ use crate::config::{ListenerConfig, ServerConfig};
 use crate::frame::proxy::ProxyVersions;
 use crate::kind::ServiceKind;
 use crate::service::auth::Secret;
+use crate::service::chat::ChatRoom;
 use crate::service::discovery::{Discovery, DiscoveryInfo, ServiceEntry};
 use crate::service::files::FilesShared;
 use crate::service::store::Store;
@@ -187,7 +188,21 @@ impl Reactor {
             links: Links::new(Arc::new(waker)),
             shutdown: Shutdown::new(signals),
             control: Default::default(),
+            bus: None,
         };
+        if let Some(bus) = &reactor.config.chat_bus
+            && reactor
+                .config
+                .listeners
+                .iter()
+                .any(|l| l.service == ServiceKind::Chat)
+        {
+            let origin = crate::service::chat::bus_message::Origin {
+                node: bus.settings.node.clone(),
+                worker: 0,
+            };
+            reactor.svc.room = ChatRoom::with_bus(origin, bus.settings.max_remote);
+        }
         let mut bound = Vec::new();
         let listeners = reactor.config.listeners.clone();
         let claims = inherit::claim(&listeners).map_err(|source| StartError::Register {

@@ -22,7 +22,6 @@ impl Reactor {
     /// the socket takes them. A member whose pending output passes --chat-max-pending is
     /// dropped: it is the one that does not read, and nobody else waits for it.
     pub(super) fn deliver_chat(&mut self, bytes: &[u8], from: Option<Token>) {
-        let limit = self.config.limits.chat_max_pending;
         let members: Vec<Token> = self
             .svc
             .room
@@ -31,32 +30,39 @@ impl Reactor {
             .filter(|t| Some(*t) != from)
             .collect();
         for token in members {
-            let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) else {
-                continue;
-            };
-            // A member that was said goodbye to at shutdown gets nothing after it.
-            if c.dead || c.drain.as_ref().is_some_and(|d| d.said_bye) {
-                continue;
-            }
-            c.out.extend(bytes);
-            let result = c.out.write_to(&mut c.transport);
-            let sent = result.as_ref().map_or(0, |n| *n);
-            let kind = c.kind;
-            if result.is_err() || c.out.pending() > limit {
-                if result.is_ok() {
-                    tracing::info!(
-                        service = %kind,
-                        pending = c.out.pending(),
-                        "disconnecting a chat member that does not read (--chat-max-pending)"
-                    );
-                }
-                c.dead = true;
-                self.core.to_close.push(token);
-            } else if let Err(e) = update_interest(&self.core.poll, c, token) {
-                tracing::debug!(service = %kind, "cannot update a chat member's interest: {e}");
-            }
-            let counters = self.svc.counters.service(kind);
-            counters.bytes_sent = counters.bytes_sent.saturating_add(sent as u64);
+            self.push_chat(token, bytes);
         }
+    }
+
+    /// Writes chat bytes to one member, at once where its socket takes them; a member whose
+    /// pending output passes --chat-max-pending is dropped.
+    pub(super) fn push_chat(&mut self, token: Token, bytes: &[u8]) {
+        let limit = self.config.limits.chat_max_pending;
+        let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) else {
+            return;
+        };
+        // A member that was said goodbye to at shutdown gets nothing after it.
+        if c.dead || c.drain.as_ref().is_some_and(|d| d.said_bye) {
+            return;
+        }
+        c.out.extend(bytes);
+        let result = c.out.write_to(&mut c.transport);
+        let sent = result.as_ref().map_or(0, |n| *n);
+        let kind = c.kind;
+        if result.is_err() || c.out.pending() > limit {
+            if result.is_ok() {
+                tracing::info!(
+                    service = %kind,
+                    pending = c.out.pending(),
+                    "disconnecting a chat member that does not read (--chat-max-pending)"
+                );
+            }
+            c.dead = true;
+            self.core.to_close.push(token);
+        } else if let Err(e) = update_interest(&self.core.poll, c, token) {
+            tracing::debug!(service = %kind, "cannot update a chat member's interest: {e}");
+        }
+        let counters = self.svc.counters.service(kind);
+        counters.bytes_sent = counters.bytes_sent.saturating_add(sent as u64);
     }
 }

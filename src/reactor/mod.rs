@@ -19,6 +19,7 @@
 //! - `child.rs`: `exec`'s children: spawning, their pipes, reaping, the answer.
 //! - `disk.rs`: the hashing and disk threads and the jobs the connections hand them.
 //! - `chat.rs`: chat lines to the other members of this worker.
+//! - `bus.rs`: the chat bus's connection to Redis, when the room spans hosts.
 //! - `workers.rs`: `--workers N`: the threads and what crosses between them.
 //! - `shutdown.rs`: signals, shutdown and its grace period.
 //! - `conn.rs`, `timer.rs`, `alarm.rs`, `token.rs`: a connection's state, the deadlines, the
@@ -27,6 +28,7 @@
 mod accept;
 pub mod alarm;
 mod bind;
+mod bus;
 mod chat;
 pub mod child;
 pub mod conn;
@@ -65,7 +67,7 @@ use shutdown::Shutdown;
 pub use stream::fuzz::fuzz_conn_path;
 use stream::stop_input;
 use timer::{TimerKind, Timers};
-use token::{ALARM, CONTROL, SIGNAL, Sources, WAKER};
+use token::{ALARM, BUS, CONTROL, SIGNAL, Sources, WAKER};
 use workers::Links;
 
 /// Everything that lives in the slab.
@@ -104,6 +106,8 @@ pub struct Reactor {
     shutdown: Shutdown,
     /// The control socket: reload and hand-over of the listeners (`handover/`).
     control: handover::Control,
+    /// The chat bus's connection to Redis (`bus.rs`), when the room spans hosts.
+    bus: Option<bus::BusLink>,
 }
 
 /// What every part touches: the poll, the slab of sources, the lists and the clock of the
@@ -142,6 +146,7 @@ impl Reactor {
         let mut events = Events::with_capacity(1024);
         // When the last turn ended: what the next deadline is compared with before sleeping.
         let mut turn_end = Instant::now();
+        self.start_bus();
         loop {
             let timeout = if self.core.ready.is_empty() {
                 self.set_alarm(turn_end)
@@ -169,6 +174,7 @@ impl Reactor {
             self.serve_ready();
             self.fire_timers();
             self.close_dead();
+            self.pump_bus();
             turn_end = Instant::now();
             self.svc.counters.loop_busy += turn_end.saturating_duration_since(self.core.now);
             self.finish_gathers();
@@ -239,6 +245,7 @@ impl Reactor {
             None if token == CONTROL || handover::conn_slot(token).is_some() => {
                 self.on_control(token)
             }
+            None if token == BUS => self.drive_bus(),
             // A stale event for a source closed earlier: its slot is empty or reused.
             None => {}
         }
@@ -267,6 +274,7 @@ impl Reactor {
                     p.queued = false;
                     self.read_pipe(token);
                 }
+                None if token == BUS => self.drive_bus(),
                 Some(Entry::Preamble(_)) | None => {}
             }
         }
@@ -287,6 +295,9 @@ impl Reactor {
                 TimerKind::Linger(token) => self.linger_over(token),
                 TimerKind::Watchdog => self.watchdog(),
                 TimerKind::Control => self.control_timers(),
+                TimerKind::BusTick => self.bus_tick(),
+                TimerKind::BusRetry => self.bus_retry(),
+                TimerKind::BusDeadline(attempt) => self.bus_deadline(attempt),
             }
         }
         // Entries of closed connections wait in the heap until due; compact when they
@@ -303,6 +314,9 @@ impl Reactor {
                 TimerKind::ShutdownGrace
                 | TimerKind::Watchdog
                 | TimerKind::Control
+                | TimerKind::BusTick
+                | TimerKind::BusRetry
+                | TimerKind::BusDeadline(_)
                 | TimerKind::ExecDeadline(_)
                 | TimerKind::ExecPipeGrace(_)
                 | TimerKind::OrphanSweep => true,

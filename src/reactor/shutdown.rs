@@ -379,6 +379,7 @@ impl Reactor {
     /// over. Commands still running are killed, connections still open are counted (cut unless
     /// they were only lingering), and the counts are logged.
     pub(super) fn finish_shutdown(&mut self) {
+        self.bus_farewell();
         // Orphans they leave are killed at exit (`sys::contain::at_exit`).
         for running in self.children.running.values() {
             let _ = running.kill();

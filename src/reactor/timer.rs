@@ -39,6 +39,12 @@ pub enum TimerKind {
     Watchdog,
     /// A control connection or a starting successor may be past its deadline.
     Control,
+    /// The chat bus's heartbeat, claim refresh and presence expiry.
+    BusTick,
+    /// Connect to Redis again.
+    BusRetry,
+    /// This attempt to connect to Redis must be up by now.
+    BusDeadline(u64),
 }
 
 /// A min-heap of deadlines.

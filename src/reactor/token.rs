@@ -26,6 +26,10 @@ pub const CONTROL: Token = Token(usize::MAX - 3);
 /// The token of control connection 0; connection `i` has `CONTROL_CONNS - i` (a few of them).
 pub const CONTROL_CONNS: Token = Token(usize::MAX - 4);
 
+/// The token of the chat bus's connection to Redis (`bus.rs`), below the control
+/// connections' (`handover::control::MAX_CONNS` of them).
+pub const BUS: Token = Token(usize::MAX - 12);
+
 /// Keys at the top of the key space kept for the tokens above.
 const RESERVED_KEYS: usize = 16;
 

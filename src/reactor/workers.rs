@@ -496,7 +496,7 @@ fn link(reactors: &mut [Reactor]) {
         reactor.svc.peers.worker = i;
         reactor.svc.peers.workers = workers;
         if i > 0 {
-            reactor.svc.room = room.share();
+            reactor.svc.room = room.share_for(u16::try_from(i).unwrap_or(u16::MAX));
             reactor.admission.conns = conns.clone();
             reactor.admission.per_addr = per_addr.clone();
             reactor.shared = shared.clone();

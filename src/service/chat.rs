@@ -91,16 +91,6 @@ impl ChatRoom {
         lock(&self.nicks)
     }
 
-    /// Every member's nick on this worker.
-    pub(crate) fn member_nicks(&self) -> impl Iterator<Item = &String> {
-        self.members.values()
-    }
-
-    /// The member `id`'s nick, if it is in the room.
-    pub(crate) fn nick_of(&self, id: MemberId) -> Option<&str> {
-        self.members.get(&id).map(String::as_str)
-    }
-
     /// Renames member `id` from `old` to `new` (already taken in the table for it): the member
     /// and the others are told, and the bus.
     fn commit_rename(
@@ -447,7 +437,11 @@ impl Chat {
                     );
                 } else if new == nick {
                     line(out, format_args!("* you are already {nick}"));
-                } else if room.bus.as_ref().is_some_and(|b| b.pending.contains_key(&id)) {
+                } else if room
+                    .bus
+                    .as_ref()
+                    .is_some_and(|b| b.pending.contains_key(&id))
+                {
                     line(out, format_args!("* error: a nick change is under way"));
                 } else if room.bus.as_ref().is_some_and(|b| b.is_remote(new))
                     || !room.nicks().taken.insert(new.to_owned())

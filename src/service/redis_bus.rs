@@ -255,11 +255,7 @@ impl RedisBus {
     pub(crate) fn publish(&mut self, event: &RoomEvent) {
         self.payload.clear();
         event.encode(&self.origin, &mut self.payload);
-        let args: [&[u8]; 3] = [
-            b"PUBLISH",
-            self.settings.channel.as_bytes(),
-            &self.payload,
-        ];
+        let args: [&[u8]; 3] = [b"PUBLISH", self.settings.channel.as_bytes(), &self.payload];
         if self.phase == Phase::Up {
             resp::encode_command(&mut self.out, &args);
             self.expect.push_back(Expect::Publish);
@@ -503,9 +499,15 @@ mod tests {
                 }
             )]
         );
-        assert_eq!(feed(&mut b, &push("socklab-chat/1 h1/1 join z")).unwrap(), []);
+        assert_eq!(
+            feed(&mut b, &push("socklab-chat/1 h1/1 join z")).unwrap(),
+            []
+        );
         assert_eq!(feed(&mut b, &push("not ours")).unwrap(), []);
-        assert_eq!(feed(&mut b, &push("socklab-chat/1 h2/0 join b@d")).unwrap(), []);
+        assert_eq!(
+            feed(&mut b, &push("socklab-chat/1 h2/0 join b@d")).unwrap(),
+            []
+        );
         assert_eq!(b.counters.rejected, 2);
         assert_eq!(b.counters.received, 1);
     }

@@ -69,6 +69,9 @@ impl Effective {
                 containment: Some(self.exec.containment),
                 workdir: self.exec.workdir.clone(),
             }),
+            chat: s.chat_bus.as_ref().map(|bus| super::super::bus::ChatFile {
+                bus: Some(super::super::bus::BusFile::of(bus)),
+            }),
             listeners: Some(
                 s.listeners
                     .iter()

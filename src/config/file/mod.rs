@@ -41,6 +41,7 @@ struct FileConfig {
     auth: Option<AuthFile>,
     files: Option<FilesFile>,
     exec: Option<ExecFile>,
+    chat: Option<super::bus::ChatFile>,
     #[serde(rename = "listener")]
     listeners: Option<Vec<Spanned<ListenerFile>>>,
 }
@@ -333,7 +334,16 @@ impl ServeSettings {
             name: name.to_owned(),
             text: text.to_owned(),
         };
-        let file = read(&source)?;
+        let mut file = read(&source)?;
+        if let Some(bus) = file.chat.take().and_then(|c| c.bus) {
+            self.server.chat_bus = bus.over(self.server.chat_bus.take()).map_err(|message| {
+                ConfigFileError::Unlocated {
+                    file: name.to_owned(),
+                    key: "chat.bus".to_owned(),
+                    message,
+                }
+            })?;
+        }
         self.apply(file, &source);
         self.source = Some(source);
         Ok(())

@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::bus_message::{Origin, RoomEvent};
 use super::MemberId;
+use super::bus_message::{Origin, RoomEvent};
 
 /// Nicks per `here` heartbeat, so that a large room's heartbeat stays a few KiB per message.
 const HERE_CHUNK: usize = 100;

@@ -34,14 +34,29 @@ impl fmt::Display for Origin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RoomEvent {
     /// A member's line.
-    Said { nick: String, text: String },
+    Said {
+        nick: String,
+        text: String,
+    },
     /// A member's `/me` action.
-    Acted { nick: String, action: String },
-    Joined { nick: String },
-    Left { nick: String },
-    Renamed { old: String, new: String },
+    Acted {
+        nick: String,
+        action: String,
+    },
+    Joined {
+        nick: String,
+    },
+    Left {
+        nick: String,
+    },
+    Renamed {
+        old: String,
+        new: String,
+    },
     /// Members of the origin still there (a heartbeat; a long list comes in several).
-    Here { nicks: Vec<String> },
+    Here {
+        nicks: Vec<String>,
+    },
     /// The origin stops: every member it announced is gone.
     Gone,
 }
@@ -260,13 +275,19 @@ mod tests {
             (b"{\"json\":1}", Rejected::NotOurs),
             (b"socklab-chat/1", Rejected::NotOurs),
             (b"socklab-chat/1 h1/0 say al\xffce hi", Rejected::NotUtf8),
-            (b"socklab-chat/1 h1/0 say alice hi\nbob x", Rejected::Control),
+            (
+                b"socklab-chat/1 h1/0 say alice hi\nbob x",
+                Rejected::Control,
+            ),
             (b"socklab-chat/1 h1/0 say alice hi\r", Rejected::Control),
             (b"socklab-chat/1 h1 say alice hi", Rejected::BadOrigin),
             (b"socklab-chat/1 h 1/0 say alice hi", Rejected::BadOrigin),
             (b"socklab-chat/1 h1/x say alice hi", Rejected::BadOrigin),
             (b"socklab-chat/1 h1/99999 join a", Rejected::BadOrigin),
-            (b"socklab-chat/1 h1/0 shout alice hi", Rejected::UnknownKind("shout".into())),
+            (
+                b"socklab-chat/1 h1/0 shout alice hi",
+                Rejected::UnknownKind("shout".into()),
+            ),
             (b"socklab-chat/1 h1/0 say alice", Rejected::MissingText),
             (b"socklab-chat/1 h1/0 say alice ", Rejected::MissingText),
             (b"socklab-chat/1 h1/0 say al:ce hi", Rejected::BadNick),
