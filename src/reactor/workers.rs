@@ -469,7 +469,7 @@ fn link(reactors: &mut [Reactor]) {
     let Some((first, _)) = reactors.split_first() else {
         return;
     };
-    let room = first.svc.room.share();
+    let room = first.svc.room.share_for(0);
     let conns = first.admission.conns.clone();
     let per_addr = first.admission.per_addr.clone();
     // One store for every worker: its temporaries are numbered in one sequence.

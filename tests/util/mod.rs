@@ -6,6 +6,7 @@
 //! Every wait here is bounded: a test that hangs is a test that lies.
 #![allow(dead_code)]
 
+pub mod chatbus;
 pub mod tmux;
 
 use std::collections::BTreeMap;
@@ -582,6 +583,14 @@ pub fn run_with_input(mut cmd: Command, input: &[u8], bound: Duration) -> std::p
     let out = finish_child(child, bound, &what);
     let _ = writer.join();
     out
+}
+
+/// Sends `sig` to process `pid` (one the test started).
+pub fn signal_pid(pid: i32, sig: i32) {
+    assert!(pid > 0, "no process to signal");
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}): {}", io::Error::last_os_error());
 }
 
 /// A loopback address nothing listens on: a port that was just free (bound, read, closed).
