@@ -226,3 +226,33 @@ fn errors_quote_the_line() {
     let e = err("workers = 2\n\n[limits]\nmax_conns = 0\n");
     assert!(e.ends_with("\n    4 | max_conns = 0"), "{e}");
 }
+
+#[test]
+fn the_chat_bus_reads_back_and_refuses_bad_values() {
+    let text = "[chat.bus]\nredis = \"127.0.0.1:6379\"\nnode = \"web1\"\nchannel = \"room:1\"\n\
+                presence_ttl = \"6s\"\nmax_backlog = \"1MiB\"\npassword_file = \"/p\"\n";
+    let first = parse(text, "t.toml").unwrap().finish().unwrap();
+    let bus = first.server.chat_bus.as_ref().expect("a bus");
+    assert_eq!(bus.addr.to_string(), "127.0.0.1:6379");
+    assert_eq!(bus.settings.node, "web1");
+    assert_eq!(bus.settings.channel, "room:1");
+    assert_eq!(bus.settings.presence_ttl, Duration::from_secs(6));
+    assert_eq!(bus.settings.max_backlog, 1 << 20);
+    assert_eq!(bus.settings.password, None, "read at start-up, never from the file");
+    let printed = first.to_toml().unwrap();
+    let again = parse(&printed, "printed").unwrap().finish().unwrap();
+    assert_eq!(again, first, "{printed}");
+    // No bus without the table.
+    assert_eq!(parse("", "t").unwrap().finish().unwrap().server.chat_bus, None);
+    for (bad, says) in [
+        ("[chat.bus]\nnode = \"x\"\n", "needs `redis"),
+        ("[chat.bus]\nredis = \"nowhere\"\n", "not HOST:PORT"),
+        ("[chat.bus]\nredis = \"unix:\"\n", "needs a path"),
+        ("[chat.bus]\nredis = \"127.0.0.1:1\"\nnode = \"much-too-long-name\"\n", "node name"),
+        ("[chat.bus]\nredis = \"127.0.0.1:1\"\nchannel = \"a b\"\n", "channel name"),
+        ("[chat.bus]\nredis = \"127.0.0.1:1\"\nbogus = 1\n", "bogus"),
+    ] {
+        let e = err(bad);
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}
