@@ -16,6 +16,10 @@ pub struct Redis {
     pub addr: String,
     socket: Option<PathBuf>,
     port: Option<u16>,
+    /// The address it binds (127.0.0.1 unless in a namespace).
+    host: String,
+    /// The network namespace it runs in (`ip netns exec`), if any.
+    netns: Option<String>,
 }
 
 impl Redis {
@@ -26,6 +30,8 @@ impl Redis {
             addr: format!("unix:{path}"),
             socket: Some(PathBuf::from(path)),
             port: None,
+            host: "127.0.0.1".into(),
+            netns: None,
         };
         r.start();
         r
@@ -33,11 +39,18 @@ impl Redis {
 
     /// Starts Redis on 127.0.0.1:`port`.
     pub fn tcp(port: u16) -> Redis {
+        Redis::in_netns(None, "127.0.0.1", port)
+    }
+
+    /// Starts Redis on `host:port` inside network namespace `netns` (reachable from the test).
+    pub fn in_netns(netns: Option<&str>, host: &str, port: u16) -> Redis {
         let mut r = Redis {
             child: None,
-            addr: format!("127.0.0.1:{port}"),
+            addr: format!("{host}:{port}"),
             socket: None,
             port: Some(port),
+            host: host.into(),
+            netns: netns.map(str::to_owned),
         };
         r.start();
         r
@@ -45,8 +58,16 @@ impl Redis {
 
     /// Starts it (again, after `kill`) and waits until it answers PING.
     pub fn start(&mut self) {
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"]);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "redis-server"]);
+                c
+            }
+            None => Command::new("redis-server"),
+        };
+        cmd.args(["--save", "", "--appendonly", "no", "--bind", &self.host]);
+        cmd.args(["--protected-mode", "no"]);
         match (&self.socket, self.port) {
             (Some(path), _) => {
                 let _ = std::fs::remove_file(path);
@@ -90,7 +111,7 @@ impl Redis {
     pub fn client(&self) -> Option<RespClient> {
         let stream: Box<dyn RW> = match (&self.socket, self.port) {
             (Some(path), _) => Box::new(UnixStream::connect(path).ok()?),
-            (None, Some(port)) => Box::new(TcpStream::connect(("127.0.0.1", port)).ok()?),
+            (None, Some(port)) => Box::new(TcpStream::connect((self.host.as_str(), port)).ok()?),
             (None, None) => return None,
         };
         stream.timeout(Duration::from_secs(5));

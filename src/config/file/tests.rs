@@ -238,18 +238,30 @@ fn the_chat_bus_reads_back_and_refuses_bad_values() {
     assert_eq!(bus.settings.channel, "room:1");
     assert_eq!(bus.settings.presence_ttl, Duration::from_secs(6));
     assert_eq!(bus.settings.max_backlog, 1 << 20);
-    assert_eq!(bus.settings.password, None, "read at start-up, never from the file");
+    assert_eq!(
+        bus.settings.password, None,
+        "read at start-up, never from the file"
+    );
     let printed = first.to_toml().unwrap();
     let again = parse(&printed, "printed").unwrap().finish().unwrap();
     assert_eq!(again, first, "{printed}");
     // No bus without the table.
-    assert_eq!(parse("", "t").unwrap().finish().unwrap().server.chat_bus, None);
+    assert_eq!(
+        parse("", "t").unwrap().finish().unwrap().server.chat_bus,
+        None
+    );
     for (bad, says) in [
         ("[chat.bus]\nnode = \"x\"\n", "needs `redis"),
         ("[chat.bus]\nredis = \"nowhere\"\n", "not HOST:PORT"),
         ("[chat.bus]\nredis = \"unix:\"\n", "needs a path"),
-        ("[chat.bus]\nredis = \"127.0.0.1:1\"\nnode = \"much-too-long-name\"\n", "node name"),
-        ("[chat.bus]\nredis = \"127.0.0.1:1\"\nchannel = \"a b\"\n", "channel name"),
+        (
+            "[chat.bus]\nredis = \"127.0.0.1:1\"\nnode = \"much-too-long-name\"\n",
+            "node name",
+        ),
+        (
+            "[chat.bus]\nredis = \"127.0.0.1:1\"\nchannel = \"a b\"\n",
+            "channel name",
+        ),
         ("[chat.bus]\nredis = \"127.0.0.1:1\"\nbogus = 1\n", "bogus"),
     ] {
         let e = err(bad);
