@@ -292,8 +292,7 @@ fn one_room_over_three_hosts_behind_haproxy() {
     for (_, m, name) in &mut members {
         m.send(&format!("line from {name}"));
     }
-    for idx in 0..members.len() {
-        let (_, m, me) = &mut members[idx];
+    for (_, m, me) in &mut members {
         let want: Vec<String> = everyone
             .iter()
             .filter(|n| *n != me)
