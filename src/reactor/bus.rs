@@ -239,10 +239,31 @@ impl Reactor {
                 Err(e) => return Err(Cut::Io(e)),
             }
         }
+        // Other hosts' lines go out together, one write per member for the whole read (as a
+        // local member's batch does), not one per line.
+        let mut lines = Vec::new();
         for h in heard {
-            self.on_heard(h);
+            match h {
+                Heard::Event(origin, event) => {
+                    self.svc
+                        .room
+                        .apply_remote(&origin, &event, self.core.now, &mut lines);
+                }
+                other => {
+                    self.flush_remote(&mut lines);
+                    self.on_heard(other);
+                }
+            }
         }
+        self.flush_remote(&mut lines);
         Ok(())
+    }
+
+    fn flush_remote(&mut self, lines: &mut Vec<u8>) {
+        if !lines.is_empty() {
+            self.deliver_chat(lines, None);
+            lines.clear();
+        }
     }
 
     fn on_heard(&mut self, heard: Heard) {
@@ -262,9 +283,7 @@ impl Reactor {
                 self.svc
                     .room
                     .apply_remote(&origin, &event, self.core.now, &mut lines);
-                if !lines.is_empty() {
-                    self.deliver_chat(&lines, None);
-                }
+                self.flush_remote(&mut lines);
             }
             Heard::Claim { member, nick, won } => {
                 let (mut mine, mut others) = (Vec::new(), Vec::new());
