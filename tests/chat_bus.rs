@@ -20,6 +20,10 @@ const T: Duration = Duration::from_secs(10);
 
 /// A socklab host: chat and metrics on ephemeral ports, on the bus at `redis` as `node`.
 fn host(redis: &str, node: &str, extra: &[&str]) -> Server {
+    host_with_ttl(redis, node, "2s", extra)
+}
+
+fn host_with_ttl(redis: &str, node: &str, ttl: &str, extra: &[&str]) -> Server {
     let mut args = util::serve_args(
         &[("chat", "127.0.0.1:0"), ("metrics", "127.0.0.1:0")],
         &[
@@ -28,7 +32,7 @@ fn host(redis: &str, node: &str, extra: &[&str]) -> Server {
             "--chat-bus-node",
             node,
             "--chat-bus-presence-ttl",
-            "2s",
+            ttl,
         ],
     );
     args.extend(extra.iter().map(|s| s.to_string()));
@@ -398,4 +402,28 @@ fn a_dead_host_s_members_vanish_within_the_presence_ttl() {
         assert!(Instant::now() < deadline, "the claim never expired: {l}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn a_host_that_stops_says_its_members_left_at_once() {
+    let dir = TempDir::new("bus-stop");
+    let redis = Redis::unix(&dir.file("redis.sock"));
+    // A presence TTL far longer than the test: only the stopping host's word can remove them.
+    let a = host_with_ttl(&redis.addr, "sa", "60s", &[]);
+    let mut b = host_with_ttl(&redis.addr, "sb", "60s", &[]);
+    wait_metric(&a, "up", |n| n == 1);
+    wait_metric(&b, "up", |n| n == 1);
+    let (mut ma, _) = join(&a, "ma");
+    let (mut mb, nb) = join(&b, "mb");
+    ma.until(T, |l| l == format!("* {nb} joined"));
+    b.signal(libc::SIGTERM);
+    mb.until(T, |l| l == "* server shutting down");
+    ma.until(T, |l| l == format!("* {nb} left"));
+    let (_, who) = ma.sync(T);
+    assert!(!who.contains(&nb), "{who:?}");
+    assert!(
+        b.wait_exit(T).is_some_and(|s| s.success()),
+        "{}",
+        b.stderr()
+    );
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::values::{NonZeroDur, Size};
+use super::values::{Count, NonZeroDur, Size};
 use crate::service::redis_bus::BusSettings;
 
 /// Where Redis listens.
@@ -162,6 +162,7 @@ pub(super) struct BusFile {
     max_backlog: Option<Size>,
     max_pending: Option<Size>,
     connect_timeout: Option<NonZeroDur>,
+    max_remote_members: Option<Count>,
 }
 
 impl BusFile {
@@ -198,6 +199,9 @@ impl BusFile {
         if let Some(d) = self.connect_timeout {
             s.connect_timeout = d.0;
         }
+        if let Some(n) = self.max_remote_members {
+            s.max_remote = n.0;
+        }
         if self.password_file.is_some() {
             bus.password_file = self.password_file;
         }
@@ -217,6 +221,7 @@ impl BusFile {
             max_backlog: Some(Size(s.max_backlog)),
             max_pending: Some(Size(s.max_pending)),
             connect_timeout: Some(NonZeroDur(s.connect_timeout)),
+            max_remote_members: Some(Count(s.max_remote)),
         }
     }
 }
