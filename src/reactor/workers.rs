@@ -545,6 +545,47 @@ mod tests {
     }
 
     #[test]
+    fn the_chat_bus_counters_add_up_in_stats_and_metrics() {
+        use crate::service::redis_bus::BusCounters;
+        let now = Instant::now();
+        let mut g = gather(vec![1], now + GATHER_TIMEOUT);
+        let with_bus = |published, up| {
+            let mut c = counters(0);
+            c.bus = Some(BusCounters {
+                published,
+                received: 2,
+                rejected: 1,
+                dropped: 3,
+                reconnects: 1,
+                errors: 0,
+                up,
+            });
+            c
+        };
+        g.answer(1, with_bus(5, 1));
+        let got = g.finish(0, &with_bus(7, 0), 2);
+        let json = got.stats_json();
+        let bus = &json["chat_bus"];
+        assert_eq!(bus["published"], 12);
+        assert_eq!(bus["received"], 4);
+        assert_eq!(bus["dropped"], 6);
+        assert_eq!(bus["reconnects"], 2);
+        assert_eq!(bus["up"], 1, "one worker of two is up");
+        let text = got.prometheus();
+        for line in [
+            "socklab_chat_bus_published_total{worker=\"0\"} 7",
+            "socklab_chat_bus_published_total{worker=\"1\"} 5",
+            "socklab_chat_bus_up{worker=\"0\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        // Without a bus: no `chat_bus` and no series.
+        let plain = gather(vec![], now).finish(0, &counters(1), 1);
+        assert!(plain.stats_json()["chat_bus"].is_null());
+        assert!(!plain.prometheus().contains("chat_bus"));
+    }
+
+    #[test]
     fn a_silent_worker_is_missing_once_the_time_is_up() {
         let now = Instant::now();
         let mut g = gather(vec![1, 3, 2], now + GATHER_TIMEOUT);
