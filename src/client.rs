@@ -324,7 +324,7 @@ impl FilesClient {
                 ..
             }) => {
                 let resp = Response {
-                    fields: h.fields,
+                    fields: h.map().into_owned(),
                     size: h.size,
                 };
                 if let Err(server) = resp.into_result() {
@@ -491,7 +491,7 @@ impl FilesClient {
                 ..
             } => {
                 let resp = Response {
-                    fields: h.fields,
+                    fields: h.map().into_owned(),
                     size: h.size,
                 };
                 // The decoder now expects the body; this client reads the body itself.

@@ -64,7 +64,7 @@ impl ToEvent for Part<'_> {
         match self {
             Part::Header(h) => events.push(Event::Header {
                 raw: h.raw.to_owned(),
-                fields: h.fields,
+                fields: h.map().into_owned(),
                 size: h.size,
             }),
             Part::BodyChunk(chunk) => {

@@ -25,14 +25,18 @@
 //! [`encode_header`] writes a response (or request) header with its `size`
 //! set, so that the body can be appended (or written from a file) separately.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{Decoded, Decoder};
 
 mod strict;
+mod typed;
 
 pub use strict::{BadField, BadReason};
+pub use typed::{Request, Val};
 
 /// Bytes of the `H` field.
 const PREFIX: usize = 4;
@@ -162,7 +166,7 @@ pub struct Header<'a> {
     /// that wants to deserialize it into a typed struct borrowing `&'a str`s.
     pub raw: &'a str,
     /// The header's fields.
-    pub fields: Map<String, Value>,
+    pub fields: Fields<'a>,
     /// The body length: `size`, or `filesize` where accepted; 0 if neither.
     pub size: u64,
     /// The first field that is present but unusable (a duplicate key, a number out of range),
@@ -170,15 +174,87 @@ pub struct Header<'a> {
     pub problem: Option<BadField>,
 }
 
+/// A header's fields: typed and borrowed (the fast path, `typed.rs`), or the whole map (the
+/// strict path, taken by every header the fast path is not sure of).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fields<'a> {
+    Typed(Request<'a>),
+    Map(Map<String, Value>),
+}
+
+/// A field as a request reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field<'h> {
+    Missing,
+    Null,
+    Str(&'h str),
+    /// Present, and neither a string nor `null`.
+    Other,
+}
+
 impl<'a> Header<'a> {
-    /// The request's `id`, to be copied into its response.
-    pub fn id(&self) -> Option<&Value> {
-        self.fields.get("id")
+    /// The request's `id` as JSON text, to be copied into its response: the text that came
+    /// (fast path) or the value written again (strict path).
+    pub fn id_json(&self) -> Option<Cow<'a, str>> {
+        match &self.fields {
+            Fields::Typed(r) => r.id.map(Cow::Borrowed),
+            Fields::Map(m) => m
+                .get("id")
+                .and_then(|v| serde_json::to_string(v).ok())
+                .map(Cow::Owned),
+        }
+    }
+
+    /// The request's `id` as a value (for tests and logs; responses copy `id_json`).
+    pub fn id_value(&self) -> Option<Value> {
+        self.id_json().and_then(|id| serde_json::from_str(&id).ok())
     }
 
     /// The `cmd` field, when it is a string.
     pub fn cmd(&self) -> Option<&str> {
-        self.fields.get("cmd").and_then(Value::as_str)
+        match self.field("cmd") {
+            Field::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A top-level field that a request reads as a string: `cmd`, `filename`, `md5`.
+    pub fn field(&self, name: &str) -> Field<'_> {
+        match &self.fields {
+            Fields::Typed(r) => {
+                let v = match name {
+                    "cmd" => &r.cmd,
+                    "filename" => &r.filename,
+                    "md5" => &r.md5,
+                    // The fast path keeps no other field a request reads as a string.
+                    _ => return Field::Missing,
+                };
+                match v {
+                    None => Field::Missing,
+                    Some(Val::Str(s)) => Field::Str(s),
+                    Some(Val::Null) => Field::Null,
+                    Some(Val::U64(_) | Val::Scalar) => Field::Other,
+                }
+            }
+            Fields::Map(m) => match m.get(name) {
+                None => Field::Missing,
+                Some(Value::Null) => Field::Null,
+                Some(Value::String(s)) => Field::Str(s),
+                Some(_) => Field::Other,
+            },
+        }
+    }
+
+    /// Every field as a map (the strict path's, or the header parsed again): for the rare
+    /// request that reads more than the fast path keeps (`exec`).
+    pub fn map(&self) -> Cow<'_, Map<String, Value>> {
+        match &self.fields {
+            Fields::Map(m) => Cow::Borrowed(m),
+            Fields::Typed(_) => match strict::parse(self.raw) {
+                Ok(strict::Parsed::Object { fields, .. }) => Cow::Owned(fields),
+                _ => Cow::Owned(Map::new()),
+            },
+        }
     }
 
     /// Deserializes the header text again into a typed value that may borrow
@@ -437,6 +513,26 @@ impl HeaderBodyDecoder {
             offset,
             valid_up_to: e.valid_up_to(),
         })?;
+        if let Some(req) = typed::parse(raw) {
+            let size = match (req.size, req.filesize.filter(|_| self.config.accept_filesize)) {
+                (None, None) => 0,
+                (Some(n), None) | (None, Some(n)) => n,
+                (Some(a), Some(b)) if a == b => a,
+                // They differ: the strict path says so, with the request's id.
+                (Some(_), Some(_)) => return self.strict_header(raw, offset, end),
+            };
+            return Ok(self.header_item(raw, Fields::Typed(req), size, None, offset, end));
+        }
+        self.strict_header(raw, offset, end)
+    }
+
+    /// A header the fast path was not sure of, read by the strict path.
+    fn strict_header<'a>(
+        &mut self,
+        raw: &'a str,
+        offset: u64,
+        end: usize,
+    ) -> Result<Decoded<Part<'a>>, HeaderError> {
         let parsed = strict::parse(raw).map_err(|e| HeaderError::BadJson {
             offset,
             line: e.line(),
@@ -460,6 +556,19 @@ impl HeaderBodyDecoder {
         }
         let size = body_size(&fields, accept_filesize, offset)?;
         let problem = bad.into_iter().next();
+        Ok(self.header_item(raw, Fields::Map(fields), size, problem, offset, end))
+    }
+
+    /// The header is read: the body of `size` bytes follows.
+    fn header_item<'a>(
+        &mut self,
+        raw: &'a str,
+        fields: Fields<'a>,
+        size: u64,
+        problem: Option<BadField>,
+        offset: u64,
+        end: usize,
+    ) -> Decoded<Part<'a>> {
         self.frame_start = offset;
         self.offset = offset.saturating_add(end as u64);
         self.state = if size == 0 {
@@ -467,7 +576,7 @@ impl HeaderBodyDecoder {
         } else {
             State::Body { remaining: size }
         };
-        Ok(Decoded::Item {
+        Decoded::Item {
             item: Part::Header(Header {
                 raw,
                 fields,
@@ -475,7 +584,7 @@ impl HeaderBodyDecoder {
                 problem,
             }),
             consumed: end,
-        })
+        }
     }
 
     /// Stream offset of the first byte of the frame being decoded (or last decoded).

@@ -2,10 +2,12 @@
 //! `arbitrary` list of operations and replays it against a sans-IO service, checking the
 //! invariants the reactor relies on, not only that nothing panics.
 
+mod bus;
 mod conn;
 mod dgram;
 
 pub use crate::reactor::fuzz_conn_path;
+pub use bus::fuzz_chat_bus;
 use conn::{Conn, Op};
 pub use dgram::fuzz_datagram;
 

@@ -179,7 +179,7 @@ pub enum Ending {
 /// Appends the response to an `exec` whose child ended as `ending`, with what it wrote.
 pub fn encode_outcome(
     out: &mut Vec<u8>,
-    id: Option<&Value>,
+    id: Option<&str>,
     ending: &Ending,
     stdout: &Capture,
     stderr: &Capture,
@@ -236,8 +236,8 @@ pub fn encode_outcome(
             (ErrorCode::TooBusy.as_str(), false)
         }
     };
-    if let Some(id) = id {
-        f.insert("id".into(), id.clone());
+    if let Some(id) = id.and_then(|id| serde_json::from_str::<Value>(id).ok()) {
+        f.insert("id".into(), id);
     }
     let size = if body {
         stdout.bytes.len().saturating_add(stderr.bytes.len())
@@ -356,7 +356,7 @@ mod tests {
             truncated: true,
         };
         assert_eq!(
-            encode_outcome(&mut out, Some(&json!(7)), &Ending::Exited(3), &so, &se),
+            encode_outcome(&mut out, Some("7"), &Ending::Exited(3), &so, &se),
             "ok"
         );
         let h = u32::from_le_bytes(out[..4].try_into().unwrap()) as usize;

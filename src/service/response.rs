@@ -5,7 +5,6 @@
 
 use std::io::Write as _;
 
-use serde_json::Value;
 
 /// The error codes of PROTOCOL.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -127,11 +126,12 @@ impl<'a> Head<'a> {
         self
     }
 
-    /// Ends the header with the request's `id` (if any) and `size`, and fills in the prefix.
-    pub fn finish(mut self, id: Option<&Value>, size: u64) {
+    /// Ends the header with the request's `id` (if any: its JSON text, copied as it came) and
+    /// `size`, and fills in the prefix.
+    pub fn finish(mut self, id: Option<&str>, size: u64) {
         if let Some(id) = id {
             self.key("id");
-            self.json(id);
+            self.out.extend_from_slice(id.as_bytes());
         }
         self.key("size");
         let _ = write!(self.out, "{size}}}");
@@ -153,7 +153,7 @@ impl<'a> Head<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn decode(out: &[u8]) -> Value {
         let h = u32::from_le_bytes(out[..4].try_into().unwrap()) as usize;
@@ -167,7 +167,7 @@ mod tests {
         Head::ok(&mut out, "get")
             .str("md5", "ab\"c\n")
             .num("mtime", -5i64)
-            .finish(Some(&json!({"k": [1, "x"]})), 42);
+            .finish(Some(r#"{"k": [1, "x"]}"#), 42);
         assert_eq!(
             decode(&out),
             json!({"ok": true, "cmd": "get", "md5": "ab\"c\n", "mtime": -5, "id": {"k": [1, "x"]}, "size": 42})

@@ -103,7 +103,7 @@ pub fn read_frame(
                     off += consumed;
                     match item {
                         Part::Header(h) => {
-                            if h.fields.get("ok") != Some(&Value::Bool(true)) {
+                            if h.map().get("ok") != Some(&Value::Bool(true)) {
                                 return Err(TuneError::Protocol(format!(
                                     "the server answered {}",
                                     h.raw

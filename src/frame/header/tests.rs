@@ -15,7 +15,7 @@ fn header_of(d: &mut HeaderBodyDecoder, input: &[u8]) -> (Map<String, Value>, u6
         Ok(Decoded::Item {
             item: Part::Header(h),
             consumed,
-        }) => (h.fields, h.size, consumed),
+        }) => (h.map().into_owned(), h.size, consumed),
         other => panic!("expected a header, got {other:?}"),
     }
 }
@@ -83,7 +83,7 @@ fn header_borrows_its_text_and_parses_typed() {
         panic!()
     };
     assert_eq!(h.parse::<Put>().unwrap().filename, "a.txt");
-    assert_eq!((h.cmd(), h.id()), (Some("put"), Some(&json!([1]))));
+    assert_eq!((h.cmd(), h.id_value()), (Some("put"), Some(json!([1]))));
     assert!(std::ptr::eq(h.raw.as_ptr(), input[4..].as_ptr()));
 }
 
@@ -402,7 +402,7 @@ fn unusable_fields_are_a_problem_unless_they_hide_the_size() {
         panic!()
     };
     assert_eq!(
-        (h.size, consumed, h.id(), h.cmd()),
+        (h.size, consumed, h.id_value(), h.cmd()),
         (2, input.len(), None, None)
     );
     assert_eq!(

@@ -71,7 +71,7 @@ fn responses(bytes: &[u8]) -> Vec<Response> {
             Decoded::Item { item, consumed } => {
                 pos += consumed;
                 match item {
-                    Part::Header(h) => got.push((h.fields, Vec::new())),
+                    Part::Header(h) => got.push((h.map().into_owned(), Vec::new())),
                     Part::BodyChunk(b) => got.last_mut().unwrap().1.extend_from_slice(b),
                     Part::BodyEnd => {}
                 }

@@ -11,13 +11,12 @@
 use std::io;
 use std::sync::Arc;
 
-use serde_json::Value;
 
 use super::exec::{self, Capture, Ending, ExecPolicy, ExecRefusal, ExecRequest};
 use super::response::{ErrorCode, Head};
 use super::store::{Store, check_name};
 use super::{Action, Awaiting, Event, Step};
-use crate::frame::header::{HeaderBodyConfig, HeaderBodyDecoder, Part};
+use crate::frame::header::{Field, HeaderBodyConfig, HeaderBodyDecoder, Part};
 use crate::frame::{Decoded, Header};
 use crate::metrics::{Counters, Gathered, Peers};
 
@@ -194,8 +193,8 @@ pub struct Files {
 /// A `stats` request waiting for every worker's counters (`Action::Counters`).
 #[derive(Debug)]
 struct StatsWait {
-    /// The request's id, for the response.
-    id: Option<Value>,
+    /// The request's id (its JSON text), for the response.
+    id: Option<Box<str>>,
     /// The reactor has been asked (`poll_action`).
     asked: bool,
 }
@@ -207,9 +206,9 @@ enum ExecState {
     #[default]
     Idle,
     /// Checked; the reactor is to start it. The request's id comes with it.
-    Queued(ExecRequest, Option<Value>),
+    Queued(ExecRequest, Option<Box<str>>),
     /// Running; the id is for the response.
-    Running(Option<Value>),
+    Running(Option<Box<str>>),
 }
 
 /// Appends an error frame and counts it.
@@ -217,7 +216,7 @@ fn respond_error(
     out: &mut Vec<u8>,
     counters: &mut Counters,
     cmd: Option<Cmd>,
-    id: Option<&Value>,
+    id: Option<&str>,
     code: ErrorCode,
     message: impl AsRef<str>,
 ) {
@@ -226,7 +225,7 @@ fn respond_error(
 }
 
 /// The `stats` response: every worker's counters, as gathered.
-fn stats_response(out: &mut Vec<u8>, id: Option<&Value>, gathered: &Gathered) {
+fn stats_response(out: &mut Vec<u8>, id: Option<&str>, gathered: &Gathered) {
     let data = serde_json::to_vec(&gathered.stats_json()).unwrap_or_default();
     Head::ok(out, Cmd::Stats.name()).finish(id, data.len() as u64);
     out.extend_from_slice(&data);
@@ -253,22 +252,24 @@ fn io_message(e: &io::Error) -> String {
 
 /// The command a header names.
 fn cmd_of(h: &Header<'_>) -> Result<Cmd, (ErrorCode, String)> {
-    match h.fields.get("cmd") {
-        Some(Value::String(s)) => {
+    match h.field("cmd") {
+        Field::Str(s) => {
             Cmd::parse(s).ok_or_else(|| (ErrorCode::UnknownCmd, format!("unknown command `{s}`")))
         }
-        Some(_) => Err((ErrorCode::BadRequest, "`cmd` is not a string".into())),
-        None => Err((ErrorCode::BadRequest, "`cmd` is missing".into())),
+        Field::Null | Field::Other => Err((ErrorCode::BadRequest, "`cmd` is not a string".into())),
+        Field::Missing => Err((ErrorCode::BadRequest, "`cmd` is missing".into())),
     }
 }
 
 fn filename_of<'h>(h: &'h Header<'_>) -> Result<&'h str, (ErrorCode, String)> {
-    match h.fields.get("filename") {
-        None => Err((ErrorCode::BadRequest, "`filename` is missing".into())),
-        Some(Value::String(s)) => check_name(s)
-            .map(|()| s.as_str())
+    match h.field("filename") {
+        Field::Missing => Err((ErrorCode::BadRequest, "`filename` is missing".into())),
+        Field::Str(s) => check_name(s)
+            .map(|()| s)
             .map_err(|e| (ErrorCode::BadFilename, e.to_string())),
-        Some(_) => Err((ErrorCode::BadFilename, "`filename` is not a string".into())),
+        Field::Null | Field::Other => {
+            Err((ErrorCode::BadFilename, "`filename` is not a string".into()))
+        }
     }
 }
 
@@ -346,7 +347,7 @@ impl Files {
             Event::Closing => {}
             Event::Counters(gathered) => {
                 if let Some(wait) = self.stats.take() {
-                    stats_response(out, wait.id.as_ref(), gathered);
+                    stats_response(out, wait.id.as_deref(), gathered);
                 }
             }
         }
@@ -387,11 +388,12 @@ impl Files {
                     }
                 }
                 Err(e) => {
+                    let id = e.request_id().and_then(|v| serde_json::to_string(v).ok());
                     respond_error(
                         out,
                         counters,
                         None,
-                        e.request_id(),
+                        id.as_deref(),
                         ErrorCode::BadFrame,
                         e.to_string(),
                     );
@@ -414,7 +416,8 @@ impl Files {
         peers: &Peers,
     ) {
         self.body = Body::Skip;
-        let id = h.id();
+        let id_json = h.id_json();
+        let id = id_json.as_deref();
         // The frame's end is known (its body is skipped), the request is not: PROTOCOL.md.
         if let Some(bad) = &h.problem {
             let msg = format!("malformed header: {bad}");
@@ -422,7 +425,7 @@ impl Files {
             return;
         }
         if let Some(v) = id {
-            let len = serde_json::to_vec(v).map_or(usize::MAX, |b| b.len());
+            let len = v.len();
             if len > MAX_ID {
                 let msg = format!("`id` is {len} bytes as JSON; at most {MAX_ID}");
                 respond_error(out, counters, None, None, ErrorCode::BadRequest, msg);
@@ -459,7 +462,7 @@ impl Files {
                 if peers.alone() {
                     stats_response(out, id, &Gathered::alone(peers.worker, counters));
                 } else {
-                    let id = id.cloned();
+                    let id = id.map(Box::from);
                     self.stats = Some(StatsWait { id, asked: false });
                 }
                 Ok(())
@@ -474,9 +477,9 @@ impl Files {
     /// `exec`: a request the policy allows waits for the reactor to start it (`poll_action`).
     fn queue_exec(&mut self, h: &Header<'_>) -> Result<(), (ErrorCode, String)> {
         let policy = self.shared.config.exec.as_ref();
-        match exec::check(policy, self.authenticated, &h.fields) {
+        match exec::check(policy, self.authenticated, &h.map()) {
             Ok(req) => {
-                self.exec = ExecState::Queued(req, h.id().cloned());
+                self.exec = ExecState::Queued(req, h.id_json().map(|id| id.into()));
                 Ok(())
             }
             Err(refusal) => {
@@ -517,7 +520,7 @@ impl Files {
         let ExecState::Running(id) = std::mem::replace(&mut self.exec, ExecState::Idle) else {
             return;
         };
-        let outcome = exec::encode_outcome(out, id.as_ref(), ending, stdout, stderr);
+        let outcome = exec::encode_outcome(out, id.as_deref(), ending, stdout, stderr);
         counters.frame("exec", outcome);
     }
 

@@ -34,7 +34,7 @@ pub(super) enum Outgoing {
         offset: u64,
         hasher: Hasher,
         then: AfterHash,
-        id: Option<Value>,
+        id: Option<Box<str>>,
     },
     /// A file's bytes, from `offset`, `left` to go.
     File { file: File, offset: u64, left: u64 },
@@ -109,7 +109,7 @@ impl Files {
     /// `list`: the names, sizes and md5s of the stored files, sent as a long response.
     pub(super) fn start_list(
         &mut self,
-        id: Option<&Value>,
+        id: Option<&str>,
         out: &mut Vec<u8>,
         counters: &mut Counters,
     ) -> Result<(), (ErrorCode, String)> {
@@ -145,7 +145,7 @@ impl Files {
             }
         })?;
         let info = Store::info(&file, &meta);
-        let id = h.id().cloned();
+        let id: Option<Box<str>> = h.id_json().map(|id| id.into());
         match info.md5 {
             Some(md5) => {
                 self.answer_read(then, file, info.size, info.mtime, md5, id, out, counters)
@@ -173,7 +173,7 @@ impl Files {
         size: u64,
         mtime: i64,
         md5: String,
-        id: Option<Value>,
+        id: Option<Box<str>>,
         out: &mut Vec<u8>,
         counters: &mut Counters,
     ) {
@@ -182,7 +182,7 @@ impl Files {
                 counters.frame("get", "ok");
                 Head::ok(out, "get")
                     .str("md5", &md5)
-                    .finish(id.as_ref(), size);
+                    .finish(id.as_deref(), size);
                 if size > 0 {
                     self.outgoing = Some(Outgoing::File {
                         file,
@@ -197,7 +197,7 @@ impl Files {
                     .num("filesize", size)
                     .str("md5", &md5)
                     .num("mtime", mtime)
-                    .finish(id.as_ref(), 0);
+                    .finish(id.as_deref(), 0);
             }
         }
     }

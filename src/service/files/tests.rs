@@ -4,7 +4,7 @@ use super::*;
 use crate::frame::header::HeaderBodyDecoder;
 use crate::service::store::Hasher;
 use outgoing::Produced;
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn session(tag: &str, max_upload: Option<u64>) -> (Files, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("socklab-files-{tag}-{}", std::process::id()));
@@ -66,7 +66,7 @@ fn run(s: &mut Files, input: &[u8]) -> (Vec<Response>, bool) {
     while let Ok(Decoded::Item { item, consumed }) = d.decode(&out[p..]) {
         p += consumed;
         match item {
-            Part::Header(h) => responses.push((h.fields, Vec::new())),
+            Part::Header(h) => responses.push((h.map().into_owned(), Vec::new())),
             Part::BodyChunk(c) => responses.last_mut().unwrap().1.extend_from_slice(c),
             Part::BodyEnd => {}
         }
@@ -113,7 +113,7 @@ fn with_other_workers_stats_waits_for_their_counters_and_keeps_order() {
         panic!("a stats response first");
     };
     assert_eq!(
-        (h.fields["cmd"].clone(), h.fields["id"].clone()),
+        (h.map()["cmd"].clone(), h.map()["id"].clone()),
         (json!("stats"), json!(9))
     );
     let Ok(Decoded::Item {
@@ -283,7 +283,7 @@ fn a_body_that_fills_the_in_flight_window_ends_on_the_next_call_without_new_byte
         Ok(Decoded::Item {
             item: Part::Header(h),
             ..
-        }) => assert_eq!(h.fields["md5"], json!("781e5e245d69b566979b86e28d23f2c7")),
+        }) => assert_eq!(h.map()["md5"], json!("781e5e245d69b566979b86e28d23f2c7")),
         other => panic!("no put response: {other:?}"),
     }
     assert_eq!(std::fs::read(dir.join("f")).unwrap(), b"0123456789");

@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
+use crate::frame::header::Field;
 
 use super::{Body, Cmd, Files, io_message, respond_error};
 use crate::frame::Header;
@@ -41,7 +41,7 @@ pub enum DiskDone {
         name: String,
         md5: String,
         size: u64,
-        id: Option<Value>,
+        id: Option<Box<str>>,
     },
 }
 
@@ -65,7 +65,7 @@ pub(super) struct Upload {
     /// The md5 the client announced, lower-cased.
     want_md5: Option<String>,
     /// The request's id.
-    id: Option<Value>,
+    id: Option<Box<str>>,
     /// Bytes announced.
     size: u64,
     /// Bytes handed to the disk thread so far.
@@ -156,10 +156,10 @@ impl Files {
                             .str("filename", &name)
                             .num("filesize", size)
                             .str("md5", &md5)
-                            .finish(id.as_ref(), 0);
+                            .finish(id.as_deref(), 0);
                     }
                     Err((code, msg)) => {
-                        respond_error(out, counters, Some(Cmd::Put), id.as_ref(), code, msg)
+                        respond_error(out, counters, Some(Cmd::Put), id.as_deref(), code, msg)
                     }
                 }
             }
@@ -180,12 +180,12 @@ impl Files {
                 ),
             ));
         }
-        let want_md5 = match h.fields.get("md5") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) => {
+        let want_md5 = match h.field("md5") {
+            Field::Missing | Field::Null => None,
+            Field::Str(s) if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) => {
                 Some(s.to_ascii_lowercase())
             }
-            Some(_) => {
+            Field::Str(_) | Field::Other => {
                 return Err((
                     ErrorCode::BadRequest,
                     "`md5` must be 32 hexadecimal digits".into(),
@@ -204,7 +204,7 @@ impl Files {
             hasher: Default::default(),
             name: name.to_owned(),
             want_md5,
-            id: h.id().cloned(),
+            id: h.id_json().map(|id| id.into()),
             size: h.size,
             written: 0,
             written_back: 0,
