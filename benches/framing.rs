@@ -322,5 +322,70 @@ fn lines(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, length, header_body, lines);
+/// One header's decode, three ways, on the same bytes (issue 20): the typed fast path, the
+/// strict map (every header before it), and `serde_json::from_slice::<Value>` (the naive way);
+/// and the decoder over a stream of such frames, whole and in 1,460-byte segments.
+fn header_decode(c: &mut Criterion) {
+    for (name, header) in [
+        ("put", put_header(PUT_BODY)),
+        ("ping", r#"{"cmd":"ping"}"#.to_owned()),
+    ] {
+        let body = if name == "put" { PUT_BODY } else { 0 };
+        let mut stream = Vec::new();
+        for _ in 0..PUTS {
+            stream.extend_from_slice(&(header.len() as u32).to_le_bytes());
+            stream.extend_from_slice(header.as_bytes());
+            stream.extend_from_slice(&vec![0x42; body]);
+        }
+        let mut group = c.benchmark_group(format!("header_decode/{name}_{}B", header.len()));
+        group.throughput(Throughput::Elements(1));
+        group.bench_function("typed", |b| {
+            b.iter(|| {
+                let r = socklab::frame::header::parse_typed(black_box(&header)).unwrap();
+                black_box(r.size.unwrap_or(0) + u64::from(r.cmd.is_some()))
+            })
+        });
+        group.bench_function("strict_map", |b| {
+            b.iter(|| {
+                let (m, _) = socklab::frame::header::parse_strict(black_box(&header)).unwrap();
+                black_box(m.len())
+            })
+        });
+        group.bench_function("serde_json_value", |b| {
+            b.iter(|| {
+                let v: serde_json::Value =
+                    serde_json::from_slice(black_box(header.as_bytes())).unwrap();
+                black_box(v.as_object().map_or(0, |o| o.len()))
+            })
+        });
+        group.throughput(Throughput::Elements(PUTS as u64));
+        group.bench_function("decoder_whole", |b| {
+            b.iter(|| {
+                let mut d = HeaderBodyDecoder::default();
+                let (mut pos, mut sum) = (0, 0);
+                while let Ok(Decoded::Item { item, consumed }) = d.decode(&stream[pos..]) {
+                    sum += weigh(item);
+                    pos += consumed;
+                }
+                black_box(sum)
+            })
+        });
+        let mut leftover = Leftover::new();
+        group.bench_function("decoder_segments", |b| {
+            b.iter(|| {
+                let mut d = HeaderBodyDecoder::default();
+                let mut sum = 0;
+                for segment in stream.chunks(SEGMENT) {
+                    leftover
+                        .feed(&mut d, segment, |part| sum += weigh(part))
+                        .unwrap();
+                }
+                black_box(sum)
+            })
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, length, header_body, header_decode, lines);
 criterion_main!(benches);

@@ -28,8 +28,9 @@
 # the load generator is this build's `socklab bench` for all. The report then adds "Before and
 # after": both builds' median CPU/request and requests/s, and the median of the per-round
 # ratios this build / baseline of CPU per request [each round]. --only keeps the listed server
-# groups (socklab, which includes the baseline, tokio, redis, floor), e.g. --only socklab for a
-# short before/after run.
+# groups (socklab, which includes the baseline, tokio, redis, floor; and frames, not run unless
+# named: files `echo` frames with 16 B and 1 KiB bodies, baseline included), e.g. --only socklab
+# for a short before/after run, --only "socklab frames floor" for issue 20's frame rows.
 # --write BENCHMARKS.md puts the report between the lines `<!-- bench-anchors: begin -->` and
 # `<!-- bench-anchors: end -->` of that file (appended with them when they are not there yet).
 # It installs redis-server (apt-get) when missing. Everything it starts is stopped at exit.
@@ -67,7 +68,7 @@ done
 
 log() { echo "bench-anchors: $*" >&2; }
 for g in $only; do
-    case "$g" in socklab | tokio | redis | floor) ;; *) echo "bench-anchors: --only: unknown group $g" >&2; exit 2 ;; esac
+    case "$g" in socklab | frames | tokio | redis | floor) ;; *) echo "bench-anchors: --only: unknown group $g" >&2; exit 2 ;; esac
 done
 want() { [[ " $only " == *" $1 "* ]]; }
 if [ -n "$baseline" ]; then
@@ -157,7 +158,7 @@ start_socklab() {
 
 # name|pid|bench arguments
 targets=()
-if want socklab; then
+if want socklab || want frames; then
     start_socklab "$socklab" socklab
     socklab_pid=$started_pid socklab_echo=$started_echo socklab_files=$started_files
     if [ -n "$baseline" ]; then
@@ -210,6 +211,15 @@ want redis && targets+=("redis PING|$redis_pid|--addr $redis_addr --mode line --
 if want socklab; then
     targets+=("socklab files ping|$socklab_pid|--addr $socklab_files --mode frame --frame-cmd ping")
     [ -n "$baseline" ] && targets+=("socklab files ping ($b)|$base_pid|--addr $base_files --mode frame --frame-cmd ping")
+fi
+# Frames with a body (issue 20): files echo of 16 B and 1 KiB, against the floor's raw echo.
+if want frames; then
+    for size in 16 1024; do
+        label="$size B"
+        [ "$size" = 1024 ] && label="1 KiB"
+        targets+=("socklab files echo $label|$socklab_pid|--addr $socklab_files --mode frame --frame-cmd echo --size $size")
+        [ -n "$baseline" ] && targets+=("socklab files echo $label ($b)|$base_pid|--addr $base_files --mode frame --frame-cmd echo --size $size")
+    done
 fi
 want floor && targets+=("floor echo raw|$floor_pid|--addr $floor_addr --mode raw --size 64")
 servers=$(for t in "${targets[@]}"; do printf '%s\n' "${t%%|*}"; done)

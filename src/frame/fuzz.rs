@@ -47,6 +47,49 @@ pub enum Event {
     },
 }
 
+/// The fast path (`header/typed.rs`) takes a header only when the strict path reads it the same
+/// way: the same `cmd`, `filename`, `md5`, `size`, `filesize` and `id`, and nothing unusable.
+pub fn check_paths_agree(raw: &str) {
+    use super::header::{Val, parse_strict, parse_typed};
+    let Some(req) = parse_typed(raw) else { return };
+    let Some((map, bad)) = parse_strict(raw) else {
+        panic!("the fast path took a header that is not an object: {raw:?}");
+    };
+    assert!(
+        bad.is_empty(),
+        "the fast path took unusable fields {bad:?}: {raw:?}"
+    );
+    let same = |name: &str, typed: &Option<Val<'_>>| match (typed, map.get(name)) {
+        (None, None) => true,
+        (Some(Val::Str(s)), Some(Value::String(t))) => s == t,
+        (Some(Val::Null), Some(Value::Null)) => true,
+        (Some(Val::U64(n)), Some(v)) => v.as_u64() == Some(*n),
+        (Some(Val::Scalar), Some(v)) => {
+            matches!(v, Value::Bool(_) | Value::Number(_)) && v.as_u64().is_none()
+        }
+        _ => false,
+    };
+    for (name, typed) in [
+        ("cmd", &req.cmd),
+        ("filename", &req.filename),
+        ("md5", &req.md5),
+    ] {
+        assert!(same(name, typed), "`{name}` read differently: {raw:?}");
+    }
+    assert_eq!(
+        req.size,
+        map.get("size").and_then(Value::as_u64),
+        "size: {raw:?}"
+    );
+    assert_eq!(
+        req.filesize,
+        map.get("filesize").and_then(Value::as_u64),
+        "filesize: {raw:?}"
+    );
+    let id = req.id.map(|t| serde_json::from_str::<Value>(t).ok());
+    assert_eq!(id, map.get("id").map(|v| Some(v.clone())), "id: {raw:?}");
+}
+
 /// Turns a decoder's item into [`Event`]s.
 pub trait ToEvent {
     /// Appends `self` to `events`, merging body chunks.
@@ -63,7 +106,10 @@ impl ToEvent for Part<'_> {
     fn push_to(self, events: &mut Vec<Event>) {
         match self {
             Part::Header(h) => events.push(Event::Header {
-                raw: h.raw.to_owned(),
+                raw: {
+                    check_paths_agree(h.raw);
+                    h.raw.to_owned()
+                },
                 fields: h.map().into_owned(),
                 size: h.size,
             }),

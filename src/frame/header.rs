@@ -38,6 +38,21 @@ mod typed;
 pub use strict::{BadField, BadReason};
 pub use typed::{Request, Val};
 
+/// The fast path alone: `raw` as a typed request, or `None` (the strict path decides). Public
+/// for the framing benches.
+pub fn parse_typed(raw: &str) -> Option<Request<'_>> {
+    typed::parse(raw)
+}
+
+/// The strict path alone: `raw` as a map of its fields (and the unusable ones), as every header
+/// was read before the fast path. Public for the framing benches.
+pub fn parse_strict(raw: &str) -> Option<(Map<String, Value>, Vec<BadField>)> {
+    match strict::parse(raw) {
+        Ok(strict::Parsed::Object { fields, bad }) => Some((fields, bad)),
+        _ => None,
+    }
+}
+
 /// Bytes of the `H` field.
 const PREFIX: usize = 4;
 
@@ -514,7 +529,10 @@ impl HeaderBodyDecoder {
             valid_up_to: e.valid_up_to(),
         })?;
         if let Some(req) = typed::parse(raw) {
-            let size = match (req.size, req.filesize.filter(|_| self.config.accept_filesize)) {
+            let size = match (
+                req.size,
+                req.filesize.filter(|_| self.config.accept_filesize),
+            ) {
                 (None, None) => 0,
                 (Some(n), None) | (None, Some(n)) => n,
                 (Some(a), Some(b)) if a == b => a,

@@ -61,7 +61,11 @@ pub fn fuzz_chat_bus(data: &[u8]) {
             check_lines(&lines);
         }
         let mut lines = Vec::new();
-        room.bus_tick(now + Duration::from_secs(60), Duration::from_secs(15), &mut lines);
+        room.bus_tick(
+            now + Duration::from_secs(60),
+            Duration::from_secs(15),
+            &mut lines,
+        );
         check_lines(&lines);
     }
 }
@@ -69,8 +73,14 @@ pub fn fuzz_chat_bus(data: &[u8]) {
 /// What a member reads: UTF-8, whole lines, no control characters inside one.
 fn check_lines(bytes: &[u8]) {
     let text = std::str::from_utf8(bytes).expect("lines for members are UTF-8");
-    assert!(text.is_empty() || text.ends_with('\n'), "a partial line: {text:?}");
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "a partial line: {text:?}"
+    );
     for line in text.lines() {
-        assert!(!line.chars().any(char::is_control), "a control character: {line:?}");
+        assert!(
+            !line.chars().any(char::is_control),
+            "a control character: {line:?}"
+        );
     }
 }

@@ -5,7 +5,6 @@
 
 use std::io::Write as _;
 
-
 /// The error codes of PROTOCOL.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {

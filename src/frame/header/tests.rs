@@ -426,3 +426,61 @@ fn unusable_fields_are_a_problem_unless_they_hide_the_size() {
     let (fields, size, _) = header_of(&mut d, &frame(r#"{"filesize":1e999,"size":0}"#));
     assert_eq!((fields.len(), size), (1, 0));
 }
+
+mod paths_agree {
+    use proptest::prelude::*;
+
+    const KEYS: &[&str] = &[
+        "cmd",
+        "filename",
+        "md5",
+        "size",
+        "filesize",
+        "id",
+        "x",
+        "argv",
+        "c\\u006dd",
+        "",
+    ];
+    const VALUES: &[&str] = &[
+        "\"ping\"",
+        "\"put\"",
+        "\"a.txt\"",
+        "\"a\\u0041\"",
+        "\"\"",
+        "null",
+        "true",
+        "0",
+        "5",
+        "-1",
+        "-0",
+        "1.5",
+        "1e2",
+        "1e999",
+        "18446744073709551615",
+        "18446744073709551616",
+        "{\"a\":1,\"a\":2}",
+        "{}",
+        "[1]",
+        "[]",
+    ];
+
+    proptest! {
+        /// Headers made of the pieces that matter (known keys, duplicates, escapes, nesting,
+        /// numbers at every edge): whenever the fast path takes one, the strict path reads it
+        /// the same way; and the decoder's answer does not depend on which path it took.
+        #[test]
+        fn the_fast_and_strict_paths_agree(
+            fields in prop::collection::vec((0..KEYS.len(), 0..VALUES.len()), 0..7),
+            spaces in any::<bool>(),
+        ) {
+            let sep = if spaces { ", " } else { "," };
+            let body: Vec<String> = fields
+                .iter()
+                .map(|(k, v)| format!("\"{}\":{}", KEYS[*k], VALUES[*v]))
+                .collect();
+            let raw = format!("{{{}}}", body.join(sep));
+            crate::frame::fuzz::check_paths_agree(&raw);
+        }
+    }
+}

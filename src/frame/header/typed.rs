@@ -228,8 +228,15 @@ mod tests {
         // Escapes in values are fine (owned); the id keeps its exact text only without them.
         let r = parse(r#"{"cmd":"p\u0069ng"}"#).expect("typed");
         assert_eq!(r.cmd, Some(Val::Str(Cow::Owned("ping".into()))));
-        assert!(parse(r#"{"cmd":"exec","argv":["ls"]}"#).is_none(), "nested: strict");
-        assert!(parse(r#"{"cmd":"exec","timeout_ms":5}"#).unwrap().exec_fields);
+        assert!(
+            parse(r#"{"cmd":"exec","argv":["ls"]}"#).is_none(),
+            "nested: strict"
+        );
+        assert!(
+            parse(r#"{"cmd":"exec","timeout_ms":5}"#)
+                .unwrap()
+                .exec_fields
+        );
     }
 
     #[test]

@@ -11,7 +11,6 @@
 use std::io;
 use std::sync::Arc;
 
-
 use super::exec::{self, Capture, Ending, ExecPolicy, ExecRefusal, ExecRequest};
 use super::response::{ErrorCode, Head};
 use super::store::{Store, check_name};
