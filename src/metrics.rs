@@ -1,7 +1,6 @@
 //! The server's counters, kept per service by the reactor that owns them. The Prometheus
 //! exposition and the `stats` command read them.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -59,6 +58,34 @@ type Family = (
     fn(&ServiceCounters) -> u64,
 );
 
+/// Frames answered, by command and outcome: a short list searched from its most recent
+/// entry, since one request costs one bump and a connection asks the same thing again and
+/// again (a `BTreeMap` lookup cost the `files` ping about 10 ns in 490, perf).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FrameCounts(Vec<((&'static str, &'static str), u64)>);
+
+impl FrameCounts {
+    pub(crate) fn bump(&mut self, cmd: &'static str, outcome: &'static str, n: u64) {
+        let same = |a: &str, b: &str| std::ptr::eq(a, b) || a == b;
+        let hit = self
+            .0
+            .iter_mut()
+            .rev()
+            .find(|((c, o), _)| same(c, cmd) && same(o, outcome));
+        match hit {
+            Some((_, count)) => *count = count.saturating_add(n),
+            None => self.0.push(((cmd, outcome), n)),
+        }
+    }
+
+    /// Every count, sorted by command and outcome.
+    pub(crate) fn sorted(&self) -> Vec<((&'static str, &'static str), u64)> {
+        let mut all = self.0.clone();
+        all.sort_unstable();
+        all
+    }
+}
+
 /// Every counter of one reactor.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Counters {
@@ -69,7 +96,7 @@ pub(crate) struct Counters {
     /// Time spent outside the poll.
     pub(crate) loop_busy: Duration,
     /// Frames answered, by command and outcome (`ok` or the error code).
-    pub(crate) frames: BTreeMap<(&'static str, &'static str), u64>,
+    pub(crate) frames: FrameCounts,
     /// Who held the most connections the last time this worker refused one at `--max-conns`.
     pub(crate) busiest: Option<Busiest>,
     /// Other workers that did not answer this one's `stats` or metrics request in time.
@@ -91,8 +118,7 @@ impl Counters {
 
     /// Counts one answered frame.
     pub(crate) fn frame(&mut self, cmd: &'static str, outcome: &'static str) {
-        let n = self.frames.entry((cmd, outcome)).or_default();
-        *n = n.saturating_add(1);
+        self.frames.bump(cmd, outcome, 1);
     }
 
     /// Adds `other`'s counts to these (`stats` with several workers reports the sum).
@@ -106,9 +132,8 @@ impl Counters {
         if let Some(theirs) = &other.bus {
             self.bus.get_or_insert_default().add(theirs);
         }
-        for (key, n) in &other.frames {
-            let mine = self.frames.entry(*key).or_default();
-            *mine = mine.saturating_add(*n);
+        for ((cmd, outcome), n) in other.frames.sorted() {
+            self.frames.bump(cmd, outcome, n);
         }
         // The table behind it spans the process: the latest worker's view is the one to show.
         if other.busiest.as_ref().map(|b| b.at) > self.busiest.as_ref().map(|b| b.at) {
@@ -326,7 +351,7 @@ pub(crate) fn prometheus(workers: &[(usize, &Counters)]) -> String {
         "# HELP {name} Frames answered, by command and outcome.\n# TYPE {name} counter"
     );
     for (w, counters) in workers {
-        for ((cmd, outcome), n) in &counters.frames {
+        for ((cmd, outcome), n) in counters.frames.sorted() {
             let _ = writeln!(
                 s,
                 "{name}{{cmd=\"{cmd}\",outcome=\"{outcome}\",worker=\"{w}\"}} {n}"
@@ -467,7 +492,8 @@ impl Counters {
         }
         let frames: Vec<Value> = self
             .frames
-            .iter()
+            .sorted()
+            .into_iter()
             .map(|((cmd, outcome), n)| json!({"cmd": cmd, "outcome": outcome, "count": n}))
             .collect();
         let busiest: Vec<Value> = self

@@ -186,7 +186,7 @@ pub struct Header<'a> {
     pub size: u64,
     /// The first field that is present but unusable (a duplicate key, a number out of range),
     /// which is then left out of `fields`: the frame's end is known, the request is not.
-    pub problem: Option<BadField>,
+    pub problem: Option<Box<BadField>>,
 }
 
 /// A header's fields: typed and borrowed (the fast path, `typed.rs`), or the whole map (the
@@ -573,7 +573,7 @@ impl HeaderBodyDecoder {
             });
         }
         let size = body_size(&fields, accept_filesize, offset)?;
-        let problem = bad.into_iter().next();
+        let problem = bad.into_iter().next().map(Box::new);
         Ok(self.header_item(raw, Fields::Map(fields), size, problem, offset, end))
     }
 
@@ -583,7 +583,7 @@ impl HeaderBodyDecoder {
         raw: &'a str,
         fields: Fields<'a>,
         size: u64,
-        problem: Option<BadField>,
+        problem: Option<Box<BadField>>,
         offset: u64,
         end: usize,
     ) -> Decoded<Part<'a>> {

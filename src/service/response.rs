@@ -160,6 +160,32 @@ mod tests {
         serde_json::from_slice(&out[4..]).unwrap()
     }
 
+    /// Names and messages are escaped exactly as serde_json escapes them: every byte value of
+    /// ASCII, and characters of every UTF-8 length.
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        let mut texts: Vec<String> = (0u8..=0x7f).map(|b| format!("a{}b", b as char)).collect();
+        texts.extend(["é", "€", "𝄞", "\u{2028}\u{2029}", "\\\"", ""].map(String::from));
+        for text in texts {
+            let mut out = Vec::new();
+            Head::ok(&mut out, "get")
+                .str("filename", &text)
+                .finish(None, 0);
+            let want = format!(
+                "{{\"ok\":true,\"cmd\":\"get\",\"filename\":{},\"size\":0}}",
+                serde_json::to_string(&text).unwrap()
+            );
+            assert_eq!(&out[4..], want.as_bytes(), "{text:?}");
+            assert_eq!(decode(&out)["filename"], Value::String(text.clone()));
+            out.clear();
+            Head::error(&mut out, Some("put"), "io", &text).finish(Some("1"), 0);
+            assert_eq!(
+                decode(&out)["error"]["message"],
+                Value::String(text.clone())
+            );
+        }
+    }
+
     #[test]
     fn ok_and_error_heads_are_json_objects() {
         let mut out = Vec::new();
