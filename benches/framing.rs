@@ -178,14 +178,50 @@ const PUT_BODY: usize = 16;
 
 /// `PUTS` `put` frames with 16-byte bodies.
 fn put_stream() -> Vec<u8> {
-    let header = put_header(PUT_BODY);
+    frame_stream(&put_header(PUT_BODY), PUT_BODY)
+}
+
+/// `PUTS` frames of `header` with `body` bytes of body each.
+fn frame_stream(header: &str, body: usize) -> Vec<u8> {
     let mut stream = Vec::new();
     for _ in 0..PUTS {
         stream.extend_from_slice(&(header.len() as u32).to_le_bytes());
         stream.extend_from_slice(header.as_bytes());
-        stream.extend_from_slice(&[0x42; PUT_BODY]);
+        stream.extend(std::iter::repeat_n(0x42u8, body));
     }
     stream
+}
+
+/// The header+body decoder over `stream`, whole and fed in `SEGMENT`-byte pieces.
+fn bench_decoder(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    stream: &[u8],
+    (whole, segments): (&str, &str),
+) {
+    group.bench_function(whole, |b| {
+        b.iter(|| {
+            let mut d = HeaderBodyDecoder::default();
+            let (mut pos, mut sum) = (0, 0);
+            while let Ok(Decoded::Item { item, consumed }) = d.decode(&stream[pos..]) {
+                sum += weigh(item);
+                pos += consumed;
+            }
+            black_box(sum)
+        })
+    });
+    let mut leftover = Leftover::new();
+    group.bench_function(segments, |b| {
+        b.iter(|| {
+            let mut d = HeaderBodyDecoder::default();
+            let mut sum = 0;
+            for segment in stream.chunks(SEGMENT) {
+                leftover
+                    .feed(&mut d, segment, |part| sum += weigh(part))
+                    .unwrap();
+            }
+            black_box(sum)
+        })
+    });
 }
 
 /// Sums what a part carries, so that nothing is optimized away.
@@ -203,30 +239,7 @@ fn header_body(c: &mut Criterion) {
     assert!((95..=110).contains(&header.len()), "{}", header.len());
     let mut group = c.benchmark_group("header_body/frames");
     group.throughput(Throughput::Elements(PUTS as u64));
-    group.bench_function("socklab_whole", |b| {
-        b.iter(|| {
-            let mut d = HeaderBodyDecoder::default();
-            let (mut pos, mut sum) = (0, 0);
-            while let Ok(Decoded::Item { item, consumed }) = d.decode(&stream[pos..]) {
-                sum += weigh(item);
-                pos += consumed;
-            }
-            black_box(sum)
-        })
-    });
-    let mut leftover = Leftover::new();
-    group.bench_function("socklab_segments", |b| {
-        b.iter(|| {
-            let mut d = HeaderBodyDecoder::default();
-            let mut sum = 0;
-            for segment in stream.chunks(SEGMENT) {
-                leftover
-                    .feed(&mut d, segment, |part| sum += weigh(part))
-                    .unwrap();
-            }
-            black_box(sum)
-        })
-    });
+    bench_decoder(&mut group, &stream, ("socklab_whole", "socklab_segments"));
     // The same header bytes, where they sit in the stream, parsed with nothing else done.
     let frame_len = 4 + header.len() + PUT_BODY;
     let headers: Vec<&[u8]> = stream
@@ -331,12 +344,7 @@ fn header_decode(c: &mut Criterion) {
         ("ping", r#"{"cmd":"ping"}"#.to_owned()),
     ] {
         let body = if name == "put" { PUT_BODY } else { 0 };
-        let mut stream = Vec::new();
-        for _ in 0..PUTS {
-            stream.extend_from_slice(&(header.len() as u32).to_le_bytes());
-            stream.extend_from_slice(header.as_bytes());
-            stream.extend_from_slice(&vec![0x42; body]);
-        }
+        let stream = frame_stream(&header, body);
         let mut group = c.benchmark_group(format!("header_decode/{name}_{}B", header.len()));
         group.throughput(Throughput::Elements(1));
         group.bench_function("typed", |b| {
@@ -359,30 +367,7 @@ fn header_decode(c: &mut Criterion) {
             })
         });
         group.throughput(Throughput::Elements(PUTS as u64));
-        group.bench_function("decoder_whole", |b| {
-            b.iter(|| {
-                let mut d = HeaderBodyDecoder::default();
-                let (mut pos, mut sum) = (0, 0);
-                while let Ok(Decoded::Item { item, consumed }) = d.decode(&stream[pos..]) {
-                    sum += weigh(item);
-                    pos += consumed;
-                }
-                black_box(sum)
-            })
-        });
-        let mut leftover = Leftover::new();
-        group.bench_function("decoder_segments", |b| {
-            b.iter(|| {
-                let mut d = HeaderBodyDecoder::default();
-                let mut sum = 0;
-                for segment in stream.chunks(SEGMENT) {
-                    leftover
-                        .feed(&mut d, segment, |part| sum += weigh(part))
-                        .unwrap();
-                }
-                black_box(sum)
-            })
-        });
+        bench_decoder(&mut group, &stream, ("decoder_whole", "decoder_segments"));
         group.finish();
     }
 }

@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use util::chatbus::{Member, Redis};
+use util::netns::ip;
 use util::{Server, TempDir};
 
 const T: Duration = Duration::from_secs(10);
@@ -29,22 +30,6 @@ const HOSTS: [&str; 3] = ["h1", "h2", "h3"];
 
 fn host_ip(i: usize) -> String {
     format!("{NET}.{}", 11 + i)
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }
 
 /// The namespaces and links; removed on drop (a namespace's removal takes its veth ends).

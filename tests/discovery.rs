@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use util::Server;
+use util::netns::ip;
 
 /// The server's side of the test network (the project's own test hosts, inside namespaces
 /// this test creates).
@@ -21,22 +22,6 @@ const BROADCAST: &str = "198.18.7.255";
 struct TestNet {
     server_ns: String,
     client_ns: String,
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }
 
 impl TestNet {

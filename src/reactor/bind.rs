@@ -26,7 +26,6 @@ use crate::config::{ListenerConfig, ServerConfig};
 use crate::frame::proxy::ProxyVersions;
 use crate::kind::ServiceKind;
 use crate::service::auth::Secret;
-use crate::service::chat::ChatRoom;
 use crate::service::discovery::{Discovery, DiscoveryInfo, ServiceEntry};
 use crate::service::files::FilesShared;
 use crate::service::store::Store;
@@ -190,19 +189,7 @@ impl Reactor {
             control: Default::default(),
             bus: None,
         };
-        if let Some(bus) = &reactor.config.chat_bus
-            && reactor
-                .config
-                .listeners
-                .iter()
-                .any(|l| l.service == ServiceKind::Chat)
-        {
-            let origin = crate::service::chat::bus_message::Origin {
-                node: bus.settings.node.clone(),
-                worker: 0,
-            };
-            reactor.svc.room = ChatRoom::with_bus(origin, bus.settings.max_remote);
-        }
+        reactor.room_on_bus();
         let mut bound = Vec::new();
         let listeners = reactor.config.listeners.clone();
         let claims = inherit::claim(&listeners).map_err(|source| StartError::Register {

@@ -14,6 +14,8 @@ use super::timer::TimerKind;
 use super::token::BUS;
 use super::{Entry, Reactor};
 use crate::config::bus::{BusAddr, ChatBus};
+use crate::kind::ServiceKind;
+use crate::service::chat::ChatRoom;
 use crate::service::chat::MemberId;
 use crate::service::chat::bus_message::Origin;
 use crate::service::redis_bus::{BusFault, Heard, RedisBus};
@@ -122,6 +124,27 @@ enum Cut {
 }
 
 impl Reactor {
+    /// Puts the chat room on the bus when one is configured and chat is served (other workers
+    /// get their part of it in `workers::link`).
+    pub(super) fn room_on_bus(&mut self) {
+        let Some(bus) = &self.config.chat_bus else {
+            return;
+        };
+        if !self
+            .config
+            .listeners
+            .iter()
+            .any(|l| l.service == ServiceKind::Chat)
+        {
+            return;
+        }
+        let origin = Origin {
+            node: bus.settings.node.clone(),
+            worker: 0,
+        };
+        self.svc.room = ChatRoom::with_bus(origin, bus.settings.max_remote);
+    }
+
     /// Sets up the bus of this worker when the room spans hosts, and starts connecting.
     pub(super) fn start_bus(&mut self) {
         let Some(origin) = self.svc.room.bus.as_ref().map(|b| b.origin.clone()) else {

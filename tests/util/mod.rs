@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod chatbus;
+pub mod netns;
 pub mod tmux;
 
 use std::collections::BTreeMap;
