@@ -73,7 +73,10 @@ fn has_data(s: &TcpStream) -> bool {
 
 #[test]
 fn an_allowed_command_runs_and_answers_with_its_output() {
-    let es = ExecServer::start("allowed", setup(&["echo"], &[]));
+    let es = ExecServer::start("allowed", setup(&["echo", "true"], &[]));
+    // The start-up listing says what the listener asks and what exec may run.
+    let l = es.server.listener("files", "tcp");
+    assert_eq!((l.opt("auth"), l.opt("exec")), ("on", "echo,true"), "{l:?}");
     let mut s = es.authed();
     let r = exec(&mut s, &es.server, &["echo", "hello"], None, B);
     assert_eq!(ok_outcome(&r), exited(0, b"hello\n", b""), "{:?}", r.h);

@@ -26,9 +26,9 @@ pub struct DiscoverArgs {
     /// The discovery port.
     #[arg(long, default_value_t = DEFAULT_PORT)]
     pub port: u16,
-    /// How long to collect answers, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
-    pub timeout: u64,
+    /// How long to collect answers: 500ms, 2s… (a plain number is milliseconds).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = super::parse_duration_or_ms)]
+    pub timeout: Duration,
 }
 
 /// One server that answered.
@@ -73,7 +73,7 @@ pub fn discover(args: &DiscoverArgs) -> io::Result<Vec<Found>> {
     }
     socket.send_to(PROBE, (args.broadcast, args.port))?;
 
-    let deadline = Instant::now() + Duration::from_millis(args.timeout);
+    let deadline = Instant::now() + args.timeout;
     let mut found: Vec<Found> = Vec::new();
     let mut buf = vec![0u8; RECV_BUF];
     while found.len() < MAX_SERVERS {
@@ -219,7 +219,7 @@ mod tests {
         let args = DiscoverArgs {
             broadcast: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port,
-            timeout: 300,
+            timeout: Duration::from_millis(300),
         };
         let found = discover(&args).expect("discover");
         let server_addr = answering.join().expect("server thread");
@@ -242,7 +242,7 @@ mod tests {
         let args = DiscoverArgs {
             broadcast: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port,
-            timeout: 200,
+            timeout: Duration::from_millis(200),
         };
         let started = Instant::now();
         assert_eq!(discover(&args).expect("discover"), vec![]);

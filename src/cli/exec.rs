@@ -24,9 +24,10 @@ const ANSWER_MARGIN: Duration = Duration::from_secs(5);
 /// `socklab exec`.
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    /// Kill the command after this many milliseconds (the server's own limit still applies).
-    #[arg(long, value_name = "MS")]
-    timeout_ms: Option<u64>,
+    /// Kill the command after this long: 500ms, 2s… (a plain number is milliseconds; the
+    /// server's own limit still applies).
+    #[arg(long = "timeout-ms", value_name = "DURATION", value_parser = super::parse_duration_or_ms)]
+    timeout_ms: Option<Duration>,
     #[command(flatten)]
     conn: Conn,
     /// The program (as on the server's allow-list) and its arguments, passed as they are: no
@@ -56,14 +57,15 @@ fn exec(args: &ExecArgs) -> Result<u8, Failure> {
     let mut client = args.conn.open()?;
     let mut header = request("exec");
     header.insert("argv".into(), args.argv.clone().into());
-    if let Some(ms) = args.timeout_ms {
+    if let Some(limit) = args.timeout_ms {
+        let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
         header.insert("timeout_ms".into(), ms.into());
     }
     client.send_request(&header, 0)?;
-    if let Some(ms) = args.timeout_ms {
+    if let Some(limit) = args.timeout_ms {
         // The answer may take as long as the command is allowed to run, and the server's
         // timeout answer a moment more.
-        let runs = Duration::from_millis(ms).saturating_add(ANSWER_MARGIN);
+        let runs = limit.saturating_add(ANSWER_MARGIN);
         client.wait_at_least(runs).map_err(ClientError::from)?;
     }
     let resp = client.read_response()?;

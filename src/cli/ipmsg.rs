@@ -53,9 +53,9 @@ pub struct IpmsgArgs {
     /// The user name shown to the receiver (default: $USER, else "socklab").
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
-    /// How long to wait for the receipt, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 2000)]
-    pub timeout: u64,
+    /// How long to wait for the receipt: 500ms, 2s… (a plain number is milliseconds).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = super::parse_duration_or_ms)]
+    pub timeout: Duration,
 }
 
 /// Why the message could not be built or sent.
@@ -162,7 +162,7 @@ pub fn run(args: &IpmsgArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(None) => {
-            println!("no receipt within {} ms", args.timeout);
+            println!("no receipt within {} ms", args.timeout.as_millis());
             ExitCode::FAILURE
         }
         Err(e) => {
@@ -205,7 +205,7 @@ fn send(args: &IpmsgArgs) -> Result<Option<SocketAddr>, IpmsgError> {
 
     // Not connected: a client may answer from another port than the one we sent to, so
     // datagrams are filtered by source address and content instead.
-    let deadline = Instant::now() + Duration::from_millis(args.timeout);
+    let deadline = Instant::now() + args.timeout;
     let mut buf = vec![0u8; 65_536];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

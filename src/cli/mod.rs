@@ -82,6 +82,19 @@ pub enum Command {
 }
 
 /// Parses the command line and runs the subcommand; the exit code says how it went.
+/// Parses a duration flag: humantime (`500ms`, `2s`, `1m`), or a plain number of milliseconds
+/// (what these flags took before they took units).
+pub(crate) fn parse_duration_or_ms(s: &str) -> Result<std::time::Duration, String> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse()
+            .map(std::time::Duration::from_millis)
+            .map_err(|_| format!("`{s}` is too many milliseconds"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration such as 500ms, 2s or 1m: {e}"))
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -149,4 +162,27 @@ pub enum LogGuard {
     Relay(log_relay::LogRelay),
     /// Lines go through tracing-appender's thread.
     Thread(tracing_appender::non_blocking::WorkerGuard),
+}
+
+#[cfg(test)]
+mod duration_flags {
+    use super::parse_duration_or_ms;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_take_units_and_plain_numbers_stay_milliseconds() {
+        assert_eq!(
+            parse_duration_or_ms("1500"),
+            Ok(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_duration_or_ms("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(
+            parse_duration_or_ms("250ms"),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(parse_duration_or_ms("1m"), Ok(Duration::from_secs(60)));
+        for bad in ["", "-5", "2 parsecs", "99999999999999999999999"] {
+            assert!(parse_duration_or_ms(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -49,6 +49,10 @@ pub struct BoundListener {
     pub options: OptionsInEffect,
     /// Who passed the socket when it was inherited rather than bound (`systemd`).
     pub inherited: Option<&'static str>,
+    /// Clients must authenticate first (the listener's `auth`).
+    pub auth: bool,
+    /// The programs `exec` may run, by their configured names (files, when exec is on).
+    pub exec: Vec<String>,
 }
 
 impl fmt::Display for BoundListener {
@@ -58,6 +62,12 @@ impl fmt::Display for BoundListener {
             "listening {} {} {} {}",
             self.service, self.transport, self.addr, self.options
         )?;
+        if self.auth {
+            write!(f, " auth=on")?;
+        }
+        if !self.exec.is_empty() {
+            write!(f, " exec={}", self.exec.join(","))?;
+        }
         match self.inherited {
             Some(by) => write!(f, " inherited={by}"),
             None => Ok(()),
@@ -198,10 +208,7 @@ impl Reactor {
         })?;
         for (l, claim) in listeners.iter().zip(claims) {
             // On an error, dropping `reactor` removes the socket files bound so far.
-            bound.push(match claim {
-                Some((fd, by)) => reactor.adopt_one(l, fd, by)?,
-                None => reactor.bind_one(l)?,
-            });
+            bound.push(reactor.serve_one(l, claim)?);
         }
         reactor.set_discovery_answer(&bound);
         let control_err = |source| StartError::Register {
@@ -212,6 +219,25 @@ impl Reactor {
         reactor.install_control().map_err(control_err)?;
         reactor.watchdog();
         Ok((reactor, bound))
+    }
+
+    /// Binds `l`, or serves it on the descriptor claimed for it; says what it serves.
+    fn serve_one(
+        &mut self,
+        l: &ListenerConfig,
+        claim: Option<(OwnedFd, inherit::Source)>,
+    ) -> Result<BoundListener, StartError> {
+        let mut b = match claim {
+            Some((fd, by)) => self.adopt_one(l, fd, by)?,
+            None => self.bind_one(l)?,
+        };
+        b.auth = l.auth;
+        if l.service == ServiceKind::Files
+            && let Some(exec) = &self.config.files.config.exec
+        {
+            b.exec = exec.allow.iter().map(|(name, _)| name.clone()).collect();
+        }
+        Ok(b)
     }
 
     /// `WATCHDOG=1` now and again at the interval (half of `WATCHDOG_USEC`), from the timers:
@@ -282,6 +308,8 @@ impl Reactor {
             addr: shown,
             options,
             inherited: None,
+            auth: false,
+            exec: Vec::new(),
         })
     }
 
@@ -350,6 +378,8 @@ impl Reactor {
             addr: shown,
             options,
             inherited: Some(by.name()),
+            auth: false,
+            exec: Vec::new(),
         })
     }
 
