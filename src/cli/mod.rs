@@ -1,6 +1,7 @@
 //! The `socklab` command line: one file per subcommand.
 
 pub mod bench;
+pub mod cert;
 pub mod chat;
 pub mod discover;
 pub mod docs;
@@ -79,6 +80,9 @@ pub enum Command {
     Completions(docs::CompletionsArgs),
     /// Print the man page (roff) to stdout: `socklab man | man -l -`.
     Man(docs::ManArgs),
+    /// Write a test certificate authority and a server and a client certificate it signs
+    /// (ca.pem, server.pem, client.pem and their keys) into a directory, for trying TLS.
+    Cert(cert::CertArgs),
 }
 
 /// Parses the command line and runs the subcommand; the exit code says how it went.
@@ -118,6 +122,7 @@ pub fn main() -> ExitCode {
         Command::Sticky(a) => sticky::run(&a),
         Command::Completions(a) => docs::completions(&a),
         Command::Man(a) => docs::man(&a),
+        Command::Cert(a) => cert::cert(&a),
     }
 }
 
