@@ -384,7 +384,7 @@ fn bad_files_exit_2_naming_the_key_and_the_line() {
             &format!("the file has {what}"),
         );
         assert_eq!(status.code(), Some(2), "{what}: {status}\n{stderr}");
-        let place = format!("{}:{line}: {key}", path.display());
+        let place = format!("socklab serve: {}:{line}: {key}", path.display());
         assert!(
             stderr.contains(&place),
             "{what}: stderr does not name `{place}`:\n{stderr}"

@@ -24,12 +24,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
     let inherited = match crate::sys::activation::take_from_env() {
         Ok(fds) => fds,
         Err(e) => {
-            eprintln!("error: socket activation: {e}");
+            eprintln!("socklab serve: socket activation: {e}");
             return ExitCode::from(2);
         }
     };
     if let Err(e) = crate::sys::notify::init_from_env() {
-        eprintln!("error: NOTIFY_SOCKET: {e}");
+        eprintln!("socklab serve: NOTIFY_SOCKET: {e}");
         return ExitCode::from(2);
     }
     crate::sys::notify::watchdog_interval_from_env();
@@ -43,7 +43,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
                 Some(u)
             }
             Err(e) => {
-                eprintln!("error: --upgrade-from {}: {e}", path.display());
+                eprintln!("socklab serve: --upgrade-from {}: {e}", path.display());
                 return ExitCode::from(2);
             }
         },
@@ -51,7 +51,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     };
     let upgrade = RefCell::new(upgrade);
     let fail = |msg: String| {
-        eprintln!("error: {msg}");
+        eprintln!("socklab serve: {msg}");
         if let Some(u) = upgrade.borrow_mut().take() {
             u.fail(&msg);
         }
@@ -75,7 +75,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         let text = match effective.to_toml() {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("socklab serve: {e}");
                 return ExitCode::from(2);
             }
         };
@@ -83,7 +83,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         return match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: cannot write the configuration: {e}");
+                eprintln!("socklab serve: cannot write the configuration: {e}");
                 ExitCode::FAILURE
             }
         };
@@ -156,7 +156,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
                 // It gave up on this process (too late) and serves on: two servers must not
                 // share the sockets, and none was accepted from here yet, so nothing is lost.
                 Err(e @ UpgradeError::Refused(_)) => {
-                    eprintln!("error: --upgrade-from {path}: {e}");
+                    eprintln!("socklab serve: --upgrade-from {path}: {e}");
                     std::process::exit(2);
                 }
                 Err(e) => tracing::warn!("the server at {path} did not confirm the hand-over: {e}"),
