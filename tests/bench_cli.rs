@@ -466,7 +466,7 @@ fn bad_arguments_each_get_a_clear_error() {
         (&["--conns", "0"], "--conns"),
         (&["--depth", "0"], "--depth"),
         (&["--threads", "0"], "--threads"),
-        (&["--mode", "udp"], "--mode"),
+        (&["--mode", "udp"], "nothing answers UDP"),
         (
             &["--addr", "unixgram:/tmp/socklab-none"],
             "not a stream address",

@@ -19,6 +19,7 @@
 
 mod reply;
 mod report;
+mod udp;
 mod worker;
 
 use std::io::{self, IsTerminal};
@@ -47,6 +48,9 @@ pub enum Mode {
     Line,
     /// Files-protocol frames (`--frame-cmd`).
     Frame,
+    /// Datagrams (`--size`, or `--line TEXT` to a server that answers with something else,
+    /// such as time) to a UDP or unixgram address: loss, reordering and duplicates counted.
+    Udp,
 }
 
 /// The files command sent in frame mode.
@@ -129,7 +133,7 @@ pub enum BenchError {
     LineBreak,
     #[error("--size must be at least 1 in {0} mode")]
     ZeroSize(&'static str),
-    #[error("--line is only for --mode line")]
+    #[error("--line is only for --mode line and --mode udp")]
     LineOutsideLineMode,
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: String, source: io::Error },
@@ -249,6 +253,25 @@ pub struct Report {
 
 /// Runs `socklab bench`: prints the report; exit 1 on any failure or error during the run.
 pub fn run(args: &BenchArgs) -> ExitCode {
+    if args.mode == Mode::Udp {
+        return match udp::bench(args) {
+            Ok(report) => {
+                udp::print(args, &report);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("socklab bench: {e}");
+                // What the command line asked cannot be done: a usage error.
+                let usage = matches!(
+                    e,
+                    udp::UdpError::StreamAddr(_)
+                        | udp::UdpError::TooLarge(_)
+                        | udp::UdpError::TooSmall(_)
+                );
+                ExitCode::from(if usage { 2 } else { 1 })
+            }
+        };
+    }
     match bench(args) {
         Ok(report) => {
             print_report(args, &report);
@@ -300,6 +323,8 @@ fn request(args: &BenchArgs) -> Result<(Vec<u8>, ReplyKind), BenchError> {
         return Err(BenchError::LineOutsideLineMode);
     }
     match args.mode {
+        // `run` takes UDP runs to `udp.rs` before any stream request is made.
+        Mode::Udp => Err(BenchError::NotStream(args.addr.to_string())),
         Mode::Raw => {
             if args.size == 0 {
                 return Err(BenchError::ZeroSize("raw"));
