@@ -29,6 +29,9 @@ pub(crate) struct ServiceCounters {
     pub(crate) datagrams_sent: u64,
     /// Replies dropped: the send queue was full or the peer could not be reached.
     pub(crate) datagrams_dropped: u64,
+    /// Datagrams the kernel dropped because a UDP socket's receive queue was full (its
+    /// `drops`, read when counters are asked for).
+    pub(crate) kernel_dropped: u64,
     /// Connections closed because authentication failed or timed out.
     pub(crate) rejected_auth: u64,
     /// Connections closed at once because their address held `--max-conns-per-ip` already.
@@ -154,6 +157,7 @@ impl ServiceCounters {
             (&mut self.datagrams_received, o.datagrams_received),
             (&mut self.datagrams_sent, o.datagrams_sent),
             (&mut self.datagrams_dropped, o.datagrams_dropped),
+            (&mut self.kernel_dropped, o.kernel_dropped),
             (&mut self.rejected_auth, o.rejected_auth),
             (&mut self.rejected_per_ip, o.rejected_per_ip),
             (&mut self.rejected_proxy, o.rejected_proxy),
@@ -256,7 +260,7 @@ impl Gathered {
 pub(crate) fn prometheus(workers: &[(usize, &Counters)]) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let per_service: [Family; 7] = [
+    let per_service: [Family; 8] = [
         (
             "socklab_connections_accepted_total",
             "counter",
@@ -298,6 +302,12 @@ pub(crate) fn prometheus(workers: &[(usize, &Counters)]) -> String {
             "counter",
             "Replies dropped (queue full or peer unreachable), and datagrams udp-chat ignored (empty or not UTF-8).",
             |c| c.datagrams_dropped,
+        ),
+        (
+            "socklab_datagrams_kernel_dropped_total",
+            "counter",
+            "Datagrams the kernel dropped because the UDP socket's receive queue was full (/proc/net/udp drops).",
+            |c| c.kernel_dropped,
         ),
     ];
     for (name, kind, help, get) in per_service {
@@ -485,6 +495,7 @@ impl Counters {
                     "datagrams_received": c.datagrams_received,
                     "datagrams_sent": c.datagrams_sent,
                     "datagrams_dropped": c.datagrams_dropped,
+                    "datagrams_kernel_dropped": c.kernel_dropped,
                     "connections_drained": c.drained,
                     "connections_cut": c.cut,
                 }),

@@ -294,3 +294,55 @@ fn set_writable_interest(poll: &Poll, d: &mut DgramEndpoint, token: Token) {
         }
     }
 }
+
+/// How often the kernel's drops are read while nobody asks (a single worker's `stats` and
+/// metrics answer from the counters as they are).
+const KERNEL_DROPS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Reactor {
+    /// Reads the kernel's drops now and again, while this worker has UDP sockets.
+    pub(super) fn kernel_drops_tick(&mut self) {
+        if refresh_kernel_drops(&self.core.sources, &mut self.svc.counters) {
+            let at = self.core.now + KERNEL_DROPS_EVERY;
+            self.core
+                .timers
+                .push(at, super::timer::TimerKind::KernelDrops);
+        }
+    }
+}
+
+/// Reads the kernel's receive-queue drops of every UDP socket of this worker into its
+/// counters (one read of /proc/net/udp{,6}): when counters are gathered, and every second.
+/// Returns whether the worker has UDP sockets at all.
+pub(super) fn refresh_kernel_drops(
+    sources: &super::token::Sources<super::Entry>,
+    counters: &mut crate::metrics::Counters,
+) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut sockets = Vec::new();
+    for (_, entry) in sources.iter() {
+        if let super::Entry::Dgram(d) = entry
+            && let DgramSocket::Udp(s) = &d.socket
+        {
+            sockets.push((d.kind, s.as_raw_fd()));
+        }
+    }
+    if sockets.is_empty() {
+        return false;
+    }
+    let drops = crate::sys::udp_drops::read();
+    let mut by_kind: Vec<(crate::kind::ServiceKind, u64)> = Vec::new();
+    for (kind, fd) in sockets {
+        let n = crate::sys::udp_drops::inode_of(fd)
+            .and_then(|i| drops.get(&i).copied())
+            .unwrap_or(0);
+        match by_kind.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, sum)) => *sum = sum.saturating_add(n),
+            None => by_kind.push((kind, n)),
+        }
+    }
+    for (kind, n) in by_kind {
+        counters.service(kind).kernel_dropped = n;
+    }
+    true
+}

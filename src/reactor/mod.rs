@@ -147,6 +147,7 @@ impl Reactor {
         // When the last turn ended: what the next deadline is compared with before sleeping.
         let mut turn_end = Instant::now();
         self.start_bus();
+        self.kernel_drops_tick();
         loop {
             let timeout = if self.core.ready.is_empty() {
                 self.set_alarm(turn_end)
@@ -298,6 +299,7 @@ impl Reactor {
                 TimerKind::BusTick => self.bus_tick(),
                 TimerKind::BusRetry => self.bus_retry(),
                 TimerKind::BusDeadline(attempt) => self.bus_deadline(attempt),
+                TimerKind::KernelDrops => self.kernel_drops_tick(),
             }
         }
         // Entries of closed connections wait in the heap until due; compact when they
@@ -317,6 +319,7 @@ impl Reactor {
                 | TimerKind::BusTick
                 | TimerKind::BusRetry
                 | TimerKind::BusDeadline(_)
+                | TimerKind::KernelDrops
                 | TimerKind::ExecDeadline(_)
                 | TimerKind::ExecPipeGrace(_)
                 | TimerKind::OrphanSweep => true,

@@ -45,6 +45,8 @@ pub enum TimerKind {
     BusRetry,
     /// This attempt to connect to Redis must be up by now.
     BusDeadline(u64),
+    /// Read the kernel's receive-queue drops of the UDP sockets into the counters.
+    KernelDrops,
 }
 
 /// A min-heap of deadlines.

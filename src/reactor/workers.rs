@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use mio::{Token, Waker};
 
+use super::dgram::refresh_kernel_drops;
 use super::{BoundListener, Entry, Reactor, StartError};
 use crate::addr::ListenAddr;
 use crate::config::{ListenerConfig, ServerConfig};
@@ -245,7 +246,10 @@ impl Reactor {
                 Ok(WorkerMsg::Chat(bytes)) => self.deliver_chat(&bytes, None),
                 Ok(WorkerMsg::HandedOver) => self.stop_after_handover(),
                 Ok(WorkerMsg::CountersWanted { from, id }) => {
-                    link.answer(from, id, &self.svc.counters)
+                    refresh_kernel_drops(&self.core.sources, &mut self.svc.counters);
+                    if let Some(link) = &mut self.links.workers {
+                        link.answer(from, id, &self.svc.counters);
+                    }
                 }
                 Ok(WorkerMsg::Counters {
                     worker,
@@ -280,6 +284,7 @@ impl Reactor {
     /// other worker stopped, it is answered at the end of this turn; with one worker (whose
     /// services answer alone, without asking), at once.
     pub(super) fn gather_counters(&mut self, token: Token) {
+        refresh_kernel_drops(&self.core.sources, &mut self.svc.counters);
         let now = self.core.now;
         let Some(link) = &mut self.links.workers else {
             // Called from the connection's own drive (`run_actions`): the response is left in

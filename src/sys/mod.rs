@@ -12,3 +12,4 @@ pub(crate) mod contain;
 pub(crate) mod fdpass;
 pub(crate) mod notify;
 pub(crate) mod timerfd;
+pub(crate) mod udp_drops;
