@@ -193,6 +193,21 @@ pub struct Latency {
     pub mean: f64,
 }
 
+impl Latency {
+    /// The percentiles of a histogram of nanoseconds, in microseconds.
+    fn of(hist: &Histogram<u64>) -> Latency {
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Latency {
+            p50: us(hist.value_at_quantile(0.5)),
+            p90: us(hist.value_at_quantile(0.9)),
+            p99: us(hist.value_at_quantile(0.99)),
+            p99_9: us(hist.value_at_quantile(0.999)),
+            max: us(hist.max()),
+            mean: hist.mean() / 1000.0,
+        }
+    }
+}
+
 /// The result of a run (the `--json` object).
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -643,7 +658,6 @@ fn summarise(
     // The threads' windows are exactly --duration long; the main thread's snapshots are within
     // a few milliseconds of them.
     let duration_s = args.duration.as_secs_f64();
-    let us = |ns: u64| ns as f64 / 1000.0;
     let cpu_percent = if window.wall_s > 0.0 {
         window.cpu_s / window.wall_s * 100.0
     } else {
@@ -672,14 +686,7 @@ fn summarise(
         bytes_sent,
         bytes_received,
         mb_per_s: bytes_sent.saturating_add(bytes_received) as f64 / duration_s / 1e6,
-        latency_us: Latency {
-            p50: us(hist.value_at_quantile(0.5)),
-            p90: us(hist.value_at_quantile(0.9)),
-            p99: us(hist.value_at_quantile(0.99)),
-            p99_9: us(hist.value_at_quantile(0.999)),
-            max: us(hist.max()),
-            mean: hist.mean() / 1000.0,
-        },
+        latency_us: Latency::of(&hist),
         errors: connection_errors.saturating_add(error_replies),
         connection_errors,
         error_replies,

@@ -11,13 +11,18 @@ pub(super) fn saturated(cpu_percent: f64, threads: u32) -> bool {
     cpu_percent >= SATURATED_PERCENT * f64::from(threads.max(1))
 }
 
+/// Prints a report as one JSON object on stdout.
+pub(super) fn print_json(r: &impl serde::Serialize) {
+    match serde_json::to_string(r) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("socklab bench: cannot encode the report: {e}"),
+    }
+}
+
 /// Prints the report: JSON on stdout with --json, else a few lines for people.
 pub(super) fn print_report(args: &BenchArgs, r: &Report) {
     if args.json {
-        match serde_json::to_string(r) {
-            Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("socklab bench: cannot encode the report: {e}"),
-        }
+        print_json(r);
         return;
     }
     let what = match r.frame_cmd {

@@ -123,6 +123,70 @@ struct Flight {
     highest: Option<u64>,
 }
 
+impl Flight {
+    /// Reads every reply waiting on the socket and matches it to its datagram; returns whether
+    /// any came.
+    fn take_replies(
+        &mut self,
+        buf: &mut [u8],
+        count_only: bool,
+        tally: &mut Tally,
+        hist: &mut Histogram<u64>,
+    ) -> io::Result<bool> {
+        let mut got = false;
+        loop {
+            let n = match self.sock.recv(buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(got),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            got = true;
+            let now = Instant::now();
+            let sent_at = if count_only {
+                self.order.pop_front().map(|(_, at)| at)
+            } else {
+                let seq = buf
+                    .get(..SEQ.min(n))
+                    .and_then(|b| <[u8; SEQ]>::try_from(b).ok())
+                    .map(u64::from_le_bytes);
+                seq.and_then(|seq| {
+                    let at = self.pending.remove(&seq)?;
+                    if self.highest.is_some_and(|h| seq < h) {
+                        tally.reordered += 1;
+                    }
+                    self.highest = Some(self.highest.map_or(seq, |h| h.max(seq)));
+                    Some(at)
+                })
+            };
+            match sent_at {
+                Some(at) => {
+                    tally.replies += 1;
+                    let ns = now.saturating_duration_since(at).as_nanos();
+                    let _ = hist.record(u64::try_from(ns).unwrap_or(u64::MAX).max(1));
+                }
+                // A second answer, or one to a datagram already given up.
+                None => tally.duplicates += 1,
+            }
+        }
+    }
+
+    /// Gives up on the datagrams that waited `timeout` without a reply; returns how many.
+    fn give_up(&mut self, now: Instant, timeout: Duration) -> u64 {
+        let before = self.pending.len() + self.order.len();
+        self.pending
+            .retain(|_, at| now.saturating_duration_since(*at) < timeout);
+        while self
+            .order
+            .front()
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) >= timeout)
+        {
+            self.order.pop_front();
+        }
+        before.saturating_sub(self.pending.len() + self.order.len()) as u64
+    }
+}
+
 /// Checks the arguments of a UDP run; usage errors come before any socket is opened.
 pub(super) fn check(args: &BenchArgs) -> Result<(), UdpError> {
     if matches!(args.addr, ListenAddr::Unix(_)) {
@@ -291,68 +355,16 @@ pub(super) fn bench(args: &BenchArgs) -> Result<UdpReport, UdpError> {
                 Err(e) => return Err(io_err(e)),
             }
         }
-        // Receive what has come, on every socket.
+        // Receive what has come, on every socket; give up on what waited past the timeout.
         let mut got_any = false;
         for f in &mut flights {
-            loop {
-                match f.sock.recv(&mut buf) {
-                    Ok(n) => {
-                        got_any = true;
-                        let now = Instant::now();
-                        if count_only {
-                            match f.order.pop_front() {
-                                Some((_, at)) => {
-                                    tally.replies += 1;
-                                    let ns = now.saturating_duration_since(at).as_nanos();
-                                    let _ =
-                                        hist.record(u64::try_from(ns).unwrap_or(u64::MAX).max(1));
-                                }
-                                None => tally.duplicates += 1,
-                            }
-                            continue;
-                        }
-                        let seq = buf
-                            .get(..SEQ.min(n))
-                            .and_then(|b| <[u8; SEQ]>::try_from(b).ok())
-                            .map(u64::from_le_bytes);
-                        let Some(seq) = seq else {
-                            tally.duplicates += 1;
-                            continue;
-                        };
-                        match f.pending.remove(&seq) {
-                            Some(at) => {
-                                tally.replies += 1;
-                                if f.highest.is_some_and(|h| seq < h) {
-                                    tally.reordered += 1;
-                                }
-                                f.highest = Some(f.highest.map_or(seq, |h| h.max(seq)));
-                                let ns = now.saturating_duration_since(at).as_nanos();
-                                let _ = hist.record(u64::try_from(ns).unwrap_or(u64::MAX).max(1));
-                            }
-                            None => tally.duplicates += 1,
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(io_err(e)),
-                }
-            }
+            got_any |= f
+                .take_replies(&mut buf, count_only, &mut tally, &mut hist)
+                .map_err(io_err)?;
         }
-        // Give up on what has waited past the loss timeout.
         let now = Instant::now();
         for f in &mut flights {
-            let before = f.pending.len() + f.order.len();
-            f.pending
-                .retain(|_, at| now.saturating_duration_since(*at) < args.timeout);
-            while f
-                .order
-                .front()
-                .is_some_and(|(_, at)| now.saturating_duration_since(*at) >= args.timeout)
-            {
-                f.order.pop_front();
-            }
-            let after = f.pending.len() + f.order.len();
-            tally.lost += before.saturating_sub(after) as u64;
+            tally.lost += f.give_up(now, args.timeout);
         }
         if !got_any {
             // Open loop: never sleep past the next scheduled send (poll's unit is 1 ms; under
@@ -382,7 +394,6 @@ pub(super) fn bench(args: &BenchArgs) -> Result<UdpReport, UdpError> {
             lost: tally.lost,
         });
     }
-    let us = |ns: u64| ns as f64 / 1000.0;
     let answered = tally.replies.saturating_add(tally.lost);
     Ok(UdpReport {
         addr,
@@ -405,14 +416,7 @@ pub(super) fn bench(args: &BenchArgs) -> Result<UdpReport, UdpError> {
         },
         reordered: tally.reordered,
         duplicates: tally.duplicates,
-        latency_us: Latency {
-            p50: us(hist.value_at_quantile(0.5)),
-            p90: us(hist.value_at_quantile(0.9)),
-            p99: us(hist.value_at_quantile(0.99)),
-            p99_9: us(hist.value_at_quantile(0.999)),
-            max: us(hist.max()),
-            mean: hist.mean() / 1000.0,
-        },
+        latency_us: Latency::of(&hist),
         cpu_s,
         cpu_percent: cpu_s * 100.0 / duration_s,
         server_pid: args.server_pid,
@@ -447,10 +451,7 @@ fn wait_readable(flights: &[Flight], t: Duration) {
 /// Prints the report: JSON with --json, else a few lines for people.
 pub(super) fn print(args: &BenchArgs, r: &UdpReport) {
     if args.json {
-        match serde_json::to_string(r) {
-            Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("socklab bench: cannot encode the report: {e}"),
-        }
+        super::report::print_json(r);
         return;
     }
     let rate = r
