@@ -123,7 +123,71 @@ struct Flight {
     highest: Option<u64>,
 }
 
+/// When datagrams go out: to keep each socket at its depth (closed loop), or on a fixed
+/// schedule, round robin over the sockets (open loop).
+struct Schedule {
+    /// Open loop: the time between two sends.
+    interval: Option<Duration>,
+    next_due: Instant,
+    rr: usize,
+}
+
+impl Schedule {
+    /// The sends due now: (socket, the time the datagram is sent or was scheduled for).
+    fn due(&mut self, flights: &[Flight], depth: usize, now: Instant) -> Vec<(usize, Instant)> {
+        let mut sends = Vec::new();
+        let Some(every) = self.interval else {
+            for (i, f) in flights.iter().enumerate() {
+                sends.extend(std::iter::repeat_n(
+                    (i, now),
+                    depth.saturating_sub(f.in_flight()),
+                ));
+            }
+            return sends;
+        };
+        // At most a batch per turn, so that the replies are read between batches.
+        while self.next_due <= now && sends.len() < 4096 {
+            let i = self.rr % flights.len().max(1);
+            self.rr = self.rr.wrapping_add(1);
+            if flights.get(i).is_some_and(|f| f.in_flight() < depth) {
+                sends.push((i, self.next_due));
+            }
+            self.next_due += every;
+        }
+        sends
+    }
+}
+
 impl Flight {
+    fn in_flight(&self) -> usize {
+        self.pending.len() + self.order.len()
+    }
+
+    /// Sends datagram `seq` (sent or scheduled `at`); `false` when the socket is full.
+    fn send(
+        &mut self,
+        payload: &mut [u8],
+        seq: u64,
+        at: Instant,
+        count_only: bool,
+    ) -> io::Result<bool> {
+        if !count_only && let Some(head) = payload.get_mut(..SEQ) {
+            head.copy_from_slice(&seq.to_le_bytes());
+        }
+        match self.sock.send(payload) {
+            Ok(_) => {
+                if count_only {
+                    self.order.push_back((seq, at));
+                } else {
+                    self.pending.insert(seq, at);
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Reads every reply waiting on the socket and matches it to its datagram; returns whether
     /// any came.
     fn take_replies(
@@ -279,10 +343,11 @@ pub(super) fn bench(args: &BenchArgs) -> Result<UdpReport, UdpError> {
     let win_end = win_start + args.duration;
     let mut tally = Tally::default();
     let mut next_seq = 0u64;
-    // Open loop: the next scheduled send, and the socket it goes to.
-    let interval = args.rate.map(|r| Duration::from_secs_f64(1.0 / r));
-    let mut next_due = t0;
-    let mut rr = 0usize;
+    let mut schedule = Schedule {
+        interval: args.rate.map(|r| Duration::from_secs_f64(1.0 / r)),
+        next_due: t0,
+        rr: 0,
+    };
     let (mut cpu0, mut srv0) = (None, None);
     let io_err = |source: io::Error| {
         if source.kind() == io::ErrorKind::ConnectionRefused {
@@ -305,54 +370,14 @@ pub(super) fn bench(args: &BenchArgs) -> Result<UdpReport, UdpError> {
         if now >= win_end {
             break;
         }
-        // Send: keep each socket at its depth (closed loop), or follow the schedule (open).
-        let mut sends: Vec<(usize, Instant)> = Vec::new();
-        match interval {
-            None => {
-                for (i, f) in flights.iter().enumerate() {
-                    let in_flight = if count_only {
-                        f.order.len()
-                    } else {
-                        f.pending.len()
-                    };
-                    for _ in in_flight..depth {
-                        sends.push((i, now));
-                    }
-                }
-            }
-            Some(every) => {
-                while next_due <= now && sends.len() < 4096 {
-                    let i = rr % flights.len().max(1);
-                    rr = rr.wrapping_add(1);
-                    let f = flights.get(i);
-                    let in_flight = f.map_or(0, |f| f.pending.len().max(f.order.len()));
-                    if in_flight < depth {
-                        sends.push((i, next_due));
-                    }
-                    next_due += every;
-                }
-            }
-        }
-        for (i, at) in sends {
+        for (i, at) in schedule.due(&flights, depth, now) {
             let Some(f) = flights.get_mut(i) else {
                 continue;
             };
             let seq = next_seq;
             next_seq = next_seq.wrapping_add(1);
-            if !count_only && let Some(head) = payload.get_mut(..SEQ) {
-                head.copy_from_slice(&seq.to_le_bytes());
-            }
-            match f.sock.send(&payload) {
-                Ok(_) => {
-                    tally.sent += 1;
-                    if count_only {
-                        f.order.push_back((seq, at));
-                    } else {
-                        f.pending.insert(seq, at);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(io_err(e)),
+            if f.send(&mut payload, seq, at, count_only).map_err(io_err)? {
+                tally.sent += 1;
             }
         }
         // Receive what has come, on every socket; give up on what waited past the timeout.
@@ -369,8 +394,8 @@ pub(super) fn bench(args: &BenchArgs) -> Result<UdpReport, UdpError> {
         if !got_any {
             // Open loop: never sleep past the next scheduled send (poll's unit is 1 ms; under
             // it, the loop spins, as a load generator may).
-            let wait = match interval {
-                Some(_) => next_due.saturating_duration_since(Instant::now()),
+            let wait = match schedule.interval {
+                Some(_) => schedule.next_due.saturating_duration_since(Instant::now()),
                 None => Duration::from_millis(1),
             };
             if wait >= Duration::from_millis(1) {
@@ -394,8 +419,29 @@ pub(super) fn bench(args: &BenchArgs) -> Result<UdpReport, UdpError> {
             lost: tally.lost,
         });
     }
+    Ok(report(
+        args,
+        addr,
+        size,
+        &tally,
+        &hist,
+        (duration_s, cpu_s, server_cpu_s),
+    ))
+}
+
+/// The report of a run: its settings, the window's counts and latency, and the CPU times
+/// `(window seconds, this process's CPU seconds, the server's)`.
+fn report(
+    args: &BenchArgs,
+    addr: String,
+    size: usize,
+    tally: &Tally,
+    hist: &Histogram<u64>,
+    (duration_s, cpu_s, server_cpu_s): (f64, f64, Option<f64>),
+) -> UdpReport {
+    let count_only = args.line.is_some();
     let answered = tally.replies.saturating_add(tally.lost);
-    Ok(UdpReport {
+    UdpReport {
         addr,
         mode: "udp",
         datagram_bytes: size,
@@ -416,7 +462,7 @@ pub(super) fn bench(args: &BenchArgs) -> Result<UdpReport, UdpError> {
         },
         reordered: tally.reordered,
         duplicates: tally.duplicates,
-        latency_us: Latency::of(&hist),
+        latency_us: Latency::of(hist),
         cpu_s,
         cpu_percent: cpu_s * 100.0 / duration_s,
         server_pid: args.server_pid,
@@ -424,7 +470,7 @@ pub(super) fn bench(args: &BenchArgs) -> Result<UdpReport, UdpError> {
         server_cpu_per_reply_us: server_cpu_s
             .filter(|_| tally.replies > 0)
             .map(|s| s * 1e6 / tally.replies as f64),
-    })
+    }
 }
 
 /// Waits at most `t` for any socket to become readable (poll(2)).
