@@ -579,3 +579,88 @@ fn a_frame_reply_with_an_empty_header_is_a_protocol_error() {
     let stderr = protocol_error_against(|_| vec![0, 0, 0, 0], "frame");
     assert!(stderr.contains("header length of 0 bytes"), "{stderr}");
 }
+
+/// `--new-conn-per-request` (TCP_CRR): every request on a connection of its own.
+#[test]
+fn a_connection_per_request_is_counted() {
+    let server = echo_server();
+    let addr = server.tcp("echo").to_string();
+    let r = bench_json(&[
+        "--addr",
+        &addr,
+        "--conns",
+        "2",
+        "--new-conn-per-request",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+    ]);
+    assert_sane(&r);
+    let (connects, requests) = (
+        r["connects"].as_u64().unwrap(),
+        r["requests"].as_u64().unwrap(),
+    );
+    assert!(connects > 0, "{r}");
+    // A connect per reply, give or take the connections in flight at the window's edges.
+    assert!(connects.abs_diff(requests) <= 2, "{r}");
+    let (out, _) = bench(
+        &["--addr", &addr, "--new-conn-per-request", "--depth", "2"],
+        BOUND,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --depth 1"));
+}
+
+/// Ctrl-C ends the run with the summary of what was measured so far, and `--interval` shows
+/// progress on stderr meanwhile.
+#[test]
+fn ctrl_c_reports_what_was_measured() {
+    let server = echo_server();
+    let addr = server.tcp("echo").to_string();
+    let mut child = Command::new(util::bin())
+        .args([
+            "bench",
+            "--addr",
+            &addr,
+            "--duration",
+            "60s",
+            "--warmup",
+            "100ms",
+        ])
+        .args(["--interval", "100ms", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn socklab bench");
+    let mut err = child.stderr.take().unwrap();
+    // Wait for an interval line from the measured window (not the warm-up).
+    let mut seen = String::new();
+    let deadline = Instant::now() + BOUND;
+    let mut buf = [0u8; 4096];
+    while !seen
+        .lines()
+        .any(|l| l.contains("replies/s") && !l.contains("warm-up"))
+    {
+        assert!(Instant::now() < deadline, "no interval line: {seen}");
+        let n = err.read(&mut buf).expect("stderr");
+        assert!(n > 0, "bench ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = util::wait_child(&mut child, BOUND).expect("bench exits after Ctrl-C");
+    assert!(status.success(), "{status}: {seen}");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let r: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(r["interrupted"], true, "{r}");
+    assert!(r["requests"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["duration_s"].as_f64().unwrap() < 60.0, "{r}");
+}

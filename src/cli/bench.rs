@@ -112,6 +112,13 @@ pub struct BenchArgs {
     /// Print the result as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Each request on a connection of its own: connect, send, read the reply, close (netperf's
+    /// TCP_CRR); latency counts from the connect. Needs --depth 1 and no --rate.
+    #[arg(long)]
+    pub new_conn_per_request: bool,
+    /// Print replies/s every this long while the run goes (on stderr), as iperf3 does.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
     /// File holding the shared secret, for a server that asks for authentication (else the
     /// SOCKLAB_SECRET environment variable, if set).
     #[arg(long, value_name = "PATH")]
@@ -165,6 +172,12 @@ pub enum BenchError {
     Histogram(String),
     #[error("stopped because another thread failed")]
     Stopped,
+    #[error("interrupted during the warm-up: nothing was measured")]
+    InterruptedEarly,
+    #[error(
+        "--new-conn-per-request sends one request per connection: it needs --depth 1 and no --rate"
+    )]
+    CrrShape,
     #[error("cannot read the CPU time of process {pid}: {reason}")]
     ServerCpu { pid: u32, reason: String },
     #[error(
@@ -264,6 +277,11 @@ pub struct Report {
     pub server_cpu_s: Option<f64>,
     /// With --server-pid: its CPU time per request, microseconds.
     pub server_cpu_per_request_us: Option<f64>,
+    /// Ctrl-C ended the window early: the figures are of the time measured until then.
+    pub interrupted: bool,
+    /// With --new-conn-per-request: connections opened in the window, and per second.
+    pub connects: u64,
+    pub connects_per_s: f64,
 }
 
 /// Runs `socklab bench`: prints the report; exit 1 on any failure or error during the run.
@@ -399,6 +417,9 @@ pub fn bench(args: &BenchArgs) -> Result<Report, BenchError> {
     if args.timeout.is_zero() {
         return Err(BenchError::ZeroTimeout);
     }
+    if args.new_conn_per_request && (args.depth > 1 || args.rate.is_some()) {
+        return Err(BenchError::CrrShape);
+    }
     let (request, kind) = request(args)?;
     // 1,000 connections need more descriptors than the usual soft limit of 1,024.
     if let Err(e) = crate::sockopt::raise_fd_limit() {
@@ -411,6 +432,7 @@ pub fn bench(args: &BenchArgs) -> Result<Report, BenchError> {
         stop: AtomicBool::new(false),
         replies: AtomicU64::new(0),
         start: Barrier::new(usize::try_from(threads).unwrap_or(1).saturating_add(1)),
+        interrupted: AtomicBool::new(false),
     });
     let mut handles = Vec::new();
     for t in 0..threads {
@@ -430,6 +452,7 @@ pub fn bench(args: &BenchArgs) -> Result<Report, BenchError> {
             timeout: args.timeout,
             secret: secret.clone(),
             challenges: Arc::clone(&challenges),
+            new_conn_per_request: args.new_conn_per_request,
         };
         let shared_t = Arc::clone(&shared);
         let spawned = thread::Builder::new()
@@ -495,6 +518,9 @@ fn watch(
     shared: &Shared,
     handles: &[thread::JoinHandle<Result<Outcome, BenchError>>],
 ) -> Result<Window, BenchError> {
+    // Ctrl-C ends the window instead of the process: what was measured is reported.
+    let sigint = Arc::new(AtomicBool::new(false));
+    let _ = signal_hook::flag::register(libc::SIGINT, Arc::clone(&sigint));
     shared.start.wait();
     let t0 = Instant::now();
     let win_start = t0.checked_add(args.warmup).unwrap_or(t0);
@@ -502,15 +528,38 @@ fn watch(
     let bar = progress_bar(args);
     let mut before = None;
     let mut last = (t0, 0u64);
+    let mut interval = args.interval.map(|every| (every, t0, 0u64));
     loop {
         let now = Instant::now();
         if before.is_none() && now >= win_start {
             before = Some(snapshot(args)?);
         }
+        if sigint.load(Ordering::Relaxed) {
+            shared.interrupted.store(true, Ordering::Relaxed);
+            break;
+        }
         if now >= win_end || handles.iter().all(|h| h.is_finished()) {
             break;
         }
+        if let Some((every, since, seen)) = &mut interval
+            && now.saturating_duration_since(*since) >= *every
+        {
+            let replies = shared.replies.load(Ordering::Relaxed);
+            let secs = now.saturating_duration_since(*since).as_secs_f64();
+            let from = since.saturating_duration_since(t0).as_secs_f64();
+            let to = now.saturating_duration_since(t0).as_secs_f64();
+            let phase = if now <= win_start { " (warm-up)" } else { "" };
+            eprintln!(
+                "[{from:5.1}-{to:5.1} s] {:.0} replies/s{phase}",
+                replies.saturating_sub(*seen) as f64 / secs.max(f64::EPSILON)
+            );
+            (*since, *seen) = (now, replies);
+        }
         let next = if now < win_start { win_start } else { win_end };
+        let next = match &interval {
+            Some((every, since, _)) => next.min(*since + *every),
+            None => next,
+        };
         thread::sleep(
             next.saturating_duration_since(now)
                 .min(Duration::from_millis(250)),
@@ -657,7 +706,17 @@ fn summarise(
     }
     // The threads' windows are exactly --duration long; the main thread's snapshots are within
     // a few milliseconds of them.
-    let duration_s = args.duration.as_secs_f64();
+    let interrupted = outcomes.iter().any(|o| o.window < args.duration);
+    let duration_s = if interrupted {
+        let measured = outcomes.iter().map(|o| o.window).max().unwrap_or_default();
+        if measured.is_zero() {
+            return Err(BenchError::InterruptedEarly);
+        }
+        measured.as_secs_f64()
+    } else {
+        args.duration.as_secs_f64()
+    };
+    let connects: u64 = outcomes.iter().map(|o| o.connects).sum();
     let cpu_percent = if window.wall_s > 0.0 {
         window.cpu_s / window.wall_s * 100.0
     } else {
@@ -697,5 +756,8 @@ fn summarise(
         server_pid: args.server_pid,
         server_cpu_s: window.server_cpu_s,
         server_cpu_per_request_us: window.server_cpu_s.map(per_request_us),
+        interrupted,
+        connects,
+        connects_per_s: connects as f64 / duration_s,
     })
 }

@@ -49,6 +49,18 @@ pub(super) fn print_report(args: &BenchArgs, r: &Report) {
         "  requests   {} ({:.0} req/s), {:.2} MB/s ({} B sent, {} B received)",
         r.requests, r.requests_per_s, r.mb_per_s, r.bytes_sent, r.bytes_received
     );
+    if r.connects > 0 {
+        println!(
+            "  connects   {} ({:.0}/s): a connection per request",
+            r.connects, r.connects_per_s
+        );
+    }
+    if r.interrupted {
+        println!(
+            "  note       interrupted (Ctrl-C): the figures are of the {:.1} s measured",
+            r.duration_s
+        );
+    }
     let l = &r.latency_us;
     println!(
         "  latency    p50 {:.1} us  p90 {:.1} us  p99 {:.1} us  p99.9 {:.1} us  max {:.1} us",

@@ -82,6 +82,8 @@ pub struct Plan {
     /// Whether the server challenges, once the first connection (of any thread) learned it:
     /// later connections then wait their whole timeout for the challenge, or not at all.
     pub challenges: Arc<OnceLock<bool>>,
+    /// Each request on a connection of its own: connect, request, reply, close (TCP_CRR).
+    pub new_conn_per_request: bool,
 }
 
 /// State shared by the threads and the main thread.
@@ -93,6 +95,8 @@ pub struct Shared {
     pub replies: AtomicU64,
     /// Every thread and the main thread meet here once all connections are open.
     pub start: Barrier,
+    /// Ctrl-C: the window ends now, and what was measured is reported.
+    pub interrupted: AtomicBool,
 }
 
 /// What one thread measured in its window.
@@ -112,6 +116,10 @@ pub struct Outcome {
     pub error_replies: u64,
     /// Connections opened again after a failure.
     pub reconnects: u64,
+    /// Connections opened for a request each (`--new-conn-per-request`), in the window.
+    pub connects: u64,
+    /// The window as it was measured: shorter than planned when interrupted.
+    pub window: Duration,
 }
 
 /// A connected stream socket.
@@ -282,6 +290,8 @@ pub fn run(plan: &Plan, shared: &Shared) -> Result<Outcome, BenchError> {
                 connection_errors: 0,
                 error_replies: 0,
                 reconnects: 0,
+                connects: 0,
+                window: Duration::ZERO,
             },
             t0,
             win_start,
@@ -291,6 +301,8 @@ pub fn run(plan: &Plan, shared: &Shared) -> Result<Outcome, BenchError> {
             timer,
         };
         w.run()?;
+        let end = Instant::now().min(w.win_end);
+        w.out.window = end.saturating_duration_since(w.win_start);
         Ok(w.out)
     });
     if let Err(e) = &result
@@ -341,6 +353,9 @@ impl Worker<'_> {
             }
             if self.shared.stop.load(Ordering::Relaxed) {
                 return Err(BenchError::Stopped);
+            }
+            if self.shared.interrupted.load(Ordering::Relaxed) {
+                break;
             }
             if now >= next_check {
                 self.check_timeouts(now)?;
@@ -413,8 +428,39 @@ impl Worker<'_> {
         if readable {
             self.read(i, hup, now)?;
         }
+        if self.plan.new_conn_per_request
+            && self
+                .conns
+                .get(i)
+                .is_some_and(|c| c.issued > 0 && c.in_flight.is_empty())
+        {
+            return self.renew(i);
+        }
         self.issue(i, now);
         self.flush(i, now)
+    }
+
+    /// `--new-conn-per-request`: the reply came, so the connection is closed and a new one
+    /// carries the next request; its latency counts from before the connect.
+    fn renew(&mut self, i: usize) -> Result<(), ConnFailure> {
+        let started = Instant::now();
+        let addr = self.plan.addr.to_string();
+        let stream = open(self.plan, |source| BenchError::Connect {
+            addr: addr.clone(),
+            source,
+        })
+        .map_err(ConnFailure::Fatal)?;
+        let Some(conn) = self.conns.get_mut(i) else {
+            return Ok(());
+        };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        *conn = Conn::new(stream, self.plan, started, 0);
+        register(self.poll.registry(), conn, i).map_err(ConnFailure::Fatal)?;
+        if started >= self.win_start {
+            self.out.connects = self.out.connects.saturating_add(1);
+        }
+        self.issue(i, started);
+        self.flush(i, started)
     }
 
     /// Reads until the socket would block or a read comes back short, completing replies. A
