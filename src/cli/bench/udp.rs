@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::{BenchArgs, Latency, proc_cpu_seconds, self_cpu_seconds};
+use super::window::{proc_cpu_seconds, self_cpu_seconds};
+use super::{BenchArgs, Latency};
 use crate::addr::ListenAddr;
 
 /// The largest UDP payload over IPv4 (65,535 − 8 UDP − 20 IP header bytes).
