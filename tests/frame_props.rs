@@ -206,7 +206,7 @@ proptest! {
 
     #[test]
     fn any_bytes_header_body(stream in garbage_frames(), pieces in pieces(), max_header in prop_oneof![Just(1usize), Just(20), Just(65536)], accept_filesize in any::<bool>()) {
-        let make = || HeaderBodyDecoder::new(HeaderBodyConfig { max_header, accept_filesize });
+        let make = || HeaderBodyDecoder::new(HeaderBodyConfig { max_header, accept_filesize, typed: accept_filesize });
         let whole = reactor(make(), &stream, &[]);
         prop_assert_eq!(&reactor(make(), &stream, &pieces), &whole);
         prop_assert_eq!(&reactor(make(), &stream, &vec![1; stream.len()]), &whole);

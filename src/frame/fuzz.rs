@@ -295,6 +295,7 @@ pub fn header_config(byte: u8) -> HeaderBodyConfig {
     HeaderBodyConfig {
         max_header: max_headers[usize::from(byte & 3)],
         accept_filesize: byte & 4 != 0,
+        typed: byte & 8 != 0,
     }
 }
 

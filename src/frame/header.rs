@@ -65,6 +65,10 @@ pub struct HeaderBodyConfig {
     /// classic upload client sends it), false for responses, where `filesize`
     /// is the length of a file that is *not* the body.
     pub accept_filesize: bool,
+    /// Whether plain headers take the fast path into a typed `Request` (`typed.rs`): true for
+    /// requests; false for responses, whose every field a client reads from the map anyway
+    /// (the fast path would only make it parse each header twice).
+    pub typed: bool,
 }
 
 impl Default for HeaderBodyConfig {
@@ -73,6 +77,7 @@ impl Default for HeaderBodyConfig {
         HeaderBodyConfig {
             max_header: 64 * 1024,
             accept_filesize: true,
+            typed: true,
         }
     }
 }
@@ -82,6 +87,7 @@ impl HeaderBodyConfig {
     pub fn responses() -> Self {
         HeaderBodyConfig {
             accept_filesize: false,
+            typed: false,
             ..HeaderBodyConfig::default()
         }
     }
@@ -528,7 +534,9 @@ impl HeaderBodyDecoder {
             offset,
             valid_up_to: e.valid_up_to(),
         })?;
-        if let Some(req) = typed::parse(raw) {
+        if self.config.typed
+            && let Some(req) = typed::parse(raw)
+        {
             let size = match (
                 req.size,
                 req.filesize.filter(|_| self.config.accept_filesize),

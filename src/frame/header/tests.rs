@@ -313,6 +313,7 @@ fn max_header_is_configurable() {
     let mut d = HeaderBodyDecoder::new(HeaderBodyConfig {
         max_header: 2,
         accept_filesize: true,
+        typed: true,
     });
     assert_eq!(d.max_buffered(), 6);
     header_of(&mut d, &frame("{}"));
@@ -379,6 +380,7 @@ fn encode_header_errors_leave_output_alone() {
     let small = HeaderBodyConfig {
         max_header: 10,
         accept_filesize: false,
+        typed: false,
     };
     assert_eq!(
         small.encode_header(&json!({"a": 1}), 0, &mut out),

@@ -277,7 +277,7 @@ impl Files {
     pub fn new(shared: Arc<FilesShared>) -> Self {
         let decoder = HeaderBodyDecoder::new(HeaderBodyConfig {
             max_header: shared.config.max_header,
-            accept_filesize: true,
+            ..HeaderBodyConfig::default()
         });
         Files {
             shared,
