@@ -19,6 +19,19 @@ pub(super) fn print_json(r: &impl serde::Serialize) {
     }
 }
 
+/// The latency line of a report for people (TCP and UDP alike).
+pub(super) fn print_latency(l: &super::Latency) {
+    println!(
+        "  latency    p50 {:.1} us  p90 {:.1} us  p99 {:.1} us  p99.9 {:.1} us  max {:.1} us",
+        l.p50, l.p90, l.p99, l.p99_9, l.max
+    );
+}
+
+/// The load generator's own CPU line.
+pub(super) fn print_cpu(cpu_s: f64, cpu_percent: f64) {
+    println!("  bench cpu  {cpu_s:.2} s, {cpu_percent:.1}% of one core");
+}
+
 /// Prints the report: JSON on stdout with --json, else a few lines for people.
 pub(super) fn print_report(args: &BenchArgs, r: &Report) {
     if args.json {
@@ -61,19 +74,12 @@ pub(super) fn print_report(args: &BenchArgs, r: &Report) {
             r.duration_s
         );
     }
-    let l = &r.latency_us;
-    println!(
-        "  latency    p50 {:.1} us  p90 {:.1} us  p99 {:.1} us  p99.9 {:.1} us  max {:.1} us",
-        l.p50, l.p90, l.p99, l.p99_9, l.max
-    );
+    print_latency(&r.latency_us);
     println!(
         "  errors     {} ({} connection errors, {} error replies), {} reconnects",
         r.errors, r.connection_errors, r.error_replies, r.reconnects
     );
-    println!(
-        "  bench cpu  {:.2} s, {:.1}% of one core",
-        r.cpu_s, r.cpu_percent
-    );
+    print_cpu(r.cpu_s, r.cpu_percent);
     if r.generator_saturated {
         println!(
             "  note       the load generator kept its {} thread(s) {:.0}% busy: it, not the server, may bound requests/s and latency here; compare server CPU per request (--server-pid), or add --threads on a machine with cores to spare",

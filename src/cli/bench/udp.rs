@@ -527,15 +527,8 @@ pub(super) fn print(args: &BenchArgs, r: &UdpReport) {
         "  loss       {} ({:.3} %), reordered {}, duplicates {}",
         r.lost, r.loss_percent, r.reordered, r.duplicates
     );
-    let l = &r.latency_us;
-    println!(
-        "  latency    p50 {:.0} µs, p90 {:.0}, p99 {:.0}, p99.9 {:.0}, max {:.0}",
-        l.p50, l.p90, l.p99, l.p99_9, l.max
-    );
-    println!(
-        "  bench cpu  {:.2} s, {:.1}% of one core",
-        r.cpu_s, r.cpu_percent
-    );
+    super::report::print_latency(&r.latency_us);
+    super::report::print_cpu(r.cpu_s, r.cpu_percent);
     if let Some(us) = r.server_cpu_per_reply_us {
         println!("  server cpu {us:.2} µs per reply");
     }
