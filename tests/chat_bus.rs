@@ -39,6 +39,13 @@ fn host_with_ttl(redis: &str, node: &str, ttl: &str, extra: &[&str]) -> Server {
     Server::start(args)
 }
 
+/// A single-worker host on the bus, once its connection to Redis is up.
+fn up_host(redis: &str, node: &str, ttl: &str) -> Server {
+    let h = host_with_ttl(redis, node, ttl, &[]);
+    wait_metric(&h, "up", |n| n == 1);
+    h
+}
+
 fn scrape(server: &Server) -> String {
     let mut s = TcpStream::connect(server.tcp("metrics")).unwrap();
     s.set_read_timeout(Some(T)).unwrap();
@@ -83,9 +90,8 @@ fn lines_cross_hosts_exactly_once_and_who_spans_them() {
     let dir = TempDir::new("bus-room");
     let redis = Redis::unix(&dir.file("redis.sock"));
     let a = host(&redis.addr, "ha", &["--workers", "2"]);
-    let b = host(&redis.addr, "hb", &[]);
+    let b = up_host(&redis.addr, "hb", "2s");
     wait_metric(&a, "up", |n| n == 2);
-    wait_metric(&b, "up", |n| n == 1);
 
     // Two members on a (on either worker), one on b.
     let (mut a1, n1) = join(&a, "a1");
@@ -176,10 +182,8 @@ fn lines_cross_hosts_exactly_once_and_who_spans_them() {
 fn two_hosts_racing_for_one_nick_give_it_to_one() {
     let dir = TempDir::new("bus-race");
     let redis = Redis::unix(&dir.file("redis.sock"));
-    let a = host(&redis.addr, "ra", &[]);
-    let b = host(&redis.addr, "rb", &[]);
-    wait_metric(&a, "up", |n| n == 1);
-    wait_metric(&b, "up", |n| n == 1);
+    let a = up_host(&redis.addr, "ra", "2s");
+    let b = up_host(&redis.addr, "rb", "2s");
     for round in 0..20 {
         let (mut x, nx) = join(&a, "x");
         let (mut y, ny) = join(&b, "y");
@@ -225,8 +229,7 @@ fn redis_down_at_start_then_lost_then_back() {
     let mut redis = Redis::unix(&sock);
     m1.until(T, |l| l == "* bus restored");
     m2.until(T, |l| l == "* bus restored");
-    let b = host(&redis.addr, "fb", &[]);
-    wait_metric(&b, "up", |n| n == 1);
+    let b = up_host(&redis.addr, "fb", "2s");
     let (mut b1, nb) = join(&b, "b1");
     m1.until(T, |l| l == format!("* {nb} joined"));
 
@@ -334,8 +337,7 @@ fn a_redis_that_answers_garbage_is_reconnected() {
 fn strangers_on_the_channel_are_ignored_and_counted() {
     let dir = TempDir::new("bus-stranger");
     let redis = Redis::unix(&dir.file("redis.sock"));
-    let a = host(&redis.addr, "xa", &[]);
-    wait_metric(&a, "up", |n| n == 1);
+    let a = up_host(&redis.addr, "xa", "2s");
     let (mut m, _) = join(&a, "m");
     let mut c = redis.client().unwrap();
     let bad: [&[u8]; 6] = [
@@ -368,10 +370,8 @@ fn strangers_on_the_channel_are_ignored_and_counted() {
 fn a_dead_host_s_members_vanish_within_the_presence_ttl() {
     let dir = TempDir::new("bus-dead");
     let redis = Redis::unix(&dir.file("redis.sock"));
-    let a = host(&redis.addr, "da", &[]);
-    let b = host(&redis.addr, "db", &[]);
-    wait_metric(&a, "up", |n| n == 1);
-    wait_metric(&b, "up", |n| n == 1);
+    let a = up_host(&redis.addr, "da", "2s");
+    let b = up_host(&redis.addr, "db", "2s");
     let (mut ma, _) = join(&a, "ma");
     let (mut mb, nb) = join(&b, "mb");
     mb.send("/nick gone-soon");
@@ -409,10 +409,8 @@ fn a_host_that_stops_says_its_members_left_at_once() {
     let dir = TempDir::new("bus-stop");
     let redis = Redis::unix(&dir.file("redis.sock"));
     // A presence TTL far longer than the test: only the stopping host's word can remove them.
-    let a = host_with_ttl(&redis.addr, "sa", "60s", &[]);
-    let mut b = host_with_ttl(&redis.addr, "sb", "60s", &[]);
-    wait_metric(&a, "up", |n| n == 1);
-    wait_metric(&b, "up", |n| n == 1);
+    let a = up_host(&redis.addr, "sa", "60s");
+    let mut b = up_host(&redis.addr, "sb", "60s");
     let (mut ma, _) = join(&a, "ma");
     let (mut mb, nb) = join(&b, "mb");
     ma.until(T, |l| l == format!("* {nb} joined"));
