@@ -16,6 +16,8 @@
 //! - [`frame`]: sans-IO codecs: length-prefixed, header+body, lines.
 //! - `sys`: thin wrappers over Linux calls that server and clients share: `sys::timerfd`,
 //!   a one-shot timerfd in a mio poll (the reactor's alarm, the bench's rate timer).
+//! - `tls`: TLS on rustls: the listeners' certificates (loaded, checked, reloaded) and the
+//!   client commands' `--tls`; the reactor's TLS transport is `reactor/transport/tls.rs`.
 //! - [`client`]: a blocking client of the `files` service, used by the client commands.
 //! - [`cli`]: one file per subcommand of the `socklab` binary.
 //!
@@ -39,6 +41,7 @@ pub(crate) mod reactor;
 pub(crate) mod service;
 pub(crate) mod sockopt;
 pub(crate) mod sys;
+pub(crate) mod tls;
 
 /// The configuration file's API, for `tests/config_file.rs`.
 pub use config::file as config_file;

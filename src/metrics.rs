@@ -38,6 +38,9 @@ pub(crate) struct ServiceCounters {
     pub(crate) rejected_per_ip: u64,
     /// Connections closed on a PROXY protocol listener without a valid header in time.
     pub(crate) rejected_proxy: u64,
+    /// TLS connections closed before their handshake finished: it failed (a bad or refused
+    /// ClientHello, a client certificate the CA did not sign), timed out, or was abandoned.
+    pub(crate) rejected_tls: u64,
     /// Connections closed during shutdown with every reply they were owed written.
     pub(crate) drained: u64,
     /// Connections closed during shutdown still owed something: at the grace, or on an error.
@@ -161,6 +164,7 @@ impl ServiceCounters {
             (&mut self.rejected_auth, o.rejected_auth),
             (&mut self.rejected_per_ip, o.rejected_per_ip),
             (&mut self.rejected_proxy, o.rejected_proxy),
+            (&mut self.rejected_tls, o.rejected_tls),
             (&mut self.drained, o.drained),
             (&mut self.cut, o.cut),
         ];
@@ -331,6 +335,7 @@ pub(crate) fn prometheus(workers: &[(usize, &Counters)]) -> String {
                 ("auth", c.rejected_auth),
                 ("per_ip", c.rejected_per_ip),
                 ("proxy", c.rejected_proxy),
+                ("tls", c.rejected_tls),
             ] {
                 let _ = writeln!(
                     s,
@@ -490,6 +495,7 @@ impl Counters {
                     "rejected_auth": c.rejected_auth,
                     "rejected_per_ip": c.rejected_per_ip,
                     "rejected_proxy": c.rejected_proxy,
+                    "rejected_tls": c.rejected_tls,
                     "bytes_received": c.bytes_received,
                     "bytes_sent": c.bytes_sent,
                     "datagrams_received": c.datagrams_received,

@@ -135,6 +135,10 @@ pub fn run(args: ServeArgs) -> ExitCode {
     } else {
         None
     };
+    let tls = match crate::tls::server::TlsSet::load(&config.listeners) {
+        Ok(tls) => tls,
+        Err(e) => return fail(format!("TLS: {e}")),
+    };
     let printed = |bound: &[crate::reactor::BoundListener]| {
         // Tests and scripts read these lines to learn the ports they got; a closed stdout
         // must not stop the server.
@@ -163,7 +167,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
             }
         }
     };
-    let served = crate::reactor::workers::serve(config, secret, printed);
+    let served = crate::reactor::workers::serve(config, secret, tls, printed);
     // Whatever a command left running dies with the server.
     crate::sys::contain::at_exit();
     match served {

@@ -65,6 +65,7 @@ const COLUMNS: [Column; 8] = [
             "rejected_auth",
             "rejected_per_ip",
             "rejected_proxy",
+            "rejected_tls",
         ],
     ),
     ("bytes_in", &["bytes_received"]),

@@ -168,6 +168,25 @@ pub struct ServeArgs {
     #[arg(long = "proxy-protocol", value_name = "SERVICE[=VERSION]", value_parser = parse_proxy_protocol, help_heading = "Load balancers")]
     proxy_protocol: Vec<(ServiceKind, ProxyVersions)>,
 
+    /// Serve TLS on this service's stream listeners, with --tls-cert and --tls-key
+    /// (repeatable: --tls files --tls chat).
+    #[arg(long = "tls", value_name = "SERVICE", value_parser = parse_stream_service, requires_all = ["tls_cert", "tls_key"], help_heading = "TLS")]
+    tls: Vec<ServiceKind>,
+    /// The certificate (PEM; the server's first, then any chain) of the --tls services.
+    #[arg(long, value_name = "PATH", requires = "tls", help_heading = "TLS")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls", help_heading = "TLS")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM) on the --tls services; a verified
+    /// certificate counts as authentication (with --auth as well, both must pass).
+    #[arg(long, value_name = "PATH", requires = "tls", help_heading = "TLS")]
+    tls_client_ca: Option<PathBuf>,
+    /// Close a TLS connection whose handshake has not finished this long after it was
+    /// accepted. [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "TLS")]
+    tls_handshake_timeout: Option<Duration>,
+
     /// Require the HMAC-SHA256 challenge-response on this service's stream listeners
     /// (repeatable: --auth files --auth upper).
     #[arg(long = "auth", value_name = "SERVICE", value_parser = parse_stream_service, help_heading = "Authentication")]
@@ -352,6 +371,16 @@ impl ServeArgs {
         for &(service, versions) in &self.proxy_protocol {
             settings.require_proxy_protocol(service, versions);
         }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            let files = crate::config::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            };
+            for &service in &self.tls {
+                settings.require_tls(service, &files);
+            }
+        }
 
         if self.no_reuseaddr {
             settings.socket_option(|o| o.reuseaddr = false);
@@ -387,6 +416,10 @@ impl ServeArgs {
         if let Some(d) = self.handshake_timeout {
             limits.handshake_timeout = Some(d).filter(|d| !d.is_zero());
         }
+        set(
+            &mut limits.tls_handshake_timeout,
+            self.tls_handshake_timeout,
+        );
         if self.max_conns_per_ip.is_some() {
             limits.max_conns_per_ip = self.max_conns_per_ip;
         }

@@ -9,7 +9,10 @@ use std::time::Duration;
 pub mod bus;
 pub mod file;
 pub mod flags;
+pub mod tls;
 mod values;
+
+pub use tls::TlsFiles;
 
 use crate::addr::ListenAddr;
 use crate::kind::ServiceKind;
@@ -49,6 +52,8 @@ pub struct ListenerConfig {
     /// Connections begin with a PROXY protocol header of these versions (behind a load
     /// balancer); its source address is the client's.
     pub proxy_protocol: Option<crate::frame::proxy::ProxyVersions>,
+    /// TLS on this listener: its certificate, key and client CA (`[listener.tls]`).
+    pub tls: Option<TlsFiles>,
 }
 
 impl ListenerConfig {
@@ -81,7 +86,12 @@ impl ListenerConfig {
                 addr: self.addr.to_string(),
             });
         }
-        if self.service == ServiceKind::Files && !self.auth && !self.addr.is_local() {
+        let client_certs = self.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if self.service == ServiceKind::Files
+            && !self.auth
+            && !client_certs
+            && !self.addr.is_local()
+        {
             return Err(ConfigError::NeedsAuth {
                 service: self.service,
                 addr: self.addr.to_string(),
@@ -94,6 +104,11 @@ impl ListenerConfig {
         }
         if self.proxy_protocol.is_some() && !self.service.is_stream() {
             return Err(ConfigError::ProxyOnDatagram {
+                service: self.service,
+            });
+        }
+        if self.tls.is_some() && !self.service.is_stream() {
+            return Err(ConfigError::TlsOnDatagram {
                 service: self.service,
             });
         }
@@ -149,6 +164,9 @@ pub struct Limits {
     /// The idle timeout, shorter, of a connection that has not yet passed authentication or
     /// sent a complete request; `None`: only the idle timeout.
     pub handshake_timeout: Option<Duration>,
+    /// A TLS connection whose handshake has not finished this long after it was accepted is
+    /// closed.
+    pub tls_handshake_timeout: Duration,
     /// Connections open at once from one source address, in the whole process: `None` for
     /// the default (`max_conns / PER_IP_SHARE`), `Some(0)` for no limit.
     pub max_conns_per_ip: Option<usize>,
@@ -181,6 +199,7 @@ impl Default for Limits {
             idle_timeout: Some(Duration::from_secs(300)),
             request_timeout: Some(Duration::from_secs(10)),
             handshake_timeout: Some(Duration::from_secs(10)),
+            tls_handshake_timeout: Duration::from_secs(10),
             max_conns_per_ip: None,
             shutdown_grace: Duration::from_secs(5),
             pending_pause: 256 * 1024,
@@ -298,6 +317,11 @@ pub enum ConfigError {
          only stream services (echo, upper, files, chat, metrics) take proxy_protocol"
     )]
     ProxyOnDatagram { service: ServiceKind },
+    #[error(
+        "{service} is a datagram service: TLS runs over streams; only stream services (echo, \
+         upper, files, chat, metrics) take tls"
+    )]
+    TlsOnDatagram { service: ServiceKind },
     #[error("{what} must be longer than 0")]
     ZeroDuration { what: &'static str },
     #[error(
@@ -374,6 +398,11 @@ impl ServerConfig {
             ("--idle-timeout", self.limits.idle_timeout, false),
             ("--request-timeout", self.limits.request_timeout, false),
             ("--handshake-timeout", self.limits.handshake_timeout, false),
+            (
+                "--tls-handshake-timeout",
+                Some(self.limits.tls_handshake_timeout),
+                true,
+            ),
             ("--shutdown-grace", Some(self.limits.shutdown_grace), false),
             (
                 "--udp-chat-expiry",
@@ -412,6 +441,7 @@ mod tests {
                 sockopts: None,
                 max_conns_per_ip: None,
                 proxy_protocol: None,
+                tls: None,
             }],
             ..ServerConfig::default()
         }

@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, UnixListener};
@@ -14,7 +15,7 @@ use mio::{Interest, Token};
 
 use super::conn::{Conn, StreamSocket};
 use super::timer::TimerKind;
-use super::transport::Transport;
+use super::transport::{TlsSocket, Transport};
 use super::workers::OpenConns;
 use super::{Entry, Reactor};
 use crate::frame::proxy::ProxyVersions;
@@ -23,6 +24,7 @@ use crate::metrics::Busiest;
 use crate::service::auth::{AuthGate, Secret, new_challenge};
 use crate::service::{Event, StreamService};
 use crate::sockopt;
+use crate::tls::server::{ListenerTls, TlsSet};
 
 pub(super) use per_addr::PerAddr;
 
@@ -72,6 +74,8 @@ pub(super) struct Listener {
     pub(super) per_ip: Option<usize>,
     /// Its connections begin with a PROXY protocol header of these versions.
     pub(super) proxy: Option<ProxyVersions>,
+    /// Its connections speak TLS (after the PROXY header, if any).
+    pub(super) tls: Option<Arc<ListenerTls>>,
     /// On the ready list already.
     pub(super) queued: bool,
 }
@@ -102,11 +106,13 @@ pub(super) struct Admission {
     pub(super) warn_proxy: RateLimited,
     /// The authentication secret, when a listener asks for authentication.
     secret: Option<Secret>,
+    /// The TLS listeners' configurations (reloaded on SIGHUP by the first worker).
+    pub(super) tls: TlsSet,
 }
 
 impl Admission {
     /// Nothing open yet, and the reserve descriptor taken.
-    pub(super) fn new(secret: Option<Secret>) -> Admission {
+    pub(super) fn new(secret: Option<Secret>, tls: TlsSet) -> Admission {
         Admission {
             conns: OpenConns::default(),
             per_addr: PerAddr::default(),
@@ -119,6 +125,7 @@ impl Admission {
             warn_slow: RateLimited::default(),
             warn_proxy: RateLimited::default(),
             secret,
+            tls,
         }
     }
 
@@ -197,7 +204,7 @@ impl Reactor {
             }
             budget -= 1;
             let (kind, auth, nodelay, per_ip) = (l.kind, l.auth, l.nodelay, l.per_ip);
-            let proxy = l.proxy;
+            let (proxy, tls) = (l.proxy, l.tls.clone());
             match l.socket.accept() {
                 Ok((mut socket, ip)) => match proxy {
                     // The balancer's address says nothing of the client: the header will.
@@ -209,13 +216,14 @@ impl Reactor {
                                 nodelay,
                                 per_ip,
                                 versions,
+                                tls,
                             };
                             self.await_proxy_header(socket, ip, accepted);
                         }
                     }
                     None => {
                         if self.has_room(&mut socket, ip, kind, auth, per_ip) {
-                            self.admit(socket, ip, kind, auth, nodelay);
+                            self.admit(socket, ip, kind, auth, nodelay, tls);
                         }
                     }
                 },
@@ -366,6 +374,7 @@ impl Reactor {
         kind: ServiceKind,
         auth: bool,
         nodelay: bool,
+        tls: Option<Arc<ListenerTls>>,
     ) -> Option<Token> {
         let limits = &self.config.limits;
         if let StreamSocket::Tcp(s) = &socket
@@ -378,7 +387,22 @@ impl Reactor {
             return None;
         };
         let idle = super::idle_limit(limits, false);
-        let mut conn = Conn::new(Transport::Plain(socket), kind, service, self.core.now);
+        // A verified client certificate is the handshake's to require: nothing reaches the
+        // service before it has passed.
+        let cert_authenticated = tls.as_ref().is_some_and(|t| t.verifies_clients());
+        let transport = match tls {
+            Some(tls) => match TlsSocket::new(socket, Arc::clone(&tls.config)) {
+                Ok(t) => Transport::Tls(Box::new(t)),
+                Err(e) => {
+                    tracing::warn!(service = %kind, "cannot start a TLS connection: {e}");
+                    self.admission.release(ip);
+                    return None;
+                }
+            },
+            None => Transport::Plain(socket),
+        };
+        let handshaking = transport.is_handshaking();
+        let mut conn = Conn::new(transport, kind, service, self.core.now);
         conn.peer_ip = ip;
         if auth {
             let (Some(secret), Ok(challenge)) = (&self.admission.secret, new_challenge()) else {
@@ -400,6 +424,12 @@ impl Reactor {
                 .timers
                 .push(self.core.now + idle, TimerKind::Idle(token));
         }
+        if handshaking {
+            let deadline = self.core.now + self.config.limits.tls_handshake_timeout;
+            self.core
+                .timers
+                .push(deadline, TimerKind::TlsHandshake(token));
+        }
         if auth {
             let deadline = self.core.now + self.config.auth_timeout;
             self.core
@@ -411,7 +441,7 @@ impl Reactor {
             let mut ctx = self.svc.ctx();
             let opened = Event::Opened {
                 id: c.id,
-                authenticated: false,
+                authenticated: cert_authenticated,
             };
             c.served = c.service.served_on_open();
             c.service.on_event(opened, c.out.tail(), &mut ctx);

@@ -23,7 +23,6 @@ use super::workers::Links;
 use super::{Buffers, Core, Entry, Reactor, ServiceState};
 use crate::addr::ListenAddr;
 use crate::config::{ListenerConfig, ServerConfig};
-use crate::frame::proxy::ProxyVersions;
 use crate::kind::ServiceKind;
 use crate::service::auth::Secret;
 use crate::service::discovery::{Discovery, DiscoveryInfo, ServiceEntry};
@@ -31,6 +30,8 @@ use crate::service::files::FilesShared;
 use crate::service::store::Store;
 use crate::service::{DatagramService, Shared};
 use crate::sockopt::{self, BindError, OptionsInEffect};
+use crate::tls::files::CertInfo;
+use crate::tls::server::{ListenerTls, TlsSet};
 
 /// Size of the one read buffer the reactor shares between all sockets. Large enough for any
 /// UDP datagram; longer Unix datagrams are cut to it.
@@ -53,6 +54,8 @@ pub struct BoundListener {
     pub auth: bool,
     /// The programs `exec` may run, by their configured names (files, when exec is on).
     pub exec: Vec<String>,
+    /// The certificate a TLS listener serves.
+    pub tls: Option<CertInfo>,
 }
 
 impl fmt::Display for BoundListener {
@@ -67,6 +70,13 @@ impl fmt::Display for BoundListener {
         }
         if !self.exec.is_empty() {
             write!(f, " exec={}", self.exec.join(","))?;
+        }
+        if let Some(cert) = &self.tls {
+            write!(
+                f,
+                " tls=on cert_expires={} cert_subject=\"{}\"",
+                cert.not_after, cert.subject
+            )?;
         }
         match self.inherited {
             Some(by) => write!(f, " inherited={by}"),
@@ -150,6 +160,7 @@ impl Reactor {
     pub fn bind(
         config: ServerConfig,
         secret: Option<Secret>,
+        tls: TlsSet,
     ) -> Result<(Reactor, Vec<BoundListener>), StartError> {
         let shared = open_shared(&config)?;
         if let Some(l) = config.listeners.iter().find(|l| l.auth)
@@ -160,8 +171,13 @@ impl Reactor {
         let poll = Poll::new().map_err(StartError::Poll)?;
         // SIGCHLD tells the loop to reap `exec`'s children.
         // SIGUSR2 starts a successor (`handover/`).
-        let mut signals = Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGCHLD, libc::SIGUSR2])
-            .map_err(StartError::Signals)?;
+        // SIGHUP reloads the TLS certificates, when there are any: otherwise it keeps its
+        // default (the end of the process), as before TLS.
+        let mut wanted = vec![libc::SIGINT, libc::SIGTERM, libc::SIGCHLD, libc::SIGUSR2];
+        if !tls.is_empty() {
+            wanted.push(libc::SIGHUP);
+        }
+        let mut signals = Signals::new(wanted).map_err(StartError::Signals)?;
         poll.registry()
             .register(&mut signals, SIGNAL, Interest::READABLE)
             .map_err(StartError::Signals)?;
@@ -191,7 +207,7 @@ impl Reactor {
             config,
             svc: ServiceState::default(),
             shared,
-            admission: Admission::new(secret),
+            admission: Admission::new(secret, tls),
             children: Children::default(),
             disk: None,
             links: Links::new(Arc::new(waker)),
@@ -206,9 +222,10 @@ impl Reactor {
             what: "an inherited descriptor".into(),
             source,
         })?;
-        for (l, claim) in listeners.iter().zip(claims) {
+        for (i, (l, claim)) in listeners.iter().zip(claims).enumerate() {
             // On an error, dropping `reactor` removes the socket files bound so far.
-            bound.push(reactor.serve_one(l, claim)?);
+            let tls = reactor.admission.tls.of(i);
+            bound.push(reactor.serve_one(l, claim, tls)?);
         }
         reactor.set_discovery_answer(&bound);
         let control_err = |source| StartError::Register {
@@ -226,12 +243,15 @@ impl Reactor {
         &mut self,
         l: &ListenerConfig,
         claim: Option<(OwnedFd, inherit::Source)>,
+        tls: Option<Arc<ListenerTls>>,
     ) -> Result<BoundListener, StartError> {
+        let info = tls.as_ref().map(|t| t.info());
         let mut b = match claim {
-            Some((fd, by)) => self.adopt_one(l, fd, by)?,
-            None => self.bind_one(l)?,
+            Some((fd, by)) => self.adopt_one(l, fd, by, tls)?,
+            None => self.bind_one(l, tls)?,
         };
         b.auth = l.auth;
+        b.tls = info;
         if l.service == ServiceKind::Files
             && let Some(exec) = &self.config.files.config.exec
         {
@@ -250,10 +270,13 @@ impl Reactor {
         }
     }
 
-    fn bind_one(&mut self, l: &ListenerConfig) -> Result<BoundListener, StartError> {
-        let (service, addr, auth) = (l.service, &l.addr, l.auth);
-        let (per_ip, proxy) = (l.max_conns_per_ip, l.proxy_protocol);
-        let o = self.config.sockopts_of(l).clone();
+    fn bind_one(
+        &mut self,
+        conf: &ListenerConfig,
+        tls: Option<Arc<ListenerTls>>,
+    ) -> Result<BoundListener, StartError> {
+        let (service, addr) = (conf.service, &conf.addr);
+        let o = self.config.sockopts_of(conf).clone();
         let o = &o;
         let bind_err = |source| StartError::Bind { service, source };
         let local = |r: io::Result<std::net::SocketAddr>| {
@@ -266,7 +289,7 @@ impl Reactor {
                 let shown = local(l.local_addr());
                 let socket = ListenSocket::Tcp(TcpListener::from_std(l));
                 (
-                    self.listener(socket, service, auth, o.nodelay, per_ip, proxy),
+                    self.listener(socket, conf, o.nodelay, tls),
                     "tcp",
                     shown,
                     opts,
@@ -283,7 +306,7 @@ impl Reactor {
                 self.shutdown.owned_paths.push(p.clone());
                 let socket = ListenSocket::Unix(UnixListener::from_std(l));
                 (
-                    self.listener(socket, service, auth, false, per_ip, proxy),
+                    self.listener(socket, conf, false, tls),
                     "unix",
                     addr.to_string(),
                     opts,
@@ -310,6 +333,7 @@ impl Reactor {
             inherited: None,
             auth: false,
             exec: Vec::new(),
+            tls: None,
         })
     }
 
@@ -318,13 +342,13 @@ impl Reactor {
     /// remove at shutdown (the passer owns it), except after a hand-over.
     pub(super) fn adopt_one(
         &mut self,
-        l: &ListenerConfig,
+        conf: &ListenerConfig,
         fd: OwnedFd,
         by: inherit::Source,
+        tls: Option<Arc<ListenerTls>>,
     ) -> Result<BoundListener, StartError> {
-        let (service, addr, auth, per_ip) = (l.service, &l.addr, l.auth, l.max_conns_per_ip);
-        let proxy = l.proxy_protocol;
-        let nodelay = self.config.sockopts_of(l).nodelay;
+        let (service, addr) = (conf.service, &conf.addr);
+        let nodelay = self.config.sockopts_of(conf).nodelay;
         let io_err = |source| StartError::Register {
             what: format!("the inherited {service} socket"),
             source,
@@ -342,11 +366,7 @@ impl Reactor {
                 let l = std::net::TcpListener::from(fd);
                 let shown = l.local_addr().map_err(io_err)?.to_string();
                 let socket = ListenSocket::Tcp(TcpListener::from_std(l));
-                (
-                    self.listener(socket, service, auth, nodelay, per_ip, proxy),
-                    "tcp",
-                    shown,
-                )
+                (self.listener(socket, conf, nodelay, tls), "tcp", shown)
             }
             (ListenAddr::Inet(_), false) => {
                 let s = std::net::UdpSocket::from(fd);
@@ -358,11 +378,7 @@ impl Reactor {
                 let l = std::os::unix::net::UnixListener::from(fd);
                 let shown = unix_shown("unix", l.local_addr().ok(), addr);
                 let socket = ListenSocket::Unix(UnixListener::from_std(l));
-                (
-                    self.listener(socket, service, auth, false, per_ip, proxy),
-                    "unix",
-                    shown,
-                )
+                (self.listener(socket, conf, false, tls), "unix", shown)
             }
             (ListenAddr::Unixgram(_), _) => {
                 let s = std::os::unix::net::UnixDatagram::from(fd);
@@ -380,6 +396,7 @@ impl Reactor {
             inherited: Some(by.name()),
             auth: false,
             exec: Vec::new(),
+            tls: None,
         })
     }
 
@@ -436,19 +453,18 @@ impl Reactor {
     fn listener(
         &self,
         socket: ListenSocket,
-        kind: ServiceKind,
-        auth: bool,
+        l: &ListenerConfig,
         nodelay: bool,
-        per_ip: Option<usize>,
-        proxy: Option<ProxyVersions>,
+        tls: Option<Arc<ListenerTls>>,
     ) -> Entry {
         Entry::Listener(Listener {
             socket,
-            kind,
-            auth,
+            kind: l.service,
+            auth: l.auth,
             nodelay,
-            per_ip: self.config.limits.per_ip_limit(per_ip),
-            proxy,
+            per_ip: self.config.limits.per_ip_limit(l.max_conns_per_ip),
+            proxy: l.proxy_protocol,
+            tls,
             queued: false,
         })
     }

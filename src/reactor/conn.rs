@@ -190,6 +190,11 @@ impl Conn {
             drain: None,
         }
     }
+
+    /// Output is waiting for the socket: replies in `out`, or records inside the transport.
+    pub(crate) fn owes_output(&self) -> bool {
+        !self.out.is_empty() || self.transport.wants_write()
+    }
 }
 
 #[cfg(test)]

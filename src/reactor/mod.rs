@@ -39,6 +39,7 @@ pub(crate) mod inherit;
 mod shutdown;
 mod stream;
 pub mod timer;
+mod tls;
 pub mod token;
 mod transport;
 pub mod workers;
@@ -292,6 +293,7 @@ impl Reactor {
                 TimerKind::OrphanSweep => crate::sys::contain::sweep_again(),
                 TimerKind::AcceptRetry(token) => self.accept_all(token),
                 TimerKind::ProxyHeader(token) => self.proxy_header_deadline(token),
+                TimerKind::TlsHandshake(token) => self.tls_handshake_deadline(token),
                 TimerKind::ShutdownGrace => {}
                 TimerKind::Linger(token) => self.linger_over(token),
                 TimerKind::Watchdog => self.watchdog(),
@@ -311,6 +313,7 @@ impl Reactor {
                 | TimerKind::Request(t)
                 | TimerKind::AcceptRetry(t)
                 | TimerKind::ProxyHeader(t)
+                | TimerKind::TlsHandshake(t)
                 | TimerKind::AuthTimeout(t)
                 | TimerKind::Linger(t) => sources.get(*t).is_some(),
                 TimerKind::ShutdownGrace
@@ -379,7 +382,7 @@ impl Reactor {
         if c.gate.is_none() && c.drain.is_none() {
             c.service.on_idle_close(idle, c.out.tail());
         }
-        if c.out.is_empty() {
+        if !c.owes_output() {
             c.dead = true;
             self.core.to_close.push(token);
             return;

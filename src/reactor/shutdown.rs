@@ -91,7 +91,7 @@ pub(super) fn read_allowance(c: &Conn) -> usize {
 /// Whether a connection closed during the drain owed its client nothing more.
 fn owes_nothing(c: &Conn) -> bool {
     c.drain.as_ref().is_some_and(|d| d.lingering)
-        || (c.out.is_empty()
+        || (!c.owes_output()
             && !c.service.has_output()
             && c.service.awaiting() == Awaiting::Nothing
             && c.service.drain_wants() == 0)
@@ -107,6 +107,10 @@ impl Reactor {
         if got.contains(&libc::SIGUSR2) {
             got.retain(|s| *s != libc::SIGUSR2);
             self.reload_signal();
+        }
+        if got.contains(&libc::SIGHUP) {
+            got.retain(|s| *s != libc::SIGHUP);
+            self.reload_tls();
         }
         if got.is_empty() {
             return;
@@ -269,7 +273,7 @@ impl Reactor {
                 self.core.to_close.push(token);
                 return;
             }
-            if !c.out.is_empty() {
+            if c.owes_output() {
                 // The drive that writes the rest of it comes back here.
                 if update_interest(&self.core.poll, c, token).is_err() {
                     c.dead = true;

@@ -115,6 +115,10 @@ impl Reactor {
             }
             Verdict::Close(reason) => {
                 reason.log(kind);
+                if c.transport.is_handshaking() {
+                    let counters = self.svc.counters.service(kind);
+                    counters.rejected_tls = counters.rejected_tls.saturating_add(1);
+                }
                 c.dead = true;
                 self.core.to_close.push(token);
             }
@@ -222,10 +226,14 @@ fn drive_steps(
     flush(c, t)
 }
 
-/// Writes pending output until the socket would block.
+/// Writes pending output until the socket would block: the connection's, and what waits
+/// inside its transport (encrypted records).
 fn flush(c: &mut Conn, t: &mut Tally) -> Result<(), CloseReason> {
     if !c.out.is_empty() {
         t.sent += c.out.write_to(&mut c.transport).map_err(CloseReason::Io)?;
+    }
+    if c.transport.wants_write() {
+        c.transport.send_pending().map_err(CloseReason::Io)?;
     }
     Ok(())
 }
@@ -367,7 +375,8 @@ fn read_socket(
         if let Some(d) = &mut c.drain {
             d.left = d.left.saturating_sub(n);
         }
-        if n < want {
+        let short = n < want && c.transport.short_read_drains();
+        if short {
             queue_emptied(c);
         }
         budget = budget.saturating_sub(n);
@@ -375,7 +384,7 @@ fn read_socket(
         // A short read emptied the socket's queue: any byte that arrives later raises a new
         // edge, so the read that would only say WouldBlock is skipped. Not when the peer's FIN
         // may be queued behind the data: that edge has been spent already.
-        let drained = n < want && !c.hup_seen;
+        let drained = short && !c.hup_seen;
         // Copy out of the scratch buffer's borrow: `absorb` needs `io` whole.
         let (scratch, rest) = (std::mem::take(&mut io.scratch), &mut *io);
         let r = absorb(c, scratch.get(..n).unwrap_or_default(), rest, limits);
@@ -428,7 +437,7 @@ fn settle(c: &mut Conn, limits: &Limits, t: &mut Tally, now: Instant) -> Verdict
     // finished sending does not count: the service has seen it all and asked for more, which
     // will never come (and a paused service is not idle).
     let idle =
-        c.out.is_empty() && !c.service.has_output() && c.service.awaiting() == Awaiting::Nothing;
+        !c.owes_output() && !c.service.has_output() && c.service.awaiting() == Awaiting::Nothing;
     if (c.read_closed || drain_read) && idle {
         return Verdict::Close(CloseReason::Finished);
     }
@@ -480,7 +489,7 @@ pub(super) fn update_interest(poll: &Poll, c: &mut Conn, token: Token) -> io::Re
 fn wanted_interest(c: &Conn) -> Interest {
     let read = !c.read_closed && !c.read_paused;
     // A file going out by sendfile waits for writability with nothing in `out`.
-    let write = !c.out.is_empty() || c.service.sending_file();
+    let write = c.owes_output() || c.service.sending_file();
     match (read, write) {
         (true, true) => Interest::READABLE | Interest::WRITABLE,
         (false, true) => Interest::WRITABLE,

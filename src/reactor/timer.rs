@@ -25,6 +25,8 @@ pub enum TimerKind {
     AuthTimeout(Token),
     /// This connection's PROXY protocol header must be whole by now.
     ProxyHeader(Token),
+    /// This connection's TLS handshake must have finished by now.
+    TlsHandshake(Token),
     /// The shutdown grace period is over.
     ShutdownGrace,
     /// This drained connection has lingered long enough for its peer's end: close it.

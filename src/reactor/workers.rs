@@ -14,6 +14,7 @@
 //! What runs on the first worker only: udp-chat and discovery (their state spans clients, and
 //! a broadcast must be answered once), and Unix-socket listeners (a path has one socket).
 
+use crate::tls::server::TlsSet;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -413,6 +414,7 @@ fn with_reuseport(mut config: ServerConfig) -> ServerConfig {
 pub fn serve(
     config: ServerConfig,
     secret: Option<Secret>,
+    tls: TlsSet,
     on_bound: impl FnOnce(&[BoundListener]),
 ) -> Result<(), ServeError> {
     let workers = config.workers.max(1);
@@ -421,12 +423,13 @@ pub fn serve(
     } else {
         config
     };
-    let (first, bound) = Reactor::bind(config.clone(), secret.clone())?;
+    let (first, bound) = Reactor::bind(config.clone(), secret.clone(), tls.clone())?;
     let mut reactors = vec![first];
     if workers > 1 {
         let others = config_for_other_workers(&config, &bound);
         for _ in 1..workers {
-            reactors.push(Reactor::bind(others.clone(), secret.clone())?.0);
+            let tls = tls.for_other_workers();
+            reactors.push(Reactor::bind(others.clone(), secret.clone(), tls)?.0);
         }
         link(&mut reactors);
     }

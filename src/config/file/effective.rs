@@ -31,6 +31,7 @@ impl Effective {
                 idle_timeout: Some(Dur(s.limits.idle_timeout.unwrap_or_default())),
                 request_timeout: Some(Dur(s.limits.request_timeout.unwrap_or_default())),
                 handshake_timeout: Some(Dur(s.limits.handshake_timeout.unwrap_or_default())),
+                tls_handshake_timeout: Some(NonZeroDur(s.limits.tls_handshake_timeout)),
                 shutdown_grace: Some(Dur(s.limits.shutdown_grace)),
                 pending_pause: Some(Size(s.limits.pending_pause)),
                 max_pending: Some(Size(s.limits.max_pending)),
@@ -84,6 +85,7 @@ impl Effective {
                                 auth: Some(Spanned::new(0..0, l.auth)),
                                 max_conns_per_ip: l.max_conns_per_ip,
                                 proxy_protocol: l.proxy_protocol,
+                                tls: l.tls.clone(),
                                 socket: l.sockopts.as_ref().map(SocketFile::full),
                             },
                         )

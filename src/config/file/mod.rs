@@ -54,6 +54,7 @@ struct LimitsFile {
     idle_timeout: Option<Dur>,
     request_timeout: Option<Dur>,
     handshake_timeout: Option<Dur>,
+    tls_handshake_timeout: Option<NonZeroDur>,
     shutdown_grace: Option<Dur>,
     pending_pause: Option<Size>,
     max_pending: Option<Size>,
@@ -109,7 +110,7 @@ struct ExecFile {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a listener table (service, addr, auth, max_conns_per_ip, proxy_protocol, socket)"
+    expecting = "a listener table (service, addr, auth, max_conns_per_ip, proxy_protocol, tls, socket)"
 )]
 struct ListenerFile {
     service: Service,
@@ -117,6 +118,7 @@ struct ListenerFile {
     auth: Option<Spanned<bool>>,
     max_conns_per_ip: Option<usize>,
     proxy_protocol: Option<crate::frame::proxy::ProxyVersions>,
+    tls: Option<crate::config::TlsFiles>,
     socket: Option<SocketFile>,
 }
 
@@ -293,6 +295,7 @@ impl Default for ServeSettings {
                 sockopts: None,
                 max_conns_per_ip: None,
                 proxy_protocol: None,
+                tls: None,
             })
             .collect();
         ServeSettings {
@@ -375,6 +378,10 @@ impl ServeSettings {
             if let Some(d) = l.handshake_timeout {
                 limits.handshake_timeout = Some(d.0).filter(|d| !d.is_zero());
             }
+            set(
+                &mut limits.tls_handshake_timeout,
+                l.tls_handshake_timeout.map(|d| d.0),
+            );
             if let Some(n) = l.max_conns_per_ip {
                 limits.max_conns_per_ip = n.0;
             }
@@ -454,6 +461,7 @@ impl ServeSettings {
                         sockopts: l.socket.map(|o| o.over(&s.sockopts)),
                         max_conns_per_ip: l.max_conns_per_ip,
                         proxy_protocol: l.proxy_protocol,
+                        tls: l.tls,
                     };
                     (config, Some(origin))
                 })

@@ -25,6 +25,10 @@ impl ServeSettings {
             .iter()
             .filter(|l| l.service == service)
             .find_map(|l| l.proxy_protocol);
+        let tls = listeners
+            .iter()
+            .filter(|l| l.service == service)
+            .find_map(|l| l.tls.clone());
         let mut kept: Vec<(ListenerConfig, Option<Origin>)> = listeners
             .into_iter()
             .zip(origins)
@@ -39,6 +43,7 @@ impl ServeSettings {
                 sockopts: None,
                 max_conns_per_ip: None,
                 proxy_protocol,
+                tls: tls.clone(),
             };
             (l, None)
         });
@@ -55,6 +60,15 @@ impl ServeSettings {
         for l in &mut self.server.listeners {
             if l.service == service {
                 l.proxy_protocol = Some(versions);
+            }
+        }
+    }
+
+    /// Every stream listener of `service` serves TLS with these files.
+    pub fn require_tls(&mut self, service: ServiceKind, files: &crate::config::TlsFiles) {
+        for l in &mut self.server.listeners {
+            if l.service == service {
+                l.tls = Some(files.clone());
             }
         }
     }

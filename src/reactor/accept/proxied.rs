@@ -25,13 +25,15 @@ use crate::net::TcpOrUnix;
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the listener said about a connection that waits for its header.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(in crate::reactor) struct Accepted {
     pub(in crate::reactor) kind: ServiceKind,
     pub(in crate::reactor) auth: bool,
     pub(in crate::reactor) nodelay: bool,
     pub(in crate::reactor) per_ip: Option<usize>,
     pub(in crate::reactor) versions: ProxyVersions,
+    /// TLS follows the header.
+    pub(in crate::reactor) tls: Option<std::sync::Arc<crate::tls::server::ListenerTls>>,
 }
 
 /// A connection waiting for its PROXY protocol header.
@@ -75,6 +77,7 @@ impl Reactor {
             .handshake_timeout
             .map_or(PROXY_HEADER_TIMEOUT, |t| t.min(PROXY_HEADER_TIMEOUT));
         let deadline = self.core.now + wait;
+        let kind = accepted.kind;
         let preamble = Preamble {
             socket,
             accepted,
@@ -96,7 +99,7 @@ impl Reactor {
             _ => Ok(()),
         };
         if let Err(e) = registered {
-            tracing::warn!(service = %accepted.kind, "cannot watch a new connection: {e}");
+            tracing::warn!(service = %kind, "cannot watch a new connection: {e}");
             drop(self.take_preamble(token));
             self.admission.conns.close();
             return;
@@ -170,7 +173,7 @@ impl Reactor {
             if let Some(ip) = client {
                 self.admission.per_addr.try_open(ip, None);
             }
-            if let Some(token) = self.admit(p.socket, client, a.kind, a.auth, a.nodelay) {
+            if let Some(token) = self.admit(p.socket, client, a.kind, a.auth, a.nodelay, a.tls) {
                 self.start_drain(token);
             }
             return;
@@ -178,7 +181,7 @@ impl Reactor {
         // Counted as waiting; counted anew with its client's address.
         self.admission.conns.close();
         if self.has_room(&mut p.socket, client, a.kind, a.auth, a.per_ip) {
-            self.admit(p.socket, client, a.kind, a.auth, a.nodelay);
+            self.admit(p.socket, client, a.kind, a.auth, a.nodelay, a.tls);
         }
     }
 

@@ -185,11 +185,12 @@ impl Reactor {
     /// once every worker is bound.
     pub(in crate::reactor) fn adopt_leftovers(&mut self) {
         let listeners = self.config.listeners.clone();
-        for l in &listeners {
+        for (i, l) in listeners.iter().enumerate() {
             while let Some(fd) = claim(l) {
                 let copy = fd.try_clone();
+                let tls = self.admission.tls.of(i);
                 match (
-                    self.adopt_one(l, fd, super::inherit::Source::Handover),
+                    self.adopt_one(l, fd, super::inherit::Source::Handover, tls),
                     copy,
                 ) {
                     (Ok(b), Ok(copy)) => {
@@ -297,6 +298,7 @@ mod tests {
             sockopts: None,
             max_conns_per_ip: None,
             proxy_protocol: None,
+            tls: None,
         }
     }
 

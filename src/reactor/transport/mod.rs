@@ -2,13 +2,15 @@
 //! It owns reading, writing and shutting down; the connection path (`stream.rs`) and the loop
 //! see only it, and register it with the poll as the socket it stands for.
 //!
-//! Plain today: the bytes go to and from the socket as they are, and file bodies may skip the
-//! process altogether (sendfile). An encrypting transport (TLS) is one more variant here: it
-//! decrypts in `read`, encrypts in `write`, sends its close alert in `shutdown`, and answers
-//! `None` to [`Transport::send_file`], so the service copies file bodies through the
-//! connection's output instead. No service and no part of the loop change for it.
+//! Plain: the bytes go to and from the socket as they are, and file bodies may skip the
+//! process altogether (sendfile). TLS (`tls.rs`): it decrypts in `read`, encrypts in `write`,
+//! sends its close alert in `shutdown`, and answers `None` to [`Transport::send_file`], so the
+//! service copies file bodies through the connection's output instead. The connection path
+//! asks two things of every transport that only TLS answers differently: whether a short read
+//! emptied the socket ([`Transport::short_read_drains`]) and whether output waits inside it
+//! ([`Transport::wants_write`]). No service changes for it.
 //!
-//! An enum with one variant costs nothing: every method compiles to the plain socket's call.
+//! The TLS variant is boxed: a plain connection pays one discriminant for it.
 //! Unit tests and the `conn_path` fuzz target (feature `fuzzing`) add a scripted socket
 //! (`script`), so the connection path can be driven without a network; other builds never see
 //! it.
@@ -21,11 +23,17 @@ use mio::{Interest, Registry, Token};
 
 use super::conn::StreamSocket;
 
+pub(crate) use tls::TlsSocket;
+
+mod tls;
+
 /// What a connection's bytes pass through.
 #[derive(Debug)]
 pub(crate) enum Transport {
     /// The socket itself.
     Plain(StreamSocket),
+    /// TLS over the socket.
+    Tls(Box<TlsSocket>),
     /// A socket played by a unit test or a fuzz target (`script`).
     #[cfg(any(test, feature = "fuzzing"))]
     Scripted(script::Script),
@@ -44,6 +52,7 @@ impl Transport {
     ) -> Option<io::Result<usize>> {
         match self {
             Transport::Plain(socket) => Some(send_file(socket.as_raw_fd(), file, offset, count)),
+            Transport::Tls(_) => None,
             #[cfg(any(test, feature = "fuzzing"))]
             Transport::Scripted(_) => None,
         }
@@ -54,27 +63,69 @@ impl Transport {
     pub(crate) fn queued_input(&self) -> io::Result<usize> {
         match self {
             Transport::Plain(socket) => queued_input(socket.as_raw_fd()),
+            // Ciphertext: at least as many bytes as the plaintext they carry.
+            Transport::Tls(t) => queued_input(t.socket.as_raw_fd()),
             #[cfg(any(test, feature = "fuzzing"))]
             Transport::Scripted(s) => Ok(s.inbound.len()),
         }
     }
 
-    /// Shuts down the sending side (a FIN after what was written): the peer reads to a clean
-    /// end, while this side can still read what it sends meanwhile.
-    pub(crate) fn shutdown_write(&mut self) -> io::Result<()> {
+    /// A read shorter than asked means the socket's queue is empty, so a later byte raises a
+    /// new edge. Not for TLS: rustls may hold decrypted bytes that no event will announce.
+    #[inline]
+    pub(crate) fn short_read_drains(&self) -> bool {
+        !matches!(self, Transport::Tls(_))
+    }
+
+    /// Output the transport took but the socket has not (encrypted records): the connection
+    /// is not done, and waits for writability, until it has gone.
+    #[inline]
+    pub(crate) fn wants_write(&self) -> bool {
         match self {
-            // SAFETY: shutdown(2) on a descriptor the socket owns, with a valid `how`.
-            Transport::Plain(socket) => {
-                match unsafe { libc::shutdown(socket.as_raw_fd(), libc::SHUT_WR) } {
-                    0 => Ok(()),
-                    _ => Err(io::Error::last_os_error()),
-                }
+            Transport::Tls(t) => t.wants_write(),
+            _ => false,
+        }
+    }
+
+    /// Writes what waits inside the transport; `WouldBlock` is not an error here.
+    pub(crate) fn send_pending(&mut self) -> io::Result<usize> {
+        match self {
+            Transport::Tls(t) => match t.send_pending() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                r => r,
+            },
+            _ => Ok(0),
+        }
+    }
+
+    /// The TLS handshake is still under way.
+    pub(crate) fn is_handshaking(&self) -> bool {
+        match self {
+            Transport::Tls(t) => t.is_handshaking(),
+            _ => false,
+        }
+    }
+
+    /// Shuts down the sending side (a FIN after what was written): the peer reads to a clean
+    /// end, while this side can still read what it sends meanwhile. TLS says close_notify
+    /// first, so the end is not taken for a truncation.
+    pub(crate) fn shutdown_write(&mut self) -> io::Result<()> {
+        let fd = match self {
+            Transport::Plain(socket) => socket.as_raw_fd(),
+            Transport::Tls(t) => {
+                t.close_notify();
+                t.socket.as_raw_fd()
             }
             #[cfg(any(test, feature = "fuzzing"))]
             Transport::Scripted(s) => {
                 s.write_shut = true;
-                Ok(())
+                return Ok(());
             }
+        };
+        // SAFETY: shutdown(2) on a descriptor the socket owns, with a valid `how`.
+        match unsafe { libc::shutdown(fd, libc::SHUT_WR) } {
+            0 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
         }
     }
 
@@ -83,6 +134,17 @@ impl Transport {
     /// reset that could destroy the replies still in flight to it; bounded, so a peer that
     /// keeps sending gets the reset.
     pub(crate) fn shutdown(&mut self, scratch: &mut [u8]) {
+        if let Transport::Tls(t) = self {
+            // Say the end is orderly, then drop unread records undecrypted.
+            t.close_notify();
+            for _ in 0..4 {
+                match t.socket.read(scratch) {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
+            return;
+        }
         for _ in 0..4 {
             match self.read(scratch) {
                 Ok(n) if n > 0 => {}
@@ -101,6 +163,7 @@ impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(socket) => socket.read(buf),
+            Transport::Tls(t) => t.read(buf),
             #[cfg(any(test, feature = "fuzzing"))]
             Transport::Scripted(s) => s.read(buf),
         }
@@ -112,12 +175,13 @@ impl Write for Transport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(socket) => socket.write(buf),
+            Transport::Tls(t) => t.write(buf),
             #[cfg(any(test, feature = "fuzzing"))]
             Transport::Scripted(s) => s.write(buf),
         }
     }
 
-    /// Nothing is buffered between the service's output and the socket.
+    /// What waits inside the transport is written by [`Transport::send_pending`].
     #[inline]
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -129,6 +193,7 @@ impl Source for Transport {
     fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
         match self {
             Transport::Plain(socket) => socket.register(r, t, i),
+            Transport::Tls(tls) => tls.socket.register(r, t, i),
             #[cfg(any(test, feature = "fuzzing"))]
             Transport::Scripted(_) => Ok(()),
         }
@@ -137,6 +202,7 @@ impl Source for Transport {
     fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
         match self {
             Transport::Plain(socket) => socket.reregister(r, t, i),
+            Transport::Tls(tls) => tls.socket.reregister(r, t, i),
             #[cfg(any(test, feature = "fuzzing"))]
             Transport::Scripted(_) => Ok(()),
         }
@@ -145,6 +211,7 @@ impl Source for Transport {
     fn deregister(&mut self, r: &Registry) -> io::Result<()> {
         match self {
             Transport::Plain(socket) => socket.deregister(r),
+            Transport::Tls(tls) => tls.socket.deregister(r),
             #[cfg(any(test, feature = "fuzzing"))]
             Transport::Scripted(_) => Ok(()),
         }

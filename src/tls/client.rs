@@ -1,0 +1,1 @@
+//! The client commands' TLS: `--tls`, `--ca`, `--server-name`, `--cert`/`--key`.
