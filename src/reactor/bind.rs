@@ -72,10 +72,12 @@ impl fmt::Display for BoundListener {
             write!(f, " exec={}", self.exec.join(","))?;
         }
         if let Some(cert) = &self.tls {
+            // Space-free, so the line still splits into words: `CN=a b` is `CN=a%20b`.
+            let subject = cert.subject.replace('%', "%25").replace(' ', "%20");
             write!(
                 f,
-                " tls=on cert_expires={} cert_subject=\"{}\"",
-                cert.not_after, cert.subject
+                " tls=on cert_expires={} cert_subject={subject}",
+                cert.not_after
             )?;
         }
         match self.inherited {

@@ -8,6 +8,7 @@
 
 pub mod chatbus;
 pub mod netns;
+pub mod tls;
 pub mod tmux;
 
 use std::collections::BTreeMap;
