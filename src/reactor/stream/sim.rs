@@ -102,7 +102,9 @@ impl Sim {
     pub(crate) fn script(&mut self) -> &mut Script {
         match &mut self.c.transport {
             Transport::Scripted(s) => s,
-            Transport::Plain(_) => unreachable!("a simulated connection has a scripted transport"),
+            Transport::Plain(_) | Transport::Tls(_) => {
+                unreachable!("a simulated connection has a scripted transport")
+            }
         }
     }
 
