@@ -8,8 +8,6 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -17,8 +15,8 @@ use serde_json::{Map, Value};
 use crate::addr::ListenAddr;
 use crate::frame::header::{HeaderBodyConfig, HeaderBodyDecoder, Part, encode_header};
 use crate::frame::{Decoded, HeaderError};
-use crate::net::StdStream;
 use crate::service::auth::{CHALLENGE_LEN, SECRET_ENV, Secret, SecretError};
+use crate::tls::client::{ClientStream, ClientTls};
 
 /// What a client was waiting for when its timeout ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +103,17 @@ pub enum ClientError {
     Closed(String),
     #[error("server error {code}: {message}")]
     Server { code: String, message: String },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::client::TlsClientError),
+    #[error("the server at {0} speaks TLS: add --tls (and --ca PATH for a private CA)")]
+    SpeaksTls(String),
+}
+
+/// The start of a TLS record (an alert or a handshake, TLS 1.0 to 1.3): what a TLS server
+/// answers a client that does not speak it. No files response starts so: its length would
+/// be over 50 MB.
+pub(crate) fn looks_like_tls_record(first: &[u8]) -> bool {
+    matches!(first, [0x15 | 0x16, 0x03, 0x01..=0x04, ..])
 }
 
 /// A response header.
@@ -146,11 +155,35 @@ impl Response {
     }
 }
 
+/// A blocking stream whose reads and writes can be given a timeout: a socket, or TLS over one.
+pub(crate) trait Timed: Read + Write {
+    fn set_read_timeout(&self, timeout: Duration) -> io::Result<()>;
+    fn set_write_timeout(&self, timeout: Duration) -> io::Result<()>;
+}
+
+impl Timed for crate::net::StdStream {
+    fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        crate::net::StdStream::set_read_timeout(self, timeout)
+    }
+    fn set_write_timeout(&self, timeout: Duration) -> io::Result<()> {
+        crate::net::StdStream::set_write_timeout(self, timeout)
+    }
+}
+
+impl Timed for ClientStream {
+    fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        ClientStream::set_read_timeout(self, timeout)
+    }
+    fn set_write_timeout(&self, timeout: Duration) -> io::Result<()> {
+        ClientStream::set_write_timeout(self, timeout)
+    }
+}
+
 /// A connection to a `files` listener.
 #[derive(Debug)]
 pub struct FilesClient {
-    /// The socket.
-    stream: StdStream,
+    /// The connection: the socket, or TLS over it.
+    stream: ClientStream,
     /// Validates response headers exactly as the server validates requests.
     decoder: HeaderBodyDecoder,
     /// Scratch space for one header frame.
@@ -179,26 +212,26 @@ impl FilesClient {
         secret: Option<&Secret>,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        let connect_err = |source| ClientError::Connect {
-            addr: addr.to_string(),
-            source,
-        };
-        let stream = match addr {
-            ListenAddr::Inet(a) => {
-                let s = TcpStream::connect_timeout(a, timeout).map_err(connect_err)?;
-                s.set_nodelay(true)?;
-                s.set_read_timeout(Some(timeout))?;
-                s.set_write_timeout(Some(timeout))?;
-                StdStream::Tcp(s)
+        Self::connect_tls(addr, secret, None, timeout)
+    }
+
+    /// [`FilesClient::connect`], speaking TLS when `tls` is given: the handshake, and the
+    /// server's certificate, are checked before anything else is sent.
+    pub fn connect_tls(
+        addr: &ListenAddr,
+        secret: Option<&Secret>,
+        tls: Option<&ClientTls>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        if let ListenAddr::Unixgram(_) = addr {
+            return Err(ClientError::NotStream(addr.to_string()));
+        }
+        let stream = crate::tls::client::connect(addr, tls, timeout).map_err(|source| {
+            ClientError::Connect {
+                addr: addr.to_string(),
+                source,
             }
-            ListenAddr::Unix(p) => {
-                let s = UnixStream::connect(p).map_err(connect_err)?;
-                s.set_read_timeout(Some(timeout))?;
-                s.set_write_timeout(Some(timeout))?;
-                StdStream::Unix(s)
-            }
-            ListenAddr::Unixgram(_) => return Err(ClientError::NotStream(addr.to_string())),
-        };
+        })?;
         let mut client = FilesClient {
             stream,
             decoder: HeaderBodyDecoder::new(HeaderBodyConfig::responses()),
@@ -407,15 +440,18 @@ impl FilesClient {
         len: u64,
     ) -> Result<u64, ClientError> {
         use std::os::fd::AsRawFd;
+        let socket = match &self.stream {
+            ClientStream::Plain(s) => s.as_raw_fd(),
+            // TLS encrypts every byte here: the file is read and written through it.
+            ClientStream::Tls(_) => return self.copy_file_body(file, offset, len),
+        };
         let mut off = libc::off_t::try_from(offset).map_err(io::Error::other)?;
         let mut done = 0u64;
         while done < len {
             let want = usize::try_from(len - done).map_or(1 << 30, |l| l.min(1 << 30));
             // SAFETY: both descriptors are open for the call (borrowed), and `off` is a local
             // the call may write.
-            let n = unsafe {
-                libc::sendfile(self.stream.as_raw_fd(), file.as_raw_fd(), &mut off, want)
-            };
+            let n = unsafe { libc::sendfile(socket, file.as_raw_fd(), &mut off, want) };
             match usize::try_from(n) {
                 Ok(0) => break,
                 Ok(n) => {
@@ -431,6 +467,30 @@ impl FilesClient {
                     }
                 }
             }
+        }
+        Ok(done)
+    }
+
+    /// [`FilesClient::send_file_body`] by reading and writing, for a stream that changes the
+    /// bytes (TLS).
+    fn copy_file_body(
+        &mut self,
+        file: &std::fs::File,
+        offset: u64,
+        len: u64,
+    ) -> Result<u64, ClientError> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut done = 0u64;
+        while done < len {
+            let want = usize::try_from(len - done).map_or(buf.len(), |l| l.min(buf.len()));
+            let chunk = buf.get_mut(..want).unwrap_or_default();
+            let n = file.read_at(chunk, offset.saturating_add(done))?;
+            if n == 0 {
+                break;
+            }
+            self.write_all(chunk.get(..n).unwrap_or_default())?;
+            done = done.saturating_add(n as u64);
         }
         Ok(done)
     }
@@ -464,6 +524,9 @@ impl FilesClient {
         self.read_exact(&mut prefix)?;
         let h = u32::from_le_bytes(prefix) as usize;
         let max = self.decoder.config().max_header;
+        if self.unverified && !self.stream.is_tls() && looks_like_tls_record(&prefix) {
+            return Err(ClientError::SpeaksTls(self.peer.clone()));
+        }
         if (h == 0 || h > max) && self.unverified && self.rest_of_challenge() {
             return Err(self.needed());
         }
@@ -593,7 +656,7 @@ pub struct Opening {
 /// or silence, is the service: its bytes are handed back in [`Opening::early`]. Leaves the
 /// stream's read timeout changed; the caller sets its own.
 pub(crate) fn handshake(
-    stream: &mut StdStream,
+    stream: &mut impl Timed,
     peer: &str,
     secret: Option<&Secret>,
     timeout: Duration,
@@ -621,7 +684,7 @@ pub(crate) fn challenge_wait(secret: Option<&Secret>, timeout: Duration) -> Dura
 /// learns from the first whether the server challenges, and then waits its whole timeout for
 /// each challenge, or not at all).
 pub(crate) fn handshake_within(
-    stream: &mut StdStream,
+    stream: &mut impl Timed,
     peer: &str,
     secret: Option<&Secret>,
     wait: Duration,
@@ -657,7 +720,7 @@ pub(crate) fn handshake_within(
 
 /// Reads up to [`CHALLENGE_LEN`] bytes, until `wait` passes, the end of the stream, or the
 /// bytes start with `greeting` (when not empty).
-fn read_first(stream: &mut StdStream, wait: Duration, greeting: &[u8]) -> io::Result<Vec<u8>> {
+fn read_first(stream: &mut impl Timed, wait: Duration, greeting: &[u8]) -> io::Result<Vec<u8>> {
     let deadline = std::time::Instant::now() + wait;
     let mut got = [0u8; CHALLENGE_LEN];
     let mut have = 0;

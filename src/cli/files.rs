@@ -15,6 +15,7 @@ mod spool;
 use crate::addr::ListenAddr;
 use crate::client::{ClientError, FilesClient, client_secret, request};
 use crate::service::store::{Hasher, check_name};
+use crate::tls::client::TlsArgs;
 
 /// Bytes read from or written to disk per call.
 const CHUNK: usize = 256 * 1024;
@@ -32,14 +33,18 @@ pub struct Conn {
     /// Give up on a server that does not answer, or takes none of what is sent, for this long.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 impl Conn {
     pub(crate) fn open(&self) -> Result<FilesClient, Failure> {
         let secret = client_secret(self.secret_file.as_deref()).map_err(ClientError::from)?;
-        Ok(FilesClient::connect(
+        let tls = self.tls.client(&self.addr).map_err(ClientError::from)?;
+        Ok(FilesClient::connect_tls(
             &self.addr,
             secret.as_ref(),
+            tls.as_ref(),
             self.timeout,
         )?)
     }

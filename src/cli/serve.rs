@@ -196,13 +196,17 @@ fn warn_exec_unreachable(config: &crate::config::ServerConfig) {
         .iter()
         .filter(|l| l.service == ServiceKind::Files)
         .collect();
-    if files.iter().any(|l| l.auth) {
+    // A verified client certificate authenticates as the HMAC handshake does.
+    let client_certs =
+        |l: &&crate::config::ListenerConfig| l.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    if files.iter().any(|l| l.auth || client_certs(l)) {
         return;
     }
     let why = if files.is_empty() {
         "files does not run"
     } else {
-        "no files listener requires authentication (add --auth files)"
+        "no files listener requires authentication (add --auth files, or TLS client \
+         certificates with --tls-client-ca)"
     };
     tracing::warn!("exec is allowed (--exec-allow) but {why}: every exec will be refused");
 }

@@ -10,12 +10,12 @@
 //! Over UDP (`--udp`) each stdin line is one datagram and each reply is printed on its own
 //! line; a reply that does not come within `--timeout` is an error.
 //!
-//! `Conn` (a connected TCP or unix stream: the crate's one `TcpOrUnix`, `net.rs`) and its
-//! `connect` are shared with the `chat` command.
+//! `Conn` (a connected TCP or unix stream, or TLS over one: `tls/client.rs`) and its
+//! `connect` are shared with the `chat` command. With `--tls`, both threads share the one TLS
+//! session.
 
 use std::io::{self, BufRead, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
-use std::os::unix::net::UnixStream;
+use std::net::{Shutdown, SocketAddr, UdpSocket};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,7 +26,7 @@ use clap::Args;
 
 use crate::addr::ListenAddr;
 use crate::client::{AuthError, NoAnswer, Opening, Stall, client_secret, handshake, is_timeout};
-use crate::net::StdStream;
+use crate::tls::client::{ClientStream, TlsArgs};
 
 /// The largest payload of one UDP datagram over IPv4.
 pub const MAX_DATAGRAM: usize = 65_507;
@@ -67,6 +67,8 @@ struct Common {
     /// error (exit 1).
     #[arg(long, value_name = "PATH")]
     secret_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// Why a client command failed.
@@ -100,24 +102,30 @@ pub enum StreamError {
     WriterPanicked,
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::client::TlsClientError),
 }
 
-/// A connected TCP or unix stream.
-pub(crate) type Conn = StdStream;
+/// A connected TCP or unix stream, or TLS over one.
+pub(crate) type Conn = ClientStream;
 
-impl Conn {
-    /// Connects to a stream address (`HOST:PORT` or `unix:PATH`).
-    pub fn connect(addr: &ListenAddr) -> Result<Conn, StreamError> {
-        let failed = |source| StreamError::Connect {
+/// Connects to a stream address (`HOST:PORT` or `unix:PATH`), with TLS when `tls` asks for it;
+/// `timeout` bounds the connect and the TLS handshake.
+pub(crate) fn connect(
+    addr: &ListenAddr,
+    tls: &TlsArgs,
+    timeout: Duration,
+) -> Result<Conn, StreamError> {
+    if let ListenAddr::Unixgram(_) = addr {
+        return Err(StreamError::NotStream(addr.to_string()));
+    }
+    let tls = tls.client(addr)?;
+    crate::tls::client::connect(addr, tls.as_ref(), timeout).map_err(|source| {
+        StreamError::Connect {
             addr: addr.to_string(),
             source,
-        };
-        match addr {
-            ListenAddr::Inet(a) => TcpStream::connect(a).map(Conn::Tcp).map_err(failed),
-            ListenAddr::Unix(p) => UnixStream::connect(p).map(Conn::Unix).map_err(failed),
-            ListenAddr::Unixgram(_) => Err(StreamError::NotStream(addr.to_string())),
         }
-    }
+    })
 }
 
 /// A UDP socket bound to an ephemeral port of `server`'s address family and connected to it
@@ -165,7 +173,7 @@ fn run(addr: &ListenAddr, common: &Common) -> Result<(), StreamError> {
         return run_udp(*server, common.timeout);
     }
     let secret = client_secret(common.secret_file.as_deref())?;
-    let mut conn = Conn::connect(addr)?;
+    let mut conn = connect(addr, &common.tls, common.timeout)?;
     let opening = handshake(
         &mut conn,
         &addr.to_string(),

@@ -33,7 +33,7 @@ use crossterm::event::{self, Event, KeyEvent, KeyEventKind};
 
 mod editor;
 
-use super::stream::{Conn, MAX_DATAGRAM, StreamError, udp_socket};
+use super::stream::{Conn, MAX_DATAGRAM, StreamError, connect, udp_socket};
 use crate::addr::ListenAddr;
 use crate::client::{AuthError, NoAnswer, Stall, client_secret, handshake, is_timeout};
 use editor::Editor;
@@ -65,6 +65,8 @@ pub struct ChatArgs {
     /// error (exit 1).
     #[arg(long, value_name = "PATH")]
     secret_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: crate::tls::client::TlsArgs,
 }
 
 /// Why `socklab chat` failed.
@@ -222,7 +224,7 @@ fn chat(args: &ChatArgs) -> Result<ExitCode, ChatError> {
         Peer::Udp(sock)
     } else {
         let secret = client_secret(args.secret_file.as_deref())?;
-        let mut conn = Conn::connect(&args.addr)?;
+        let mut conn = connect(&args.addr, &args.tls, args.timeout)?;
         let opening = handshake(
             &mut conn,
             &args.addr.to_string(),
@@ -233,11 +235,7 @@ fn chat(args: &ChatArgs) -> Result<ExitCode, ChatError> {
         authenticated = opening.authenticated;
         // The reader blocks until the server speaks; the welcome's deadline is the main
         // thread's.
-        match &conn {
-            Conn::Tcp(s) => s.set_read_timeout(None),
-            Conn::Unix(s) => s.set_read_timeout(None),
-        }
-        .map_err(ChatError::Receive)?;
+        conn.clear_read_timeout().map_err(ChatError::Receive)?;
         conn.set_write_timeout(args.timeout)
             .map_err(ChatError::Send)?;
         let reader = conn.try_clone().map_err(ChatError::Receive)?;
@@ -551,7 +549,7 @@ fn quit(link: &mut Link, rx: &Receiver<Msg>, out: &mut impl Output) -> Result<Ex
         Err(e @ ChatError::NoAnswer(_)) => return Err(e),
         Err(_) => return Ok(ExitCode::SUCCESS),
     }
-    if let Peer::Stream(conn) = &link.peer {
+    if let Peer::Stream(conn) = &mut link.peer {
         let _ = conn.shutdown(Shutdown::Write);
     }
     let grace_by = Instant::now() + QUIT_GRACE;
