@@ -151,6 +151,21 @@ fn handshake_error(e: io::Error, _conn: &ClientConnection) -> io::Error {
     }
 }
 
+/// An error of an established session in words; the alerts a user can act on say how.
+fn session_error(e: rustls::Error) -> io::Error {
+    use rustls::AlertDescription as A;
+    let hint = match &e {
+        rustls::Error::AlertReceived(A::CertificateRequired | A::HandshakeFailure) => {
+            ": the server requires a client certificate (give --cert and --key)"
+        }
+        rustls::Error::AlertReceived(A::BadCertificate | A::UnknownCA) => {
+            ": the server does not accept this client certificate"
+        }
+        _ => "",
+    };
+    io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}{hint}"))
+}
+
 /// What the handles of one TLS connection share.
 #[derive(Debug)]
 struct Shared {
@@ -228,8 +243,7 @@ impl TlsHandle {
                 }
                 while !fed.is_empty() {
                     conn.read_tls(&mut fed)?;
-                    conn.process_new_packets()
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    conn.process_new_packets().map_err(session_error)?;
                 }
             }
             self.send_pending()?;

@@ -1,0 +1,227 @@
+//! The client commands over TLS, against a real TLS server: `put`, `get`, `ls`, `stat`,
+//! `ping` and `stats` (files), `echo`, `upper` and `chat`, with `--tls --ca`; `exec` with a
+//! client certificate as its only authentication; and the errors a user meets first: a plain
+//! client at a TLS port, a certificate nobody told the client to trust, a wrong server name.
+
+mod util;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use util::tls::*;
+use util::{bin, run_with_input};
+
+const BOUND: Duration = Duration::from_secs(30);
+
+fn socklab(args: &[&str], input: &[u8]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args);
+    run_with_input(cmd, input, BOUND)
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}\n--- stdout ---\n{}--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn failed(out: &Output, what: &str) -> String {
+    assert_eq!(out.status.code(), Some(1), "{what}: {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn the_files_commands_work_over_tls() {
+    let certs = Certs::new("files-clients");
+    let data = certs.path("data");
+    let server = tls_server(
+        &certs,
+        &["files"],
+        &["--data-dir", &data.display().to_string()],
+    );
+    let addr = server.tcp("files").to_string();
+    let ca = certs.s("ca.pem");
+    let tls = ["--addr", &addr, "--tls", "--ca", &ca];
+    let src = certs.path("payload.bin");
+    let bytes: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&src, &bytes).unwrap();
+    let src_s = src.display().to_string();
+    let stored = ok(
+        &socklab(&[&["put"], &tls[..], &[&src_s]].concat(), b""),
+        "put",
+    );
+    assert!(stored.contains("2500000 bytes"), "{stored}");
+    let out_dir = certs.path("got");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let dest = format!("{}/", out_dir.display());
+    ok(
+        &socklab(
+            &[&["get"], &tls[..], &["payload.bin", "-o", &dest]].concat(),
+            b"",
+        ),
+        "get",
+    );
+    assert_eq!(std::fs::read(out_dir.join("payload.bin")).unwrap(), bytes);
+    let ls = ok(&socklab(&[&["ls"], &tls[..]].concat(), b""), "ls");
+    assert!(ls.contains("payload.bin"), "{ls}");
+    let stat = ok(
+        &socklab(&[&["stat"], &tls[..], &["payload.bin"]].concat(), b""),
+        "stat",
+    );
+    assert!(stat.contains("2500000"), "{stat}");
+    let pong = ok(&socklab(&[&["ping"], &tls[..]].concat(), b""), "ping");
+    assert!(pong.starts_with("pong"), "{pong}");
+    let stats = ok(
+        &socklab(&[&["stats", "--json"], &tls[..]].concat(), b""),
+        "stats",
+    );
+    assert!(stats.contains("\"files\""), "{stats}");
+}
+
+#[test]
+fn echo_upper_and_chat_work_over_tls() {
+    let certs = Certs::new("stream-clients");
+    let server = tls_server(&certs, &["echo", "upper", "chat"], &[]);
+    let ca = certs.s("ca.pem");
+    // More than any socket buffer holds: both threads share the session all the way.
+    let input: Vec<u8> = (0..400_000u32)
+        .flat_map(|i| format!("line {i}\n").into_bytes())
+        .collect();
+    let echo = server.tcp("echo").to_string();
+    let out = socklab(&["echo", "--addr", &echo, "--tls", "--ca", &ca], &input);
+    ok(&out, "echo");
+    assert!(
+        out.stdout == input,
+        "echo over TLS returned {} of {} bytes",
+        out.stdout.len(),
+        input.len()
+    );
+    let upper = server.tcp("upper").to_string();
+    let out = socklab(
+        &["upper", "--addr", &upper, "--tls", "--ca", &ca],
+        b"quiet, please\n",
+    );
+    assert_eq!(ok(&out, "upper"), "QUIET, PLEASE\n");
+    let chat = server.tcp("chat").to_string();
+    let out = socklab(
+        &["chat", "--addr", &chat, "--tls", "--ca", &ca],
+        b"/nick tlsuser\n/who\n",
+    );
+    let said = ok(&out, "chat");
+    assert!(said.contains("tlsuser"), "{said}");
+}
+
+#[test]
+fn a_client_certificate_is_the_authentication_exec_asks_for() {
+    let certs = Certs::new("exec-cert");
+    let data = certs.path("data");
+    let server = tls_server(
+        &certs,
+        &["files"],
+        &[
+            "--data-dir",
+            &data.display().to_string(),
+            "--tls-client-ca",
+            &certs.s("ca.pem"),
+            "--exec-allow",
+            "echo",
+        ],
+    );
+    let addr = server.tcp("files").to_string();
+    let ca = certs.s("ca.pem");
+    let (cert, key) = (certs.s("client.pem"), certs.s("client.key"));
+    let out = socklab(
+        &[
+            "exec",
+            "--addr",
+            &addr,
+            "--tls",
+            "--ca",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "echo",
+            "by",
+            "certificate",
+        ],
+        b"",
+    );
+    assert_eq!(
+        ok(&out, "exec with a client certificate"),
+        "by certificate\n"
+    );
+    // Without one the handshake itself fails.
+    let out = socklab(
+        &["exec", "--addr", &addr, "--tls", "--ca", &ca, "echo", "x"],
+        b"",
+    );
+    assert!(!out.status.success() && out.stdout.is_empty(), "{out:?}");
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(why.contains("requires a client certificate"), "{why}");
+}
+
+#[test]
+fn the_first_errors_a_user_meets_say_what_to_do() {
+    let certs = Certs::new("client-errors");
+    let data = certs.path("data");
+    let server = tls_server(
+        &certs,
+        &["files", "echo"],
+        &["--data-dir", &data.display().to_string()],
+    );
+    let addr = server.tcp("files").to_string();
+    let why = failed(
+        &socklab(&["ping", "--addr", &addr], b""),
+        "plain ping at TLS",
+    );
+    assert!(why.contains("speaks TLS: add --tls"), "{why}");
+    let why = failed(
+        &socklab(&["ping", "--addr", &addr, "--tls"], b""),
+        "untrusted",
+    );
+    assert!(why.contains("not trusted") && why.contains("--ca"), "{why}");
+    let ca = certs.s("ca.pem");
+    let why = failed(
+        &socklab(
+            &[
+                "ping",
+                "--addr",
+                &addr,
+                "--tls",
+                "--ca",
+                &ca,
+                "--server-name",
+                "example.org",
+            ],
+            b"",
+        ),
+        "wrong name",
+    );
+    assert!(
+        why.contains("not trusted") && why.contains("--server-name"),
+        "{why}"
+    );
+    let echo = server.tcp("echo").to_string();
+    let why = failed(
+        &socklab(
+            &[
+                "echo",
+                "--addr",
+                &echo,
+                "--tls",
+                "--ca",
+                &certs.s("absent.pem"),
+            ],
+            b"x\n",
+        ),
+        "missing CA file",
+    );
+    assert!(why.contains("absent.pem"), "{why}");
+}
