@@ -157,7 +157,9 @@ impl Response {
 
 /// A blocking stream whose reads and writes can be given a timeout: a socket, or TLS over one.
 pub(crate) trait Timed: Read + Write {
+    /// Sets the read timeout of the socket underneath.
     fn set_read_timeout(&self, timeout: Duration) -> io::Result<()>;
+    /// Sets its write timeout.
     fn set_write_timeout(&self, timeout: Duration) -> io::Result<()>;
 }
 

@@ -19,6 +19,7 @@
 
 mod reply;
 mod report;
+mod stream;
 mod udp;
 mod window;
 
@@ -126,6 +127,8 @@ pub struct BenchArgs {
     /// SOCKLAB_SECRET environment variable, if set).
     #[arg(long, value_name = "PATH")]
     pub secret_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub tls: crate::tls::client::TlsArgs,
 }
 
 /// Why `socklab bench` failed.
@@ -135,6 +138,10 @@ pub enum BenchError {
     NotStream(String),
     #[error(transparent)]
     Auth(#[from] crate::client::AuthError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::client::TlsClientError),
+    #[error("--tls is for stream modes (raw, line, frame), not udp")]
+    TlsOverUdp,
     #[error("--duration must be more than zero")]
     ZeroDuration,
     #[error("--timeout must be more than zero")]
@@ -289,6 +296,10 @@ pub struct Report {
 
 /// Runs `socklab bench`: prints the report; exit 1 on any failure or error during the run.
 pub fn run(args: &BenchArgs) -> ExitCode {
+    if args.mode == Mode::Udp && args.tls.tls {
+        eprintln!("socklab bench: {}", BenchError::TlsOverUdp);
+        return ExitCode::from(2);
+    }
     if args.mode == Mode::Udp {
         return match udp::bench(args) {
             Ok(report) => {
@@ -430,6 +441,7 @@ pub fn bench(args: &BenchArgs) -> Result<Report, BenchError> {
     }
     let threads = args.threads.min(args.conns).max(1);
     let secret = crate::client::client_secret(args.secret_file.as_deref())?;
+    let tls = args.tls.client(&args.addr)?;
     let challenges = Arc::new(std::sync::OnceLock::new());
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
@@ -456,6 +468,7 @@ pub fn bench(args: &BenchArgs) -> Result<Report, BenchError> {
             secret: secret.clone(),
             challenges: Arc::clone(&challenges),
             new_conn_per_request: args.new_conn_per_request,
+            tls: tls.clone(),
         };
         let shared_t = Arc::clone(&shared);
         let spawned = thread::Builder::new()

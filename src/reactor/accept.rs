@@ -391,7 +391,7 @@ impl Reactor {
         // service before it has passed.
         let cert_authenticated = tls.as_ref().is_some_and(|t| t.verifies_clients());
         let transport = match tls {
-            Some(tls) => match TlsSocket::new(socket, Arc::clone(&tls.config)) {
+            Some(tls) => match TlsSocket::server(socket, Arc::clone(&tls.config)) {
                 Ok(t) => Transport::Tls(Box::new(t)),
                 Err(e) => {
                     tracing::warn!(service = %kind, "cannot start a TLS connection: {e}");

@@ -111,15 +111,21 @@ fn system_roots() -> Result<RootCertStore, TlsClientError> {
 }
 
 impl ClientTls {
-    /// Runs the handshake over `socket` (its timeouts bound it); the server's certificate is
-    /// verified before this returns.
-    pub(crate) fn connect(&self, mut socket: StdStream) -> io::Result<ClientStream> {
+    /// Runs the handshake over a blocking `socket` (its timeouts bound it) and returns the
+    /// session; the server's certificate is verified before this returns.
+    pub(crate) fn handshake(&self, socket: &mut StdStream) -> io::Result<ClientConnection> {
         let mut conn = ClientConnection::new(Arc::clone(&self.config), self.name.clone())
             .map_err(io::Error::other)?;
         while conn.is_handshaking() {
-            conn.complete_io(&mut socket)
-                .map_err(|e| handshake_error(e, &conn))?;
+            conn.complete_io(socket).map_err(handshake_error)?;
         }
+        Ok(conn)
+    }
+
+    /// Runs the handshake over `socket` (its timeouts bound it); the server's certificate is
+    /// verified before this returns.
+    pub(crate) fn connect(&self, mut socket: StdStream) -> io::Result<ClientStream> {
+        let conn = self.handshake(&mut socket)?;
         // The session tickets of TLS 1.3 may follow the handshake: they are read with the
         // first reply.
         Ok(ClientStream::Tls(TlsHandle {
@@ -134,7 +140,7 @@ impl ClientTls {
 }
 
 /// A handshake error in words: the certificate problem rustls found, if that was it.
-fn handshake_error(e: io::Error, _conn: &ClientConnection) -> io::Error {
+fn handshake_error(e: io::Error) -> io::Error {
     match e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())

@@ -8,12 +8,13 @@
 //!   at run time (SIGHUP) without touching the connections already open.
 //! - [`client`]: the client commands' `--tls` options and their rustls configuration.
 //!
-//! The transport that drives a server connection lives with the reactor
-//! (`reactor/transport/tls.rs`): this module never sees a socket.
+//! - [`stream`]: a non-blocking TLS stream over any socket, driven by readiness: the
+//!   reactor's TLS transport, and `bench`'s TLS connections.
 
 pub mod client;
 pub(crate) mod files;
 pub(crate) mod server;
+pub(crate) mod stream;
 
 use std::sync::Arc;
 

@@ -32,6 +32,10 @@ use crate::client::{NoAnswer, Stall, challenge_wait, handshake_within};
 use crate::net::{MioStream, StdStream};
 use crate::service::auth::Secret;
 use crate::sys::timerfd::TimerFd;
+use crate::tls::client::ClientTls;
+use crate::tls::stream::TlsStream;
+
+use super::stream::{BenchStream, BlockingTls};
 
 /// The highest latency the histogram tells apart (longer ones are recorded as this): 100 s.
 const MAX_LATENCY_NS: u64 = 100_000_000_000;
@@ -84,6 +88,8 @@ pub struct Plan {
     pub challenges: Arc<OnceLock<bool>>,
     /// Each request on a connection of its own: connect, request, reply, close (TCP_CRR).
     pub new_conn_per_request: bool,
+    /// Speak TLS (with --new-conn-per-request, a full handshake per request).
+    pub tls: Option<ClientTls>,
 }
 
 /// State shared by the threads and the main thread.
@@ -122,13 +128,25 @@ pub struct Outcome {
     pub window: Duration,
 }
 
-/// A connected stream socket.
-type Stream = MioStream;
+/// A connected stream: the socket, or TLS over it.
+type Stream = BenchStream;
 
-/// Connects (blocking, bounded by `timeout` for TCP), answers the server's challenge if it
-/// sends one, and makes the socket non-blocking.
+/// Connects (blocking, bounded by `timeout` for TCP), runs the TLS handshake when asked,
+/// answers the server's challenge if it sends one, and makes the socket non-blocking.
 fn open(plan: &Plan, why: impl FnOnce(io::Error) -> BenchError) -> Result<Stream, BenchError> {
     let mut s = connect(&plan.addr, plan.timeout).map_err(why)?;
+    let mut session = match &plan.tls {
+        Some(tls) => {
+            let tls_err = |source| BenchError::Connect {
+                addr: plan.addr.to_string(),
+                source,
+            };
+            s.set_read_timeout(plan.timeout).map_err(tls_err)?;
+            s.set_write_timeout(plan.timeout).map_err(tls_err)?;
+            Some(tls.handshake(&mut s).map_err(tls_err)?)
+        }
+        None => None,
+    };
     let secret = plan.secret.as_ref();
     let wait = match plan.challenges.get() {
         Some(true) => plan.timeout,
@@ -136,19 +154,33 @@ fn open(plan: &Plan, why: impl FnOnce(io::Error) -> BenchError) -> Result<Stream
         None => challenge_wait(secret, plan.timeout),
     };
     if !wait.is_zero() {
-        let opening = handshake_within(&mut s, &plan.addr.to_string(), secret, wait, b"")?;
+        let peer = plan.addr.to_string();
+        let opening = match &mut session {
+            Some(conn) => {
+                let mut tls = BlockingTls {
+                    conn,
+                    socket: &mut s,
+                };
+                handshake_within(&mut tls, &peer, secret, wait, b"")?
+            }
+            None => handshake_within(&mut s, &peer, secret, wait, b"")?,
+        };
         let _ = plan.challenges.set(opening.authenticated);
     }
-    match s {
+    let socket = match s {
         StdStream::Tcp(s) => {
             s.set_nonblocking(true).map_err(BenchError::Poll)?;
-            Ok(Stream::Tcp(TcpStream::from_std(s)))
+            MioStream::Tcp(TcpStream::from_std(s))
         }
         StdStream::Unix(s) => {
             s.set_nonblocking(true).map_err(BenchError::Poll)?;
-            Ok(Stream::Unix(UnixStream::from_std(s)))
+            MioStream::Unix(UnixStream::from_std(s))
         }
-    }
+    };
+    Ok(match session {
+        Some(conn) => BenchStream::Tls(Box::new(TlsStream::client(socket, conn))),
+        None => BenchStream::Plain(socket),
+    })
 }
 
 /// Connects (blocking, bounded by `timeout` for TCP).
@@ -511,7 +543,7 @@ impl Worker<'_> {
                     self.out.requests = self.out.requests.saturating_add(1);
                 }
             }
-            if n < self.buf.len() && !hup {
+            if n < self.buf.len() && !hup && conn.stream.short_read_drains() {
                 return Ok(());
             }
         }
@@ -568,6 +600,9 @@ impl Worker<'_> {
         let Some(conn) = self.conns.get_mut(i) else {
             return Ok(());
         };
+        conn.stream
+            .send_pending()
+            .map_err(|e| ConnFailure::Lost(e.to_string()))?;
         while let Some(rest) = conn.out.get(conn.out_pos..).filter(|r| !r.is_empty()) {
             match conn.stream.write(rest) {
                 Ok(0) => return Err(ConnFailure::Lost("the server stopped reading".into())),

@@ -1,5 +1,7 @@
-//! The TLS transport: rustls's server connection over a connection's socket, driven by the
-//! reactor's readiness like a plain socket (rustls's `tlsserver-mio` example is the shape).
+//! A non-blocking TLS stream: rustls's connection over a non-blocking socket, driven by
+//! readiness like the socket itself (rustls's `tlsserver-mio` example is the shape). The
+//! reactor's TLS transport is one over an accepted connection (server side); `bench` drives
+//! its TLS connections with it too (client side, after a blocking handshake).
 //!
 //! `read` hands out plaintext that rustls has decrypted, and only when it holds none reads
 //! the socket, decrypts and sends what the handshake owes the peer. `write` encrypts into
@@ -10,27 +12,36 @@
 //! socket is empty (rustls may hold decrypted bytes, and no event will come for them), and
 //! output can wait inside the transport ([`TlsSocket::wants_write`]).
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use rustls::{ServerConfig, ServerConnection};
+use rustls::{ClientConnection, Connection, ServerConfig, ServerConnection};
 
-use super::StreamSocket;
-
-/// A server-side TLS connection over a socket.
+/// A TLS connection over a non-blocking socket `S`.
 #[derive(Debug)]
-pub(crate) struct TlsSocket {
+pub(crate) struct TlsStream<S> {
     /// The socket the records travel on.
-    pub(super) socket: StreamSocket,
+    pub(crate) socket: S,
     /// rustls's state: the handshake, the keys, the records in and out.
-    session: ServerConnection,
+    session: Connection,
 }
 
-impl TlsSocket {
-    /// A connection that has yet to see its ClientHello.
-    pub(crate) fn new(socket: StreamSocket, config: Arc<ServerConfig>) -> io::Result<TlsSocket> {
+impl<S: Read + Write> TlsStream<S> {
+    /// The server side of an accepted connection that has yet to send its ClientHello.
+    pub(crate) fn server(socket: S, config: Arc<ServerConfig>) -> io::Result<TlsStream<S>> {
         let session = ServerConnection::new(config).map_err(io::Error::other)?;
-        Ok(TlsSocket { socket, session })
+        Ok(TlsStream {
+            socket,
+            session: Connection::Server(session),
+        })
+    }
+
+    /// The client side of a connection whose handshake has been run (blocking) on `socket`.
+    pub(crate) fn client(socket: S, session: ClientConnection) -> TlsStream<S> {
+        TlsStream {
+            socket,
+            session: Connection::Client(session),
+        }
     }
 
     /// The handshake has not finished.
@@ -100,7 +111,7 @@ impl TlsSocket {
     /// records still wait for it, so unsent output stays in the connection's buffer.
     pub(crate) fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.send_pending()?;
-        let n = io::Write::write(&mut self.session.writer(), buf)?;
+        let n = self.session.writer().write(buf)?;
         self.send_what_fits()?;
         if n == 0 && !buf.is_empty() {
             // rustls's buffer is full (only before the handshake ends): wait for the socket.

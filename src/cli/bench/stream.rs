@@ -1,0 +1,119 @@
+//! A bench connection's stream: the socket, or TLS over it. The TLS handshake (and the HMAC
+//! challenge, inside TLS) run blocking when the connection opens, as the plain challenge does;
+//! then the session goes on non-blocking over the mio socket (`tls::stream`), so the
+//! load generator's loop stays one poll for every connection.
+
+use std::io::{self, Read, Write};
+use std::time::Duration;
+
+use mio::event::Source;
+use mio::{Interest, Registry, Token};
+use rustls::ClientConnection;
+
+use crate::client::Timed;
+use crate::net::{MioStream, StdStream};
+use crate::tls::stream::TlsStream;
+
+/// A connection of the load generator.
+#[derive(Debug)]
+pub(super) enum BenchStream {
+    /// The socket.
+    Plain(MioStream),
+    /// TLS over it.
+    Tls(Box<TlsStream<MioStream>>),
+}
+
+impl BenchStream {
+    /// A short read means the socket is empty (not so for TLS: rustls may hold plaintext).
+    pub(super) fn short_read_drains(&self) -> bool {
+        matches!(self, BenchStream::Plain(_))
+    }
+
+    /// Writes the records TLS has waiting; `WouldBlock` is not an error here.
+    pub(super) fn send_pending(&mut self) -> io::Result<()> {
+        match self {
+            BenchStream::Tls(t) => match t.send_pending() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                r => r.map(|_| ()),
+            },
+            BenchStream::Plain(_) => Ok(()),
+        }
+    }
+}
+
+impl Read for BenchStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            BenchStream::Plain(s) => s.read(buf),
+            BenchStream::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for BenchStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            BenchStream::Plain(s) => s.write(buf),
+            BenchStream::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Source for BenchStream {
+    fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            BenchStream::Plain(s) => s.register(r, t, i),
+            BenchStream::Tls(tls) => tls.socket.register(r, t, i),
+        }
+    }
+
+    fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            BenchStream::Plain(s) => s.reregister(r, t, i),
+            BenchStream::Tls(tls) => tls.socket.reregister(r, t, i),
+        }
+    }
+
+    fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+        match self {
+            BenchStream::Plain(s) => s.deregister(r),
+            BenchStream::Tls(tls) => tls.socket.deregister(r),
+        }
+    }
+}
+
+/// A TLS session over a blocking socket, for the challenge that may follow the handshake.
+pub(super) struct BlockingTls<'a> {
+    pub(super) conn: &'a mut ClientConnection,
+    pub(super) socket: &'a mut StdStream,
+}
+
+impl Read for BlockingTls<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        rustls::Stream::new(&mut *self.conn, &mut *self.socket).read(buf)
+    }
+}
+
+impl Write for BlockingTls<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        rustls::Stream::new(&mut *self.conn, &mut *self.socket).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        rustls::Stream::new(&mut *self.conn, &mut *self.socket).flush()
+    }
+}
+
+impl Timed for BlockingTls<'_> {
+    fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        self.socket.set_read_timeout(timeout)
+    }
+
+    fn set_write_timeout(&self, timeout: Duration) -> io::Result<()> {
+        self.socket.set_write_timeout(timeout)
+    }
+}
