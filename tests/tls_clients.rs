@@ -225,3 +225,79 @@ fn the_first_errors_a_user_meets_say_what_to_do() {
     );
     assert!(why.contains("absent.pem"), "{why}");
 }
+
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let out = socklab(
+        &[&["bench", "--json", "--warmup", "0s"], args].concat(),
+        b"",
+    );
+    let stdout = ok(&out, "bench");
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+#[test]
+fn bench_measures_tls_on_kept_connections_and_with_a_handshake_per_request() {
+    let certs = Certs::new("bench");
+    let data = certs.path("data");
+    let server = tls_server(
+        &certs,
+        &["echo", "files"],
+        &["--data-dir", &data.display().to_string()],
+    );
+    let ca = certs.s("ca.pem");
+    let echo = server.tcp("echo").to_string();
+    let kept = bench_json(&[
+        "--addr",
+        &echo,
+        "--tls",
+        "--ca",
+        &ca,
+        "--conns",
+        "4",
+        "--depth",
+        "8",
+        "--size",
+        "20000",
+        "--duration",
+        "500ms",
+    ]);
+    assert!(kept["requests"].as_u64().unwrap() > 0, "{kept}");
+    assert_eq!(kept["errors"].as_u64(), Some(0), "{kept}");
+    let crr = bench_json(&[
+        "--addr",
+        &echo,
+        "--tls",
+        "--ca",
+        &ca,
+        "--conns",
+        "2",
+        "--new-conn-per-request",
+        "--duration",
+        "500ms",
+    ]);
+    let connects = crr["connects"].as_u64().unwrap();
+    assert!(
+        connects > 0 && connects == crr["requests"].as_u64().unwrap(),
+        "{crr}"
+    );
+    let files = server.tcp("files").to_string();
+    let frames = bench_json(&[
+        "--addr",
+        &files,
+        "--mode",
+        "frame",
+        "--tls",
+        "--ca",
+        &ca,
+        "--duration",
+        "300ms",
+    ]);
+    assert!(frames["requests"].as_u64().unwrap() > 0, "{frames}");
+    // Over UDP there is no TLS: a usage error before anything is sent.
+    let out = socklab(&["bench", "--mode", "udp", "--addr", &echo, "--tls"], b"");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not udp"),
+        "{out:?}"
+    );
+}
