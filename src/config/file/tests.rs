@@ -268,3 +268,45 @@ fn the_chat_bus_reads_back_and_refuses_bad_values() {
         assert!(e.contains(says), "{bad}: {e}");
     }
 }
+
+#[test]
+fn a_listeners_tls_table_loads_prints_back_and_is_checked() {
+    let text = "[limits]\ntls_handshake_timeout = \"3s\"\n\n[[listener]]\nservice = \"chat\"\n\
+                addr = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n\
+                client_ca = \"/ca.pem\"\n";
+    let e = parse(text, "t.toml").unwrap().finish().unwrap();
+    let tls = e.server.listeners[0].tls.as_ref().expect("tls");
+    assert_eq!(tls.cert, std::path::Path::new("/c.pem"));
+    assert_eq!(
+        tls.client_ca.as_deref(),
+        Some(std::path::Path::new("/ca.pem"))
+    );
+    assert_eq!(
+        e.server.limits.tls_handshake_timeout,
+        Duration::from_secs(3)
+    );
+    let printed = e.to_toml().unwrap();
+    let again = parse(&printed, "printed").unwrap().finish().unwrap();
+    assert_eq!(again, e, "{printed}");
+    for (bad, says) in [
+        (
+            "[[listener]]\nservice = \"udp-echo\"\n[listener.tls]\ncert = \"/c\"\nkey = \"/k\"\n",
+            "TLS runs over streams",
+        ),
+        (
+            "[[listener]]\nservice = \"echo\"\n[listener.tls]\ncert = \"/c\"\n",
+            "missing field `key`",
+        ),
+        (
+            "[[listener]]\nservice = \"echo\"\n[listener.tls]\ncert = \"/c\"\nkey = \"/k\"\nca = \"/x\"\n",
+            "unknown field `ca`",
+        ),
+        (
+            "[limits]\ntls_handshake_timeout = \"0s\"\n",
+            "tls_handshake_timeout",
+        ),
+    ] {
+        let e = err(bad);
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}
