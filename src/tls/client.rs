@@ -135,6 +135,7 @@ impl ClientTls {
                 writing: Mutex::new(()),
             }),
             eof: false,
+            spill: Vec::new(),
         }))
     }
 }
@@ -188,6 +189,8 @@ pub(crate) struct TlsHandle {
     shared: Arc<Shared>,
     /// The socket's end was read.
     eof: bool,
+    /// Plaintext taken from rustls (to make room for more) and not yet read.
+    spill: Vec<u8>,
 }
 
 /// A client's connection: plain, or TLS.
@@ -220,6 +223,13 @@ impl TlsHandle {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut cipher = [0u8; 16 * 1024];
         loop {
+            if !self.spill.is_empty() {
+                let n = buf.len().min(self.spill.len());
+                for (b, s) in buf.iter_mut().zip(self.spill.drain(..n)) {
+                    *b = s;
+                }
+                return Ok(n);
+            }
             {
                 let mut conn = lock(&self.shared.conn);
                 match conn.reader().read(buf) {
@@ -250,6 +260,12 @@ impl TlsHandle {
                 while !fed.is_empty() {
                     conn.read_tls(&mut fed)?;
                     conn.process_new_packets().map_err(session_error)?;
+                    // rustls holds at most 16 KiB of plaintext: take it before feeding more.
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(m @ 1..) = conn.reader().read(&mut chunk) {
+                        self.spill
+                            .extend_from_slice(chunk.get(..m).unwrap_or_default());
+                    }
                 }
             }
             self.send_pending()?;
@@ -314,6 +330,7 @@ impl ClientStream {
                 socket: t.socket.try_clone()?,
                 shared: Arc::clone(&t.shared),
                 eof: false,
+                spill: Vec::new(),
             }),
         })
     }

@@ -24,6 +24,8 @@ pub(crate) struct TlsStream<S> {
     pub(crate) socket: S,
     /// rustls's state: the handshake, the keys, the records in and out.
     session: Connection,
+    /// See [`TlsStream::drained`].
+    drained: bool,
 }
 
 impl<S: Read + Write> TlsStream<S> {
@@ -33,6 +35,7 @@ impl<S: Read + Write> TlsStream<S> {
         Ok(TlsStream {
             socket,
             session: Connection::Server(session),
+            drained: false,
         })
     }
 
@@ -41,6 +44,7 @@ impl<S: Read + Write> TlsStream<S> {
         TlsStream {
             socket,
             session: Connection::Client(session),
+            drained: false,
         }
     }
 
@@ -80,31 +84,93 @@ impl<S: Read + Write> TlsStream<S> {
     /// of input: the peer's close_notify, or its TCP end without one (a truncation, which
     /// leaves any partial request unanswered as a plain FIN would). A record that fails to
     /// decrypt or a handshake that fails is an error, after its alert is sent.
+    ///
+    /// The ciphertext is read into `buf` itself, as much as it holds in one call (rustls's own
+    /// reads take 4 KiB at a time), handed to rustls, and the plaintext moved to the front of
+    /// `buf`: a record's plaintext is shorter than the record, so it fits where the record was
+    /// (what does not, from a record begun in an earlier read, stays with rustls and comes
+    /// first next time).
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.drained = false;
+        match self.session.reader().read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(self.truncated()),
+            Err(e) => return Err(e),
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
         loop {
-            match self.session.reader().read(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    tracing::debug!("TLS peer closed without close_notify");
-                    return Ok(0);
-                }
-                Err(e) => return Err(e),
-            }
-            match self.session.read_tls(&mut self.socket) {
-                Ok(0) => {}
-                Ok(_) => {}
+            let n = match self.socket.read(buf) {
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
+            };
+            let short = n < buf.len();
+            let (out, held) = self.decrypt_in_place(buf, n)?;
+            self.send_what_fits()?;
+            self.drained = short && !held;
+            if out > 0 || n == 0 || held {
+                return Ok(out);
             }
+            // No plaintext yet: a handshake message, a partial record, a key update.
+            if short {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+        }
+    }
+
+    /// The socket's end without close_notify: the end of input all the same.
+    fn truncated(&self) -> usize {
+        tracing::debug!("TLS peer closed without close_notify");
+        0
+    }
+
+    /// Hands the `n` bytes of ciphertext at the front of `buf` to rustls and moves their
+    /// plaintext to the front of `buf`; returns its length, and whether plaintext may still be
+    /// held by rustls (it did not all fit). `n == 0` is the socket's end.
+    fn decrypt_in_place(&mut self, buf: &mut [u8], n: usize) -> io::Result<(usize, bool)> {
+        let (mut fed, mut out) = (0, 0);
+        let mut held = false;
+        loop {
+            let mut rest = buf.get(fed..n).unwrap_or_default();
+            if n > 0 && rest.is_empty() {
+                break;
+            }
+            let took = self.session.read_tls(&mut rest)?;
+            fed = fed.saturating_add(took);
             if let Err(e) = self.session.process_new_packets() {
                 // The alert that says why goes out if the socket takes it.
                 let _ = self.send_pending();
                 return Err(io::Error::new(io::ErrorKind::InvalidData, e));
             }
-            // Handshake flights, and the answers to key updates, go out now.
-            self.send_what_fits()?;
+            held = false;
+            loop {
+                let Some(room) = buf.get_mut(out..fed).filter(|r| !r.is_empty()) else {
+                    held = true;
+                    break;
+                };
+                match self.session.reader().read(room) {
+                    Ok(0) => break,
+                    Ok(m) => out = out.saturating_add(m),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            if n == 0 || took == 0 {
+                break;
+            }
         }
+        Ok((out, held))
+    }
+
+    /// The last read emptied the socket and left no plaintext inside rustls: a later byte
+    /// raises a new readiness edge, so the read that would only say `WouldBlock` can be
+    /// skipped.
+    pub(crate) fn drained(&self) -> bool {
+        self.drained
     }
 
     /// Encrypts `buf` and writes what the socket takes; refuses (`WouldBlock`) while earlier
@@ -124,5 +190,130 @@ impl<S: Read + Write> TlsStream<S> {
     pub(crate) fn close_notify(&mut self) {
         self.session.send_close_notify();
         let _ = self.send_pending();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+
+    use super::TlsStream;
+
+    /// A server and a client configuration that trust each other (a self-signed certificate
+    /// for localhost).
+    fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = CertificateDer::from(cert.der().to_vec());
+        let provider = crate::tls::provider();
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// Echoes through a server-side `TlsStream` read into buffers of `cap` bytes, while a
+    /// blocking client sends `total` bytes in records of every size and reads them back.
+    fn echo_through(cap: usize, total: usize) {
+        let (server_cfg, client_cfg) = configs();
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut server = TlsStream::server(a, server_cfg).unwrap();
+        let data: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
+        let expected = data.clone();
+        let client = thread::spawn(move || {
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut conn = ClientConnection::new(client_cfg, name).unwrap();
+            let mut sock = b;
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+            let mut got = Vec::new();
+            let mut sent = 0;
+            let mut size = 1;
+            let mut buf = vec![0u8; 70_000];
+            while got.len() < data.len() {
+                if sent < data.len() {
+                    let end = (sent + size).min(data.len());
+                    tls.write_all(&data[sent..end]).unwrap();
+                    sent = end;
+                    size = size * 3 % 40_000 + 1;
+                }
+                if sent == data.len() || got.len() + 200_000 < sent {
+                    let n = tls.read(&mut buf).unwrap();
+                    assert!(n > 0, "the server closed");
+                    got.extend_from_slice(&buf[..n]);
+                }
+            }
+            got
+        });
+        // The server side: a poll-free loop that reads what comes and echoes it.
+        let mut buf = vec![0u8; cap];
+        let mut pending: Vec<u8> = Vec::new();
+        let mut echoed = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while echoed < total {
+            assert!(Instant::now() < deadline, "stuck at {echoed} of {total}");
+            match server.read(&mut buf) {
+                Ok(0) => panic!("end of input at {echoed}"),
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Wait (bounded) for the socket to have bytes, as the reactor's poll would.
+                    let mut fd = libc::pollfd {
+                        fd: std::os::fd::AsRawFd::as_raw_fd(&server.socket),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd, for the length given.
+                    unsafe { libc::poll(&mut fd, 1, 10) };
+                }
+                Err(e) => panic!("{e}"),
+            }
+            while !pending.is_empty() {
+                match server.write(&pending) {
+                    Ok(n) => {
+                        echoed += n;
+                        pending.drain(..n);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            let _ = server.send_pending();
+        }
+        while server.wants_write() {
+            let _ = server.send_pending();
+        }
+        assert!(client.join().unwrap() == expected, "the echo differs");
+    }
+
+    #[test]
+    fn plaintext_comes_out_whole_whatever_the_read_buffer() {
+        for cap in [1, 7, 100, 5_000, 16_384, 17_000, 262_144] {
+            echo_through(cap, 600_000);
+        }
     }
 }

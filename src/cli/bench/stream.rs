@@ -24,9 +24,13 @@ pub(super) enum BenchStream {
 }
 
 impl BenchStream {
-    /// A short read means the socket is empty (not so for TLS: rustls may hold plaintext).
+    /// A short read means the socket is empty (for TLS, when rustls says so too: it may hold
+    /// plaintext).
     pub(super) fn short_read_drains(&self) -> bool {
-        matches!(self, BenchStream::Plain(_))
+        match self {
+            BenchStream::Plain(_) => true,
+            BenchStream::Tls(t) => t.drained(),
+        }
     }
 
     /// Writes the records TLS has waiting; `WouldBlock` is not an error here.

@@ -70,10 +70,14 @@ impl Transport {
     }
 
     /// A read shorter than asked means the socket's queue is empty, so a later byte raises a
-    /// new edge. Not for TLS: rustls may hold decrypted bytes that no event will announce.
+    /// new edge. For TLS, only when its last read of the socket was short and rustls holds no
+    /// decrypted bytes (no event would announce them).
     #[inline]
     pub(crate) fn short_read_drains(&self) -> bool {
-        !matches!(self, Transport::Tls(_))
+        match self {
+            Transport::Tls(t) => t.drained(),
+            _ => true,
+        }
     }
 
     /// Output the transport took but the socket has not (encrypted records): the connection
