@@ -20,10 +20,15 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 
-/// The one crypto provider of every TLS configuration here.
+/// The one crypto provider of every TLS configuration here: ring, with X25519 preferred.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::ring::kx_group;
     // Deprecated for lacking the post-quantum hybrid key exchange, which only aws-lc-rs has;
     // that provider would add a C build (cmake) for every user of socklab.
     #[allow(deprecated)]
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    // ring's default order puts P-384 first, whose key exchange costs this server about 8x
+    // X25519's per handshake (measured: BENCHMARKS.md, TLS); every peer offers X25519.
+    provider.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1];
+    Arc::new(provider)
 }
