@@ -305,3 +305,45 @@ fn bench_measures_tls_on_kept_connections_and_with_a_handshake_per_request() {
         "{out:?}"
     );
 }
+
+#[test]
+fn sticky_shows_the_lesson_over_tls_and_needs_a_tls_server_to_talk_to() {
+    let certs = Certs::new("sticky");
+    let data = certs.path("data");
+    let server = tls_server(
+        &certs,
+        &["echo", "files"],
+        &["--data-dir", &data.display().to_string()],
+    );
+    let (echo, files) = (
+        server.tcp("echo").to_string(),
+        server.tcp("files").to_string(),
+    );
+    let ca = certs.s("ca.pem");
+    let out = socklab(
+        &[
+            "sticky",
+            "--addr",
+            &echo,
+            "--files-addr",
+            &files,
+            "--tls",
+            "--ca",
+            &ca,
+            "-n",
+            "12",
+        ],
+        b"",
+    );
+    let said = ok(&out, "sticky --tls");
+    assert!(
+        said.contains("frames: 12 of 12 messages recovered intact"),
+        "{said}"
+    );
+    let out = socklab(&["sticky", "--tls", "-n", "2"], b"");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--tls needs --addr"),
+        "{out:?}"
+    );
+}

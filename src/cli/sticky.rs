@@ -7,12 +7,13 @@
 //! recovers every one intact however the reads fall. `--nodelay off` turns Nagle's algorithm
 //! on for the client, which merges small writes further.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 
+use crate::addr::ListenAddr;
 use crate::cli::tune::TuneError;
 use crate::cli::tune::server::Server;
 use crate::cli::tune::wire::{self, ClientOptions};
@@ -20,6 +21,7 @@ use crate::client::{AuthError, client_secret, handshake};
 use crate::frame::{Leftover, Part};
 use crate::net::StdStream;
 use crate::service::auth::Secret;
+use crate::tls::client::{ClientStream, ClientTls, TlsArgs};
 
 /// On or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -52,6 +54,10 @@ pub struct StickyArgs {
     /// SOCKLAB_SECRET environment variable, if set).
     #[arg(long, value_name = "PATH")]
     pub secret_file: Option<std::path::PathBuf>,
+    /// TLS to the servers named by --addr and --files-addr (the server of our own is plain):
+    /// records change nothing of the lesson, the plaintext still arrives as a stream.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Why the demonstration failed.
@@ -67,6 +73,10 @@ pub enum StickyError {
     /// The authentication handshake.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::client::TlsClientError),
+    #[error("--tls needs --addr and --files-addr: the server sticky starts itself is plain")]
+    TlsNeedsAddr,
     #[error("only {intact} of {count} messages came back intact through frames")]
     NotIntact {
         /// Intact ones.
@@ -80,6 +90,10 @@ pub enum StickyError {
 pub fn run(args: &StickyArgs) -> ExitCode {
     match demo(args) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ StickyError::TlsNeedsAddr) => {
+            eprintln!("socklab sticky: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("socklab sticky: {e}");
             ExitCode::FAILURE
@@ -87,18 +101,30 @@ pub fn run(args: &StickyArgs) -> ExitCode {
     }
 }
 
-/// Connects, and answers the server's challenge if it sends one.
+/// A connection of the demonstration: the stream (TLS or not) and its TCP socket, whose
+/// options are shown.
+struct Link {
+    stream: ClientStream,
+    tcp: TcpStream,
+}
+
+/// Connects (with TLS when asked), and answers the server's challenge if it sends one.
 fn connect(
     addr: SocketAddr,
     nodelay: bool,
     secret: Option<&Secret>,
-) -> Result<TcpStream, StickyError> {
-    let mut s = StdStream::Tcp(wire::connect(addr, nodelay)?);
-    let opening = handshake(&mut s, &addr.to_string(), secret, wire::IO_TIMEOUT, b"")?;
-    let StdStream::Tcp(s) = s else {
-        return Err(TuneError::Protocol("not a TCP stream".into()).into());
+    tls: Option<&ClientTls>,
+) -> Result<Link, StickyError> {
+    let tcp = wire::connect(addr, nodelay)?;
+    let socket = tcp.try_clone().map_err(TuneError::io("clone the socket"))?;
+    let mut s = match tls {
+        Some(tls) => tls
+            .connect(StdStream::Tcp(socket))
+            .map_err(TuneError::io(format!("TLS to {addr}")))?,
+        None => ClientStream::Plain(StdStream::Tcp(socket)),
     };
-    s.set_read_timeout(Some(wire::IO_TIMEOUT))
+    let opening = handshake(&mut s, &addr.to_string(), secret, wire::IO_TIMEOUT, b"")?;
+    s.set_read_timeout(wire::IO_TIMEOUT)
         .map_err(TuneError::io("set socket options"))?;
     if !opening.early.is_empty() {
         return Err(TuneError::Protocol(format!(
@@ -107,7 +133,12 @@ fn connect(
         ))
         .into());
     }
-    Ok(s)
+    Ok(Link { stream: s, tcp })
+}
+
+/// Writes all of `data`.
+fn write_all(s: &mut impl Write, data: &[u8]) -> Result<(), TuneError> {
+    s.write_all(data).map_err(TuneError::io("write"))
 }
 
 /// The messages sent.
@@ -131,6 +162,9 @@ fn show(b: &[u8]) -> String {
 /// The demonstration.
 fn demo(args: &StickyArgs) -> Result<(), StickyError> {
     let nodelay = args.nodelay == Switch::On;
+    if args.tls.tls && (args.addr.is_none() || args.files_addr.is_none()) {
+        return Err(StickyError::TlsNeedsAddr);
+    }
     let count = args.count.max(1);
     let read_size = args.read_size.max(1);
     let mut own = Vec::new();
@@ -159,9 +193,11 @@ fn demo(args: &StickyArgs) -> Result<(), StickyError> {
     let (echo_addr, echo_opts) = pick(args.addr, "echo")?;
     let (files_addr, files_opts) = pick(args.files_addr, "files")?;
     let secret = client_secret(args.secret_file.as_deref())?;
+    let echo_tls = args.tls.client(&ListenAddr::Inet(echo_addr))?;
+    let files_tls = args.tls.client(&ListenAddr::Inet(files_addr))?;
     // Connected (and authenticated) before anything is printed: a server that asks for a
     // secret we do not have is an error on its own.
-    let mut s = connect(echo_addr, nodelay, secret.as_ref())?;
+    let mut s = connect(echo_addr, nodelay, secret.as_ref(), echo_tls.as_ref())?;
     println!("server echo  {echo_addr}: {echo_opts}");
     println!("server files {files_addr}: {files_opts}");
     let msgs = messages(count);
@@ -169,11 +205,11 @@ fn demo(args: &StickyArgs) -> Result<(), StickyError> {
 
     println!();
     println!("== raw echo: {count} messages, one write each, back to back ==");
-    println!("client: {}", ClientOptions::of(&s)?);
+    println!("client: {}", ClientOptions::of(&s.tcp)?);
     for m in &msgs {
-        wire::write_all(&mut s, m)?;
+        write_all(&mut s.stream, m)?;
     }
-    let reads = read_total(&mut s, total, read_size)?;
+    let reads = read_total(&mut s.stream, total, read_size)?;
     drop(s);
     // Where each message starts and ends in the stream.
     let mut bounds = Vec::with_capacity(count);
@@ -229,14 +265,14 @@ fn demo(args: &StickyArgs) -> Result<(), StickyError> {
     println!(
         "== files echo frames: the same {count} messages, one frame (header + body) per write =="
     );
-    let mut s = connect(files_addr, nodelay, secret.as_ref())?;
-    println!("client: {}", ClientOptions::of(&s)?);
+    let mut s = connect(files_addr, nodelay, secret.as_ref(), files_tls.as_ref())?;
+    println!("client: {}", ClientOptions::of(&s.tcp)?);
     for (i, m) in msgs.iter().enumerate() {
         let mut frame = wire::echo_frame_header(m.len(), Some(i as u64))?;
         frame.extend_from_slice(m);
-        wire::write_all(&mut s, &frame)?;
+        write_all(&mut s.stream, &frame)?;
     }
-    let intact = read_frames(&mut s, &msgs, read_size)?;
+    let intact = read_frames(&mut s.stream, &msgs, read_size)?;
     println!(
         "frames: {intact} of {count} messages recovered intact by the frame decoder, however the reads fell"
     );
@@ -270,7 +306,7 @@ fn demo(args: &StickyArgs) -> Result<(), StickyError> {
 
 /// Reads until `total` bytes came, `read_size` at most per read; returns each read's bytes.
 fn read_total(
-    s: &mut TcpStream,
+    s: &mut impl Read,
     total: usize,
     read_size: usize,
 ) -> Result<Vec<Vec<u8>>, TuneError> {
@@ -292,7 +328,7 @@ fn read_total(
 
 /// Reads the response frames of `msgs`, printing each read and each frame; returns how many
 /// bodies equal their message.
-fn read_frames(s: &mut TcpStream, msgs: &[Vec<u8>], read_size: usize) -> Result<usize, TuneError> {
+fn read_frames(s: &mut impl Read, msgs: &[Vec<u8>], read_size: usize) -> Result<usize, TuneError> {
     let mut dec = wire::response_decoder();
     // Holds the start of a frame that a read cut off, until the next read completes it.
     let mut pending = Leftover::new();
