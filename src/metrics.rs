@@ -201,6 +201,8 @@ pub struct Gathered {
     pub(crate) answered: Vec<(usize, Counters)>,
     /// Workers that did not answer in time, by number: their counters are not in the sums.
     pub(crate) missing: Vec<usize>,
+    /// The process's memory and descriptors when the counters were gathered.
+    pub(crate) process: crate::sys::process::ProcessStats,
 }
 
 impl Gathered {
@@ -210,6 +212,7 @@ impl Gathered {
             workers: 1,
             answered: vec![(worker, own.clone())],
             missing: Vec::new(),
+            process: Default::default(),
         }
     }
 

@@ -96,7 +96,7 @@ fn other_paths_are_404_and_bad_requests_400_then_closed() {
     let metrics = server.tcp("metrics");
     let resp = http(
         metrics,
-        "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        "GET /nothing-here HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     );
     assert!(resp.starts_with("HTTP/1.1 404 "), "{resp}");
     let resp = http(

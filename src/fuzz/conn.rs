@@ -124,6 +124,8 @@ impl Conn {
                     // Commands are never run by a fuzz target: the request was parsed and
                     // checked against the policy, which is what is under test.
                     Action::Exec(_) => return,
+                    // No service under fuzzing streams; a wake would come a second later.
+                    Action::Wake(_) => {}
                 }
             }
             if self.service.has_output() {

@@ -123,6 +123,7 @@ pub fn fuzz_files(data: &[u8]) {
     };
     let shared = Shared {
         files: Some(Arc::new(FilesShared::new(store, config))),
+        listeners: Default::default(),
     };
     if let Some(svc) = StreamService::for_kind(ServiceKind::Files, &shared) {
         let mut conn = Conn::new(svc);

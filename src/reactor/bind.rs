@@ -27,6 +27,7 @@ use crate::kind::ServiceKind;
 use crate::service::auth::Secret;
 use crate::service::discovery::{Discovery, DiscoveryInfo, ServiceEntry};
 use crate::service::files::FilesShared;
+use crate::service::status_page::ListenerSummary;
 use crate::service::store::Store;
 use crate::service::{DatagramService, Shared};
 use crate::sockopt::{self, BindError, OptionsInEffect};
@@ -56,6 +57,19 @@ pub struct BoundListener {
     pub exec: Vec<String>,
     /// The certificate a TLS listener serves.
     pub tls: Option<CertInfo>,
+}
+
+impl BoundListener {
+    /// What the status page lists of it.
+    fn summary(&self) -> ListenerSummary {
+        ListenerSummary {
+            service: self.service,
+            transport: self.transport,
+            addr: self.addr.clone(),
+            tls: self.tls.is_some(),
+            auth: self.auth,
+        }
+    }
 }
 
 impl fmt::Display for BoundListener {
@@ -230,6 +244,7 @@ impl Reactor {
             bound.push(reactor.serve_one(l, claim, tls)?);
         }
         reactor.set_discovery_answer(&bound);
+        reactor.shared.listeners = Arc::new(bound.iter().map(BoundListener::summary).collect());
         let control_err = |source| StartError::Register {
             what: "the control socket".into(),
             source,

@@ -42,6 +42,7 @@ pub mod timer;
 mod tls;
 pub mod token;
 mod transport;
+mod wake;
 pub mod workers;
 
 pub use bind::{BoundListener, StartError};
@@ -294,6 +295,7 @@ impl Reactor {
                 TimerKind::AcceptRetry(token) => self.accept_all(token),
                 TimerKind::ProxyHeader(token) => self.proxy_header_deadline(token),
                 TimerKind::TlsHandshake(token) => self.tls_handshake_deadline(token),
+                TimerKind::Wake(token) => self.wake_service(token),
                 TimerKind::ShutdownGrace => {}
                 TimerKind::Linger(token) => self.linger_over(token),
                 TimerKind::Watchdog => self.watchdog(),
@@ -314,6 +316,7 @@ impl Reactor {
                 | TimerKind::AcceptRetry(t)
                 | TimerKind::ProxyHeader(t)
                 | TimerKind::TlsHandshake(t)
+                | TimerKind::Wake(t)
                 | TimerKind::AuthTimeout(t)
                 | TimerKind::Linger(t) => sources.get(*t).is_some(),
                 TimerKind::ShutdownGrace
@@ -436,6 +439,10 @@ impl Reactor {
                 Action::Disk(job) => self.submit_disk_job(token, job),
                 Action::Exec(req) => self.start_exec(token, req),
                 Action::Counters => self.gather_counters(token),
+                Action::Wake(after) => {
+                    let at = self.core.now + after;
+                    self.core.timers.push(at, TimerKind::Wake(token));
+                }
             }
             next = match self.core.sources.get_mut(token) {
                 Some(Entry::Conn(c)) if !c.dead => c.service.poll_action(),

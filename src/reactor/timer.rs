@@ -27,6 +27,8 @@ pub enum TimerKind {
     ProxyHeader(Token),
     /// This connection's TLS handshake must have finished by now.
     TlsHandshake(Token),
+    /// This connection's service asked to be woken now (`Action::Wake`).
+    Wake(Token),
     /// The shutdown grace period is over.
     ShutdownGrace,
     /// This drained connection has lingered long enough for its peer's end: close it.

@@ -128,6 +128,7 @@ impl Gather {
             workers,
             answered: self.answered,
             missing: self.waiting,
+            process: crate::sys::process::read(),
         }
     }
 }
@@ -290,7 +291,8 @@ impl Reactor {
         let Some(link) = &mut self.links.workers else {
             // Called from the connection's own drive (`run_actions`): the response is left in
             // its output, which that drive registers for writing; no drive within a drive.
-            let gathered = Gathered::alone(0, &self.svc.counters);
+            let mut gathered = Gathered::alone(0, &self.svc.counters);
+            gathered.process = crate::sys::process::read();
             if let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) {
                 c.service.on_event(
                     Event::Counters(&gathered),

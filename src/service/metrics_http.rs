@@ -1,13 +1,22 @@
-//! `metrics`: the counters in the Prometheus text format over HTTP/1.1 (PROTOCOL.md,
-//! "Metrics"), sans-IO. `GET /metrics` (and `HEAD`) gets them, any other path a 404, another
-//! method a 405. Requests are read as RFC 9112 asks of a server that does not take bodies:
+//! `metrics`: the counters over HTTP/1.1 (PROTOCOL.md, "Metrics"), sans-IO. `GET /metrics`
+//! (and `HEAD`) gets them in the Prometheus text format, `/stats.json` as `stats --json`
+//! shows them, `/` the status page (`status_page.rs`) and `/events` its server-sent events,
+//! a snapshot a second for as long as the viewer stays; any other path a 404, another method
+//! a 405. Requests are read as RFC 9112 asks of a server that does not take bodies:
 //! whatever could frame a request differently from a proxy in front of it (two
 //! `Content-Length`s, any `Transfer-Encoding`, a bare LF, obs-fold, a malformed request line,
 //! no `Host` or two) is a 400, and the connection closes, as does an oversized head (431).
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use super::Step;
+use super::status_page::{self, ListenerSummary};
 use super::{Action, Awaiting};
 use crate::metrics::{Counters, Gathered, Peers};
+
+/// How often an `/events` viewer gets a snapshot.
+pub const EVENT_EVERY: Duration = Duration::from_secs(1);
 
 /// Longest request head accepted, in bytes.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -23,11 +32,17 @@ pub struct MetricsHttp {
     /// A scrape waits for the other workers' counters; nothing more is read until it is
     /// answered.
     scrape: Option<Scrape>,
+    /// The connection follows `/events`: no more requests, a snapshot a second.
+    events: Option<Events>,
+    /// The listeners, for the status page.
+    listeners: Arc<Vec<ListenerSummary>>,
 }
 
 /// A scrape waiting for every worker's counters.
 #[derive(Debug)]
 struct Scrape {
+    /// What the counters answer.
+    reply: Reply,
     /// The response closes the connection.
     close: bool,
     /// HEAD: the head alone.
@@ -36,10 +51,32 @@ struct Scrape {
     asked: bool,
 }
 
+/// What gathered counters become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    /// The Prometheus exposition.
+    Metrics,
+    /// `stats --json`'s body.
+    Json,
+    /// The status page.
+    Page,
+    /// One server-sent event of `/events`.
+    Event,
+}
+
+/// An `/events` stream.
+#[derive(Debug)]
+struct Events {
+    /// The next snapshot is due: ask the reactor to wake the stream (`Action::Wake`).
+    wake_wanted: bool,
+}
+
 /// One response to write.
 struct Response<'a> {
     /// Status code and reason.
     status: &'a str,
+    /// Its media type.
+    content_type: &'a str,
     /// Extra header lines, each ending in CRLF.
     extra: &'a str,
     /// The body GET would carry; HEAD sends only its length.
@@ -54,9 +91,10 @@ impl Response<'_> {
     fn write(&self, out: &mut Vec<u8>) {
         let connection = if self.close { "close" } else { "keep-alive" };
         let head = format!(
-            "HTTP/1.1 {}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+            "HTTP/1.1 {}\r\nContent-Type: {}\r\n\
              Content-Length: {}\r\n{}Connection: {connection}\r\n\r\n",
             self.status,
+            self.content_type,
             self.body.len(),
             self.extra,
         );
@@ -72,6 +110,7 @@ fn refuse(out: &mut Vec<u8>, status: &str, why: &str) {
     let body = format!("{why}\n");
     Response {
         status,
+        content_type: TEXT,
         extra: "",
         body: &body,
         close: true,
@@ -79,6 +118,9 @@ fn refuse(out: &mut Vec<u8>, status: &str, why: &str) {
     }
     .write(out);
 }
+
+/// Plain text: errors, and the Prometheus exposition format.
+const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The position of the first LF not preceded by CR: RFC 9112 lets a server refuse bare LF,
 /// and a proxy that reads lines differently would see other requests in the same bytes.
@@ -158,16 +200,41 @@ fn asks_close(req: &httparse::Request<'_, '_>) -> bool {
 }
 
 impl MetricsHttp {
-    /// Whether more requests are read.
-    pub fn accepts_input(&self) -> bool {
-        !self.closing && self.scrape.is_none()
+    /// A connection of a listener among `listeners` (which the status page lists).
+    pub fn new(listeners: Arc<Vec<ListenerSummary>>) -> MetricsHttp {
+        MetricsHttp {
+            listeners,
+            ..MetricsHttp::default()
+        }
     }
 
-    /// A scrape asks the reactor for every worker's counters, once.
+    /// Whether more requests are read.
+    pub fn accepts_input(&self) -> bool {
+        !self.closing && self.scrape.is_none() && self.events.is_none()
+    }
+
+    /// A scrape asks the reactor for every worker's counters, once; an `/events` stream asks to
+    /// be woken for its next snapshot.
     pub fn poll_action(&mut self) -> Option<Action> {
-        let scrape = self.scrape.as_mut().filter(|s| !s.asked)?;
-        scrape.asked = true;
-        Some(Action::Counters)
+        if let Some(scrape) = self.scrape.as_mut().filter(|s| !s.asked) {
+            scrape.asked = true;
+            return Some(Action::Counters);
+        }
+        let events = self.events.as_mut().filter(|e| e.wake_wanted)?;
+        events.wake_wanted = false;
+        Some(Action::Wake(EVENT_EVERY))
+    }
+
+    /// The stream's snapshot is due: gather the counters for it.
+    pub fn on_wake(&mut self) {
+        if self.events.is_some() && self.scrape.is_none() {
+            self.scrape = Some(Scrape {
+                reply: Reply::Event,
+                close: false,
+                head_only: false,
+                asked: false,
+            });
+        }
     }
 
     /// Whether a scrape waits for the other workers' counters.
@@ -180,17 +247,33 @@ impl MetricsHttp {
 
     /// Every worker's counters came: the waiting scrape is answered.
     pub fn on_counters(&mut self, gathered: &Gathered, out: &mut Vec<u8>) {
-        if let Some(scrape) = self.scrape.take() {
-            let exposition = gathered.prometheus();
-            Response {
-                status: "200 OK",
-                extra: "",
-                body: &exposition,
-                close: scrape.close,
-                head_only: scrape.head_only,
+        let Some(scrape) = self.scrape.take() else {
+            return;
+        };
+        let (body, content_type) = match scrape.reply {
+            Reply::Metrics => (gathered.prometheus(), TEXT),
+            Reply::Json => (format!("{}\n", gathered.stats_json()), "application/json"),
+            Reply::Page => (
+                status_page::page(gathered, &self.listeners),
+                "text/html; charset=utf-8",
+            ),
+            Reply::Event => {
+                status_page::event(gathered, &self.listeners, out);
+                if let Some(events) = &mut self.events {
+                    events.wake_wanted = true;
+                }
+                return;
             }
-            .write(out);
+        };
+        Response {
+            status: "200 OK",
+            content_type,
+            extra: "",
+            body: &body,
+            close: scrape.close,
+            head_only: scrape.head_only,
         }
+        .write(out);
     }
 
     /// Answers every complete request in `input`.
@@ -261,30 +344,60 @@ impl MetricsHttp {
         let close = req.version == Some(0) || asks_close(req);
         let method = req.method.unwrap_or_default();
         let head_only = method == "HEAD";
-        let is_metrics = target_path(req.path.unwrap_or_default()) == "/metrics";
+        let reply = match target_path(req.path.unwrap_or_default()) {
+            "/metrics" => Some(Reply::Metrics),
+            "/stats.json" => Some(Reply::Json),
+            "/" | "/index.html" => Some(Reply::Page),
+            "/events" => Some(Reply::Event),
+            _ => None,
+        };
         let exposition;
-        let (status, extra, body) = match (method, is_metrics) {
-            ("GET" | "HEAD", true) if !peers.alone() => {
+        let (status, extra, body) = match (method, reply) {
+            ("GET", Some(Reply::Event)) => {
+                // A stream: the head now, then an event a second until the viewer leaves. Its
+                // end is the connection's, so no length is given.
+                out.extend_from_slice(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                      Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+                );
+                self.events = Some(Events { wake_wanted: false });
+                self.on_wake();
+                return false;
+            }
+            ("GET" | "HEAD", Some(Reply::Metrics)) if peers.alone() => {
+                exposition = Gathered::alone(peers.worker, counters).prometheus();
+                ("200 OK", "", exposition.as_str())
+            }
+            // The page and the JSON show the process's memory too, which the reactor reads
+            // when it gathers the counters.
+            ("GET" | "HEAD", Some(reply)) if reply != Reply::Event => {
                 self.scrape = Some(Scrape {
+                    reply,
                     close,
                     head_only,
                     asked: false,
                 });
                 return close;
             }
-            ("GET" | "HEAD", true) => {
-                exposition = Gathered::alone(peers.worker, counters).prometheus();
-                ("200 OK", "", exposition.as_str())
-            }
-            (_, true) => (
+            (_, Some(Reply::Event)) => (
+                "405 Method Not Allowed",
+                "Allow: GET\r\n",
+                "only GET is served here\n",
+            ),
+            (_, Some(_)) => (
                 "405 Method Not Allowed",
                 "Allow: GET, HEAD\r\n",
                 "only GET and HEAD are served here\n",
             ),
-            (_, false) => ("404 Not Found", "", "only GET /metrics is served here\n"),
+            (_, None) => (
+                "404 Not Found",
+                "",
+                "served here: / (status page), /metrics, /stats.json, /events\n",
+            ),
         };
         Response {
             status,
+            content_type: TEXT,
             extra,
             body,
             close,
@@ -330,6 +443,7 @@ mod tests {
             workers: 2,
             answered: vec![(1, Counters::default())],
             missing: vec![0],
+            process: Default::default(),
         };
         m.on_counters(&gathered, &mut out);
         let text = String::from_utf8(out).unwrap();

@@ -41,6 +41,7 @@ pub mod files;
 pub mod metrics_http;
 pub mod redis_bus;
 pub mod response;
+pub mod status_page;
 pub mod store;
 pub mod time;
 pub mod upper;
@@ -85,6 +86,8 @@ pub enum StreamService {
 pub struct Shared {
     /// The `files` data directory and limits, when `files` runs.
     pub files: Option<Arc<files::FilesShared>>,
+    /// Every listener of this worker, for the status page.
+    pub listeners: Arc<Vec<status_page::ListenerSummary>>,
 }
 
 /// What a stream service may touch besides its own connection: the counters, the chat room,
@@ -128,6 +131,8 @@ pub enum Event<'a> {
     Closing,
     /// The counters of every worker, gathered for this connection (`Action::Counters`).
     Counters(&'a crate::metrics::Gathered),
+    /// The time the service asked to be woken at (`Action::Wake`) has come.
+    Wake,
 }
 
 /// Work only the reactor can do, which a service asks for: the reactor drains these after
@@ -141,6 +146,9 @@ pub enum Action {
     /// Gather every worker's counters (`stats`, metrics); they come back as
     /// `Event::Counters`, at most a short timeout later.
     Counters,
+    /// Wake the connection's service after this long (`Event::Wake`): a stream's next
+    /// snapshot. Skipped while the connection's output is backed up.
+    Wake(std::time::Duration),
 }
 
 impl std::fmt::Debug for Action {
@@ -150,6 +158,7 @@ impl std::fmt::Debug for Action {
             Action::Disk(_) => f.write_str("Disk(..)"),
             Action::Exec(req) => f.debug_tuple("Exec").field(req).finish(),
             Action::Counters => f.write_str("Counters"),
+            Action::Wake(d) => f.debug_tuple("Wake").field(d).finish(),
         }
     }
 }
@@ -197,7 +206,9 @@ impl StreamService {
                 .clone()
                 .map(|f| StreamService::Files(Box::new(files::Files::new(f)))),
             ServiceKind::Chat => Some(StreamService::Chat(Box::default())),
-            ServiceKind::Metrics => Some(StreamService::Metrics(Default::default())),
+            ServiceKind::Metrics => Some(StreamService::Metrics(metrics_http::MetricsHttp::new(
+                Arc::clone(&shared.listeners),
+            ))),
             ServiceKind::UdpEcho
             | ServiceKind::UdpUpper
             | ServiceKind::UdpChat
@@ -231,6 +242,7 @@ impl StreamService {
             (StreamService::Chat(c), Event::Closing) => c.leave(ctx.room, ctx.others),
             (StreamService::Files(f), ev) => f.on_event(ev, out, ctx.counters),
             (StreamService::Metrics(m), Event::Counters(g)) => m.on_counters(g, out),
+            (StreamService::Metrics(m), Event::Wake) => m.on_wake(),
             _ => {}
         }
     }

@@ -36,6 +36,7 @@ fn files_service(in_flight: u64) -> (StreamService, std::path::PathBuf) {
     };
     let shared = Shared {
         files: Some(Arc::new(FilesShared::new(store, config))),
+        listeners: Default::default(),
     };
     let service = StreamService::for_kind(ServiceKind::Files, &shared).unwrap();
     (service, dir)

@@ -343,7 +343,7 @@ impl Files {
             } => self.on_exec_done(ending, stdout, stderr, out, counters),
             Event::FileSent(n) => self.file_sent(n),
             Event::SendFileRefused => self.copy_files = true,
-            Event::Closing => {}
+            Event::Closing | Event::Wake => {}
             Event::Counters(gathered) => {
                 if let Some(wait) = self.stats.take() {
                     stats_response(out, wait.id.as_deref(), gathered);

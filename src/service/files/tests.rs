@@ -99,6 +99,7 @@ fn with_other_workers_stats_waits_for_their_counters_and_keeps_order() {
         workers: 2,
         answered: vec![(0, counters.clone())],
         missing: vec![1],
+        process: Default::default(),
     };
     s.on_event(Event::Counters(&gathered), &mut out, &mut counters);
     assert!(s.accepts_input() && s.awaiting() == Awaiting::Nothing);

@@ -1,0 +1,264 @@
+//! The status page of the metrics listener (PROTOCOL.md, "Metrics"): `GET /` renders every
+//! listener and every service's counters as HTML on the server (readable without JavaScript),
+//! and its embedded script then follows `/events` (server-sent events, one snapshot a second)
+//! to update the tables and draw the last five minutes of requests/s and bytes/s. Sans-IO:
+//! gathered counters in, bytes out. The page, its script and its style are in the binary.
+
+use std::fmt::Write;
+
+use serde_json::{Value, json};
+
+use crate::kind::ServiceKind;
+use crate::metrics::Gathered;
+
+/// The script of the page (inlined into it: one request, no network beyond this server).
+const SCRIPT: &str = include_str!("status_page/status.js");
+/// Its style.
+const STYLE: &str = include_str!("status_page/status.css");
+
+/// A listener as the page lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSummary {
+    /// Its service.
+    pub service: ServiceKind,
+    /// `tcp`, `udp`, `unix` or `unixgram`.
+    pub transport: &'static str,
+    /// The bound address.
+    pub addr: String,
+    /// It speaks TLS.
+    pub tls: bool,
+    /// Its clients must pass the HMAC challenge.
+    pub auth: bool,
+}
+
+/// The snapshot `/events` sends and the script reads: what `stats --json` shows, the process's
+/// memory and descriptors, and the listeners.
+pub(crate) fn snapshot(gathered: &Gathered, listeners: &[ListenerSummary]) -> Value {
+    let mut v = gathered.stats_json();
+    if let Some(map) = v.as_object_mut() {
+        map.insert(
+            "process".into(),
+            json!({
+                "rss_bytes": gathered.process.rss_bytes,
+                "open_fds": gathered.process.open_fds,
+            }),
+        );
+        let listed: Vec<Value> = listeners
+            .iter()
+            .map(|l| {
+                json!({"service": l.service.name(), "transport": l.transport, "addr": l.addr,
+                       "tls": l.tls, "auth": l.auth})
+            })
+            .collect();
+        map.insert("listeners".into(), Value::Array(listed));
+    }
+    v
+}
+
+/// One server-sent event carrying a snapshot.
+pub(crate) fn event(gathered: &Gathered, listeners: &[ListenerSummary], out: &mut Vec<u8>) {
+    out.extend_from_slice(b"data: ");
+    // JSON has no raw newline: the event is one `data:` line.
+    let _ = serde_json::to_writer(&mut *out, &snapshot(gathered, listeners));
+    out.extend_from_slice(b"\n\n");
+}
+
+/// `&`, `<`, `>` and `"` as HTML entities.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A counter of one service in the snapshot.
+fn count(service: &Value, keys: &[&str]) -> u64 {
+    keys.iter()
+        .filter_map(|k| service.get(*k).and_then(Value::as_u64))
+        .fold(0, u64::saturating_add)
+}
+
+/// The columns of the services table: title and the counters it adds up.
+const COLUMNS: [(&str, &[&str]); 8] = [
+    ("open", &["connections_open"]),
+    ("accepted", &["connections_accepted"]),
+    (
+        "rejected",
+        &[
+            "rejected_max_conns",
+            "rejected_fd_limit",
+            "rejected_auth",
+            "rejected_per_ip",
+            "rejected_proxy",
+            "rejected_tls",
+        ],
+    ),
+    ("bytes in", &["bytes_received"]),
+    ("bytes out", &["bytes_sent"]),
+    ("datagrams in", &["datagrams_received"]),
+    ("datagrams out", &["datagrams_sent"]),
+    (
+        "dropped",
+        &["datagrams_dropped", "datagrams_kernel_dropped"],
+    ),
+];
+
+/// The whole page, rendered now: the first view needs no script.
+pub(crate) fn page(gathered: &Gathered, listeners: &[ListenerSummary]) -> String {
+    let snap = snapshot(gathered, listeners);
+    let mut h = String::with_capacity(16 * 1024);
+    let _ = write!(
+        h,
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width\">\
+         <title>socklab status</title><style>{STYLE}</style></head><body>\n\
+         <h1>socklab <span id=\"live\" class=\"dim\">(as of the page load)</span></h1>\n"
+    );
+    let workers = snap.get("workers").and_then(Value::as_u64).unwrap_or(1);
+    let _ = write!(
+        h,
+        "<p>workers <b id=\"workers\">{workers}</b> · resident memory <b id=\"rss\">{}</b> · \
+         open descriptors <b id=\"fds\">{}</b> · loop busy <b id=\"busy\">–</b> · updates \
+         <b id=\"updates\">0</b></p>",
+        human_bytes(gathered.process.rss_bytes),
+        gathered.process.open_fds
+    );
+    h.push('\n');
+    h.push_str("<h2>Rates, last five minutes</h2>\n<div class=\"charts\"><figure><figcaption>requests/s (frames and chat lines) and connections/s</figcaption><svg id=\"chart-req\" viewBox=\"0 0 600 160\" role=\"img\"></svg></figure><figure><figcaption>bytes/s in and out</figcaption><svg id=\"chart-bytes\" viewBox=\"0 0 600 160\" role=\"img\"></svg></figure></div>\n");
+    h.push_str("<h2>Listeners</h2>\n<table id=\"listeners\"><tr><th>service</th><th>transport</th><th>address</th><th>TLS</th><th>auth</th></tr>\n");
+    for l in listeners {
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            l.service,
+            l.transport,
+            escape(&l.addr),
+            if l.tls { "on" } else { "off" },
+            if l.auth { "on" } else { "off" }
+        );
+    }
+    h.push_str("</table>\n<h2>Services</h2>\n<table id=\"services\"><tr><th>service</th>");
+    for (title, _) in COLUMNS {
+        let _ = write!(h, "<th>{title}</th>");
+    }
+    h.push_str("</tr>\n");
+    let empty = json!({});
+    for kind in ServiceKind::ALL {
+        let s = snap
+            .get("services")
+            .and_then(|s| s.get(kind.name()))
+            .unwrap_or(&empty);
+        let _ = write!(h, "<tr data-service=\"{kind}\"><td>{kind}</td>");
+        for (title, keys) in COLUMNS {
+            let _ = write!(h, "<td data-col=\"{title}\">{}</td>", count(s, keys));
+        }
+        h.push_str("</tr>\n");
+    }
+    h.push_str("</table>\n<h2>Per worker</h2>\n<table id=\"workers-table\"><tr><th>worker</th><th>open</th><th>accepted</th><th>bytes in</th><th>bytes out</th></tr>\n");
+    for w in snap
+        .get("per_worker")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let services: Vec<&Value> = w
+            .get("services")
+            .and_then(Value::as_object)
+            .map(|m| m.values().collect())
+            .unwrap_or_default();
+        let sum = |keys: &[&str]| services.iter().map(|s| count(s, keys)).sum::<u64>();
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            w.get("worker").and_then(Value::as_u64).unwrap_or(0),
+            sum(&["connections_open"]),
+            sum(&["connections_accepted"]),
+            sum(&["bytes_received"]),
+            sum(&["bytes_sent"])
+        );
+    }
+    h.push_str("</table>\n<p class=\"dim\">Also: <a href=\"/metrics\">/metrics</a> (Prometheus) · <a href=\"/stats.json\">/stats.json</a> · <a href=\"/events\">/events</a> (server-sent events)</p>\n");
+    let _ = write!(h, "<script>{SCRIPT}</script>\n</body></html>\n");
+    h
+}
+
+/// `1.5 MiB`.
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units.get(i).copied().unwrap_or("B"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Counters;
+
+    fn gathered() -> Gathered {
+        let mut c = Counters::default();
+        c.service(ServiceKind::Echo).accepted = 7;
+        c.service(ServiceKind::Echo).bytes_received = 1234;
+        let mut g = Gathered::alone(0, &c);
+        g.process.rss_bytes = 3 << 20;
+        g.process.open_fds = 12;
+        g
+    }
+
+    fn listeners() -> Vec<ListenerSummary> {
+        vec![ListenerSummary {
+            service: ServiceKind::Echo,
+            transport: "unix",
+            addr: "unix:/tmp/<odd>&\"name\"".into(),
+            tls: true,
+            auth: false,
+        }]
+    }
+
+    #[test]
+    fn the_page_shows_counters_listeners_and_the_process_without_script() {
+        let html = page(&gathered(), &listeners());
+        assert!(html.starts_with("<!doctype html>"));
+        assert!(html.contains("<td data-col=\"accepted\">7</td>"), "{html}");
+        assert!(html.contains("<td data-col=\"bytes in\">1234</td>"));
+        assert!(html.contains("3.0 MiB") && html.contains(">12<"));
+        assert!(
+            html.contains("unix:/tmp/&lt;odd&gt;&amp;&quot;name&quot;"),
+            "escaped"
+        );
+        assert!(!html.contains("<odd>"));
+        assert!(html.contains("<td>on</td>"), "TLS on");
+        for kind in ServiceKind::ALL {
+            assert!(html.contains(&format!("data-service=\"{kind}\"")), "{kind}");
+        }
+        assert!(html.contains("new EventSource"), "the script is inlined");
+    }
+
+    #[test]
+    fn an_event_is_one_data_line_of_json() {
+        let mut out = Vec::new();
+        event(&gathered(), &listeners(), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("data: ") && text.ends_with("\n\n"));
+        assert_eq!(text.matches('\n').count(), 2, "{text}");
+        let v: Value = serde_json::from_str(text.trim_start_matches("data: ").trim()).unwrap();
+        assert_eq!(v["services"]["echo"]["connections_accepted"], 7);
+        assert_eq!(v["process"]["open_fds"], 12);
+        assert_eq!(v["listeners"][0]["tls"], true);
+    }
+}

@@ -1,0 +1,112 @@
+// socklab's status page: follows /events (server-sent events, one snapshot a second; polls
+// /stats.json every two seconds where EventSource fails), updates the tables and draws the
+// last five minutes of rates. No library, no network beyond this server.
+(function () {
+  "use strict";
+  var history = [];      // {t, req, conns, bin, bout}: totals at each snapshot
+  var KEEP = 300;        // five minutes of one-second snapshots
+  var updates = 0;
+  var COLUMNS = {
+    "open": ["connections_open"], "accepted": ["connections_accepted"],
+    "rejected": ["rejected_max_conns", "rejected_fd_limit", "rejected_auth", "rejected_per_ip",
+                 "rejected_proxy", "rejected_tls"],
+    "bytes in": ["bytes_received"], "bytes out": ["bytes_sent"],
+    "datagrams in": ["datagrams_received"], "datagrams out": ["datagrams_sent"],
+    "dropped": ["datagrams_dropped", "datagrams_kernel_dropped"]
+  };
+  function sum(obj, keys) {
+    var n = 0;
+    keys.forEach(function (k) { n += (obj && obj[k]) || 0; });
+    return n;
+  }
+  function human(n) {
+    var u = ["B", "KiB", "MiB", "GiB", "TiB"], i = 0;
+    while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+    return i === 0 ? n + " B" : n.toFixed(1) + " " + u[i];
+  }
+  function totals(s) {
+    var t = { req: 0, conns: 0, bin: 0, bout: 0 };
+    (s.frames || []).forEach(function (f) { t.req += f.count || 0; });
+    Object.keys(s.services || {}).forEach(function (name) {
+      var c = s.services[name];
+      t.conns += c.connections_accepted || 0;
+      t.bin += c.bytes_received || 0;
+      t.bout += c.bytes_sent || 0;
+      t.req += c.datagrams_received || 0;
+    });
+    return t;
+  }
+  function draw(id, series, colours, labels) {
+    var svg = document.getElementById(id);
+    if (!svg) { return; }
+    var max = 1;
+    series.forEach(function (s) { s.forEach(function (v) { if (v > max) { max = v; } }); });
+    var w = 600, h = 160, top = 10, bottom = 20;
+    var out = "";
+    series.forEach(function (s, k) {
+      var pts = s.map(function (v, i) {
+        var x = (w * (KEEP - s.length + i)) / (KEEP - 1);
+        var y = top + (h - top - bottom) * (1 - v / max);
+        return x.toFixed(1) + "," + y.toFixed(1);
+      });
+      out += '<polyline fill="none" stroke-width="1.5" stroke="' + colours[k] + '" points="' +
+        pts.join(" ") + '"/>';
+      out += '<text x="' + (8 + 150 * k) + '" y="' + (h - 5) + '" fill="' + colours[k] + '">' +
+        labels[k] + " " + (s.length ? Math.round(s[s.length - 1]) : 0) + "/s</text>";
+    });
+    out += '<text x="' + (w - 4) + '" y="12" text-anchor="end">max ' + Math.round(max) + "/s</text>";
+    svg.innerHTML = out;
+  }
+  function rates(key) {
+    var r = [];
+    for (var i = 1; i < history.length; i++) {
+      var dt = (history[i].t - history[i - 1].t) / 1000;
+      r.push(dt > 0 ? Math.max(0, history[i][key] - history[i - 1][key]) / dt : 0);
+    }
+    return r;
+  }
+  var lastBusy = null;
+  function apply(s) {
+    updates++;
+    document.getElementById("updates").textContent = updates;
+    document.getElementById("live").textContent = "(live, " + new Date().toLocaleTimeString() + ")";
+    document.getElementById("workers").textContent = s.workers;
+    if (s.process) {
+      document.getElementById("rss").textContent = human(s.process.rss_bytes);
+      document.getElementById("fds").textContent = s.process.open_fds;
+    }
+    var now = Date.now();
+    if (lastBusy && now > lastBusy.t) {
+      var share = (s.loop_busy_seconds - lastBusy.busy) / ((now - lastBusy.t) / 1000) / (s.workers || 1);
+      document.getElementById("busy").textContent = Math.round(100 * Math.max(0, share)) + " %";
+    }
+    lastBusy = { t: now, busy: s.loop_busy_seconds || 0 };
+    Object.keys(s.services || {}).forEach(function (name) {
+      var row = document.querySelector('tr[data-service="' + name + '"]');
+      if (!row) { return; }
+      Object.keys(COLUMNS).forEach(function (col) {
+        var cell = row.querySelector('td[data-col="' + col + '"]');
+        if (cell) { cell.textContent = sum(s.services[name], COLUMNS[col]); }
+      });
+    });
+    var t = totals(s);
+    t.t = now;
+    history.push(t);
+    if (history.length > KEEP + 1) { history.shift(); }
+    draw("chart-req", [rates("req"), rates("conns")], ["#1f77b4", "#d62728"], ["requests", "connections"]);
+    draw("chart-bytes", [rates("bin"), rates("bout")], ["#2ca02c", "#ff7f0e"], ["bytes in", "bytes out"]);
+  }
+  function poll() {
+    fetch("/stats.json").then(function (r) { return r.json(); }).then(apply)
+      .catch(function () {}).then(function () { setTimeout(poll, 2000); });
+  }
+  if (window.EventSource) {
+    var es = new EventSource("/events");
+    var opened = false;
+    es.onopen = function () { opened = true; };
+    es.onmessage = function (e) { try { apply(JSON.parse(e.data)); } catch (err) { } };
+    es.onerror = function () { if (!opened) { es.close(); poll(); } };
+  } else {
+    poll();
+  }
+})();
