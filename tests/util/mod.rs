@@ -6,6 +6,7 @@
 //! Every wait here is bounded: a test that hangs is a test that lies.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod chatbus;
 pub mod netns;
 pub mod tls;

@@ -36,7 +36,10 @@
     });
     return t;
   }
-  function draw(id, series, colours, labels) {
+  function rate(v, bytes) {
+    return bytes ? human(Math.round(v)) + "/s" : Math.round(v) + "/s";
+  }
+  function draw(id, series, colours, labels, bytes) {
     var svg = document.getElementById(id);
     if (!svg) { return; }
     var max = 1;
@@ -49,12 +52,13 @@
         var y = top + (h - top - bottom) * (1 - v / max);
         return x.toFixed(1) + "," + y.toFixed(1);
       });
-      out += '<polyline fill="none" stroke-width="1.5" stroke="' + colours[k] + '" points="' +
-        pts.join(" ") + '"/>';
-      out += '<text x="' + (8 + 150 * k) + '" y="' + (h - 5) + '" fill="' + colours[k] + '">' +
-        labels[k] + " " + (s.length ? Math.round(s[s.length - 1]) : 0) + "/s</text>";
+      // The second series dashed: equal rates (an echo's in and out) stay both visible.
+      out += '<polyline fill="none" stroke-width="' + (k ? 2.5 : 1.5) + '" stroke="' + colours[k] +
+        '"' + (k ? ' stroke-dasharray="5 4"' : "") + ' points="' + pts.join(" ") + '"/>';
+      out += '<text x="' + (8 + 200 * k) + '" y="' + (h - 5) + '" fill="' + colours[k] + '">' +
+        labels[k] + " " + rate(s.length ? s[s.length - 1] : 0, bytes) + "</text>";
     });
-    out += '<text x="' + (w - 4) + '" y="12" text-anchor="end">max ' + Math.round(max) + "/s</text>";
+    out += '<text x="' + (w - 4) + '" y="12" text-anchor="end">max ' + rate(max, bytes) + "</text>";
     svg.innerHTML = out;
   }
   function rates(key) {
@@ -93,8 +97,27 @@
     t.t = now;
     history.push(t);
     if (history.length > KEEP + 1) { history.shift(); }
-    draw("chart-req", [rates("req"), rates("conns")], ["#1f77b4", "#d62728"], ["requests", "connections"]);
-    draw("chart-bytes", [rates("bin"), rates("bout")], ["#2ca02c", "#ff7f0e"], ["bytes in", "bytes out"]);
+    draw("chart-req", [rates("req"), rates("conns")], ["#1f77b4", "#d62728"], ["requests", "connections"], false);
+    draw("chart-bytes", [rates("bin"), rates("bout")], ["#2ca02c", "#ff7f0e"], ["bytes in", "bytes out"], true);
+    perWorker(s.per_worker || []);
+  }
+  function perWorker(workers) {
+    var table = document.getElementById("workers-table");
+    if (!table) { return; }
+    var rows = '<tr><th>worker</th><th>open</th><th>accepted</th><th>bytes in</th><th>bytes out</th></tr>';
+    workers.forEach(function (w) {
+      var t = { open: 0, acc: 0, bin: 0, bout: 0 };
+      Object.keys(w.services || {}).forEach(function (name) {
+        var c = w.services[name];
+        t.open += c.connections_open || 0;
+        t.acc += c.connections_accepted || 0;
+        t.bin += c.bytes_received || 0;
+        t.bout += c.bytes_sent || 0;
+      });
+      rows += "<tr><td>" + w.worker + "</td><td>" + t.open + "</td><td>" + t.acc + "</td><td>" +
+        t.bin + "</td><td>" + t.bout + "</td></tr>";
+    });
+    table.innerHTML = rows;
   }
   function poll() {
     fetch("/stats.json").then(function (r) { return r.json(); }).then(apply)
