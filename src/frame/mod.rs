@@ -13,6 +13,8 @@
 //!   over-long line is reported once and skipped without being buffered
 //!   ([`LinesDecoder`], [`encode_line`]).
 //! - [`proxy`]: the PROXY protocol header (v1, v2) a load balancer sends first.
+//! - [`websocket`]: RFC 6455 frames (server side): the handshake's key, client frames
+//!   into messages with the RFC's close codes for every violation, server frames out.
 //! - [`leftover`]: a connection's leftover input ([`Leftover`]): the buffer
 //!   the reactor keeps each stream connection's partial request in, and
 //!   [`Leftover::feed`], the reference way to drive any [`Decoder`] over a
@@ -46,6 +48,7 @@ pub mod leftover;
 pub mod length;
 pub mod lines;
 pub mod proxy;
+pub mod websocket;
 pub(crate) mod resp;
 
 #[doc(hidden)]
