@@ -48,8 +48,8 @@ pub mod leftover;
 pub mod length;
 pub mod lines;
 pub mod proxy;
-pub mod websocket;
 pub(crate) mod resp;
+pub mod websocket;
 
 #[doc(hidden)]
 pub mod fuzz;

@@ -110,7 +110,12 @@ impl WsDecoder {
     }
 
     /// Joins a frame into the message under way, or makes it one.
-    fn take(&mut self, fin: bool, opcode: u8, payload: Vec<u8>) -> Result<Option<WsMessage>, WsError> {
+    fn take(
+        &mut self,
+        fin: bool,
+        opcode: u8,
+        payload: Vec<u8>,
+    ) -> Result<Option<WsMessage>, WsError> {
         match opcode {
             PING | PONG | CLOSE => {
                 if !fin {
@@ -130,7 +135,9 @@ impl WsDecoder {
             }
             CONTINUATION => {
                 let Some((first, mut joined)) = self.fragments.take() else {
-                    return Err(WsError::Protocol("a continuation with no message under way"));
+                    return Err(WsError::Protocol(
+                        "a continuation with no message under way",
+                    ));
                 };
                 if joined.len().saturating_add(payload.len()) > self.max_message {
                     return Err(WsError::TooBig {
@@ -202,7 +209,9 @@ fn parse_frame(input: &[u8], max_payload: usize) -> Result<Option<RawFrame>, WsE
         return Ok(None);
     };
     if b0 & 0x70 != 0 {
-        return Err(WsError::Protocol("reserved bits set (no extension was agreed)"));
+        return Err(WsError::Protocol(
+            "reserved bits set (no extension was agreed)",
+        ));
     }
     let (fin, opcode) = (b0 & 0x80 != 0, b0 & 0x0F);
     if b1 & 0x80 == 0 {
@@ -367,7 +376,10 @@ mod tests {
             WsMessage::Binary(vec![0; 300]),
             WsMessage::Close(Some(1000)),
         ];
-        assert_eq!(decode_all(&mut WsDecoder::new(4096), &stream).unwrap(), want);
+        assert_eq!(
+            decode_all(&mut WsDecoder::new(4096), &stream).unwrap(),
+            want
+        );
         // Byte by byte, through a buffer as the reactor keeps one.
         let mut d = WsDecoder::new(4096);
         let (mut buf, mut got) = (Vec::new(), Vec::new());
@@ -384,14 +396,17 @@ mod tests {
     #[test]
     fn each_violation_gets_its_close_code() {
         let cases: Vec<(Vec<u8>, u16)> = vec![
-            (vec![0x81, 0x05, b'h', b'e', b'l', b'l', b'o'], CLOSE_PROTOCOL), // unmasked
-            (client(0xC1, b"x"), CLOSE_PROTOCOL),                              // RSV1
-            (client(0x83, b"x"), CLOSE_PROTOCOL),                              // opcode 3
-            (client(0x8B, b"x"), CLOSE_PROTOCOL),                              // opcode 0xB
-            (client(0x09, b"x"), CLOSE_PROTOCOL),                              // fragmented ping
-            (client(0x89, &[0u8; 126]), CLOSE_PROTOCOL),                       // long ping
-            (client(0x80, b"x"), CLOSE_PROTOCOL),                              // lone continuation
-            (client(0x81, &[0xff, 0xfe]), CLOSE_INVALID_DATA),                 // not UTF-8
+            (
+                vec![0x81, 0x05, b'h', b'e', b'l', b'l', b'o'],
+                CLOSE_PROTOCOL,
+            ), // unmasked
+            (client(0xC1, b"x"), CLOSE_PROTOCOL),        // RSV1
+            (client(0x83, b"x"), CLOSE_PROTOCOL),        // opcode 3
+            (client(0x8B, b"x"), CLOSE_PROTOCOL),        // opcode 0xB
+            (client(0x09, b"x"), CLOSE_PROTOCOL),        // fragmented ping
+            (client(0x89, &[0u8; 126]), CLOSE_PROTOCOL), // long ping
+            (client(0x80, b"x"), CLOSE_PROTOCOL),        // lone continuation
+            (client(0x81, &[0xff, 0xfe]), CLOSE_INVALID_DATA), // not UTF-8
             (client(0x81, &[0u8; 5000]), CLOSE_TOO_BIG),
             (client(0x88, &[0x03]), CLOSE_PROTOCOL),
             (client(0x88, &1005u16.to_be_bytes()), CLOSE_PROTOCOL),
@@ -440,7 +455,13 @@ mod tests {
         text_lines(b"* welcome guest-1\r\nbob: hi\n", &mut out);
         assert_eq!(
             out,
-            [&[0x81, 17][..], b"* welcome guest-1", &[0x81, 7], b"bob: hi"].concat()
+            [
+                &[0x81, 17][..],
+                b"* welcome guest-1",
+                &[0x81, 7],
+                b"bob: hi"
+            ]
+            .concat()
         );
         let mut out = Vec::new();
         close(1009, &"r".repeat(300), &mut out);

@@ -125,7 +125,7 @@ impl Conn {
                     // checked against the policy, which is what is under test.
                     Action::Exec(_) => return,
                     // No service under fuzzing streams; a wake would come a second later.
-                    Action::Wake(_) => {}
+                    Action::Wake(_) | Action::UpgradeToWsChat => {}
                 }
             }
             if self.service.has_output() {

@@ -5,6 +5,8 @@ use mio::Token;
 
 use super::stream::update_interest;
 use super::{Entry, Reactor};
+use crate::kind::ServiceKind;
+use crate::service::{Event, StreamService};
 
 impl Reactor {
     /// Delivers the chat lines a member of this worker produced: to the other members here,
@@ -45,7 +47,11 @@ impl Reactor {
         if c.dead || c.drain.as_ref().is_some_and(|d| d.said_bye) {
             return;
         }
-        c.out.extend(bytes);
+        if c.service.frames_chat() {
+            crate::frame::websocket::text_lines(bytes, c.out.tail());
+        } else {
+            c.out.extend(bytes);
+        }
         let result = c.out.write_to(&mut c.transport);
         let sent = result.as_ref().map_or(0, |n| *n);
         let kind = c.kind;
@@ -64,5 +70,40 @@ impl Reactor {
         }
         let counters = self.svc.counters.service(kind);
         counters.bytes_sent = counters.bytes_sent.saturating_add(sent as u64);
+    }
+
+    /// A metrics connection answered `/chat`'s WebSocket handshake: it becomes a chat member
+    /// (counted as chat from now on), joins the room, and what it sent after the handshake is
+    /// decoded as frames on its next turn.
+    pub(super) fn upgrade_to_ws_chat(&mut self, token: Token) {
+        let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) else {
+            return;
+        };
+        if c.dead {
+            return;
+        }
+        c.service = StreamService::WsChat(Box::default());
+        let was = std::mem::replace(&mut c.kind, ServiceKind::Chat);
+        c.served = true;
+        // Held input (frames sent right behind the handshake) is the new service's.
+        c.service_paused = true;
+        let opened = Event::Opened {
+            id: c.id,
+            authenticated: false,
+        };
+        c.service
+            .on_event(opened, c.out.tail(), &mut self.svc.ctx());
+        if !c.queued {
+            c.queued = true;
+            self.core.ready.push(token);
+        }
+        let before = self.svc.counters.service(was);
+        before.open = before.open.saturating_sub(1);
+        let chat = self.svc.counters.service(ServiceKind::Chat);
+        chat.open = chat.open.saturating_add(1);
+        chat.accepted = chat.accepted.saturating_add(1);
+        if !self.svc.others.is_empty() {
+            self.deliver_to_others(token);
+        }
     }
 }

@@ -443,6 +443,7 @@ impl Reactor {
                     let at = self.core.now + after;
                     self.core.timers.push(at, TimerKind::Wake(token));
                 }
+                Action::UpgradeToWsChat => self.upgrade_to_ws_chat(token),
             }
             next = match self.core.sources.get_mut(token) {
                 Some(Entry::Conn(c)) if !c.dead => c.service.poll_action(),

@@ -13,6 +13,8 @@ use std::time::Duration;
 use super::Step;
 use super::status_page::{self, ListenerSummary};
 use super::{Action, Awaiting};
+use crate::frame::websocket as ws;
+use crate::kind::ServiceKind;
 use crate::metrics::{Counters, Gathered, Peers};
 
 /// How often an `/events` viewer gets a snapshot.
@@ -36,6 +38,9 @@ pub struct MetricsHttp {
     events: Option<Events>,
     /// The listeners, for the status page.
     listeners: Arc<Vec<ListenerSummary>>,
+    /// `/chat`'s handshake was answered: the connection is to become a chat member
+    /// (`Action::UpgradeToWsChat`, once); nothing more is read as HTTP.
+    upgrade: Option<bool>,
 }
 
 /// A scrape waiting for every worker's counters.
@@ -118,6 +123,9 @@ fn refuse(out: &mut Vec<u8>, status: &str, why: &str) {
     }
     .write(out);
 }
+
+/// The chat page (`/chat.html`): a WebSocket client of `/chat`, in the binary.
+const CHAT_PAGE: &str = include_str!("status_page/chat.html");
 
 /// Plain text: errors, and the Prometheus exposition format.
 const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -210,12 +218,16 @@ impl MetricsHttp {
 
     /// Whether more requests are read.
     pub fn accepts_input(&self) -> bool {
-        !self.closing && self.scrape.is_none() && self.events.is_none()
+        !self.closing && self.scrape.is_none() && self.events.is_none() && self.upgrade.is_none()
     }
 
     /// A scrape asks the reactor for every worker's counters, once; an `/events` stream asks to
     /// be woken for its next snapshot.
     pub fn poll_action(&mut self) -> Option<Action> {
+        if let Some(asked @ false) = &mut self.upgrade {
+            *asked = true;
+            return Some(Action::UpgradeToWsChat);
+        }
         if let Some(scrape) = self.scrape.as_mut().filter(|s| !s.asked) {
             scrape.asked = true;
             return Some(Action::Counters);
@@ -349,6 +361,19 @@ impl MetricsHttp {
             "/stats.json" => Some(Reply::Json),
             "/" | "/index.html" => Some(Reply::Page),
             "/events" => Some(Reply::Event),
+            "/chat" => return self.websocket(req, out),
+            "/chat.html" if method == "GET" || method == "HEAD" => {
+                Response {
+                    status: "200 OK",
+                    content_type: "text/html; charset=utf-8",
+                    extra: "",
+                    body: CHAT_PAGE,
+                    close,
+                    head_only,
+                }
+                .write(out);
+                return close;
+            }
             _ => None,
         };
         let exposition;
@@ -405,6 +430,97 @@ impl MetricsHttp {
         }
         .write(out);
         close
+    }
+}
+
+impl MetricsHttp {
+    /// `/chat`: a WebSocket opening handshake (RFC 6455 section 4.2), answered `101` (and the
+    /// connection becomes a chat member) or refused with the status the RFC gives; returns
+    /// whether the connection closes.
+    fn websocket(&mut self, req: &httparse::Request<'_, '_>, out: &mut Vec<u8>) -> bool {
+        let header = |name: &str| {
+            req.headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                .collect::<Vec<_>>()
+        };
+        let has_token = |name: &str, token: &str| {
+            header(name)
+                .iter()
+                .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+                .any(|t| t == token)
+        };
+        let refuse_with = |out: &mut Vec<u8>, status: &str, extra: &str, why: &str| {
+            let body = format!("{why}\n");
+            Response {
+                status,
+                content_type: TEXT,
+                extra,
+                body: &body,
+                close: true,
+                head_only: false,
+            }
+            .write(out);
+            true
+        };
+        if req.method != Some("GET") {
+            return refuse_with(
+                out,
+                "405 Method Not Allowed",
+                "Allow: GET\r\n",
+                "a WebSocket handshake is a GET",
+            );
+        }
+        if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+            return refuse_with(
+                out,
+                "426 Upgrade Required",
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n",
+                "/chat is a WebSocket: Upgrade: websocket and Connection: Upgrade are needed",
+            );
+        }
+        let versions = header("sec-websocket-version");
+        if versions.len() != 1 || versions.first().map(|v| v.trim()) != Some("13") {
+            return refuse_with(
+                out,
+                "426 Upgrade Required",
+                "Sec-WebSocket-Version: 13\r\n",
+                "only WebSocket version 13 is spoken here",
+            );
+        }
+        let keys = header("sec-websocket-key");
+        let accept = match keys.as_slice() {
+            [key] => ws::accept_key(key),
+            _ => None,
+        };
+        let Some(accept) = accept else {
+            return refuse_with(
+                out,
+                "400 Bad Request",
+                "",
+                "Sec-WebSocket-Key must be one base64 value of 16 bytes",
+            );
+        };
+        if self
+            .listeners
+            .iter()
+            .any(|l| l.service == ServiceKind::Chat && l.auth)
+        {
+            return refuse_with(
+                out,
+                "403 Forbidden",
+                "",
+                "the chat room asks for authentication, which WebSocket members cannot give yet",
+            );
+        }
+        let head = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        out.extend_from_slice(head.as_bytes());
+        self.upgrade = Some(false);
+        false
     }
 }
 

@@ -45,6 +45,7 @@ pub mod status_page;
 pub mod store;
 pub mod time;
 pub mod upper;
+pub mod ws_chat;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -79,6 +80,8 @@ pub enum StreamService {
     /// Boxed, like `Files`.
     Chat(Box<chat::Chat>),
     Metrics(metrics_http::MetricsHttp),
+    /// A chat member over WebSocket: a metrics connection that asked for `/chat`.
+    WsChat(Box<ws_chat::WsChat>),
 }
 
 /// What the stream services of a reactor share.
@@ -149,6 +152,9 @@ pub enum Action {
     /// Wake the connection's service after this long (`Event::Wake`): a stream's next
     /// snapshot. Skipped while the connection's output is backed up.
     Wake(std::time::Duration),
+    /// The connection becomes a chat member over WebSocket (the handshake's answer is
+    /// written): the reactor swaps its service and it joins the room.
+    UpgradeToWsChat,
 }
 
 impl std::fmt::Debug for Action {
@@ -159,6 +165,7 @@ impl std::fmt::Debug for Action {
             Action::Exec(req) => f.debug_tuple("Exec").field(req).finish(),
             Action::Counters => f.write_str("Counters"),
             Action::Wake(d) => f.debug_tuple("Wake").field(d).finish(),
+            Action::UpgradeToWsChat => f.write_str("UpgradeToWsChat"),
         }
     }
 }
@@ -226,6 +233,7 @@ impl StreamService {
             StreamService::Files(s) => return s.on_input(input, out, ctx.counters, ctx.peers),
             StreamService::Chat(s) => return s.on_input(input, out, ctx.room, ctx.others),
             StreamService::Metrics(s) => return s.on_input(input, out, ctx.counters, ctx.peers),
+            StreamService::WsChat(s) => return s.on_input(input, out, ctx.room, ctx.others),
         };
         Step {
             consumed: consumed.0,
@@ -240,6 +248,10 @@ impl StreamService {
                 c.join(id, ctx.room, out, ctx.others);
             }
             (StreamService::Chat(c), Event::Closing) => c.leave(ctx.room, ctx.others),
+            (StreamService::WsChat(c), Event::Opened { id, .. }) => {
+                c.join(id, ctx.room, out, ctx.others);
+            }
+            (StreamService::WsChat(c), Event::Closing) => c.leave(ctx.room, ctx.others),
             (StreamService::Files(f), ev) => f.on_event(ev, out, ctx.counters),
             (StreamService::Metrics(m), Event::Counters(g)) => m.on_counters(g, out),
             (StreamService::Metrics(m), Event::Wake) => m.on_wake(),
@@ -279,6 +291,7 @@ impl StreamService {
             StreamService::Files(s) => s.accepts_input(),
             StreamService::Chat(s) => s.accepts_input(),
             StreamService::Metrics(s) => s.accepts_input(),
+            StreamService::WsChat(s) => s.accepts_input(),
             _ => true,
         }
     }
@@ -312,16 +325,20 @@ impl StreamService {
     /// The connection has been idle for `idle` and is about to be closed: a chat member is
     /// told why. Input stops; what the service writes here is sent before the close.
     pub fn on_idle_close(&mut self, idle: Duration, out: &mut Vec<u8>) {
-        if let StreamService::Chat(c) = self {
-            c.idle_closing(idle, out);
+        match self {
+            StreamService::Chat(c) => c.idle_closing(idle, out),
+            StreamService::WsChat(c) => c.idle_closing(idle, out),
+            _ => {}
         }
     }
 
     /// The server is shutting down and this connection owes nothing more: what it says last,
     /// before its write side is shut down (a chat member is told).
     pub fn on_shutdown(&mut self, out: &mut Vec<u8>) {
-        if let StreamService::Chat(c) = self {
-            c.shutting_down(out);
+        match self {
+            StreamService::Chat(c) => c.shutting_down(out),
+            StreamService::WsChat(c) => c.shutting_down(out),
+            _ => {}
         }
     }
 
@@ -344,7 +361,9 @@ impl StreamService {
     pub fn mid_request(&self, held: usize) -> bool {
         match self {
             StreamService::Echo(_) | StreamService::Upper(_) => false,
-            StreamService::Files(_) | StreamService::Metrics(_) => held > 0,
+            StreamService::Files(_) | StreamService::Metrics(_) | StreamService::WsChat(_) => {
+                held > 0
+            }
             StreamService::Chat(c) => held > 0 || c.mid_line(),
         }
     }
@@ -354,7 +373,12 @@ impl StreamService {
     /// other connection is served once it has sent a complete request; until then it is held
     /// to `--handshake-timeout`.
     pub fn served_on_open(&self) -> bool {
-        matches!(self, StreamService::Chat(_))
+        matches!(self, StreamService::Chat(_) | StreamService::WsChat(_))
+    }
+
+    /// Whether the room's lines reach this member as WebSocket text frames.
+    pub fn frames_chat(&self) -> bool {
+        matches!(self, StreamService::WsChat(_))
     }
 
     /// What a connection to a `kind` listener is told when it is refused at accept because its

@@ -131,6 +131,7 @@ impl Sim {
         while let Some(action) = self.c.service.poll_action() {
             match action {
                 Action::Disk(job) => self.disk.push_back(job),
+                Action::Wake(_) | Action::UpgradeToWsChat => {}
                 Action::Counters => {
                     let gathered = Gathered::alone(0, &self.svc.counters);
                     let event = Event::Counters(&gathered);
