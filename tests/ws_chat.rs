@@ -324,3 +324,78 @@ fn a_ping_flood_and_a_browser_that_never_reads_are_cut_off_alone() {
     let mut fresh = member(metrics);
     text_until(&mut fresh, "* welcome");
 }
+
+/// Two headless Chromium pages on `/chat.html` and a TCP member: each hears the others.
+#[test]
+fn two_browser_tabs_and_a_tcp_member_chat() {
+    let server = server(&[]);
+    let (metrics, chat) = (server.tcp("metrics"), server.tcp("chat"));
+    let mut tcp = tcp_member(chat);
+    say(&mut tcp, "/nick terminal");
+    tcp_until(&mut tcp, "terminal");
+    let addr = chat;
+    let tcp_side = std::thread::spawn(move || {
+        let a = tcp_until(&mut tcp, "hello from tab-a");
+        let b = tcp_until(&mut tcp, "hello from tab-b");
+        say(&mut tcp, "hello tabs, from the terminal");
+        // Keep the member until the pages have read it.
+        tcp_until(&mut tcp, "done-b");
+        (a, b, addr)
+    });
+    let out = util::browser::node(
+        TABS,
+        &[&format!("http://{metrics}/chat.html")],
+        Duration::from_secs(90),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a, b, _) = tcp_side.join().unwrap();
+    assert!(a.starts_with("tab-a ") && b.starts_with("tab-b "), "{a}{b}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    for tab in ["a", "b"] {
+        let log = v[tab].as_str().unwrap();
+        assert!(
+            log.contains("terminal hello tabs, from the terminal"),
+            "{tab}: {log}"
+        );
+    }
+    assert!(
+        v["a"].as_str().unwrap().contains("tab-b hello from tab-b"),
+        "{v}"
+    );
+}
+
+/// The browser's part: two pages, each names itself and speaks, then waits (bounded) for
+/// the terminal's line; prints both logs.
+const TABS: &str = r#"
+const { chromium } = require('playwright-core');
+(async () => {
+  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM, args: ['--no-sandbox'] });
+  const open = async (name) => {
+    const page = await browser.newPage();
+    await page.goto(process.argv[2]);
+    await page.waitForFunction(() => document.getElementById('log').textContent.includes('* welcome'), null, { timeout: 15000 });
+    await page.fill('#line', '/nick ' + name);
+    await page.press('#line', 'Enter');
+    await page.waitForFunction((n) => document.getElementById('log').textContent.includes('is now ' + n) || document.getElementById('log').textContent.includes(n), name, { timeout: 15000 });
+    return page;
+  };
+  const a = await open('tab-a');
+  const b = await open('tab-b');
+  await a.fill('#line', 'hello from tab-a'); await a.press('#line', 'Enter');
+  await b.waitForFunction(() => document.getElementById('log').textContent.includes('hello from tab-a'), null, { timeout: 15000 });
+  await b.fill('#line', 'hello from tab-b'); await b.press('#line', 'Enter');
+  await a.waitForFunction(() => document.getElementById('log').textContent.includes('hello from tab-b'), null, { timeout: 15000 });
+  for (const p of [a, b]) {
+    await p.waitForFunction(() => document.getElementById('log').textContent.includes('from the terminal'), null, { timeout: 15000 });
+  }
+  await b.fill('#line', 'done-b'); await b.press('#line', 'Enter');
+  const log = (p) => p.evaluate(() => Array.from(document.querySelectorAll('#log div')).map(d => d.textContent).join('\n'));
+  console.log(JSON.stringify({ a: await log(a), b: await log(b) }));
+  await browser.close();
+})().catch(e => { console.error(String(e)); process.exit(1); });
+"#;

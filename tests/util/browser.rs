@@ -46,7 +46,9 @@ fn playwright_dir() -> PathBuf {
 /// Chromium path is in the environment as `CHROMIUM`.
 pub fn node(script: &str, args: &[&str], bound: Duration) -> Output {
     let dir = playwright_dir();
-    let file = dir.join(format!("script-{}.js", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = dir.join(format!("script-{}-{n}.js", std::process::id()));
     std::fs::write(&file, script).unwrap();
     let mut cmd = Command::new("node");
     cmd.arg(&file)
