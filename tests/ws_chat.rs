@@ -399,3 +399,55 @@ const { chromium } = require('playwright-core');
   await browser.close();
 })().catch(e => { console.error(String(e)); process.exit(1); });
 "#;
+
+/// A chat that asks for authentication: a browser's way in is a TLS client certificate on the
+/// metrics listener; without one (a plain metrics listener) the handshake is refused with 403.
+#[test]
+fn an_authenticating_chat_takes_websocket_members_with_client_certificates_only() {
+    use util::tls::{Certs, PY_PRELUDE, python_ok};
+    let certs = Certs::new("ws-auth");
+    let secret = certs.path("secret");
+    std::fs::write(&secret, "s3cret").unwrap();
+    let secret = secret.display().to_string();
+    // Plain metrics: 403.
+    let plain = server(&["--auth", "chat", "--auth-secret-file", &secret]);
+    let (_, head) = handshake(plain.tcp("metrics"), &good_headers());
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    // Metrics with TLS client certificates: 101, and the member is welcomed.
+    let tls = server(&[
+        "--auth",
+        "chat",
+        "--auth-secret-file",
+        &secret,
+        "--tls",
+        "metrics",
+        "--tls-cert",
+        &certs.s("server.pem"),
+        "--tls-key",
+        &certs.s("server.key"),
+        "--tls-client-ca",
+        &certs.s("ca.pem"),
+    ]);
+    let script = format!(
+        "{PY_PRELUDE}{}",
+        r#"
+s = connect(context(sys.argv[1], sys.argv[3], sys.argv[4]), int(sys.argv[2]))
+s.sendall(('GET /chat HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n'
+           'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n').encode())
+got = recv_until(s, b'welcome')
+print(got.split(b'\r\n')[0].decode(), 'welcome' if b'* welcome' in got else 'no welcome')
+"#
+    );
+    let port = tls.tcp("metrics").port().to_string();
+    let out = python_ok(
+        &script,
+        &[
+            &certs.s("ca.pem"),
+            &port,
+            &certs.s("client.pem"),
+            &certs.s("client.key"),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.trim(), "HTTP/1.1 101 Switching Protocols welcome");
+}

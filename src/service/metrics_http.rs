@@ -41,6 +41,9 @@ pub struct MetricsHttp {
     /// `/chat`'s handshake was answered: the connection is to become a chat member
     /// (`Action::UpgradeToWsChat`, once); nothing more is read as HTTP.
     upgrade: Option<bool>,
+    /// The client authenticated when it connected (a TLS client certificate the metrics
+    /// listener verified, or its HMAC handshake): it may join a chat that asks for that.
+    authenticated: bool,
 }
 
 /// A scrape waiting for every worker's counters.
@@ -235,6 +238,11 @@ impl MetricsHttp {
         let events = self.events.as_mut().filter(|e| e.wake_wanted)?;
         events.wake_wanted = false;
         Some(Action::Wake(EVENT_EVERY))
+    }
+
+    /// The connection is open; `authenticated` as its listener established.
+    pub fn on_opened(&mut self, authenticated: bool) {
+        self.authenticated = authenticated;
     }
 
     /// The stream's snapshot is due: gather the counters for it.
@@ -502,16 +510,18 @@ impl MetricsHttp {
                 "Sec-WebSocket-Key must be one base64 value of 16 bytes",
             );
         };
-        if self
-            .listeners
-            .iter()
-            .any(|l| l.service == ServiceKind::Chat && l.auth)
+        if !self.authenticated
+            && self
+                .listeners
+                .iter()
+                .any(|l| l.service == ServiceKind::Chat && l.auth)
         {
             return refuse_with(
                 out,
                 "403 Forbidden",
                 "",
-                "the chat room asks for authentication, which WebSocket members cannot give yet",
+                "the chat room asks for authentication: connect to a metrics listener that \
+                 verifies TLS client certificates (--tls metrics --tls-client-ca)",
             );
         }
         let head = format!(

@@ -248,6 +248,9 @@ impl StreamService {
                 c.join(id, ctx.room, out, ctx.others);
             }
             (StreamService::Chat(c), Event::Closing) => c.leave(ctx.room, ctx.others),
+            (StreamService::Metrics(m), Event::Opened { authenticated, .. }) => {
+                m.on_opened(authenticated);
+            }
             (StreamService::WsChat(c), Event::Opened { id, .. }) => {
                 c.join(id, ctx.room, out, ctx.others);
             }
