@@ -161,6 +161,24 @@ impl RateLimited {
     }
 }
 
+/// A new connection's transport: TLS when its listener has it; `None` when TLS cannot start.
+fn transport_for(
+    socket: StreamSocket,
+    tls: Option<Arc<ListenerTls>>,
+    kind: ServiceKind,
+) -> Option<Transport> {
+    let Some(tls) = tls else {
+        return Some(Transport::Plain(socket));
+    };
+    match TlsSocket::server(socket, Arc::clone(&tls.config)) {
+        Ok(t) => Some(Transport::Tls(Box::new(t))),
+        Err(e) => {
+            tracing::warn!(service = %kind, "cannot start a TLS connection: {e}");
+            None
+        }
+    }
+}
+
 fn is_fd_exhaustion(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -390,16 +408,9 @@ impl Reactor {
         // A verified client certificate is the handshake's to require: nothing reaches the
         // service before it has passed.
         let cert_authenticated = tls.as_ref().is_some_and(|t| t.verifies_clients());
-        let transport = match tls {
-            Some(tls) => match TlsSocket::server(socket, Arc::clone(&tls.config)) {
-                Ok(t) => Transport::Tls(Box::new(t)),
-                Err(e) => {
-                    tracing::warn!(service = %kind, "cannot start a TLS connection: {e}");
-                    self.admission.release(ip);
-                    return None;
-                }
-            },
-            None => Transport::Plain(socket),
+        let Some(transport) = transport_for(socket, tls, kind) else {
+            self.admission.release(ip);
+            return None;
         };
         let handshaking = transport.is_handshaking();
         let mut conn = Conn::new(transport, kind, service, self.core.now);

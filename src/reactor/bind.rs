@@ -171,6 +171,22 @@ fn open_shared(config: &ServerConfig) -> Result<Shared, StartError> {
     Ok(shared)
 }
 
+/// The signals the loop hears, through a pipe in its poll. SIGCHLD tells the loop to reap
+/// `exec`'s children; SIGUSR2 starts a successor (`handover/`); SIGHUP reloads the TLS
+/// certificates, when there are any (otherwise it keeps its default, the end of the process,
+/// as before TLS).
+fn watch_signals(poll: &Poll, tls: &TlsSet) -> Result<Signals, StartError> {
+    let mut wanted = vec![libc::SIGINT, libc::SIGTERM, libc::SIGCHLD, libc::SIGUSR2];
+    if !tls.is_empty() {
+        wanted.push(libc::SIGHUP);
+    }
+    let mut signals = Signals::new(wanted).map_err(StartError::Signals)?;
+    poll.registry()
+        .register(&mut signals, SIGNAL, Interest::READABLE)
+        .map_err(StartError::Signals)?;
+    Ok(signals)
+}
+
 impl Reactor {
     /// Binds every configured listener and registers it. Nothing is served until `run`.
     pub fn bind(
@@ -185,18 +201,7 @@ impl Reactor {
             return Err(StartError::NoSecret(l.service));
         }
         let poll = Poll::new().map_err(StartError::Poll)?;
-        // SIGCHLD tells the loop to reap `exec`'s children.
-        // SIGUSR2 starts a successor (`handover/`).
-        // SIGHUP reloads the TLS certificates, when there are any: otherwise it keeps its
-        // default (the end of the process), as before TLS.
-        let mut wanted = vec![libc::SIGINT, libc::SIGTERM, libc::SIGCHLD, libc::SIGUSR2];
-        if !tls.is_empty() {
-            wanted.push(libc::SIGHUP);
-        }
-        let mut signals = Signals::new(wanted).map_err(StartError::Signals)?;
-        poll.registry()
-            .register(&mut signals, SIGNAL, Interest::READABLE)
-            .map_err(StartError::Signals)?;
+        let signals = watch_signals(&poll, &tls)?;
         let waker = Waker::new(poll.registry(), WAKER).map_err(|source| StartError::Register {
             what: "the waker".into(),
             source,

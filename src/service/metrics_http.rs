@@ -70,6 +70,8 @@ enum Reply {
     Page,
     /// One server-sent event of `/events`.
     Event,
+    /// The chat page (no counters needed).
+    ChatPage,
 }
 
 /// An `/events` stream.
@@ -277,6 +279,8 @@ impl MetricsHttp {
                 status_page::page(gathered, &self.listeners),
                 "text/html; charset=utf-8",
             ),
+            // Served at once, never gathered for.
+            Reply::ChatPage => return,
             Reply::Event => {
                 status_page::event(gathered, &self.listeners, out);
                 if let Some(events) = &mut self.events {
@@ -370,36 +374,18 @@ impl MetricsHttp {
             "/" | "/index.html" => Some(Reply::Page),
             "/events" => Some(Reply::Event),
             "/chat" => return self.websocket(req, out),
-            "/chat.html" if method == "GET" || method == "HEAD" => {
-                Response {
-                    status: "200 OK",
-                    content_type: "text/html; charset=utf-8",
-                    extra: "",
-                    body: CHAT_PAGE,
-                    close,
-                    head_only,
-                }
-                .write(out);
-                return close;
-            }
+            "/chat.html" => Some(Reply::ChatPage),
             _ => None,
         };
         let exposition;
-        let (status, extra, body) = match (method, reply) {
-            ("GET", Some(Reply::Event)) => {
-                // A stream: the head now, then an event a second until the viewer leaves. Its
-                // end is the connection's, so no length is given.
-                out.extend_from_slice(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
-                      Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-                );
-                self.events = Some(Events { wake_wanted: false });
-                self.on_wake();
-                return false;
+        let (status, content_type, extra, body) = match (method, reply) {
+            ("GET", Some(Reply::Event)) => return self.start_events(out),
+            ("GET" | "HEAD", Some(Reply::ChatPage)) => {
+                ("200 OK", "text/html; charset=utf-8", "", CHAT_PAGE)
             }
             ("GET" | "HEAD", Some(Reply::Metrics)) if peers.alone() => {
                 exposition = Gathered::alone(peers.worker, counters).prometheus();
-                ("200 OK", "", exposition.as_str())
+                ("200 OK", TEXT, "", exposition.as_str())
             }
             // The page and the JSON show the process's memory too, which the reactor reads
             // when it gathers the counters.
@@ -414,23 +400,26 @@ impl MetricsHttp {
             }
             (_, Some(Reply::Event)) => (
                 "405 Method Not Allowed",
+                TEXT,
                 "Allow: GET\r\n",
                 "only GET is served here\n",
             ),
             (_, Some(_)) => (
                 "405 Method Not Allowed",
+                TEXT,
                 "Allow: GET, HEAD\r\n",
                 "only GET and HEAD are served here\n",
             ),
             (_, None) => (
                 "404 Not Found",
+                TEXT,
                 "",
-                "served here: / (status page), /metrics, /stats.json, /events\n",
+                "served here: / (status page), /metrics, /stats.json, /events, /chat, /chat.html\n",
             ),
         };
         Response {
             status,
-            content_type: TEXT,
+            content_type,
             extra,
             body,
             close,
@@ -439,98 +428,118 @@ impl MetricsHttp {
         .write(out);
         close
     }
+
+    /// `/events`: the head now, then an event a second until the viewer leaves (its end is
+    /// the connection's, so no length is given); the connection stays open.
+    fn start_events(&mut self, out: &mut Vec<u8>) -> bool {
+        out.extend_from_slice(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+              Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        );
+        self.events = Some(Events { wake_wanted: false });
+        self.on_wake();
+        false
+    }
+}
+
+/// Why a WebSocket handshake is refused: status, extra header lines, the reason.
+type Refusal = (&'static str, &'static str, &'static str);
+
+/// The values of every `name` field of a request.
+fn fields<'r>(req: &'r httparse::Request<'_, '_>, name: &'r str) -> impl Iterator<Item = &'r str> {
+    req.headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| std::str::from_utf8(h.value).unwrap_or(""))
+}
+
+/// Whether a `name` field lists `token` (case-insensitive, comma-separated).
+fn lists(req: &httparse::Request<'_, '_>, name: &str, token: &str) -> bool {
+    fields(req, name)
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Checks a WebSocket opening handshake (RFC 6455 section 4.2.1); returns the
+/// `Sec-WebSocket-Accept` value, or the refusal the RFC gives.
+fn check_handshake(req: &httparse::Request<'_, '_>) -> Result<String, Refusal> {
+    if req.method != Some("GET") {
+        return Err((
+            "405 Method Not Allowed",
+            "Allow: GET\r\n",
+            "a WebSocket handshake is a GET",
+        ));
+    }
+    if !lists(req, "upgrade", "websocket") || !lists(req, "connection", "upgrade") {
+        return Err((
+            "426 Upgrade Required",
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n",
+            "/chat is a WebSocket: Upgrade: websocket and Connection: Upgrade are needed",
+        ));
+    }
+    let versions: Vec<&str> = fields(req, "sec-websocket-version").collect();
+    if versions.iter().map(|v| v.trim()).ne(["13"]) {
+        return Err((
+            "426 Upgrade Required",
+            "Sec-WebSocket-Version: 13\r\n",
+            "only WebSocket version 13 is spoken here",
+        ));
+    }
+    let keys: Vec<&str> = fields(req, "sec-websocket-key").collect();
+    match keys.as_slice() {
+        [key] => ws::accept_key(key),
+        _ => None,
+    }
+    .ok_or((
+        "400 Bad Request",
+        "",
+        "Sec-WebSocket-Key must be one base64 value of 16 bytes",
+    ))
 }
 
 impl MetricsHttp {
-    /// `/chat`: a WebSocket opening handshake (RFC 6455 section 4.2), answered `101` (and the
-    /// connection becomes a chat member) or refused with the status the RFC gives; returns
-    /// whether the connection closes.
+    /// `/chat`: a WebSocket opening handshake, answered `101` (and the connection becomes a
+    /// chat member) or refused; returns whether the connection closes.
     fn websocket(&mut self, req: &httparse::Request<'_, '_>, out: &mut Vec<u8>) -> bool {
-        let header = |name: &str| {
-            req.headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| String::from_utf8_lossy(h.value).into_owned())
-                .collect::<Vec<_>>()
-        };
-        let has_token = |name: &str, token: &str| {
-            header(name)
-                .iter()
-                .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
-                .any(|t| t == token)
-        };
-        let refuse_with = |out: &mut Vec<u8>, status: &str, extra: &str, why: &str| {
-            let body = format!("{why}\n");
-            Response {
-                status,
-                content_type: TEXT,
-                extra,
-                body: &body,
-                close: true,
-                head_only: false,
+        let chat_asks_auth = self
+            .listeners
+            .iter()
+            .any(|l| l.service == ServiceKind::Chat && l.auth);
+        let checked = check_handshake(req).and_then(|accept| {
+            if chat_asks_auth && !self.authenticated {
+                return Err((
+                    "403 Forbidden",
+                    "",
+                    "the chat room asks for authentication: connect to a metrics listener \
+                     that verifies TLS client certificates (--tls metrics --tls-client-ca)",
+                ));
             }
-            .write(out);
-            true
-        };
-        if req.method != Some("GET") {
-            return refuse_with(
-                out,
-                "405 Method Not Allowed",
-                "Allow: GET\r\n",
-                "a WebSocket handshake is a GET",
-            );
+            Ok(accept)
+        });
+        match checked {
+            Ok(accept) => {
+                let head = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                );
+                out.extend_from_slice(head.as_bytes());
+                self.upgrade = Some(false);
+                false
+            }
+            Err((status, extra, why)) => {
+                let body = format!("{why}\n");
+                Response {
+                    status,
+                    content_type: TEXT,
+                    extra,
+                    body: &body,
+                    close: true,
+                    head_only: false,
+                }
+                .write(out);
+                true
+            }
         }
-        if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
-            return refuse_with(
-                out,
-                "426 Upgrade Required",
-                "Upgrade: websocket\r\nConnection: Upgrade\r\n",
-                "/chat is a WebSocket: Upgrade: websocket and Connection: Upgrade are needed",
-            );
-        }
-        let versions = header("sec-websocket-version");
-        if versions.len() != 1 || versions.first().map(|v| v.trim()) != Some("13") {
-            return refuse_with(
-                out,
-                "426 Upgrade Required",
-                "Sec-WebSocket-Version: 13\r\n",
-                "only WebSocket version 13 is spoken here",
-            );
-        }
-        let keys = header("sec-websocket-key");
-        let accept = match keys.as_slice() {
-            [key] => ws::accept_key(key),
-            _ => None,
-        };
-        let Some(accept) = accept else {
-            return refuse_with(
-                out,
-                "400 Bad Request",
-                "",
-                "Sec-WebSocket-Key must be one base64 value of 16 bytes",
-            );
-        };
-        if !self.authenticated
-            && self
-                .listeners
-                .iter()
-                .any(|l| l.service == ServiceKind::Chat && l.auth)
-        {
-            return refuse_with(
-                out,
-                "403 Forbidden",
-                "",
-                "the chat room asks for authentication: connect to a metrics listener that \
-                 verifies TLS client certificates (--tls metrics --tls-client-ca)",
-            );
-        }
-        let head = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Accept: {accept}\r\n\r\n"
-        );
-        out.extend_from_slice(head.as_bytes());
-        self.upgrade = Some(false);
-        false
     }
 }
 
