@@ -2,9 +2,7 @@
 //! /proc/sys, and the process's descriptor limit (getrlimit), each with what it means and
 //! what the experiments suggest. There is nothing to measure, so no chart.
 
-use std::path::PathBuf;
-
-use super::{Ctx, Table, TuneError, bytes};
+use super::{Ctx, Section, Table, TuneError, bytes};
 
 /// A sysctl's value as text (`?` when unreadable), whitespace squeezed.
 fn sysctl(name: &str) -> String {
@@ -20,7 +18,7 @@ fn first_number(v: &str) -> Option<u64> {
 }
 
 /// Runs the experiment.
-pub fn run(_ctx: &Ctx) -> Result<Option<PathBuf>, TuneError> {
+pub fn run(_ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -139,12 +137,13 @@ pub fn run(_ctx: &Ctx) -> Result<Option<PathBuf>, TuneError> {
     for (name, value, meaning, _) in &rows {
         table.row(vec![name.to_string(), value.clone(), meaning.clone()]);
     }
-    table.print();
-    println!();
-    println!("what the experiments suggest:");
+    sec.table(table);
+    sec.say("");
+    sec.say("what the experiments suggest:");
     for (name, _, _, hint) in &rows {
         println!("  {name}: {hint}");
+        sec.suggests.push(format!("{name}: {hint}"));
     }
-    println!("(no chart: these are settings, not measurements)");
-    Ok(None)
+    sec.say(format!("(no chart: these are settings, not measurements)"));
+    Ok(())
 }
