@@ -233,6 +233,7 @@ fn draw_bars(path: &Path, spec: &Spec<'_>, series: &[Series]) -> Result<(), Stri
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(0)
+        .y_label_formatter(&|v: &f64| short(*v))
         .x_desc(spec.x_desc)
         .y_desc(spec.y_desc)
         .axis_desc_style(("sans-serif", 15))
