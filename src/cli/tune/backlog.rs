@@ -72,9 +72,7 @@ pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
     let fired = fired.min(fd_room());
     let stopped = Duration::from_millis(stopped);
     let window = Duration::from_millis(window);
-    sec.say(format!(
-        "each burst: {fired} non-blocking connects at once; the server is frozen (SIGSTOP) for {stopped:?}, then resumed; connects are watched for {window:?} in all (a deliberate wait: it lets the clients' SYN retries at 1 s and 3 s happen), then each established connection sends one byte and waits for its echo"
-    ));
+    sec.say(format!("each burst: {fired} non-blocking connects at once; the server is frozen (SIGSTOP) for {stopped:?}, then resumed; connects are watched for {window:?} in all (a deliberate wait: it lets the clients' SYN retries at 1 s and 3 s happen), then each established connection sends one byte and waits for its echo"));
     let mut bursts = Vec::new();
     for &backlog in backlogs {
         let server = Server::start(&["echo"], &["--backlog".into(), backlog.to_string()])?;
@@ -114,9 +112,7 @@ pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
     }
     sec.table(table);
     sec.say("");
-    sec.say(format!(
-        "While the server does not accept, the kernel completes at most backlog+1 handshakes into its accept queue; later SYNs are dropped, not refused (no RST unless net.ipv4.tcp_abort_on_overflow=1), so clients retry after 1 s, 3 s, 7 s. \"up while stopped\" can exceed backlog+1: a client counts its connect done at the SYN-ACK, while the server, its queue full, drops the final ACK and completes the connection later (when it retransmits the SYN-ACK or the client's first data arrives): \"echoed in 2 s\" below \"up\" counts clients that believe they are connected while the server has not accepted them yet. A backlog is a burst absorber: with a small one, a burst costs whole seconds of SYN retries; with backlog >= the burst (and somaxconn >= backlog), every connect completes at once."
-    ));
+    sec.say("While the server does not accept, the kernel completes at most backlog+1 handshakes into its accept queue; later SYNs are dropped, not refused (no RST unless net.ipv4.tcp_abort_on_overflow=1), so clients retry after 1 s, 3 s, 7 s. \"up while stopped\" can exceed backlog+1: a client counts its connect done at the SYN-ACK, while the server, its queue full, drops the final ACK and completes the connection later (when it retransmits the SYN-ACK or the client's first data arrives): \"echoed in 2 s\" below \"up\" counts clients that believe they are connected while the server has not accepted them yet. A backlog is a burst absorber: with a small one, a burst costs whole seconds of SYN retries; with backlog >= the burst (and somaxconn >= backlog), every connect completes at once.");
     let labels: Vec<String> = bursts
         .iter()
         .map(|b| format!("backlog {}", b.backlog))

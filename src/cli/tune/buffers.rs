@@ -99,9 +99,7 @@ pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
     }
     sec.table(table);
     sec.say("");
-    sec.say(format!(
-        "Linux doubles what SO_SNDBUF/SO_RCVBUF ask for (the extra half is for its bookkeeping) and caps the request at net.core.wmem_max/rmem_max. Setting a size turns off receive-buffer autotuning for that socket, so a small fixed buffer caps the data in flight per round trip, while `default` lets the kernel grow it (up to net.ipv4.tcp_rmem's max)."
-    ));
+    sec.say("Linux doubles what SO_SNDBUF/SO_RCVBUF ask for (the extra half is for its bookkeeping) and caps the request at net.core.wmem_max/rmem_max. Setting a size turns off receive-buffer autotuning for that socket, so a small fixed buffer caps the data in flight per round trip, while `default` lets the kernel grow it (up to net.ipv4.tcp_rmem's max).");
     let labels: Vec<String> = rows.iter().map(|r| label(r.asked)).collect();
     let rate = |r: &Row| mbps(r.moved, r.secs);
     let slowest = rows.iter().min_by(|a, b| rate(a).total_cmp(&rate(b)));

@@ -144,6 +144,6 @@ pub fn run(_ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
         println!("  {name}: {hint}");
         sec.suggests.push(format!("{name}: {hint}"));
     }
-    sec.say(format!("(no chart: these are settings, not measurements)"));
+    sec.say("(no chart: these are settings, not measurements)");
     Ok(())
 }

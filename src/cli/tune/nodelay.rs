@@ -159,17 +159,11 @@ pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
     sec.table(table);
     sec.say("");
     if stalls > 0 {
-        sec.say(format!(
-            "{stalls} configuration(s) stalled for tens of milliseconds at p99: Nagle's algorithm held a second small write (the client's, or the server's reply) until the first was acknowledged, and the other side held that ACK back for its delayed-ACK timer (40 ms on Linux)."
-        ));
+        sec.say(format!("{stalls} configuration(s) stalled for tens of milliseconds at p99: Nagle's algorithm held a second small write (the client's, or the server's reply) until the first was acknowledged, and the other side held that ACK back for its delayed-ACK timer (40 ms on Linux)."));
     } else {
-        sec.say(format!(
-            "No configuration stalled this time. Linux often ACKs at once on loopback (quick-ACK mode, and an immediate ACK when the reader empties a queue of small pushed segments), so the Nagle/delayed-ACK stall (tens of ms) shows up mostly between hosts; TCP_NODELAY is what rules it out everywhere."
-        ));
+        sec.say("No configuration stalled this time. Linux often ACKs at once on loopback (quick-ACK mode, and an immediate ACK when the reader empties a queue of small pushed segments), so the Nagle/delayed-ACK stall (tens of ms) shows up mostly between hosts; TCP_NODELAY is what rules it out everywhere.");
     }
-    sec.say(format!(
-        "rr vs wwr: with TCP_NODELAY on, each write leaves at once; with it off, a small write waits while earlier data is unacknowledged. The same holds on the way back: a server that sends a reply in more than one write (a header, then a body) meets the stall there, which is what the server's --no-nodelay risks."
-    ));
+    sec.say("rr vs wwr: with TCP_NODELAY on, each write leaves at once; with it off, a small write waits while earlier data is unacknowledged. The same holds on the way back: a server that sends a reply in more than one write (a header, then a body) meets the stall there, which is what the server's --no-nodelay risks.");
     // The worst p99 (and the worst maximum), for the title: the finding when there is a stall.
     let worst = cells.iter().max_by_key(|c| c.hist.value_at_quantile(0.99));
     let worst_max = cells.iter().max_by_key(|c| c.hist.max());
@@ -220,7 +214,7 @@ pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
                 .iter()
                 .map(|&q| (q, c.hist.value_at_quantile(q) as f64))
                 .chain(std::iter::once((1.0, c.hist.max() as f64)))
-                .filter(|_| c.hist.len() > 0)
+                .filter(|_| !c.hist.is_empty())
                 .collect(),
         };
         match panels.iter_mut().find(|p| p.title == title) {

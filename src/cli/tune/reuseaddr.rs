@@ -141,9 +141,7 @@ pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
             sec.say(format!("result: {how} the restart failed: {}", a.detail));
         }
     }
-    sec.say(format!(
-        "The side that closes first keeps each connection in TIME_WAIT for 60 s (2 x MSL, fixed in Linux) so that stray segments of the old connection cannot be taken for a new one. Without SO_REUSEADDR, bind() refuses a port that TIME_WAIT connections still name; with it, a listener may bind over them. That is why servers set it by default, and why `socklab serve --no-reuseaddr` cannot restart for a minute after it closed connections."
-    ));
+    sec.say("The side that closes first keeps each connection in TIME_WAIT for 60 s (2 x MSL, fixed in Linux) so that stray segments of the old connection cannot be taken for a new one. Without SO_REUSEADDR, bind() refuses a port that TIME_WAIT connections still name; with it, a listener may bind over them. That is why servers set it by default, and why `socklab serve --no-reuseaddr` cannot restart for a minute after it closed connections.");
     let labels: Vec<String> = attempts
         .iter()
         .map(|a| {
