@@ -151,6 +151,7 @@ pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
             y_desc: "connections (count)",
             labels: &labels,
             empty_note: "no burst was fired",
+            missing: "",
         },
         &[
             chart::Series {

@@ -129,6 +129,7 @@ pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
             y_desc: "throughput (MB/s, bytes echoed back)",
             labels: &labels,
             empty_note: "no run moved data",
+            missing: "",
         },
         &[chart::Series {
             name: "MB/s".into(),

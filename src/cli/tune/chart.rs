@@ -51,6 +51,8 @@ pub struct Spec<'a> {
     pub labels: &'a [String],
     /// Said in the middle of the chart when there is nothing to draw.
     pub empty_note: &'a str,
+    /// Written where a bar is missing (a NaN value: "not noticed"); empty: nothing.
+    pub missing: &'a str,
 }
 
 /// One latency distribution: a configuration's name and its percentiles.
@@ -248,11 +250,22 @@ fn draw_bars(path: &Path, spec: &Spec<'_>, series: &[Series]) -> Result<(), Stri
         for (k, s) in series.iter().enumerate() {
             let c = colour(k);
             for (i, v) in s.values.iter().enumerate().take(n) {
-                if !v.is_finite() {
-                    continue;
-                }
                 let x0 = i as f64 + 0.1 + slot * k as f64;
                 let x1 = x0 + slot * 0.88;
+                if !v.is_finite() {
+                    if !spec.missing.is_empty() {
+                        let (px, py) = chart.backend_coord(&((x0 + x1) / 2.0, 0.0));
+                        for (j, l) in wrap(spec.missing, 14).iter().enumerate() {
+                            root.draw(&Text::new(
+                                l.clone(),
+                                (px, py - 8 - 15 * (1 - j.min(1)) as i32),
+                                style(13, HPos::Center, VPos::Bottom).color(&colour(k)),
+                            ))
+                            .map_err(text_err)?;
+                        }
+                    }
+                    continue;
+                }
                 chart
                     .draw_series(std::iter::once(Rectangle::new(
                         [(x0, 0.0), (x1, *v)],
@@ -497,6 +510,10 @@ mod tests {
                 name: "echoed in 2 s".into(),
                 values: vec![2.0, 256.0],
             },
+            Series {
+                name: "not measured".into(),
+                values: vec![f64::NAN, 1.0],
+            },
         ];
         let spec = Spec {
             title: "backlog 1: 2 of 256 echoed in 2 s",
@@ -504,6 +521,7 @@ mod tests {
             y_desc: "connections (count)",
             labels: &labels,
             empty_note: "nothing ran",
+            missing: "absent",
         };
         let path = bars(&d, "b.svg", &spec, &series).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
@@ -520,6 +538,11 @@ mod tests {
         }
         // The value above its bar (plotters writes a text's content on a line of its own).
         assert!(svg.lines().any(|l| l.trim() == "256"), "no value label");
+        // A missing value says so where its bar would be.
+        assert!(
+            svg.lines().any(|l| l.trim() == "absent"),
+            "no missing label"
+        );
         assert!(!svg.contains("no data points"));
         // Categories are bars, not a line through them: the only lines are the axes' (black,
         // 1 px); a series' line would be coloured, 2 px.
@@ -543,6 +566,7 @@ mod tests {
             y_desc: "y",
             labels: &[],
             empty_note: "the run measured nothing",
+            missing: "",
         };
         let svg = std::fs::read_to_string(bars(&d, "e.svg", &spec, &[]).unwrap()).unwrap();
         assert!(svg.contains("<svg") && svg.contains("no data points: the run measured nothing"));

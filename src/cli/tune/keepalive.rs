@@ -248,10 +248,11 @@ pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
         "keepalive.svg",
         &chart::Spec {
             title: &title,
-            x_desc: "connection options (bars missing: not noticed within the window)",
+            x_desc: "connection options",
             y_desc: "seconds until the kernel reported the peer gone",
             labels: &labels,
             empty_note: "no connection was watched",
+            missing: "not noticed in the window",
         },
         &[chart::Series {
             name: "noticed after (s)".into(),

@@ -170,6 +170,7 @@ pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
             y_desc: "TIME_WAIT sockets on the port (count)",
             labels: &labels,
             empty_note: "no start was attempted",
+            missing: "",
         },
         &[chart::Series {
             name: "TIME_WAIT sockets on the port".into(),

@@ -149,6 +149,7 @@ pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
             y_desc: "connections accepted (count)",
             labels: &labels,
             empty_note: "no connection was accepted",
+            missing: "",
         },
         &[
             chart::Series {

@@ -152,6 +152,7 @@ pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
             y_desc: "TIME_WAIT sockets after the churn (count)",
             labels: &labels,
             empty_note: "no connection was made",
+            missing: "",
         },
         &[
             chart::Series {

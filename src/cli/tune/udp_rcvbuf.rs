@@ -134,6 +134,7 @@ pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
             y_desc: "datagrams (count)",
             labels: &labels,
             empty_note: "no burst was sent",
+            missing: "",
         },
         &[
             chart::Series {
