@@ -570,6 +570,6 @@ fn tune_keepalive_quick_notices_the_dead_peer_only_with_keepalive_or_a_timeout()
     check_chart(
         &dir,
         "keepalive.svg",
-        &["TCP_USER_TIMEOUT", "noticed after"],
+        &["TCP_USER_TIMEOUT", "noticed after", "not noticed in"],
     );
 }
