@@ -1,8 +1,10 @@
 //! `socklab tune` and `socklab sticky` end to end: the experiments are listed, the quick
 //! `nodelay` run prints a table and writes an SVG, the `reuseaddr` run shows the bind error
 //! without SO_REUSEADDR and success with it, and `sticky` recovers every message intact
-//! through frames. Nothing here asserts on speed or on how the kernel merged the raw reads:
-//! only on structure, and on the frames being exact.
+//! through frames; the quick `udp-rcvbuf`, `time-wait`, `reuseport` and `keepalive` runs show
+//! what they are for (kernel drops, who holds TIME_WAIT, the spread over workers, a dead peer
+//! noticed). Nothing here asserts on speed or on how the kernel merged the raw reads: only
+//! on structure, on counts the kernel makes exact, and on the frames being exact.
 
 mod util;
 
@@ -90,7 +92,17 @@ fn tune_list_names_every_experiment() {
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    for want in ["nodelay", "buffers", "backlog", "reuseaddr", "kernel"] {
+    for want in [
+        "nodelay",
+        "buffers",
+        "backlog",
+        "reuseaddr",
+        "udp-rcvbuf",
+        "time-wait",
+        "reuseport",
+        "keepalive",
+        "kernel",
+    ] {
         assert!(
             names.contains(&want),
             "`{want}` missing from --list:\n{out}"
@@ -405,4 +417,159 @@ fn tune_with_an_unwritable_chart_directory_fails_clearly() {
 fn sticky_against_a_closed_address_fails_clearly() {
     let addr = util::closed_port().to_string();
     expect_failure(&["sticky", "--addr", &addr, "--files-addr", &addr], &addr);
+}
+
+/// A cell parsed as a count.
+fn count(headers: &[String], row: &[String], col: &str) -> u64 {
+    cell(headers, row, col)
+        .parse()
+        .unwrap_or_else(|_| panic!("`{col}` is not a count: {row:?}"))
+}
+
+/// The chart `file` in `dir`: an SVG 1,000 px wide whose text includes every one of `want`.
+fn check_chart(dir: &TempDir, file: &str, want: &[&str]) {
+    let svg = std::fs::read_to_string(dir.0.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    assert!(
+        svg.contains("<svg") && svg.contains("width=\"1000\""),
+        "{file}: {svg:.300}"
+    );
+    for w in want {
+        assert!(svg.contains(w), "{file} lacks `{w}`");
+    }
+}
+
+#[test]
+fn tune_udp_rcvbuf_quick_shows_the_servers_kernel_drops() {
+    let (dir, out) = tune_quick("udp-rcvbuf");
+    let (headers, rows) = table(&out, "rcvbuf asked");
+    assert_eq!(rows.len(), 4, "2 sizes x 2 bursts:\n{out}");
+    for row in &rows {
+        let burst = count(&headers, row, "burst");
+        let accounted = count(&headers, row, "kernel drops") + count(&headers, row, "replies");
+        assert!(accounted <= burst, "more than was sent: {row:?}");
+    }
+    // 500 datagrams of 1000 B cannot fit in an 8 KiB queue: the server's kernel drops most,
+    // and the server's counter says so.
+    let small = rows
+        .iter()
+        .find(|r| {
+            cell(&headers, r, "rcvbuf asked") == "4 KiB" && cell(&headers, r, "burst") == "500"
+        })
+        .unwrap_or_else(|| panic!("no 4 KiB x 500 row:\n{out}"));
+    assert!(
+        count(&headers, small, "kernel drops") > 0,
+        "no drops counted: {small:?}\n{out}"
+    );
+    assert!(
+        count(&headers, small, "replies") > 0,
+        "the echo answered nothing: {small:?}"
+    );
+    check_chart(
+        &dir,
+        "udp-rcvbuf.svg",
+        &["dropped by the server", "replies", "rcvbuf 4 KiB"],
+    );
+}
+
+#[test]
+fn tune_time_wait_quick_shows_who_keeps_time_wait_and_the_rebind() {
+    let (dir, out) = tune_quick("time-wait");
+    let (headers, rows) = table(&out, "close");
+    let fin = rows
+        .iter()
+        .find(|r| cell(&headers, r, "close").contains("FIN"))
+        .unwrap_or_else(|| panic!("no FIN row:\n{out}"));
+    let rst = rows
+        .iter()
+        .find(|r| cell(&headers, r, "close").contains("SO_LINGER 0"))
+        .unwrap_or_else(|| panic!("no SO_LINGER 0 row:\n{out}"));
+    let n = count(&headers, fin, "connections");
+    // The client closed first: its side holds TIME_WAIT, one per connection; the server's none.
+    assert_eq!(count(&headers, fin, "TIME_WAIT client side"), n, "{out}");
+    assert_eq!(count(&headers, fin, "TIME_WAIT server side"), 0, "{out}");
+    // A reset leaves no TIME_WAIT anywhere.
+    assert_eq!(count(&headers, rst, "TIME_WAIT client side"), 0, "{out}");
+    assert_eq!(count(&headers, rst, "TIME_WAIT server side"), 0, "{out}");
+    let (h2, reuse) = table(&out, "rebind a local port in TIME_WAIT");
+    let result = |needle: &str| -> String {
+        reuse
+            .iter()
+            .find(|r| cell(&h2, r, "rebind a local port in TIME_WAIT").contains(needle))
+            .map(|r| cell(&h2, r, "result").to_string())
+            .unwrap_or_else(|| panic!("no `{needle}` row:\n{out}"))
+    };
+    assert!(
+        result("SO_REUSEADDR off").contains("Address already in use"),
+        "{out}"
+    );
+    assert_eq!(result("SO_REUSEADDR on"), "bound", "{out}");
+    check_chart(
+        &dir,
+        "time-wait.svg",
+        &["TIME_WAIT on the client side", "SO_LINGER 0"],
+    );
+}
+
+#[test]
+fn tune_reuseport_quick_accounts_for_every_connection_per_worker() {
+    let (dir, out) = tune_quick("reuseport");
+    let (headers, rows) = table(&out, "worker");
+    let workers: Vec<&Vec<String>> = rows
+        .iter()
+        .filter(|r| cell(&headers, r, "worker") != "all")
+        .collect();
+    assert_eq!(workers.len(), 4, "{out}");
+    for col in ["from 127.0.0.1", "from 127.0.0.2-9"] {
+        let sum: u64 = workers.iter().map(|r| count(&headers, r, col)).sum();
+        assert_eq!(sum, 64, "every connection counted once ({col}):\n{out}");
+        // A hash over 64 four-tuples does not put them all on one or two workers.
+        let busy = workers
+            .iter()
+            .filter(|r| count(&headers, r, col) > 0)
+            .count();
+        assert!(
+            busy >= 3,
+            "the kernel spread {col} over only {busy} workers:\n{out}"
+        );
+    }
+    check_chart(&dir, "reuseport.svg", &["worker 3", "from eight addresses"]);
+}
+
+#[test]
+fn tune_keepalive_quick_notices_the_dead_peer_only_with_keepalive_or_a_timeout() {
+    let (dir, out) = tune_quick("keepalive");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(out.contains("skipped: needs root"), "{out}");
+        return;
+    }
+    let (headers, rows) = table(&out, "connection");
+    let noticed = |needle: &str| -> String {
+        rows.iter()
+            .find(|r| cell(&headers, r, "connection").contains(needle))
+            .map(|r| cell(&headers, r, "noticed after").to_string())
+            .unwrap_or_else(|| panic!("no `{needle}` row:\n{out}"))
+    };
+    assert!(
+        noticed("idle, no keepalive").starts_with("not within"),
+        "{out}"
+    );
+    assert!(
+        noticed("data unacked, no timeout").starts_with("not within"),
+        "{out}"
+    );
+    for needle in ["idle, keepalive", "TCP_USER_TIMEOUT"] {
+        let after = noticed(needle);
+        let secs: f64 = after
+            .trim_end_matches(" s")
+            .parse()
+            .unwrap_or_else(|_| panic!("`{needle}` not noticed: {after}\n{out}"));
+        assert!((1.0..5.0).contains(&secs), "{needle}: {secs} s\n{out}");
+    }
+    assert!(out.contains("Connection timed out"), "{out}");
+    check_chart(
+        &dir,
+        "keepalive.svg",
+        &["TCP_USER_TIMEOUT", "noticed after", "not noticed in"],
+    );
 }

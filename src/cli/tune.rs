@@ -2,19 +2,27 @@
 //! starts on loopback (this binary's `serve`, on `127.0.0.1:0`, unused services off) or an
 //! existing echo server (`--addr`). Each experiment prints a table with the values in effect
 //! (the client's read back with getsockopt, the server's from its `listening` line) and writes
-//! an SVG chart to `--out`.
+//! an SVG chart to `--out`; `--report DIR` also writes DIR/index.html, one page with every
+//! chart, table and suggestion ([`report`]).
 //!
 //! The experiments live in submodules, one each: [`nodelay`], [`buffers`], [`backlog`],
-//! [`reuseaddr`], [`kernel`]; [`server`] starts and stops the server, [`chart`] draws,
-//! [`wire`] holds the client side of the echo and `files` protocols.
+//! [`reuseaddr`], [`udp_rcvbuf`], [`time_wait`], [`reuseport`], [`keepalive`], [`kernel`];
+//! [`server`] starts and stops the server, [`chart`] draws, [`wire`] holds the client side of
+//! the echo and `files` protocols. An experiment writes what it finds into its [`Section`],
+//! which prints it and keeps it for the report.
 
 pub mod backlog;
 pub mod buffers;
 pub mod chart;
+pub mod keepalive;
 pub mod kernel;
 pub mod nodelay;
+pub mod report;
 pub mod reuseaddr;
+pub mod reuseport;
 pub mod server;
+pub mod time_wait;
+pub mod udp_rcvbuf;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -25,8 +33,9 @@ use clap::Args;
 
 use self::server::ServerError;
 
-/// Run experiments that show what TCP_NODELAY, SO_SNDBUF/SO_RCVBUF, the listen backlog and
-/// SO_REUSEADDR do, with tables and SVG charts.
+/// Run experiments that show what TCP_NODELAY, SO_SNDBUF/SO_RCVBUF, the listen backlog,
+/// SO_REUSEADDR, the UDP receive buffer, TIME_WAIT and SO_LINGER, SO_REUSEPORT and TCP
+/// keepalive do, with tables, SVG charts and (--report) one HTML page.
 #[derive(Debug, Args)]
 pub struct TuneArgs {
     /// Name the experiments and exit.
@@ -41,6 +50,10 @@ pub struct TuneArgs {
     /// Directory for the SVG charts (created if missing).
     #[arg(long, value_name = "DIR", default_value = "./tune-out")]
     pub out: PathBuf,
+    /// Write DIR/index.html: every chart, table and suggestion on one page that needs no
+    /// network (the charts are written into DIR too, next to it; --out is then unused).
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
     /// Use this existing echo server instead of starting one (the experiments that need to
     /// restart or reconfigure the server are skipped).
     #[arg(long, value_name = "ADDR")]
@@ -86,6 +99,9 @@ pub enum TuneError {
     /// The experiment needs a server of its own, and `--addr` was given.
     #[error("needs a server of its own (it restarts or reconfigures it); run without --addr")]
     NeedsOwnServer,
+    /// The experiment cannot run here (no root for a network namespace, no `ip`...).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl TuneError {
@@ -102,12 +118,90 @@ pub struct Experiment {
     pub name: &'static str,
     /// One line on what it shows.
     pub about: &'static str,
-    /// Runs it; returns the chart written, if any.
-    pub run: fn(&Ctx) -> Result<Option<PathBuf>, TuneError>,
+    /// Runs it, writing tables, text, charts and suggestions into the section.
+    pub run: fn(&Ctx, &mut Section) -> Result<(), TuneError>,
+}
+
+/// One thing an experiment said, in order.
+#[derive(Debug)]
+pub enum Block {
+    /// A table.
+    Table(Table),
+    /// A paragraph (an empty one is a blank line on the terminal only).
+    Text(String),
+}
+
+/// How an experiment ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It ran.
+    Ran,
+    /// It did not run here, and why.
+    Skipped(String),
+    /// It failed, and why.
+    Failed(String),
+}
+
+/// What one experiment found: printed as it comes, kept for `--report`.
+#[derive(Debug)]
+pub struct Section {
+    /// The experiment's name.
+    pub name: &'static str,
+    /// Its one-line description.
+    pub about: &'static str,
+    /// Tables and paragraphs, in order.
+    pub blocks: Vec<Block>,
+    /// The charts it wrote.
+    pub charts: Vec<PathBuf>,
+    /// What it suggests, one sentence each.
+    pub suggests: Vec<String>,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+impl Section {
+    /// An empty section for `e`.
+    pub fn new(e: &Experiment) -> Section {
+        Section {
+            name: e.name,
+            about: e.about,
+            blocks: Vec::new(),
+            charts: Vec::new(),
+            suggests: Vec::new(),
+            outcome: Outcome::Ran,
+        }
+    }
+
+    /// Prints a paragraph and keeps it.
+    pub fn say(&mut self, text: impl Into<String>) {
+        let text = text.into();
+        println!("{text}");
+        self.blocks.push(Block::Text(text));
+    }
+
+    /// Prints a table (and a blank line) and keeps it.
+    pub fn table(&mut self, table: Table) {
+        table.print();
+        println!();
+        self.blocks.push(Block::Table(table));
+    }
+
+    /// Prints a suggestion and keeps it.
+    pub fn suggest(&mut self, text: impl Into<String>) {
+        let text = text.into();
+        println!("suggests: {text}");
+        self.suggests.push(text);
+    }
+
+    /// Notes a chart written.
+    pub fn chart(&mut self, path: PathBuf) {
+        println!("chart: {}", path.display());
+        self.charts.push(path);
+    }
 }
 
 /// Every experiment, in the order they run.
-pub const EXPERIMENTS: [Experiment; 5] = [
+pub const EXPERIMENTS: [Experiment; 9] = [
     Experiment {
         name: "nodelay",
         about: "TCP_NODELAY on/off (client and server) x payload size x pattern (request/response, write-write-read): latency p50/p90/p99/max",
@@ -129,6 +223,26 @@ pub const EXPERIMENTS: [Experiment; 5] = [
         run: reuseaddr::run,
     },
     Experiment {
+        name: "udp-rcvbuf",
+        about: "the server's UDP receive buffer x burst size: datagrams the kernel dropped (the server's counters) and replies",
+        run: udp_rcvbuf::run,
+    },
+    Experiment {
+        name: "time-wait",
+        about: "connection churn: who keeps TIME_WAIT (ss -tan state time-wait), rebinding a port with and without SO_REUSEADDR, SO_LINGER 0 (RST, no TIME_WAIT)",
+        run: time_wait::run,
+    },
+    Experiment {
+        name: "reuseport",
+        about: "serve --workers N (SO_REUSEPORT): how the kernel spreads connections over the workers, from one and from many source addresses",
+        run: reuseport::run,
+    },
+    Experiment {
+        name: "keepalive",
+        about: "a peer behind a cut link (network namespace): how long until each side notices, with and without TCP keepalive and TCP_USER_TIMEOUT",
+        run: keepalive::run,
+    },
+    Experiment {
         name: "kernel",
         about: "the kernel settings that bound all of this (read-only, /proc/sys and getrlimit)",
         run: kernel::run,
@@ -139,7 +253,7 @@ pub const EXPERIMENTS: [Experiment; 5] = [
 pub fn run(args: &TuneArgs) -> ExitCode {
     if args.list {
         for e in &EXPERIMENTS {
-            println!("{:<10} {}", e.name, e.about);
+            println!("{:<11} {}", e.name, e.about);
         }
         return ExitCode::SUCCESS;
     }
@@ -157,35 +271,56 @@ pub fn run(args: &TuneArgs) -> ExitCode {
         },
         None => EXPERIMENTS.iter().collect(),
     };
-    if let Err(e) = std::fs::create_dir_all(&args.out) {
-        eprintln!("socklab tune: cannot create {}: {e}", args.out.display());
+    let out = args.report.clone().unwrap_or_else(|| args.out.clone());
+    if let Err(e) = std::fs::create_dir_all(&out) {
+        eprintln!("socklab tune: cannot create {}: {e}", out.display());
+        return ExitCode::FAILURE;
+    }
+    // Find out now, not after minutes of experiments, that the page cannot be written.
+    if let Some(dir) = &args.report
+        && let Err(e) = report::check_writable(dir)
+    {
+        eprintln!("socklab tune: {e}");
         return ExitCode::FAILURE;
     }
     // The backlog burst holds many sockets at once.
     let _ = crate::sockopt::raise_fd_limit();
     let ctx = Ctx {
         quick: args.quick,
-        out: args.out.clone(),
+        out,
         addr: args.addr,
     };
     let mut failed = 0;
+    let mut sections = Vec::new();
     for e in chosen {
         println!("== {} ==", e.name);
         println!("{}", e.about);
         println!();
-        match (e.run)(&ctx) {
-            Ok(Some(svg)) => println!("chart: {}", svg.display()),
-            Ok(None) => {}
-            Err(TuneError::NeedsOwnServer) => {
-                println!("skipped: {}", TuneError::NeedsOwnServer);
+        let mut section = Section::new(e);
+        match (e.run)(&ctx, &mut section) {
+            Ok(()) => {}
+            Err(err @ (TuneError::NeedsOwnServer | TuneError::Unsupported(_))) => {
+                println!("skipped: {err}");
+                section.outcome = Outcome::Skipped(err.to_string());
             }
             Err(err) => {
                 failed += 1;
                 println!("failed: {err}");
                 eprintln!("socklab tune: {}: {err}", e.name);
+                section.outcome = Outcome::Failed(err.to_string());
             }
         }
         println!();
+        sections.push(section);
+    }
+    if let Some(dir) = &args.report {
+        match report::write(dir, &sections, args.quick) {
+            Ok(page) => println!("report: {}", page.display()),
+            Err(e) => {
+                eprintln!("socklab tune: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
     }
     if failed == 0 {
         ExitCode::SUCCESS
@@ -215,6 +350,16 @@ impl Table {
     /// Adds a row.
     pub fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
+    }
+
+    /// The column titles.
+    pub fn headers(&self) -> &[String] {
+        &self.headers
+    }
+
+    /// The rows.
+    pub fn rows(&self) -> &[Vec<String>] {
+        &self.rows
     }
 
     /// Prints it to stdout, numbers right-aligned.

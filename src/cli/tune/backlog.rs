@@ -12,14 +12,13 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use super::server::Server;
-use super::{Ctx, Table, TuneError, chart};
+use super::{Ctx, Section, Table, TuneError, chart};
 
 /// What became of one connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +60,7 @@ struct Burst {
 }
 
 /// Runs the experiment.
-pub fn run(ctx: &Ctx) -> Result<Option<PathBuf>, TuneError> {
+pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
     if ctx.addr.is_some() {
         return Err(TuneError::NeedsOwnServer);
     }
@@ -73,14 +72,12 @@ pub fn run(ctx: &Ctx) -> Result<Option<PathBuf>, TuneError> {
     let fired = fired.min(fd_room());
     let stopped = Duration::from_millis(stopped);
     let window = Duration::from_millis(window);
-    println!(
-        "each burst: {fired} non-blocking connects at once; the server is frozen (SIGSTOP) for {stopped:?}, then resumed; connects are watched for {window:?} in all (a deliberate wait: it lets the clients' SYN retries at 1 s and 3 s happen), then each established connection sends one byte and waits for its echo"
-    );
+    sec.say(format!("each burst: {fired} non-blocking connects at once; the server is frozen (SIGSTOP) for {stopped:?}, then resumed; connects are watched for {window:?} in all (a deliberate wait: it lets the clients' SYN retries at 1 s and 3 s happen), then each established connection sends one byte and waits for its echo"));
     let mut bursts = Vec::new();
     for &backlog in backlogs {
         let server = Server::start(&["echo"], &["--backlog".into(), backlog.to_string()])?;
         let l = server.listener("echo")?;
-        println!("server: {} {}", l.addr, l.options_text);
+        sec.say(format!("server: {} {}", l.addr, l.options_text));
         let somaxconn = l.option("somaxconn").to_string();
         let addr = l.addr;
         let b = burst(&server, addr, backlog, somaxconn, fired, stopped, window);
@@ -113,25 +110,48 @@ pub fn run(ctx: &Ctx) -> Result<Option<PathBuf>, TuneError> {
             b.last_ms.to_string(),
         ]);
     }
-    table.print();
-    println!();
-    println!(
-        "While the server does not accept, the kernel completes at most backlog+1 handshakes into its accept queue; later SYNs are dropped, not refused (no RST unless net.ipv4.tcp_abort_on_overflow=1), so clients retry after 1 s, 3 s, 7 s. \"up while stopped\" can exceed backlog+1: a client counts its connect done at the SYN-ACK, while the server, its queue full, drops the final ACK and completes the connection later (when it retransmits the SYN-ACK or the client's first data arrives): \"echoed in 2 s\" below \"up\" counts clients that believe they are connected while the server has not accepted them yet. A backlog is a burst absorber: with a small one, a burst costs whole seconds of SYN retries; with backlog >= the burst (and somaxconn >= backlog), every connect completes at once."
-    );
+    sec.table(table);
+    sec.say("");
+    sec.say("While the server does not accept, the kernel completes at most backlog+1 handshakes into its accept queue; later SYNs are dropped, not refused (no RST unless net.ipv4.tcp_abort_on_overflow=1), so clients retry after 1 s, 3 s, 7 s. \"up while stopped\" can exceed backlog+1: a client counts its connect done at the SYN-ACK, while the server, its queue full, drops the final ACK and completes the connection later (when it retransmits the SYN-ACK or the client's first data arrives): \"echoed in 2 s\" below \"up\" counts clients that believe they are connected while the server has not accepted them yet. A backlog is a burst absorber: with a small one, a burst costs whole seconds of SYN retries; with backlog >= the burst (and somaxconn >= backlog), every connect completes at once.");
     let labels: Vec<String> = bursts
         .iter()
         .map(|b| format!("backlog {}", b.backlog))
         .collect();
+    let summary: Vec<String> = bursts
+        .iter()
+        .map(|b| {
+            format!(
+                "backlog {}: {} of {} echoed in 2 s",
+                b.backlog, b.echoed, b.fired
+            )
+        })
+        .collect();
+    let title = if summary.is_empty() {
+        "A burst of connects against a listener that is not accepting".to_string()
+    } else {
+        format!("A burst of connects, server frozen: {}", summary.join("; "))
+    };
+    if let (Some(small), Some(big)) = (bursts.first(), bursts.last())
+        && big.echoed > small.echoed
+    {
+        sec.suggest(format!(
+            "Size the backlog for the largest burst the server may not accept at once (raise net.core.somaxconn with it): backlog {} answered {} of {} within 2 s, backlog {} answered {}.",
+            small.backlog, small.echoed, small.fired, big.backlog, big.echoed
+        ));
+    } else {
+        sec.suggest("A larger backlog made no difference to this burst; the burst fitted, or somaxconn capped both.".to_string());
+    }
     let col = |f: fn(&Burst) -> usize| bursts.iter().map(|b| f(b) as f64).collect::<Vec<_>>();
-    let svg = chart::lines(
+    let svg = chart::bars(
         &ctx.out,
         "backlog.svg",
         &chart::Spec {
-            title: "A burst of connects against a listener that is not accepting, by backlog",
+            title: &title,
             x_desc: "listen backlog",
             y_desc: "connections (count)",
             labels: &labels,
-            log_y: false,
+            empty_note: "no burst was fired",
+            missing: "",
         },
         &[
             chart::Series {
@@ -150,9 +170,14 @@ pub fn run(ctx: &Ctx) -> Result<Option<PathBuf>, TuneError> {
                 name: "refused or failed".into(),
                 values: col(|b| b.refused + b.failed),
             },
+            chart::Series {
+                name: "echoed in 2 s".into(),
+                values: col(|b| b.echoed),
+            },
         ],
     )?;
-    Ok(Some(svg))
+    sec.chart(svg);
+    Ok(())
 }
 
 /// How many sockets this process can still open, leaving some room.

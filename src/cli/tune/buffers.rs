@@ -5,7 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -15,7 +14,7 @@ use socket2::{Domain, Socket, Type};
 
 use super::server::Server;
 use super::wire::{ClientOptions, IO_TIMEOUT};
-use super::{Ctx, Table, TuneError, bytes, chart};
+use super::{Ctx, Section, Table, TuneError, bytes, chart};
 
 /// One measured buffer size.
 struct Row {
@@ -32,7 +31,7 @@ struct Row {
 }
 
 /// Runs the experiment.
-pub fn run(ctx: &Ctx) -> Result<Option<PathBuf>, TuneError> {
+pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
     let total: u64 = if ctx.quick { 64 << 20 } else { 512 << 20 };
     // A bound on each run: past it the writer stops and what came back so far counts.
     let limit = Duration::from_secs(if ctx.quick { 1 } else { 3 });
@@ -73,10 +72,10 @@ pub fn run(ctx: &Ctx) -> Result<Option<PathBuf>, TuneError> {
             s.stop();
         }
     }
-    println!(
+    sec.say(format!(
         "each run: {} MiB written through echo by one thread, read back by another (at most {limit:?})",
         total >> 20
-    );
+    ));
     let mut table = Table::new(&[
         "asked",
         "client sndbuf",
@@ -98,28 +97,47 @@ pub fn run(ctx: &Ctx) -> Result<Option<PathBuf>, TuneError> {
             format!("{:.0}", mbps(r.moved, r.secs)),
         ]);
     }
-    table.print();
-    println!();
-    println!(
-        "Linux doubles what SO_SNDBUF/SO_RCVBUF ask for (the extra half is for its bookkeeping) and caps the request at net.core.wmem_max/rmem_max. Setting a size turns off receive-buffer autotuning for that socket, so a small fixed buffer caps the data in flight per round trip, while `default` lets the kernel grow it (up to net.ipv4.tcp_rmem's max)."
-    );
+    sec.table(table);
+    sec.say("");
+    sec.say("Linux doubles what SO_SNDBUF/SO_RCVBUF ask for (the extra half is for its bookkeeping) and caps the request at net.core.wmem_max/rmem_max. Setting a size turns off receive-buffer autotuning for that socket, so a small fixed buffer caps the data in flight per round trip, while `default` lets the kernel grow it (up to net.ipv4.tcp_rmem's max).");
     let labels: Vec<String> = rows.iter().map(|r| label(r.asked)).collect();
-    let svg = chart::lines(
+    let rate = |r: &Row| mbps(r.moved, r.secs);
+    let slowest = rows.iter().min_by(|a, b| rate(a).total_cmp(&rate(b)));
+    let fastest = rows.iter().max_by(|a, b| rate(a).total_cmp(&rate(b)));
+    let title = match (slowest, fastest) {
+        (Some(s), Some(f)) => format!(
+            "Bulk echo: {} buffers {:.0} MB/s, {} {:.0} MB/s",
+            label(s.asked),
+            rate(s),
+            label(f.asked),
+            rate(f)
+        ),
+        _ => "Bulk echo throughput by SO_SNDBUF/SO_RCVBUF".to_string(),
+    };
+    if let Some(f) = fastest {
+        sec.suggest(format!(
+            "Leave SO_SNDBUF/SO_RCVBUF unset (autotuning) unless you must bound memory per connection: the fastest here was {}; a small fixed buffer caps the data in flight per round trip.",
+            label(f.asked)
+        ));
+    }
+    let svg = chart::bars(
         &ctx.out,
         "buffers.svg",
         &chart::Spec {
-            title: "Bulk echo throughput by SO_SNDBUF/SO_RCVBUF (client and server)",
-            x_desc: "buffer size asked for (both sides)",
+            title: &title,
+            x_desc: "SO_SNDBUF/SO_RCVBUF asked for (client and server)",
             y_desc: "throughput (MB/s, bytes echoed back)",
             labels: &labels,
-            log_y: false,
+            empty_note: "no run moved data",
+            missing: "",
         },
         &[chart::Series {
             name: "MB/s".into(),
-            values: rows.iter().map(|r| mbps(r.moved, r.secs)).collect(),
+            values: rows.iter().map(rate).collect(),
         }],
     )?;
-    Ok(Some(svg))
+    sec.chart(svg);
+    Ok(())
 }
 
 /// Megabytes (10^6) per second.

@@ -2,9 +2,7 @@
 //! /proc/sys, and the process's descriptor limit (getrlimit), each with what it means and
 //! what the experiments suggest. There is nothing to measure, so no chart.
 
-use std::path::PathBuf;
-
-use super::{Ctx, Table, TuneError, bytes};
+use super::{Ctx, Section, Table, TuneError, bytes};
 
 /// A sysctl's value as text (`?` when unreadable), whitespace squeezed.
 fn sysctl(name: &str) -> String {
@@ -20,7 +18,7 @@ fn first_number(v: &str) -> Option<u64> {
 }
 
 /// Runs the experiment.
-pub fn run(_ctx: &Ctx) -> Result<Option<PathBuf>, TuneError> {
+pub fn run(_ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -129,6 +127,34 @@ pub fn run(_ctx: &Ctx) -> Result<Option<PathBuf>, TuneError> {
             "buffers: as above, for the sending side".into(),
         ),
         (
+            "net.core.rmem_default",
+            sysctl("net.core.rmem_default"),
+            "the receive buffer of a socket that sets no SO_RCVBUF (UDP's queue)".into(),
+            "udp-rcvbuf: the `default` rows; a burst larger than this (about half of it in payload) is dropped while the server does not read".into(),
+        ),
+        (
+            "net.ipv4.tcp_keepalive_time",
+            sysctl("net.ipv4.tcp_keepalive_time"),
+            "seconds idle before the first keepalive probe, when SO_KEEPALIVE is on".into(),
+            "keepalive: the default (7200) notices a dead idle peer after two hours; set TCP_KEEPIDLE per socket".into(),
+        ),
+        (
+            "net.ipv4.tcp_keepalive_intvl / probes",
+            format!(
+                "{} / {}",
+                sysctl("net.ipv4.tcp_keepalive_intvl"),
+                sysctl("net.ipv4.tcp_keepalive_probes")
+            ),
+            "seconds between probes, and unanswered probes before the connection is dropped".into(),
+            "keepalive: idle + interval x probes is how long a dead idle peer goes unnoticed".into(),
+        ),
+        (
+            "net.ipv4.tcp_retries2",
+            sysctl("net.ipv4.tcp_retries2"),
+            "retransmissions of unacknowledged data before the connection is dropped (15: about 15 min)".into(),
+            "keepalive: why unacknowledged data goes unnoticed for minutes; TCP_USER_TIMEOUT bounds it per socket".into(),
+        ),
+        (
             "RLIMIT_NOFILE",
             nofile,
             "descriptors this process may hold; every socket is one".into(),
@@ -139,12 +165,13 @@ pub fn run(_ctx: &Ctx) -> Result<Option<PathBuf>, TuneError> {
     for (name, value, meaning, _) in &rows {
         table.row(vec![name.to_string(), value.clone(), meaning.clone()]);
     }
-    table.print();
-    println!();
-    println!("what the experiments suggest:");
+    sec.table(table);
+    sec.say("");
+    sec.say("what the experiments suggest:");
     for (name, _, _, hint) in &rows {
         println!("  {name}: {hint}");
+        sec.suggests.push(format!("{name}: {hint}"));
     }
-    println!("(no chart: these are settings, not measurements)");
-    Ok(None)
+    sec.say("(no chart: these are settings, not measurements)");
+    Ok(())
 }

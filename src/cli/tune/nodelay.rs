@@ -12,14 +12,13 @@
 //! whole frame); with `--addr` it is raw bytes to echo and only the client's side varies.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
 use super::server::Server;
 use super::wire::{self, ClientOptions};
-use super::{Ctx, Table, TuneError, bytes, chart, on_off};
+use super::{Ctx, Section, Table, TuneError, bytes, chart, on_off};
 
 /// How a request is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +73,7 @@ struct Cell {
 }
 
 /// Runs the experiment.
-pub fn run(ctx: &Ctx) -> Result<Option<PathBuf>, TuneError> {
+pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
     let sizes: &[usize] = if ctx.quick {
         &[32, 4096]
     } else {
@@ -93,7 +92,7 @@ pub fn run(ctx: &Ctx) -> Result<Option<PathBuf>, TuneError> {
             for extra in [vec![], vec!["--no-nodelay".to_string()]] {
                 let s = Server::start(&["files"], &extra)?;
                 let l = s.listener("files")?;
-                println!("server: {} {}", l.addr, l.options_text);
+                sec.say(format!("server: {} {}", l.addr, l.options_text));
                 targets.push(Target {
                     addr: l.addr,
                     nodelay: l.option("nodelay").to_string(),
@@ -116,13 +115,13 @@ pub fn run(ctx: &Ctx) -> Result<Option<PathBuf>, TuneError> {
     for s in servers {
         s.stop();
     }
-    println!(
+    sec.say(format!(
         "requests: {}; each configuration runs for {budget:?} on a fresh connection; latency in µs",
         match targets.first().map(|t| t.proto) {
             Some(Proto::Raw) => "raw bytes to echo (wwr: the payload's two halves)",
             _ => "files echo frames (wwr: the header in one write, the body in another)",
         }
-    );
+    ));
     let mut table = Table::new(&[
         "server nodelay",
         "client nodelay",
@@ -157,69 +156,88 @@ pub fn run(ctx: &Ctx) -> Result<Option<PathBuf>, TuneError> {
             },
         ]);
     }
-    table.print();
-    println!();
+    sec.table(table);
+    sec.say("");
     if stalls > 0 {
-        println!(
-            "{stalls} configuration(s) stalled for tens of milliseconds at p99: Nagle's algorithm held a second small write (the client's, or the server's reply) until the first was acknowledged, and the other side held that ACK back for its delayed-ACK timer (40 ms on Linux)."
-        );
+        sec.say(format!("{stalls} configuration(s) stalled for tens of milliseconds at p99: Nagle's algorithm held a second small write (the client's, or the server's reply) until the first was acknowledged, and the other side held that ACK back for its delayed-ACK timer (40 ms on Linux)."));
     } else {
-        println!(
-            "No configuration stalled this time. Linux often ACKs at once on loopback (quick-ACK mode, and an immediate ACK when the reader empties a queue of small pushed segments), so the Nagle/delayed-ACK stall (tens of ms) shows up mostly between hosts; TCP_NODELAY is what rules it out everywhere."
-        );
+        sec.say("No configuration stalled this time. Linux often ACKs at once on loopback (quick-ACK mode, and an immediate ACK when the reader empties a queue of small pushed segments), so the Nagle/delayed-ACK stall (tens of ms) shows up mostly between hosts; TCP_NODELAY is what rules it out everywhere.");
     }
-    println!(
-        "rr vs wwr: with TCP_NODELAY on, each write leaves at once; with it off, a small write waits while earlier data is unacknowledged. The same holds on the way back: a server that sends a reply in more than one write (a header, then a body) meets the stall there, which is what the server's --no-nodelay risks."
-    );
-    let labels: Vec<String> = cells
-        .iter()
-        .map(|c| {
-            format!(
-                "{}/{} {} {}",
-                c.server,
+    sec.say("rr vs wwr: with TCP_NODELAY on, each write leaves at once; with it off, a small write waits while earlier data is unacknowledged. The same holds on the way back: a server that sends a reply in more than one write (a header, then a body) meets the stall there, which is what the server's --no-nodelay risks.");
+    // The worst p99 (and the worst maximum), for the title: the finding when there is a stall.
+    let worst = cells.iter().max_by_key(|c| c.hist.value_at_quantile(0.99));
+    let worst_max = cells.iter().max_by_key(|c| c.hist.max());
+    let who = |c: &Cell| {
+        format!(
+            "the server's nodelay {}, the client's {} ({}, {})",
+            c.server,
+            on_off(c.client),
+            c.pattern.name(),
+            bytes(c.size)
+        )
+    };
+    let title = match (worst, worst_max) {
+        (Some(c), _) if c.hist.value_at_quantile(0.99) >= 20_000 => format!(
+            "Nagle + delayed ACK: p99 {} with {}",
+            chart::micros(c.hist.value_at_quantile(0.99) as f64),
+            who(c)
+        ),
+        (Some(c), Some(m)) if m.hist.max() >= 20_000 => format!(
+            "Nagle + delayed ACK: rare stalls of {} (max) with {}; worst p99 {}",
+            chart::micros(m.hist.max() as f64),
+            who(m),
+            chart::micros(c.hist.value_at_quantile(0.99) as f64)
+        ),
+        (Some(c), _) => format!(
+            "No Nagle/delayed-ACK stall this run: the worst p99 is {} (loopback ACKs at once)",
+            chart::micros(c.hist.value_at_quantile(0.99) as f64)
+        ),
+        _ => "Round-trip latency by TCP_NODELAY and write pattern".to_string(),
+    };
+    if stalls > 0 {
+        sec.suggest("Keep TCP_NODELAY on (socklab's default, on both sides) for request/response traffic, or write each request and each reply in one call (writev): a request split over two writes waits for the peer's delayed ACK.");
+    } else {
+        sec.suggest("TCP_NODELAY costs nothing measurable here and rules out the 40 ms Nagle/delayed-ACK stall between hosts: keep it on; still send each message in one write.");
+    }
+    // One panel per server setting, one curve per client setting, pattern and payload.
+    let mut panels: Vec<chart::Panel> = Vec::new();
+    for c in &cells {
+        let title = format!("server TCP_NODELAY {}", c.server);
+        let curve = chart::Curve {
+            name: format!(
+                "client {}, {}, {}",
                 on_off(c.client),
                 c.pattern.name(),
                 bytes(c.size)
-            )
-        })
-        .collect();
-    let q = |q: f64| -> Vec<f64> {
-        cells
-            .iter()
-            .map(|c| c.hist.value_at_quantile(q) as f64)
-            .collect()
-    };
-    let series = vec![
-        chart::Series {
-            name: "p50".into(),
-            values: q(0.5),
-        },
-        chart::Series {
-            name: "p90".into(),
-            values: q(0.9),
-        },
-        chart::Series {
-            name: "p99".into(),
-            values: q(0.99),
-        },
-        chart::Series {
-            name: "max".into(),
-            values: cells.iter().map(|c| c.hist.max() as f64).collect(),
-        },
-    ];
-    let svg = chart::lines(
+            ),
+            points: [0.5, 0.9, 0.99, 0.999]
+                .iter()
+                .map(|&q| (q, c.hist.value_at_quantile(q) as f64))
+                .chain(std::iter::once((1.0, c.hist.max() as f64)))
+                .filter(|_| !c.hist.is_empty())
+                .collect(),
+        };
+        match panels.iter_mut().find(|p| p.title == title) {
+            Some(p) => p.curves.push(curve),
+            None => panels.push(chart::Panel {
+                title,
+                curves: vec![curve],
+            }),
+        }
+    }
+    let svg = chart::percentiles(
         &ctx.out,
         "nodelay.svg",
-        &chart::Spec {
-            title: "Round-trip latency by TCP_NODELAY and write pattern",
-            x_desc: "server/client TCP_NODELAY, pattern (rr: one write; wwr: two writes, then read), payload",
-            y_desc: "latency (µs, log scale)",
-            labels: &labels,
-            log_y: true,
+        &chart::PercentileSpec {
+            title: &title,
+            y_desc: "round trip (log scale)",
+            guide: Some((40_000.0, "40 ms: Linux's delayed-ACK timer")),
+            empty_note: "no request was answered",
         },
-        &series,
+        &panels,
     )?;
-    Ok(Some(svg))
+    sec.chart(svg);
+    Ok(())
 }
 
 /// Measures one configuration on a fresh connection for `budget`.

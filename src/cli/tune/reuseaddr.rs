@@ -7,10 +7,9 @@
 //! SO_REUSEADDR on (the default; bind succeeds).
 
 use std::io::{ErrorKind, Read, Write};
-use std::path::PathBuf;
 
 use super::server::{Server, ServerError};
-use super::{Ctx, Table, TuneError, chart, wire};
+use super::{Ctx, Section, Table, TuneError, chart, wire};
 
 /// One start of the server.
 struct Attempt {
@@ -27,7 +26,7 @@ struct Attempt {
 }
 
 /// Runs the experiment.
-pub fn run(ctx: &Ctx) -> Result<Option<PathBuf>, TuneError> {
+pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
     if ctx.addr.is_some() {
         return Err(TuneError::NeedsOwnServer);
     }
@@ -52,11 +51,11 @@ pub fn run(ctx: &Ctx) -> Result<Option<PathBuf>, TuneError> {
         wire::read_exact(&mut s, 4, &mut back)?;
         conns.push(s);
     }
-    println!(
+    sec.say(format!(
         "{clients} connections to {addr} exchanged bytes; SIGTERM: the server closes them first"
-    );
+    ));
     let status = first.stop();
-    println!("first server: {status}");
+    sec.say(format!("first server: {status}"));
     // Each client sees the server's FIN, then closes its side; the server's side, having
     // closed first, moves to TIME_WAIT.
     for mut s in conns {
@@ -125,8 +124,8 @@ pub fn run(ctx: &Ctx) -> Result<Option<PathBuf>, TuneError> {
             },
         ]);
     }
-    table.print();
-    println!();
+    sec.table(table);
+    sec.say("");
     for a in attempts.iter().skip(1) {
         let how = if a.reuseaddr {
             "with SO_REUSEADDR"
@@ -134,17 +133,15 @@ pub fn run(ctx: &Ctx) -> Result<Option<PathBuf>, TuneError> {
             "without SO_REUSEADDR"
         };
         if a.bound {
-            println!(
+            sec.say(format!(
                 "result: {how} the restart succeeded ({} TIME_WAIT sockets on the port)",
                 a.time_wait
-            );
+            ));
         } else {
-            println!("result: {how} the restart failed: {}", a.detail);
+            sec.say(format!("result: {how} the restart failed: {}", a.detail));
         }
     }
-    println!(
-        "The side that closes first keeps each connection in TIME_WAIT for 60 s (2 x MSL, fixed in Linux) so that stray segments of the old connection cannot be taken for a new one. Without SO_REUSEADDR, bind() refuses a port that TIME_WAIT connections still name; with it, a listener may bind over them. That is why servers set it by default, and why `socklab serve --no-reuseaddr` cannot restart for a minute after it closed connections."
-    );
+    sec.say("The side that closes first keeps each connection in TIME_WAIT for 60 s (2 x MSL, fixed in Linux) so that stray segments of the old connection cannot be taken for a new one. Without SO_REUSEADDR, bind() refuses a port that TIME_WAIT connections still name; with it, a listener may bind over them. That is why servers set it by default, and why `socklab serve --no-reuseaddr` cannot restart for a minute after it closed connections.");
     let labels: Vec<String> = attempts
         .iter()
         .map(|a| {
@@ -155,22 +152,33 @@ pub fn run(ctx: &Ctx) -> Result<Option<PathBuf>, TuneError> {
             )
         })
         .collect();
-    let svg = chart::lines(
+    let refused = attempts.iter().skip(1).find(|a| !a.reuseaddr);
+    let title = match refused {
+        Some(a) if !a.bound => format!(
+            "Restart over {} TIME_WAIT sockets: EADDRINUSE without SO_REUSEADDR, bound with it",
+            a.time_wait
+        ),
+        _ => "Restarting a listener with connections in TIME_WAIT".to_string(),
+    };
+    sec.suggest("Keep SO_REUSEADDR on for listeners (socklab's default): without it a server that closed connections cannot restart on its port for 60 s.");
+    let svg = chart::bars(
         &ctx.out,
         "reuseaddr.svg",
         &chart::Spec {
-            title: "Restarting a listener with connections in TIME_WAIT",
+            title: &title,
             x_desc: "start attempt (outcome)",
             y_desc: "TIME_WAIT sockets on the port (count)",
             labels: &labels,
-            log_y: false,
+            empty_note: "no start was attempted",
+            missing: "",
         },
         &[chart::Series {
             name: "TIME_WAIT sockets on the port".into(),
             values: attempts.iter().map(|a| a.time_wait as f64).collect(),
         }],
     )?;
-    Ok(Some(svg))
+    sec.chart(svg);
+    Ok(())
 }
 
 /// The server's error line from its stderr (the last line that says something).

@@ -247,11 +247,35 @@ impl Server {
     /// Runs this binary with `args` (the first being `serve`), reading `listening` lines
     /// until `ready` (at most [`START_TIMEOUT`]).
     pub fn spawn(args: &[String]) -> Result<Server, ServerError> {
+        Server::spawn_in(None, args)
+    }
+
+    /// Starts `socklab serve` with exactly `services`, each on the address given with it,
+    /// inside the network namespace `netns` (`ip netns exec`, which execs the server itself:
+    /// the child is the server).
+    pub fn start_in_netns(
+        netns: &str,
+        services: &[(&str, String)],
+        extra: &[String],
+    ) -> Result<Server, ServerError> {
+        Server::spawn_in(Some(netns), &serve_args(services, extra))
+    }
+
+    /// [`Server::spawn`], inside the network namespace `netns` when there is one.
+    fn spawn_in(netns: Option<&str>, args: &[String]) -> Result<Server, ServerError> {
         let exe = std::env::current_exe().map_err(|source| ServerError::Spawn {
             exe: "the current executable".into(),
             source,
         })?;
-        let mut child = Command::new(&exe)
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let mut child = command
             .args(args)
             .arg("-q")
             .stdin(Stdio::null())

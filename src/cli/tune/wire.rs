@@ -149,3 +149,29 @@ pub fn read_exact(s: &mut TcpStream, n: usize, buf: &mut Vec<u8>) -> Result<(), 
     buf.resize(n, 0);
     s.read_exact(buf).map_err(TuneError::io("read the echo"))
 }
+
+/// The server's counters: one `files` `stats` request on a fresh connection to `files`,
+/// its JSON body parsed.
+pub fn stats(files: SocketAddr) -> Result<Value, TuneError> {
+    let mut s = connect(files, true)?;
+    let mut req = Vec::new();
+    encode_header(&json!({"cmd": "stats"}), 0, &mut req)
+        .map_err(|e| TuneError::Protocol(e.to_string()))?;
+    write_all(&mut s, &req)?;
+    let mut dec = response_decoder();
+    let (mut pending, mut body) = (Vec::new(), Vec::new());
+    read_frame(&mut s, &mut dec, &mut pending, &mut body)?;
+    serde_json::from_slice(&body)
+        .map_err(|e| TuneError::Protocol(format!("the server's stats are not JSON: {e}")))
+}
+
+/// A counter of one service in a `stats` body (or in one worker's part of it), 0 when the
+/// body does not have it (a worker's part leaves out services that counted nothing).
+pub fn counter(stats: &Value, service: &str, name: &str) -> u64 {
+    stats
+        .get("services")
+        .and_then(|s| s.get(service))
+        .and_then(|s| s.get(name))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+}
