@@ -144,6 +144,8 @@ if [ "$tls" = 1 ]; then
     ln -s "$work/big.bin" "$work/nginx/www/big.bin"
     cat >"$work/nginx/nginx.conf" <<NGINX
 worker_processes 1;
+# The work directory is private (mktemp -d): the worker reads it as the user running this.
+user $(id -un);
 daemon off;
 master_process on;
 pid $work/nginx/nginx.pid;
@@ -172,7 +174,10 @@ NGINX
     ngx_ts="" ngx_cpu=""
     for _ in $(seq "$runs"); do
         c0=$(cpu_of "$worker")
-        t0=$(now); curl -sf --cacert "$work/tls/ca.pem" "https://127.0.0.1:$nport/big.bin" -o /dev/null; t1=$(now)
+        t0=$(now)
+        curl -sf --cacert "$work/tls/ca.pem" "https://127.0.0.1:$nport/big.bin" -o /dev/null ||
+            { echo "files-bench: nginx did not serve the file:" >&2; cat "$work/nginx/error.log" >&2; exit 1; }
+        t1=$(now)
         c1=$(cpu_of "$worker")
         ngx_ts="$ngx_ts $(secs "$t0" "$t1")"
         ngx_cpu="$ngx_cpu $(secs "$c0" "$c1")"
