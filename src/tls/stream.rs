@@ -108,10 +108,12 @@ impl<S: Read + Write> TlsStream<S> {
                 Err(e) => return Err(e),
             };
             let short = n < buf.len();
-            let (out, held) = self.decrypt_in_place(buf, n)?;
+            let (out, held, ended) = self.decrypt_in_place(buf, n)?;
             self.send_what_fits()?;
-            self.drained = short && !held;
-            if out > 0 || n == 0 || held {
+            // The peer's end (close_notify) is owed as a read of 0, which no event will ask
+            // for: the socket does not count as drained until it has been read.
+            self.drained = short && !held && !ended;
+            if out > 0 || n == 0 || held || ended {
                 return Ok(out);
             }
             // No plaintext yet: a handshake message, a partial record, a key update.
@@ -128,11 +130,12 @@ impl<S: Read + Write> TlsStream<S> {
     }
 
     /// Hands the `n` bytes of ciphertext at the front of `buf` to rustls and moves their
-    /// plaintext to the front of `buf`; returns its length, and whether plaintext may still be
-    /// held by rustls (it did not all fit). `n == 0` is the socket's end.
-    fn decrypt_in_place(&mut self, buf: &mut [u8], n: usize) -> io::Result<(usize, bool)> {
+    /// plaintext to the front of `buf`; returns its length, whether plaintext may still be
+    /// held by rustls (it did not all fit), and whether the peer's input has ended
+    /// (close_notify, or the socket's end). `n == 0` is the socket's end.
+    fn decrypt_in_place(&mut self, buf: &mut [u8], n: usize) -> io::Result<(usize, bool, bool)> {
         let (mut fed, mut out) = (0, 0);
-        let mut held = false;
+        let (mut held, mut ended) = (false, false);
         loop {
             let mut rest = buf.get(fed..n).unwrap_or_default();
             if n > 0 && rest.is_empty() {
@@ -152,10 +155,16 @@ impl<S: Read + Write> TlsStream<S> {
                     break;
                 };
                 match self.session.reader().read(room) {
-                    Ok(0) => break,
+                    Ok(0) => {
+                        ended = true;
+                        break;
+                    }
                     Ok(m) => out = out.saturating_add(m),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        ended = true;
+                        break;
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -163,7 +172,7 @@ impl<S: Read + Write> TlsStream<S> {
                 break;
             }
         }
-        Ok((out, held))
+        Ok((out, held, ended))
     }
 
     /// The last read emptied the socket and left no plaintext inside rustls: a later byte
@@ -308,6 +317,54 @@ mod tests {
             let _ = server.send_pending();
         }
         assert!(client.join().unwrap() == expected, "the echo differs");
+    }
+
+    /// Data and close_notify in one segment: the data comes out, the socket is not taken for
+    /// drained (no event will come for the end), and the next read is the end.
+    #[test]
+    fn a_close_notify_behind_the_data_is_not_lost() {
+        let (server_cfg, client_cfg) = configs();
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut server = TlsStream::server(a, server_cfg).unwrap();
+        let client = thread::spawn(move || {
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut conn = ClientConnection::new(client_cfg, name).unwrap();
+            let mut sock = b;
+            while conn.is_handshaking() {
+                conn.complete_io(&mut sock).unwrap();
+            }
+            conn.writer().write_all(b"last words").unwrap();
+            conn.send_close_notify();
+            let mut both = Vec::new();
+            while conn.wants_write() {
+                conn.write_tls(&mut both).unwrap();
+            }
+            sock.write_all(&both).unwrap();
+            sock
+        });
+        let mut buf = vec![0u8; 65536];
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "never saw the end; got {got:?}");
+            match server.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if got == b"last words" {
+                        assert!(!server.drained(), "the end is still owed");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let _ = server.send_pending();
+                    thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, b"last words");
+        drop(client.join().unwrap());
     }
 
     #[test]
