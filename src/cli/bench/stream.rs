@@ -1,16 +1,23 @@
-//! A bench connection's stream: the socket, or TLS over it. The TLS handshake (and the HMAC
+//! A bench connection's stream: the socket, or TLS over it, and how one opens (`open`). The
+//! TLS handshake (and the HMAC
 //! challenge, inside TLS) run blocking when the connection opens, as the plain challenge does;
 //! then the session goes on non-blocking over the mio socket (`tls::stream`), so the
 //! load generator's loop stays one poll for every connection.
 
-use std::io::{self, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::TcpStream as StdTcpStream;
+use std::os::unix::net::UnixStream as StdUnixStream;
 use std::time::Duration;
 
 use mio::event::Source;
+use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 use rustls::ClientConnection;
 
-use crate::client::Timed;
+use super::BenchError;
+use super::worker::Plan;
+use crate::addr::ListenAddr;
+use crate::client::{Timed, challenge_wait, handshake_within};
 use crate::net::{MioStream, StdStream};
 use crate::tls::stream::TlsStream;
 
@@ -87,6 +94,77 @@ impl Source for BenchStream {
             BenchStream::Plain(s) => s.deregister(r),
             BenchStream::Tls(tls) => tls.socket.deregister(r),
         }
+    }
+}
+
+/// Connects (blocking, bounded by `timeout` for TCP), runs the TLS handshake when asked,
+/// answers the server's challenge if it sends one, and makes the socket non-blocking.
+pub(super) fn open(
+    plan: &Plan,
+    why: impl FnOnce(io::Error) -> BenchError,
+) -> Result<BenchStream, BenchError> {
+    let mut s = connect(&plan.addr, plan.timeout).map_err(why)?;
+    let mut session = match &plan.tls {
+        Some(tls) => {
+            let tls_err = |source| BenchError::Connect {
+                addr: plan.addr.to_string(),
+                source,
+            };
+            s.set_read_timeout(plan.timeout).map_err(tls_err)?;
+            s.set_write_timeout(plan.timeout).map_err(tls_err)?;
+            Some(tls.handshake(&mut s).map_err(tls_err)?)
+        }
+        None => None,
+    };
+    let secret = plan.secret.as_ref();
+    let wait = match plan.challenges.get() {
+        Some(true) => plan.timeout,
+        Some(false) => Duration::ZERO,
+        None => challenge_wait(secret, plan.timeout),
+    };
+    if !wait.is_zero() {
+        let peer = plan.addr.to_string();
+        let opening = match &mut session {
+            Some(conn) => {
+                let mut tls = BlockingTls {
+                    conn,
+                    socket: &mut s,
+                };
+                handshake_within(&mut tls, &peer, secret, wait, b"")?
+            }
+            None => handshake_within(&mut s, &peer, secret, wait, b"")?,
+        };
+        let _ = plan.challenges.set(opening.authenticated);
+    }
+    let socket = match s {
+        StdStream::Tcp(s) => {
+            s.set_nonblocking(true).map_err(BenchError::Poll)?;
+            MioStream::Tcp(TcpStream::from_std(s))
+        }
+        StdStream::Unix(s) => {
+            s.set_nonblocking(true).map_err(BenchError::Poll)?;
+            MioStream::Unix(UnixStream::from_std(s))
+        }
+    };
+    Ok(match session {
+        Some(conn) => BenchStream::Tls(Box::new(TlsStream::client(socket, conn))),
+        None => BenchStream::Plain(socket),
+    })
+}
+
+/// Connects (blocking, bounded by `timeout` for TCP).
+fn connect(addr: &ListenAddr, timeout: Duration) -> io::Result<StdStream> {
+    match addr {
+        ListenAddr::Inet(a) => {
+            let s = StdTcpStream::connect_timeout(a, timeout)?;
+            s.set_nodelay(true)?;
+            Ok(StdStream::Tcp(s))
+        }
+        ListenAddr::Unix(p) => Ok(StdStream::Unix(StdUnixStream::connect(p)?)),
+        ListenAddr::Unixgram(_) => Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            "a unixgram address is not a stream",
+        )),
     }
 }
 

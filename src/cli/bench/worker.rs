@@ -14,28 +14,23 @@
 //! stuck server ends the run with an error instead of a hang.
 
 use std::collections::VecDeque;
-use std::io::{self, ErrorKind, Read, Write};
-use std::net::TcpStream as StdTcpStream;
-use std::os::unix::net::UnixStream as StdUnixStream;
+use std::io::{ErrorKind, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use mio::net::{TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Registry, Token};
 
 use super::BenchError;
 use super::reply::ReplyParser;
 use crate::addr::ListenAddr;
-use crate::client::{NoAnswer, Stall, challenge_wait, handshake_within};
-use crate::net::{MioStream, StdStream};
+use crate::client::{NoAnswer, Stall};
 use crate::service::auth::Secret;
 use crate::sys::timerfd::TimerFd;
 use crate::tls::client::ClientTls;
-use crate::tls::stream::TlsStream;
 
-use super::stream::{BenchStream, BlockingTls};
+use super::stream::{BenchStream, open};
 
 /// The highest latency the histogram tells apart (longer ones are recorded as this): 100 s.
 const MAX_LATENCY_NS: u64 = 100_000_000_000;
@@ -130,74 +125,6 @@ pub struct Outcome {
 
 /// A connected stream: the socket, or TLS over it.
 type Stream = BenchStream;
-
-/// Connects (blocking, bounded by `timeout` for TCP), runs the TLS handshake when asked,
-/// answers the server's challenge if it sends one, and makes the socket non-blocking.
-fn open(plan: &Plan, why: impl FnOnce(io::Error) -> BenchError) -> Result<Stream, BenchError> {
-    let mut s = connect(&plan.addr, plan.timeout).map_err(why)?;
-    let mut session = match &plan.tls {
-        Some(tls) => {
-            let tls_err = |source| BenchError::Connect {
-                addr: plan.addr.to_string(),
-                source,
-            };
-            s.set_read_timeout(plan.timeout).map_err(tls_err)?;
-            s.set_write_timeout(plan.timeout).map_err(tls_err)?;
-            Some(tls.handshake(&mut s).map_err(tls_err)?)
-        }
-        None => None,
-    };
-    let secret = plan.secret.as_ref();
-    let wait = match plan.challenges.get() {
-        Some(true) => plan.timeout,
-        Some(false) => Duration::ZERO,
-        None => challenge_wait(secret, plan.timeout),
-    };
-    if !wait.is_zero() {
-        let peer = plan.addr.to_string();
-        let opening = match &mut session {
-            Some(conn) => {
-                let mut tls = BlockingTls {
-                    conn,
-                    socket: &mut s,
-                };
-                handshake_within(&mut tls, &peer, secret, wait, b"")?
-            }
-            None => handshake_within(&mut s, &peer, secret, wait, b"")?,
-        };
-        let _ = plan.challenges.set(opening.authenticated);
-    }
-    let socket = match s {
-        StdStream::Tcp(s) => {
-            s.set_nonblocking(true).map_err(BenchError::Poll)?;
-            MioStream::Tcp(TcpStream::from_std(s))
-        }
-        StdStream::Unix(s) => {
-            s.set_nonblocking(true).map_err(BenchError::Poll)?;
-            MioStream::Unix(UnixStream::from_std(s))
-        }
-    };
-    Ok(match session {
-        Some(conn) => BenchStream::Tls(Box::new(TlsStream::client(socket, conn))),
-        None => BenchStream::Plain(socket),
-    })
-}
-
-/// Connects (blocking, bounded by `timeout` for TCP).
-fn connect(addr: &ListenAddr, timeout: Duration) -> io::Result<StdStream> {
-    match addr {
-        ListenAddr::Inet(a) => {
-            let s = StdTcpStream::connect_timeout(a, timeout)?;
-            s.set_nodelay(true)?;
-            Ok(StdStream::Tcp(s))
-        }
-        ListenAddr::Unix(p) => Ok(StdStream::Unix(StdUnixStream::connect(p)?)),
-        ListenAddr::Unixgram(_) => Err(io::Error::new(
-            ErrorKind::InvalidInput,
-            "a unixgram address is not a stream",
-        )),
-    }
-}
 
 /// One connection and its requests.
 #[derive(Debug)]
