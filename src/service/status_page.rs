@@ -35,6 +35,7 @@ pub struct ListenerSummary {
 /// memory and descriptors, and the listeners.
 pub(crate) fn snapshot(gathered: &Gathered, listeners: &[ListenerSummary]) -> Value {
     let mut v = gathered.stats_json();
+    add_requests(&mut v);
     if let Some(map) = v.as_object_mut() {
         map.insert(
             "process".into(),
@@ -53,6 +54,41 @@ pub(crate) fn snapshot(gathered: &Gathered, listeners: &[ListenerSummary]) -> Va
         map.insert("listeners".into(), Value::Array(listed));
     }
     v
+}
+
+/// Each service's requests and failed requests, where it has requests: `files`' frames (and
+/// those answered with an error code), a datagram service's datagrams. The byte streams and
+/// chat count bytes only.
+fn add_requests(v: &mut Value) {
+    let frames: Vec<(u64, bool)> = v
+        .get("frames")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            let n = f.get("count").and_then(Value::as_u64).unwrap_or(0);
+            (n, f.get("outcome").and_then(Value::as_str) != Some("ok"))
+        })
+        .collect();
+    let Some(services) = v.get_mut("services").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (name, s) in services.iter_mut() {
+        let (requests, errors) = match name.as_str() {
+            "files" => (
+                frames.iter().map(|(n, _)| n).sum(),
+                frames.iter().filter(|(_, e)| *e).map(|(n, _)| n).sum(),
+            ),
+            _ => (
+                count(s, &["datagrams_received"]),
+                count(s, &["datagrams_dropped"]),
+            ),
+        };
+        if let Some(s) = s.as_object_mut() {
+            s.insert("requests".into(), json!(requests));
+            s.insert("request_errors".into(), json!(errors));
+        }
+    }
 }
 
 /// One server-sent event carrying a snapshot.
@@ -86,9 +122,11 @@ fn count(service: &Value, keys: &[&str]) -> u64 {
 }
 
 /// The columns of the services table: title and the counters it adds up.
-const COLUMNS: [(&str, &[&str]); 8] = [
+const COLUMNS: [(&str, &[&str]); 10] = [
     ("open", &["connections_open"]),
     ("accepted", &["connections_accepted"]),
+    ("requests", &["requests"]),
+    ("errors", &["request_errors"]),
     (
         "rejected",
         &[
@@ -214,6 +252,10 @@ mod tests {
         let mut c = Counters::default();
         c.service(ServiceKind::Echo).accepted = 7;
         c.service(ServiceKind::Echo).bytes_received = 1234;
+        c.frame("put", "ok");
+        c.frame("put", "ok");
+        c.frame("get", "not_found");
+        c.service(ServiceKind::UdpEcho).datagrams_received = 5;
         let mut g = Gathered::alone(0, &c);
         g.process.rss_bytes = 3 << 20;
         g.process.open_fds = 12;
@@ -236,6 +278,7 @@ mod tests {
         assert!(html.starts_with("<!doctype html>"));
         assert!(html.contains("<td data-col=\"accepted\">7</td>"), "{html}");
         assert!(html.contains("<td data-col=\"bytes in\">1234</td>"));
+        assert!(html.contains("<th>requests</th><th>errors</th>"));
         assert!(html.contains("3.0 MiB") && html.contains(">12<"));
         assert!(
             html.contains("unix:/tmp/&lt;odd&gt;&amp;&quot;name&quot;"),
@@ -259,6 +302,10 @@ mod tests {
         let v: Value = serde_json::from_str(text.trim_start_matches("data: ").trim()).unwrap();
         assert_eq!(v["services"]["echo"]["connections_accepted"], 7);
         assert_eq!(v["process"]["open_fds"], 12);
+        assert_eq!(v["services"]["echo"]["requests"], 0, "bytes only");
+        assert_eq!(v["services"]["files"]["requests"], 3);
+        assert_eq!(v["services"]["files"]["request_errors"], 1);
+        assert_eq!(v["services"]["udp-echo"]["requests"], 5);
         assert_eq!(v["listeners"][0]["tls"], true);
     }
 }

@@ -8,6 +8,7 @@
   var updates = 0;
   var COLUMNS = {
     "open": ["connections_open"], "accepted": ["connections_accepted"],
+    "requests": ["requests"], "errors": ["request_errors"],
     "rejected": ["rejected_max_conns", "rejected_fd_limit", "rejected_auth", "rejected_per_ip",
                  "rejected_proxy", "rejected_tls"],
     "bytes in": ["bytes_received"], "bytes out": ["bytes_sent"],
