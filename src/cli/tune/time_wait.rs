@@ -77,19 +77,30 @@ pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
         let secs = start.elapsed().as_secs_f64();
         let (tw_client, tw_server, source) = time_wait(addr.port());
         // Reuse, while this server still listens: a local port that one of the FIN-closed
-        // connections left in TIME_WAIT.
-        if let (false, Some(&port)) = (linger0, local_ports.first()) {
-            for reuseaddr in [false, true] {
-                let (bind, connect) = rebind(port, reuseaddr, addr);
-                reuse_rows.push(vec![
-                    format!(
-                        "bind 127.0.0.1:{port}, SO_REUSEADDR {}",
-                        super::on_off(reuseaddr)
-                    ),
-                    bind,
-                ]);
-                if let Some(c) = connect {
-                    reuse_rows.push(vec![format!("then connect to {addr} (same four-tuple)"), c]);
+        // connections left in TIME_WAIT. Another program may have taken such a port for a
+        // connection of its own since (then no option lets a bind share it): the next one
+        // is tried, up to ten.
+        if !linger0 {
+            for &port in local_ports.iter().take(10) {
+                let mut rows = Vec::new();
+                let mut bound_with_reuse = false;
+                for reuseaddr in [false, true] {
+                    let (bind, connect) = rebind(port, reuseaddr, addr);
+                    bound_with_reuse |= reuseaddr && bind == "bound";
+                    rows.push(vec![
+                        format!(
+                            "bind 127.0.0.1:{port}, SO_REUSEADDR {}",
+                            super::on_off(reuseaddr)
+                        ),
+                        bind,
+                    ]);
+                    if let Some(c) = connect {
+                        rows.push(vec![format!("then connect to {addr} (same four-tuple)"), c]);
+                    }
+                }
+                reuse_rows = rows;
+                if bound_with_reuse {
+                    break;
                 }
             }
         }
