@@ -108,6 +108,14 @@ SEEDS = {
     "svc_metrics": {
         "get": svc([inp(HTTP_GET), WOULD_BLOCK]),
         "head": svc([inp(b"HEAD /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"), WOULD_BLOCK]),
+        "page": svc([inp(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /stats.json HTTP/1.0\r\n\r\n"),
+                     WOULD_BLOCK, WOULD_BLOCK]),
+        "events": svc([inp(b"GET /events HTTP/1.1\r\nHost: a\r\n\r\n"), WOULD_BLOCK,
+                       inp(b"GET / HTTP/1.1\r\n\r\n"), WOULD_BLOCK]),
+        "chat": svc([inp(b"GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n\x81\x80"),
+                     WOULD_BLOCK], auth=True),
     },
     "svc_files": {
         "putget": svc([inp(frame({"cmd": "ping", "id": 0})), inp(PUT), WOULD_BLOCK,

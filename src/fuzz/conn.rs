@@ -106,6 +106,7 @@ impl Conn {
     pub(crate) fn would_block(&mut self) {
         for _ in 0..64 {
             let mut progressed = false;
+            let mut woken = false;
             while let Some(action) = self.service.poll_action() {
                 progressed = true;
                 match action {
@@ -124,9 +125,17 @@ impl Conn {
                     // Commands are never run by a fuzz target: the request was parsed and
                     // checked against the policy, which is what is under test.
                     Action::Exec(_) => return,
-                    // No service under fuzzing streams; a wake would come a second later.
-                    Action::Wake(_) | Action::UpgradeToWsChat => {}
+                    // Delivered once the queue is empty, as time passes between wakes; the
+                    // outer loop bounds a stream's events.
+                    Action::Wake(_) => woken = true,
+                    // The reactor replaces the service; what metrics does up to there is
+                    // under test.
+                    Action::UpgradeToWsChat => {}
                 }
+            }
+            if woken {
+                let (mut ctx, svc, out) = self.ctx();
+                svc.on_event(Event::Wake, out, &mut ctx);
             }
             if self.service.has_output() {
                 let before = self.out.len();

@@ -84,7 +84,9 @@ pub fn fuzz_chat(data: &[u8]) {
     }
 }
 
-/// metrics HTTP: answers requests; nothing is written after the response that closes.
+/// metrics HTTP: answers requests; nothing is written after the response that closes (or the
+/// WebSocket upgrade's 101), while a scrape that waits for counters and an `/events` stream may
+/// write without reading.
 pub fn fuzz_metrics(data: &[u8]) {
     let Some((_, ops)) = ops(data) else { return };
     let Some(svc) = StreamService::for_kind(ServiceKind::Metrics, &Shared::default()) else {
@@ -95,7 +97,10 @@ pub fn fuzz_metrics(data: &[u8]) {
         if conn.closed {
             break;
         }
-        let done = !conn.service.accepts_input();
+        let done = match &conn.service {
+            StreamService::Metrics(m) => m.finished(),
+            _ => true,
+        };
         let before = conn.out.len();
         conn.run(std::slice::from_ref(op));
         if done {

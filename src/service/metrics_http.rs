@@ -226,6 +226,12 @@ impl MetricsHttp {
         !self.closing && self.scrape.is_none() && self.events.is_none() && self.upgrade.is_none()
     }
 
+    /// Whether everything this connection will write is written: a response that closes it,
+    /// or the 101 of a WebSocket upgrade (after which the service is replaced).
+    pub fn finished(&self) -> bool {
+        (self.closing && self.scrape.is_none()) || self.upgrade.is_some()
+    }
+
     /// A scrape asks the reactor for every worker's counters, once; an `/events` stream asks to
     /// be woken for its next snapshot.
     pub fn poll_action(&mut self) -> Option<Action> {
