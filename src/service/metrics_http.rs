@@ -228,6 +228,7 @@ impl MetricsHttp {
 
     /// Whether everything this connection will write is written: a response that closes it,
     /// or the 101 of a WebSocket upgrade (after which the service is replaced).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn finished(&self) -> bool {
         (self.closing && self.scrape.is_none()) || self.upgrade.is_some()
     }
@@ -601,6 +602,9 @@ mod tests {
             "the close comes with the response"
         );
         assert_eq!(m.awaiting(), Awaiting::Counters);
+        assert!(!m.finished(), "the closing response is still to come");
+        m.on_counters(&gathered, &mut out);
+        assert!(m.finished() && !out.is_empty());
     }
 
     #[test]
