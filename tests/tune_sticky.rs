@@ -473,7 +473,21 @@ fn tune_udp_rcvbuf_quick_shows_the_servers_kernel_drops() {
 
 #[test]
 fn tune_time_wait_quick_shows_who_keeps_time_wait_and_the_rebind() {
-    let (dir, out) = tune_quick("time-wait");
+    // The rebind shares a port with TIME_WAIT sockets only while nothing else holds it; in a
+    // busy test run another connection (of this or another test) sometimes does, for all ten
+    // ports tried (seen once in ~20 runs; never alone). Up to three runs, each one's report
+    // kept for the failure message.
+    let mut earlier = String::new();
+    let (dir, out) = loop {
+        let (dir, out) = tune_quick("time-wait");
+        let rebound = out
+            .lines()
+            .any(|l| l.contains("SO_REUSEADDR on") && l.contains("| bound"));
+        if rebound || earlier.matches("== time-wait ==").count() >= 2 {
+            break (dir, out);
+        }
+        earlier.push_str(&out);
+    };
     let (headers, rows) = table(&out, "close");
     let fin = rows
         .iter()
@@ -502,7 +516,11 @@ fn tune_time_wait_quick_shows_who_keeps_time_wait_and_the_rebind() {
         result("SO_REUSEADDR off").contains("Address already in use"),
         "{out}"
     );
-    assert_eq!(result("SO_REUSEADDR on"), "bound", "{out}");
+    assert_eq!(
+        result("SO_REUSEADDR on"),
+        "bound",
+        "{earlier}\n(earlier runs above)\n{out}"
+    );
     check_chart(
         &dir,
         "time-wait.svg",

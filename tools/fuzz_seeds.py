@@ -94,6 +94,30 @@ def conn(kind, ops, **limits):
     return setup(kind, **limits) + vec(ops)
 
 
+# tls_server: Vec<Op>, the ops of src/fuzz/tls.rs in order.
+TLS_OPS = ["client_sends", "server_reads", "client_receives", "client_writes", "server_writes",
+           "socket_room", "server_sends_pending", "client_key_update", "client_close_notify",
+           "client_fin", "server_close_notify", "flip", "inject"]
+
+
+def tls(name, arg=None):
+    head = variant(TLS_OPS.index(name), len(TLS_OPS))
+    if name in ("client_sends", "server_reads", "socket_room"):
+        return head + u16(arg)
+    if name in ("client_writes", "server_writes", "inject"):
+        return head + vec_u8(arg)
+    if name == "flip":
+        return head + u16(arg[0]) + u8(arg[1])
+    return head
+
+
+def tls_round(cut=65535, cap=65535):
+    """The client's records reach the server (cut at `cut` bytes a go), the server reads, the
+    client hears the answer."""
+    return [tls("client_sends", cut), tls("server_reads", cap), tls("client_sends", cut),
+            tls("server_reads", cap), tls("client_receives")]
+
+
 HTTP_GET = b"GET /metrics HTTP/1.1\r\nHost: seed\r\n\r\n"
 PUT = frame({"cmd": "put", "id": 1, "filename": "a.txt", "size": 5}, b"hello")
 GET = frame({"cmd": "get", "id": 2, "filename": "a.txt"})
@@ -125,6 +149,24 @@ SEEDS = {
                      WOULD_BLOCK], auth=True),
         "echo": svc([inp(frame({"cmd": "echo", "size": 3}, b"abc")),
                      inp(frame({"cmd": "stats"})), WOULD_BLOCK]),
+    },
+    "tls_server": {
+        "echo": vec(tls_round() + tls_round() + tls_round()
+                    + [tls("client_writes", b"hello"), *tls_round(),
+                       tls("server_writes", b"hello"), tls("client_receives"),
+                       tls("client_key_update"), tls("client_writes", b"again"), *tls_round(),
+                       tls("client_close_notify"), *tls_round(100, 7),
+                       tls("server_close_notify"), tls("client_receives")]),
+        "cut": vec(tls_round(3, 1) * 4 + tls_round(100) * 4
+                   + [tls("socket_room", 10), tls("client_writes", b"x" * 300), *tls_round(7, 5),
+                      tls("server_writes", b"y" * 300), tls("server_sends_pending"),
+                      tls("socket_room", 65535), tls("server_sends_pending"),
+                      tls("client_receives"), tls("client_fin"), tls("server_reads", 10)]),
+        "tampered": vec(tls_round() * 2 + [tls("client_writes", b"data"),
+                                           tls("client_sends", 65535), tls("flip", (8, 1)),
+                                           tls("server_reads", 100),
+                                           tls("inject", b"\x17\x03\x03\x00\x05abcde"),
+                                           tls("server_reads", 100), tls("server_close_notify")]),
     },
     "svc_datagram": {
         "echo": dgram("echo", [(0, 0, b"ping"), (1, 5, b"")]),

@@ -5,11 +5,13 @@
 mod bus;
 mod conn;
 mod dgram;
+mod tls;
 
 pub use crate::reactor::fuzz_conn_path;
 pub use bus::fuzz_chat_bus;
 use conn::{Conn, Op};
 pub use dgram::fuzz_datagram;
+pub use tls::fuzz_tls_server;
 
 use std::sync::Arc;
 

@@ -8,12 +8,15 @@
 //!   at run time (SIGHUP) without touching the connections already open.
 //! - [`client`]: the client commands' `--tls` options and their rustls configuration.
 //!
-//! - [`stream`]: a non-blocking TLS stream over any socket, driven by readiness: the
-//!   reactor's TLS transport, and `bench`'s TLS connections.
+//! - [`server_stream`]: the server side of a connection on rustls's unbuffered API, driven by
+//!   readiness, holding no buffer while idle: the reactor's TLS transport.
+//! - [`stream`]: the client side over a non-blocking socket, after a blocking handshake:
+//!   `bench`'s TLS connections.
 
 pub mod client;
 pub(crate) mod files;
 pub(crate) mod server;
+pub(crate) mod server_stream;
 pub(crate) mod stream;
 
 use std::sync::Arc;

@@ -1,21 +1,17 @@
-//! A non-blocking TLS stream: rustls's connection over a non-blocking socket, driven by
-//! readiness like the socket itself (rustls's `tlsserver-mio` example is the shape). The
-//! reactor's TLS transport is one over an accepted connection (server side); `bench` drives
-//! its TLS connections with it too (client side, after a blocking handshake).
+//! The client side of a TLS connection over a non-blocking socket, after a blocking
+//! handshake: `bench`'s TLS connections. rustls's buffered connection, driven by readiness like
+//! the socket itself (rustls's `tlsserver-mio` example is the shape). The server side, which
+//! must hold nothing while idle, is `server_stream` (rustls's unbuffered API).
 //!
 //! `read` hands out plaintext that rustls has decrypted, and only when it holds none reads
-//! the socket, decrypts and sends what the handshake owes the peer. `write` encrypts into
-//! rustls's buffer and writes it out; while encrypted bytes are still waiting for the socket it
-//! takes no more plaintext (`WouldBlock`), so the connection's own output buffer, which the
-//! pause and `--max-pending` limits count, stays where replies wait. Two things differ from a
-//! plain socket and the connection path asks for them: a short read does not mean the
-//! socket is empty (rustls may hold decrypted bytes, and no event will come for them), and
-//! output can wait inside the transport ([`TlsSocket::wants_write`]).
+//! the socket, decrypts and sends what rustls owes the peer. `write` encrypts into rustls's
+//! buffer and writes it out; while encrypted bytes are still waiting for the socket it takes
+//! no more plaintext (`WouldBlock`). A short read does not mean the socket is empty (rustls may
+//! hold decrypted bytes, and no event will come for them): [`TlsStream::drained`] says.
 
 use std::io::{self, Read, Write};
-use std::sync::Arc;
 
-use rustls::{ClientConnection, Connection, ServerConfig, ServerConnection};
+use rustls::ClientConnection;
 
 /// A TLS connection over a non-blocking socket `S`.
 #[derive(Debug)]
@@ -23,39 +19,19 @@ pub(crate) struct TlsStream<S> {
     /// The socket the records travel on.
     pub(crate) socket: S,
     /// rustls's state: the handshake, the keys, the records in and out.
-    session: Connection,
+    session: ClientConnection,
     /// See [`TlsStream::drained`].
     drained: bool,
 }
 
 impl<S: Read + Write> TlsStream<S> {
-    /// The server side of an accepted connection that has yet to send its ClientHello.
-    pub(crate) fn server(socket: S, config: Arc<ServerConfig>) -> io::Result<TlsStream<S>> {
-        let session = ServerConnection::new(config).map_err(io::Error::other)?;
-        Ok(TlsStream {
-            socket,
-            session: Connection::Server(session),
-            drained: false,
-        })
-    }
-
     /// The client side of a connection whose handshake has been run (blocking) on `socket`.
     pub(crate) fn client(socket: S, session: ClientConnection) -> TlsStream<S> {
         TlsStream {
             socket,
-            session: Connection::Client(session),
+            session,
             drained: false,
         }
-    }
-
-    /// The handshake has not finished.
-    pub(crate) fn is_handshaking(&self) -> bool {
-        self.session.is_handshaking()
-    }
-
-    /// Encrypted bytes wait for the socket.
-    pub(crate) fn wants_write(&self) -> bool {
-        self.session.wants_write()
     }
 
     /// Writes encrypted bytes until none wait (`Ok`) or the socket would block (the error).
@@ -193,184 +169,5 @@ impl<S: Read + Write> TlsStream<S> {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         Ok(n)
-    }
-
-    /// The orderly end: close_notify, written if the socket takes it.
-    pub(crate) fn close_notify(&mut self) {
-        self.session.send_close_notify();
-        let _ = self.send_pending();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::io::{Read, Write};
-    use std::os::unix::net::UnixStream;
-    use std::sync::Arc;
-    use std::thread;
-    use std::time::{Duration, Instant};
-
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
-
-    use super::TlsStream;
-
-    /// A server and a client configuration that trust each other (a self-signed certificate
-    /// for localhost).
-    fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let der = CertificateDer::from(cert.der().to_vec());
-        let provider = crate::tls::provider();
-        let server = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![der.clone()],
-                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
-            )
-            .unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(der).unwrap();
-        let client = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        (Arc::new(server), Arc::new(client))
-    }
-
-    /// Echoes through a server-side `TlsStream` read into buffers of `cap` bytes, while a
-    /// blocking client sends `total` bytes in records of every size and reads them back.
-    fn echo_through(cap: usize, total: usize) {
-        let (server_cfg, client_cfg) = configs();
-        let (a, b) = UnixStream::pair().unwrap();
-        a.set_nonblocking(true).unwrap();
-        let mut server = TlsStream::server(a, server_cfg).unwrap();
-        let data: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
-        let expected = data.clone();
-        let client = thread::spawn(move || {
-            let name = ServerName::try_from("localhost").unwrap();
-            let mut conn = ClientConnection::new(client_cfg, name).unwrap();
-            let mut sock = b;
-            sock.set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            let mut tls = rustls::Stream::new(&mut conn, &mut sock);
-            let mut got = Vec::new();
-            let mut sent = 0;
-            let mut size = 1;
-            let mut buf = vec![0u8; 70_000];
-            while got.len() < data.len() {
-                if sent < data.len() {
-                    let end = (sent + size).min(data.len());
-                    tls.write_all(&data[sent..end]).unwrap();
-                    sent = end;
-                    size = size * 3 % 40_000 + 1;
-                }
-                if sent == data.len() || got.len() + 200_000 < sent {
-                    let n = tls.read(&mut buf).unwrap();
-                    assert!(n > 0, "the server closed");
-                    got.extend_from_slice(&buf[..n]);
-                }
-            }
-            got
-        });
-        // The server side: a poll-free loop that reads what comes and echoes it.
-        let mut buf = vec![0u8; cap];
-        let mut pending: Vec<u8> = Vec::new();
-        let mut echoed = 0;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while echoed < total {
-            assert!(Instant::now() < deadline, "stuck at {echoed} of {total}");
-            match server.read(&mut buf) {
-                Ok(0) => panic!("end of input at {echoed}"),
-                Ok(n) => pending.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    // Wait (bounded) for the socket to have bytes, as the reactor's poll would.
-                    let mut fd = libc::pollfd {
-                        fd: std::os::fd::AsRawFd::as_raw_fd(&server.socket),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd, for the length given.
-                    unsafe { libc::poll(&mut fd, 1, 10) };
-                }
-                Err(e) => panic!("{e}"),
-            }
-            while !pending.is_empty() {
-                match server.write(&pending) {
-                    Ok(n) => {
-                        echoed += n;
-                        pending.drain(..n);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => panic!("{e}"),
-                }
-            }
-            let _ = server.send_pending();
-        }
-        while server.wants_write() {
-            let _ = server.send_pending();
-        }
-        assert!(client.join().unwrap() == expected, "the echo differs");
-    }
-
-    /// Data and close_notify in one segment: the data comes out, the socket is not taken for
-    /// drained (no event will come for the end), and the next read is the end.
-    #[test]
-    fn a_close_notify_behind_the_data_is_not_lost() {
-        let (server_cfg, client_cfg) = configs();
-        let (a, b) = UnixStream::pair().unwrap();
-        a.set_nonblocking(true).unwrap();
-        let mut server = TlsStream::server(a, server_cfg).unwrap();
-        let client = thread::spawn(move || {
-            let name = ServerName::try_from("localhost").unwrap();
-            let mut conn = ClientConnection::new(client_cfg, name).unwrap();
-            let mut sock = b;
-            while conn.is_handshaking() {
-                conn.complete_io(&mut sock).unwrap();
-            }
-            conn.writer().write_all(b"last words").unwrap();
-            conn.send_close_notify();
-            let mut both = Vec::new();
-            while conn.wants_write() {
-                conn.write_tls(&mut both).unwrap();
-            }
-            sock.write_all(&both).unwrap();
-            sock
-        });
-        let mut buf = vec![0u8; 65536];
-        let mut got = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            assert!(Instant::now() < deadline, "never saw the end; got {got:?}");
-            match server.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    got.extend_from_slice(&buf[..n]);
-                    if got == b"last words" {
-                        assert!(!server.drained(), "the end is still owed");
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let _ = server.send_pending();
-                    thread::sleep(Duration::from_millis(1));
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
-        assert_eq!(got, b"last words");
-        drop(client.join().unwrap());
-    }
-
-    #[test]
-    fn plaintext_comes_out_whole_whatever_the_read_buffer() {
-        for cap in [1, 7, 100, 5_000, 16_384, 17_000, 262_144] {
-            echo_through(cap, 600_000);
-        }
     }
 }

@@ -3,7 +3,7 @@
 //! see only it, and register it with the poll as the socket it stands for.
 //!
 //! Plain: the bytes go to and from the socket as they are, and file bodies may skip the
-//! process altogether (sendfile). TLS (`crate::tls::stream`): it decrypts in `read`, encrypts in `write`,
+//! process altogether (sendfile). TLS (`crate::tls::server_stream`): it decrypts in `read`, encrypts in `write`,
 //! sends its close alert in `shutdown`, and answers `None` to [`Transport::send_file`], so the
 //! service copies file bodies through the connection's output instead. The connection path
 //! asks two things of every transport that only TLS answers differently: whether a short read
@@ -23,8 +23,8 @@ use mio::{Interest, Registry, Token};
 
 use super::conn::StreamSocket;
 
-/// The reactor's TLS connection: rustls over an accepted socket (`tls/stream.rs`).
-pub(crate) type TlsSocket = crate::tls::stream::TlsStream<StreamSocket>;
+/// The reactor's TLS connection: rustls over an accepted socket (`tls/server_stream.rs`).
+pub(crate) type TlsSocket = crate::tls::server_stream::ServerTls<StreamSocket>;
 
 /// What a connection's bytes pass through.
 #[derive(Debug)]

@@ -1,0 +1,768 @@
+//! The server side of a TLS connection over a non-blocking socket, on rustls's unbuffered API:
+//! the reactor's TLS transport. rustls keeps the handshake, the keys and the record sequence;
+//! the bytes live here, and only while they wait. An idle connection holds no buffer at all
+//! (the buffered `ServerConnection` keeps a 4 KiB record buffer for good once it has read),
+//! which is what brings an idle TLS connection under 5 KB.
+//!
+//! Ciphertext is read into a buffer of the thread's (one reactor a thread) and decrypted there;
+//! what a connection keeps between reads is only the start of a record that has not all come
+//! ([`ServerTls::partial`]), plaintext that did not fit the caller's buffer, and records the
+//! socket would not take yet. Replies are encrypted straight into the thread's output buffer,
+//! as few records as the bytes allow (one per 16 KiB), and written from there.
+//!
+//! The contract with the connection path is [`crate::tls::stream::TlsStream`]'s: `read` gives
+//! plaintext (`Ok(0)` at the end: close_notify, or a TCP end without one, a truncation), a
+//! short read counts as draining the socket only when nothing decrypted is held
+//! ([`ServerTls::drained`]), and encrypted bytes waiting for the socket make
+//! [`ServerTls::wants_write`] true; `write` refuses (`WouldBlock`) while they wait, and before
+//! the handshake has finished, so unsent replies stay in the connection's own buffer, which the
+//! pause and `--max-pending` limits count.
+
+use std::cell::RefCell;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
+    WriteTraffic,
+};
+
+/// The most ciphertext a connection keeps while a record (or a handshake message spread over
+/// records) is incomplete: rustls's own limit on a handshake message (64 KiB) plus one
+/// largest record. A peer that sends more without completing anything is refused.
+const MAX_PARTIAL: usize = 0xffff + 18_437;
+
+/// The most plaintext one `write` encrypts (8 records of 16 KiB).
+const MAX_WRITE: usize = 128 * 1024;
+
+/// Room for a record's header, content type and tag, per 16 KiB record (TLS 1.2 GCM needs
+/// 29 bytes, 1.3 needs 22); `encrypt` says when more is needed.
+const RECORD_OVERHEAD: usize = 64;
+
+/// The thread's buffers, shared by its connections one call at a time.
+#[derive(Default)]
+struct Scratch {
+    /// Ciphertext being decrypted: a connection's partial record, then what the socket gave.
+    incoming: Vec<u8>,
+    /// Records being encrypted, before the socket takes them.
+    outgoing: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Runs `f` with the thread's buffers (fresh ones in the impossible case that a call is
+/// already using them).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => f(&mut scratch),
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
+/// Encrypted bytes the socket has not taken yet.
+#[derive(Debug, Default)]
+struct Unsent {
+    bytes: Vec<u8>,
+    /// How many of `bytes` have gone.
+    at: usize,
+}
+
+impl Unsent {
+    fn is_empty(&self) -> bool {
+        self.at >= self.bytes.len()
+    }
+
+    /// Writes until none wait (`Ok`) or the socket would block (the error); the buffer is
+    /// released once it is empty.
+    fn send(&mut self, socket: &mut impl Write) -> io::Result<usize> {
+        let mut sent = 0usize;
+        while let Some(rest) = self.bytes.get(self.at..).filter(|r| !r.is_empty()) {
+            match socket.write(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.at = self.at.saturating_add(n);
+                    sent = sent.saturating_add(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.bytes = Vec::new();
+        self.at = 0;
+        Ok(sent)
+    }
+
+    /// Writes what waits, then `records`, as far as the socket takes them; keeps the rest.
+    fn send_or_keep(&mut self, records: &[u8], socket: &mut impl Write) -> io::Result<()> {
+        match self.send(socket) {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+            _ => {}
+        }
+        let mut taken = 0usize;
+        if self.is_empty() {
+            while let Some(rest) = records.get(taken..).filter(|r| !r.is_empty()) {
+                match socket.write(rest) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => taken = taken.saturating_add(n),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.bytes
+            .extend_from_slice(records.get(taken..).unwrap_or_default());
+        Ok(())
+    }
+}
+
+/// Appends to `out` what `encode` writes into a buffer large enough for it.
+fn append_with<E>(
+    out: &mut Vec<u8>,
+    first_guess: usize,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    too_small: impl Fn(&E) -> Option<usize>,
+) -> Result<(), E> {
+    let start = out.len();
+    let mut room = first_guess;
+    for _ in 0..2 {
+        out.resize(start.saturating_add(room), 0);
+        let target = out.get_mut(start..).unwrap_or_default();
+        match encode(target) {
+            Ok(n) => {
+                out.truncate(start.saturating_add(n));
+                return Ok(());
+            }
+            Err(e) => match too_small(&e) {
+                Some(required) if required > room => room = required,
+                _ => {
+                    out.truncate(start);
+                    return Err(e);
+                }
+            },
+        }
+    }
+    out.truncate(start);
+    // `encode` asked for more room than it said it needed: treated as its refusal.
+    match encode(&mut []) {
+        Err(e) => Err(e),
+        Ok(_) => Ok(()),
+    }
+}
+
+fn encode_too_small(e: &EncodeError) -> Option<usize> {
+    match e {
+        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(*required_size)
+        }
+        _ => None,
+    }
+}
+
+fn encrypt_too_small(e: &EncryptError) -> Option<usize> {
+    match e {
+        EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(*required_size)
+        }
+        _ => None,
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+/// What processing a run of ciphertext came to.
+#[derive(Debug, Default)]
+struct Processed {
+    /// Bytes of it that rustls is done with.
+    consumed: usize,
+    /// Plaintext bytes written to the caller's buffer.
+    plain: usize,
+}
+
+/// A TLS server connection over the non-blocking socket `S`.
+pub(crate) struct ServerTls<S> {
+    /// The socket the records travel on.
+    pub(crate) socket: S,
+    /// rustls's state: the handshake, the keys, the record sequence.
+    conn: UnbufferedServerConnection,
+    /// The start of a record (or handshake message) whose rest has not come.
+    partial: Vec<u8>,
+    /// Plaintext decrypted that did not fit the caller's buffer: handed out first.
+    held: Vec<u8>,
+    /// Encrypted records waiting for the socket.
+    unsent: Unsent,
+    /// The peer's input has ended (close_notify): owed as a read of 0.
+    peer_closed: bool,
+    /// The last read emptied the socket and holds nothing decrypted.
+    drained: bool,
+    /// rustls refused the peer (its alert is sent): nothing more is asked of rustls, whose
+    /// view of the undiscarded bytes no longer matches ours.
+    failed: bool,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for ServerTls<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("socket", &self.socket)
+            .field("handshaking", &self.conn.is_handshaking())
+            .field("partial", &self.partial.len())
+            .field("held", &self.held.len())
+            .field(
+                "unsent",
+                &self.unsent.bytes.len().saturating_sub(self.unsent.at),
+            )
+            .field("peer_closed", &self.peer_closed)
+            .finish()
+    }
+}
+
+impl<S: Read + Write> ServerTls<S> {
+    /// The server side of an accepted connection that has yet to send its ClientHello.
+    pub(crate) fn server(socket: S, config: Arc<ServerConfig>) -> io::Result<ServerTls<S>> {
+        let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
+        Ok(ServerTls {
+            socket,
+            conn,
+            partial: Vec::new(),
+            held: Vec::new(),
+            unsent: Unsent::default(),
+            peer_closed: false,
+            drained: false,
+            failed: false,
+        })
+    }
+
+    /// The handshake has not finished.
+    pub(crate) fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// Encrypted bytes wait for the socket.
+    pub(crate) fn wants_write(&self) -> bool {
+        !self.unsent.is_empty()
+    }
+
+    /// Writes encrypted bytes until none wait (`Ok`) or the socket would block (the error).
+    pub(crate) fn send_pending(&mut self) -> io::Result<usize> {
+        self.unsent.send(&mut self.socket)
+    }
+
+    /// Bytes this connection keeps between calls (the fuzz target bounds them).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.partial
+            .len()
+            .saturating_add(self.held.len())
+            .saturating_add(self.unsent.bytes.len())
+    }
+
+    /// The last read emptied the socket and left nothing decrypted here: a later byte raises a
+    /// new readiness edge, so the read that would only say `WouldBlock` can be skipped.
+    pub(crate) fn drained(&self) -> bool {
+        self.drained
+    }
+
+    /// Plaintext for `buf`: what is held, else what the socket brings. `Ok(0)` is the end of
+    /// input: the peer's close_notify, or its TCP end without one (a truncation, which leaves
+    /// any partial request unanswered as a plain FIN would). A record that fails to decrypt
+    /// or a handshake that fails is an error, after its alert is sent.
+    pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.drained = false;
+        if !self.held.is_empty() {
+            return Ok(self.hand_out_held(buf));
+        }
+        if self.failed {
+            return Err(invalid("the TLS connection has failed"));
+        }
+        if self.peer_closed || buf.is_empty() {
+            return Ok(0);
+        }
+        let r = with_scratch(|scratch| self.read_with(buf, &mut scratch.incoming));
+        if matches!(&r, Err(e) if e.kind() == io::ErrorKind::InvalidData) {
+            self.failed = true;
+        }
+        r
+    }
+
+    fn hand_out_held(&mut self, buf: &mut [u8]) -> usize {
+        let n = self.held.len().min(buf.len());
+        if let (Some(to), Some(from)) = (buf.get_mut(..n), self.held.get(..n)) {
+            to.copy_from_slice(from);
+        }
+        self.held.drain(..n);
+        if self.held.is_empty() {
+            self.held = Vec::new();
+        }
+        n
+    }
+
+    fn read_with(&mut self, buf: &mut [u8], incoming: &mut Vec<u8>) -> io::Result<usize> {
+        loop {
+            // The partial record first, then as much new ciphertext as `buf` could take as
+            // plaintext (a record's plaintext is shorter than the record).
+            let kept = self.partial.len();
+            // At least a few KiB, so that a small `buf` does not mean a read a byte (plaintext
+            // beyond `buf` is held and handed out next).
+            let want = buf.len().saturating_sub(kept).max(4096);
+            let need = kept.saturating_add(want);
+            if incoming.len() < need {
+                incoming.resize(need, 0);
+            }
+            if let Some(front) = incoming.get_mut(..kept) {
+                front.copy_from_slice(&self.partial);
+            }
+            let Some(space) = incoming.get_mut(kept..need) else {
+                return Err(io::ErrorKind::OutOfMemory.into());
+            };
+            let n = loop {
+                match self.socket.read(space) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            };
+            let short = n < want;
+            let filled = kept.saturating_add(n);
+            let run = incoming.get_mut(..filled).unwrap_or_default();
+            let done = self.process(run, buf)?;
+            let rest = run.get(done.consumed..).unwrap_or_default();
+            if rest.len() > MAX_PARTIAL {
+                return Err(invalid("a TLS message larger than any this server accepts"));
+            }
+            self.partial.clear();
+            if rest.is_empty() {
+                self.partial = Vec::new();
+            } else {
+                self.partial.extend_from_slice(rest);
+            }
+            // Replies the handshake owes: sent now if the socket takes them.
+            match self.unsent.send(&mut self.socket) {
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                _ => {}
+            }
+            // The peer's end (close_notify) is owed as a read of 0, which no event will ask
+            // for: the socket does not count as drained until it has been read.
+            self.drained = short && self.held.is_empty() && !self.peer_closed;
+            if done.plain > 0 || self.peer_closed {
+                return Ok(done.plain);
+            }
+            if n == 0 {
+                tracing::debug!("TLS peer closed without close_notify");
+                return Ok(0);
+            }
+            // No plaintext yet: a handshake message, a partial record, a key update.
+            if short {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+        }
+    }
+
+    /// Hands `run` (ciphertext) to rustls until it needs more: plaintext goes to `buf` (what
+    /// does not fit, to `held`), what the handshake says goes to `unsent`.
+    fn process(&mut self, run: &mut [u8], buf: &mut [u8]) -> io::Result<Processed> {
+        let mut done = Processed::default();
+        // Each state is one step (a record, a message to encode); the bound is far above what
+        // one run of ciphertext can need and keeps a bug from spinning the loop.
+        for _ in 0..100_000 {
+            let rest = run.get_mut(done.consumed..).unwrap_or_default();
+            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(rest);
+            let state = match state {
+                Ok(state) => state,
+                Err(e) => {
+                    done.consumed = done.consumed.saturating_add(discard);
+                    let rest = run.get_mut(done.consumed..).unwrap_or_default();
+                    self.send_alert(rest);
+                    return Err(invalid(e));
+                }
+            };
+            let go_on = match state {
+                ConnectionState::ReadTraffic(mut records) => {
+                    while let Some(record) = records.next_record() {
+                        let record = record.map_err(invalid)?;
+                        discard = discard.saturating_add(record.discard);
+                        done.plain = deliver(record.payload, buf, done.plain, &mut self.held);
+                    }
+                    true
+                }
+                ConnectionState::ReadEarlyData(mut records) => {
+                    while let Some(record) = records.next_record() {
+                        let record = record.map_err(invalid)?;
+                        discard = discard.saturating_add(record.discard);
+                        done.plain = deliver(record.payload, buf, done.plain, &mut self.held);
+                    }
+                    true
+                }
+                ConnectionState::EncodeTlsData(mut message) => {
+                    append_with(
+                        &mut self.unsent.bytes,
+                        4096,
+                        |out| message.encode(out),
+                        encode_too_small,
+                    )
+                    .map_err(invalid)?;
+                    true
+                }
+                ConnectionState::TransmitTlsData(transmit) => {
+                    // Handed to `unsent`, which the caller sends as the socket allows.
+                    transmit.done();
+                    true
+                }
+                ConnectionState::PeerClosed | ConnectionState::Closed => {
+                    self.peer_closed = true;
+                    false
+                }
+                // Needs more bytes (BlockedHandshake), or all is read (WriteTraffic).
+                _ => false,
+            };
+            done.consumed = done.consumed.saturating_add(discard);
+            if !go_on {
+                return Ok(done);
+            }
+        }
+        Err(invalid("TLS records kept the connection busy"))
+    }
+
+    /// After a failure, the alert rustls queued saying why, if the socket takes it. `rest` is
+    /// the ciphertext rustls has not discarded (it may still refer to it). Only what rustls
+    /// has queued is asked for: asked for more, it would decode `rest` again.
+    fn send_alert(&mut self, rest: &mut [u8]) {
+        for _ in 0..4 {
+            if !self.conn.wants_write() {
+                break;
+            }
+            let status = self.conn.process_tls_records(rest);
+            let Ok(ConnectionState::EncodeTlsData(mut message)) = status.state else {
+                break;
+            };
+            let r = append_with(
+                &mut self.unsent.bytes,
+                256,
+                |out| message.encode(out),
+                encode_too_small,
+            );
+            if r.is_err() {
+                break;
+            }
+        }
+        let _ = self.unsent.send(&mut self.socket);
+    }
+
+    /// Runs `f` with rustls's permission to encrypt, after encoding what it owes first
+    /// (session tickets, a key update); `None` while the handshake runs or once the
+    /// connection has closed. rustls sees the partial record it has not discarded.
+    fn with_write_traffic<R>(
+        &mut self,
+        f: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>) -> R,
+    ) -> io::Result<Option<R>> {
+        if self.failed {
+            return Ok(None);
+        }
+        let mut partial = std::mem::take(&mut self.partial);
+        let mut consumed = 0usize;
+        let r = self.write_traffic_over(&mut partial, &mut consumed, f);
+        self.failed |= r.is_err();
+        partial.drain(..consumed.min(partial.len()));
+        if !partial.is_empty() {
+            self.partial = partial;
+        }
+        r
+    }
+
+    fn write_traffic_over<R>(
+        &mut self,
+        partial: &mut [u8],
+        consumed: &mut usize,
+        f: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>) -> R,
+    ) -> io::Result<Option<R>> {
+        let mut f = Some(f);
+        for _ in 0..64 {
+            let run = partial.get_mut(*consumed..).unwrap_or_default();
+            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(run);
+            let result = match state.map_err(invalid)? {
+                ConnectionState::EncodeTlsData(mut message) => {
+                    append_with(
+                        &mut self.unsent.bytes,
+                        4096,
+                        |out| message.encode(out),
+                        encode_too_small,
+                    )
+                    .map_err(invalid)?;
+                    None
+                }
+                ConnectionState::TransmitTlsData(transmit) => {
+                    transmit.done();
+                    None
+                }
+                ConnectionState::PeerClosed => {
+                    self.peer_closed = true;
+                    None
+                }
+                // Not expected here (the read path takes every whole record), but kept.
+                ConnectionState::ReadTraffic(mut records) => {
+                    while let Some(record) = records.next_record() {
+                        let record = record.map_err(invalid)?;
+                        discard = discard.saturating_add(record.discard);
+                        self.held.extend_from_slice(record.payload);
+                    }
+                    None
+                }
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    Some(f.take().map(|f| f(&mut traffic)))
+                }
+                _ => Some(None),
+            };
+            *consumed = consumed.saturating_add(discard);
+            if let Some(r) = result {
+                return Ok(r);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Encrypts `buf` (up to 128 KiB of it) and writes what the socket takes; refuses
+    /// (`WouldBlock`) while earlier records still wait for it and while the handshake runs.
+    pub(crate) fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.unsent.send(&mut self.socket)?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.conn.is_handshaking() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let plain = buf.get(..buf.len().min(MAX_WRITE)).unwrap_or(buf);
+        with_scratch(|scratch| {
+            let outgoing = &mut scratch.outgoing;
+            outgoing.clear();
+            let guess = plain
+                .len()
+                .saturating_add((plain.len() / 16_384).saturating_add(1) * RECORD_OVERHEAD);
+            let encrypted = self.with_write_traffic(|traffic| {
+                append_with(
+                    outgoing,
+                    guess,
+                    |out| traffic.encrypt(plain, out),
+                    encrypt_too_small,
+                )
+            })?;
+            match encrypted {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return Err(invalid(e)),
+                None => return Err(io::ErrorKind::WouldBlock.into()),
+            }
+            self.unsent.send_or_keep(outgoing, &mut self.socket)?;
+            Ok(plain.len())
+        })
+    }
+
+    /// The orderly end: close_notify, written if the socket takes it.
+    pub(crate) fn close_notify(&mut self) {
+        let mut alert = Vec::new();
+        let queued = self.with_write_traffic(|traffic| {
+            append_with(
+                &mut alert,
+                64,
+                |out| traffic.queue_close_notify(out),
+                encrypt_too_small,
+            )
+        });
+        if let Ok(Some(Ok(()))) = queued {
+            self.unsent.bytes.extend_from_slice(&alert);
+        }
+        let _ = self.unsent.send(&mut self.socket);
+    }
+}
+
+/// Copies `payload` into `buf` from `at`; what does not fit goes to `held`. Returns the new end
+/// of the plaintext in `buf`.
+fn deliver(payload: &[u8], buf: &mut [u8], at: usize, held: &mut Vec<u8>) -> usize {
+    if !held.is_empty() {
+        held.extend_from_slice(payload);
+        return at;
+    }
+    let room = buf.len().saturating_sub(at);
+    let n = room.min(payload.len());
+    if let (Some(to), Some(from)) = (buf.get_mut(at..at.saturating_add(n)), payload.get(..n)) {
+        to.copy_from_slice(from);
+    }
+    held.extend_from_slice(payload.get(n..).unwrap_or_default());
+    at.saturating_add(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+
+    use super::ServerTls;
+
+    /// A server and a client configuration that trust each other (a self-signed certificate
+    /// for localhost).
+    fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = CertificateDer::from(cert.der().to_vec());
+        let provider = crate::tls::provider();
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// Echoes through a `ServerTls` read into buffers of `cap` bytes, while a
+    /// blocking client sends `total` bytes in records of every size and reads them back.
+    fn echo_through(cap: usize, total: usize) {
+        let (server_cfg, client_cfg) = configs();
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut server = ServerTls::server(a, server_cfg).unwrap();
+        let data: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
+        let expected = data.clone();
+        let client = thread::spawn(move || {
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut conn = ClientConnection::new(client_cfg, name).unwrap();
+            let mut sock = b;
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+            let mut got = Vec::new();
+            let mut sent = 0;
+            let mut size = 1;
+            let mut buf = vec![0u8; 70_000];
+            while got.len() < data.len() {
+                if sent < data.len() {
+                    let end = (sent + size).min(data.len());
+                    tls.write_all(&data[sent..end]).unwrap();
+                    sent = end;
+                    size = size * 3 % 40_000 + 1;
+                }
+                if sent == data.len() || got.len() + 200_000 < sent {
+                    let n = tls.read(&mut buf).unwrap();
+                    assert!(n > 0, "the server closed");
+                    got.extend_from_slice(&buf[..n]);
+                }
+            }
+            got
+        });
+        // The server side: a poll-free loop that reads what comes and echoes it.
+        let mut buf = vec![0u8; cap];
+        let mut pending: Vec<u8> = Vec::new();
+        let mut echoed = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while echoed < total {
+            assert!(Instant::now() < deadline, "stuck at {echoed} of {total}");
+            match server.read(&mut buf) {
+                Ok(0) => panic!("end of input at {echoed}"),
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Wait (bounded) for the socket to have bytes, as the reactor's poll would.
+                    let mut fd = libc::pollfd {
+                        fd: std::os::fd::AsRawFd::as_raw_fd(&server.socket),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd, for the length given.
+                    unsafe { libc::poll(&mut fd, 1, 10) };
+                }
+                Err(e) => panic!("{e}"),
+            }
+            while !pending.is_empty() {
+                match server.write(&pending) {
+                    Ok(n) => {
+                        echoed += n;
+                        pending.drain(..n);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            let _ = server.send_pending();
+        }
+        while server.wants_write() {
+            let _ = server.send_pending();
+        }
+        assert!(client.join().unwrap() == expected, "the echo differs");
+    }
+
+    /// Data and close_notify in one segment: the data comes out, the socket is not taken for
+    /// drained (no event will come for the end), and the next read is the end.
+    #[test]
+    fn a_close_notify_behind_the_data_is_not_lost() {
+        let (server_cfg, client_cfg) = configs();
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut server = ServerTls::server(a, server_cfg).unwrap();
+        let client = thread::spawn(move || {
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut conn = ClientConnection::new(client_cfg, name).unwrap();
+            let mut sock = b;
+            while conn.is_handshaking() {
+                conn.complete_io(&mut sock).unwrap();
+            }
+            conn.writer().write_all(b"last words").unwrap();
+            conn.send_close_notify();
+            let mut both = Vec::new();
+            while conn.wants_write() {
+                conn.write_tls(&mut both).unwrap();
+            }
+            sock.write_all(&both).unwrap();
+            sock
+        });
+        let mut buf = vec![0u8; 65536];
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "never saw the end; got {got:?}");
+            match server.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if got == b"last words" {
+                        assert!(!server.drained(), "the end is still owed");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let _ = server.send_pending();
+                    thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, b"last words");
+        drop(client.join().unwrap());
+    }
+
+    #[test]
+    fn plaintext_comes_out_whole_whatever_the_read_buffer() {
+        for cap in [1, 7, 100, 5_000, 16_384, 17_000, 262_144] {
+            echo_through(cap, 600_000);
+        }
+    }
+}
