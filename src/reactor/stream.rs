@@ -423,6 +423,17 @@ fn settle(c: &mut Conn, limits: &Limits, t: &mut Tally, now: Instant) -> Verdict
     // because a peer that has finished sending may still have a request held to decode.
     c.service_paused = !c.service.accepts_input();
     c.read_paused = !c.read_closed && (c.out.pending() >= limits.pending_pause || c.service_paused);
+    // A long response copied through `out` stopped at the pause mark, and the drive's last flush
+    // then wrote it all: the writable edge its blocked write armed is dropped once interest
+    // falls back to reading, so production goes on from the ready list (sendfile waits for its
+    // own edge instead).
+    if c.service.has_output()
+        && !c.service.sending_file()
+        && c.out.pending() < limits.pending_pause
+        && !c.transport.wants_write()
+    {
+        t.more = true;
+    }
     if (was_paused || t.held_back) && !c.read_paused && !c.read_closed {
         // Resumed, or stopped at the pause mark by output that the last flush drained: read on
         // the next turn, since the socket's data arrived while reading was held.

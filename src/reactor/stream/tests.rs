@@ -418,6 +418,47 @@ fn a_peer_that_leaves_right_after_its_upload_gets_it_stored_and_answered() {
 }
 
 #[test]
+fn a_long_response_whose_output_drains_in_the_same_drive_goes_on() {
+    // Found by tools/files-bench.sh --tls: a `get` copied through `out` (no sendfile) stops
+    // producing at the pause mark after a write would block; the peer reads meanwhile, so the
+    // drive's last flush writes everything, interest falls back to reading and the writable
+    // edge the blocked write armed is dropped: the transfer stopped part-way, for good.
+    let reqs = [Req::Put(20_000), Req::Get];
+    let (stream, want, _) = build(&reqs);
+    let (service, dir) = files_service(u64::MAX);
+    // The peer takes 100 bytes, then reads 5,000 more right after a write that blocks (within
+    // the drive: more than the pause mark holds), and 100 more when the server waits for
+    // writability.
+    let mut script = Script::new(usize::MAX);
+    script.room = 100;
+    script.room_after_block = 5000;
+    // A budget that produces more than the pause mark in one go.
+    let limits = Limits {
+        read_budget: 1000,
+        pending_pause: 128,
+        ..Limits::default()
+    };
+    // No FIN: its readable edge would wake the connection and hide the stall.
+    let mut sim = Sim::with_limits(service, ServiceKind::Files, script, 4096, limits);
+    sim.arrive(&stream);
+    for _ in 0..10_000 {
+        sim.settle();
+        if !sim.disk.is_empty() {
+            let n = sim.disk.len();
+            sim.disk_done(n);
+            continue;
+        }
+        if !sim.script().write_blocked {
+            break;
+        }
+        sim.script().room_after_block = 5000;
+        sim.make_room(100);
+    }
+    check(&responses(&sim.sent()), &want);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn output_that_reaches_the_pause_mark_and_drains_in_the_same_drive_does_not_stall_reading() {
     // Found by the property test below. A request completed from held input queues its reply
     // in `out`; once `out` reaches --pending-pause the read loop stops, and the drive's last

@@ -264,6 +264,10 @@ pub(crate) mod script {
         pub(crate) room: usize,
         /// At most this many bytes per write call.
         pub(crate) write_cap: usize,
+        /// Room the peer makes right after a write said `WouldBlock`, within the same drive
+        /// (it reads while the server goes on): the writable edge is then owed, and lost if
+        /// the connection stops asking for writability before the next poll.
+        pub(crate) room_after_block: usize,
         /// For each coming read, at most this many bytes (0 counts as 1); then no cap.
         pub(crate) read_caps: VecDeque<usize>,
         /// For each coming write, at most this many bytes (0 counts as 1); then `write_cap`.
@@ -323,6 +327,7 @@ pub(crate) mod script {
             }
             if self.room == 0 {
                 self.write_blocked = true;
+                self.room = std::mem::take(&mut self.room_after_block);
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             let cap = self.write_caps.pop_front().unwrap_or(self.write_cap);
