@@ -78,7 +78,12 @@ impl Sim {
             authenticated: false,
         };
         service.on_event(opened, &mut out, &mut svc.ctx());
-        let mut c = Conn::new(Transport::Scripted(script), kind, service, Instant::now());
+        let mut c = Conn::new(
+            Transport::Scripted(Box::new(script)),
+            kind,
+            service,
+            Instant::now(),
+        );
         c.out.extend(&out);
         c.interest = Some(Interest::READABLE);
         let mut sim = Sim {

@@ -35,7 +35,7 @@ pub(crate) enum Transport {
     Tls(Box<TlsSocket>),
     /// A socket played by a unit test or a fuzz target (`script`).
     #[cfg(any(test, feature = "fuzzing"))]
-    Scripted(script::Script),
+    Scripted(Box<script::Script>),
 }
 
 impl Transport {
@@ -374,7 +374,7 @@ mod tests {
         let mut s = Script::new(2);
         s.inbound.extend(b"left over");
         s.interrupts.push_back(true);
-        let mut t = Transport::Scripted(s);
+        let mut t = Transport::Scripted(Box::new(s));
         assert!(t.send_file(0, 0, 1).is_none());
         assert!(matches!(t.write(b"abc"), Err(e) if e.kind() == io::ErrorKind::Interrupted));
         assert_eq!(t.write(b"abc").unwrap(), 2, "at most write_cap a call");
