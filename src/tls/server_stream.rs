@@ -25,8 +25,8 @@ use std::sync::Arc;
 use rustls::ServerConfig;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
-    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
-    WriteTraffic,
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError,
+    UnbufferedStatus, WriteTraffic,
 };
 
 /// The most ciphertext a connection keeps while a record (or a handshake message spread over
@@ -170,6 +170,29 @@ fn encrypt_too_small(e: &EncryptError) -> Option<usize> {
         }
         _ => None,
     }
+}
+
+/// Appends to `unsent` the message rustls owes the peer (a handshake message, a ticket, an
+/// alert).
+fn queue(
+    unsent: &mut Vec<u8>,
+    message: &mut EncodeTlsData<'_, ServerConnectionData>,
+) -> io::Result<()> {
+    append_with(unsent, 4096, |out| message.encode(out), encode_too_small).map_err(invalid)
+}
+
+/// Hands the payload of every record a `ReadTraffic` or `ReadEarlyData` state holds to
+/// `$deliver`, adding what each says to discard to `$discard` (the states are two types with
+/// the same method).
+macro_rules! take_records {
+    ($records:ident, $discard:ident, |$payload:ident| $deliver:block) => {{
+        while let Some(record) = $records.next_record() {
+            let record = record.map_err(invalid)?;
+            $discard = $discard.saturating_add(record.discard);
+            let $payload = record.payload;
+            $deliver
+        }
+    }};
 }
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
@@ -383,29 +406,19 @@ impl<S: Read + Write> ServerTls<S> {
             };
             let go_on = match state {
                 ConnectionState::ReadTraffic(mut records) => {
-                    while let Some(record) = records.next_record() {
-                        let record = record.map_err(invalid)?;
-                        discard = discard.saturating_add(record.discard);
-                        done.plain = deliver(record.payload, buf, done.plain, &mut self.held);
-                    }
+                    take_records!(records, discard, |payload| {
+                        done.plain = deliver(payload, buf, done.plain, &mut self.held);
+                    });
                     true
                 }
                 ConnectionState::ReadEarlyData(mut records) => {
-                    while let Some(record) = records.next_record() {
-                        let record = record.map_err(invalid)?;
-                        discard = discard.saturating_add(record.discard);
-                        done.plain = deliver(record.payload, buf, done.plain, &mut self.held);
-                    }
+                    take_records!(records, discard, |payload| {
+                        done.plain = deliver(payload, buf, done.plain, &mut self.held);
+                    });
                     true
                 }
                 ConnectionState::EncodeTlsData(mut message) => {
-                    append_with(
-                        &mut self.unsent.bytes,
-                        4096,
-                        |out| message.encode(out),
-                        encode_too_small,
-                    )
-                    .map_err(invalid)?;
+                    queue(&mut self.unsent.bytes, &mut message)?;
                     true
                 }
                 ConnectionState::TransmitTlsData(transmit) => {
@@ -440,13 +453,7 @@ impl<S: Read + Write> ServerTls<S> {
             let Ok(ConnectionState::EncodeTlsData(mut message)) = status.state else {
                 break;
             };
-            let r = append_with(
-                &mut self.unsent.bytes,
-                256,
-                |out| message.encode(out),
-                encode_too_small,
-            );
-            if r.is_err() {
+            if queue(&mut self.unsent.bytes, &mut message).is_err() {
                 break;
             }
         }
@@ -486,13 +493,7 @@ impl<S: Read + Write> ServerTls<S> {
             let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(run);
             let result = match state.map_err(invalid)? {
                 ConnectionState::EncodeTlsData(mut message) => {
-                    append_with(
-                        &mut self.unsent.bytes,
-                        4096,
-                        |out| message.encode(out),
-                        encode_too_small,
-                    )
-                    .map_err(invalid)?;
+                    queue(&mut self.unsent.bytes, &mut message)?;
                     None
                 }
                 ConnectionState::TransmitTlsData(transmit) => {
@@ -505,11 +506,9 @@ impl<S: Read + Write> ServerTls<S> {
                 }
                 // Not expected here (the read path takes every whole record), but kept.
                 ConnectionState::ReadTraffic(mut records) => {
-                    while let Some(record) = records.next_record() {
-                        let record = record.map_err(invalid)?;
-                        discard = discard.saturating_add(record.discard);
-                        self.held.extend_from_slice(record.payload);
-                    }
+                    take_records!(records, discard, |payload| {
+                        self.held.extend_from_slice(payload);
+                    });
                     None
                 }
                 ConnectionState::WriteTraffic(mut traffic) => {
