@@ -473,10 +473,9 @@ fn tune_udp_rcvbuf_quick_shows_the_servers_kernel_drops() {
 
 #[test]
 fn tune_time_wait_quick_shows_who_keeps_time_wait_and_the_rebind() {
-    // The rebind shares a port with TIME_WAIT sockets only while nothing else holds it; in a
-    // busy test run another connection (of this or another test) sometimes does, for all ten
-    // ports tried (seen once in ~20 runs; never alone). Up to three runs, each one's report
-    // kept for the failure message.
+    // The rebind needs a port that only this experiment's connection holds; the tool makes
+    // one, but another program can still take it in between. Up to three runs, each one's
+    // report kept for the failure message.
     let mut earlier = String::new();
     let (dir, out) = loop {
         let (dir, out) = tune_quick("time-wait");

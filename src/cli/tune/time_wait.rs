@@ -76,33 +76,18 @@ pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
         })();
         let secs = start.elapsed().as_secs_f64();
         let (tw_client, tw_server, source) = time_wait(addr.port());
-        // Reuse, while this server still listens: a local port that one of the FIN-closed
-        // connections left in TIME_WAIT. Another program may have taken such a port for a
-        // connection of its own since (then no option lets a bind share it): the next one
-        // is tried, up to ten.
-        if !linger0 {
-            for &port in local_ports.iter().take(10) {
-                let mut rows = Vec::new();
-                let mut bound_with_reuse = false;
-                for reuseaddr in [false, true] {
-                    let (bind, connect) = rebind(port, reuseaddr, addr);
-                    bound_with_reuse |= reuseaddr && bind == "bound";
-                    rows.push(vec![
-                        format!(
-                            "bind 127.0.0.1:{port}, SO_REUSEADDR {}",
-                            super::on_off(reuseaddr)
-                        ),
-                        bind,
-                    ]);
-                    if let Some(c) = connect {
-                        rows.push(vec![format!("then connect to {addr} (same four-tuple)"), c]);
-                    }
-                }
-                reuse_rows = rows;
-                if bound_with_reuse {
-                    break;
-                }
-            }
+        // Reuse, while this server still listens: a local port left in TIME_WAIT by one more
+        // FIN-closed connection, from a port that no other socket used (on a busy machine an
+        // ephemeral port often also names older TIME_WAIT connections to other servers, made
+        // without SO_REUSEADDR, and those refuse the rebind whatever this one sets).
+        if !linger0 && outcome.is_ok() {
+            reuse_rows = match time_wait_port_of_its_own(addr) {
+                Ok(port) => rebind_rows(port, addr),
+                Err(e) => vec![vec![
+                    "a local port in TIME_WAIT of its own".into(),
+                    e.to_string(),
+                ]],
+            };
         }
         server.stop();
         outcome?;
@@ -178,6 +163,70 @@ pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
     )?;
     sec.chart(svg);
     Ok(())
+}
+
+/// The rows of the rebind table for `port`: without SO_REUSEADDR, then with it.
+fn rebind_rows(port: u16, addr: SocketAddr) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for reuseaddr in [false, true] {
+        let (bind, connect) = rebind(port, reuseaddr, addr);
+        rows.push(vec![
+            format!(
+                "bind 127.0.0.1:{port}, SO_REUSEADDR {}",
+                super::on_off(reuseaddr)
+            ),
+            bind,
+        ]);
+        if let Some(c) = connect {
+            rows.push(vec![format!("then connect to {addr} (same four-tuple)"), c]);
+        }
+    }
+    rows
+}
+
+/// A local port that no socket holds (a bind without SO_REUSEADDR succeeds on it), then one
+/// connection to `addr` from it with SO_REUSEADDR on, closed first by this side: the port is in
+/// TIME_WAIT for that connection only.
+fn time_wait_port_of_its_own(addr: SocketAddr) -> Result<u16, TuneError> {
+    let mut last = None;
+    for _ in 0..20 {
+        let probe = Socket::new(Domain::IPV4, Type::STREAM, None)
+            .map_err(TuneError::io("create a socket"))?;
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        probe
+            .bind(&any.into())
+            .map_err(TuneError::io("bind a free local port"))?;
+        let port = probe
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.port())
+            .unwrap_or(0);
+        drop(probe);
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None)
+            .map_err(TuneError::io("create a socket"))?;
+        sock.set_reuse_address(true)
+            .map_err(TuneError::io("set SO_REUSEADDR"))?;
+        let local = SocketAddr::from(([127, 0, 0, 1], port));
+        // Another program may take the port between the probe and this bind: the next one.
+        if let Err(e) = sock.bind(&local.into()) {
+            last = Some(e);
+            continue;
+        }
+        sock.connect_timeout(&addr.into(), wire::IO_TIMEOUT)
+            .map_err(TuneError::io(format!("connect to {addr} from port {port}")))?;
+        let mut s: TcpStream = sock.into();
+        s.set_read_timeout(Some(wire::IO_TIMEOUT))
+            .map_err(TuneError::io("set timeouts"))?;
+        wire::write_all(&mut s, b"churn")?;
+        let mut back = Vec::new();
+        wire::read_exact(&mut s, 5, &mut back)?;
+        drop(s);
+        return Ok(port);
+    }
+    Err(TuneError::io("bind a port of its own")(
+        last.unwrap_or_else(|| std::io::Error::other("no free port")),
+    ))
 }
 
 /// Connects to `addr` from a socket with SO_REUSEADDR on: a TIME_WAIT socket keeps its
