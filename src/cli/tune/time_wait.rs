@@ -55,16 +55,12 @@ pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
         let server = Server::start(&["echo"], &[])?;
         let addr = server.addr("echo")?;
         let start = Instant::now();
-        let mut local_ports = Vec::new();
         let outcome = (|| -> Result<(), TuneError> {
             for _ in 0..n {
                 let mut s = connect_reusable(addr)?;
                 wire::write_all(&mut s, b"churn")?;
                 let mut back = Vec::new();
                 wire::read_exact(&mut s, 5, &mut back)?;
-                if let Ok(a) = s.local_addr() {
-                    local_ports.push(a.port());
-                }
                 if linger0 {
                     socket2::SockRef::from(&s)
                         .set_linger(Some(std::time::Duration::ZERO))
