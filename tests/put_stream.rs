@@ -151,30 +151,44 @@ fn put_dash_without_as_is_refused() {
     assert!(out.stdout.is_empty());
 }
 
+/// The client's connection reaches the server through this relay, which appends to `grow`
+/// after accepting it (the client has fixed the size it announces by then) and only then
+/// relays, so the file grows while it is sent, however fast the machine.
+fn relay_growing(server: &str, grow: std::path::PathBuf) -> (String, thread::JoinHandle<()>) {
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = server.to_owned();
+    let relay = thread::spawn(move || {
+        let (client, _) = listener.accept().unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(grow).unwrap();
+        f.write_all(&[b'x'; 64 * 1024]).unwrap();
+        let upstream = TcpStream::connect(server).unwrap();
+        for s in [&client, &upstream] {
+            s.set_read_timeout(Some(BOUND)).unwrap();
+        }
+        let (mut c_in, mut u_out) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+        let up = thread::spawn(move || {
+            let _ = std::io::copy(&mut c_in, &mut u_out);
+            let _ = u_out.shutdown(Shutdown::Write);
+        });
+        let (mut u_in, mut c_out) = (upstream, client);
+        let _ = std::io::copy(&mut u_in, &mut c_out);
+        let _ = c_out.shutdown(Shutdown::Write);
+        up.join().unwrap();
+    });
+    (addr, relay)
+}
+
 #[test]
 fn a_regular_file_that_grows_while_sent_is_an_error() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
     let dir = TempDir::new("put-grows");
     let (_server, addr) = start(&dir);
     let path = dir.path().join("growing.log");
     std::fs::write(&path, payload(1 << 20)).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (p, s) = (path.clone(), Arc::clone(&stop));
-    // Appends (bounded: at most 64 MiB) until the put is over, as a log being written does.
-    let appender = thread::spawn(move || {
-        let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
-        for _ in 0..1024 {
-            if s.load(Ordering::SeqCst) {
-                break;
-            }
-            f.write_all(&[b'x'; 64 * 1024]).unwrap();
-            thread::sleep(Duration::from_millis(1));
-        }
-    });
-    let out = run_piped(&["put", path.to_str().unwrap(), "--addr", &addr], b"");
-    stop.store(true, Ordering::SeqCst);
-    appender.join().unwrap();
+    let (relay_addr, relay) = relay_growing(&addr, path.clone());
+    let out = run_piped(&["put", path.to_str().unwrap(), "--addr", &relay_addr], b"");
+    relay.join().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
