@@ -1,0 +1,191 @@
+//! What TLS costs a server per request before any of socklab's own code: rustls's unbuffered
+//! server connection with the ring provider (the crates socklab's TLS transport is built on,
+//! the same versions and cipher suite: TLS 1.3, AES-256-GCM) decrypting one record of a
+//! request and encrypting one record of its reply, in memory, no sockets.
+//!
+//! Rows, per request and reply: plaintext 64 B (one request a record: the `1000x1` cell of
+//! `tools/tls-bench.sh`) and 1,024 B (16 requests of 64 B in one record each way: its `50x16`
+//! cell), on one connection (its keys and state stay in cache) and round-robin over 1,000
+//! connections (each turn finds its connection's state out of the nearer caches, as a server
+//! with 1,000 busy connections does). The figures are the floor under the TLS/plain ratios of
+//! BENCHMARKS.md: the server's CPU per plaintext request is measured there in the same units.
+//!
+//! Run: `cargo bench --bench tls_records -- --warm-up-time 1 --measurement-time 3`.
+
+use std::hint::black_box;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::ConnectionState;
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+
+/// A server and a client configuration that trust each other.
+fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let der = CertificateDer::from(cert.der().to_vec());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![der.clone()],
+            PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(der).unwrap();
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (Arc::new(server), Arc::new(client))
+}
+
+/// A connection after its handshake: the client (buffered, which only makes records here) and
+/// the server (unbuffered, as socklab's transport).
+struct Pair {
+    client: ClientConnection,
+    server: UnbufferedServerConnection,
+}
+
+/// Runs the handshake in memory.
+fn connect(server_config: &Arc<ServerConfig>, client_config: &Arc<ClientConfig>) -> Pair {
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client = ClientConnection::new(Arc::clone(client_config), name).unwrap();
+    let mut server = UnbufferedServerConnection::new(Arc::clone(server_config)).unwrap();
+    let mut to_server: Vec<u8> = Vec::new();
+    for _ in 0..16 {
+        while client.wants_write() {
+            client.write_tls(&mut to_server).unwrap();
+        }
+        let mut to_client = Vec::new();
+        let ready = serve_handshake(&mut server, &mut to_server, &mut to_client);
+        client.read_tls(&mut to_client.as_slice()).unwrap();
+        client.process_new_packets().unwrap();
+        if ready && !client.is_handshaking() && to_server.is_empty() && !client.wants_write() {
+            return Pair { client, server };
+        }
+    }
+    panic!("the handshake did not finish");
+}
+
+/// One round of the server's side of the handshake; true once it may send application data.
+fn serve_handshake(
+    server: &mut UnbufferedServerConnection,
+    incoming: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> bool {
+    loop {
+        let status = server.process_tls_records(incoming);
+        let discard = status.discard;
+        let ready = match status.state.unwrap() {
+            ConnectionState::EncodeTlsData(mut message) => {
+                let mut buf = vec![0u8; 16 * 1024];
+                let n = message.encode(&mut buf).unwrap();
+                out.extend_from_slice(&buf[..n]);
+                None
+            }
+            ConnectionState::TransmitTlsData(transmit) => {
+                transmit.done();
+                None
+            }
+            ConnectionState::WriteTraffic(_) => Some(true),
+            ConnectionState::BlockedHandshake => Some(false),
+            other => panic!("unexpected state in the handshake: {other:?}"),
+        };
+        incoming.drain(..discard);
+        if let Some(ready) = ready {
+            return ready;
+        }
+    }
+}
+
+/// The server's work for one request: decrypts `record` (one whole record) and encrypts
+/// `reply` into `out`. Returns the plaintext length, which must be the request's.
+fn serve_one(
+    server: &mut UnbufferedServerConnection,
+    record: &mut [u8],
+    reply: &[u8],
+    out: &mut [u8],
+) -> usize {
+    let mut plain = 0;
+    let mut at = 0;
+    loop {
+        let status = server.process_tls_records(&mut record[at..]);
+        let mut discard = status.discard;
+        match status.state.unwrap() {
+            ConnectionState::ReadTraffic(mut records) => {
+                while let Some(r) = records.next_record() {
+                    let r = r.unwrap();
+                    discard += r.discard;
+                    plain += black_box(r.payload).len();
+                }
+            }
+            ConnectionState::WriteTraffic(mut traffic) => {
+                let n = traffic.encrypt(reply, out).unwrap();
+                black_box(&out[..n]);
+                return plain;
+            }
+            other => panic!("unexpected state: {other:?}"),
+        }
+        at += discard;
+    }
+}
+
+/// Requests of `size` bytes on `conns` connections taken in turn: server time per request.
+fn bench_requests(c: &mut Criterion) {
+    let (server_config, client_config) = configs();
+    let mut group = c.benchmark_group("tls_server_record");
+    for size in [64usize, 1024] {
+        for conns in [1usize, 1000] {
+            let mut pairs: Vec<Pair> = (0..conns)
+                .map(|_| connect(&server_config, &client_config))
+                .collect();
+            let request: Vec<u8> = (0..size).map(|i| i as u8).collect();
+            let mut out = vec![0u8; size + 64];
+            group.throughput(Throughput::Elements(1));
+            let id = BenchmarkId::new(format!("{size}B"), format!("{conns}conns"));
+            group.bench_function(id, |b| {
+                b.iter_custom(|iters| {
+                    let mut spent = Duration::ZERO;
+                    let mut left = iters;
+                    let mut records: Vec<Vec<u8>> = Vec::with_capacity(conns);
+                    while left > 0 {
+                        // A round: one request on each connection, made by its client (not
+                        // timed), then served in the same order (timed).
+                        let round = usize::try_from(left).unwrap_or(usize::MAX).min(conns);
+                        records.clear();
+                        for pair in pairs.iter_mut().take(round) {
+                            pair.client.writer().write_all(&request).unwrap();
+                            let mut record = Vec::with_capacity(size + 64);
+                            pair.client.write_tls(&mut record).unwrap();
+                            records.push(record);
+                        }
+                        let start = Instant::now();
+                        for (pair, record) in pairs.iter_mut().zip(records.iter_mut()) {
+                            let n = serve_one(&mut pair.server, record, &request, &mut out);
+                            debug_assert_eq!(n, size);
+                        }
+                        spent += start.elapsed();
+                        left -= round as u64;
+                    }
+                    spent
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_requests);
+criterion_main!(benches);
