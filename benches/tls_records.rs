@@ -31,6 +31,9 @@ fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
         .self_signed(&key)
         .unwrap();
     let der = CertificateDer::from(cert.der().to_vec());
+    // As socklab's (`tls::provider`): ring, deprecated for lacking the post-quantum hybrid key
+    // exchange, which only aws-lc-rs has; the key exchange is not measured here.
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
