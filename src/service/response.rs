@@ -3,8 +3,6 @@
 //! response, which is most of the cost of a small request like `ping`. The error codes of
 //! PROTOCOL.md ([`ErrorCode`]) are here too, for `files` and `exec` alike.
 
-use std::io::Write as _;
-
 /// The error codes of PROTOCOL.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
@@ -133,7 +131,9 @@ impl<'a> Head<'a> {
             self.out.extend_from_slice(id.as_bytes());
         }
         self.key("size");
-        let _ = write!(self.out, "{size}}}");
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(size).as_bytes());
+        self.out.push(b'}');
         let len = self
             .out
             .len()
