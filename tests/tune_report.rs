@@ -1,5 +1,5 @@
 //! `socklab tune --report DIR` end to end: a quick run of every experiment writes
-//! DIR/index.html, which headless Chromium opens with every chart loaded (the page's own
+//! DIR/index.html (and, with --png, a PNG beside each SVG chart, linked from the page), which headless Chromium opens with every chart loaded (the page's own
 //! script marks how many images loaded); the page holds the tables, the kernel settings and
 //! the suggestions, and needs no network. A report into a directory that cannot be written
 //! fails at once, naming it. Chromium must be installed (CI installs it): without it the
@@ -99,7 +99,7 @@ fn a_quick_report_opens_in_chromium_with_every_chart_loaded() {
     let dir = TempDir::new("page");
     let report = dir.0.join("report");
     let report_arg = report.display().to_string();
-    let args = ["tune", "--quick", "--report", &report_arg];
+    let args = ["tune", "--quick", "--png", "--report", &report_arg];
     let out = run(env!("CARGO_BIN_EXE_socklab"), &args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -152,6 +152,21 @@ fn a_quick_report_opens_in_chromium_with_every_chart_loaded() {
                 text.contains("width=\"1000\""),
                 "{} is not 1000 px wide",
                 p.display()
+            );
+            // --png: a PNG of the same size beside it, linked from the page.
+            let png = std::fs::read(p.with_extension("png"))
+                .unwrap_or_else(|e| panic!("no PNG beside {}: {e}", p.display()));
+            assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+            assert_eq!(
+                &png[16..24],
+                &[0, 0, 0x03, 0xe8, 0, 0, 0x02, 0x58],
+                "1000 x 600"
+            );
+            let name = p.with_extension("png");
+            let name = name.file_name().unwrap().to_string_lossy();
+            assert!(
+                html.contains(&format!("<a href=\"{name}\">PNG</a>")),
+                "no link to {name}"
             );
         }
     }

@@ -17,6 +17,7 @@ pub mod chart;
 pub mod keepalive;
 pub mod kernel;
 pub mod nodelay;
+pub mod png;
 pub mod report;
 pub mod reuseaddr;
 pub mod reuseport;
@@ -54,6 +55,10 @@ pub struct TuneArgs {
     /// network (the charts are written into DIR too, next to it; --out is then unused).
     #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
+    /// Also write each chart as PNG beside its SVG (rendered from the SVG with the system's
+    /// fonts), for tools that take no SVG.
+    #[arg(long)]
+    pub png: bool,
     /// Use this existing echo server instead of starting one (the experiments that need to
     /// restart or reconfigure the server are skipped).
     #[arg(long, value_name = "ADDR")]
@@ -153,6 +158,8 @@ pub struct Section {
     pub blocks: Vec<Block>,
     /// The charts it wrote.
     pub charts: Vec<PathBuf>,
+    /// Their PNG copies (`--png`).
+    pub pngs: Vec<PathBuf>,
     /// What it suggests, one sentence each.
     pub suggests: Vec<String>,
     /// How it ended.
@@ -167,6 +174,7 @@ impl Section {
             about: e.about,
             blocks: Vec::new(),
             charts: Vec::new(),
+            pngs: Vec::new(),
             suggests: Vec::new(),
             outcome: Outcome::Ran,
         }
@@ -197,6 +205,16 @@ impl Section {
     pub fn chart(&mut self, path: PathBuf) {
         println!("chart: {}", path.display());
         self.charts.push(path);
+    }
+
+    /// Writes a PNG beside each of its charts (`--png`).
+    fn copy_charts_to_png(&mut self, rasterizer: &png::Rasterizer) -> Result<(), png::PngError> {
+        for svg in &self.charts {
+            let png = rasterizer.render(svg)?;
+            println!("chart: {}", png.display());
+            self.pngs.push(png);
+        }
+        Ok(())
     }
 }
 
@@ -283,6 +301,14 @@ pub fn run(args: &TuneArgs) -> ExitCode {
         eprintln!("socklab tune: {e}");
         return ExitCode::FAILURE;
     }
+    // Find out now too that PNGs cannot be drawn.
+    let rasterizer = match args.png.then(png::Rasterizer::new).transpose() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("socklab tune: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // The backlog burst holds many sockets at once.
     let _ = crate::sockopt::raise_fd_limit();
     let ctx = Ctx {
@@ -309,6 +335,12 @@ pub fn run(args: &TuneArgs) -> ExitCode {
                 eprintln!("socklab tune: {}: {err}", e.name);
                 section.outcome = Outcome::Failed(err.to_string());
             }
+        }
+        if let Some(r) = &rasterizer
+            && let Err(e) = section.copy_charts_to_png(r)
+        {
+            failed += 1;
+            eprintln!("socklab tune: {}: {e}", section.name);
         }
         println!();
         sections.push(section);

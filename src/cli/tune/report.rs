@@ -169,12 +169,21 @@ pub fn html(dir: &Path, sections: &[Section], quick: bool) -> String {
         }
         for chart in &s.charts {
             let rel = relative(dir, chart);
-            let _ = writeln!(
+            let _ = write!(
                 out,
-                "<p><img src=\"{0}\" alt=\"chart of the {1} experiment ({0})\" width=\"1000\" height=\"600\"></p>",
+                "<p><img src=\"{0}\" alt=\"chart of the {1} experiment ({0})\" width=\"1000\" height=\"600\">",
                 escape(&rel),
                 escape(s.name)
             );
+            let png = chart.with_extension("png");
+            if s.pngs.contains(&png) {
+                let _ = write!(
+                    out,
+                    "<br><a href=\"{0}\">PNG</a>",
+                    escape(&relative(dir, &png))
+                );
+            }
+            out.push_str("</p>\n");
         }
         if !s.suggests.is_empty() {
             out.push_str("<div class=\"suggests\"><strong>What this suggests</strong><ul>\n");
@@ -228,6 +237,20 @@ mod tests {
             assert!(page.contains(want), "{want} missing from\n{page}");
         }
         assert!(!page.contains("http://") && !page.contains("https://"));
+        // No PNG was made: no link to one.
+        assert!(!page.contains(">PNG</a>"));
+    }
+
+    #[test]
+    fn a_chart_with_a_png_copy_links_to_it() {
+        let mut ran = Section::new(&EXPERIMENTS[0]);
+        ran.charts.push(PathBuf::from("/r/nodelay.svg"));
+        ran.pngs.push(PathBuf::from("/r/nodelay.png"));
+        let page = html(Path::new("/r"), &[ran], true);
+        assert!(
+            page.contains("<br><a href=\"nodelay.png\">PNG</a></p>"),
+            "{page}"
+        );
     }
 
     #[test]
