@@ -136,7 +136,7 @@ mod tests {
         assert_eq!(&bytes[16..24], &[0, 0, 1, 44, 0, 0, 0, 100]);
         // The text is drawn: its pixels make the image differ from a blank one.
         let drawn = Pixmap::load_png(&png).unwrap();
-        let blank = Pixmap::load_png(&r.render(&without).unwrap()).unwrap();
+        let blank = Pixmap::load_png(r.render(&without).unwrap()).unwrap();
         let dark = |p: &Pixmap| p.pixels().iter().filter(|c| c.red() < 128).count();
         assert_eq!(dark(&blank), 0);
         assert!(
