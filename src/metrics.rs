@@ -84,6 +84,11 @@ impl FrameCounts {
         }
     }
 
+    /// Every frame counted, whatever its command and outcome.
+    pub(crate) fn total(&self) -> u64 {
+        self.0.iter().map(|(_, n)| *n).fold(0, u64::saturating_add)
+    }
+
     /// Every count, sorted by command and outcome.
     pub(crate) fn sorted(&self) -> Vec<((&'static str, &'static str), u64)> {
         let mut all = self.0.clone();

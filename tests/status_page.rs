@@ -98,6 +98,61 @@ fn the_page_is_rendered_by_the_server_with_every_listener_and_service() {
     assert!(!body.contains("src=\"http"), "nothing from the network");
 }
 
+/// The server's samples embedded in the page (`id="history"`): `[unix_ms, requests,
+/// connections, bytes in, bytes out]` each, oldest first.
+fn page_history(body: &str) -> Vec<[u64; 5]> {
+    let start = body
+        .find("<script type=\"application/json\" id=\"history\">")
+        .expect("the page embeds its history");
+    let rest = &body[start..];
+    let json = &rest[rest.find('>').unwrap() + 1..rest.find("</script>").unwrap()];
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"))
+}
+
+/// Polls the page (bounded) until its history holds `n` samples, the last with at least
+/// `bytes_in`; returns that history.
+fn history_with(metrics: SocketAddr, n: usize, bytes_in: u64) -> Vec<[u64; 5]> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let h = page_history(&get(metrics, "/").1);
+        if h.len() >= n && h.last().is_some_and(|s| s[3] >= bytes_in) {
+            return h;
+        }
+        assert!(Instant::now() < deadline, "history never grew: {h:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_page_opens_on_the_minutes_before_it_with_one_or_two_workers() {
+    for workers in ["1", "2"] {
+        let server = server(&["--workers", workers]);
+        let (metrics, echo) = (server.tcp("metrics"), server.tcp("echo"));
+        echo_traffic(echo, 5000);
+        // Sampled once a second whether anyone watches or not.
+        let h = history_with(metrics, 3, 5000);
+        for pair in h.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            assert!(b[0] > a[0], "time runs forward: {h:?}");
+            assert!(
+                (500..=3000).contains(&(b[0] - a[0])),
+                "about a second apart: {h:?}"
+            );
+            for k in 1..5 {
+                assert!(b[k] >= a[k], "totals never fall: {h:?}");
+            }
+        }
+        let last = h.last().unwrap();
+        // The echo's 5000 bytes each way, from every worker's counters; at least the echo
+        // connection and one page request.
+        assert!(
+            last[3] >= 5000 && last[4] >= 5000,
+            "{workers} workers: {h:?}"
+        );
+        assert!(last[2] >= 2, "{workers} workers: {h:?}");
+    }
+}
+
 #[test]
 fn stats_json_is_what_stats_json_prints() {
     let server = server(&["--workers", "2"]);
@@ -177,6 +232,8 @@ fn chromium_shows_the_page_updating_live() {
             std::thread::sleep(Duration::from_millis(100));
         }
     });
+    // Open the page once the server holds a few seconds of samples: its charts start there.
+    history_with(metrics, 3, 1);
     let shot = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
     let out = util::browser::node(
         BROWSE,
@@ -200,6 +257,15 @@ fn chromium_shows_the_page_updating_live() {
         v["polylines"].as_u64().unwrap() >= 4,
         "both charts drawn: {v}"
     );
+    // Each live update adds at most one point: the rest came with the page.
+    let (points, updates) = (
+        v["points_at_load"].as_u64().unwrap(),
+        v["updates_at_load"].as_u64().unwrap(),
+    );
+    assert!(
+        points >= updates + 2,
+        "the charts did not open on the server's samples: {v}"
+    );
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
 }
 
@@ -212,6 +278,10 @@ const { chromium } = require('playwright-core');
   const failed = [];
   page.on('requestfailed', r => { if (!r.url().endsWith('/events')) failed.push(r.url()); });
   await page.goto(process.argv[2]);
+  const atLoad = await page.evaluate(() => ({
+    points: Number(document.body.getAttribute('data-chart-points')),
+    updates: Number(document.getElementById('updates').textContent),
+  }));
   await page.waitForFunction(() => Number(document.getElementById('updates').textContent) >= 3,
                              null, { timeout: 20000 });
   await page.waitForFunction(() => Number(document.querySelector('tr[data-service="echo"] td[data-col="bytes in"]').textContent) > 0,
@@ -222,6 +292,8 @@ const { chromium } = require('playwright-core');
     polylines: document.querySelectorAll('polyline').length,
   }));
   result.failed_requests = failed;
+  result.points_at_load = atLoad.points;
+  result.updates_at_load = atLoad.updates;
   await page.screenshot({ path: process.argv[3], fullPage: true });
   console.log(JSON.stringify(result));
   await browser.close();

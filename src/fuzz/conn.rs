@@ -5,6 +5,7 @@
 
 use crate::metrics::{Counters, Gathered, Peers};
 use crate::service::chat::ChatRoom;
+use crate::service::status_page::history::History;
 use crate::service::{Action, Ctx, Event, Output, StreamService};
 use arbitrary::Arbitrary;
 
@@ -33,6 +34,7 @@ pub(crate) struct Conn {
     pub(crate) room: ChatRoom,
     pub(crate) others: Vec<u8>,
     pub(crate) peers: Peers,
+    pub(crate) history: History,
 }
 
 impl Conn {
@@ -46,6 +48,7 @@ impl Conn {
             room: ChatRoom::default(),
             others: Vec::new(),
             peers: Peers::default(),
+            history: History::default(),
         }
     }
 
@@ -56,6 +59,7 @@ impl Conn {
                 room: &mut self.room,
                 others: &mut self.others,
                 peers: &self.peers,
+                history: &self.history,
             },
             &mut self.service,
             &mut self.out,

@@ -35,6 +35,7 @@ pub mod conn;
 pub mod dgram;
 pub mod disk;
 pub(crate) mod handover;
+mod history;
 pub(crate) mod inherit;
 mod shutdown;
 mod stream;
@@ -56,6 +57,7 @@ use crate::config::ServerConfig;
 use crate::metrics::{Counters, Peers};
 use crate::service::chat::ChatRoom;
 use crate::service::files::DiskDone;
+use crate::service::status_page::history::History;
 use crate::service::{Action, Ctx, Event, Peer, Shared};
 
 use accept::{Admission, Listener};
@@ -150,6 +152,7 @@ impl Reactor {
         let mut turn_end = Instant::now();
         self.start_bus();
         self.kernel_drops_tick();
+        self.history_tick();
         loop {
             let timeout = if self.core.ready.is_empty() {
                 self.set_alarm(turn_end)
@@ -304,6 +307,7 @@ impl Reactor {
                 TimerKind::BusRetry => self.bus_retry(),
                 TimerKind::BusDeadline(attempt) => self.bus_deadline(attempt),
                 TimerKind::KernelDrops => self.kernel_drops_tick(),
+                TimerKind::History => self.history_tick(),
             }
         }
         // Entries of closed connections wait in the heap until due; compact when they
@@ -326,6 +330,7 @@ impl Reactor {
                 | TimerKind::BusRetry
                 | TimerKind::BusDeadline(_)
                 | TimerKind::KernelDrops
+                | TimerKind::History
                 | TimerKind::ExecDeadline(_)
                 | TimerKind::ExecPipeGrace(_)
                 | TimerKind::OrphanSweep => true,
@@ -511,6 +516,8 @@ struct ServiceState {
     others: Vec<u8>,
     /// This worker's number and how many there are.
     peers: Peers,
+    /// The status page's last five minutes of totals (with a metrics listener).
+    history: History,
 }
 
 impl ServiceState {
@@ -521,6 +528,7 @@ impl ServiceState {
             room: &mut self.room,
             others: &mut self.others,
             peers: &self.peers,
+            history: &self.history,
         }
     }
 }

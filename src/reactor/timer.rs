@@ -51,6 +51,8 @@ pub enum TimerKind {
     BusDeadline(u64),
     /// Read the kernel's receive-queue drops of the UDP sockets into the counters.
     KernelDrops,
+    /// Sample the counters into the status page's history.
+    History,
 }
 
 /// A min-heap of deadlines.

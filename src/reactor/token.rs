@@ -30,6 +30,10 @@ pub const CONTROL_CONNS: Token = Token(usize::MAX - 4);
 /// connections' (`handover::control::MAX_CONNS` of them).
 pub const BUS: Token = Token(usize::MAX - 12);
 
+/// The token the status page's once-a-second sample of the counters gathers for
+/// (`history.rs`): no connection, the answer goes into the history.
+pub const HISTORY: Token = Token(usize::MAX - 13);
+
 /// Keys at the top of the key space kept for the tokens above.
 const RESERVED_KEYS: usize = 16;
 

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use mio::{Token, Waker};
 
 use super::dgram::refresh_kernel_drops;
+use super::token::HISTORY;
 use super::{BoundListener, Entry, Reactor, StartError};
 use crate::addr::ListenAddr;
 use crate::config::{ListenerConfig, ServerConfig};
@@ -119,8 +120,14 @@ impl Gather {
     }
 
     /// Every worker's counters, `own` (worker `worker`'s, as of now) among them; the silent
-    /// ones named missing.
-    fn finish(mut self, worker: usize, own: &Counters, workers: usize) -> Gathered {
+    /// ones named missing; the process's memory and descriptors read if `with_process`.
+    fn finish(
+        mut self,
+        worker: usize,
+        own: &Counters,
+        workers: usize,
+        with_process: bool,
+    ) -> Gathered {
         self.answered.push((worker, own.clone()));
         self.answered.sort_by_key(|(w, _)| *w);
         self.waiting.sort_unstable();
@@ -128,7 +135,11 @@ impl Gather {
             workers,
             answered: self.answered,
             missing: self.waiting,
-            process: crate::sys::process::read(),
+            process: if with_process {
+                crate::sys::process::read()
+            } else {
+                Default::default()
+            },
         }
     }
 }
@@ -292,6 +303,10 @@ impl Reactor {
             // Called from the connection's own drive (`run_actions`): the response is left in
             // its output, which that drive registers for writing; no drive within a drive.
             let mut gathered = Gathered::alone(0, &self.svc.counters);
+            if token == HISTORY {
+                self.record_history(&gathered);
+                return;
+            }
             gathered.process = crate::sys::process::read();
             if let Some(Entry::Conn(c)) = self.core.sources.get_mut(token) {
                 c.service.on_event(
@@ -341,6 +356,13 @@ impl Reactor {
         for g in link.take_done(now) {
             let token = g.token;
             let silent = g.waiting.len() as u64;
+            if token == HISTORY {
+                // A sample needs no process figures, and a silent worker is warned of by the
+                // scrapes and stats requests, not once a second.
+                let gathered = g.finish(worker, &self.svc.counters, workers, false);
+                self.record_history(&gathered);
+                continue;
+            }
             if silent > 0 {
                 tracing::warn!(
                     missing = ?g.waiting,
@@ -349,7 +371,7 @@ impl Reactor {
                 let c = &mut self.svc.counters;
                 c.stats_missing = c.stats_missing.saturating_add(silent);
             }
-            let gathered = g.finish(worker, &self.svc.counters, workers);
+            let gathered = g.finish(worker, &self.svc.counters, workers, true);
             self.answer_gather(token, &gathered);
         }
     }
@@ -545,7 +567,7 @@ mod tests {
         g.answer(9, counters(100));
         g.answer(1, counters(3));
         assert!(g.is_done(now));
-        let got = g.finish(0, &counters(2), 3);
+        let got = g.finish(0, &counters(2), 3, true);
         let workers: Vec<usize> = got.answered.iter().map(|(w, _)| *w).collect();
         assert_eq!(workers, [0, 1, 2], "in worker order, this one included");
         assert!(got.missing.is_empty());
@@ -573,7 +595,7 @@ mod tests {
             c
         };
         g.answer(1, with_bus(5, 1));
-        let got = g.finish(0, &with_bus(7, 0), 2);
+        let got = g.finish(0, &with_bus(7, 0), 2, true);
         let json = got.stats_json();
         let bus = &json["chat_bus"];
         assert_eq!(bus["published"], 12);
@@ -590,7 +612,7 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
         // Without a bus: no `chat_bus` and no series.
-        let plain = gather(vec![], now).finish(0, &counters(1), 1);
+        let plain = gather(vec![], now).finish(0, &counters(1), 1, true);
         assert!(plain.stats_json()["chat_bus"].is_null());
         assert!(!plain.prometheus().contains("chat_bus"));
     }
@@ -602,7 +624,7 @@ mod tests {
         g.answer(3, counters(4));
         assert!(!g.is_done(now + GATHER_TIMEOUT / 2));
         assert!(g.is_done(now + GATHER_TIMEOUT));
-        let got = g.finish(0, &counters(1), 4);
+        let got = g.finish(0, &counters(1), 4, true);
         assert_eq!(got.missing, [1, 2]);
         let json = got.stats_json();
         assert_eq!(json["missing_workers"], serde_json::json!([1, 2]));

@@ -16,6 +16,7 @@ use super::{Action, Awaiting};
 use crate::frame::websocket as ws;
 use crate::kind::ServiceKind;
 use crate::metrics::{Counters, Gathered, Peers};
+use crate::service::status_page::history::History;
 
 /// How often an `/events` viewer gets a snapshot.
 pub const EVENT_EVERY: Duration = Duration::from_secs(1);
@@ -274,8 +275,9 @@ impl MetricsHttp {
         }
     }
 
-    /// Every worker's counters came: the waiting scrape is answered.
-    pub fn on_counters(&mut self, gathered: &Gathered, out: &mut Vec<u8>) {
+    /// Every worker's counters came: the waiting scrape is answered (the page opens with the
+    /// `history` of the last minutes).
+    pub fn on_counters(&mut self, gathered: &Gathered, history: &History, out: &mut Vec<u8>) {
         let Some(scrape) = self.scrape.take() else {
             return;
         };
@@ -283,7 +285,7 @@ impl MetricsHttp {
             Reply::Metrics => (gathered.prometheus(), TEXT),
             Reply::Json => (format!("{}\n", gathered.stats_json()), "application/json"),
             Reply::Page => (
-                status_page::page(gathered, &self.listeners),
+                status_page::page(gathered, &self.listeners, history),
                 "text/html; charset=utf-8",
             ),
             // Served at once, never gathered for.
@@ -587,7 +589,7 @@ mod tests {
             missing: vec![0],
             process: Default::default(),
         };
-        m.on_counters(&gathered, &mut out);
+        m.on_counters(&gathered, &History::default(), &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
         assert!(
@@ -603,7 +605,7 @@ mod tests {
         );
         assert_eq!(m.awaiting(), Awaiting::Counters);
         assert!(!m.finished(), "the closing response is still to come");
-        m.on_counters(&gathered, &mut out);
+        m.on_counters(&gathered, &History::default(), &mut out);
         assert!(m.finished() && !out.is_empty());
     }
 

@@ -105,6 +105,8 @@ pub struct Ctx<'a> {
     /// This worker's number and how many there are: with others, `stats` and metrics ask
     /// for their counters (`Action::Counters`).
     pub peers: &'a crate::metrics::Peers,
+    /// The status page's last five minutes of totals.
+    pub history: &'a status_page::history::History,
 }
 
 /// What the reactor reports back to a stream service: what happened to the connection, and
@@ -256,7 +258,7 @@ impl StreamService {
             }
             (StreamService::WsChat(c), Event::Closing) => c.leave(ctx.room, ctx.others),
             (StreamService::Files(f), ev) => f.on_event(ev, out, ctx.counters),
-            (StreamService::Metrics(m), Event::Counters(g)) => m.on_counters(g, out),
+            (StreamService::Metrics(m), Event::Counters(g)) => m.on_counters(g, ctx.history, out),
             (StreamService::Metrics(m), Event::Wake) => m.on_wake(),
             _ => {}
         }

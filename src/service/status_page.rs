@@ -6,6 +6,8 @@
 
 use std::fmt::Write;
 
+pub(crate) mod history;
+
 use serde_json::{Value, json};
 
 use crate::kind::ServiceKind;
@@ -52,6 +54,7 @@ pub(crate) fn snapshot(gathered: &Gathered, listeners: &[ListenerSummary]) -> Va
             })
             .collect();
         map.insert("listeners".into(), Value::Array(listed));
+        map.insert("unix_ms".into(), json!(history::unix_ms_now()));
     }
     v
 }
@@ -149,7 +152,11 @@ const COLUMNS: [(&str, &[&str]); 10] = [
 ];
 
 /// The whole page, rendered now: the first view needs no script.
-pub(crate) fn page(gathered: &Gathered, listeners: &[ListenerSummary]) -> String {
+pub(crate) fn page(
+    gathered: &Gathered,
+    listeners: &[ListenerSummary],
+    history: &history::History,
+) -> String {
     let snap = snapshot(gathered, listeners);
     let mut h = String::with_capacity(16 * 1024);
     let _ = write!(
@@ -223,6 +230,12 @@ pub(crate) fn page(gathered: &Gathered, listeners: &[ListenerSummary]) -> String
         );
     }
     h.push_str("</table>\n<p class=\"dim\">Also: <a href=\"/metrics\">/metrics</a> (Prometheus) · <a href=\"/stats.json\">/stats.json</a> · <a href=\"/events\">/events</a> (server-sent events)</p>\n");
+    // The charts' first minutes: integers only, so nothing in it can end the script element.
+    let _ = writeln!(
+        h,
+        "<script type=\"application/json\" id=\"history\">{}</script>",
+        history.json()
+    );
     let _ = write!(h, "<script>{SCRIPT}</script>\n</body></html>\n");
     h
 }
@@ -274,8 +287,23 @@ mod tests {
 
     #[test]
     fn the_page_shows_counters_listeners_and_the_process_without_script() {
-        let html = page(&gathered(), &listeners());
+        let mut past = history::History::default();
+        for (t, r) in [(1_000, 5), (2_000, 9)] {
+            past.push(history::Sample {
+                unix_ms: t,
+                requests: r,
+                ..Default::default()
+            });
+        }
+        let html = page(&gathered(), &listeners(), &past);
         assert!(html.starts_with("<!doctype html>"));
+        // The charts open on the minutes before the page.
+        assert!(
+            html.contains(
+                "<script type=\"application/json\" id=\"history\">[[1000,5,0,0,0],[2000,9,0,0,0]]</script>"
+            ),
+            "{html}"
+        );
         assert!(html.contains("<td data-col=\"accepted\">7</td>"), "{html}");
         assert!(html.contains("<td data-col=\"bytes in\">1234</td>"));
         assert!(html.contains("<th>requests</th><th>errors</th>"));
@@ -307,5 +335,8 @@ mod tests {
         assert_eq!(v["services"]["files"]["request_errors"], 1);
         assert_eq!(v["services"]["udp-echo"]["requests"], 5);
         assert_eq!(v["listeners"][0]["tls"], true);
+        // The server's clock: the page's rates come from differences of one clock.
+        let at = v["unix_ms"].as_u64().unwrap();
+        assert!(at.abs_diff(history::unix_ms_now()) < 60_000, "{at}");
     }
 }

@@ -1,6 +1,7 @@
 // socklab's status page: follows /events (server-sent events, one snapshot a second; polls
 // /stats.json every two seconds where EventSource fails), updates the tables and draws the
-// last five minutes of rates. No library, no network beyond this server.
+// last five minutes of rates, starting from the server's own samples of the minutes before
+// the page opened (the "history" element). No library, no network beyond this server.
 (function () {
   "use strict";
   var history = [];      // {t, req, conns, bin, bout}: totals at each snapshot
@@ -70,6 +71,16 @@
     }
     return r;
   }
+  // The server's samples of the minutes before the page opened (history.rs), oldest first.
+  function seed() {
+    var el = document.getElementById("history");
+    var rows = [];
+    try { rows = JSON.parse((el && el.textContent) || "[]"); } catch (e) { rows = []; }
+    rows.forEach(function (r) {
+      history.push({ t: r[0], req: r[1], conns: r[2], bin: r[3], bout: r[4] });
+    });
+    while (history.length > KEEP + 1) { history.shift(); }
+  }
   var lastBusy = null;
   function apply(s) {
     updates++;
@@ -95,12 +106,19 @@
       });
     });
     var t = totals(s);
-    t.t = now;
-    history.push(t);
-    if (history.length > KEEP + 1) { history.shift(); }
+    // The server's clock, as the seeded samples: a browser's clock may be off.
+    t.t = s.unix_ms || now;
+    if (!history.length || t.t > history[history.length - 1].t) {
+      history.push(t);
+      if (history.length > KEEP + 1) { history.shift(); }
+    }
+    redraw();
+    perWorker(s.per_worker || []);
+  }
+  function redraw() {
     draw("chart-req", [rates("req"), rates("conns")], ["#1f77b4", "#d62728"], ["requests", "connections"], false);
     draw("chart-bytes", [rates("bin"), rates("bout")], ["#2ca02c", "#ff7f0e"], ["bytes in", "bytes out"], true);
-    perWorker(s.per_worker || []);
+    document.body.setAttribute("data-chart-points", String(Math.max(0, history.length - 1)));
   }
   function perWorker(workers) {
     var table = document.getElementById("workers-table");
@@ -124,6 +142,8 @@
     fetch("/stats.json").then(function (r) { return r.json(); }).then(apply)
       .catch(function () {}).then(function () { setTimeout(poll, 2000); });
   }
+  seed();
+  redraw();
   if (window.EventSource) {
     var es = new EventSource("/events");
     var opened = false;
