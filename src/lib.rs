@@ -47,3 +47,6 @@ pub(crate) mod tls;
 pub use config::file as config_file;
 /// The shared secret of authentication, for the tests' clients.
 pub use service::auth::Secret;
+/// Two rustls configurations that trust each other, for `benches/tls_records.rs`.
+#[doc(hidden)]
+pub use tls::trusting_pair as tls_trusting_pair;

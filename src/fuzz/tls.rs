@@ -10,8 +10,8 @@ use std::io::{self, Read, Write};
 use std::sync::{Arc, OnceLock};
 
 use arbitrary::{Arbitrary, Unstructured};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, ServerConfig};
 
 use crate::tls::server_stream::ServerTls;
 
@@ -90,32 +90,7 @@ impl Write for Pipe {
 /// A server and a client configuration that trust each other, made once.
 fn configs() -> &'static (Arc<ServerConfig>, Arc<ClientConfig>) {
     static CONFIGS: OnceLock<(Arc<ServerConfig>, Arc<ClientConfig>)> = OnceLock::new();
-    CONFIGS.get_or_init(|| {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .expect("params")
-            .self_signed(&key)
-            .expect("certificate");
-        let der = CertificateDer::from(cert.der().to_vec());
-        let provider = crate::tls::provider();
-        let server = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![der.clone()],
-                PrivateKeyDer::try_from(key.serialize_der()).expect("key der"),
-            )
-            .expect("server config");
-        let mut roots = RootCertStore::empty();
-        roots.add(der).expect("root");
-        let client = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        (Arc::new(server), Arc::new(client))
-    })
+    CONFIGS.get_or_init(|| crate::tls::trusting_pair().expect("test configurations"))
 }
 
 /// The most a connection may hold between calls: a handshake message and a record (partial),

@@ -22,6 +22,8 @@ pub(crate) mod stream;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// The one crypto provider of every TLS configuration here: ring, with X25519 preferred.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
@@ -34,4 +36,32 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     // X25519's per handshake (measured: BENCHMARKS.md, TLS); every peer offers X25519.
     provider.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1];
     Arc::new(provider)
+}
+
+/// A server and a client configuration that trust each other (a fresh self-signed
+/// certificate for `localhost`, the provider above), for the unit tests, the fuzz targets and
+/// the benches that drive rustls in memory. Never used by the server itself.
+pub fn trusting_pair() -> Result<(Arc<ServerConfig>, Arc<ClientConfig>), String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| format!("key: {e}"))?;
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .and_then(|p| p.self_signed(&key))
+        .map_err(|e| format!("certificate: {e}"))?;
+    let der = CertificateDer::from(cert.der().to_vec());
+    let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| format!("key: {e}"))?;
+    let provider = provider();
+    let server = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .and_then(|b| {
+            b.with_no_client_auth()
+                .with_single_cert(vec![der.clone()], key_der)
+        })
+        .map_err(|e| format!("server configuration: {e}"))?;
+    let mut roots = RootCertStore::empty();
+    roots.add(der).map_err(|e| format!("root: {e}"))?;
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("client configuration: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok((Arc::new(server), Arc::new(client)))
 }

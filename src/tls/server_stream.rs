@@ -601,38 +601,14 @@ mod tests {
     use std::thread;
     use std::time::{Duration, Instant};
 
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection, ServerConfig};
 
     use super::ServerTls;
 
-    /// A server and a client configuration that trust each other (a self-signed certificate
-    /// for localhost).
+    /// A server and a client configuration that trust each other.
     fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let der = CertificateDer::from(cert.der().to_vec());
-        let provider = crate::tls::provider();
-        let server = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![der.clone()],
-                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
-            )
-            .unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(der).unwrap();
-        let client = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        (Arc::new(server), Arc::new(client))
+        crate::tls::trusting_pair().unwrap()
     }
 
     /// Echoes through a `ServerTls` read into buffers of `cap` bytes, while a
