@@ -177,6 +177,22 @@ pub(crate) fn page(
     );
     h.push('\n');
     h.push_str("<h2>Rates, last five minutes</h2>\n<div class=\"charts\"><figure><figcaption>requests/s (frames and chat lines) and connections/s</figcaption><svg id=\"chart-req\" viewBox=\"0 0 600 160\" role=\"img\"></svg></figure><figure><figcaption>bytes/s in and out</figcaption><svg id=\"chart-bytes\" viewBox=\"0 0 600 160\" role=\"img\"></svg></figure></div>\n");
+    listeners_table(&mut h, listeners);
+    services_table(&mut h, &snap);
+    workers_table(&mut h, &snap);
+    h.push_str("<p class=\"dim\">Also: <a href=\"/metrics\">/metrics</a> (Prometheus) · <a href=\"/stats.json\">/stats.json</a> · <a href=\"/events\">/events</a> (server-sent events)</p>\n");
+    // The charts' first minutes: integers only, so nothing in it can end the script element.
+    let _ = writeln!(
+        h,
+        "<script type=\"application/json\" id=\"history\">{}</script>",
+        history.json()
+    );
+    let _ = write!(h, "<script>{SCRIPT}</script>\n</body></html>\n");
+    h
+}
+
+/// The listeners' table: address, transport, TLS and auth of each.
+fn listeners_table(h: &mut String, listeners: &[ListenerSummary]) {
     h.push_str("<h2>Listeners</h2>\n<table id=\"listeners\"><tr><th>service</th><th>transport</th><th>address</th><th>TLS</th><th>auth</th></tr>\n");
     for l in listeners {
         let _ = writeln!(
@@ -189,7 +205,12 @@ pub(crate) fn page(
             if l.auth { "on" } else { "off" }
         );
     }
-    h.push_str("</table>\n<h2>Services</h2>\n<table id=\"services\"><tr><th>service</th>");
+    h.push_str("</table>\n");
+}
+
+/// Every service's counters, one row each, whether it runs or not.
+fn services_table(h: &mut String, snap: &Value) {
+    h.push_str("<h2>Services</h2>\n<table id=\"services\"><tr><th>service</th>");
     for (title, _) in COLUMNS {
         let _ = write!(h, "<th>{title}</th>");
     }
@@ -206,7 +227,12 @@ pub(crate) fn page(
         }
         h.push_str("</tr>\n");
     }
-    h.push_str("</table>\n<h2>Per worker</h2>\n<table id=\"workers-table\"><tr><th>worker</th><th>open</th><th>accepted</th><th>bytes in</th><th>bytes out</th></tr>\n");
+    h.push_str("</table>\n");
+}
+
+/// Each worker's open and accepted connections and bytes.
+fn workers_table(h: &mut String, snap: &Value) {
+    h.push_str("<h2>Per worker</h2>\n<table id=\"workers-table\"><tr><th>worker</th><th>open</th><th>accepted</th><th>bytes in</th><th>bytes out</th></tr>\n");
     for w in snap
         .get("per_worker")
         .and_then(Value::as_array)
@@ -229,15 +255,7 @@ pub(crate) fn page(
             sum(&["bytes_sent"])
         );
     }
-    h.push_str("</table>\n<p class=\"dim\">Also: <a href=\"/metrics\">/metrics</a> (Prometheus) · <a href=\"/stats.json\">/stats.json</a> · <a href=\"/events\">/events</a> (server-sent events)</p>\n");
-    // The charts' first minutes: integers only, so nothing in it can end the script element.
-    let _ = writeln!(
-        h,
-        "<script type=\"application/json\" id=\"history\">{}</script>",
-        history.json()
-    );
-    let _ = write!(h, "<script>{SCRIPT}</script>\n</body></html>\n");
-    h
+    h.push_str("</table>\n");
 }
 
 /// `1.5 MiB`.
