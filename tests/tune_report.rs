@@ -217,3 +217,30 @@ fn chromium_is_installed() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn png_without_any_font_is_refused_before_any_experiment() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIPPED png_without_any_font_is_refused_before_any_experiment: hiding the fonts (a mount namespace) needs root"
+        );
+        return;
+    }
+    let dir = TempDir::new("nofont");
+    let out_dir = dir.0.join("charts");
+    // The system's fonts hidden under an empty tmpfs, in a mount namespace of this command's own.
+    let script = format!(
+        "mount -t tmpfs none /usr/share/fonts && exec {} tune --only reuseaddr --quick --png --out {}",
+        env!("CARGO_BIN_EXE_socklab"),
+        out_dir.display()
+    );
+    let out = run("unshare", &["-m", "sh", "-c", &script]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--png needs a TrueType or OpenType font"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("== reuseaddr =="));
+}
