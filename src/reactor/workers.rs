@@ -58,8 +58,9 @@ pub enum ServeError {
 enum WorkerMsg {
     /// Lines for every chat member (formatted once by the member's worker).
     Chat(Arc<[u8]>),
-    /// Worker `from` asks for this worker's counters, for its gather `id`.
-    CountersWanted { from: usize, id: u64 },
+    /// Worker `from` asks for this worker's counters, for its gather `id`; with `drops`, the
+    /// kernel's drops read anew first (the status page's samples do not show them).
+    CountersWanted { from: usize, id: u64, drops: bool },
     /// A worker's counters as of the moment it read the request, for gather `id`.
     Counters {
         worker: usize,
@@ -258,8 +259,10 @@ impl Reactor {
             match link.inbox.try_recv() {
                 Ok(WorkerMsg::Chat(bytes)) => self.deliver_chat(&bytes, None),
                 Ok(WorkerMsg::HandedOver) => self.stop_after_handover(),
-                Ok(WorkerMsg::CountersWanted { from, id }) => {
-                    refresh_kernel_drops(&self.core.sources, &mut self.svc.counters);
+                Ok(WorkerMsg::CountersWanted { from, id, drops }) => {
+                    if drops {
+                        refresh_kernel_drops(&self.core.sources, &mut self.svc.counters);
+                    }
                     if let Some(link) = &mut self.links.workers {
                         link.answer(from, id, &self.svc.counters);
                     }
@@ -297,7 +300,11 @@ impl Reactor {
     /// other worker stopped, it is answered at the end of this turn; with one worker (whose
     /// services answer alone, without asking), at once.
     pub(super) fn gather_counters(&mut self, token: Token) {
-        refresh_kernel_drops(&self.core.sources, &mut self.svc.counters);
+        // A history sample shows no drops (and the drops tick reads them every second anyway).
+        let drops = token != HISTORY;
+        if drops {
+            refresh_kernel_drops(&self.core.sources, &mut self.svc.counters);
+        }
         let now = self.core.now;
         let Some(link) = &mut self.links.workers else {
             // Called from the connection's own drive (`run_actions`): the response is left in
@@ -324,7 +331,7 @@ impl Reactor {
         let mut missing = Vec::new();
         let mut waiting = Vec::new();
         for p in &link.peers {
-            if p.send(WorkerMsg::CountersWanted { from, id }) {
+            if p.send(WorkerMsg::CountersWanted { from, id, drops }) {
                 waiting.push(p.worker);
             } else {
                 missing.push(p.worker);
