@@ -313,19 +313,23 @@ pub fn group_members(pgid: i32) -> Vec<Proc> {
     processes().into_iter().filter(|p| p.pgrp == pgid).collect()
 }
 
-/// Polls /proc until `pid` has at least `n` children; returns them, or panics after `bound`.
+/// Polls /proc until the server has at least `n` children that lead their own process group
+/// (a command between fork and its `setpgid` is still in the server's group, which may be the
+/// test's own: its group must never be taken for the command's); returns them, or panics
+/// after `bound`.
 #[track_caller]
 pub fn wait_children(server: &Server, n: usize, bound: Duration) -> Vec<Proc> {
     let mut last = Vec::new();
     let ok = util::wait_until(bound, || {
         last = children_of(server.pid());
-        last.len() >= n
+        last.iter().filter(|p| p.pgrp == p.pid).count() >= n
     });
     assert!(
         ok,
-        "the server did not get {n} children within {bound:?}; it has {last:?}\n--- server stderr ---\n{}",
+        "the server did not get {n} children leading their own groups within {bound:?}; it has {last:?}\n--- server stderr ---\n{}",
         server.stderr()
     );
+    last.retain(|p| p.pgrp == p.pid);
     last
 }
 
@@ -333,6 +337,14 @@ pub fn wait_children(server: &Server, n: usize, bound: Duration) -> Vec<Proc> {
 /// in any of `groups`; panics with what is left after `bound`.
 #[track_caller]
 pub fn wait_no_leftovers(server: &Server, groups: &[i32], bound: Duration, what: &str) {
+    // The cleanup below kills what is left in `groups`: the test's own group (cargo, the shell
+    // that ran it, this process) must never be among them.
+    // SAFETY: getpgrp has no arguments and cannot fail.
+    let own = unsafe { libc::getpgrp() };
+    assert!(
+        groups.iter().all(|&g| g > 1 && g != own),
+        "{what}: the groups to watch {groups:?} include the test's own ({own}) or an invalid one"
+    );
     let mut left = Vec::new();
     let ok = util::wait_until(bound, || {
         left = processes()
@@ -345,7 +357,7 @@ pub fn wait_no_leftovers(server: &Server, groups: &[i32], bound: Duration, what:
         let zombies: Vec<&Proc> = left.iter().filter(|p| p.state == 'Z').collect();
         // Do not leave the commands running after the test: each one by its pid (never a
         // group, which could be the test's own if the server got the groups wrong).
-        for p in left.iter().filter(|p| p.state != 'Z') {
+        for p in left.iter().filter(|p| p.state != 'Z' && p.pgrp != own) {
             // SAFETY: kill(2) only sends a signal, to a process this test's server started.
             unsafe {
                 libc::kill(p.pid, libc::SIGKILL);
