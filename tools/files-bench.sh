@@ -80,15 +80,30 @@ grep -q '^ready' "$work/serve.out" || { echo "files-bench: the server did not st
 files=$(awk '$2 == "files" {print $4}' "$work/serve.out")
 echo_addr=$(awk '$2 == "echo" {print $4}' "$work/serve.out")
 
+# Before each timed contender the data directory settles: the file the last put replaced is gone
+# (the server removes it after answering) and `sync` has committed the frees, so that no
+# contender waits behind the last one's freed blocks (online discard on ext4 costs seconds a GiB).
+settle() {
+    for _ in $(seq 300); do
+        compgen -G "$work/data/.socklab-old-*" >/dev/null || break
+        sleep 0.1
+    done
+    sync
+}
+
 md5_ts="" dd_ts="" putnv_ts="" put_ts=""
 for _ in $(seq "$runs"); do
+    settle
     t0=$(now); md5sum "$work/big.bin" >/dev/null; t1=$(now)
     md5_ts="$md5_ts $(secs "$t0" "$t1")"
+    settle
     t0=$(now); $bin put "$work/big.bin" --as big.bin --no-verify --addr "$files" "${tls_client[@]}" >/dev/null; t1=$(now)
     putnv_ts="$putnv_ts $(secs "$t0" "$t1")"
+    settle
     t0=$(now); dd if="$work/big.bin" of="$work/data/dd.out" bs=1M conv=fsync status=none; t1=$(now)
     rm -f "$work/data/dd.out"
     dd_ts="$dd_ts $(secs "$t0" "$t1")"
+    settle
     t0=$(now); $bin put "$work/big.bin" --as big.bin --addr "$files" "${tls_client[@]}" >/dev/null; t1=$(now)
     put_ts="$put_ts $(secs "$t0" "$t1")"
 done
