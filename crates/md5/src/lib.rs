@@ -111,44 +111,39 @@ const K: [u32; 64] = [
     0xeb86_d391,
 ];
 
-// One step each of the four rounds: `a = b + ((a + (m + k) + f(b, c, d)) <<< s)`, with the
-// terms that do not wait on `b` (the newest word) summed first. In round 2, `(b & d) | (c & !d)`
-// is written as a sum of its two disjoint halves so that `c & !d` joins the early terms.
-macro_rules! f {
-    ($a:ident, $b:ident, $c:ident, $d:ident, $m:expr, $k:expr, $s:expr) => {
+// One step: `a = b + ((a + (m + k) + f(b, c, d)) <<< s)`, with the terms that do not wait on
+// `b` (the newest word) summed first: `m + k`, then `early`, the part of `f` without `b`; `late`,
+// the part with it, comes last.
+macro_rules! step {
+    ($a:ident, $b:ident, $m:expr, $k:expr, $s:expr, early: $early:expr, late: $late:expr) => {
         $a = $a
             .wrapping_add($m.wrapping_add($k))
-            .wrapping_add((($c ^ $d) & $b) ^ $d)
+            .wrapping_add($early)
+            .wrapping_add($late)
             .rotate_left($s)
             .wrapping_add($b)
+    };
+}
+// The four rounds' functions. Round 2's `(b & d) | (c & !d)` is the sum of its two disjoint
+// halves, so that `c & !d` joins the early terms.
+macro_rules! f {
+    ($a:ident, $b:ident, $c:ident, $d:ident, $m:expr, $k:expr, $s:expr) => {
+        step!($a, $b, $m, $k, $s, early: 0, late: (($c ^ $d) & $b) ^ $d)
     };
 }
 macro_rules! g {
     ($a:ident, $b:ident, $c:ident, $d:ident, $m:expr, $k:expr, $s:expr) => {
-        $a = $a
-            .wrapping_add($m.wrapping_add($k))
-            .wrapping_add($c & !$d)
-            .wrapping_add($b & $d)
-            .rotate_left($s)
-            .wrapping_add($b)
+        step!($a, $b, $m, $k, $s, early: $c & !$d, late: $b & $d)
     };
 }
 macro_rules! h {
     ($a:ident, $b:ident, $c:ident, $d:ident, $m:expr, $k:expr, $s:expr) => {
-        $a = $a
-            .wrapping_add($m.wrapping_add($k))
-            .wrapping_add($b ^ ($c ^ $d))
-            .rotate_left($s)
-            .wrapping_add($b)
+        step!($a, $b, $m, $k, $s, early: 0, late: $b ^ ($c ^ $d))
     };
 }
 macro_rules! i {
     ($a:ident, $b:ident, $c:ident, $d:ident, $m:expr, $k:expr, $s:expr) => {
-        $a = $a
-            .wrapping_add($m.wrapping_add($k))
-            .wrapping_add($c ^ ($b | !$d))
-            .rotate_left($s)
-            .wrapping_add($b)
+        step!($a, $b, $m, $k, $s, early: 0, late: $c ^ ($b | !$d))
     };
 }
 
