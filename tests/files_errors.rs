@@ -357,11 +357,10 @@ fn a_vanished_data_directory_is_an_io_error_not_a_crash() {
 
 #[test]
 fn a_full_disk_is_an_io_error_that_leaves_nothing() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "SKIPPED a_full_disk_is_an_io_error_that_leaves_nothing: mounting a tmpfs needs root"
-        );
+    if !util::root_or_skip(
+        "a_full_disk_is_an_io_error_that_leaves_nothing",
+        "mounting a tmpfs needs root",
+    ) {
         return;
     }
     let scratch = Scratch::new("enospc");

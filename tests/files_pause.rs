@@ -231,13 +231,10 @@ fn a_body_longer_than_announced_is_a_bad_frame_after_the_put_is_answered() {
 
 #[test]
 fn a_disk_that_fills_during_the_commit_is_an_io_error_that_leaves_nothing() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI runs as root: mounting a tmpfs must work there"
-        );
-        eprintln!("SKIPPED: mounting a tmpfs needs root");
+    if !util::root_or_skip(
+        "a_disk_that_fills_during_the_commit_is_an_io_error_that_leaves_nothing",
+        "mounting a tmpfs needs root",
+    ) {
         return;
     }
     let scratch = Scratch::new("pause-commit-full");

@@ -5,6 +5,8 @@
 //! fails at once, naming it. Chromium must be installed (CI installs it): without it the
 //! test fails, it does not skip.
 
+mod util;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
@@ -220,11 +222,10 @@ fn chromium_is_installed() {
 
 #[test]
 fn png_without_any_font_is_refused_before_any_experiment() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "SKIPPED png_without_any_font_is_refused_before_any_experiment: hiding the fonts (a mount namespace) needs root"
-        );
+    if !util::root_or_skip(
+        "png_without_any_font_is_refused_before_any_experiment",
+        "hiding the fonts (a mount namespace) needs root",
+    ) {
         return;
     }
     let dir = TempDir::new("nofont");

@@ -596,6 +596,21 @@ pub fn signal_pid(pid: i32, sig: i32) {
     assert_eq!(rc, 0, "kill({pid}, {sig}): {}", io::Error::last_os_error());
 }
 
+/// True when the test runs as root; otherwise says the test `name` is skipped and `why`, and
+/// answers false. CI runs as root, so there a test that needs root never skips.
+pub fn root_or_skip(name: &str, why: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{name}: CI runs as root, and {why}"
+    );
+    eprintln!("SKIPPED {name}: {why}");
+    false
+}
+
 /// A loopback address nothing listens on: a port that was just free (bound, read, closed).
 pub fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
