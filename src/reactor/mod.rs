@@ -37,6 +37,7 @@ pub mod disk;
 pub(crate) mod handover;
 mod history;
 pub(crate) mod inherit;
+mod prefetch;
 mod shutdown;
 mod stream;
 pub mod timer;
@@ -166,7 +167,11 @@ impl Reactor {
             }
             self.core.now = Instant::now();
             self.svc.counters.loop_iterations = self.svc.counters.loop_iterations.saturating_add(1);
-            for ev in events.iter() {
+            let mut walk = events.iter().peekable();
+            while let Some(ev) = walk.next() {
+                if let Some(next) = walk.peek() {
+                    self.prefetch_source(next.token());
+                }
                 // Errors and hang-ups are delivered to both sides, so the read or write that
                 // follows sees them and the connection is closed through the normal path.
                 let hup = ev.is_read_closed() || ev.is_error();
@@ -221,6 +226,15 @@ impl Reactor {
                 tracing::warn!("cannot arm the alarm timerfd: {e}");
                 Some(deadline.saturating_duration_since(Instant::now()))
             }
+        }
+    }
+
+    /// Brings the state of the connection behind `token` into the cache while the event
+    /// before it is served (`prefetch.rs`).
+    fn prefetch_source(&self, token: Token) {
+        if let Some(Entry::Conn(c)) = self.core.sources.get(token) {
+            prefetch::object(c);
+            c.transport.prefetch();
         }
     }
 

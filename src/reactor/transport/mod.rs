@@ -57,6 +57,15 @@ impl Transport {
         }
     }
 
+    /// Brings what the transport keeps behind a pointer into the cache (`reactor/prefetch.rs`):
+    /// a TLS connection's state.
+    #[inline]
+    pub(crate) fn prefetch(&self) {
+        if let Transport::Tls(t) = self {
+            super::prefetch::object(&**t);
+        }
+    }
+
     /// Bytes waiting in the socket's receive queue now (FIONREAD, the same as SIOCINQ): what
     /// the peer sent that nobody has read. Shutdown reads this much more before it stops.
     pub(crate) fn queued_input(&self) -> io::Result<usize> {
