@@ -167,21 +167,7 @@ impl Reactor {
             }
             self.core.now = Instant::now();
             self.svc.counters.loop_iterations = self.svc.counters.loop_iterations.saturating_add(1);
-            let mut walk = events.iter().peekable();
-            while let Some(ev) = walk.next() {
-                if let Some(next) = walk.peek() {
-                    self.prefetch_source(next.token());
-                }
-                // Errors and hang-ups are delivered to both sides, so the read or write that
-                // follows sees them and the connection is closed through the normal path.
-                let hup = ev.is_read_closed() || ev.is_error();
-                let readable = ev.is_readable() || hup;
-                let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
-                if hup && let Some(Entry::Conn(c)) = self.core.sources.get_mut(ev.token()) {
-                    c.hup_seen = true;
-                }
-                self.dispatch(ev.token(), readable, writable);
-            }
+            self.walk_events(&events);
             self.serve_ready();
             self.fire_timers();
             self.close_dead();
@@ -226,6 +212,25 @@ impl Reactor {
                 tracing::warn!("cannot arm the alarm timerfd: {e}");
                 Some(deadline.saturating_duration_since(Instant::now()))
             }
+        }
+    }
+
+    /// Serves the poll's events in order, each connection's state prefetched one event ahead.
+    fn walk_events(&mut self, events: &Events) {
+        let mut walk = events.iter().peekable();
+        while let Some(ev) = walk.next() {
+            if let Some(next) = walk.peek() {
+                self.prefetch_source(next.token());
+            }
+            // Errors and hang-ups are delivered to both sides, so the read or write that
+            // follows sees them and the connection is closed through the normal path.
+            let hup = ev.is_read_closed() || ev.is_error();
+            let readable = ev.is_readable() || hup;
+            let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
+            if hup && let Some(Entry::Conn(c)) = self.core.sources.get_mut(ev.token()) {
+                c.hup_seen = true;
+            }
+            self.dispatch(ev.token(), readable, writable);
         }
     }
 
