@@ -67,8 +67,7 @@ TOML
 
 # The perf window: from half a second after the warm-up would end if connecting took no time
 # (1,000 TLS handshakes at the ~2,700/s tls-bench.sh measured: ~0.4 s) to a second before the
-# run's end. The bench
-# says nothing until it ends, so the window is timed from its start.
+# run's end. The bench says nothing until it ends, so the window is timed from its start.
 secs() { python3 -c 'import sys; s=sys.argv[1]; print(float(s[:-2])/1000 if s.endswith("ms") else float(s.rstrip("s")))' "$1"; }
 record_after=$(python3 -c "print($(secs "$warmup") + 0.5)")
 record_for=$(python3 -c "print(max($(secs "$duration") - 1.0, 0.5))")
