@@ -76,38 +76,8 @@ pub fn parse(raw: &str) -> Option<Request<'_>> {
             let start = s.pos;
             let val = s.value()?;
             let text = raw.get(start..s.pos)?;
-            let field: u8 = match key {
-                "id" => {
-                    req.id = Some(text);
-                    1
-                }
-                "cmd" => {
-                    req.cmd = Some(val);
-                    1 << 1
-                }
-                "filename" => {
-                    req.filename = Some(val);
-                    1 << 2
-                }
-                "md5" => {
-                    req.md5 = Some(val);
-                    1 << 3
-                }
-                "size" | "filesize" => {
-                    let Val::U64(n) = val else { return None };
-                    if key == "size" {
-                        req.size = Some(n);
-                        1 << 4
-                    } else {
-                        req.filesize = Some(n);
-                        1 << 5
-                    }
-                }
-                "argv" | "timeout_ms" => {
-                    req.exec_fields = true;
-                    if key == "argv" { 1 << 6 } else { 1 << 7 }
-                }
-                _ => {
+            let field = match record(&mut req, key, val, text)? {
+                0 => {
                     if seen_others.get(..others)?.contains(&key) {
                         return None;
                     }
@@ -115,6 +85,7 @@ pub fn parse(raw: &str) -> Option<Request<'_>> {
                     others += 1;
                     0
                 }
+                bit => bit,
             };
             if seen_fields & field != 0 {
                 return None;
@@ -130,6 +101,46 @@ pub fn parse(raw: &str) -> Option<Request<'_>> {
     }
     s.ws();
     (s.pos == s.bytes.len()).then_some(req)
+}
+
+/// Puts a value into the request's field named `key` and answers that field's bit (for the
+/// duplicate check), 0 for a key the request does not read, `None` for a size that is not a
+/// plain u64. `text` is the value as it stands in the header.
+fn record<'a>(req: &mut Request<'a>, key: &'a str, val: Val<'a>, text: &'a str) -> Option<u8> {
+    let bit = match key {
+        "id" => {
+            req.id = Some(text);
+            1
+        }
+        "cmd" => {
+            req.cmd = Some(val);
+            1 << 1
+        }
+        "filename" => {
+            req.filename = Some(val);
+            1 << 2
+        }
+        "md5" => {
+            req.md5 = Some(val);
+            1 << 3
+        }
+        "size" | "filesize" => {
+            let Val::U64(n) = val else { return None };
+            if key == "size" {
+                req.size = Some(n);
+                1 << 4
+            } else {
+                req.filesize = Some(n);
+                1 << 5
+            }
+        }
+        "argv" | "timeout_ms" => {
+            req.exec_fields = true;
+            if key == "argv" { 1 << 6 } else { 1 << 7 }
+        }
+        _ => 0,
+    };
+    Some(bit)
 }
 
 /// A cursor over a header's text.
