@@ -5,8 +5,8 @@
 //! answer `None`, and the strict path (`strict.rs`) decides, with the errors of PROTOCOL.md. So
 //! the two paths never disagree on what a header means.
 
-/// Distinct keys the fast path keeps track of for duplicates; a header with more is left to the
-/// strict path.
+/// Keys a header may have on the fast path (any beyond the request's own are remembered by name
+/// for the duplicate check); a header with more is left to the strict path.
 const MAX_KEYS: usize = 8;
 
 /// A top-level value of a header, as far as a request needs it.
@@ -229,9 +229,9 @@ impl<'a> Scanner<'a> {
 ///
 /// Eight bytes at a time in a `u64`: the strings of a request are short (`cmd`, `ping`) or
 /// hex (`md5`), where a call to memchr and a second pass for control characters cost more than
-/// the scan (criterion, `header_decode`). Each test below flags, in a byte's top bit, the
-/// lowest byte that matches exactly; only bytes above a match can be flagged wrongly (by the
-/// borrow), so the lowest flag of the three is the first special byte.
+/// the scan (criterion, `header_decode`). Each of the three word tests (quote, backslash, below
+/// 0x20) flags the lowest matching byte exactly, in its top bit; only bytes above a match can be
+/// flagged wrongly (by the borrow), so the lowest flag of the three is the first special byte.
 fn special_byte(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([1; 8]);
     const TOPS: u64 = u64::from_ne_bytes([0x80; 8]);
