@@ -240,6 +240,7 @@ impl Reactor {
         if let Some(Entry::Conn(c)) = self.core.sources.get(token) {
             prefetch::object(c);
             c.transport.prefetch();
+            prefetch::service(&c.service);
         }
     }
 

@@ -5,6 +5,8 @@
 //! has left the caches by its next turn, and a TLS connection's (rustls's state, about 1 KiB)
 //! cost a wait on memory at nearly every step of its first record (BENCHMARKS.md, TLS).
 
+use crate::service::StreamService;
+
 /// The size of a cache line on the machines this runs on.
 const LINE: usize = 64;
 
@@ -12,6 +14,19 @@ const LINE: usize = 64;
 #[inline]
 pub(crate) fn object<T>(value: &T) {
     lines(std::ptr::from_ref(value).cast::<u8>(), size_of::<T>());
+}
+
+/// Asks for the state a stream service keeps behind a pointer (a `files` or chat session: its
+/// first touches, whether it takes input and whether it has output, are each a wait on memory
+/// otherwise).
+#[inline]
+pub(crate) fn service(service: &StreamService) {
+    match service {
+        StreamService::Files(s) => object(&**s),
+        StreamService::Chat(s) => object(&**s),
+        StreamService::WsChat(s) => object(&**s),
+        StreamService::Echo(_) | StreamService::Upper(_) | StreamService::Metrics(_) => {}
+    }
 }
 
 /// Asks for the cache lines of `len` bytes from `start`.
