@@ -518,15 +518,19 @@ impl HeaderBodyDecoder {
         if length == 0 {
             return Err(HeaderError::EmptyHeader { offset, max });
         }
-        let end = usize::try_from(length)
+        // A `let … else` rather than `ok_or`: the error is only built when it is returned (built
+        // eagerly, it was also dropped on every header: a call, on the path of every request).
+        let Some(end) = usize::try_from(length)
             .ok()
             .filter(|h| *h <= max)
             .and_then(|h| h.checked_add(PREFIX))
-            .ok_or(HeaderError::HeaderTooLong {
+        else {
+            return Err(HeaderError::HeaderTooLong {
                 offset,
                 length,
                 max,
-            })?;
+            });
+        };
         let Some(raw) = input.get(PREFIX..end) else {
             return Ok(Decoded::Incomplete);
         };
