@@ -296,6 +296,19 @@ pub enum Part<'a> {
     BodyEnd,
 }
 
+/// A header's bytes as text. `str::from_utf8` checks a short header a byte at a time (its
+/// word-at-a-time path needs 16 aligned bytes): 1.6 % of a `files` ping's server CPU (perf).
+/// An ASCII header, which is what clients send but for non-ASCII file names, passes a
+/// word-at-a-time check instead; any other is validated in full.
+fn header_text(raw: &[u8]) -> Result<&str, std::str::Utf8Error> {
+    if raw.is_ascii() {
+        // SAFETY: every ASCII byte string is valid UTF-8.
+        Ok(unsafe { std::str::from_utf8_unchecked(raw) })
+    } else {
+        std::str::from_utf8(raw)
+    }
+}
+
 /// Why a header+body stream cannot be decoded any further (a `bad_frame`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum HeaderError {
@@ -534,7 +547,7 @@ impl HeaderBodyDecoder {
         let Some(raw) = input.get(PREFIX..end) else {
             return Ok(Decoded::Incomplete);
         };
-        let raw = std::str::from_utf8(raw).map_err(|e| HeaderError::NotUtf8 {
+        let raw = header_text(raw).map_err(|e| HeaderError::NotUtf8 {
             offset,
             valid_up_to: e.valid_up_to(),
         })?;

@@ -486,3 +486,41 @@ mod paths_agree {
         }
     }
 }
+
+#[test]
+fn header_text_reads_as_from_utf8_does() {
+    // ASCII of every length around the word size, UTF-8 of 2 to 4 bytes, and bytes that are
+    // not UTF-8 (a lone continuation, a truncated sequence, an overlong form, a surrogate)
+    // at the start, middle and end.
+    let mut cases: Vec<Vec<u8>> = (0..=33).map(|n| vec![b'a'; n]).collect();
+    for bad in [
+        &b"\x80"[..],
+        b"\xc3",
+        b"\xc0\xaf",
+        b"\xed\xa0\x80",
+        b"\xff",
+        "é".as_bytes(),
+        "€".as_bytes(),
+        "😀".as_bytes(),
+        b"\x7f",
+    ] {
+        for at in [0, 7, 8, 15, 16, 30] {
+            let mut v = vec![b'x'; 30];
+            v.splice(at..at, bad.iter().copied());
+            cases.push(v);
+        }
+    }
+    for case in &cases {
+        assert_eq!(header_text(case), std::str::from_utf8(case), "{case:?}");
+    }
+    let name = r#"{"cmd":"put","filename":"é.txt","size":0}"#;
+    let mut frame = (name.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(name.as_bytes());
+    match HeaderBodyDecoder::default().decode(&frame) {
+        Ok(Decoded::Item {
+            item: Part::Header(h),
+            ..
+        }) => assert_eq!(h.raw, name),
+        other => panic!("{other:?}"),
+    }
+}
