@@ -167,7 +167,15 @@ fn raw_mode_with_server_pid_reports_server_cpu() {
     ]);
     assert_sane(&r);
     assert!(r["server_cpu_s"].as_f64().is_some(), "{r}");
-    assert!(r["server_cpu_per_request_us"].as_f64().is_some(), "{r}");
+    let per = r["server_cpu_per_request_us"].as_f64();
+    let user = r["server_user_cpu_per_request_us"].as_f64();
+    let sys = r["server_sys_cpu_per_request_us"].as_f64();
+    let (Some(per), Some(user), Some(sys)) = (per, user, sys) else {
+        panic!("no server CPU per request, or not split into user and system: {r}");
+    };
+    // The echo server spent something, and the two parts add up to the whole.
+    assert!(per > 0.0 && user >= 0.0 && sys >= 0.0, "{r}");
+    assert!((user + sys - per).abs() <= per * 1e-9, "{r}");
 }
 
 #[test]

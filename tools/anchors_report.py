@@ -62,18 +62,25 @@ if baseline:
           f"its servers named \"<server> ({blabel})\".")
 print()
 print("### Per setting and server (medians)\n")
-print("| conns x depth | server | requests/s | p99 (µs) | server CPU/request (µs) | load generator CPU |")
-print("|---|---|---:|---:|---:|---:|")
+print("The user and system columns split the server's CPU per request: system is the kernel's "
+      "work in the server's system calls, user the server's own (each the median of its rounds, "
+      "so they need not add up to the total exactly; /proc/PID/stat counts in 10 ms ticks).\n")
+print("| conns x depth | server | requests/s | p99 (µs) | server CPU/request (µs) | user | system "
+      "| load generator CPU |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
 for s in settings:
     for srv in servers:
         rps = med(s, srv, lambda r: r["requests_per_s"])
         p99 = med(s, srv, lambda r: r["latency_us"]["p99"])
         cpu = med(s, srv, lambda r: r["server_cpu_per_request_us"])
+        user = med(s, srv, lambda r: r.get("server_user_cpu_per_request_us"))
+        sys_ = med(s, srv, lambda r: r.get("server_sys_cpu_per_request_us"))
         gen = med(s, srv, lambda r: r["cpu_percent"])
         f = fails(s, srv)
         note = f" ({f} failed)" if f else ""
         print(f"| {label(s)} | {srv}{note} | {fmt(rps, ',.0f')} | {fmt(p99, '.0f')} | "
-              f"{fmt(cpu, '.2f')} | {fmt(gen, '.0f')}{'' if gen is None else ' %'} |")
+              f"{fmt(cpu, '.2f')} | {fmt(user, '.3f')} | {fmt(sys_, '.2f')} | "
+              f"{fmt(gen, '.0f')}{'' if gen is None else ' %'} |")
 
 
 def value(setting, server, rnd, f):

@@ -287,6 +287,11 @@ pub struct Report {
     pub server_cpu_s: Option<f64>,
     /// With --server-pid: its CPU time per request, microseconds.
     pub server_cpu_per_request_us: Option<f64>,
+    /// With --server-pid: the user part of it (the server's own work; the rest is the
+    /// kernel's, in its system calls), microseconds a request.
+    pub server_user_cpu_per_request_us: Option<f64>,
+    /// With --server-pid: the system part, microseconds a request.
+    pub server_sys_cpu_per_request_us: Option<f64>,
     /// Ctrl-C ended the window early: the figures are of the time measured until then.
     pub interrupted: bool,
     /// With --new-conn-per-request: connections opened in the window, and per second.
@@ -589,8 +594,10 @@ fn summarise(
         cpu_percent,
         generator_saturated: saturated(cpu_percent, threads),
         server_pid: args.server_pid,
-        server_cpu_s: window.server_cpu_s,
-        server_cpu_per_request_us: window.server_cpu_s.map(per_request_us),
+        server_cpu_s: window.server_cpu.map(|c| c.total_s()),
+        server_cpu_per_request_us: window.server_cpu.map(|c| per_request_us(c.total_s())),
+        server_user_cpu_per_request_us: window.server_cpu.map(|c| per_request_us(c.user_s)),
+        server_sys_cpu_per_request_us: window.server_cpu.map(|c| per_request_us(c.sys_s)),
         interrupted,
         connects,
         connects_per_s: connects as f64 / duration_s,

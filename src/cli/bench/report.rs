@@ -90,7 +90,14 @@ pub(super) fn print_report(args: &BenchArgs, r: &Report) {
     if let (Some(pid), Some(cpu), Some(per)) =
         (r.server_pid, r.server_cpu_s, r.server_cpu_per_request_us)
     {
-        println!("  server cpu {cpu:.2} s, {per:.2} us/request (pid {pid})");
+        let split = match (
+            r.server_user_cpu_per_request_us,
+            r.server_sys_cpu_per_request_us,
+        ) {
+            (Some(user), Some(sys)) => format!(" (user {user:.2}, system {sys:.2})"),
+            _ => String::new(),
+        };
+        println!("  server cpu {cpu:.2} s, {per:.2} us/request{split} (pid {pid})");
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::window::{proc_cpu_seconds, self_cpu_seconds};
+use super::window::{proc_cpu, self_cpu_seconds};
 use super::{BenchArgs, Latency};
 use crate::addr::ListenAddr;
 
@@ -364,7 +364,7 @@ pub(super) fn bench(args: &BenchArgs) -> Result<UdpReport, UdpError> {
         let now = Instant::now();
         if cpu0.is_none() && now >= win_start {
             cpu0 = Some(self_cpu_seconds());
-            srv0 = args.server_pid.and_then(|p| proc_cpu_seconds(p).ok());
+            srv0 = args.server_pid.and_then(server_cpu_seconds);
             tally = Tally::default();
             hist.reset();
         }
@@ -411,7 +411,7 @@ pub(super) fn bench(args: &BenchArgs) -> Result<UdpReport, UdpError> {
     let cpu_s = (self_cpu_seconds() - cpu0.unwrap_or(0.0)).max(0.0);
     let server_cpu_s = args
         .server_pid
-        .and_then(|p| proc_cpu_seconds(p).ok())
+        .and_then(server_cpu_seconds)
         .zip(srv0)
         .map(|(a, b)| (a - b).max(0.0));
     if tally.replies == 0 && tally.lost > 0 {
@@ -475,6 +475,11 @@ fn report(
 }
 
 /// Waits at most `t` for any socket to become readable (poll(2)).
+/// The server's user plus system CPU time, seconds; `None` when it cannot be read.
+fn server_cpu_seconds(pid: u32) -> Option<f64> {
+    proc_cpu(pid).ok().map(|c| c.total_s())
+}
+
 fn wait_readable(flights: &[Flight], t: Duration) {
     use std::os::fd::AsRawFd;
     let mut fds: Vec<libc::pollfd> = flights

@@ -17,8 +17,8 @@ pub(super) struct Window {
     pub(super) wall_s: f64,
     /// This process's CPU time over it, seconds.
     pub(super) cpu_s: f64,
-    /// The server's CPU time over it, seconds (with --server-pid).
-    pub(super) server_cpu_s: Option<f64>,
+    /// The server's CPU time over it (with --server-pid).
+    pub(super) server_cpu: Option<ProcCpu>,
 }
 
 /// Waits (showing progress on a terminal) for the run to end, taking CPU-time snapshots at the
@@ -102,15 +102,15 @@ pub(super) fn watch(
     let before = before.unwrap_or(Snapshot {
         at: after.at,
         cpu_s: after.cpu_s,
-        server_cpu_s: after.server_cpu_s,
+        server_cpu: after.server_cpu,
     });
     Ok(Window {
         wall_s: after.at.saturating_duration_since(before.at).as_secs_f64(),
         cpu_s: (after.cpu_s - before.cpu_s).max(0.0),
-        server_cpu_s: after
-            .server_cpu_s
-            .zip(before.server_cpu_s)
-            .map(|(a, b)| (a - b).max(0.0)),
+        server_cpu: after
+            .server_cpu
+            .zip(before.server_cpu)
+            .map(|(a, b)| a.since(b)),
     })
 }
 
@@ -139,21 +139,19 @@ struct Snapshot {
     /// This process's CPU time, seconds.
     cpu_s: f64,
     /// The server's, with --server-pid.
-    server_cpu_s: Option<f64>,
+    server_cpu: Option<ProcCpu>,
 }
 
 /// Takes a snapshot of this process's and the server's CPU time.
 fn snapshot(args: &BenchArgs) -> Result<Snapshot, BenchError> {
-    let server_cpu_s = match args.server_pid {
-        Some(pid) => {
-            Some(proc_cpu_seconds(pid).map_err(|reason| BenchError::ServerCpu { pid, reason })?)
-        }
+    let server_cpu = match args.server_pid {
+        Some(pid) => Some(proc_cpu(pid).map_err(|reason| BenchError::ServerCpu { pid, reason })?),
         None => None,
     };
     Ok(Snapshot {
         at: Instant::now(),
         cpu_s: self_cpu_seconds(),
-        server_cpu_s,
+        server_cpu,
     })
 }
 
@@ -169,8 +167,30 @@ pub(super) fn self_cpu_seconds() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// User plus system CPU time of process `pid` (all threads) from /proc/PID/stat, seconds.
-pub(super) fn proc_cpu_seconds(pid: u32) -> Result<f64, String> {
+/// CPU time of a process (all threads), seconds: user and system apart, because the system
+/// part of a request is the kernel's and the user part the server's own.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(super) struct ProcCpu {
+    pub(super) user_s: f64,
+    pub(super) sys_s: f64,
+}
+
+impl ProcCpu {
+    pub(super) fn total_s(self) -> f64 {
+        self.user_s + self.sys_s
+    }
+
+    /// What was spent from `before` to `self` (never negative).
+    pub(super) fn since(self, before: ProcCpu) -> ProcCpu {
+        ProcCpu {
+            user_s: (self.user_s - before.user_s).max(0.0),
+            sys_s: (self.sys_s - before.sys_s).max(0.0),
+        }
+    }
+}
+
+/// The user and system CPU time of process `pid` (all threads) from /proc/PID/stat.
+pub(super) fn proc_cpu(pid: u32) -> Result<ProcCpu, String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
     // The command name (field 2) may hold spaces and parentheses: fields start after the last
     // `)`, with field 3 (state) first, so utime (14) and stime (15) are the 12th and 13th.
@@ -185,9 +205,11 @@ pub(super) fn proc_cpu_seconds(pid: u32) -> Result<f64, String> {
             .and_then(|f| f.parse().ok())
             .ok_or_else(|| format!("field {} of the stat line is not a number", n + 3))
     };
-    let ticks = field(11)?.saturating_add(field(12)?);
     // SAFETY: sysconf has no memory-safety preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = if hz > 0 { hz as f64 } else { 100.0 };
-    Ok(ticks as f64 / hz)
+    Ok(ProcCpu {
+        user_s: field(11)? as f64 / hz,
+        sys_s: field(12)? as f64 / hz,
+    })
 }
