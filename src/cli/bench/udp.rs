@@ -474,12 +474,12 @@ fn report(
     }
 }
 
-/// Waits at most `t` for any socket to become readable (poll(2)).
 /// The server's user plus system CPU time, seconds; `None` when it cannot be read.
 fn server_cpu_seconds(pid: u32) -> Option<f64> {
     proc_cpu(pid).ok().map(|c| c.total_s())
 }
 
+/// Waits at most `t` for any socket to become readable (poll(2)).
 fn wait_readable(flights: &[Flight], t: Duration) {
     use std::os::fd::AsRawFd;
     let mut fds: Vec<libc::pollfd> = flights
