@@ -1,5 +1,6 @@
-//! The reactor's TLS server stream (`tls::server_stream`, rustls's unbuffered API with our own
-//! buffers) against a real rustls client, over an in-memory socket whose reads and writes the
+//! The reactor's TLS server stream (`tls::server_stream`: rustls's unbuffered API with our own
+//! buffers, then our own TLS 1.3 record layer; and TLS 1.2 and TLS 1.3 kept in rustls) against a
+//! real rustls client, over an in-memory socket whose reads and writes the
 //! input sizes: records cut anywhere, bytes flipped or injected, key updates, close_notify and
 //! a bare end in any order. Nothing may panic (a misuse of the unbuffered contract, such as
 //! handing rustls fewer bytes than it has not discarded, panics inside rustls), the bytes a
@@ -87,10 +88,20 @@ impl Write for Pipe {
     }
 }
 
-/// A server and a client configuration that trust each other, made once.
-fn configs() -> &'static (Arc<ServerConfig>, Arc<ClientConfig>) {
-    static CONFIGS: OnceLock<(Arc<ServerConfig>, Arc<ClientConfig>)> = OnceLock::new();
-    CONFIGS.get_or_init(|| crate::tls::trusting_pair().expect("test configurations"))
+/// The server's record keepers under test, each a server and a client configuration that
+/// trust each other, made once: TLS 1.3 on our record layer (`tls/record.rs`), TLS 1.3 kept
+/// in rustls (secret extraction off), TLS 1.2 (rustls's).
+fn configs() -> &'static [(Arc<ServerConfig>, Arc<ClientConfig>); 3] {
+    static CONFIGS: OnceLock<[(Arc<ServerConfig>, Arc<ClientConfig>); 3]> = OnceLock::new();
+    CONFIGS.get_or_init(|| {
+        let ours = crate::tls::trusting_pair().expect("test configurations");
+        let mut keeps = (*ours.0).clone();
+        keeps.enable_secret_extraction = false;
+        let rustls13 = (Arc::new(keeps), Arc::clone(&ours.1));
+        let tls12 =
+            crate::tls::trusting_pair_of(&[&rustls::version::TLS12]).expect("test configurations");
+        [ours, rustls13, tls12]
+    })
 }
 
 /// The most a connection may hold between calls: a handshake message and a record (partial),
@@ -100,10 +111,13 @@ const HOLD_BOUND: usize = 0xffff + 18_437 + 512 * 1024;
 
 pub fn fuzz_tls_server(data: &[u8]) {
     let mut u = Unstructured::new(data);
+    let Ok(keeper) = u.choose(configs()) else {
+        return;
+    };
+    let (server_config, client_config) = keeper;
     let Ok(ops) = Vec::<Op>::arbitrary(&mut u) else {
         return;
     };
-    let (server_config, client_config) = configs();
     let Ok(name) = ServerName::try_from("localhost") else {
         return;
     };

@@ -37,7 +37,7 @@ pub mod disk;
 pub(crate) mod handover;
 mod history;
 pub(crate) mod inherit;
-mod prefetch;
+pub(crate) mod prefetch;
 mod shutdown;
 mod stream;
 pub mod timer;

@@ -1,6 +1,6 @@
 //! TLS for the server's stream listeners and for the client commands, on rustls with the ring
-//! provider (already built for `socklab cert`'s rcgen): the records are rustls's, the sockets
-//! and the loop stay ours.
+//! provider (already built for `socklab cert`'s rcgen): the handshakes are rustls's, the
+//! sockets and the loop ours, and so are a server's TLS 1.3 records after the handshake.
 //!
 //! - [`files`]: what a listener's `[listener.tls]` names (certificate, key, client CA), read and
 //!   checked: PEM parsing, the key against the certificate, the certificate's dates and subject.
@@ -10,11 +10,14 @@
 //!
 //! - [`server_stream`]: the server side of a connection on rustls's unbuffered API, driven by
 //!   readiness, holding no buffer while idle: the reactor's TLS transport.
+//! - [`record`]: TLS 1.3's record layer after the handshake, ours (ring's AEAD, in place);
+//!   rustls keeps the key schedule.
 //! - [`stream`]: the client side over a non-blocking socket, after a blocking handshake:
 //!   `bench`'s TLS connections.
 
 pub mod client;
 pub(crate) mod files;
+pub(crate) mod record;
 pub(crate) mod server;
 pub(crate) mod server_stream;
 pub(crate) mod stream;
@@ -42,6 +45,13 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 /// certificate for `localhost`, the provider above), for the unit tests, the fuzz targets and
 /// the benches that drive rustls in memory. Never used by the server itself.
 pub fn trusting_pair() -> Result<(Arc<ServerConfig>, Arc<ClientConfig>), String> {
+    trusting_pair_of(rustls::DEFAULT_VERSIONS)
+}
+
+/// [`trusting_pair`] whose client offers only `versions`.
+pub fn trusting_pair_of(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<(Arc<ServerConfig>, Arc<ClientConfig>), String> {
     let key = rcgen::KeyPair::generate().map_err(|e| format!("key: {e}"))?;
     let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
         .and_then(|p| p.self_signed(&key))
@@ -49,17 +59,19 @@ pub fn trusting_pair() -> Result<(Arc<ServerConfig>, Arc<ClientConfig>), String>
     let der = CertificateDer::from(cert.der().to_vec());
     let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| format!("key: {e}"))?;
     let provider = provider();
-    let server = ServerConfig::builder_with_provider(provider.clone())
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .and_then(|b| {
             b.with_no_client_auth()
                 .with_single_cert(vec![der.clone()], key_der)
         })
         .map_err(|e| format!("server configuration: {e}"))?;
+    // As the server's listeners: TLS 1.3 records go to our own record layer.
+    server.enable_secret_extraction = true;
     let mut roots = RootCertStore::empty();
     roots.add(der).map_err(|e| format!("root: {e}"))?;
     let client = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(|e| format!("client configuration: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();

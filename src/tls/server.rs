@@ -66,7 +66,11 @@ impl ListenerTls {
             }
             None => builder.with_no_client_auth(),
         };
-        let config = builder.with_cert_resolver(Arc::clone(&served) as Arc<dyn ResolvesServerCert>);
+        let mut config =
+            builder.with_cert_resolver(Arc::clone(&served) as Arc<dyn ResolvesServerCert>);
+        // TLS 1.3 records are opened and sealed by our own record layer after the handshake
+        // (`tls/record.rs`): rustls hands it the traffic secrets.
+        config.enable_secret_extraction = true;
         Ok(ListenerTls {
             config: Arc::new(config),
             served,

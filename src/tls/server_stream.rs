@@ -1,6 +1,6 @@
 //! The server side of a TLS connection over a non-blocking socket, on rustls's unbuffered API:
-//! the reactor's TLS transport. rustls keeps the handshake, the keys and the record sequence;
-//! the bytes live here, and only while they wait. An idle connection holds no buffer at all
+//! the reactor's TLS transport. rustls keeps the handshake and the keys (the records too, until
+//! a TLS 1.3 handshake is over: below); the bytes live here, and only while they wait. An idle connection holds no buffer at all
 //! (the buffered `ServerConnection` keeps a 4 KiB record buffer for good once it has read),
 //! which is what brings an idle TLS connection under 5 KB.
 //!
@@ -9,6 +9,12 @@
 //! ([`ServerTls::partial`]), plaintext that did not fit the caller's buffer, and records the
 //! socket would not take yet. Replies are encrypted straight into the thread's output buffer,
 //! as few records as the bytes allow (one per 16 KiB), and written from there.
+//!
+//! Once a TLS 1.3 handshake is over, rustls hands the traffic secrets over (its kernel-connection
+//! API) and the records are ours ([`super::record`]): opened in place in the thread's buffer and
+//! sealed straight into its output buffer, with no allocation per record; rustls keeps only
+//! what derives the next keys. TLS 1.2, and a configuration without secret extraction, stay
+//! with rustls throughout.
 //!
 //! The contract with the connection path is [`crate::tls::stream::TlsStream`]'s: `read` gives
 //! plaintext (`Ok(0)` at the end: close_notify, or a TCP end without one, a truncation), a
@@ -22,12 +28,14 @@ use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use rustls::ServerConfig;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError,
     UnbufferedStatus, WriteTraffic,
 };
+use rustls::{ProtocolVersion, ServerConfig};
+
+use super::record::{self, Opened, RecordError, RecordLayer};
 
 /// The most ciphertext a connection keeps while a record (or a handshake message spread over
 /// records) is incomplete: rustls's own limit on a handshake message (64 KiB) plus one
@@ -208,12 +216,35 @@ struct Processed {
     plain: usize,
 }
 
+/// Who opens and seals a connection's records.
+enum Records {
+    /// rustls: through the handshake, and for good on TLS 1.2 (and where the configuration
+    /// keeps the secrets in rustls).
+    Rustls(Box<UnbufferedServerConnection>),
+    /// Ours (`tls/record.rs`), on TLS 1.3 once the handshake is over.
+    Own(Box<RecordLayer>),
+    /// Neither: the hand-over failed, and so has the connection.
+    Gone,
+}
+
+impl Records {
+    fn is_handshaking(&self) -> bool {
+        match self {
+            Records::Rustls(conn) => conn.is_handshaking(),
+            Records::Own(_) | Records::Gone => false,
+        }
+    }
+}
+
 /// A TLS server connection over the non-blocking socket `S`.
 pub(crate) struct ServerTls<S> {
     /// The socket the records travel on.
     pub(crate) socket: S,
-    /// rustls's state: the handshake, the keys, the record sequence.
-    conn: UnbufferedServerConnection,
+    /// The records' keeper: rustls (the handshake, the keys, the record sequence), then ours.
+    conn: Records,
+    /// TLS 1.3 records are to be ours after the handshake (the configuration lets rustls hand
+    /// over the secrets).
+    own_records: bool,
     /// The start of a record (or handshake message) whose rest has not come.
     partial: Vec<u8>,
     /// Plaintext decrypted that did not fit the caller's buffer: handed out first.
@@ -234,6 +265,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for ServerTls<S> {
         f.debug_struct("ServerTls")
             .field("socket", &self.socket)
             .field("handshaking", &self.conn.is_handshaking())
+            .field("own_records", &matches!(self.conn, Records::Own(_)))
             .field("partial", &self.partial.len())
             .field("held", &self.held.len())
             .field(
@@ -248,10 +280,12 @@ impl<S: std::fmt::Debug> std::fmt::Debug for ServerTls<S> {
 impl<S: Read + Write> ServerTls<S> {
     /// The server side of an accepted connection that has yet to send its ClientHello.
     pub(crate) fn server(socket: S, config: Arc<ServerConfig>) -> io::Result<ServerTls<S>> {
+        let own_records = config.enable_secret_extraction;
         let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
         Ok(ServerTls {
             socket,
-            conn,
+            conn: Records::Rustls(Box::new(conn)),
+            own_records,
             partial: Vec::new(),
             held: Vec::new(),
             unsent: Unsent::default(),
@@ -259,6 +293,23 @@ impl<S: Read + Write> ServerTls<S> {
             drained: false,
             failed: false,
         })
+    }
+
+    /// The state behind the connection's own box that its next record touches (our record
+    /// layer's keys), for the reactor's prefetch.
+    pub(crate) fn record_layer(&self) -> Option<&RecordLayer> {
+        match &self.conn {
+            Records::Own(layer) => Some(layer),
+            Records::Rustls(_) | Records::Gone => None,
+        }
+    }
+
+    #[cfg(test)]
+    fn record_layer_mut(&mut self) -> Option<&mut RecordLayer> {
+        match &mut self.conn {
+            Records::Own(layer) => Some(layer),
+            Records::Rustls(_) | Records::Gone => None,
+        }
     }
 
     /// The handshake has not finished.
@@ -343,6 +394,11 @@ impl<S: Read + Write> ServerTls<S> {
             let Some(space) = incoming.get_mut(kept..need) else {
                 return Err(io::ErrorKind::OutOfMemory.into());
             };
+            // With many connections taking turns the keys have left the cache by this one's
+            // next record: they are fetched while the kernel copies the record in.
+            if let Records::Own(layer) = &self.conn {
+                crate::reactor::prefetch::object(&**layer);
+            }
             let n = loop {
                 match self.socket.read(space) {
                     Ok(n) => break n,
@@ -386,15 +442,76 @@ impl<S: Read + Write> ServerTls<S> {
         }
     }
 
+    /// Opens the whole records of `run` (ciphertext): plaintext goes to `buf` (what does not
+    /// fit, to `held`), what the peer is owed goes to `unsent`. A TLS 1.3 connection whose
+    /// handshake this finishes hands its records over to us.
+    fn process(&mut self, run: &mut [u8], buf: &mut [u8]) -> io::Result<Processed> {
+        if let Records::Own(layer) = &mut self.conn {
+            let mut done = Processed::default();
+            let r = open_records(layer, run, buf, &mut done, &mut self.held, &mut self.unsent);
+            return match r {
+                Ok(end) => {
+                    self.peer_closed |= end;
+                    Ok(done)
+                }
+                Err(e) => {
+                    if let Some(alert) = e.alert() {
+                        layer.seal_alert(alert, &mut self.unsent.bytes);
+                    }
+                    let _ = self.unsent.send(&mut self.socket);
+                    Err(invalid(e))
+                }
+            };
+        }
+        let done = self.process_rustls(run, buf)?;
+        self.take_over_records();
+        Ok(done)
+    }
+
+    /// Takes the records over from rustls once a TLS 1.3 handshake is over and everything
+    /// rustls owed the peer (the session tickets) has been handed to `unsent`. A hand-over
+    /// that fails leaves neither (rustls's connection is spent): the connection fails.
+    fn take_over_records(&mut self) {
+        let Records::Rustls(conn) = &self.conn else {
+            return;
+        };
+        if !self.own_records
+            || self.failed
+            || self.peer_closed
+            || conn.is_handshaking()
+            || conn.wants_write()
+            || conn.protocol_version() != Some(ProtocolVersion::TLSv1_3)
+        {
+            return;
+        }
+        let Records::Rustls(conn) = std::mem::replace(&mut self.conn, Records::Gone) else {
+            return;
+        };
+        let layer = (*conn)
+            .dangerous_into_kernel_connection()
+            .map_err(|e| RecordError::Keys(e.to_string()))
+            .and_then(|(secrets, kernel)| RecordLayer::new(kernel, secrets.rx, secrets.tx));
+        match layer {
+            Ok(layer) => self.conn = Records::Own(Box::new(layer)),
+            Err(e) => {
+                tracing::warn!("TLS records could not be taken over from rustls: {e}");
+                self.failed = true;
+            }
+        }
+    }
+
     /// Hands `run` (ciphertext) to rustls until it needs more: plaintext goes to `buf` (what
     /// does not fit, to `held`), what the handshake says goes to `unsent`.
-    fn process(&mut self, run: &mut [u8], buf: &mut [u8]) -> io::Result<Processed> {
+    fn process_rustls(&mut self, run: &mut [u8], buf: &mut [u8]) -> io::Result<Processed> {
         let mut done = Processed::default();
         // Each state is one step (a record, a message to encode); the bound is far above what
         // one run of ciphertext can need and keeps a bug from spinning the loop.
         for _ in 0..100_000 {
             let rest = run.get_mut(done.consumed..).unwrap_or_default();
-            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(rest);
+            let Records::Rustls(conn) = &mut self.conn else {
+                return Ok(done);
+            };
+            let UnbufferedStatus { mut discard, state } = conn.process_tls_records(rest);
             let state = match state {
                 Ok(state) => state,
                 Err(e) => {
@@ -446,10 +563,13 @@ impl<S: Read + Write> ServerTls<S> {
     /// has queued is asked for: asked for more, it would decode `rest` again.
     fn send_alert(&mut self, rest: &mut [u8]) {
         for _ in 0..4 {
-            if !self.conn.wants_write() {
+            let Records::Rustls(conn) = &mut self.conn else {
+                break;
+            };
+            if !conn.wants_write() {
                 break;
             }
-            let status = self.conn.process_tls_records(rest);
+            let status = conn.process_tls_records(rest);
             let Ok(ConnectionState::EncodeTlsData(mut message)) = status.state else {
                 break;
             };
@@ -490,7 +610,10 @@ impl<S: Read + Write> ServerTls<S> {
         let mut f = Some(f);
         for _ in 0..64 {
             let run = partial.get_mut(*consumed..).unwrap_or_default();
-            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(run);
+            let Records::Rustls(conn) = &mut self.conn else {
+                return Ok(None);
+            };
+            let UnbufferedStatus { mut discard, state } = conn.process_tls_records(run);
             let result = match state.map_err(invalid)? {
                 ConnectionState::EncodeTlsData(mut message) => {
                     queue(&mut self.unsent.bytes, &mut message)?;
@@ -538,6 +661,17 @@ impl<S: Read + Write> ServerTls<S> {
         with_scratch(|scratch| {
             let outgoing = &mut scratch.outgoing;
             outgoing.clear();
+            if let Records::Own(layer) = &mut self.conn {
+                if self.failed {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                if let Err(e) = layer.seal(plain, outgoing) {
+                    self.failed = true;
+                    return Err(invalid(e));
+                }
+                self.unsent.send_or_keep(outgoing, &mut self.socket)?;
+                return Ok(plain.len());
+            }
             let guess = plain
                 .len()
                 .saturating_add((plain.len() / 16_384).saturating_add(1) * RECORD_OVERHEAD);
@@ -561,6 +695,13 @@ impl<S: Read + Write> ServerTls<S> {
 
     /// The orderly end: close_notify, written if the socket takes it.
     pub(crate) fn close_notify(&mut self) {
+        if let Records::Own(layer) = &mut self.conn {
+            if !self.failed {
+                layer.seal_close_notify(&mut self.unsent.bytes);
+            }
+            let _ = self.unsent.send(&mut self.socket);
+            return;
+        }
         let mut alert = Vec::new();
         let queued = self.with_write_traffic(|traffic| {
             append_with(
@@ -574,6 +715,39 @@ impl<S: Read + Write> ServerTls<S> {
             self.unsent.bytes.extend_from_slice(&alert);
         }
         let _ = self.unsent.send(&mut self.socket);
+    }
+}
+
+/// Opens the whole records at the start of `run` with our record layer, adding to `done` what
+/// they brought (plaintext to `buf`, the rest of it to `held`) and what they took; answers the
+/// peer is owed (a key update) go to `unsent`. `Ok(true)` once the peer's close_notify has come
+/// (what follows it is not read).
+fn open_records(
+    layer: &mut RecordLayer,
+    run: &mut [u8],
+    buf: &mut [u8],
+    done: &mut Processed,
+    held: &mut Vec<u8>,
+    unsent: &mut Unsent,
+) -> Result<bool, RecordError> {
+    loop {
+        let rest = run.get_mut(done.consumed..).unwrap_or_default();
+        let Some(len) = record::record_len(rest)? else {
+            return Ok(false);
+        };
+        let Some(record) = rest.get_mut(..len) else {
+            return Ok(false);
+        };
+        let opened = layer.open(record, &mut unsent.bytes)?;
+        done.consumed = done.consumed.saturating_add(len);
+        match opened {
+            Opened::Data(range) => {
+                let payload = record.get(range).unwrap_or_default();
+                done.plain = deliver(payload, buf, done.plain, held);
+            }
+            Opened::End => return Ok(true),
+            Opened::Nothing => {}
+        }
     }
 }
 
@@ -613,8 +787,16 @@ mod tests {
 
     /// Echoes through a `ServerTls` read into buffers of `cap` bytes, while a
     /// blocking client sends `total` bytes in records of every size and reads them back.
-    fn echo_through(cap: usize, total: usize) {
-        let (server_cfg, client_cfg) = configs();
+    /// Whether the records were ours at the end.
+    fn echo_through(cap: usize, total: usize) -> bool {
+        echo_through_with(configs(), cap, total)
+    }
+
+    fn echo_through_with(
+        (server_cfg, client_cfg): (Arc<ServerConfig>, Arc<ClientConfig>),
+        cap: usize,
+        total: usize,
+    ) -> bool {
         let (a, b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         let mut server = ServerTls::server(a, server_cfg).unwrap();
@@ -684,6 +866,7 @@ mod tests {
             let _ = server.send_pending();
         }
         assert!(client.join().unwrap() == expected, "the echo differs");
+        server.record_layer().is_some()
     }
 
     /// Data and close_notify in one segment: the data comes out, the socket is not taken for
@@ -737,7 +920,234 @@ mod tests {
     #[test]
     fn plaintext_comes_out_whole_whatever_the_read_buffer() {
         for cap in [1, 7, 100, 5_000, 16_384, 17_000, 262_144] {
-            echo_through(cap, 600_000);
+            assert!(
+                echo_through(cap, 600_000),
+                "TLS 1.3 records stayed with rustls"
+            );
         }
+    }
+
+    #[test]
+    fn tls12_and_a_configuration_that_keeps_the_secrets_stay_with_rustls() {
+        let tls12 = crate::tls::trusting_pair_of(&[&rustls::version::TLS12]).unwrap();
+        assert!(
+            !echo_through_with(tls12, 5_000, 300_000),
+            "TLS 1.2 records are not ours"
+        );
+        let (server_cfg, client_cfg) = configs();
+        let mut keeps = (*server_cfg).clone();
+        keeps.enable_secret_extraction = false;
+        assert!(!echo_through_with(
+            (Arc::new(keeps), client_cfg),
+            5_000,
+            300_000
+        ));
+    }
+
+    /// A client (rustls, non-blocking) and the server, in one thread.
+    struct Pair {
+        server: ServerTls<UnixStream>,
+        client: ClientConnection,
+        sock: UnixStream,
+        /// What the server read, and what the client read.
+        server_got: Vec<u8>,
+        client_got: Vec<u8>,
+    }
+
+    impl Pair {
+        /// Connected, the handshake over.
+        fn new() -> Pair {
+            let (server_cfg, client_cfg) = configs();
+            let (a, b) = UnixStream::pair().unwrap();
+            a.set_nonblocking(true).unwrap();
+            b.set_nonblocking(true).unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut pair = Pair {
+                server: ServerTls::server(a, server_cfg).unwrap(),
+                client: ClientConnection::new(client_cfg, name).unwrap(),
+                sock: b,
+                server_got: Vec::new(),
+                client_got: Vec::new(),
+            };
+            for _ in 0..10 {
+                if pair.server.record_layer().is_some() && !pair.client.is_handshaking() {
+                    return pair;
+                }
+                pair.pump().unwrap();
+            }
+            panic!("the handshake did not finish");
+        }
+
+        /// The client's records to the server, which reads them all; the server's to the
+        /// client. The server's error, if it fails.
+        fn pump(&mut self) -> std::io::Result<()> {
+            while self.client.wants_write() {
+                self.client.write_tls(&mut self.sock).unwrap();
+            }
+            let mut buf = vec![0u8; 65_536];
+            let served = loop {
+                match self.server.read(&mut buf) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => self.server_got.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            };
+            let _ = self.server.send_pending();
+            loop {
+                match self.client.read_tls(&mut self.sock) {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        if let Err(e) = self.client.process_new_packets() {
+                            return served.and(Err(std::io::Error::other(e)));
+                        }
+                        let mut plain = [0u8; 4096];
+                        while let Ok(n @ 1..) = self.client.reader().read(&mut plain) {
+                            self.client_got.extend_from_slice(&plain[..n]);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            served
+        }
+
+        /// The client's next bytes for the socket, as they would go.
+        fn client_records(&mut self) -> Vec<u8> {
+            let mut wire = Vec::new();
+            while self.client.wants_write() {
+                self.client.write_tls(&mut wire).unwrap();
+            }
+            wire
+        }
+
+        /// What the client's rustls said of the server's last records.
+        fn client_error(&mut self) -> rustls::Error {
+            // Already seen by `pump`, which read the socket after the server failed.
+            if let Err(e) = self.client.process_new_packets() {
+                return e;
+            }
+            loop {
+                match self.client.read_tls(&mut self.sock) {
+                    Ok(0) => panic!("the server closed without an alert"),
+                    Ok(_) => {
+                        if let Err(e) = self.client.process_new_packets() {
+                            return e;
+                        }
+                    }
+                    Err(e) => panic!("no alert came: {e}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_altered_record_is_refused_with_bad_record_mac() {
+        for at in [0usize, 5, 20] {
+            let mut pair = Pair::new();
+            pair.client.writer().write_all(b"to be altered").unwrap();
+            let mut wire = pair.client_records();
+            // Counted from the end: in the tag, in the ciphertext, in the header's length.
+            let i = wire.len() - 1 - at;
+            wire[i] ^= 0x40;
+            pair.sock.write_all(&wire).unwrap();
+            let err = pair.pump().unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+            assert!(pair.server_got.is_empty());
+            let alert = pair.client_error();
+            assert!(
+                matches!(
+                    alert,
+                    rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac)
+                ),
+                "{alert:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn key_updates_either_way_keep_the_echo_going() {
+        let mut pair = Pair::new();
+        // Ours after every 2 records (the confidentiality limit's path); the client's, asking
+        // for ours too, every third message.
+        pair.server
+            .record_layer_mut()
+            .unwrap()
+            .replace_tx_key_every(2);
+        let mut expected = Vec::new();
+        for i in 0..12 {
+            if i % 3 == 0 {
+                pair.client.refresh_traffic_keys().unwrap();
+            }
+            let line = format!("line {i}\n");
+            pair.client.writer().write_all(line.as_bytes()).unwrap();
+            expected.extend_from_slice(line.as_bytes());
+            pair.pump().unwrap();
+            let got = std::mem::take(&mut pair.server_got);
+            assert_eq!(pair.server.write(&got).unwrap(), got.len());
+            pair.pump().unwrap();
+        }
+        assert_eq!(pair.server_got, b"");
+        assert_eq!(
+            String::from_utf8_lossy(&pair.client_got),
+            String::from_utf8_lossy(&expected)
+        );
+    }
+
+    #[test]
+    fn a_run_of_key_update_requests_without_data_is_refused() {
+        let mut pair = Pair::new();
+        for _ in 0..32 {
+            pair.client.refresh_traffic_keys().unwrap();
+        }
+        pair.pump().unwrap();
+        pair.client
+            .writer()
+            .write_all(b"data resets the count")
+            .unwrap();
+        pair.pump().unwrap();
+        assert_eq!(pair.server_got, b"data resets the count");
+        // The client counts our answers the same way: data of ours resets its count.
+        pair.server.write(b"ok").unwrap();
+        for _ in 0..32 {
+            pair.client.refresh_traffic_keys().unwrap();
+        }
+        pair.pump().unwrap();
+        assert_eq!(pair.client_got, b"ok");
+        pair.client.refresh_traffic_keys().unwrap();
+        let err = pair.pump().unwrap_err();
+        assert!(err.to_string().contains("key-update requests"), "{err}");
+        let alert = pair.client_error();
+        assert!(
+            matches!(
+                alert,
+                rustls::Error::AlertReceived(rustls::AlertDescription::UnexpectedMessage)
+            ),
+            "{alert:?}"
+        );
+    }
+
+    #[test]
+    fn close_notify_either_way_on_our_records() {
+        let mut pair = Pair::new();
+        pair.client.writer().write_all(b"bye").unwrap();
+        pair.client.send_close_notify();
+        pair.pump().unwrap();
+        assert_eq!(pair.server_got, b"bye");
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            pair.server.read(&mut buf).unwrap(),
+            0,
+            "the end is a read of 0"
+        );
+        pair.server.close_notify();
+        pair.pump().unwrap();
+        let mut plain = [0u8; 16];
+        assert_eq!(
+            pair.client.reader().read(&mut plain).unwrap(),
+            0,
+            "the client saw close_notify"
+        );
     }
 }

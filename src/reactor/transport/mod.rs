@@ -63,6 +63,9 @@ impl Transport {
     pub(crate) fn prefetch(&self) {
         if let Transport::Tls(t) = self {
             super::prefetch::object(&**t);
+            if let Some(layer) = t.record_layer() {
+                super::prefetch::object(layer);
+            }
         }
     }
 
