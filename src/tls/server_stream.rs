@@ -446,34 +446,44 @@ impl<S: Read + Write> ServerTls<S> {
     /// fit, to `held`), what the peer is owed goes to `unsent`. A TLS 1.3 connection whose
     /// handshake this finishes hands its records over to us.
     fn process(&mut self, run: &mut [u8], buf: &mut [u8]) -> io::Result<Processed> {
-        if let Records::Own(layer) = &mut self.conn {
-            let mut done = Processed::default();
-            let r = open_records(layer, run, buf, &mut done, &mut self.held, &mut self.unsent);
-            return match r {
-                Ok(end) => {
-                    self.peer_closed |= end;
-                    Ok(done)
-                }
-                Err(e) => {
-                    if let Some(alert) = e.alert() {
-                        layer.seal_alert(alert, &mut self.unsent.bytes);
-                    }
-                    let _ = self.unsent.send(&mut self.socket);
-                    Err(invalid(e))
-                }
-            };
+        let mut done = Processed::default();
+        if let Records::Rustls(conn) = &self.conn {
+            let handshaking = conn.is_handshaking();
+            done = self.process_rustls(run, buf, done)?;
+            if self.take_over_records() {
+                // What followed the handshake's last record is ours.
+            } else if handshaking && !self.conn.is_handshaking() {
+                // A handshake that ended without a hand-over (TLS 1.2): rustls, which was
+                // given one record at a time, takes the rest.
+                return self.process_rustls(run, buf, done);
+            } else {
+                return Ok(done);
+            }
         }
-        let done = self.process_rustls(run, buf)?;
-        self.take_over_records();
-        Ok(done)
+        let Records::Own(layer) = &mut self.conn else {
+            return Ok(done);
+        };
+        match open_records(layer, run, buf, &mut done, &mut self.held, &mut self.unsent) {
+            Ok(end) => {
+                self.peer_closed |= end;
+                Ok(done)
+            }
+            Err(e) => {
+                if let Some(alert) = e.alert() {
+                    layer.seal_alert(alert, &mut self.unsent.bytes);
+                }
+                let _ = self.unsent.send(&mut self.socket);
+                Err(invalid(e))
+            }
+        }
     }
 
     /// Takes the records over from rustls once a TLS 1.3 handshake is over and everything
     /// rustls owed the peer (the session tickets) has been handed to `unsent`. A hand-over
     /// that fails leaves neither (rustls's connection is spent): the connection fails.
-    fn take_over_records(&mut self) {
+    fn take_over_records(&mut self) -> bool {
         let Records::Rustls(conn) = &self.conn else {
-            return;
+            return false;
         };
         if !self.own_records
             || self.failed
@@ -482,32 +492,51 @@ impl<S: Read + Write> ServerTls<S> {
             || conn.wants_write()
             || conn.protocol_version() != Some(ProtocolVersion::TLSv1_3)
         {
-            return;
+            return false;
         }
         let Records::Rustls(conn) = std::mem::replace(&mut self.conn, Records::Gone) else {
-            return;
+            return false;
         };
         let layer = (*conn)
             .dangerous_into_kernel_connection()
             .map_err(|e| RecordError::Keys(e.to_string()))
             .and_then(|(secrets, kernel)| RecordLayer::new(kernel, secrets.rx, secrets.tx));
         match layer {
-            Ok(layer) => self.conn = Records::Own(Box::new(layer)),
+            Ok(layer) => {
+                self.conn = Records::Own(Box::new(layer));
+                true
+            }
             Err(e) => {
                 tracing::warn!("TLS records could not be taken over from rustls: {e}");
                 self.failed = true;
+                false
             }
         }
     }
 
-    /// Hands `run` (ciphertext) to rustls until it needs more: plaintext goes to `buf` (what
-    /// does not fit, to `held`), what the handshake says goes to `unsent`.
-    fn process_rustls(&mut self, run: &mut [u8], buf: &mut [u8]) -> io::Result<Processed> {
-        let mut done = Processed::default();
+    /// Hands `run` (ciphertext, from what `done` has consumed) to rustls until it needs more:
+    /// plaintext goes to `buf` (what does not fit, to `held`), what the handshake says goes to
+    /// `unsent`. While a handshake whose records are to be handed over runs, rustls is given
+    /// one more record at a time, so that it has seen nothing past the handshake's last record
+    /// when the handshake is over: rustls holds its answer to a key update until its next
+    /// write, and would take it along into the hand-over.
+    fn process_rustls(
+        &mut self,
+        run: &mut [u8],
+        buf: &mut [u8],
+        mut done: Processed,
+    ) -> io::Result<Processed> {
+        let one_by_one = self.own_records && self.conn.is_handshaking();
+        let mut fed = match one_by_one {
+            true => record_end(run, done.consumed),
+            false => run.len(),
+        };
         // Each state is one step (a record, a message to encode); the bound is far above what
         // one run of ciphertext can need and keeps a bug from spinning the loop.
         for _ in 0..100_000 {
-            let rest = run.get_mut(done.consumed..).unwrap_or_default();
+            let rest = run
+                .get_mut(done.consumed..fed.max(done.consumed))
+                .unwrap_or_default();
             let Records::Rustls(conn) = &mut self.conn else {
                 return Ok(done);
             };
@@ -547,8 +576,15 @@ impl<S: Read + Write> ServerTls<S> {
                     self.peer_closed = true;
                     false
                 }
-                // Needs more bytes (BlockedHandshake), or all is read (WriteTraffic).
-                _ => false,
+                // Needs more bytes (BlockedHandshake), or all is read (WriteTraffic): the
+                // next record, while the handshake runs and one is there.
+                _ => {
+                    let more = one_by_one && conn.is_handshaking() && fed < run.len();
+                    if more {
+                        fed = record_end(run, fed);
+                    }
+                    more
+                }
             };
             done.consumed = done.consumed.saturating_add(discard);
             if !go_on {
@@ -716,6 +752,21 @@ impl<S: Read + Write> ServerTls<S> {
         }
         let _ = self.unsent.send(&mut self.socket);
     }
+}
+
+/// Where the record that starts at `from` in `run` ends: the end of `run` if it has not all
+/// come (or its header is not there).
+fn record_end(run: &[u8], from: usize) -> usize {
+    let header = run
+        .get(from..)
+        .and_then(|r| r.first_chunk::<{ record::HEADER_LEN }>());
+    let Some(&[_, _, _, hi, lo]) = header else {
+        return run.len();
+    };
+    let len = usize::from(u16::from_be_bytes([hi, lo]));
+    from.saturating_add(record::HEADER_LEN)
+        .saturating_add(len)
+        .min(run.len())
 }
 
 /// Opens the whole records at the start of `run` with our record layer, adding to `done` what
@@ -957,6 +1008,13 @@ mod tests {
     impl Pair {
         /// Connected, the handshake over.
         fn new() -> Pair {
+            Pair::connect(|_| {})
+        }
+
+        /// Connected, with `after_handshake` run on the client as soon as its handshake is
+        /// over, so that what it makes follows its Finished in the same flight.
+        fn connect(after_handshake: impl FnOnce(&mut ClientConnection)) -> Pair {
+            let mut after_handshake = Some(after_handshake);
             let (server_cfg, client_cfg) = configs();
             let (a, b) = UnixStream::pair().unwrap();
             a.set_nonblocking(true).unwrap();
@@ -970,7 +1028,12 @@ mod tests {
                 client_got: Vec::new(),
             };
             for _ in 0..10 {
-                if pair.server.record_layer().is_some() && !pair.client.is_handshaking() {
+                if !pair.client.is_handshaking()
+                    && let Some(f) = after_handshake.take()
+                {
+                    f(&mut pair.client);
+                }
+                if pair.server.record_layer().is_some() && after_handshake.is_none() {
                     return pair;
                 }
                 pair.pump().unwrap();
@@ -1093,6 +1156,27 @@ mod tests {
             String::from_utf8_lossy(&pair.client_got),
             String::from_utf8_lossy(&expected)
         );
+    }
+
+    /// A key update the client sends right behind its Finished reaches rustls with the
+    /// Finished: rustls holds its answer until its next write, which the hand-over would
+    /// lose (the client's next record from us would then not decrypt).
+    #[test]
+    fn a_key_update_behind_the_clients_finished_is_answered_after_the_hand_over() {
+        for data_too in [false, true] {
+            let mut pair = Pair::connect(|client| {
+                client.refresh_traffic_keys().unwrap();
+                if data_too {
+                    client.writer().write_all(b"early words").unwrap();
+                }
+            });
+            pair.pump().unwrap();
+            let expected: &[u8] = if data_too { b"early words" } else { b"" };
+            assert_eq!(pair.server_got, expected);
+            assert_eq!(pair.server.write(b"reply").unwrap(), 5);
+            pair.pump().unwrap();
+            assert_eq!(pair.client_got, b"reply");
+        }
     }
 
     #[test]
