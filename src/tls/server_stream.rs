@@ -1,8 +1,8 @@
 //! The server side of a TLS connection over a non-blocking socket, on rustls's unbuffered API:
 //! the reactor's TLS transport. rustls keeps the handshake and the keys (the records too, until
-//! a TLS 1.3 handshake is over: below); the bytes live here, and only while they wait. An idle connection holds no buffer at all
-//! (the buffered `ServerConnection` keeps a 4 KiB record buffer for good once it has read),
-//! which is what brings an idle TLS connection under 5 KB.
+//! a TLS 1.3 handshake is over: below); the bytes live here, and only while they wait. An idle
+//! connection holds no buffer at all (the buffered `ServerConnection` keeps a 4 KiB record
+//! buffer for good once it has read), which is what brings an idle TLS connection under 5 KB.
 //!
 //! Ciphertext is read into a buffer of the thread's (one reactor a thread) and decrypted there;
 //! what a connection keeps between reads is only the start of a record that has not all come
