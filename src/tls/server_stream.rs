@@ -1212,6 +1212,192 @@ mod tests {
         );
     }
 
+    /// One direction of the client's records, sealed and opened by hand with the traffic
+    /// secrets rustls extracted from the client, to send what no TLS library sends.
+    struct ByHand {
+        key: ring::aead::LessSafeKey,
+        iv: [u8; 12],
+        seq: u64,
+    }
+
+    impl ByHand {
+        fn new((seq, secrets): (u64, rustls::ConnectionTrafficSecrets)) -> ByHand {
+            let rustls::ConnectionTrafficSecrets::Aes256Gcm { key, iv } = secrets else {
+                panic!("the test configurations negotiate AES-256-GCM");
+            };
+            let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, key.as_ref());
+            ByHand {
+                key: ring::aead::LessSafeKey::new(key.unwrap()),
+                iv: iv.as_ref().try_into().unwrap(),
+                seq,
+            }
+        }
+
+        fn nonce(&mut self) -> ring::aead::Nonce {
+            let n = rustls::crypto::cipher::Nonce::new(
+                &rustls::crypto::cipher::Iv::new(self.iv),
+                self.seq,
+            );
+            self.seq += 1;
+            ring::aead::Nonce::assume_unique_for_key(n.0)
+        }
+
+        /// A record carrying `inner` (content, content type, padding) as TLS 1.3 seals it.
+        fn seal(&mut self, inner: &[u8]) -> Vec<u8> {
+            let len = u16::try_from(inner.len() + 16).unwrap().to_be_bytes();
+            let header = [23, 3, 3, len[0], len[1]];
+            let mut body = inner.to_vec();
+            let nonce = self.nonce();
+            let aad = ring::aead::Aad::from(header);
+            let tag = self.key.seal_in_place_separate_tag(nonce, aad, &mut body);
+            let mut record = header.to_vec();
+            record.extend_from_slice(&body);
+            record.extend_from_slice(tag.unwrap().as_ref());
+            record
+        }
+
+        /// Opens the one record in `record`: its inner plaintext.
+        fn open(&mut self, record: &mut [u8]) -> Vec<u8> {
+            let (header, body) = record.split_at_mut(5);
+            let header: [u8; 5] = header.try_into().unwrap();
+            let nonce = self.nonce();
+            let aad = ring::aead::Aad::from(header);
+            self.key.open_in_place(nonce, aad, body).unwrap().to_vec()
+        }
+    }
+
+    /// The server after its hand-over, with the client's two directions by hand.
+    fn by_hand() -> (ServerTls<UnixStream>, UnixStream, ByHand, ByHand) {
+        let (server_cfg, client_cfg) = configs();
+        let mut client_cfg = (*client_cfg).clone();
+        client_cfg.enable_secret_extraction = true;
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut pair = Pair {
+            server: ServerTls::server(a, server_cfg).unwrap(),
+            client: ClientConnection::new(Arc::new(client_cfg), name).unwrap(),
+            sock: b,
+            server_got: Vec::new(),
+            client_got: Vec::new(),
+        };
+        for _ in 0..10 {
+            pair.pump().unwrap();
+        }
+        assert!(pair.server.record_layer().is_some() && !pair.client.is_handshaking());
+        #[allow(deprecated)]
+        let secrets = pair.client.dangerous_extract_secrets().unwrap();
+        (
+            pair.server,
+            pair.sock,
+            ByHand::new(secrets.tx),
+            ByHand::new(secrets.rx),
+        )
+    }
+
+    /// Sends `records` and reads until the server has something to say: what it read, or
+    /// its error.
+    fn send_by_hand(
+        server: &mut ServerTls<UnixStream>,
+        sock: &mut UnixStream,
+        records: &[Vec<u8>],
+    ) -> std::io::Result<Vec<u8>> {
+        for r in records {
+            sock.write_all(r).unwrap();
+        }
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            match server.read(&mut buf) {
+                Ok(0) => return Ok(got),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(got),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    #[test]
+    fn padding_empty_records_and_a_few_user_canceled_alerts_are_taken() {
+        let (mut server, mut sock, mut tx, _) = by_hand();
+        let mut padded = b"padded".to_vec();
+        padded.push(23);
+        padded.extend_from_slice(&[0; 200]);
+        let records = [
+            tx.seal(&padded),
+            tx.seal(&[23]),
+            tx.seal(b"after empty\x17"),
+        ];
+        let got = send_by_hand(&mut server, &mut sock, &records).unwrap();
+        assert_eq!(got, b"paddedafter empty");
+        let canceled: Vec<Vec<u8>> = (0..4).map(|_| tx.seal(&[1, 90, 21])).collect();
+        let got = send_by_hand(&mut server, &mut sock, &canceled).unwrap();
+        assert_eq!(got, b"");
+        let fifth = [tx.seal(&[1, 90, 21])];
+        let err = send_by_hand(&mut server, &mut sock, &fifth).unwrap_err();
+        assert!(err.to_string().contains("warning alerts"), "{err}");
+    }
+
+    /// Each bad record on a fresh connection: the server refuses it, with the alert RFC 8446
+    /// names (read back with the client's keys), or without one for the client's own alert.
+    #[test]
+    fn bad_records_get_the_alert_rfc_8446_names() {
+        const UNEXPECTED: u8 = 10;
+        let mut oversized = vec![b'x'; 16_385];
+        oversized.push(23);
+        let cases: [(&str, Vec<u8>, Option<u8>); 9] = [
+            ("no content type", vec![0; 10], Some(UNEXPECTED)),
+            (
+                "an unknown content type",
+                b"zz\x63".to_vec(),
+                Some(UNEXPECTED),
+            ),
+            ("2^14 + 1 bytes of content", oversized, Some(22)),
+            (
+                "a session ticket from a client",
+                vec![4, 0, 0, 1, 0, 22],
+                Some(UNEXPECTED),
+            ),
+            (
+                "a key update cut short",
+                vec![24, 0, 0, 22],
+                Some(UNEXPECTED),
+            ),
+            ("a key update asking 2", vec![24, 0, 0, 1, 2, 22], Some(50)),
+            ("an alert of one byte", vec![1, 21], Some(50)),
+            (
+                "a change_cipher_spec, protected",
+                vec![1, 20],
+                Some(UNEXPECTED),
+            ),
+            ("the client's handshake_failure", vec![2, 40, 21], None),
+        ];
+        for (what, inner, alert) in cases {
+            let (mut server, mut sock, mut tx, mut rx) = by_hand();
+            let record = [tx.seal(&inner)];
+            let read = send_by_hand(&mut server, &mut sock, &record).map(|got| got.len());
+            let err = read.unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{what}: {err}");
+            let mut answer = vec![0u8; 1024];
+            match (sock.read(&mut answer), alert) {
+                (Ok(n), Some(description)) => {
+                    let inner = rx.open(&mut answer[..n]);
+                    assert_eq!(inner, [2, description, 21], "{what}");
+                }
+                (Err(e), None) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                (other, _) => panic!("{what}: {other:?}"),
+            }
+        }
+        // A record in clear after the handshake.
+        let (mut server, mut sock, _, mut rx) = by_hand();
+        let clear = [vec![20, 3, 3, 0, 1, 1]];
+        send_by_hand(&mut server, &mut sock, &clear).unwrap_err();
+        let mut answer = vec![0u8; 1024];
+        let n = sock.read(&mut answer).unwrap();
+        assert_eq!(rx.open(&mut answer[..n]), [2, UNEXPECTED, 21]);
+    }
+
     #[test]
     fn close_notify_either_way_on_our_records() {
         let mut pair = Pair::new();
