@@ -172,6 +172,14 @@ impl Keys {
         })
     }
 
+    /// The keys rustls derived for a key update.
+    fn next(
+        derived: Result<(u64, ConnectionTrafficSecrets), rustls::Error>,
+    ) -> Result<Keys, RecordError> {
+        let (seq, secrets) = derived.map_err(|e| RecordError::Keys(e.to_string()))?;
+        Keys::new(seq, &secrets)
+    }
+
     /// The next record's nonce (the IV XOR the sequence number, RFC 8446 §5.3), and the
     /// sequence moved on.
     fn next_nonce(&mut self) -> Result<Nonce, RecordError> {
@@ -301,11 +309,7 @@ impl RecordLayer {
                 .ok_or(RecordError::Unexpected("run of key-update requests"))?;
             self.replace_tx_key(owed)?;
         }
-        let (seq, secrets) = self
-            .kernel
-            .update_rx_secret()
-            .map_err(|e| RecordError::Keys(e.to_string()))?;
-        self.rx = Keys::new(seq, &secrets)?;
+        self.rx = Keys::next(self.kernel.update_rx_secret())?;
         Ok(())
     }
 
@@ -313,11 +317,7 @@ impl RecordLayer {
     /// sending key.
     fn replace_tx_key(&mut self, out: &mut Vec<u8>) -> Result<(), RecordError> {
         self.seal_one(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], out)?;
-        let (seq, secrets) = self
-            .kernel
-            .update_tx_secret()
-            .map_err(|e| RecordError::Keys(e.to_string()))?;
-        self.tx = Keys::new(seq, &secrets)?;
+        self.tx = Keys::next(self.kernel.update_tx_secret())?;
         Ok(())
     }
 

@@ -1,0 +1,64 @@
+//! Encrypted bytes on their way to the socket.
+
+use std::io::{self, Write};
+
+/// Encrypted bytes the socket has not taken yet.
+#[derive(Debug, Default)]
+pub(super) struct Unsent {
+    pub(super) bytes: Vec<u8>,
+    /// How many of `bytes` have gone.
+    pub(super) at: usize,
+}
+
+impl Unsent {
+    pub(super) fn is_empty(&self) -> bool {
+        self.at >= self.bytes.len()
+    }
+
+    /// Writes until none wait (`Ok`) or the socket would block (the error); the buffer is
+    /// released once it is empty.
+    pub(super) fn send(&mut self, socket: &mut impl Write) -> io::Result<usize> {
+        let mut sent = 0usize;
+        while let Some(rest) = self.bytes.get(self.at..).filter(|r| !r.is_empty()) {
+            match socket.write(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.at = self.at.saturating_add(n);
+                    sent = sent.saturating_add(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.bytes = Vec::new();
+        self.at = 0;
+        Ok(sent)
+    }
+
+    /// Writes what waits, then `records`, as far as the socket takes them; keeps the rest.
+    pub(super) fn send_or_keep(
+        &mut self,
+        records: &[u8],
+        socket: &mut impl Write,
+    ) -> io::Result<()> {
+        match self.send(socket) {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+            _ => {}
+        }
+        let mut taken = 0usize;
+        if self.is_empty() {
+            while let Some(rest) = records.get(taken..).filter(|r| !r.is_empty()) {
+                match socket.write(rest) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => taken = taken.saturating_add(n),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.bytes
+            .extend_from_slice(records.get(taken..).unwrap_or_default());
+        Ok(())
+    }
+}
