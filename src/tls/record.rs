@@ -33,7 +33,7 @@ const MAX_PLAINTEXT: usize = 16_384;
 /// The most a record's encrypted part may be (2^14 + 256).
 const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
 /// A sealed record's length beyond its plaintext: header, inner content type, tag.
-pub(crate) const RECORD_OVERHEAD: usize = HEADER_LEN + 1 + TAG_LEN;
+const RECORD_OVERHEAD: usize = HEADER_LEN + 1 + TAG_LEN;
 
 /// Content types (RFC 8446 §5.1).
 const ALERT: u8 = 21;
