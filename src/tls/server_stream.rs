@@ -48,6 +48,11 @@ const MAX_PARTIAL: usize = 0xffff + 18_437;
 /// The most plaintext one `write` encrypts (8 records of 16 KiB).
 const MAX_WRITE: usize = 128 * 1024;
 
+/// The most encrypted bytes a connection keeps for its socket: one `write`'s records and
+/// their overhead, plus what the peer's own requests make it owe (our answers to its key
+/// updates, 32 per record of data). A peer that asks for more without reading is cut off.
+const MAX_UNSENT: usize = 256 * 1024;
+
 /// The thread's buffers, shared by its connections one call at a time.
 #[derive(Default)]
 struct Scratch {
@@ -135,10 +140,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for ServerTls<S> {
             .field("own_records", &matches!(self.conn, Records::Own(_)))
             .field("partial", &self.partial.len())
             .field("held", &self.held.len())
-            .field(
-                "unsent",
-                &self.unsent.bytes.len().saturating_sub(self.unsent.at),
-            )
+            .field("unsent", &self.unsent.pending())
             .field("peer_closed", &self.peer_closed)
             .finish()
     }
@@ -197,6 +199,11 @@ impl<S: Read + Write> ServerTls<S> {
     /// Bytes this connection keeps between calls (the fuzz target bounds them).
     #[cfg(feature = "fuzzing")]
     pub(crate) fn held_bytes(&self) -> usize {
+        self.held_bytes_now()
+    }
+
+    #[cfg(any(test, feature = "fuzzing"))]
+    fn held_bytes_now(&self) -> usize {
         self.partial
             .len()
             .saturating_add(self.held.len())
@@ -291,6 +298,11 @@ impl<S: Read + Write> ServerTls<S> {
             match self.unsent.send(&mut self.socket) {
                 Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
                 _ => {}
+            }
+            if self.unsent.pending() > MAX_UNSENT {
+                return Err(invalid(
+                    "the TLS peer does not read the records it asks the server for",
+                ));
             }
             // The peer's end (close_notify) is owed as a read of 0, which no event will ask
             // for: the socket does not count as drained until it has been read.

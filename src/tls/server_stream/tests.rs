@@ -598,3 +598,33 @@ fn close_notify_either_way_on_our_records() {
         "the client saw close_notify"
     );
 }
+
+/// Key-update requests make the server owe records; a peer that asks for them without reading
+/// any would grow what waits for its socket without end (32 answers per byte of data it
+/// sends). It is cut off once that passes the bound, holding no more than the bound meanwhile.
+#[test]
+fn a_peer_that_asks_for_key_updates_and_never_reads_is_cut_off() {
+    let mut pair = Pair::new();
+    let mut buf = vec![0u8; 65_536];
+    for _ in 0..5_000 {
+        pair.client.writer().write_all(b"x").unwrap();
+        for _ in 0..32 {
+            pair.client.refresh_traffic_keys().unwrap();
+        }
+        while pair.client.wants_write() {
+            pair.client.write_tls(&mut pair.sock).unwrap();
+        }
+        loop {
+            match pair.server.read(&mut buf) {
+                Ok(n) => assert!(n > 0, "the server saw an end"),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    assert!(e.to_string().contains("does not read"), "{e}");
+                    return;
+                }
+            }
+        }
+        assert!(pair.server.held_bytes_now() <= 512 * 1024);
+    }
+    panic!("the server kept owing records to a peer that reads none");
+}

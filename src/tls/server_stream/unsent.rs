@@ -15,6 +15,11 @@ impl Unsent {
         self.at >= self.bytes.len()
     }
 
+    /// How many bytes wait.
+    pub(super) fn pending(&self) -> usize {
+        self.bytes.len().saturating_sub(self.at)
+    }
+
     /// Writes until none wait (`Ok`) or the socket would block (the error); the buffer is
     /// released once it is empty.
     pub(super) fn send(&mut self, socket: &mut impl Write) -> io::Result<usize> {
