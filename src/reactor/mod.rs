@@ -37,7 +37,7 @@ pub mod disk;
 pub(crate) mod handover;
 mod history;
 pub(crate) mod inherit;
-pub(crate) mod prefetch;
+mod prefetch;
 mod shutdown;
 mod stream;
 pub mod timer;

@@ -165,7 +165,7 @@ impl<S: Read + Write> ServerTls<S> {
     }
 
     /// The state behind the connection's own box that its next record touches (our record
-    /// layer's keys), for the reactor's prefetch.
+    /// layer's keys), for the reactor's prefetch (`reactor/prefetch.rs`).
     pub(crate) fn record_layer(&self) -> Option<&RecordLayer> {
         match &self.conn {
             Records::Own(layer) => Some(layer),
@@ -196,14 +196,9 @@ impl<S: Read + Write> ServerTls<S> {
         self.unsent.send(&mut self.socket)
     }
 
-    /// Bytes this connection keeps between calls (the fuzz target bounds them).
-    #[cfg(feature = "fuzzing")]
-    pub(crate) fn held_bytes(&self) -> usize {
-        self.held_bytes_now()
-    }
-
+    /// Bytes this connection keeps between calls (the fuzz target and a test bound them).
     #[cfg(any(test, feature = "fuzzing"))]
-    fn held_bytes_now(&self) -> usize {
+    pub(crate) fn held_bytes(&self) -> usize {
         self.partial
             .len()
             .saturating_add(self.held.len())
@@ -268,11 +263,6 @@ impl<S: Read + Write> ServerTls<S> {
             let Some(space) = incoming.get_mut(kept..need) else {
                 return Err(io::ErrorKind::OutOfMemory.into());
             };
-            // With many connections taking turns the keys have left the cache by this one's
-            // next record: they are fetched while the kernel copies the record in.
-            if let Records::Own(layer) = &self.conn {
-                crate::reactor::prefetch::object(&**layer);
-            }
             let n = loop {
                 match self.socket.read(space) {
                     Ok(n) => break n,

@@ -178,7 +178,15 @@ impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(socket) => socket.read(buf),
-            Transport::Tls(t) => t.read(buf),
+            Transport::Tls(t) => {
+                // With many connections taking turns a connection's keys have left the cache
+                // by its next record, and there is seldom a next event for the walk to
+                // prefetch them with: they are fetched while the kernel copies the record in.
+                if let Some(layer) = t.record_layer() {
+                    super::prefetch::object(layer);
+                }
+                t.read(buf)
+            }
             #[cfg(any(test, feature = "fuzzing"))]
             Transport::Scripted(s) => s.read(buf),
         }
