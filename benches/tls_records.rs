@@ -11,8 +11,9 @@
 //! caches altogether). The figures are the floor under the TLS/plain ratios of
 //! BENCHMARKS.md: the server's CPU per plaintext request is measured there in the same units.
 //!
-//! Group `tls_aead_alone`: ring's AES-256-GCM alone, one record opened and one sealed of 64 B
-//! and 1,024 B: the cipher's share of those figures, which no record layer can go under.
+//! Group `tls_aead_alone`: ring's AEADs alone (AES-256-GCM, the suite above; AES-128-GCM and
+//! ChaCha20-Poly1305, TLS 1.3's other two), one record opened and one sealed of 64 B and 1,024 B:
+//! the cipher's share of those figures, which no record layer can go under.
 //!
 //! Run: `cargo bench --bench tls_records -- --warm-up-time 1 --measurement-time 3`.
 
@@ -177,50 +178,69 @@ fn bench_requests(c: &mut Criterion) {
     group.finish();
 }
 
-/// The cipher alone, the floor under any record layer: ring's AES-256-GCM (the suite above)
-/// opening one record of `size` bytes and sealing one of the same size, on one key held in
-/// cache, as TLS 1.3 frames them (content type byte, 5-byte header as associated data).
+/// The cipher alone, the floor under any record layer: ring's AEADs of TLS 1.3 (AES-256-GCM, the
+/// suite above; AES-128-GCM; ChaCha20-Poly1305) opening one record of `size` bytes and sealing
+/// one of the same size, on one key held in cache, as TLS 1.3 frames them (content type byte,
+/// 5-byte header as associated data).
 fn bench_aead_alone(c: &mut Criterion) {
-    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7u8; 32]).unwrap());
+    use ring::aead::{AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305};
     let mut group = c.benchmark_group("tls_aead_alone");
-    for size in [64usize, 1024] {
-        let header = [23u8, 3, 3, 0, 0];
-        let mut sealed = vec![0u8; size + 1];
-        let tag = key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key([0; 12]),
-                Aad::from(header),
-                &mut sealed,
-            )
-            .unwrap();
-        sealed.extend_from_slice(tag.as_ref());
-        let mut record = sealed.clone();
-        let mut reply = vec![0u8; size + 1];
-        group.throughput(Throughput::Elements(1));
-        group.bench_function(BenchmarkId::new("open_and_seal", format!("{size}B")), |b| {
-            b.iter(|| {
-                record.copy_from_slice(&sealed);
-                let plain = key
-                    .open_in_place(
-                        Nonce::assume_unique_for_key([0; 12]),
-                        Aad::from(header),
-                        &mut record,
-                    )
-                    .unwrap();
-                black_box(plain.len());
-                let tag = key
-                    .seal_in_place_separate_tag(
-                        Nonce::assume_unique_for_key([1; 12]),
-                        Aad::from(header),
-                        &mut reply,
-                    )
-                    .unwrap();
-                black_box(tag.as_ref().len());
-            });
-        });
+    for (name, algorithm) in [
+        ("aes256gcm", &AES_256_GCM),
+        ("aes128gcm", &AES_128_GCM),
+        ("chacha20poly1305", &CHACHA20_POLY1305),
+    ] {
+        for size in [64usize, 1024] {
+            open_and_seal(&mut group, name, algorithm, size);
+        }
     }
     group.finish();
+}
+
+fn open_and_seal(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    algorithm: &'static ring::aead::Algorithm,
+    size: usize,
+) {
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
+    let key_bytes = vec![7u8; algorithm.key_len()];
+    let key = LessSafeKey::new(UnboundKey::new(algorithm, &key_bytes).unwrap());
+    let header = [23u8, 3, 3, 0, 0];
+    let mut sealed = vec![0u8; size + 1];
+    let tag = key
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key([0; 12]),
+            Aad::from(header),
+            &mut sealed,
+        )
+        .unwrap();
+    sealed.extend_from_slice(tag.as_ref());
+    let mut record = sealed.clone();
+    let mut reply = vec![0u8; size + 1];
+    group.throughput(Throughput::Elements(1));
+    let id = BenchmarkId::new(format!("open_and_seal_{name}"), format!("{size}B"));
+    group.bench_function(id, |b| {
+        b.iter(|| {
+            record.copy_from_slice(&sealed);
+            let plain = key
+                .open_in_place(
+                    Nonce::assume_unique_for_key([0; 12]),
+                    Aad::from(header),
+                    &mut record,
+                )
+                .unwrap();
+            black_box(plain.len());
+            let tag = key
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key([1; 12]),
+                    Aad::from(header),
+                    &mut reply,
+                )
+                .unwrap();
+            black_box(tag.as_ref().len());
+        });
+    });
 }
 
 criterion_group!(benches, bench_requests, bench_aead_alone);

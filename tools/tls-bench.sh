@@ -250,6 +250,24 @@ for s in ["1x1", "50x16", "1000x1"]:
     rt = cpu(f"redis tls {s}")
     out.append(f"| {s} | {f(sp)} | {f(st)} | {ratio(st, sp)} | {f(tp)} | {f(tt)} | {ratio(tt, tp)} | {ratio(st, tt)} | {f(rt)} | {ratio(st, rt)} |")
 out.append("")
+out.append("What TLS adds to the server's CPU per request (µs, TLS minus plaintext, medians), split into user time (the server's own work: records, cipher) and system time (the kernel's: the same recv and send per batch, plus the wake-ups of a server its generator feeds more slowly), and TLS/plain per round (rounds alternate the servers, so each round's ratio is measured at one pace of the machine):")
+out.append("")
+out.append("| setting | socklab user | socklab system | tokio-rustls user | tokio-rustls system | socklab / tokio-rustls, user | socklab TLS/plain per round | tokio-rustls TLS/plain per round |")
+out.append("|---|---|---|---|---|---|---|---|")
+def delta(a, b, key):
+    x, y = med(a, key), med(b, key)
+    return None if x is None or y is None else x - y
+def per_round(tls, plain):
+    t = [r["server_cpu_per_request_us"] for r in runs.get(tls, [])]
+    p = [r["server_cpu_per_request_us"] for r in runs.get(plain, [])]
+    return ", ".join(f"{a / b:.2f}" for a, b in zip(t, p) if b) or "n/a"
+for s in ["1x1", "50x16", "1000x1"]:
+    su = delta(f"socklab tls {s}", f"socklab plain {s}", "server_user_cpu_per_request_us")
+    ss = delta(f"socklab tls {s}", f"socklab plain {s}", "server_sys_cpu_per_request_us")
+    tu = delta(f"tokio-rustls {s}", f"tokio plain {s}", "server_user_cpu_per_request_us")
+    ts = delta(f"tokio-rustls {s}", f"tokio plain {s}", "server_sys_cpu_per_request_us")
+    out.append(f"| {s} | {f(su)} | {f(ss)} | {f(tu)} | {f(ts)} | {ratio(su, tu)} | {per_round(f'socklab tls {s}', f'socklab plain {s}')} | {per_round(f'tokio-rustls {s}', f'tokio plain {s}')} |")
+out.append("")
 out.append("Requests/s and load generator CPU (%, one thread; above ~90 % the generator, doing TLS itself, bounds the cell):")
 out.append("")
 out.append("| setting | socklab plain | socklab TLS | tokio plain | tokio-rustls | redis TLS |")
