@@ -11,6 +11,10 @@
 //! caches altogether). The figures are the floor under the TLS/plain ratios of
 //! BENCHMARKS.md: the server's CPU per plaintext request is measured there in the same units.
 //!
+//! Group `tls_server_stream`: the same cells served by socklab's own server side (its TLS 1.3
+//! record layer, after rustls's handshake) over a stream in memory, read and write as the
+//! reactor calls them: what the server's own code adds to the cipher.
+//!
 //! Group `tls_aead_alone`: ring's AEADs alone (AES-256-GCM, the suite above; AES-128-GCM and
 //! ChaCha20-Poly1305, TLS 1.3's other two), one record opened and one sealed of 64 B and 1,024 B:
 //! the cipher's share of those figures, which no record layer can go under.
@@ -178,6 +182,120 @@ fn bench_requests(c: &mut Criterion) {
     group.finish();
 }
 
+/// A byte stream in memory: what the server reads comes from `inbound`, what it writes goes
+/// to `outbound` (the socket's copies, without the kernel).
+#[derive(Default)]
+struct Memory {
+    inbound: Vec<u8>,
+    read_at: usize,
+    outbound: Vec<u8>,
+}
+
+impl std::io::Read for Memory {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let rest = &self.inbound[self.read_at..];
+        if rest.is_empty() {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.read_at += n;
+        if self.read_at == self.inbound.len() {
+            self.inbound.clear();
+            self.read_at = 0;
+        }
+        Ok(n)
+    }
+}
+
+impl std::io::Write for Memory {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.outbound.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A connection after its handshake with socklab's server side (its own TLS 1.3 records).
+struct OursPair {
+    client: ClientConnection,
+    server: socklab::BenchServerTls<Memory>,
+}
+
+/// Runs the handshake in memory, as the reactor drives it: read until `WouldBlock`.
+fn connect_ours(server_config: &Arc<ServerConfig>, client_config: &Arc<ClientConfig>) -> OursPair {
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client = ClientConnection::new(Arc::clone(client_config), name).unwrap();
+    let mut server =
+        socklab::BenchServerTls::new(Memory::default(), Arc::clone(server_config)).unwrap();
+    let mut buf = vec![0u8; 16 * 1024];
+    for _ in 0..16 {
+        while client.wants_write() {
+            client.write_tls(&mut server.socket().inbound).unwrap();
+        }
+        match server.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("no data is sent in the handshake: {other:?}"),
+        }
+        let out = std::mem::take(&mut server.socket().outbound);
+        client.read_tls(&mut out.as_slice()).unwrap();
+        client.process_new_packets().unwrap();
+        if !client.is_handshaking() && !server.is_handshaking() && !client.wants_write() {
+            assert!(server.records_are_ours(), "TLS 1.3 records are handed over");
+            return OursPair { client, server };
+        }
+    }
+    panic!("the handshake did not finish");
+}
+
+/// The same requests as `tls_server_record`, served by socklab's server side
+/// (`tls/server_stream.rs` and its record layer, `tls/record.rs`) over a stream in memory:
+/// one `read` (the record copied in, opened, its plaintext handed out) and one `write` (the
+/// reply sealed into a record and written out) per request, as the reactor calls them.
+fn bench_ours(c: &mut Criterion) {
+    let (server_config, client_config) = configs();
+    let mut group = c.benchmark_group("tls_server_stream");
+    for (size, conns) in [(64usize, 1usize), (64, 1000), (1024, 1), (1024, 1000)] {
+        let mut pairs: Vec<OursPair> = (0..conns)
+            .map(|_| connect_ours(&server_config, &client_config))
+            .collect();
+        let request: Vec<u8> = (0..size).map(|i| i as u8).collect();
+        let mut buf = vec![0u8; 16 * 1024];
+        group.throughput(Throughput::Elements(1));
+        let id = BenchmarkId::new(format!("{size}B"), format!("{conns}conns"));
+        group.bench_function(id, |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let round = usize::try_from(left).unwrap_or(usize::MAX).min(conns);
+                    for pair in pairs.iter_mut().take(round) {
+                        pair.client.writer().write_all(&request).unwrap();
+                        pair.client
+                            .write_tls(&mut pair.server.socket().inbound)
+                            .unwrap();
+                    }
+                    let start = Instant::now();
+                    for pair in pairs.iter_mut().take(round) {
+                        let n = pair.server.read(&mut buf).unwrap();
+                        debug_assert_eq!(n, size);
+                        pair.server.write(&buf[..n]).unwrap();
+                        black_box(&pair.server.socket().outbound);
+                        pair.server.socket().outbound.clear();
+                    }
+                    spent += start.elapsed();
+                    left -= round as u64;
+                }
+                spent
+            });
+        });
+    }
+    group.finish();
+}
+
 /// The cipher alone, the floor under any record layer: ring's AEADs of TLS 1.3 (AES-256-GCM, the
 /// suite above; AES-128-GCM; ChaCha20-Poly1305) opening one record of `size` bytes and sealing
 /// one of the same size, on one key held in cache, as TLS 1.3 frames them (content type byte,
@@ -243,5 +361,5 @@ fn open_and_seal(
     });
 }
 
-criterion_group!(benches, bench_requests, bench_aead_alone);
+criterion_group!(benches, bench_requests, bench_ours, bench_aead_alone);
 criterion_main!(benches);

@@ -47,6 +47,9 @@ pub(crate) mod tls;
 pub use config::file as config_file;
 /// The shared secret of authentication, for the tests' clients.
 pub use service::auth::Secret;
+/// The server side of a TLS connection over any stream, for `benches/tls_records.rs`.
+#[doc(hidden)]
+pub use tls::BenchServerTls;
 /// Two rustls configurations that trust each other, for `benches/tls_records.rs`.
 #[doc(hidden)]
 pub use tls::trusting_pair as tls_trusting_pair;

@@ -77,3 +77,41 @@ pub fn trusting_pair_of(
         .with_no_client_auth();
     Ok((Arc::new(server), Arc::new(client)))
 }
+
+/// The server side of a TLS connection over any byte stream, as the reactor's transport drives
+/// it (`server_stream`), for `benches/tls_records.rs` to measure in memory against rustls's own
+/// record path and the cipher alone. Never used by the server itself.
+#[doc(hidden)]
+pub struct BenchServerTls<S>(server_stream::ServerTls<S>);
+
+impl<S: std::io::Read + std::io::Write> BenchServerTls<S> {
+    /// An accepted connection over `socket` that has yet to see its ClientHello.
+    pub fn new(socket: S, config: Arc<ServerConfig>) -> std::io::Result<Self> {
+        server_stream::ServerTls::server(socket, config).map(BenchServerTls)
+    }
+
+    /// Plaintext the stream brought (`WouldBlock` when none): the reactor's read.
+    pub fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+
+    /// Encrypts `buf` and writes the records: the reactor's write.
+    pub fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    /// The handshake has not finished.
+    pub fn is_handshaking(&self) -> bool {
+        self.0.is_handshaking()
+    }
+
+    /// The records are ours (TLS 1.3 after the hand-over), not rustls's.
+    pub fn records_are_ours(&self) -> bool {
+        self.0.record_layer().is_some()
+    }
+
+    /// The stream under the records.
+    pub fn socket(&mut self) -> &mut S {
+        &mut self.0.socket
+    }
+}

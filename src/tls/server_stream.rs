@@ -45,8 +45,8 @@ use unsent::Unsent;
 /// largest record. A peer that sends more without completing anything is refused.
 const MAX_PARTIAL: usize = 0xffff + 18_437;
 
-/// The most plaintext one `write` encrypts (8 records of 16 KiB).
-const MAX_WRITE: usize = 128 * 1024;
+/// The most plaintext one `write` encrypts (8 records of ours, 16 KiB less a byte each).
+const MAX_WRITE: usize = 8 * record::MAX_RECORD_DATA;
 
 /// The most encrypted bytes a connection keeps for its socket: one `write`'s records and
 /// their overhead, plus what the peer's own requests make it owe (our answers to its key

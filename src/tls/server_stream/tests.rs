@@ -444,13 +444,19 @@ impl ByHand {
         record
     }
 
-    /// Opens the one record in `record`: its inner plaintext.
+    /// Opens the one record in `record`: its inner plaintext, without the zeros that pad it
+    /// (whole AES blocks, checked here).
     fn open(&mut self, record: &mut [u8]) -> Vec<u8> {
         let (header, body) = record.split_at_mut(5);
         let header: [u8; 5] = header.try_into().unwrap();
         let nonce = self.nonce();
         let aad = ring::aead::Aad::from(header);
-        self.key.open_in_place(nonce, aad, body).unwrap().to_vec()
+        let mut inner = self.key.open_in_place(nonce, aad, body).unwrap().to_vec();
+        assert_eq!(inner.len() % 16, 0, "the server's records are whole blocks");
+        while inner.last() == Some(&0) {
+            inner.pop();
+        }
+        inner
     }
 }
 
@@ -627,4 +633,43 @@ fn a_peer_that_asks_for_key_updates_and_never_reads_is_cut_off() {
         assert!(pair.server.held_bytes() <= 512 * 1024);
     }
     panic!("the server kept owing records to a peer that reads none");
+}
+
+/// What the server seals is whole AES blocks (the content type and zeros after the data: ring
+/// seals those faster), at most 16 KiB less a byte of data a record, and reads back as sent.
+#[test]
+fn our_records_are_padded_to_whole_blocks_and_read_back_as_sent() {
+    let (mut server, mut sock, _, mut rx) = by_hand();
+    for size in [1usize, 14, 15, 16, 100, 16_382, 16_383, 16_384, 40_000] {
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8 + 1).collect();
+        assert_eq!(server.write(&data).unwrap(), size);
+        let mut wire = vec![0u8; 65_536];
+        let mut n = 0;
+        let mut got = Vec::new();
+        let mut records = 0;
+        while got.len() < size {
+            n += sock.read(&mut wire[n..]).unwrap();
+            // Every whole record that has come.
+            while n >= 5 {
+                let len = usize::from(u16::from_be_bytes([wire[3], wire[4]]));
+                if n < 5 + len {
+                    break;
+                }
+                assert_eq!(len % 16, 0, "{size}: a record of {len} sealed bytes");
+                let mut inner = rx.open(&mut wire[..5 + len]);
+                assert_eq!(inner.pop(), Some(23), "{size}: application data");
+                assert!(
+                    inner.len() <= 16_383,
+                    "{size}: {} bytes in a record",
+                    inner.len()
+                );
+                got.extend_from_slice(&inner);
+                records += 1;
+                wire.copy_within(5 + len..n, 0);
+                n -= 5 + len;
+            }
+        }
+        assert_eq!(got, data, "{size}");
+        assert_eq!(records, size.div_ceil(16_383), "{size}");
+    }
 }
