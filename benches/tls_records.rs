@@ -299,7 +299,8 @@ fn bench_ours(c: &mut Criterion) {
 /// The cipher alone, the floor under any record layer: ring's AEADs of TLS 1.3 (AES-256-GCM, the
 /// suite above; AES-128-GCM; ChaCha20-Poly1305) opening one record of `size` bytes and sealing
 /// one of the same size, on one key held in cache, as TLS 1.3 frames them (content type byte,
-/// 5-byte header as associated data).
+/// 5-byte header as associated data); and AES-256-GCM with the reply padded to whole blocks, as
+/// socklab seals its records.
 fn bench_aead_alone(c: &mut Criterion) {
     use ring::aead::{AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305};
     let mut group = c.benchmark_group("tls_aead_alone");
@@ -309,8 +310,18 @@ fn bench_aead_alone(c: &mut Criterion) {
         ("chacha20poly1305", &CHACHA20_POLY1305),
     ] {
         for size in [64usize, 1024] {
-            open_and_seal(&mut group, name, algorithm, size);
+            open_and_seal(&mut group, name, algorithm, size, false);
         }
+    }
+    // The reply sealed as socklab seals it: padded to whole blocks (`tls/record.rs`).
+    for size in [64usize, 1024] {
+        open_and_seal(
+            &mut group,
+            "aes256gcm_padded_reply",
+            &AES_256_GCM,
+            size,
+            true,
+        );
     }
     group.finish();
 }
@@ -320,6 +331,7 @@ fn open_and_seal(
     name: &str,
     algorithm: &'static ring::aead::Algorithm,
     size: usize,
+    padded_reply: bool,
 ) {
     use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
     let key_bytes = vec![7u8; algorithm.key_len()];
@@ -335,7 +347,12 @@ fn open_and_seal(
         .unwrap();
     sealed.extend_from_slice(tag.as_ref());
     let mut record = sealed.clone();
-    let mut reply = vec![0u8; size + 1];
+    let reply_len = if padded_reply {
+        (size + 1).div_ceil(16) * 16
+    } else {
+        size + 1
+    };
+    let mut reply = vec![0u8; reply_len];
     group.throughput(Throughput::Elements(1));
     let id = BenchmarkId::new(format!("open_and_seal_{name}"), format!("{size}B"));
     group.bench_function(id, |b| {
