@@ -3,7 +3,8 @@
 //! and derives new ones on a key update); records are opened and sealed here with ring's AEAD,
 //! in place in the caller's buffers. rustls's own path copies each record's plaintext into a
 //! fresh `Vec` and keeps its state behind several boxes; this keeps one box per connection and
-//! allocates nothing per record (BENCHMARKS.md, TLS).
+//! allocates nothing per record (BENCHMARKS.md, TLS). What it seals is padded to whole AES
+//! blocks (`padded_len`).
 //!
 //! What a peer may send once the handshake is over, and what becomes of it:
 //! application data (delivered; empty records too), a `KeyUpdate` (new receiving keys; when it
@@ -394,8 +395,8 @@ impl RecordLayer {
 
 /// The length of a record's inner plaintext carrying `content` bytes: the content, its type
 /// byte and the zeros (RFC 8446 §5.4 lets a sender pad) that make it whole AES blocks, as long
-/// as that stays within 2^14 + 1 bytes. ring seals a record that ends in a partial block about
-/// 40 ns slower (a second pass for the last block: `cargo bench --bench tls_records --
+/// as that stays within 2^14 + 1 bytes. ring seals a record that ends in a partial block 20–40
+/// ns slower (a second pass for the last block: `cargo bench --bench tls_records --
 /// tls_aead_alone`); the padding costs at most 15 bytes on the wire.
 fn padded_len(content: usize) -> usize {
     let inner = content.saturating_add(1);
