@@ -142,6 +142,7 @@ table("### Against the floor, and normalised by the load generator\n\n"
       "same work against both echo servers, so this takes out how fast the machine happened to "
       "be during each measurement (a supplementary figure; the verdict stays the column above).\n",
     [("CPU/request socklab echo / floor", "socklab echo raw", "floor echo raw", cpu),
+    ("CPU/request socklab files ping / floor", "socklab files ping", "floor echo raw", cpu),
     ("CPU/request tokio echo / floor", "tokio echo raw", "floor echo raw", cpu),
     ("socklab echo / tokio, each per load-generator CPU/request", "socklab echo raw",
      "tokio echo raw", cpu, gen),
