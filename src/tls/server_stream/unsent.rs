@@ -23,17 +23,11 @@ impl Unsent {
     /// Writes until none wait (`Ok`) or the socket would block (the error); the buffer is
     /// released once it is empty.
     pub(super) fn send(&mut self, socket: &mut impl Write) -> io::Result<usize> {
-        let mut sent = 0usize;
-        while let Some(rest) = self.bytes.get(self.at..).filter(|r| !r.is_empty()) {
-            match socket.write(rest) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.at = self.at.saturating_add(n);
-                    sent = sent.saturating_add(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        let rest = self.bytes.get(self.at..).unwrap_or_default();
+        let sent = write_until_blocked(socket, rest)?;
+        self.at = self.at.saturating_add(sent);
+        if !self.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
         }
         self.bytes = Vec::new();
         self.at = 0;
@@ -50,20 +44,28 @@ impl Unsent {
             Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
             _ => {}
         }
-        let mut taken = 0usize;
-        if self.is_empty() {
-            while let Some(rest) = records.get(taken..).filter(|r| !r.is_empty()) {
-                match socket.write(rest) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => taken = taken.saturating_add(n),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
-                }
-            }
-        }
+        let taken = if self.is_empty() {
+            write_until_blocked(socket, records)?
+        } else {
+            0
+        };
         self.bytes
             .extend_from_slice(records.get(taken..).unwrap_or_default());
         Ok(())
     }
+}
+
+/// Writes `bytes` until all are taken or the socket would block; how many it took.
+fn write_until_blocked(socket: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
+    let mut taken = 0usize;
+    while let Some(rest) = bytes.get(taken..).filter(|r| !r.is_empty()) {
+        match socket.write(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => taken = taken.saturating_add(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(taken)
 }
