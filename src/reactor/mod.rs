@@ -215,11 +215,19 @@ impl Reactor {
         }
     }
 
-    /// Serves the poll's events in order, each connection's state prefetched one event ahead.
+    /// Serves the poll's events in order, each connection's slot prefetched two events ahead
+    /// and what it points to one event ahead (`prefetch.rs`).
     fn walk_events(&mut self, events: &Events) {
-        let mut walk = events.iter().peekable();
-        while let Some(ev) = walk.next() {
-            if let Some(next) = walk.peek() {
+        let mut near = events.iter().skip(1);
+        let mut far = events.iter().skip(2);
+        if let Some(first) = events.iter().nth(1) {
+            self.core.sources.prefetch(first.token());
+        }
+        for ev in events.iter() {
+            if let Some(far) = far.next() {
+                self.core.sources.prefetch(far.token());
+            }
+            if let Some(next) = near.next() {
                 self.prefetch_source(next.token());
             }
             // Errors and hang-ups are delivered to both sides, so the read or write that
@@ -234,11 +242,10 @@ impl Reactor {
         }
     }
 
-    /// Brings the state of the connection behind `token` into the cache while the event
-    /// before it is served (`prefetch.rs`).
+    /// Brings the state the connection behind `token` points to into the cache while the
+    /// event before it is served; its slot was asked for an event earlier (`prefetch.rs`).
     fn prefetch_source(&self, token: Token) {
         if let Some(Entry::Conn(c)) = self.core.sources.get(token) {
-            prefetch::object(c);
             c.transport.prefetch();
             prefetch::service(&c.service);
         }

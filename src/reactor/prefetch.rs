@@ -4,6 +4,11 @@
 //! It matters when many connections take turns: with a thousand of them, a connection's state
 //! has left the caches by its next turn, and a TLS connection's (rustls's state, about 1 KiB)
 //! cost a wait on memory at nearly every step of its first record (BENCHMARKS.md, TLS).
+//!
+//! In two stages, because finding what to fetch is itself a read: two events ahead a
+//! connection's slot is fetched by its remembered address (`Sources::prefetch`, no read of the
+//! slot), one event ahead the state it points to (by then the slot is in the cache). Fetched
+//! one stage only, the read that found the pointer waited on memory itself, in the event walk.
 
 use crate::service::StreamService;
 
@@ -27,6 +32,13 @@ pub(crate) fn service(service: &StreamService) {
         StreamService::WsChat(s) => object(&**s),
         StreamService::Echo(_) | StreamService::Upper(_) | StreamService::Metrics(_) => {}
     }
+}
+
+/// Asks for the cache lines of `len` bytes at `address`, a place remembered as a number (a
+/// slab slot's, `token.rs`): nothing is read to find it, so the hint costs no wait on memory.
+#[inline]
+pub(crate) fn place(address: usize, len: usize) {
+    lines(std::ptr::without_provenance(address), len);
 }
 
 /// Asks for the cache lines of `len` bytes from `start`.

@@ -55,6 +55,9 @@ pub struct Sources<T> {
     slab: Slab<Slot<T>>,
     /// Bumped at every insert; a slot's token carries the value it got then.
     next_generation: u32,
+    /// Where each key's slot is in memory, as a number (0: never filled), for `prefetch`: eight
+    /// bytes a key, so the table stays in the cache while the slots it points at do not.
+    places: Vec<usize>,
 }
 
 impl<T> Default for Sources<T> {
@@ -62,6 +65,7 @@ impl<T> Default for Sources<T> {
         Sources {
             slab: Slab::new(),
             next_generation: 0,
+            places: Vec::new(),
         }
     }
 }
@@ -75,6 +79,7 @@ impl<T> Sources<T> {
     /// Stores `value` and returns the token that names it for its whole life. `None` when
     /// the slab is full (2^32 - 3 entries), which only a misconfiguration could reach.
     pub fn insert(&mut self, value: T) -> Option<Token> {
+        let capacity = self.slab.capacity();
         let entry = self.slab.vacant_entry();
         let key = entry.key();
         // The top keys belong to SIGNAL, WAKER, ALARM, CONTROL and the control connections.
@@ -84,7 +89,39 @@ impl<T> Sources<T> {
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
         entry.insert(Slot { generation, value });
+        if self.slab.capacity() == capacity {
+            self.remember_place(key);
+        } else {
+            // The slots moved with the slab's storage: every place is new.
+            self.places.clear();
+            let keys: Vec<usize> = self.slab.iter().map(|(k, _)| k).collect();
+            for k in keys {
+                self.remember_place(k);
+            }
+        }
         Some(Token(((generation as usize) << KEY_BITS) | key))
+    }
+
+    fn remember_place(&mut self, key: usize) {
+        let Some(slot) = self.slab.get(key) else {
+            return;
+        };
+        let place = std::ptr::from_ref(slot).addr();
+        if self.places.len() <= key {
+            self.places.resize(key + 1, 0);
+        }
+        if let Some(p) = self.places.get_mut(key) {
+            *p = place;
+        }
+    }
+
+    /// Asks for the slot `token` names to be brought into the cache, from its remembered place:
+    /// nothing of the slot is read (a freed or reused slot is fetched all the same, harmlessly).
+    pub fn prefetch(&self, token: Token) {
+        let (key, _) = split(token);
+        if let Some(&place) = self.places.get(key).filter(|p| **p != 0) {
+            super::prefetch::place(place, size_of::<Slot<T>>());
+        }
     }
 
     /// The entry `token` names, unless it has been removed (even if its slot was reused).
@@ -178,10 +215,35 @@ mod tests {
         let mut s = Sources {
             slab: Slab::new(),
             next_generation: u32::MAX,
+            places: Vec::new(),
         };
         let a = s.insert(1).unwrap();
         let b = s.insert(2).unwrap();
         assert_eq!(s.get(a), Some(&1));
         assert_eq!(s.get(b), Some(&2));
+    }
+
+    #[test]
+    fn remembered_places_follow_the_slots_when_the_slab_grows_and_reuses_keys() {
+        let mut s = Sources::default();
+        let mut tokens = Vec::new();
+        for i in 0..1000u64 {
+            tokens.push(s.insert(i).unwrap());
+            if i % 3 == 0 {
+                let t = tokens.swap_remove(tokens.len() / 2);
+                s.remove(t);
+            }
+        }
+        assert!(!tokens.is_empty());
+        for (key, slot) in s.slab.iter() {
+            assert_eq!(
+                s.places.get(key).copied(),
+                Some(std::ptr::from_ref(slot).addr()),
+                "key {key}"
+            );
+        }
+        // A hint for a token never handed out, or for a removed slot, is harmless.
+        s.prefetch(Token(usize::MAX >> 1));
+        s.prefetch(tokens[0]);
     }
 }
