@@ -218,16 +218,16 @@ impl Reactor {
     /// Serves the poll's events in order, each connection's slot prefetched two events ahead
     /// and what it points to one event ahead (`prefetch.rs`).
     fn walk_events(&mut self, events: &Events) {
-        let mut near = events.iter().skip(1);
-        let mut far = events.iter().skip(2);
-        if let Some(first) = events.iter().nth(1) {
-            self.core.sources.prefetch(first.token());
+        let mut one_ahead = events.iter().skip(1);
+        let mut two_ahead = events.iter().skip(2);
+        if let Some(second) = events.iter().nth(1) {
+            self.core.sources.prefetch(second.token());
         }
         for ev in events.iter() {
-            if let Some(far) = far.next() {
-                self.core.sources.prefetch(far.token());
+            if let Some(later) = two_ahead.next() {
+                self.core.sources.prefetch(later.token());
             }
-            if let Some(next) = near.next() {
+            if let Some(next) = one_ahead.next() {
                 self.prefetch_source(next.token());
             }
             // Errors and hang-ups are delivered to both sides, so the read or write that

@@ -70,6 +70,16 @@ impl<T> Default for Sources<T> {
     }
 }
 
+/// Notes where `key`'s slot is, for `Sources::prefetch`.
+fn remember_place<T>(places: &mut Vec<usize>, key: usize, slot: &Slot<T>) {
+    if places.len() <= key {
+        places.resize(key + 1, 0);
+    }
+    if let Some(p) = places.get_mut(key) {
+        *p = std::ptr::from_ref(slot).addr();
+    }
+}
+
 fn split(token: Token) -> (usize, u32) {
     let generation = u32::try_from(token.0 >> KEY_BITS).unwrap_or(u32::MAX);
     (token.0 & KEY_MASK, generation)
@@ -90,29 +100,17 @@ impl<T> Sources<T> {
         self.next_generation = self.next_generation.wrapping_add(1);
         entry.insert(Slot { generation, value });
         if self.slab.capacity() == capacity {
-            self.remember_place(key);
+            if let Some(slot) = self.slab.get(key) {
+                remember_place(&mut self.places, key, slot);
+            }
         } else {
             // The slots moved with the slab's storage: every place is new.
             self.places.clear();
-            let keys: Vec<usize> = self.slab.iter().map(|(k, _)| k).collect();
-            for k in keys {
-                self.remember_place(k);
+            for (k, slot) in self.slab.iter() {
+                remember_place(&mut self.places, k, slot);
             }
         }
         Some(Token(((generation as usize) << KEY_BITS) | key))
-    }
-
-    fn remember_place(&mut self, key: usize) {
-        let Some(slot) = self.slab.get(key) else {
-            return;
-        };
-        let place = std::ptr::from_ref(slot).addr();
-        if self.places.len() <= key {
-            self.places.resize(key + 1, 0);
-        }
-        if let Some(p) = self.places.get_mut(key) {
-            *p = place;
-        }
     }
 
     /// Asks for the slot `token` names to be brought into the cache, from its remembered place:
