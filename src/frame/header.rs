@@ -36,6 +36,7 @@ mod strict;
 mod typed;
 
 pub use strict::{BadField, BadReason};
+pub(crate) use typed::walk_object;
 pub use typed::{Request, Val};
 
 /// The fast path alone: `raw` as a typed request, or `None` (the strict path decides). Public

@@ -9,6 +9,8 @@
 
 use serde::Deserialize;
 
+use crate::frame::header::{Val, walk_object};
+
 /// The largest response header accepted in frame mode (the server's default limit).
 pub const MAX_FRAME_HEADER: usize = 64 * 1024;
 
@@ -51,12 +53,11 @@ pub enum FrameState {
         /// How many of them.
         have: usize,
     },
-    /// Reading a header of `len` bytes into `buf`.
+    /// Reading a header of `len` bytes (those of it that came in earlier reads are held in
+    /// [`FrameReplies::held`]).
     Header {
         /// Announced header length.
         len: usize,
-        /// Header bytes received so far.
-        buf: Vec<u8>,
     },
     /// Skipping `left` more body bytes; `ok` is the reply's verdict.
     Body {
@@ -65,6 +66,16 @@ pub enum FrameState {
         /// Whether the reply's header said `ok: true`.
         ok: bool,
     },
+}
+
+/// A frame-mode parser: where it is, and the part of a header split across reads. A header
+/// that a read brings whole is read where it lies; nothing is allocated for a reply.
+#[derive(Debug)]
+pub struct FrameReplies {
+    /// Where the parser is.
+    state: FrameState,
+    /// The first part of a header split across reads (empty otherwise); its buffer is kept.
+    held: Vec<u8>,
 }
 
 /// An incremental reply parser for one connection.
@@ -80,7 +91,7 @@ pub enum ReplyParser {
     /// One reply per `\n`.
     Line,
     /// Files-protocol response frames.
-    Frame(FrameState),
+    Frame(FrameReplies),
 }
 
 impl ReplyParser {
@@ -99,9 +110,12 @@ impl ReplyParser {
 
     /// A parser for files-protocol response frames.
     pub fn frame() -> Self {
-        ReplyParser::Frame(FrameState::Length {
-            bytes: [0; 4],
-            have: 0,
+        ReplyParser::Frame(FrameReplies {
+            state: FrameState::Length {
+                bytes: [0; 4],
+                have: 0,
+            },
+            held: Vec::new(),
         })
     }
 
@@ -117,12 +131,12 @@ impl ReplyParser {
             ReplyParser::Line => {
                 done.replies = memchr::memchr_iter(b'\n', input).count() as u64;
             }
-            ReplyParser::Frame(state) => {
+            ReplyParser::Frame(frames) => {
                 while !input.is_empty() {
-                    input = feed_frame(state, input, &mut done)?;
+                    input = feed_frame(frames, input, &mut done)?;
                 }
                 // A reply with an empty body is complete as soon as its header is.
-                finish_empty_body(state, &mut done);
+                finish_empty_body(&mut frames.state, &mut done);
             }
         }
         Ok(done)
@@ -131,10 +145,11 @@ impl ReplyParser {
 
 /// Advances a frame parser over a prefix of `input`; returns the rest.
 fn feed_frame<'a>(
-    state: &mut FrameState,
+    frames: &mut FrameReplies,
     input: &'a [u8],
     done: &mut Completed,
 ) -> Result<&'a [u8], ReplyError> {
+    let state = &mut frames.state;
     match state {
         FrameState::Length { bytes, have } => {
             let want = 4usize.saturating_sub(*have);
@@ -150,27 +165,28 @@ fn feed_frame<'a>(
                 if ulen == 0 || ulen > MAX_FRAME_HEADER {
                     return Err(ReplyError::HeaderLength(len));
                 }
-                *state = FrameState::Header {
-                    len: ulen,
-                    buf: Vec::with_capacity(ulen.min(256)),
-                };
+                *state = FrameState::Header { len: ulen };
             }
             Ok(rest)
         }
-        FrameState::Header { len, buf } => {
-            let want = len.saturating_sub(buf.len());
-            let take = want.min(input.len());
-            let (head, rest) = input.split_at(take);
-            buf.extend_from_slice(head);
-            if buf.len() >= *len {
-                let header: ResponseHeader =
-                    serde_json::from_slice(buf).map_err(|e| ReplyError::Header(format!("{e}")))?;
-                *state = FrameState::Body {
-                    left: header.size,
-                    ok: header.ok,
-                };
-                finish_empty_body(state, done);
-            }
+        FrameState::Header { len } => {
+            let len = *len;
+            let held = &mut frames.held;
+            let (header, rest) = if held.is_empty() && input.len() >= len {
+                input.split_at(len)
+            } else {
+                let take = len.saturating_sub(held.len()).min(input.len());
+                let (head, rest) = input.split_at(take);
+                held.extend_from_slice(head);
+                if held.len() < len {
+                    return Ok(rest);
+                }
+                (held.as_slice(), rest)
+            };
+            let (ok, size) = read_header(header)?;
+            held.clear();
+            *state = FrameState::Body { left: size, ok };
+            finish_empty_body(state, done);
             Ok(rest)
         }
         FrameState::Body { left, .. } => {
@@ -182,6 +198,35 @@ fn feed_frame<'a>(
             Ok(input.get(take..).unwrap_or_default())
         }
     }
+}
+
+/// A response header's verdict (`ok`) and body length (`size`). The flat header of a
+/// successful reply is read by the scanner of the server's own fast path (`frame::header`), with
+/// no map and no allocation, so that a frame-mode run spends on its replies about what a raw one
+/// does; any other header (an error's nested object, an escape, a duplicate or mistyped `ok` or
+/// `size`) by serde_json, which also says what is wrong with it.
+fn read_header(raw: &[u8]) -> Result<(bool, u64), ReplyError> {
+    if let Some(found) = std::str::from_utf8(raw).ok().and_then(flat_header) {
+        return Ok(found);
+    }
+    let header: ResponseHeader =
+        serde_json::from_slice(raw).map_err(|e| ReplyError::Header(format!("{e}")))?;
+    Ok((header.ok, header.size))
+}
+
+/// `ok` and `size` of a flat header, or `None` for the strict reading.
+fn flat_header(raw: &str) -> Option<(bool, u64)> {
+    let (mut ok, mut size) = (None, None);
+    walk_object(raw, |key, val, text| {
+        match (key, val) {
+            ("ok", Val::Scalar) if ok.is_none() => ok = Some(text == "true"),
+            ("size", Val::U64(n)) if size.is_none() => size = Some(n),
+            ("ok" | "size", _) => return None,
+            _ => {}
+        }
+        Some(())
+    })?;
+    Some((ok.unwrap_or(false), size.unwrap_or(0)))
 }
 
 /// Completes the current reply if its body has been read entirely.
@@ -251,6 +296,43 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_flat_reading_of_a_header_agrees_with_serde_json() {
+        let strict = |raw: &str| {
+            serde_json::from_str::<ResponseHeader>(raw)
+                .map(|h| (h.ok, h.size))
+                .ok()
+        };
+        for raw in [
+            r#"{"ok":true,"cmd":"ping","size":0}"#,
+            r#"{"ok":true,"cmd":"get","id":7,"size":123456789,"md5":"0cc175b9c0f1b6a831c399e269772661"}"#,
+            r#"{"ok":false,"cmd":null,"error":{"code":"bad_request","message":"m"},"size":0}"#,
+            r#" { "size" : 5 , "ok" : true } "#,
+            r#"{"ok":true}"#,
+            r#"{"size":3}"#,
+            r#"{}"#,
+            r#"{"ok":"true","size":0}"#,
+            r#"{"ok":1,"size":0}"#,
+            r#"{"ok":true,"size":-1}"#,
+            r#"{"ok":true,"size":1.0}"#,
+            r#"{"ok":true,"size":007}"#,
+            r#"{"ok":true,"size":18446744073709551616}"#,
+            r#"{"ok":true,"ok":false,"size":0}"#,
+            r#"{"ok":true,"size":1,"size":2}"#,
+            r#"{"ok":true,"cmd":"a\"b","size":2}"#,
+            r#"{"ok":true,"size":0"#,
+            r#"[true,0]"#,
+            r#"{"ok":null,"size":null}"#,
+        ] {
+            assert_eq!(read_header(raw.as_bytes()).ok(), strict(raw), "{raw}");
+        }
+        // The replies of a run are read on the fast path.
+        assert_eq!(
+            flat_header(r#"{"ok":true,"cmd":"ping","size":0}"#),
+            Some((true, 0))
+        );
     }
 
     #[test]

@@ -17,8 +17,7 @@ pub enum Val<'a> {
     /// A non-negative integer.
     U64(u64),
     Null,
-    /// `true`, `false`, a negative or fractional number: present, of no use to the fields
-    /// read here.
+    /// `true` or `false` (a reader that needs which tells them apart by the value's text).
     Scalar,
 }
 
@@ -101,6 +100,46 @@ pub fn parse(raw: &str) -> Option<Request<'_>> {
     }
     s.ws();
     (s.pos == s.bytes.len()).then_some(req)
+}
+
+/// Walks `raw` as a flat JSON object of plain keys and scalar values (the one shape `parse`
+/// reads), handing `field` each key, its value and the value's text as it stands; `None` when
+/// `raw` is anything else, or when `field` answers `None`. For readers of other headers
+/// (`socklab bench`'s, of responses). `parse` keeps a loop of its own: written on this walk, with
+/// its state behind the closure, it counted 17 instructions more a header (callgrind).
+pub(crate) fn walk_object<'a>(
+    raw: &'a str,
+    mut field: impl FnMut(&'a str, Val<'a>, &'a str) -> Option<()>,
+) -> Option<()> {
+    let mut s = Scanner {
+        text: raw,
+        bytes: raw.as_bytes(),
+        pos: 0,
+    };
+    s.ws();
+    s.eat(b'{')?;
+    s.ws();
+    if s.peek() == Some(b'}') {
+        s.pos += 1;
+    } else {
+        loop {
+            let key = s.string()?;
+            s.ws();
+            s.eat(b':')?;
+            s.ws();
+            let start = s.pos;
+            let val = s.value()?;
+            field(key, val, raw.get(start..s.pos)?)?;
+            s.ws();
+            match s.next()? {
+                b',' => s.ws(),
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    s.ws();
+    (s.pos == s.bytes.len()).then_some(())
 }
 
 /// Puts a value into the request's field named `key` and answers that field's bit (for the
@@ -305,6 +344,38 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_walk_hands_over_every_field_in_order_and_only_of_flat_objects() {
+        let mut seen = Vec::new();
+        let raw = r#" {"ok":true, "cmd":"ping","id":7,"x":null,"size":0} "#;
+        walk_object(raw, |k, v, text| {
+            seen.push((k, v, text));
+            Some(())
+        })
+        .expect("flat");
+        assert_eq!(
+            seen,
+            [
+                ("ok", Val::Scalar, "true"),
+                ("cmd", Val::Str("ping"), "\"ping\""),
+                ("id", Val::U64(7), "7"),
+                ("x", Val::Null, "null"),
+                ("size", Val::U64(0), "0"),
+            ]
+        );
+        assert_eq!(walk_object("{}", |_, _, _| None), Some(()));
+        assert_eq!(walk_object(r#"{"a":1}"#, |_, _, _| None), None, "refused");
+        for raw in [
+            r#"{"e":{"a":1}}"#,
+            r#"{"a":"\n"}"#,
+            r#"{"a":1} x"#,
+            "[1]",
+            r#"{"a":1,}"#,
+        ] {
+            assert_eq!(walk_object(raw, |_, _, _| Some(())), None, "{raw}");
         }
     }
 
