@@ -33,10 +33,9 @@ use serde_json::{Map, Value};
 use super::{Decoded, Decoder};
 
 mod strict;
-mod typed;
+pub(crate) mod typed;
 
 pub use strict::{BadField, BadReason};
-pub(crate) use typed::walk_object;
 pub use typed::{Request, Val};
 
 /// The fast path alone: `raw` as a typed request, or `None` (the strict path decides). Public

@@ -9,7 +9,7 @@
 
 use serde::Deserialize;
 
-use crate::frame::header::{Val, walk_object};
+use crate::frame::header::typed::{Val, walk_object};
 
 /// The largest response header accepted in frame mode (the server's default limit).
 pub const MAX_FRAME_HEADER: usize = 64 * 1024;
