@@ -1,6 +1,7 @@
 //! A TCP or Unix-domain stream, whichever an address named: one generic enum, with `Read`,
 //! `Write`, `AsRawFd` and (for mio sockets) mio's `Source` written once, and an alias for each
 //! flavour: [`StdStream`] for the blocking clients, [`MioStream`] for the reactor and the bench.
+//! And the one loop that writes to a non-blocking socket until it would block.
 //! A leaf: it knows neither the server nor the clients.
 
 use std::io::{self, Read, Write};
@@ -119,6 +120,24 @@ impl<T: Source, U: Source> Source for TcpOrUnix<T, U> {
             TcpOrUnix::Unix(s) => s.deregister(r),
         }
     }
+}
+
+/// Writes `bytes` until all are taken or the writer would block; returns how many it took. A
+/// write of 0 is an error (`WriteZero`), an interrupted one is tried again. What the reactor
+/// writes straight to a socket, a connection's pending output and a TLS connection's unsent
+/// records all go out through this.
+pub(crate) fn write_until_blocked(w: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
+    let mut taken = 0usize;
+    while let Some(rest) = bytes.get(taken..).filter(|r| !r.is_empty()) {
+        match w.write(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => taken = taken.saturating_add(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(taken)
 }
 
 #[cfg(test)]

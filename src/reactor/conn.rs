@@ -12,6 +12,7 @@ use super::transport::Transport;
 
 use crate::frame::Leftover;
 use crate::kind::ServiceKind;
+use crate::net::write_until_blocked;
 use crate::service::StreamService;
 use crate::service::auth::AuthGate;
 
@@ -59,19 +60,8 @@ impl OutBuf {
 
     /// Writes until the output is empty or the socket would block; returns the bytes written.
     pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<usize> {
-        let mut written = 0;
-        while let Some(rest) = self.buf.get(self.pos..).filter(|r| !r.is_empty()) {
-            match w.write(rest) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.pos = self.pos.saturating_add(n);
-                    written += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
+        let written = write_until_blocked(w, self.buf.get(self.pos..).unwrap_or_default())?;
+        self.pos = self.pos.saturating_add(written);
         if self.is_empty() {
             self.release();
         }
@@ -86,22 +76,6 @@ impl OutBuf {
             self.buf.clear();
         }
     }
-}
-
-/// Writes `bytes` straight to the socket until it would block; returns how many it took.
-/// Used when nothing is pending, so the common case never copies into the connection.
-pub fn write_direct(w: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
-    let mut done = 0;
-    while let Some(rest) = bytes.get(done..).filter(|r| !r.is_empty()) {
-        match w.write(rest) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 /// One accepted stream connection.
@@ -266,7 +240,7 @@ mod tests {
             chunk: 10,
             budget: 25,
         };
-        assert_eq!(write_direct(&mut w, &[7; 100]).unwrap(), 25);
+        assert_eq!(write_until_blocked(&mut w, &[7; 100]).unwrap(), 25);
         assert_eq!(w.got, vec![7; 25]);
     }
 }

@@ -5,7 +5,8 @@
 
 use super::{CloseReason, TurnIo, stop_input};
 use crate::config::Limits;
-use crate::reactor::conn::{Conn, write_direct};
+use crate::net::write_until_blocked;
+use crate::reactor::conn::Conn;
 use crate::service::auth::AuthStep;
 use crate::service::{Event, Step};
 
@@ -55,7 +56,7 @@ pub(super) fn absorb(
             io.reply.clear();
             let mut ctx = io.svc.ctx();
             let step = c.service.on_input(data, io.reply, &mut ctx);
-            sent = write_direct(&mut c.transport, io.reply).map_err(CloseReason::Io)?;
+            sent = write_until_blocked(&mut c.transport, io.reply).map_err(CloseReason::Io)?;
             c.out.extend(io.reply.get(sent..).unwrap_or_default());
             step
         } else {

@@ -2,6 +2,8 @@
 
 use std::io::{self, Write};
 
+use crate::net::write_until_blocked;
+
 /// Encrypted bytes the socket has not taken yet.
 #[derive(Debug, Default)]
 pub(super) struct Unsent {
@@ -53,19 +55,4 @@ impl Unsent {
             .extend_from_slice(records.get(taken..).unwrap_or_default());
         Ok(())
     }
-}
-
-/// Writes `bytes` until all are taken or the socket would block; how many it took.
-fn write_until_blocked(socket: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
-    let mut taken = 0usize;
-    while let Some(rest) = bytes.get(taken..).filter(|r| !r.is_empty()) {
-        match socket.write(rest) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => taken = taken.saturating_add(n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(taken)
 }
