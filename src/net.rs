@@ -125,7 +125,9 @@ impl<T: Source, U: Source> Source for TcpOrUnix<T, U> {
 /// Writes `bytes` until all are taken or the writer would block; returns how many it took. A
 /// write of 0 is an error (`WriteZero`), an interrupted one is tried again. What the reactor
 /// writes straight to a socket, a connection's pending output and a TLS connection's unsent
-/// records all go out through this.
+/// records all go out through this. Inlined into each: out of line it cost a files ping 20–28
+/// instructions more at 1,000 x 1 (callgrind), on the path of every reply.
+#[inline(always)]
 pub(crate) fn write_until_blocked(w: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
     let mut taken = 0usize;
     while let Some(rest) = bytes.get(taken..).filter(|r| !r.is_empty()) {
