@@ -347,3 +347,72 @@ fn sticky_shows_the_lesson_over_tls_and_needs_a_tls_server_to_talk_to() {
         "{out:?}"
     );
 }
+
+/// A TLS echo of Python's `ssl` (OpenSSL, which sends TLS 1.3 session tickets) that counts the
+/// connections it served with a full handshake and with a resumed session, while `socklab
+/// bench --new-conn-per-request` runs against it.
+const HANDSHAKE_COUNTER: &str = r#"
+import socket, ssl, sys, threading, subprocess, json
+bench, cert, key, ca = sys.argv[1:5]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+ls = socket.socket()
+ls.bind(('127.0.0.1', 0))
+ls.listen(64)
+ls.settimeout(0.2)
+port = ls.getsockname()[1]
+counts = {'full': 0, 'resumed': 0, 'failed': 0}
+done = threading.Event()
+def serve():
+    while not done.is_set():
+        try:
+            c, _ = ls.accept()
+        except socket.timeout:
+            continue
+        c.settimeout(5)
+        try:
+            s = ctx.wrap_socket(c, server_side=True)
+            got = b''
+            while len(got) < 64:
+                d = s.recv(64 - len(got))
+                if not d:
+                    break
+                got += d
+            s.sendall(got)
+            counts['resumed' if s.session_reused else 'full'] += 1
+            s.close()
+        except (ssl.SSLError, OSError):
+            counts['failed'] += 1
+            c.close()
+t = threading.Thread(target=serve)
+t.start()
+r = subprocess.run([bench, 'bench', '--json', '--warmup', '0s', '--duration', '300ms',
+                    '--addr', '127.0.0.1:%d' % port, '--tls', '--ca', ca, '--conns', '1',
+                    '--new-conn-per-request', '--size', '64'], capture_output=True, timeout=20)
+done.set()
+t.join()
+counts['bench_exit'] = r.returncode
+print(json.dumps(counts))
+"#;
+
+#[test]
+fn bench_makes_a_full_handshake_for_every_new_connection() {
+    let certs = Certs::new("bench-full-handshakes");
+    let out = python_ok(
+        HANDSHAKE_COUNTER,
+        &[
+            bin(),
+            &certs.s("server.pem"),
+            &certs.s("server.key"),
+            &certs.s("ca.pem"),
+        ],
+        BOUND,
+    );
+    let counts: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    // A session resumed from the server's tickets would skip the certificate, and the server
+    // CPU a handshake costs would be measured without it.
+    assert_eq!(counts["bench_exit"], 0, "{counts}");
+    assert_eq!(counts["resumed"], 0, "{counts}");
+    assert_eq!(counts["failed"], 0, "{counts}");
+    assert!(counts["full"].as_u64().unwrap() >= 2, "{counts}");
+}

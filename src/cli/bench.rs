@@ -447,6 +447,8 @@ pub fn bench(args: &BenchArgs) -> Result<Report, BenchError> {
     let threads = args.threads.min(args.conns).max(1);
     let secret = crate::client::client_secret(args.secret_file.as_deref())?;
     let tls = args.tls.client(&args.addr)?;
+    // Every connection a full handshake, as --new-conn-per-request promises to measure.
+    let tls = tls.map(|t| t.without_resumption());
     let challenges = Arc::new(std::sync::OnceLock::new());
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),

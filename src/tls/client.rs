@@ -111,6 +111,17 @@ fn system_roots() -> Result<RootCertStore, TlsClientError> {
 }
 
 impl ClientTls {
+    /// The same TLS with every connection a full handshake: no session kept to resume (a
+    /// TLS 1.3 ticket would make the next connection's handshake skip the certificate).
+    pub(crate) fn without_resumption(&self) -> ClientTls {
+        let mut config = (*self.config).clone();
+        config.resumption = rustls::client::Resumption::disabled();
+        ClientTls {
+            config: Arc::new(config),
+            name: self.name.clone(),
+        }
+    }
+
     /// Runs the handshake over a blocking `socket` (its timeouts bound it) and returns the
     /// session; the server's certificate is verified before this returns.
     pub(crate) fn handshake(&self, socket: &mut StdStream) -> io::Result<ClientConnection> {

@@ -391,7 +391,7 @@ impl Worker<'_> {
             && self
                 .conns
                 .get(i)
-                .is_some_and(|c| c.issued > 0 && c.in_flight.is_empty())
+                .is_some_and(|c| c.answered && c.in_flight.is_empty())
         {
             return self.renew(i);
         }
@@ -433,6 +433,15 @@ impl Worker<'_> {
         };
         loop {
             let n = match conn.stream.read(&mut self.buf) {
+                // A server may close a connection once it has answered (HTTP/1.0 does);
+                // with a connection per request that is its end, not a loss.
+                Ok(0)
+                    if self.plan.new_conn_per_request
+                        && conn.answered
+                        && conn.in_flight.is_empty() =>
+                {
+                    return Ok(());
+                }
                 Ok(0) => return Err(ConnFailure::Lost("the server closed the connection".into())),
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
