@@ -448,8 +448,9 @@ pub fn bench(args: &BenchArgs) -> Result<Report, BenchError> {
     let secret = crate::client::client_secret(args.secret_file.as_deref())?;
     let tls = args.tls.client(&args.addr)?;
     // Every connection a full handshake, as --new-conn-per-request promises to measure.
-    let tls = tls.map(|t| t.without_resumption());
+    let tls = tls.map(|t| t.for_bench());
     let challenges = Arc::new(std::sync::OnceLock::new());
+    let tls12 = Arc::new(std::sync::OnceLock::new());
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         replies: AtomicU64::new(0),
@@ -476,6 +477,7 @@ pub fn bench(args: &BenchArgs) -> Result<Report, BenchError> {
             challenges: Arc::clone(&challenges),
             new_conn_per_request: args.new_conn_per_request,
             tls: tls.clone(),
+            tls12: Arc::clone(&tls12),
         };
         let shared_t = Arc::clone(&shared);
         let spawned = thread::Builder::new()

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use clap::Args;
 use rustls::pki_types::ServerName;
+use rustls::client::UnbufferedClientConnection;
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
 use super::files::{TlsFileError, load_certs, load_key, load_roots};
@@ -111,15 +112,23 @@ fn system_roots() -> Result<RootCertStore, TlsClientError> {
 }
 
 impl ClientTls {
-    /// The same TLS with every connection a full handshake: no session kept to resume (a
-    /// TLS 1.3 ticket would make the next connection's handshake skip the certificate).
-    pub(crate) fn without_resumption(&self) -> ClientTls {
+    /// The same TLS for a load generator: every connection a full handshake (no session kept
+    /// to resume: a TLS 1.3 ticket would make the next handshake skip the certificate), and
+    /// the traffic secrets handed over after it, for our own record layer (`client_records`).
+    pub(crate) fn for_bench(&self) -> ClientTls {
         let mut config = (*self.config).clone();
         config.resumption = rustls::client::Resumption::disabled();
+        config.enable_secret_extraction = true;
         ClientTls {
             config: Arc::new(config),
             name: self.name.clone(),
         }
+    }
+
+    /// A connection on rustls's unbuffered API, for `client_records::handshake`.
+    pub(crate) fn unbuffered(&self) -> io::Result<UnbufferedClientConnection> {
+        UnbufferedClientConnection::new(Arc::clone(&self.config), self.name.clone())
+            .map_err(io::Error::other)
     }
 
     /// Runs the handshake over a blocking `socket` (its timeouts bound it) and returns the
@@ -152,7 +161,7 @@ impl ClientTls {
 }
 
 /// A handshake error in words: the certificate problem rustls found, if that was it.
-fn handshake_error(e: io::Error) -> io::Error {
+pub(crate) fn handshake_error(e: io::Error) -> io::Error {
     match e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())

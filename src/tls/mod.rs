@@ -12,10 +12,16 @@
 //!   readiness, holding no buffer while idle: the reactor's TLS transport.
 //! - [`record`]: TLS 1.3's record layer after the handshake, ours (ring's AEAD, in place);
 //!   rustls keeps the key schedule.
-//! - [`stream`]: the client side over a non-blocking socket, after a blocking handshake:
-//!   `bench`'s TLS connections.
+//! - [`stream`]: the client side over a non-blocking socket, after a blocking handshake, on
+//!   rustls's buffered connection: `bench`'s TLS 1.2 connections.
+//! - [`client_records`]: the client side of TLS 1.3 on our record layer, after a blocking
+//!   handshake on rustls's unbuffered API: `bench`'s TLS 1.3 connections, so that the load
+//!   generator spends on TLS what the server does.
+//! - [`encode`]: a `Vec` grown to what rustls's unbuffered API encodes.
 
 pub mod client;
+pub(crate) mod client_records;
+pub(crate) mod encode;
 pub(crate) mod files;
 pub(crate) mod record;
 pub(crate) mod server;

@@ -21,6 +21,7 @@
 use std::fmt;
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use rustls::client::ClientConnectionData;
 use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 use rustls::{ConnectionTrafficSecrets, SupportedCipherSuite};
@@ -47,7 +48,9 @@ const ALERT: u8 = 21;
 const HANDSHAKE: u8 = 22;
 const APPLICATION_DATA: u8 = 23;
 
-/// The one handshake message a client may send after the handshake here.
+/// The handshake messages a peer may send after the handshake: a server's tickets (to a
+/// client) and a key update (either way).
+const NEW_SESSION_TICKET: u8 = 4;
 const KEY_UPDATE: u8 = 24;
 
 /// Alert descriptions (RFC 8446 §6).
@@ -202,11 +205,72 @@ impl Keys {
     }
 }
 
-/// The record layer of one TLS 1.3 server connection after its handshake.
+/// rustls's side of a connection whose records are ours: it derives the next traffic secrets
+/// on a key update, and a client's takes the server's session tickets.
+pub(crate) enum Kernel {
+    Server(KernelConnection<ServerConnectionData>),
+    Client(KernelConnection<ClientConnectionData>),
+}
+
+impl From<KernelConnection<ServerConnectionData>> for Kernel {
+    fn from(k: KernelConnection<ServerConnectionData>) -> Kernel {
+        Kernel::Server(k)
+    }
+}
+
+impl From<KernelConnection<ClientConnectionData>> for Kernel {
+    fn from(k: KernelConnection<ClientConnectionData>) -> Kernel {
+        Kernel::Client(k)
+    }
+}
+
+impl Kernel {
+    fn negotiated_cipher_suite(&self) -> SupportedCipherSuite {
+        match self {
+            Kernel::Server(k) => k.negotiated_cipher_suite(),
+            Kernel::Client(k) => k.negotiated_cipher_suite(),
+        }
+    }
+
+    fn update_rx_secret(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        match self {
+            Kernel::Server(k) => k.update_rx_secret(),
+            Kernel::Client(k) => k.update_rx_secret(),
+        }
+    }
+
+    fn update_tx_secret(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        match self {
+            Kernel::Server(k) => k.update_tx_secret(),
+            Kernel::Client(k) => k.update_tx_secret(),
+        }
+    }
+
+    /// Takes the session tickets at the front of `content` (a client's kernel only) and
+    /// returns what follows them.
+    fn take_tickets<'a>(&mut self, mut content: &'a [u8]) -> Result<&'a [u8], RecordError> {
+        let Kernel::Client(kernel) = self else {
+            return Ok(content);
+        };
+        while let [NEW_SESSION_TICKET, a, b, c, rest @ ..] = content {
+            let len = usize::try_from(u32::from_be_bytes([0, *a, *b, *c]))
+                .map_err(|_| RecordError::Decode("session ticket"))?;
+            let (ticket, after) = rest
+                .split_at_checked(len)
+                .ok_or(RecordError::Unexpected("session ticket split across records"))?;
+            kernel
+                .handle_new_session_ticket(ticket)
+                .map_err(|_| RecordError::Decode("session ticket"))?;
+            content = after;
+        }
+        Ok(content)
+    }
+}
+
+/// The record layer of one TLS 1.3 connection after its handshake.
 pub(crate) struct RecordLayer {
-    /// rustls's side: derives the next traffic secrets on a key update (rarely touched, so
-    /// kept out of the lines every record reads).
-    kernel: Box<KernelConnection<ServerConnectionData>>,
+    /// rustls's side (rarely touched, so kept out of the lines every record reads).
+    kernel: Box<Kernel>,
     rx: Keys,
     tx: Keys,
     /// Records a sending key may seal before it is replaced.
@@ -227,10 +291,11 @@ impl fmt::Debug for RecordLayer {
 impl RecordLayer {
     /// The record layer of a connection rustls has handed over, with its secrets.
     pub(crate) fn new(
-        kernel: KernelConnection<ServerConnectionData>,
+        kernel: impl Into<Kernel>,
         rx: (u64, ConnectionTrafficSecrets),
         tx: (u64, ConnectionTrafficSecrets),
     ) -> Result<RecordLayer, RecordError> {
+        let kernel = kernel.into();
         let limit = match kernel.negotiated_cipher_suite() {
             SupportedCipherSuite::Tls13(suite) => suite.common.confidentiality_limit,
             _ => return Err(RecordError::Keys("not a TLS 1.3 cipher suite".into())),
@@ -283,7 +348,11 @@ impl RecordLayer {
             }
             Some(ALERT) => self.on_alert(content),
             Some(HANDSHAKE) => {
-                let request = key_update_request(content)?;
+                let rest = self.kernel.take_tickets(content)?;
+                if rest.is_empty() && rest.len() < content.len() {
+                    return Ok(Opened::Nothing);
+                }
+                let request = key_update_request(rest)?;
                 self.on_key_update(request, owed)?;
                 Ok(Opened::Nothing)
             }

@@ -19,6 +19,8 @@ use super::worker::Plan;
 use crate::addr::ListenAddr;
 use crate::client::{Timed, challenge_wait, handshake_within};
 use crate::net::{MioStream, StdStream};
+use crate::tls::client::{ClientTls, handshake_error};
+use crate::tls::client_records::{self, Handshaken, RecordStream};
 use crate::tls::stream::TlsStream;
 
 /// A connection of the load generator.
@@ -26,8 +28,10 @@ use crate::tls::stream::TlsStream;
 pub(super) enum BenchStream {
     /// The socket.
     Plain(MioStream),
-    /// TLS over it.
+    /// TLS 1.2 over it, on rustls's buffered connection.
     Tls(Box<TlsStream<MioStream>>),
+    /// TLS 1.3 over it, on our record layer.
+    Own(Box<RecordStream<MioStream>>),
 }
 
 impl BenchStream {
@@ -37,6 +41,7 @@ impl BenchStream {
         match self {
             BenchStream::Plain(_) => true,
             BenchStream::Tls(t) => t.drained(),
+            BenchStream::Own(t) => t.drained(),
         }
     }
 
@@ -44,6 +49,10 @@ impl BenchStream {
     pub(super) fn send_pending(&mut self) -> io::Result<()> {
         match self {
             BenchStream::Tls(t) => match t.send_pending() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                r => r.map(|_| ()),
+            },
+            BenchStream::Own(t) => match t.send_pending() {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
                 r => r.map(|_| ()),
             },
@@ -57,6 +66,7 @@ impl Read for BenchStream {
         match self {
             BenchStream::Plain(s) => s.read(buf),
             BenchStream::Tls(t) => t.read(buf),
+            BenchStream::Own(t) => t.read(buf),
         }
     }
 }
@@ -66,6 +76,7 @@ impl Write for BenchStream {
         match self {
             BenchStream::Plain(s) => s.write(buf),
             BenchStream::Tls(t) => t.write(buf),
+            BenchStream::Own(t) => t.write(buf),
         }
     }
 
@@ -79,6 +90,7 @@ impl Source for BenchStream {
         match self {
             BenchStream::Plain(s) => s.register(r, t, i),
             BenchStream::Tls(tls) => tls.socket.register(r, t, i),
+            BenchStream::Own(own) => own.socket.register(r, t, i),
         }
     }
 
@@ -86,6 +98,7 @@ impl Source for BenchStream {
         match self {
             BenchStream::Plain(s) => s.reregister(r, t, i),
             BenchStream::Tls(tls) => tls.socket.reregister(r, t, i),
+            BenchStream::Own(own) => own.socket.reregister(r, t, i),
         }
     }
 
@@ -93,6 +106,7 @@ impl Source for BenchStream {
         match self {
             BenchStream::Plain(s) => s.deregister(r),
             BenchStream::Tls(tls) => tls.socket.deregister(r),
+            BenchStream::Own(own) => own.socket.deregister(r),
         }
     }
 }
@@ -103,18 +117,10 @@ pub(super) fn open(
     plan: &Plan,
     why: impl FnOnce(io::Error) -> BenchError,
 ) -> Result<BenchStream, BenchError> {
-    let mut s = connect(&plan.addr, plan.timeout).map_err(why)?;
+    let s = connect(&plan.addr, plan.timeout).map_err(why)?;
     let mut session = match &plan.tls {
-        Some(tls) => {
-            let tls_err = |source| BenchError::Connect {
-                addr: plan.addr.to_string(),
-                source,
-            };
-            s.set_read_timeout(plan.timeout).map_err(tls_err)?;
-            s.set_write_timeout(plan.timeout).map_err(tls_err)?;
-            Some(tls.handshake(&mut s).map_err(tls_err)?)
-        }
-        None => None,
+        Some(tls) => start_tls(plan, tls, s)?,
+        None => Session::Plain(s),
     };
     let secret = plan.secret.as_ref();
     let wait = match plan.challenges.get() {
@@ -125,30 +131,74 @@ pub(super) fn open(
     if !wait.is_zero() {
         let peer = plan.addr.to_string();
         let opening = match &mut session {
-            Some(conn) => {
-                let mut tls = BlockingTls {
-                    conn,
-                    socket: &mut s,
-                };
+            Session::Plain(s) => handshake_within(s, &peer, secret, wait, b"")?,
+            Session::Rustls(socket, conn) => {
+                let mut tls = BlockingTls { conn, socket };
                 handshake_within(&mut tls, &peer, secret, wait, b"")?
             }
-            None => handshake_within(&mut s, &peer, secret, wait, b"")?,
+            Session::Own(stream) => handshake_within(&mut **stream, &peer, secret, wait, b"")?,
         };
         let _ = plan.challenges.set(opening.authenticated);
     }
-    let socket = match s {
+    Ok(match session {
+        Session::Plain(s) => BenchStream::Plain(nonblocking(s).map_err(BenchError::Poll)?),
+        Session::Rustls(s, conn) => BenchStream::Tls(Box::new(TlsStream::client(
+            nonblocking(s).map_err(BenchError::Poll)?,
+            conn,
+        ))),
+        Session::Own(stream) => {
+            BenchStream::Own(Box::new(stream.map_socket(nonblocking).map_err(BenchError::Poll)?))
+        }
+    })
+}
+
+/// A connection while it opens (blocking).
+enum Session {
+    Plain(StdStream),
+    /// TLS 1.2, on rustls's buffered connection.
+    Rustls(StdStream, ClientConnection),
+    /// TLS 1.3, on our record layer.
+    Own(Box<RecordStream<StdStream>>),
+}
+
+/// Runs the TLS handshake on `s`: on our record layer, unless the server chose TLS 1.2 (then
+/// again, on a new connection, with rustls's buffered one, as every later connection does).
+fn start_tls(plan: &Plan, tls: &ClientTls, mut s: StdStream) -> Result<Session, BenchError> {
+    let tls_err = |source| BenchError::Connect {
+        addr: plan.addr.to_string(),
+        source,
+    };
+    let timeouts = |s: &StdStream| {
+        s.set_read_timeout(plan.timeout)?;
+        s.set_write_timeout(plan.timeout)
+    };
+    timeouts(&s).map_err(tls_err)?;
+    if plan.tls12.get() != Some(&true) {
+        let conn = tls.unbuffered().map_err(tls_err)?;
+        match client_records::handshake(conn, s).map_err(|e| tls_err(handshake_error(e)))? {
+            Handshaken::Tls13(stream) => return Ok(Session::Own(stream)),
+            Handshaken::Tls12 => {
+                let _ = plan.tls12.set(true);
+            }
+        }
+        s = connect(&plan.addr, plan.timeout).map_err(tls_err)?;
+        timeouts(&s).map_err(tls_err)?;
+    }
+    let conn = tls.handshake(&mut s).map_err(tls_err)?;
+    Ok(Session::Rustls(s, conn))
+}
+
+/// The socket made non-blocking, for the generator's poll.
+fn nonblocking(s: StdStream) -> io::Result<MioStream> {
+    Ok(match s {
         StdStream::Tcp(s) => {
-            s.set_nonblocking(true).map_err(BenchError::Poll)?;
+            s.set_nonblocking(true)?;
             MioStream::Tcp(TcpStream::from_std(s))
         }
         StdStream::Unix(s) => {
-            s.set_nonblocking(true).map_err(BenchError::Poll)?;
+            s.set_nonblocking(true)?;
             MioStream::Unix(UnixStream::from_std(s))
         }
-    };
-    Ok(match session {
-        Some(conn) => BenchStream::Tls(Box::new(TlsStream::client(socket, conn))),
-        None => BenchStream::Plain(socket),
     })
 }
 

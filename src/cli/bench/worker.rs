@@ -85,6 +85,9 @@ pub struct Plan {
     pub new_conn_per_request: bool,
     /// Speak TLS (with --new-conn-per-request, a full handshake per request).
     pub tls: Option<ClientTls>,
+    /// Whether the server chose TLS 1.2, once the first TLS connection learned it: later
+    /// connections then go to rustls's buffered connection directly.
+    pub tls12: Arc<OnceLock<bool>>,
 }
 
 /// State shared by the threads and the main thread.

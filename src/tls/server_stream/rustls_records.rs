@@ -6,69 +6,15 @@ use std::io::{self, Read, Write};
 
 use rustls::ProtocolVersion;
 use rustls::server::ServerConnectionData;
-use rustls::unbuffered::{
-    ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError,
-    UnbufferedStatus, WriteTraffic,
-};
+use rustls::unbuffered::{ConnectionState, EncodeTlsData, UnbufferedStatus, WriteTraffic};
 
 use super::{Processed, Records, ServerTls, deliver, invalid, record_end};
+use crate::tls::encode::{append_with, encode_too_small, encrypt_too_small};
 use crate::tls::record::{RecordError, RecordLayer};
 
 /// Room for a record's header, content type and tag, per 16 KiB record (TLS 1.2 GCM needs
 /// 29 bytes, 1.3 needs 22); `encrypt` says when more is needed.
 const RECORD_OVERHEAD: usize = 64;
-
-/// Appends to `out` what `encode` writes into a buffer large enough for it.
-fn append_with<E>(
-    out: &mut Vec<u8>,
-    first_guess: usize,
-    mut encode: impl FnMut(&mut [u8]) -> Result<usize, E>,
-    too_small: impl Fn(&E) -> Option<usize>,
-) -> Result<(), E> {
-    let start = out.len();
-    let mut room = first_guess;
-    for _ in 0..2 {
-        out.resize(start.saturating_add(room), 0);
-        let target = out.get_mut(start..).unwrap_or_default();
-        match encode(target) {
-            Ok(n) => {
-                out.truncate(start.saturating_add(n));
-                return Ok(());
-            }
-            Err(e) => match too_small(&e) {
-                Some(required) if required > room => room = required,
-                _ => {
-                    out.truncate(start);
-                    return Err(e);
-                }
-            },
-        }
-    }
-    out.truncate(start);
-    // `encode` asked for more room than it said it needed: treated as its refusal.
-    match encode(&mut []) {
-        Err(e) => Err(e),
-        Ok(_) => Ok(()),
-    }
-}
-
-fn encode_too_small(e: &EncodeError) -> Option<usize> {
-    match e {
-        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
-            Some(*required_size)
-        }
-        _ => None,
-    }
-}
-
-fn encrypt_too_small(e: &EncryptError) -> Option<usize> {
-    match e {
-        EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
-            Some(*required_size)
-        }
-        _ => None,
-    }
-}
 
 /// Appends to `unsent` the message rustls owes the peer (a handshake message, a ticket, an
 /// alert).
