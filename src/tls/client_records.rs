@@ -196,7 +196,10 @@ impl<S> RecordStream<S> {
     }
 
     /// The same connection over another socket (the blocking one, made non-blocking).
-    pub(crate) fn map_socket<T>(self, to: impl FnOnce(S) -> io::Result<T>) -> io::Result<RecordStream<T>> {
+    pub(crate) fn map_socket<T>(
+        self,
+        to: impl FnOnce(S) -> io::Result<T>,
+    ) -> io::Result<RecordStream<T>> {
         Ok(RecordStream {
             socket: to(self.socket)?,
             layer: self.layer,
@@ -382,5 +385,113 @@ impl Timed for RecordStream<StdStream> {
 
     fn set_write_timeout(&self, timeout: Duration) -> io::Result<()> {
         self.socket.set_write_timeout(timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+    use std::thread;
+
+    use rustls::{ServerConnection, StreamOwned};
+
+    use super::*;
+
+    /// A client of `versions` on an unbuffered connection to a rustls server (buffered,
+    /// blocking) that runs `serve` on its side of a socket pair.
+    fn pair(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        serve: impl FnOnce(StreamOwned<ServerConnection, UnixStream>) + Send + 'static,
+    ) -> (Handshaken<UnixStream>, thread::JoinHandle<()>) {
+        let (server_config, client_config) = crate::tls::trusting_pair_of(versions).unwrap();
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        for s in [&ours, &theirs] {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        }
+        let server = thread::spawn(move || {
+            let mut conn = ServerConnection::new(server_config).unwrap();
+            let mut sock = theirs;
+            while conn.is_handshaking() {
+                conn.complete_io(&mut sock).unwrap();
+            }
+            serve(StreamOwned::new(conn, sock));
+        });
+        let mut config = (*client_config).clone();
+        config.enable_secret_extraction = true;
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = UnbufferedClientConnection::new(Arc::new(config), name).unwrap();
+        (handshake(conn, ours).unwrap(), server)
+    }
+
+    fn own(h: Handshaken<UnixStream>) -> Box<RecordStream<UnixStream>> {
+        match h {
+            Handshaken::Tls13(s) => s,
+            Handshaken::Tls12 => panic!("TLS 1.2 negotiated"),
+        }
+    }
+
+    #[test]
+    fn records_go_both_ways_through_tickets_and_key_updates_to_close_notify() {
+        let big: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        let expected = big.clone();
+        let (h, server) = pair(rustls::DEFAULT_VERSIONS, move |mut tls| {
+            let mut hello = [0u8; 5];
+            tls.read_exact(&mut hello).unwrap();
+            tls.write_all(&hello.to_ascii_uppercase()).unwrap();
+            // New sending keys of the server's, announced by a KeyUpdate that asks for ours.
+            tls.conn.refresh_traffic_keys().unwrap();
+            tls.write_all(b"after the key update").unwrap();
+            let mut back = vec![0u8; expected.len()];
+            tls.read_exact(&mut back).unwrap();
+            assert!(back == expected, "the server got other bytes");
+            tls.write_all(&back).unwrap();
+            tls.conn.send_close_notify();
+            tls.flush().unwrap();
+        });
+        let mut client = own(h);
+        client.write_all(b"hello").unwrap();
+        let mut got = [0u8; 5];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"HELLO");
+        let mut got = [0u8; 20];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"after the key update");
+        client.write_all(&big).unwrap();
+        let mut back = vec![0u8; big.len()];
+        client.read_exact(&mut back).unwrap();
+        assert!(back == big, "the echo differs");
+        // close_notify: the end of input.
+        assert_eq!(client.read(&mut [0u8; 16]).unwrap(), 0);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_server_that_chooses_tls12_is_left_to_rustls() {
+        let (h, server) = pair(&[&rustls::version::TLS12], |_| {});
+        assert!(matches!(h, Handshaken::Tls12));
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_record_that_does_not_authenticate_is_an_error_and_its_alert_goes_out() {
+        let (h, server) = pair(rustls::DEFAULT_VERSIONS, |mut tls| {
+            while tls.conn.wants_write() {
+                tls.conn.write_tls(&mut tls.sock).unwrap();
+            }
+            // An application-data record no key sealed.
+            let mut forged = vec![23, 3, 3, 0, 40];
+            forged.extend_from_slice(&[0x5a; 40]);
+            tls.sock.write_all(&forged).unwrap();
+            // The client's answer: a bad_record_mac alert.
+            let mut alert = [0u8; 1];
+            let e = tls.read(&mut alert).unwrap_err();
+            assert!(e.to_string().contains("BadRecordMac"), "{e}");
+        });
+        let mut client = own(h);
+        let e = client.read(&mut [0u8; 64]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidData);
+        assert!(e.to_string().contains("authenticate"), "{e}");
+        server.join().unwrap();
     }
 }

@@ -255,9 +255,9 @@ impl Kernel {
         while let [NEW_SESSION_TICKET, a, b, c, rest @ ..] = content {
             let len = usize::try_from(u32::from_be_bytes([0, *a, *b, *c]))
                 .map_err(|_| RecordError::Decode("session ticket"))?;
-            let (ticket, after) = rest
-                .split_at_checked(len)
-                .ok_or(RecordError::Unexpected("session ticket split across records"))?;
+            let (ticket, after) = rest.split_at_checked(len).ok_or(RecordError::Unexpected(
+                "session ticket split across records",
+            ))?;
             kernel
                 .handle_new_session_ticket(ticket)
                 .map_err(|_| RecordError::Decode("session ticket"))?;

@@ -146,9 +146,9 @@ pub(super) fn open(
             nonblocking(s).map_err(BenchError::Poll)?,
             conn,
         ))),
-        Session::Own(stream) => {
-            BenchStream::Own(Box::new(stream.map_socket(nonblocking).map_err(BenchError::Poll)?))
-        }
+        Session::Own(stream) => BenchStream::Own(Box::new(
+            stream.map_socket(nonblocking).map_err(BenchError::Poll)?,
+        )),
     })
 }
 
