@@ -144,7 +144,7 @@ pub(super) fn open(
         Session::Plain(s) => BenchStream::Plain(nonblocking(s).map_err(BenchError::Poll)?),
         Session::Rustls(s, conn) => BenchStream::Tls(Box::new(TlsStream::client(
             nonblocking(s).map_err(BenchError::Poll)?,
-            conn,
+            *conn,
         ))),
         Session::Own(stream) => BenchStream::Own(Box::new(
             stream.map_socket(nonblocking).map_err(BenchError::Poll)?,
@@ -156,7 +156,7 @@ pub(super) fn open(
 enum Session {
     Plain(StdStream),
     /// TLS 1.2, on rustls's buffered connection.
-    Rustls(StdStream, ClientConnection),
+    Rustls(StdStream, Box<ClientConnection>),
     /// TLS 1.3, on our record layer.
     Own(Box<RecordStream<StdStream>>),
 }
@@ -185,7 +185,7 @@ fn start_tls(plan: &Plan, tls: &ClientTls, mut s: StdStream) -> Result<Session, 
         timeouts(&s).map_err(tls_err)?;
     }
     let conn = tls.handshake(&mut s).map_err(tls_err)?;
-    Ok(Session::Rustls(s, conn))
+    Ok(Session::Rustls(s, Box::new(conn)))
 }
 
 /// The socket made non-blocking, for the generator's poll.
