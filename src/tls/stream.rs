@@ -1,5 +1,6 @@
 //! The client side of a TLS connection over a non-blocking socket, after a blocking
-//! handshake: `bench`'s TLS connections. rustls's buffered connection, driven by readiness like
+//! handshake: `bench`'s TLS 1.2 connections (its TLS 1.3 ones: `client_records`). rustls's
+//! buffered connection, driven by readiness like
 //! the socket itself (rustls's `tlsserver-mio` example is the shape). The server side, which
 //! must hold nothing while idle, is `server_stream` (rustls's unbuffered API).
 //!

@@ -1,8 +1,8 @@
 //! A bench connection's stream: the socket, or TLS over it, and how one opens (`open`). The
-//! TLS handshake (and the HMAC
-//! challenge, inside TLS) run blocking when the connection opens, as the plain challenge does;
-//! then the session goes on non-blocking over the mio socket (`tls::stream`), so the
-//! load generator's loop stays one poll for every connection.
+//! TLS handshake (and the HMAC challenge, inside TLS) run blocking when the connection opens,
+//! as the plain challenge does; then the session goes on non-blocking over the mio socket, so
+//! the load generator's loop stays one poll for every connection: TLS 1.3 on our own record
+//! layer (`tls::client_records`), TLS 1.2 on rustls's buffered connection (`tls::stream`).
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream as StdTcpStream;
