@@ -1,8 +1,8 @@
 //! The client side of a TLS connection over a non-blocking socket, after a blocking
 //! handshake: `bench`'s TLS 1.2 connections (its TLS 1.3 ones: `client_records`). rustls's
-//! buffered connection, driven by readiness like
-//! the socket itself (rustls's `tlsserver-mio` example is the shape). The server side, which
-//! must hold nothing while idle, is `server_stream` (rustls's unbuffered API).
+//! buffered connection, driven by readiness like the socket itself (rustls's `tlsserver-mio`
+//! example is the shape). The server side, which must hold nothing while idle, is
+//! `server_stream` (rustls's unbuffered API).
 //!
 //! `read` hands out plaintext that rustls has decrypted, and only when it holds none reads
 //! the socket, decrypts and sends what rustls owes the peer. `write` encrypts into rustls's
