@@ -429,3 +429,71 @@ fn bench_makes_a_full_handshake_for_every_new_connection_over_tls13_and_tls12() 
         );
     }
 }
+
+#[test]
+fn bench_answers_the_challenge_inside_tls_and_measures_the_authenticated_files_service() {
+    let certs = Certs::new("bench-auth");
+    let data = certs.path("data");
+    let secret = certs.path("secret");
+    std::fs::write(&secret, b"a secret for the bench\n").unwrap();
+    let server = tls_server(
+        &certs,
+        &["files"],
+        &[
+            "--data-dir",
+            &data.display().to_string(),
+            "--auth",
+            "files",
+            "--auth-secret-file",
+            &secret.display().to_string(),
+        ],
+    );
+    let files = server.tcp("files").to_string();
+    let ca = certs.s("ca.pem");
+    let secret = secret.display().to_string();
+    // Kept connections, then a connection (and a challenge) per request.
+    for extra in [
+        &["--conns", "4", "--depth", "4"][..],
+        &["--new-conn-per-request"],
+    ] {
+        let args = [
+            &[
+                "--addr",
+                &files,
+                "--mode",
+                "frame",
+                "--tls",
+                "--ca",
+                &ca,
+                "--secret-file",
+                &secret,
+                "--duration",
+                "300ms",
+            ][..],
+            extra,
+        ]
+        .concat();
+        let r = bench_json(&args);
+        assert!(r["requests"].as_u64().unwrap() > 0, "{extra:?}: {r}");
+        assert_eq!(r["errors"].as_u64(), Some(0), "{extra:?}: {r}");
+    }
+    // Without the secret the server's challenge goes unanswered: an error, not a hang.
+    let out = socklab(
+        &[
+            "bench",
+            "--addr",
+            &files,
+            "--mode",
+            "frame",
+            "--tls",
+            "--ca",
+            &ca,
+            "--duration",
+            "300ms",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(why.contains("asks for authentication"), "{why}");
+}
