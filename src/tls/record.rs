@@ -4,9 +4,12 @@
 //! in place in the caller's buffers. rustls's own path copies each record's plaintext into a
 //! fresh `Vec` and keeps its state behind several boxes; this keeps one box per connection and
 //! allocates nothing per record (BENCHMARKS.md, TLS). What it seals is padded to whole AES
-//! blocks (`padded_len`).
+//! blocks (`padded_len`). The server's connections use it (`server_stream`), and so do
+//! `bench`'s (`client_records`).
 //!
-//! What a peer may send once the handshake is over, and what becomes of it:
+//! What a peer may send once the handshake is over, and what becomes of it (to a client, also
+//! the server's session tickets, whole, ahead of anything else in their record: handed to
+//! rustls):
 //! application data (delivered; empty records too), a `KeyUpdate` (new receiving keys; when it
 //! asks for ours, a `KeyUpdate` of ours goes out first, at most 32 such requests between two
 //! application-data records, as BoringSSL and rustls allow), `close_notify` (the end),
