@@ -259,6 +259,10 @@ impl<S: Read + Write> RecordStream<S> {
                     Err(ErrorKind::WouldBlock.into())
                 };
             }
+            // A blocking socket would wait for more than the caller asked.
+            if self.blocking && done > 0 {
+                return Ok(done);
+            }
             match self.fill() {
                 Ok((0, _)) => self.eof = true,
                 Ok((n, room)) => socket_empty = !self.blocking && n < room,
@@ -463,6 +467,27 @@ mod tests {
         assert!(back == big, "the echo differs");
         // close_notify: the end of input.
         assert_eq!(client.read(&mut [0u8; 16]).unwrap(), 0);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_blocking_read_returns_what_has_come_without_waiting_to_fill_the_buffer() {
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let (h, server) = pair(rustls::DEFAULT_VERSIONS, move |mut tls| {
+            tls.write_all(b"a challenge").unwrap();
+            // The connection stays open, silent, until the client has read.
+            let _ = done_rx.recv_timeout(Duration::from_secs(10));
+        });
+        let mut client = own(h);
+        let timeout = Duration::from_secs(5);
+        client.socket.set_read_timeout(Some(timeout)).unwrap();
+        let mut buf = [0u8; 4096];
+        let started = std::time::Instant::now();
+        let n = client.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"a challenge");
+        // Not at the socket's timeout, which would also hand over what had come.
+        assert!(started.elapsed() < timeout, "{:?}", started.elapsed());
+        done_tx.send(()).unwrap();
         server.join().unwrap();
     }
 
