@@ -8,13 +8,16 @@
 //! - `client SO_LINGER 0 (RST)`: the client closes with linger 0: a RST instead of a FIN, and
 //!   no TIME_WAIT anywhere (and any unsent data is thrown away).
 //!
-//! The TIME_WAIT counts are what `ss -tan state time-wait` shows for the server's port (ss
-//! itself when it is installed, else the same count from /proc/net/tcp). Then the "reuse"
+//! The TIME_WAIT counts are what `ss -tan state time-wait` shows for the churn's own
+//! connections: the server's port and the client ports the churn used (ss itself when it is
+//! installed, else the same count from /proc/net/tcp); older TIME_WAIT sockets towards an
+//! earlier server that had the same port number do not count. Then the "reuse"
 //! part (the churned sockets had SO_REUSEADDR on, which their TIME_WAIT keeps): binding a
 //! new client socket to a local port still in TIME_WAIT fails without SO_REUSEADDR
 //! (EADDRINUSE) and succeeds with it (both sockets must have it), and connecting from it to the same server
 //! (the same four-tuple as the connection in TIME_WAIT) shows what net.ipv4.tcp_tw_reuse allows.
 
+use std::collections::HashSet;
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Instant;
@@ -55,9 +58,13 @@ pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
         let server = Server::start(&["echo"], &[])?;
         let addr = server.addr("echo")?;
         let start = Instant::now();
+        let mut client_ports = HashSet::with_capacity(n);
         let outcome = (|| -> Result<(), TuneError> {
             for _ in 0..n {
                 let mut s = connect_reusable(addr)?;
+                if let Ok(local) = s.local_addr() {
+                    client_ports.insert(local.port());
+                }
                 wire::write_all(&mut s, b"churn")?;
                 let mut back = Vec::new();
                 wire::read_exact(&mut s, 5, &mut back)?;
@@ -71,7 +78,7 @@ pub fn run(ctx: &Ctx, sec: &mut Section) -> Result<(), TuneError> {
             Ok(())
         })();
         let secs = start.elapsed().as_secs_f64();
-        let (tw_client, tw_server, source) = time_wait(addr.port());
+        let (tw_client, tw_server, source) = time_wait(addr.port(), &client_ports);
         // Reuse, while this server still listens: a local port left in TIME_WAIT by one more
         // FIN-closed connection, from a port that no other socket used (on a busy machine an
         // ephemeral port often also names older TIME_WAIT connections to other servers, made
@@ -266,35 +273,63 @@ fn rebind(port: u16, reuseaddr: bool, server: SocketAddr) -> (String, Option<Str
     ("bound".to_string(), Some(connect))
 }
 
-/// TIME_WAIT sockets towards `port` (client side) and from it (server side), and where the
-/// counts came from: `ss -tan state time-wait`, or /proc/net/tcp when ss is missing.
-pub fn time_wait(port: u16) -> (usize, usize, &'static str) {
-    let ss = |filter: &str| -> Option<usize> {
-        let out = Command::new("ss")
-            .args(["-Htan", "state", "time-wait", filter, &format!(":{port}")])
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).lines().count())
-    };
-    match (ss("dport"), ss("sport")) {
-        (Some(c), Some(s)) => (c, s, "ss -tan state time-wait"),
-        _ => {
-            let (c, s) = proc_time_wait(port);
+/// TIME_WAIT sockets of the connections between `clients` (local ports) and the server's
+/// `port`: on the client's side (local port in `clients`, remote `port`) and on the server's
+/// (local `port`, remote in `clients`), and where the counts came from: `ss -tan state
+/// time-wait`, or /proc/net/tcp when ss is missing.
+pub fn time_wait(port: u16, clients: &HashSet<u16>) -> (usize, usize, &'static str) {
+    let from_ss = Command::new("ss")
+        .args(["-Htan", "state", "time-wait"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success());
+    match from_ss {
+        Some(out) => {
+            // With a state filter ss prints: Recv-Q Send-Q Local Peer.
+            let text = String::from_utf8_lossy(&out.stdout);
+            let pairs = text.lines().filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                Some((port_of(f.get(2)?, 10)?, port_of(f.get(3)?, 10)?))
+            });
+            let (c, s) = count_pairs(pairs, port, clients);
+            (c, s, "ss -tan state time-wait")
+        }
+        None => {
+            let (c, s) = count_pairs(proc_time_wait(), port, clients);
             (c, s, "/proc/net/tcp")
         }
     }
 }
 
-/// The same counts from /proc/net/tcp and tcp6: (remote port = `port`, local port = `port`).
-fn proc_time_wait(port: u16) -> (usize, usize) {
-    const TIME_WAIT: &str = "06";
+/// The port at the end of an address as ss (decimal) or /proc/net/tcp (hexadecimal) writes it.
+fn port_of(address: &str, radix: u32) -> Option<u16> {
+    address
+        .rsplit_once(':')
+        .and_then(|(_, p)| u16::from_str_radix(p, radix).ok())
+}
+
+/// (client side, server side) among TIME_WAIT sockets given as (local port, remote port).
+fn count_pairs(
+    pairs: impl IntoIterator<Item = (u16, u16)>,
+    port: u16,
+    clients: &HashSet<u16>,
+) -> (usize, usize) {
     let (mut client, mut server) = (0, 0);
-    let port_of = |a: &str| {
-        a.rsplit_once(':')
-            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
-    };
+    for (local, remote) in pairs {
+        if remote == port && clients.contains(&local) {
+            client += 1;
+        }
+        if local == port && clients.contains(&remote) {
+            server += 1;
+        }
+    }
+    (client, server)
+}
+
+/// The TIME_WAIT sockets of /proc/net/tcp and tcp6, as (local port, remote port).
+fn proc_time_wait() -> Vec<(u16, u16)> {
+    const TIME_WAIT: &str = "06";
+    let mut pairs = Vec::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(file) else {
             continue;
@@ -307,13 +342,10 @@ fn proc_time_wait(port: u16) -> (usize, usize) {
             if *state != TIME_WAIT {
                 continue;
             }
-            if port_of(remote) == Some(port) {
-                client += 1;
-            }
-            if port_of(local) == Some(port) {
-                server += 1;
+            if let (Some(l), Some(r)) = (port_of(local, 16), port_of(remote, 16)) {
+                pairs.push((l, r));
             }
         }
     }
-    (client, server)
+    pairs
 }
