@@ -346,7 +346,7 @@ impl<S: Read + Write> RecordStream<S> {
     }
 
     /// Sealed records that would block are left for the next writable event.
-    fn send_what_fits(&mut self) -> io::Result<()> {
+    pub(crate) fn send_what_fits(&mut self) -> io::Result<()> {
         match self.send_pending() {
             Err(e) if e.kind() != ErrorKind::WouldBlock => Err(e),
             _ => Ok(()),

@@ -352,7 +352,8 @@ impl RecordLayer {
             Some(ALERT) => self.on_alert(content),
             Some(HANDSHAKE) => {
                 let rest = self.kernel.take_tickets(content)?;
-                if rest.is_empty() && rest.len() < content.len() {
+                // A record of tickets only; an empty one is refused below.
+                if rest.is_empty() && !content.is_empty() {
                     return Ok(Opened::Nothing);
                 }
                 let request = key_update_request(rest)?;

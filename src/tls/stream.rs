@@ -50,7 +50,7 @@ impl<S: Read + Write> TlsStream<S> {
     }
 
     /// Encrypted bytes that would block are left for the next writable event.
-    fn send_what_fits(&mut self) -> io::Result<()> {
+    pub(crate) fn send_what_fits(&mut self) -> io::Result<()> {
         match self.send_pending() {
             Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
             _ => Ok(()),

@@ -170,6 +170,11 @@ impl Conn {
             received: 0,
         }
     }
+
+    /// It has had a reply and owes none: with a connection per request, its work is done.
+    fn answered_all(&self) -> bool {
+        self.answered && self.in_flight.is_empty()
+    }
 }
 
 /// A parser for the plan's replies.
@@ -390,12 +395,7 @@ impl Worker<'_> {
         if readable {
             self.read(i, hup, now)?;
         }
-        if self.plan.new_conn_per_request
-            && self
-                .conns
-                .get(i)
-                .is_some_and(|c| c.answered && c.in_flight.is_empty())
-        {
+        if self.plan.new_conn_per_request && self.conns.get(i).is_some_and(Conn::answered_all) {
             return self.renew(i);
         }
         self.issue(i, now);
@@ -438,13 +438,7 @@ impl Worker<'_> {
             let n = match conn.stream.read(&mut self.buf) {
                 // A server may close a connection once it has answered (HTTP/1.0 does);
                 // with a connection per request that is its end, not a loss.
-                Ok(0)
-                    if self.plan.new_conn_per_request
-                        && conn.answered
-                        && conn.in_flight.is_empty() =>
-                {
-                    return Ok(());
-                }
+                Ok(0) if self.plan.new_conn_per_request && conn.answered_all() => return Ok(()),
                 Ok(0) => return Err(ConnFailure::Lost("the server closed the connection".into())),
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
