@@ -197,24 +197,8 @@ fn error_line(stderr: &str) -> String {
 
 /// TCP sockets in TIME_WAIT whose local port is `port`, from /proc/net/tcp and tcp6.
 pub fn time_wait_on(port: u16) -> usize {
-    const TIME_WAIT: &str = "06";
-    let mut n = 0;
-    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(file) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(state)) = (f.get(1), f.get(3)) else {
-                continue;
-            };
-            let local_port = local
-                .rsplit_once(':')
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            if local_port == Some(port) && *state == TIME_WAIT {
-                n += 1;
-            }
-        }
-    }
-    n
+    super::time_wait::proc_time_wait()
+        .into_iter()
+        .filter(|&(local, _)| local == port)
+        .count()
 }

@@ -327,7 +327,7 @@ fn count_pairs(
 }
 
 /// The TIME_WAIT sockets of /proc/net/tcp and tcp6, as (local port, remote port).
-fn proc_time_wait() -> Vec<(u16, u16)> {
+pub(super) fn proc_time_wait() -> Vec<(u16, u16)> {
     const TIME_WAIT: &str = "06";
     let mut pairs = Vec::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
