@@ -192,6 +192,20 @@ measure() {
         python3 -c 'import json,sys; r=json.load(sys.stdin); r["name"]=sys.argv[1]; print(json.dumps(r))' "$name" \
         >>"$work/results.jsonl" || log "run failed: $name $*"
 }
+# equal_rate SETTING: 80 % of what the slower of the two TLS servers answered closed loop in
+# this round, a load all four servers and the generator should keep up with (the report says
+# what each answered).
+equal_rate() {
+    python3 - "$work/results.jsonl" "$1" <<'PY'
+import json, sys
+last = {}
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    last[r["name"]] = r.get("requests_per_s") or 0
+s = sys.argv[2]
+print(int(0.8 * min(last.get(f"socklab tls {s}", 0), last.get(f"tokio-rustls {s}", 0))) or 1000)
+PY
+}
 ec=(--tls --ca "$work/ec/ca.pem")
 rsa=(--tls --ca "$work/rsa-ca.pem")
 for round in $(seq "$rounds"); do
@@ -206,6 +220,16 @@ for round in $(seq "$rounds"); do
             measure "redis tls $s" "$redis_pid" --addr "$redis_addr" --mode line --line PING \
                 --conns "$c" --depth "$d" "${ec[@]}"
         fi
+        [ "$s" = 1x1 ] && continue
+        # The same four servers offered one load (open loop), so that plaintext and TLS are
+        # compared at one pace: closed loop, the generator's own TLS feeds a TLS server more
+        # slowly, and a server fed more slowly wakes more often per request.
+        r=$(equal_rate "$s")
+        log "round $round, $s at $r requests/s"
+        measure "socklab plain $s equal" "$socklab_pid" --addr "$socklab_plain" --conns "$c" --depth "$d" --rate "$r"
+        measure "socklab tls $s equal" "$socklab_pid" --addr "$socklab_tls" --conns "$c" --depth "$d" --rate "$r" "${ec[@]}"
+        measure "tokio plain $s equal" "$tokio_pid" --addr "$tokio_plain" --conns "$c" --depth "$d" --rate "$r"
+        measure "tokio-rustls $s equal" "$ttls_pid" --addr "$tokio_tls_addr" --conns "$c" --depth "$d" --rate "$r" "${ec[@]}"
     done
     log "round $round, handshakes"
     measure "socklab handshake ecdsa" "$socklab_pid" --addr "$socklab_tls" --conns 4 --new-conn-per-request "${ec[@]}"
@@ -267,6 +291,21 @@ for s in ["1x1", "50x16", "1000x1"]:
     tu = delta(f"tokio-rustls {s}", f"tokio plain {s}", "server_user_cpu_per_request_us")
     ts = delta(f"tokio-rustls {s}", f"tokio plain {s}", "server_sys_cpu_per_request_us")
     out.append(f"| {s} | {f(su)} | {f(ss)} | {f(tu)} | {f(ts)} | {ratio(su, tu)} | {per_round(f'socklab tls {s}', f'socklab plain {s}')} | {per_round(f'tokio-rustls {s}', f'tokio plain {s}')} |")
+out.append("")
+out.append("At one offered load (open loop, `--rate R`: 80 % of the slower TLS server's closed-loop rate in the same round), server CPU per request (µs, medians), and what each server answered as a share of R (medians; below 1.00 a server, or the generator, did not keep up):")
+out.append("")
+out.append("| setting | R (median) | socklab plain | socklab TLS | TLS/plain | per round | tokio plain | tokio-rustls | tokio-rustls TLS/plain | per round | socklab TLS / tokio-rustls | answered / R: socklab plain, TLS, tokio plain, tokio-rustls |")
+out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for s in ["50x16", "1000x1"]:
+    names = [f"{n} {s} equal" for n in ["socklab plain", "socklab tls", "tokio plain", "tokio-rustls"]]
+    if not all(n in runs for n in names):
+        continue
+    sp, st, tp, tt = (cpu(n) for n in names)
+    offered = [r.get("rate") or r.get("offered_per_s") for r in runs[names[0]]]
+    rs = [x for x in offered if x]
+    rmed = statistics.median(rs) if rs else None
+    kept = ", ".join(f(med(n, "requests_per_s") / rmed, 2) if rmed else "n/a" for n in names)
+    out.append(f"| {s} | {f(rmed, 0)} | {f(sp)} | {f(st)} | {ratio(st, sp)} | {per_round(names[1], names[0])} | {f(tp)} | {f(tt)} | {ratio(tt, tp)} | {per_round(names[3], names[2])} | {ratio(st, tt)} | {kept} |")
 out.append("")
 out.append("Requests/s and load generator CPU (%, one thread; above ~90 % the generator, doing TLS itself, bounds the cell):")
 out.append("")
