@@ -7,7 +7,10 @@
 #             0.23 and ring provider as socklab); redis-server with --tls-port (inline PING,
 #             line mode), when Debian's redis-server is installed
 #   requests  server CPU per request (utime+stime over the window: `bench --server-pid`) at
-#             1x1, 50x16 and 1000x1 connections x depth, 64 B raw requests (PING for redis)
+#             1x1, 50x16 and 1000x1 connections x depth, 64 B raw requests (PING for redis),
+#             closed loop; at 50x16 and 1000x1 also open loop at one offered load for socklab
+#             and tokio, plain and TLS (--rate: 80 % of the slower TLS server's closed-loop
+#             rate in the round), so that TLS/plain is also seen at one pace
 #   handshakes  --new-conn-per-request over TLS (a full handshake, no resumption, per request)
 #             with an ECDSA P-256 certificate (socklab cert) and an RSA-2048 one (openssl):
 #             server CPU per handshake and the connect-to-first-reply latency
@@ -34,7 +37,7 @@ while [ $# -gt 0 ]; do
     --duration) duration=$2; shift ;;
     --conns-idle) idle=$2; shift ;;
     --write) write=$2; shift ;;
-    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "tls-bench: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
