@@ -125,7 +125,7 @@ impl std::error::Error for RecordError {}
 /// What an opened record brought.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Opened {
-    /// Application data: its place in the record (header included).
+    /// Application data: its place in the area opened (`RecordLayer::open_at`).
     Data(std::ops::Range<usize>),
     /// The peer's close_notify: its input has ended.
     End,
@@ -320,21 +320,36 @@ impl RecordLayer {
         self.tx_limit = records;
     }
 
-    /// Opens `record` (one whole record, as [`record_len`] measured it) in place. What the
-    /// peer is owed in answer (our key update) is sealed onto `owed`.
+    /// Opens `record` (one whole record, as [`record_len`] measured it) in place, its content
+    /// moved to the record's start. What the peer is owed in answer (our key update) is sealed
+    /// onto `owed`.
     pub(crate) fn open(
         &mut self,
         record: &mut [u8],
         owed: &mut Vec<u8>,
     ) -> Result<Opened, RecordError> {
-        let (header, sealed) = record
-            .split_first_chunk_mut::<HEADER_LEN>()
+        self.open_at(record, 0, owed)
+    }
+
+    /// Opens the record that starts at `header_at` in `area` and runs to its end, its content
+    /// written from the start of `area` (over what came before the record: plaintext of
+    /// earlier records lands right after the plaintext before it, with no copy).
+    pub(crate) fn open_at(
+        &mut self,
+        area: &mut [u8],
+        header_at: usize,
+        owed: &mut Vec<u8>,
+    ) -> Result<Opened, RecordError> {
+        let header = *area
+            .get(header_at..)
+            .and_then(|r| r.first_chunk::<HEADER_LEN>())
             .ok_or(RecordError::Decode("record (shorter than its header)"))?;
         let nonce = self.rx.next_nonce()?;
+        let sealed_at = header_at.saturating_add(HEADER_LEN);
         let inner = self
             .rx
             .key
-            .open_in_place(nonce, Aad::from(*header), sealed)
+            .open_within(nonce, Aad::from(header), area, sealed_at..)
             .map_err(|_| RecordError::BadRecordMac)?;
         // The content type is the last byte that is not zero padding.
         let Some(type_at) = inner.iter().rposition(|&b| b != 0) else {
@@ -347,7 +362,7 @@ impl RecordLayer {
         match typ.first().copied() {
             Some(APPLICATION_DATA) => {
                 self.key_update_requests_left = KEY_UPDATE_REQUESTS;
-                Ok(Opened::Data(HEADER_LEN..HEADER_LEN + content.len()))
+                Ok(Opened::Data(0..content.len()))
             }
             Some(ALERT) => self.on_alert(content),
             Some(HANDSHAKE) => {

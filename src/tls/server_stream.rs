@@ -4,16 +4,18 @@
 //! connection holds no buffer at all (the buffered `ServerConnection` keeps a 4 KiB record
 //! buffer for good once it has read), which is what brings an idle TLS connection under 5 KB.
 //!
-//! Ciphertext is read into a buffer of the thread's (one reactor a thread) and decrypted there;
-//! what a connection keeps between reads is only the start of a record that has not all come
+//! Ciphertext is read into the caller's buffer or one of the thread's (one reactor a thread)
+//! and decrypted there; what a connection keeps between reads is only the start of a record that has not all come
 //! ([`ServerTls::partial`]), plaintext that did not fit the caller's buffer, and records the
 //! socket would not take yet. Replies are encrypted straight into the thread's output buffer,
 //! as few records as the bytes allow (one per 16 KiB), and written from there.
 //!
 //! Once a TLS 1.3 handshake is over, rustls hands the traffic secrets over (its kernel-connection
-//! API) and the records are ours ([`super::record`]): opened in place in the thread's buffer and
-//! sealed straight into its output buffer, with no allocation per record; rustls keeps only
-//! what derives the next keys. TLS 1.2, and a configuration without secret extraction, stay
+//! API) and the records are ours ([`super::record`]): read into the caller's own buffer and
+//! opened there, each record's plaintext written over the ciphertext before it (no copy; the
+//! thread's buffer serves a caller's buffer too small for a record), and sealed straight into
+//! the thread's output buffer, with no allocation per record; rustls keeps only what derives
+//! the next keys. TLS 1.2, and a configuration without secret extraction, stay
 //! with rustls throughout.
 //!
 //! The contract with the connection path is [`crate::tls::stream::TlsStream`]'s: `read` gives
@@ -44,6 +46,10 @@ use unsent::Unsent;
 /// records) is incomplete: rustls's own limit on a handshake message (64 KiB) plus one
 /// largest record. A peer that sends more without completing anything is refused.
 const MAX_PARTIAL: usize = 0xffff + 18_437;
+
+/// The least room a read of the socket asks for (a small caller's buffer is read through the
+/// thread's own, its plaintext beyond the caller's held).
+const MIN_READ: usize = 4096;
 
 /// The most plaintext one `write` encrypts (8 records of ours, 16 KiB less a byte each).
 const MAX_WRITE: usize = 8 * record::MAX_RECORD_DATA;
@@ -247,43 +253,8 @@ impl<S: Read + Write> ServerTls<S> {
 
     fn read_with(&mut self, buf: &mut [u8], incoming: &mut Vec<u8>) -> io::Result<usize> {
         loop {
-            // The partial record first, then as much new ciphertext as `buf` could take as
-            // plaintext (a record's plaintext is shorter than the record).
-            let kept = self.partial.len();
-            // At least a few KiB, so that a small `buf` does not mean a read a byte (plaintext
-            // beyond `buf` is held and handed out next).
-            let want = buf.len().saturating_sub(kept).max(4096);
-            let need = kept.saturating_add(want);
-            if incoming.len() < need {
-                incoming.resize(need, 0);
-            }
-            if let Some(front) = incoming.get_mut(..kept) {
-                front.copy_from_slice(&self.partial);
-            }
-            let Some(space) = incoming.get_mut(kept..need) else {
-                return Err(io::ErrorKind::OutOfMemory.into());
-            };
-            let n = loop {
-                match self.socket.read(space) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            };
+            let (n, want, done) = self.read_records(buf, incoming)?;
             let short = n < want;
-            let filled = kept.saturating_add(n);
-            let run = incoming.get_mut(..filled).unwrap_or_default();
-            let done = self.process(run, buf)?;
-            let rest = run.get(done.consumed..).unwrap_or_default();
-            if rest.len() > MAX_PARTIAL {
-                return Err(invalid("a TLS message larger than any this server accepts"));
-            }
-            self.partial.clear();
-            if rest.is_empty() {
-                self.partial = Vec::new();
-            } else {
-                self.partial.extend_from_slice(rest);
-            }
             // Replies the handshake owes: sent now if the socket takes them.
             match self.unsent.send(&mut self.socket) {
                 Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
@@ -308,6 +279,90 @@ impl<S: Read + Write> ServerTls<S> {
             if short {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
+        }
+    }
+
+    /// Reads the socket once, after the partial record, and opens the whole records that
+    /// makes. Once the records are ours and `buf` has room, in `buf` itself: each record's
+    /// plaintext is written where the ciphertext before it was, with no copy. Else in the
+    /// thread's `incoming`, the plaintext copied to `buf`. Returns the bytes read, the room
+    /// they were read into, and what opening came to; the start of a record is kept.
+    fn read_records(
+        &mut self,
+        buf: &mut [u8],
+        incoming: &mut Vec<u8>,
+    ) -> io::Result<(usize, usize, Processed)> {
+        let kept = self.partial.len();
+        if matches!(self.conn, Records::Own(_)) && buf.len() >= kept.saturating_add(MIN_READ) {
+            let want = buf.len().saturating_sub(kept);
+            let n = self.fill(buf, kept, want)?;
+            let run = buf.get_mut(..kept.saturating_add(n)).unwrap_or_default();
+            let done = self.open_in_place(run)?;
+            self.keep_rest(run.get(done.consumed..).unwrap_or_default())?;
+            return Ok((n, want, done));
+        }
+        // As much new ciphertext as `buf` could take as plaintext (a record's plaintext is
+        // shorter than the record), and at least a few KiB, so that a small `buf` does not
+        // mean a read a byte (plaintext beyond `buf` is held and handed out next).
+        let want = buf.len().saturating_sub(kept).max(MIN_READ);
+        let need = kept.saturating_add(want);
+        if incoming.len() < need {
+            incoming.resize(need, 0);
+        }
+        let n = self.fill(incoming, kept, want)?;
+        let run = incoming
+            .get_mut(..kept.saturating_add(n))
+            .unwrap_or_default();
+        let done = self.process(run, buf)?;
+        self.keep_rest(run.get(done.consumed..).unwrap_or_default())?;
+        Ok((n, want, done))
+    }
+
+    /// Puts the partial record at the start of `area` and reads the socket into the `want`
+    /// bytes after it.
+    fn fill(&mut self, area: &mut [u8], kept: usize, want: usize) -> io::Result<usize> {
+        if let Some(front) = area.get_mut(..kept) {
+            front.copy_from_slice(&self.partial);
+        }
+        let Some(space) = area.get_mut(kept..kept.saturating_add(want)) else {
+            return Err(io::ErrorKind::OutOfMemory.into());
+        };
+        loop {
+            match self.socket.read(space) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Keeps `rest`, the start of a record (or handshake message) whose end has not come.
+    fn keep_rest(&mut self, rest: &[u8]) -> io::Result<()> {
+        if rest.len() > MAX_PARTIAL {
+            return Err(invalid("a TLS message larger than any this server accepts"));
+        }
+        self.partial.clear();
+        if rest.is_empty() {
+            self.partial = Vec::new();
+        } else {
+            self.partial.extend_from_slice(rest);
+        }
+        Ok(())
+    }
+
+    /// Opens the whole records of `run` with our record layer, each record's plaintext moved
+    /// down to follow the one before it: `done.plain` bytes of plaintext at `run`'s start.
+    fn open_in_place(&mut self, run: &mut [u8]) -> io::Result<Processed> {
+        let mut done = Processed::default();
+        let Records::Own(layer) = &mut self.conn else {
+            return Ok(done);
+        };
+        match open_records_in_place(layer, run, &mut done, &mut self.unsent) {
+            Ok(end) => {
+                self.peer_closed |= end;
+                Ok(done)
+            }
+            Err(e) => Err(refuse(layer, e, &mut self.unsent, &mut self.socket)),
         }
     }
 
@@ -337,13 +392,7 @@ impl<S: Read + Write> ServerTls<S> {
                 self.peer_closed |= end;
                 Ok(done)
             }
-            Err(e) => {
-                if let Some(alert) = e.alert() {
-                    layer.seal_alert(alert, &mut self.unsent.bytes);
-                }
-                let _ = self.unsent.send(&mut self.socket);
-                Err(invalid(e))
-            }
+            Err(e) => Err(refuse(layer, e, &mut self.unsent, &mut self.socket)),
         }
     }
 
@@ -438,6 +487,49 @@ fn open_records(
             Opened::Nothing => {}
         }
     }
+}
+
+/// [`open_records`] without the copy: each record of `run` is opened where it lies, its
+/// plaintext written from `done.plain`, right after the plaintext before it.
+fn open_records_in_place(
+    layer: &mut RecordLayer,
+    run: &mut [u8],
+    done: &mut Processed,
+    unsent: &mut Unsent,
+) -> Result<bool, RecordError> {
+    loop {
+        let rest = run.get(done.consumed..).unwrap_or_default();
+        let Some(len) = record::record_len(rest)? else {
+            return Ok(false);
+        };
+        let end = done.consumed.saturating_add(len);
+        let Some(area) = run.get_mut(done.plain..end) else {
+            return Ok(false);
+        };
+        let header_at = done.consumed.saturating_sub(done.plain);
+        let opened = layer.open_at(area, header_at, &mut unsent.bytes)?;
+        done.consumed = end;
+        match opened {
+            Opened::Data(range) => done.plain = done.plain.saturating_add(range.len()),
+            Opened::End => return Ok(true),
+            Opened::Nothing => {}
+        }
+    }
+}
+
+/// The connection's end for a record our layer refused: the alert it earns, sent if the
+/// socket takes it, and the error for the caller.
+fn refuse<S: Write>(
+    layer: &mut RecordLayer,
+    e: RecordError,
+    unsent: &mut Unsent,
+    socket: &mut S,
+) -> io::Error {
+    if let Some(alert) = e.alert() {
+        layer.seal_alert(alert, &mut unsent.bytes);
+    }
+    let _ = unsent.send(socket);
+    invalid(e)
 }
 
 /// Copies `payload` into `buf` from `at`; what does not fit goes to `held`. Returns the new end
