@@ -5,9 +5,9 @@
 //! buffer for good once it has read), which is what brings an idle TLS connection under 5 KB.
 //!
 //! Ciphertext is read into the caller's buffer or one of the thread's (one reactor a thread)
-//! and decrypted there; what a connection keeps between reads is only the start of a record that has not all come
-//! ([`ServerTls::partial`]), plaintext that did not fit the caller's buffer, and records the
-//! socket would not take yet. Replies are encrypted straight into the thread's output buffer,
+//! and decrypted there; what a connection keeps between reads is only the start of a record
+//! that has not all come ([`ServerTls::partial`]), plaintext that did not fit the caller's
+//! buffer, and records the socket would not take yet. Replies are encrypted straight into the thread's output buffer,
 //! as few records as the bytes allow (one per 16 KiB), and written from there.
 //!
 //! Once a TLS 1.3 handshake is over, rustls hands the traffic secrets over (its kernel-connection
@@ -15,8 +15,8 @@
 //! opened there, each record's plaintext written over the ciphertext before it (no copy; the
 //! thread's buffer serves a caller's buffer too small for a record), and sealed straight into
 //! the thread's output buffer, with no allocation per record; rustls keeps only what derives
-//! the next keys. TLS 1.2, and a configuration without secret extraction, stay
-//! with rustls throughout.
+//! the next keys. TLS 1.2, and a configuration without secret extraction, stay with rustls
+//! throughout.
 //!
 //! The contract with the connection path is [`crate::tls::stream::TlsStream`]'s: `read` gives
 //! plaintext (`Ok(0)` at the end: close_notify, or a TCP end without one, a truncation), a
