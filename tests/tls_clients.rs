@@ -235,6 +235,21 @@ fn bench_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
 
+/// `bench`'s arguments for 300 ms of framed requests to `files` over TLS.
+fn frames_over_tls<'a>(files: &'a str, ca: &'a str) -> Vec<&'a str> {
+    vec![
+        "--addr",
+        files,
+        "--mode",
+        "frame",
+        "--tls",
+        "--ca",
+        ca,
+        "--duration",
+        "300ms",
+    ]
+}
+
 #[test]
 fn bench_measures_tls_on_kept_connections_and_with_a_handshake_per_request() {
     let certs = Certs::new("bench");
@@ -285,17 +300,7 @@ fn bench_measures_tls_on_kept_connections_and_with_a_handshake_per_request() {
         "{crr}"
     );
     let files = server.tcp("files").to_string();
-    let frames = bench_json(&[
-        "--addr",
-        &files,
-        "--mode",
-        "frame",
-        "--tls",
-        "--ca",
-        &ca,
-        "--duration",
-        "300ms",
-    ]);
+    let frames = bench_json(&frames_over_tls(&files, &ca));
     assert!(frames["requests"].as_u64().unwrap() > 0, "{frames}");
     // Over UDP there is no TLS: a usage error before anything is sent.
     let out = socklab(&["bench", "--mode", "udp", "--addr", &echo, "--tls"], b"");
@@ -457,19 +462,8 @@ fn bench_answers_the_challenge_inside_tls_and_measures_the_authenticated_files_s
         &["--new-conn-per-request"],
     ] {
         let args = [
-            &[
-                "--addr",
-                &files,
-                "--mode",
-                "frame",
-                "--tls",
-                "--ca",
-                &ca,
-                "--secret-file",
-                &secret,
-                "--duration",
-                "300ms",
-            ][..],
+            &frames_over_tls(&files, &ca)[..],
+            &["--secret-file", &secret],
             extra,
         ]
         .concat();
@@ -479,18 +473,7 @@ fn bench_answers_the_challenge_inside_tls_and_measures_the_authenticated_files_s
     }
     // Without the secret the server's challenge goes unanswered: an error, not a hang.
     let out = socklab(
-        &[
-            "bench",
-            "--addr",
-            &files,
-            "--mode",
-            "frame",
-            "--tls",
-            "--ca",
-            &ca,
-            "--duration",
-            "300ms",
-        ],
+        &[&["bench"][..], &frames_over_tls(&files, &ca)].concat(),
         b"",
     );
     assert_eq!(out.status.code(), Some(1), "{out:?}");
