@@ -610,8 +610,8 @@ fn a_connection_per_request_is_counted() {
         r["requests"].as_u64().unwrap(),
     );
     assert!(connects > 0, "{r}");
-    // A connect per reply, give or take the connections in flight at the window's edges.
-    assert!(connects.abs_diff(requests) <= 2, "{r}");
+    // A connect per reply, counted with the reply, also across the warm-up's end.
+    assert_eq!(connects, requests, "{r}");
     let (out, _) = bench(
         &["--addr", &addr, "--new-conn-per-request", "--depth", "2"],
         BOUND,

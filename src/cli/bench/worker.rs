@@ -396,15 +396,17 @@ impl Worker<'_> {
             self.read(i, hup, now)?;
         }
         if self.plan.new_conn_per_request && self.conns.get(i).is_some_and(Conn::answered_all) {
-            return self.renew(i);
+            return self.renew(i, now);
         }
         self.issue(i, now);
         self.flush(i, now)
     }
 
-    /// `--new-conn-per-request`: the reply came, so the connection is closed and a new one
-    /// carries the next request; its latency counts from before the connect.
-    fn renew(&mut self, i: usize) -> Result<(), ConnFailure> {
+    /// `--new-conn-per-request`: the reply came (at `replied`), so the connection is closed and
+    /// a new one carries the next request; its latency counts from before the connect. The
+    /// connect is counted when the reply was: one connect a request, also across the warm-up's
+    /// end.
+    fn renew(&mut self, i: usize, replied: Instant) -> Result<(), ConnFailure> {
         let started = Instant::now();
         let addr = self.plan.addr.to_string();
         let stream = open(self.plan, |source| BenchError::Connect {
@@ -418,7 +420,7 @@ impl Worker<'_> {
         let _ = self.poll.registry().deregister(&mut conn.stream);
         *conn = Conn::new(stream, self.plan, started, 0);
         register(self.poll.registry(), conn, i).map_err(ConnFailure::Fatal)?;
-        if started >= self.win_start {
+        if replied >= self.win_start {
             self.out.connects = self.out.connects.saturating_add(1);
         }
         self.issue(i, started);
