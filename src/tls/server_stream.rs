@@ -7,8 +7,9 @@
 //! Ciphertext is read into the caller's buffer or one of the thread's (one reactor a thread)
 //! and decrypted there; what a connection keeps between reads is only the start of a record
 //! that has not all come ([`ServerTls::partial`]), plaintext that did not fit the caller's
-//! buffer, and records the socket would not take yet. Replies are encrypted straight into the thread's output buffer,
-//! as few records as the bytes allow (one per 16 KiB), and written from there.
+//! buffer, and records the socket would not take yet. Replies are encrypted straight into the
+//! thread's output buffer, as few records as the bytes allow (one per 16 KiB), and written from
+//! there.
 //!
 //! Once a TLS 1.3 handshake is over, rustls hands the traffic secrets over (its kernel-connection
 //! API) and the records are ours ([`super::record`]): read into the caller's own buffer and
