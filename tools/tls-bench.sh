@@ -225,8 +225,8 @@ for round in $(seq "$rounds"); do
         fi
         [ "$s" = 1x1 ] && continue
         # The same four servers offered one load (open loop), so that plaintext and TLS are
-        # compared at one pace: closed loop, the generator's own TLS feeds a TLS server more
-        # slowly, and a server fed more slowly wakes more often per request.
+        # compared at one pace, not each at the pace its own closed loop settles at (the
+        # generator does TLS too, and the machine's pace drifts: BENCHMARKS.md, TLS).
         r=$(equal_rate "$s")
         log "round $round, $s at $r requests/s"
         measure "socklab plain $s equal" "$socklab_pid" --addr "$socklab_plain" --conns "$c" --depth "$d" --rate "$r"
