@@ -225,8 +225,10 @@ for round in $(seq "$rounds"); do
         fi
         [ "$s" = 1x1 ] && continue
         # The same four servers offered one load (open loop), so that plaintext and TLS are
-        # compared at one pace, not each at the pace its own closed loop settles at (the
-        # generator does TLS too, and the machine's pace drifts: BENCHMARKS.md, TLS).
+        # compared at one pace, not each at the pace its own closed loop settles at: the
+        # generator does TLS too, so at 1000x1 it feeds a TLS server more slowly, which then
+        # sleeps in epoll_wait more often per request (not at 50x16); and the machine's pace
+        # drifts (BENCHMARKS.md, TLS, eighteenth and nineteenth sessions).
         r=$(equal_rate "$s")
         log "round $round, $s at $r requests/s"
         measure "socklab plain $s equal" "$socklab_pid" --addr "$socklab_plain" --conns "$c" --depth "$d" --rate "$r"
