@@ -5,7 +5,10 @@
 #   servers   socklab echo, plain and TLS (two listeners of one server); tokio-echo and
 #             tokio-tls-echo (tools/: accept-spawn-read-write_all, tokio-rustls, the same rustls
 #             0.23 and ring provider as socklab); redis-server with --tls-port (inline PING,
-#             line mode), when Debian's redis-server is installed
+#             line mode), when Debian's redis-server is installed; and the floor,
+#             tools/tls-floor (floor-echo's bare loop, plain and with only what TLS 1.3 must do
+#             per record: ring's AES-GCM open and seal), so that what socklab's TLS adds is seen
+#             beside the least any TLS server adds on this machine
 #   requests  server CPU per request (utime+stime over the window: `bench --server-pid`) at
 #             1x1, 50x16 and 1000x1 connections x depth, 64 B raw requests (PING for redis),
 #             closed loop; at 50x16 and 1000x1 also open loop at one offered load for socklab
@@ -44,13 +47,15 @@ while [ $# -gt 0 ]; do
 done
 log() { echo "tls-bench: $*" >&2; }
 
-log "building socklab, tools/tokio-echo and tools/tokio-tls-echo (release)"
+log "building socklab, tools/tokio-echo, tools/tokio-tls-echo and tools/tls-floor (release)"
 cargo build --release --quiet
 cargo build --release --quiet --manifest-path tools/tokio-echo/Cargo.toml
 cargo build --release --quiet --manifest-path tools/tokio-tls-echo/Cargo.toml
+cargo build --release --quiet --manifest-path tools/tls-floor/Cargo.toml
 socklab=$root/target/release/socklab
 tokio_echo=$root/tools/tokio-echo/target/release/tokio-echo
 tokio_tls=$root/tools/tokio-tls-echo/target/release/tokio-tls-echo
+tls_floor=$root/tools/tls-floor/target/release/tls-floor
 ulimit -n "$(ulimit -Hn)"
 if [ "$(nproc)" -ge 2 ]; then
     pin_server=(taskset -c 0) pin_bench=(taskset -c 1) pinning="servers on CPU 0, load generator on CPU 1"
@@ -123,6 +128,13 @@ tokio_tls_addr=$(awk '{print $2; exit}' "$work/ttls.out")
 trsa_pid=$!; pids+=("$trsa_pid")
 wait_for_line "$work/trsa.out" '^listening'
 tokio_rsa_addr=$(awk '{print $2; exit}' "$work/trsa.out")
+
+"${pin_server[@]}" "$tls_floor" 127.0.0.1:0 127.0.0.1:0 "$work/ec/server.pem" "$work/ec/server.key" \
+    >"$work/floor.out" 2>"$work/floor.err" &
+floor_pid=$!; pids+=("$floor_pid")
+wait_for_line "$work/floor.out" '^listening tls'
+floor_plain=$(awk '$2 == "plain" {print $3; exit}' "$work/floor.out")
+floor_tls=$(awk '$2 == "tls" {print $3; exit}' "$work/floor.out")
 
 redis_version="(not installed)"
 if command -v redis-server >/dev/null; then
@@ -219,6 +231,8 @@ for round in $(seq "$rounds"); do
         measure "socklab tls $s" "$socklab_pid" --addr "$socklab_tls" --conns "$c" --depth "$d" "${ec[@]}"
         measure "tokio plain $s" "$tokio_pid" --addr "$tokio_plain" --conns "$c" --depth "$d"
         measure "tokio-rustls $s" "$ttls_pid" --addr "$tokio_tls_addr" --conns "$c" --depth "$d" "${ec[@]}"
+        measure "floor plain $s" "$floor_pid" --addr "$floor_plain" --conns "$c" --depth "$d"
+        measure "floor tls $s" "$floor_pid" --addr "$floor_tls" --conns "$c" --depth "$d" "${ec[@]}"
         if [ -n "${redis_pid:-}" ]; then
             measure "redis tls $s" "$redis_pid" --addr "$redis_addr" --mode line --line PING \
                 --conns "$c" --depth "$d" "${ec[@]}"
@@ -248,13 +262,19 @@ for round in $(seq "$rounds"); do
 done
 
 # --- report ------------------------------------------------------------------------------------
+# The floor closes a connection only on what it cannot serve (a short send, a record that does
+# not open): its counts, printed as it stops, belong in the report.
+kill "$floor_pid"; wait "$floor_pid" 2>/dev/null || true
+floor_counts=$(sed -n 's/^tls-floor: //p' "$work/floor.err")
 machine="$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs, $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r)"
 report=$(python3 - "$work/results.jsonl" "$machine" "$cmdline" "$pinning" "$redis_version" \
-    "$mem_socklab_plain" "$mem_socklab_tls" "$mem_tokio_tls" "$mem_redis_tls" "$idle" <<'PY'
+    "$mem_socklab_plain" "$mem_socklab_tls" "$mem_tokio_tls" "$mem_redis_tls" "$idle" \
+    "$floor_counts" <<'PY'
 import json, statistics, sys
 path, machine, cmd, pinning, redis_v = sys.argv[1:6]
 mem = dict(zip(["socklab plain", "socklab tls", "tokio-rustls", "redis tls"], sys.argv[6:10]))
 idle = sys.argv[10]
+floor_counts = sys.argv[11] or "no counts printed"
 runs = {}
 for line in open(path):
     r = json.loads(line)
@@ -296,6 +316,22 @@ for s in ["1x1", "50x16", "1000x1"]:
     tu = delta(f"tokio-rustls {s}", f"tokio plain {s}", "server_user_cpu_per_request_us")
     ts = delta(f"tokio-rustls {s}", f"tokio plain {s}", "server_sys_cpu_per_request_us")
     out.append(f"| {s} | {f(su)} | {f(ss)} | {f(tu)} | {f(ts)} | {ratio(su, tu)} | {per_round(f'socklab tls {s}', f'socklab plain {s}')} | {per_round(f'tokio-rustls {s}', f'tokio plain {s}')} |")
+out.append("")
+out.append("Against the floor (tools/tls-floor: a bare edge-triggered loop that does only what TLS 1.3 must per record, ring's AES-GCM open and seal, beside the same loop in plain text; one process, two listeners). What TLS adds (TLS minus plaintext, medians, µs) for each, and socklab's addition beyond the floor's:")
+out.append("")
+out.append("| setting | floor plain | floor TLS | floor TLS/plain | per round | TLS adds, total: socklab, floor | TLS adds, user: socklab, floor | socklab's user beyond the floor's | floor's addition / socklab plain |")
+out.append("|---|---|---|---|---|---|---|---|---|")
+for s in ["1x1", "50x16", "1000x1"]:
+    fp, ft, sp = cpu(f"floor plain {s}"), cpu(f"floor tls {s}"), cpu(f"socklab plain {s}")
+    st_ = delta(f"socklab tls {s}", f"socklab plain {s}", "server_cpu_per_request_us")
+    ftot = delta(f"floor tls {s}", f"floor plain {s}", "server_cpu_per_request_us")
+    su = delta(f"socklab tls {s}", f"socklab plain {s}", "server_user_cpu_per_request_us")
+    fu = delta(f"floor tls {s}", f"floor plain {s}", "server_user_cpu_per_request_us")
+    beyond = None if su is None or fu is None else su - fu
+    share = "n/a" if fu is None or ftot is None or not sp else f"{fu / sp:.3f} user, {ftot / sp:.3f} total"
+    out.append(f"| {s} | {f(fp)} | {f(ft)} | {ratio(ft, fp)} | {per_round(f'floor tls {s}', f'floor plain {s}')} | {f(st_)}, {f(ftot)} | {f(su)}, {f(fu)} | {f(beyond)} | {share} |")
+out.append("")
+out.append(f"The floor's closings: {floor_counts}.")
 out.append("")
 out.append("At one offered load (open loop, `--rate R`: 80 % of the slower TLS server's closed-loop rate in the same round), server CPU per request (µs, medians), and what each server answered as a share of R (medians; below 1.00 a server, or the generator, did not keep up):")
 out.append("")
