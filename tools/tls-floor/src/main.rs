@@ -352,10 +352,15 @@ fn echo_tls(
 ) -> Result<(), End> {
     loop {
         let kept = records.partial.len();
-        let input = scratch.input.get_mut(..kept + READ).ok_or(End::BadRecord)?;
+        // Past the first read, `partial` is less than a record; what a client sent after its
+        // Finished, before the handshake's end was seen, may be more.
+        if scratch.input.len() < kept + READ {
+            scratch.input.resize(kept + READ, 0);
+        }
+        let input = scratch.input.get_mut(..kept + READ).ok_or(End::Closed)?;
         input
             .get_mut(..kept)
-            .ok_or(End::BadRecord)?
+            .ok_or(End::Closed)?
             .copy_from_slice(&records.partial);
         let read = match recv(stream, input.get_mut(kept..).ok_or(End::Closed)?)? {
             Some(n) => n,
