@@ -287,13 +287,12 @@ fn serve_conn(conn: &mut Conn, scratch: &mut Scratch) -> Result<(), End> {
             let State::Handshake(hs) = std::mem::replace(&mut conn.state, State::Plain) else {
                 return Err(End::Handshake);
             };
-            conn.state = State::Tls(take_keys(*hs)?);
-            let State::Tls(records) = &mut conn.state else {
-                return Err(End::Handshake);
-            };
+            let mut records = take_keys(*hs)?;
             // What came after the handshake's last record, and whatever the socket holds,
             // raise no new edge: served now.
-            echo_tls(&mut conn.stream, records, scratch)
+            let served = echo_tls(&mut conn.stream, &mut records, scratch);
+            conn.state = State::Tls(records);
+            served
         }
     }
 }
